@@ -1,0 +1,92 @@
+"""Configuration as data: model configs, worker configs, job-type presets, settings and schemas.
+
+Everything else imports from here; nothing here imports from workers/ or orchestrator/.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+
+from configuration.settings import Settings, SettingsError
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration asks for something that cannot be served (a missing model path, ...)."""
+
+
+@functools.cache
+def _load(name: str) -> dict:
+    with open(CONFIG_DIR / name, encoding="utf-8") as fh:
+        data = json.load(fh)
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def model_configs() -> dict[str, dict]:
+    return copy.deepcopy(_load("models.json"))
+
+
+def worker_configs() -> dict[str, dict]:
+    return copy.deepcopy(_load("workers.json"))
+
+
+def worker_config(worker: str) -> dict:
+    configs = _load("workers.json")
+    if worker not in configs:
+        raise ConfigurationError(f"unknown worker {worker!r}; known: {sorted(configs)}")
+    return copy.deepcopy(configs[worker])
+
+
+def model_config(model: str, settings: Settings) -> dict:
+    """A model's config resolved for the active profile: `path`, `config_path`, `memory_bytes`, `limits`."""
+    models = _load("models.json")
+    if model not in models:
+        raise ConfigurationError(f"unknown model {model!r}; known: {sorted(models)}")
+    cfg = copy.deepcopy(models[model])
+    profile = settings.model_profile
+    paths = cfg["paths"][profile]
+    if profile == "placeholder":
+        cfg["path"] = str(Path(settings.placeholder_models_dir) / paths["path"])
+        cfg["config_path"] = ""
+    else:
+        cfg["path"] = getattr(settings, paths["path_setting"])
+        cfg["config_path"] = getattr(settings, paths["config_setting"]) if "config_setting" in paths else ""
+    cfg["memory_bytes"] = int(cfg["memory_mb"][profile]) * 1024 * 1024
+    cfg["limits"] = cfg["limits"][profile]
+    cfg["name"] = model
+    return cfg
+
+
+def model_is_configured(model: str, settings: Settings) -> bool:
+    return bool(model_config(model, settings)["path"])
+
+
+def job_types(worker: str | None = None) -> dict[str, dict]:
+    """Job type -> resolved preset (aliases such as the legacy `*_enhanced` WAN types resolved)."""
+    presets = _load("presets.json")
+    resolved = {}
+    for name, preset in presets.items():
+        target = preset.get("alias_of", name)
+        entry = copy.deepcopy(presets[target])
+        entry["enhance"] = bool(preset.get("enhance", False))
+        entry["base_type"] = target
+        if worker is None or entry["worker"] == worker:
+            resolved[name] = entry
+    return resolved
+
+
+def preset_defaults(job_type: str, settings: Settings) -> dict:
+    """The defaults a job type fills in on the active profile."""
+    preset = job_types()[job_type]
+    defaults = dict(preset["defaults"])
+    defaults.update(preset.get("profiles", {}).get(settings.model_profile, {}))
+    return defaults
+
+
+__all__ = [
+    "CONFIG_DIR", "ConfigurationError", "Settings", "SettingsError", "job_types", "model_config",
+    "model_configs", "model_is_configured", "preset_defaults", "worker_config", "worker_configs",
+]

@@ -1,0 +1,50 @@
+"""`python -m configuration.check`: validate settings and model paths before anything starts.
+
+Production requires every model of every enabled worker to exist on disk (WAN's VACE model is
+optional: without it, reference-frame modes are refused at validation)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from configuration import model_config, worker_config
+from configuration.settings import Settings, SettingsError
+
+OPTIONAL_MODELS = {"wan_vace"}
+
+
+def problems(settings: Settings) -> list[str]:
+    found = []
+    if settings.model_profile != "production":
+        return found
+    for worker in [w.strip() for w in settings.enabled_workers.split(",") if w.strip()]:
+        for model in worker_config(worker)["models"]:
+            cfg = model_config(model, settings)
+            if not cfg["path"]:
+                if model not in OPTIONAL_MODELS:
+                    found.append(f"{model}: no path configured ({cfg['paths']['production']['path_setting'].upper()})")
+                continue
+            if not Path(cfg["path"]).exists():
+                found.append(f"{model}: {cfg['path']} does not exist")
+            if cfg["path"].endswith(".safetensors") and cfg.get("config_path") and not Path(cfg["config_path"], "model_index.json").exists():
+                found.append(f"{model}: config directory {cfg['config_path']} has no model_index.json")
+    return found
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    issues = problems(settings)
+    for issue in issues:
+        print(f"configuration error: {issue}", file=sys.stderr)
+    if not issues:
+        print(f"configuration ok: profile={settings.model_profile} bind={settings.bind_host} "
+              f"auth={'on' if settings.api_key else 'off (loopback only)'}")
+    return 1 if issues else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

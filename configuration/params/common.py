@@ -1,0 +1,62 @@
+"""Normalisation helpers shared by every generation worker."""
+from __future__ import annotations
+
+import secrets
+
+from configuration.schemas.common import field_error
+
+_MISSING = object()
+
+
+def aliased(section: dict, canonical: str, aliases: tuple[str, ...], path: str):
+    """The value of `canonical` or one of its legacy `aliases`; two different values is an error."""
+    found = [(name, section[name]) for name in (canonical, *aliases) if name in section]
+    if not found:
+        return _MISSING
+    first_name, first_value = found[0]
+    for name, value in found[1:]:
+        if value != first_value:
+            raise field_error(f"{path}/{name}", f"conflicts with {first_name}={first_value!r}")
+    return first_value
+
+
+def given(value) -> bool:
+    return value is not _MISSING
+
+
+def resolve_size(config: dict, defaults: dict, limits: dict) -> tuple[int, int]:
+    """(width, height) from `width`/`height` or `resolution`, else the preset, within the model's limits."""
+    width, height = config.get("width"), config.get("height")
+    if "resolution" in config:
+        try:
+            r_width, r_height = (int(v) for v in config["resolution"].split("x"))
+        except ValueError:
+            raise field_error("/config/resolution", "must be WIDTHxHEIGHT") from None
+        for name, value, other in (("width", width, r_width), ("height", height, r_height)):
+            if value is not None and value != other:
+                raise field_error(f"/config/{name}", f"conflicts with resolution {config['resolution']!r}")
+        width, height = r_width, r_height
+        source = "/config/resolution"
+    else:
+        source = None
+    width = int(defaults["width"] if width is None else width)
+    height = int(defaults["height"] if height is None else height)
+    for name, value in (("width", width), ("height", height)):
+        path = source or f"/config/{name}"
+        if not limits["min_size"] <= value <= limits["max_size"]:
+            raise field_error(path, f"{name} {value} is outside [{limits['min_size']}, {limits['max_size']}] for this model")
+        if value % limits["multiple"]:
+            raise field_error(path, f"{name} {value} is not a multiple of {limits['multiple']}")
+    return width, height
+
+
+def resolve_seed(config: dict) -> tuple[int, str]:
+    """(seed, source): the caller's seed (0 included) or a fresh random one, reported either way."""
+    if "seed" in config and config["seed"] is not None:
+        return int(config["seed"]), "request"
+    return secrets.randbelow(2**32), "random"
+
+
+def caller_metadata(metadata: dict, known: set[str]) -> dict:
+    """The caller's own metadata keys (not parameters), echoed back with the job."""
+    return {k: v for k, v in metadata.items() if k not in known}

@@ -1,0 +1,40 @@
+"""The central JSON Schemas (draft 2020-12) of every request body, keyed `<worker>.<endpoint>`.
+
+Each model family keeps its schemas in its own module; `schema(name)` builds one for the active
+settings (profile bounds come from configuration/models.json), `validate_request` checks a body, and
+`openapi.py` generates the OpenAPI description from the same dictionaries.
+"""
+from __future__ import annotations
+
+import importlib
+
+from configuration.schemas.common import ValidationFailed, field_error, validate
+from configuration.settings import Settings
+
+# schema family -> module that defines SCHEMAS(settings) -> {endpoint: schema}
+_FAMILIES = ("sdxl", "wan", "chat", "memory", "orchestrator")
+
+
+def schemas(settings: Settings) -> dict[str, dict]:
+    result = {}
+    for family in _FAMILIES:
+        try:
+            module = importlib.import_module(f"configuration.schemas.{family}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"configuration.schemas.{family}":
+                continue
+            raise
+        for endpoint, body in module.schemas(settings).items():
+            result[f"{family}.{endpoint}"] = body
+    return result
+
+
+def schema(name: str, settings: Settings) -> dict:
+    return schemas(settings)[name]
+
+
+def validate_request(name: str, body, settings: Settings) -> None:
+    validate(schema(name, settings), body)
+
+
+__all__ = ["ValidationFailed", "field_error", "schema", "schemas", "validate", "validate_request"]

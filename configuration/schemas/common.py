@@ -1,0 +1,84 @@
+"""Schema fragments shared by every request schema, and the validation entry point."""
+from __future__ import annotations
+
+import functools
+
+import jsonschema
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+SAFE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+           "description": "Letters, digits, `_`, `-`, `.`; used in storage paths, so no slashes."}
+PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": "\\S",
+          "description": "Non-empty text."}
+NEGATIVE_PROMPT = {"type": "string", "maxLength": 20000}
+SEED = {"type": "integer", "minimum": 0, "maximum": 4294967295,
+        "description": "Any unsigned 32-bit integer; 0 is a seed like any other. Random (and reported) when absent."}
+RESOLUTION = {"type": "string", "pattern": "^[0-9]{2,5}x[0-9]{2,5}$", "description": "`WIDTHxHEIGHT`, e.g. `1024x1024`."}
+REFERENCE_URL = {"type": "string", "minLength": 1, "maxLength": 14000000,
+                 "pattern": "^(https?://|data:image/)",
+                 "description": "http(s) URL or a `data:image/...` URL."}
+STRENGTH = {"type": "number", "minimum": 0.0, "maximum": 1.0}
+WHICH = {"type": "string", "description": "Model to load/unload, or `all`."}
+
+
+class ValidationFailed(Exception):
+    """A request failed validation. `details` is a list of {"path": JSON pointer, "message": str}."""
+
+    def __init__(self, details: list[dict]):
+        self.details = details
+        super().__init__("; ".join(f"{d['path'] or '/'}: {d['message']}" for d in details))
+
+
+def field_error(path: str, message: str) -> ValidationFailed:
+    return ValidationFailed([{"path": path, "message": message}])
+
+
+def _pointer(parts) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _detail(error: jsonschema.ValidationError) -> dict:
+    path = list(error.absolute_path)
+    message = error.message
+    # Point at the missing / unexpected field itself rather than at its parent object.
+    if error.validator == "required":
+        missing = [p for p in error.validator_value if isinstance(error.instance, dict) and p not in error.instance]
+        if missing:
+            path.append(missing[0])
+            message = "is required"
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra:
+            path.append(extra[0])
+            message = "is not an accepted field"
+    if len(message) > 300:
+        message = message[:300] + "..."
+    return {"path": _pointer(path), "message": message}
+
+
+@functools.cache
+def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
+    import json
+    schema = json.loads(schema_json)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate(schema: dict, instance) -> None:
+    """Raise ValidationFailed listing every failing field (sorted by path) when `instance` does not match."""
+    import json
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        seen, details = set(), []
+        for error in errors:
+            # `oneOf`/`anyOf` failures carry their sub-errors; report the most specific one.
+            if error.context:
+                error = min(error.context, key=lambda e: -len(list(e.absolute_path)))
+            detail = _detail(error)
+            if (detail["path"], detail["message"]) not in seen:
+                seen.add((detail["path"], detail["message"]))
+                details.append(detail)
+        raise ValidationFailed(details)

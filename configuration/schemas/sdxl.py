@@ -1,0 +1,59 @@
+"""SDXL worker request schemas."""
+from __future__ import annotations
+
+from configuration import job_types, model_config
+from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, RESOLUTION,
+                                          SAFE_ID, SEED, STRENGTH)
+from configuration.settings import Settings
+
+
+def schemas(settings: Settings) -> dict[str, dict]:
+    limits = model_config("sdxl", settings)["limits"]
+    size = {"type": "integer", "minimum": limits["min_size"], "maximum": limits["max_size"],
+            "multipleOf": limits["multiple"],
+            "description": f"Pixels; a multiple of {limits['multiple']} in [{limits['min_size']}, {limits['max_size']}]."}
+    steps = {"type": "integer", "minimum": 1, "maximum": 100}
+    generate = {
+        "$schema": DIALECT,
+        "title": "SDXL generation job",
+        "type": "object",
+        "required": ["type", "prompt"],
+        "additionalProperties": False,
+        "properties": {
+            "id": SAFE_ID,
+            "type": {"enum": sorted(job_types("sdxl"))},
+            "prompt": PROMPT,
+            "user_id": SAFE_ID,
+            "compel_enabled": {"type": "boolean", "description": "Apply compel prompt weighting."},
+            "compel_weights": {"type": "string", "maxLength": 20000,
+                               "description": "Compel-syntax weighted prompt; used instead of `prompt` for conditioning when compel is enabled."},
+            "config": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "num_images": {"enum": [1, 3, 6]},
+                    "steps": steps,
+                    "num_inference_steps": {**steps, "description": "Legacy alias of `steps`."},
+                    "guidance_scale": {"type": "number", "minimum": 0.0, "maximum": 30.0},
+                    "width": size,
+                    "height": size,
+                    "resolution": RESOLUTION,
+                    "seed": SEED,
+                    "negative_prompt": NEGATIVE_PROMPT,
+                },
+            },
+            "metadata": {
+                "type": "object",
+                "description": "Reference-image parameters. Other keys are the caller's own and are echoed back in the job metadata.",
+                "properties": {
+                    "reference_image_url": REFERENCE_URL,
+                    "denoise_strength": {**STRENGTH, "exclusiveMinimum": 0.0},
+                    "reference_strength": {**STRENGTH, "exclusiveMaximum": 1.0,
+                                           "description": "Legacy: denoise_strength = 1 - reference_strength."},
+                    "exact_copy_mode": {"type": "boolean"},
+                    "resize_policy": {"enum": ["center_crop", "letterbox"]},
+                },
+            },
+        },
+    }
+    return {"generate": generate}

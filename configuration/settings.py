@@ -1,0 +1,207 @@
+"""Every environment variable the pod reads, in one place.
+
+`Settings.from_env()` is the only function that looks at `os.environ`; everything else receives a
+`Settings` instance. docs/CONFIGURATION.md lists the same variables (a test keeps the two in sync).
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the process refuses to start."""
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {value!r}") from None
+
+
+# name -> (field, parser, default, description). The description is what docs/CONFIGURATION.md shows.
+_ENV: dict[str, tuple[str, object, object, str]] = {
+    "BIND_HOST": ("bind_host", str, "127.0.0.1", "Address every process binds to (RunPod sets 0.0.0.0)."),
+    "ORCHESTRATOR_PORT": ("orchestrator_port", _int, 7858, "Orchestrator port."),
+    "SDXL_PORT": ("sdxl_port", _int, 7859, "SDXL worker port."),
+    "WAN_PORT": ("wan_port", _int, 7860, "WAN worker port."),
+    "CHAT_PORT": ("chat_port", _int, 7861, "Chat worker port."),
+    "WORKER_API_KEY": ("api_key", str, "", "Bearer token required on every endpoint but /health and /ready."),
+    "MODEL_PROFILE": ("model_profile", str, "", "`placeholder` or `production`; default: placeholder unless a production model path is set."),
+    "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, REPO_ROOT / ".cache" / "placeholder-models", "Where placeholder models are built and cached."),
+    "SDXL_MODEL_PATH": ("sdxl_model_path", str, "", "Production SDXL checkpoint: a diffusers directory or a single .safetensors file."),
+    "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "", "Local diffusers SDXL config directory used by single-file checkpoints (never a hub lookup)."),
+    "WAN_T2V_MODEL_PATH": ("wan_t2v_model_path", str, "", "Production Wan2.1 text-to-video diffusers directory."),
+    "WAN_VACE_MODEL_PATH": ("wan_vace_model_path", str, "", "Production Wan2.1 VACE diffusers directory (reference-frame modes)."),
+    "QWEN_BASE_MODEL_PATH": ("qwen_base_model_path", str, "", "Production Qwen2.5 base model directory."),
+    "QWEN_INSTRUCT_MODEL_PATH": ("qwen_instruct_model_path", str, "", "Production Qwen2.5 instruct model directory."),
+    "OUTPUT_DIR": ("output_dir", Path, Path("./outputs"), "Root of the local storage backend."),
+    "STATE_DIR": ("state_dir", Path, Path(""), "Job journal directory (default: OUTPUT_DIR/.jobs)."),
+    "STORAGE_BACKEND": ("storage_backend", str, "local", "`local` (files under OUTPUT_DIR) or `supabase` (Supabase Storage)."),
+    "SUPABASE_URL": ("supabase_url", str, "", "Supabase project URL (storage, callbacks, registration)."),
+    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "", "Service key: bearer for storage uploads and callbacks."),
+    "SUPABASE_BUCKET": ("supabase_bucket", str, "workspace-temp", "Storage bucket for outputs."),
+    "CALLBACK_URL": ("callback_url", str, "", "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
+    "CALLBACK_SECRET": ("callback_secret", str, "", "When set, callbacks carry X-Signature: sha256=<HMAC of the body>."),
+    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, 6, "Delivery attempts per callback."),
+    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, 1.0, "First retry delay; doubles per attempt (capped at 60 s)."),
+    "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, 10.0, "Timeout of one callback POST."),
+    "MAX_BODY_MB": ("max_body_mb", _float, 10.0, "Request body cap; larger bodies get 413."),
+    "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, False, "Allow reference URLs on loopback/private/link-local addresses (tests only)."),
+    "FETCH_MAX_MB": ("fetch_max_mb", _float, 20.0, "Size cap of a fetched reference image."),
+    "FETCH_TIMEOUT_S": ("fetch_timeout_s", _float, 15.0, "Total time allowed to fetch a reference image."),
+    "ENABLED_WORKERS": ("enabled_workers", str, "sdxl,chat,wan", "Workers the orchestrator starts."),
+    "ORCHESTRATOR_URL": ("orchestrator_url", str, "", "Memory broker a worker leases from (set by the orchestrator for its children)."),
+    "VRAM_BUDGET_MB": ("vram_budget_mb", _int, 0, "Memory budget on a machine without a GPU (0: 48 GB nominal)."),
+    "VRAM_RESERVE_MB": ("vram_reserve_mb", _int, 2048, "Memory kept free for activations."),
+    "LEASE_TIMEOUT_S": ("lease_timeout_s", _float, 120.0, "How long a lease request waits for busy workers."),
+    "SHUTDOWN_GRACE_S": ("shutdown_grace_s", _float, 60.0, "How long running jobs may finish after SIGTERM."),
+    "WORKER_READY_TIMEOUT_S": ("worker_ready_timeout_s", _float, 300.0, "How long the orchestrator waits for a worker's /ready."),
+    "RESTART_LIMIT": ("restart_limit", _int, 5, "Restarts of a dying worker before it is marked failed."),
+    "RESTART_BACKOFF_S": ("restart_backoff_s", _float, 1.0, "First restart delay; doubles per restart."),
+    "RESTART_BACKOFF_MAX_S": ("restart_backoff_max_s", _float, 30.0, "Cap on the restart delay."),
+    "GUNICORN_THREADS": ("gunicorn_threads", _int, 16, "HTTP threads per worker process."),
+    "CHAT_BATCH_SIZE": ("chat_batch_size", _int, 8, "Most chat requests generated together in one batch."),
+    "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, 10, "How long the chat batcher waits to fill a batch."),
+    "TORCH_COMPILE": ("torch_compile", _bool, False, "torch.compile the UNet/transformer on CUDA."),
+    "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, True, "Register worker URLs with Supabase when SUPABASE_URL is set."),
+    "RUNPOD_POD_ID": ("runpod_pod_id", str, "", "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
+    "LOG_LEVEL": ("log_level", str, "INFO", "Python log level."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    bind_host: str = "127.0.0.1"
+    orchestrator_port: int = 7858
+    sdxl_port: int = 7859
+    wan_port: int = 7860
+    chat_port: int = 7861
+    api_key: str = field(default="", repr=False)
+    model_profile: str = "placeholder"
+    placeholder_models_dir: Path = REPO_ROOT / ".cache" / "placeholder-models"
+    sdxl_model_path: str = ""
+    sdxl_config_dir: str = ""
+    wan_t2v_model_path: str = ""
+    wan_vace_model_path: str = ""
+    qwen_base_model_path: str = ""
+    qwen_instruct_model_path: str = ""
+    output_dir: Path = Path("./outputs")
+    state_dir: Path = Path("")
+    storage_backend: str = "local"
+    supabase_url: str = ""
+    supabase_service_key: str = field(default="", repr=False)
+    supabase_bucket: str = "workspace-temp"
+    callback_url: str = ""
+    callback_secret: str = field(default="", repr=False)
+    callback_max_attempts: int = 6
+    callback_backoff_s: float = 1.0
+    callback_timeout_s: float = 10.0
+    max_body_mb: float = 10.0
+    fetch_allow_private: bool = False
+    fetch_max_mb: float = 20.0
+    fetch_timeout_s: float = 15.0
+    enabled_workers: str = "sdxl,chat,wan"
+    orchestrator_url: str = ""
+    vram_budget_mb: int = 0
+    vram_reserve_mb: int = 2048
+    lease_timeout_s: float = 120.0
+    shutdown_grace_s: float = 60.0
+    worker_ready_timeout_s: float = 300.0
+    restart_limit: int = 5
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+    gunicorn_threads: int = 16
+    chat_batch_size: int = 8
+    chat_batch_window_ms: int = 10
+    torch_compile: bool = False
+    register_with_supabase: bool = True
+    runpod_pod_id: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, (attr, parse, _default, _doc) in _ENV.items():
+            raw = env.get(name)
+            if raw is None or (raw == "" and parse is not str):
+                continue
+            values[attr] = parse(raw, name) if parse not in (str, Path) else parse(raw)
+        if not values.get("model_profile"):
+            production_paths = ("sdxl_model_path", "wan_t2v_model_path", "qwen_base_model_path", "qwen_instruct_model_path")
+            values["model_profile"] = "production" if any(values.get(p) for p in production_paths) else "placeholder"
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def check(self) -> None:
+        if self.model_profile not in ("placeholder", "production"):
+            raise SettingsError(f"MODEL_PROFILE must be 'placeholder' or 'production', got {self.model_profile!r}")
+        if self.storage_backend not in ("local", "supabase"):
+            raise SettingsError(f"STORAGE_BACKEND must be 'local' or 'supabase', got {self.storage_backend!r}")
+        if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_key):
+            raise SettingsError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
+        if not self.api_key and not self.bind_is_loopback:
+            raise SettingsError(
+                f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "
+                "refusing to serve unauthenticated endpoints on a public interface")
+
+    @property
+    def bind_is_loopback(self) -> bool:
+        if self.bind_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.bind_host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def effective_callback_url(self) -> str:
+        if self.callback_url:
+            return self.callback_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/functions/v1/job-callback"
+        return ""
+
+    @property
+    def effective_state_dir(self) -> Path:
+        return self.state_dir if str(self.state_dir) not in ("", ".") else self.output_dir / ".jobs"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def port_of(self, worker: str) -> int:
+        return {"orchestrator": self.orchestrator_port, "sdxl": self.sdxl_port,
+                "wan": self.wan_port, "chat": self.chat_port}[worker]
+
+
+def documented_variables() -> dict[str, tuple[object, str]]:
+    """name -> (default, description), for docs and the docs-sync test."""
+    return {name: (default, doc) for name, (_a, _p, default, doc) in _ENV.items()}

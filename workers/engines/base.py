@@ -1,0 +1,60 @@
+"""What every engine provides to the job runtime and the model host."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from configuration import model_config, worker_config
+from configuration.settings import Settings
+from workers import devices
+
+
+class Engine(ABC):
+    worker: str = ""
+
+    def __init__(self, settings: Settings, device: str | None = None):
+        self.settings = settings
+        self.device = device or devices.pick_device()
+        self.configs = {m: model_config(m, settings) for m in worker_config(self.worker)["models"]}
+        self._measured: dict[str, int] = {}
+
+    def model_names(self) -> list[str]:
+        return list(self.configs)
+
+    def dtype(self, model: str):
+        return devices.pick_dtype(self.configs[model]["dtype"], self.device)
+
+    def memory_estimate(self, model: str) -> int:
+        """Bytes a load will take: what the last load measured, else the configured estimate."""
+        return self._measured.get(model, self.configs[model]["memory_bytes"])
+
+    def resident_bytes(self, model: str) -> int:
+        measured = devices.module_bytes(*self.modules(model)) if self.is_loaded(model) else 0
+        if measured:
+            self._measured[model] = measured
+        return measured
+
+    @abstractmethod
+    def modules(self, model: str) -> list:
+        """The torch modules a loaded model holds (for measuring resident bytes)."""
+
+    @abstractmethod
+    def is_loaded(self, model: str) -> bool: ...
+
+    @abstractmethod
+    def load(self, model: str) -> None: ...
+
+    @abstractmethod
+    def unload(self, model: str) -> None: ...
+
+    def required_models(self, params: dict) -> list[str]:
+        return self.model_names()[:1]
+
+    def working_bytes(self, params: dict) -> int:
+        """Activation memory a job needs beyond the weights (part of the memory lease)."""
+        return 0
+
+    def check_request(self, params: dict) -> None:
+        """Model-specific checks on normalised parameters; raise ValidationFailed to answer 400."""
+
+    def run(self, params: dict, ctx) -> list:
+        raise NotImplementedError(f"{type(self).__name__} does not run queued jobs")

@@ -1,0 +1,230 @@
+"""SDXL engine: text-to-image in one batched call, image-to-image sharing the same weights, compel
+prompt weighting, directory or single-file checkpoints."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+
+from workers import devices
+from workers.engines.base import Engine
+from workers.runtime.errors import JobFailed
+from workers.runtime.fetch import fetch_image
+from workers.runtime.jobs import GeneratedAsset
+
+log = logging.getLogger(__name__)
+
+MODEL = "sdxl"
+CLIP_MAX_TOKENS = 77
+
+
+# ---- pure decisions (unit-tested on CPU) -------------------------------------------------------
+
+def img2img_steps(requested_steps: int, strength: float) -> tuple[int, int]:
+    """(steps to pass, denoising steps that run). diffusers runs int(steps * strength) steps; when that
+    is 0 (exact copy with low strength) raise the step count until at least one step runs."""
+    steps = requested_steps
+    if int(steps * strength) < 1:
+        steps = max(requested_steps, math.ceil(1.0 / strength))
+        while int(steps * strength) < 1:
+            steps += 1
+    return steps, int(steps * strength)
+
+
+def batch_seeds(seed: int, count: int) -> list[int]:
+    return [(seed + i) % 2**32 for i in range(count)]
+
+
+_A1111_WEIGHT = re.compile(r"\(([^()]+?):\s*([0-9]*\.?[0-9]+)\)")
+
+
+def compel_prompt(prompt: str, weights: str | None) -> str:
+    """The text compel conditions on: the prompt plus the weighted terms, with `(term:1.3)` weights
+    (the syntax callers send) rewritten to compel's `(term)1.3`."""
+    text = prompt if not weights else f"{prompt}, {weights}"
+    return _A1111_WEIGHT.sub(lambda m: f"({m.group(1)}){m.group(2)}", text)
+
+
+def resize_reference(image: Image.Image, width: int, height: int, policy: str) -> Image.Image:
+    """center_crop: scale to cover the target, crop the middle. letterbox: scale to fit, pad black."""
+    if policy == "center_crop":
+        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
+    if policy == "letterbox":
+        return ImageOps.pad(image, (width, height), Image.Resampling.LANCZOS, color=(0, 0, 0))
+    raise ValueError(f"unknown resize policy {policy!r}")
+
+
+def gpu_plan(gpu: dict, device: str, batch: int, pixels: int, compile_setting: bool) -> dict:
+    """Which GPU optimisations to apply for a job: all off on CPU, where they do nothing useful."""
+    cuda = device == "cuda"
+    return {
+        "sdpa": cuda and gpu.get("attention") == "sdpa",
+        "channels_last": cuda and bool(gpu.get("channels_last")),
+        "torch_compile": cuda and (bool(gpu.get("torch_compile")) or compile_setting),
+        "vae_fp16_fix": cuda and bool(gpu.get("vae_fp16_fix_path")),
+        "vae_upcast": cuda and bool(gpu.get("vae_upcast")) and not gpu.get("vae_fp16_fix_path"),
+        "vae_slicing": cuda and batch >= int(gpu.get("vae_slicing_min_batch", 3)),
+        "vae_tiling": cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 4194304)),
+    }
+
+
+# ---- engine --------------------------------------------------------------------------------------
+
+class SDXLEngine(Engine):
+    worker = "sdxl"
+
+    def __init__(self, settings, device=None):
+        super().__init__(settings, device)
+        self.txt2img = None
+        self.img2img = None
+        self._compel = None
+        self.load_source = None
+
+    # model lifecycle
+    def modules(self, model: str) -> list:
+        return list(self.txt2img.components.values()) if self.txt2img is not None else []
+
+    def is_loaded(self, model: str) -> bool:
+        return self.txt2img is not None
+
+    def load(self, model: str) -> None:
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+        cfg = self.configs[MODEL]
+        path, dtype = cfg["path"], self.dtype(MODEL)
+        if not path:
+            raise JobFailed("no SDXL model path configured (SDXL_MODEL_PATH)", code="model_not_configured")
+        if path.endswith((".safetensors", ".ckpt")):
+            config_dir = cfg["config_path"] or self._sibling_config(path)
+            if not config_dir:
+                raise JobFailed("single-file SDXL checkpoints need SDXL_CONFIG_DIR (a local diffusers SDXL "
+                                "config directory); hub lookups are disabled", code="model_not_configured")
+            pipe = StableDiffusionXLPipeline.from_single_file(path, config=config_dir, local_files_only=True, dtype=dtype)
+            self.load_source = "single_file"
+        else:
+            pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
+            self.load_source = "directory"
+        pipe.set_progress_bar_config(disable=True)
+        self._apply_static_gpu_settings(pipe, cfg["gpu"], dtype)
+        pipe.to(self.device)
+        self.txt2img = pipe
+        # One set of weights: the img2img pipeline is built from the same component objects.
+        self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        self.img2img.set_progress_bar_config(disable=True)
+        self._compel = None
+
+    @staticmethod
+    def _sibling_config(path: str) -> str:
+        candidate = Path(path).parent / "config"
+        return str(candidate) if (candidate / "model_index.json").exists() else ""
+
+    def unload(self, model: str) -> None:
+        self.txt2img = self.img2img = self._compel = None
+        devices.empty_cache(self.device)
+
+    def _apply_static_gpu_settings(self, pipe, gpu: dict, dtype) -> None:
+        plan = gpu_plan(gpu, self.device, batch=1, pixels=0, compile_setting=self.settings.torch_compile)
+        if plan["vae_fp16_fix"]:
+            from diffusers import AutoencoderKL
+            pipe.vae = AutoencoderKL.from_pretrained(gpu["vae_fp16_fix_path"], local_files_only=True, dtype=dtype)
+        if plan["vae_upcast"]:
+            pipe.vae.register_to_config(force_upcast=True)
+        if plan["sdpa"]:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+        if plan["channels_last"]:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if plan["torch_compile"]:
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+
+    def _apply_job_gpu_settings(self, params: dict) -> dict:
+        plan = gpu_plan(self.configs[MODEL]["gpu"], self.device, params["num_images"],
+                        params["width"] * params["height"], self.settings.torch_compile)
+        vae = self.txt2img.vae
+        vae.enable_slicing() if plan["vae_slicing"] else vae.disable_slicing()
+        vae.enable_tiling() if plan["vae_tiling"] else vae.disable_tiling()
+        return plan
+
+    # jobs
+    def working_bytes(self, params: dict) -> int:
+        # Activations scale with batch x pixels; about 1.2 GB per 1024x1024 image in fp16 with CFG.
+        if self.settings.model_profile == "placeholder":
+            return 0
+        return int(1.2 * 1024**3 * params["num_images"] * params["width"] * params["height"] / (1024 * 1024))
+
+    def run(self, params: dict, ctx) -> list[GeneratedAsset]:
+        plan = self._apply_job_gpu_settings(params)
+        reference = params["reference"]
+        seeds = batch_seeds(params["seed"], params["num_images"])
+        generators = [devices.seeded_generator(s, self.device) for s in seeds]
+        prompt_args, prompt_report = self._prompt_arguments(params)
+        common = dict(guidance_scale=params["guidance_scale"], num_images_per_prompt=params["num_images"],
+                      generator=generators, output_type="pil", **prompt_args)
+        used = {"width": params["width"], "height": params["height"], "guidance_scale": params["guidance_scale"],
+                "negative_prompt_used": params["negative_prompt"], "steps_requested": params["steps"],
+                "gpu_settings": [k for k, v in plan.items() if v], **prompt_report}
+
+        if reference is None:
+            total = params["steps"]
+            ctx.stage("generating", total_steps=total)
+            images = self.txt2img(width=params["width"], height=params["height"], num_inference_steps=params["steps"],
+                                  callback_on_step_end=self._step_callback(ctx, total), **common).images
+            used.update(pipeline="StableDiffusionXLPipeline", steps=params["steps"], effective_steps=params["steps"])
+        else:
+            ctx.stage("loading")
+            source = fetch_image(reference["url"], self.settings)
+            init = resize_reference(source, params["width"], params["height"], reference["resize_policy"])
+            strength = reference["denoise_strength"]
+            steps, effective = img2img_steps(params["steps"], strength)
+            ctx.stage("generating", total_steps=effective)
+            images = self.img2img(image=init, strength=strength, num_inference_steps=steps,
+                                  callback_on_step_end=self._step_callback(ctx, effective), **common).images
+            used.update(pipeline="StableDiffusionXLImg2ImgPipeline", steps=steps, effective_steps=effective,
+                        denoise_strength=strength, strength_source=reference["strength_source"],
+                        reference_mode=reference["mode"], resize_policy=reference["resize_policy"],
+                        reference_size=list(source.size))
+        if len(images) != params["num_images"]:
+            raise JobFailed(f"pipeline returned {len(images)} images for num_images={params['num_images']}")
+        return [GeneratedAsset("image", [img], dict(used, seed=seed)) for img, seed in zip(images, seeds)]
+
+    @staticmethod
+    def _step_callback(ctx, total: int):
+        def on_step_end(pipe, step_index, timestep, callback_kwargs):
+            ctx.on_step(step_index + 1, total)
+            return callback_kwargs
+        return on_step_end
+
+    # prompts
+    def _prompt_arguments(self, params: dict) -> tuple[dict, dict]:
+        if params["compel_enabled"]:
+            text = compel_prompt(params["prompt"], params["compel_weights"])
+            compel = self._compel_for_pipe()
+            positive, pooled = compel(text)
+            negative, negative_pooled = compel(params["negative_prompt"])
+            positive, negative = compel.pad_conditioning_tensors_to_same_length([positive, negative])
+            # Embeddings only: passing negative_prompt too is what crashed the previous img2img path.
+            return ({"prompt_embeds": positive, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": negative,
+                     "negative_pooled_prompt_embeds": negative_pooled},
+                    {"compel": True, "compel_prompt": text, "prompt_tokens": self._token_count(text),
+                     "prompt_truncated": False})
+        tokens = self._token_count(params["prompt"])
+        return ({"prompt": params["prompt"], "negative_prompt": params["negative_prompt"]},
+                {"compel": False, "prompt_tokens": tokens, "prompt_truncated": tokens > CLIP_MAX_TOKENS})
+
+    def _token_count(self, text: str) -> int:
+        return len(self.txt2img.tokenizer(text, truncation=False).input_ids)
+
+    def _compel_for_pipe(self):
+        if self._compel is None:
+            from compel import Compel, ReturnedEmbeddingsType
+            pipe = self.txt2img
+            # truncate_long_prompts=False: prompts over 77 tokens are encoded in chunks, not cut.
+            self._compel = Compel(tokenizer=[pipe.tokenizer, pipe.tokenizer_2],
+                                  text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+                                  returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                                  requires_pooled=[False, True], truncate_long_prompts=False, device=self.device)
+        return self._compel

@@ -1,0 +1,24 @@
+"""gunicorn settings for every worker: one process (the executor and its models live in it), threads
+for HTTP, no --preload (CUDA does not survive a fork), and a graceful stop that lets jobs finish."""
+from configuration.settings import Settings
+
+_settings = Settings.from_env()
+
+workers = 1
+worker_class = "gthread"
+threads = _settings.gunicorn_threads
+preload_app = False
+timeout = 120
+graceful_timeout = _settings.shutdown_grace_s + 15
+keepalive = 5
+accesslog = None
+loglevel = _settings.log_level.lower()
+
+
+def worker_exit(server, worker):
+    """Runs in the worker process as it stops (SIGTERM): let running and queued jobs finish."""
+    from workers.http.app import current_state
+
+    state = current_state()
+    if state is not None:
+        state.shutdown(_settings.shutdown_grace_s)

@@ -1,0 +1,105 @@
+"""The worker app factory. gunicorn calls `create_app("<worker>")` in the worker process, after the
+fork, so models and CUDA state never live in the master."""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+
+from flask import Flask
+
+from configuration import worker_config
+from configuration.settings import Settings
+from workers.http import auth, common, errors, generation
+from workers.runtime.callbacks import CallbackSender
+from workers.runtime.jobs import JobJournal, JobRunner
+from workers.runtime.memory import LocalMemory
+from workers.runtime.models import ModelHost
+from workers.runtime.storage import make_storage
+
+log = logging.getLogger(__name__)
+_CURRENT: "WorkerState | None" = None
+
+
+def current_state() -> "WorkerState | None":
+    """The state of the worker app built in this process (for gunicorn's exit hook)."""
+    return _CURRENT
+
+
+class WorkerState:
+    """Everything one worker process owns: engine, model host, job runner."""
+
+    def __init__(self, name: str, settings: Settings):
+        self.name = name
+        self.settings = settings
+        self.pid = os.getpid()
+        self.config = worker_config(name)
+        self.request_schema = self.config["request_schema"]
+        module_name, class_name = self.config["engine"].split(":")
+        engine_cls = getattr(importlib.import_module(module_name), class_name)
+        self.engine = engine_cls(settings)
+        self.memory = make_memory_client(name, settings, self.engine.device)
+        self.host = ModelHost(self.engine, self.memory)
+        self.runner = JobRunner(name, self.engine, self.host, make_storage(settings), CallbackSender(settings),
+                                JobJournal(settings.effective_state_dir / name))
+        self.shutting_down = False
+        self._shutdown_lock = threading.Lock()
+
+    def memory_status(self) -> dict:
+        from workers import devices
+        models = self.host.status()
+        return {
+            "worker": self.name,
+            "device": self.engine.device,
+            "device_memory": devices.device_memory(self.engine.device),
+            "models": models,
+            "model_loaded": any(m["loaded"] for m in models.values()),
+            "resident_bytes": sum(m["resident_bytes"] for m in models.values()),
+            "busy": self.host.busy(),
+            "memory": self.memory.status(),
+        }
+
+    def shutdown(self, grace_s: float) -> None:
+        """Stop taking work, let the running and queued jobs finish within `grace_s`."""
+        from workers.runtime.jobs import wait_until
+        with self._shutdown_lock:
+            self.shutting_down = True
+            self.runner.stop_accepting()
+        if not wait_until(self.runner.idle, grace_s):
+            log.warning("shutdown grace of %.0fs elapsed with jobs unfinished", grace_s)
+            self.runner.fail_unfinished("the worker was stopped before the job finished")
+
+
+def make_memory_client(name: str, settings: Settings, device: str):
+    if settings.orchestrator_url:
+        from orchestrator.client import BrokerMemory
+        return BrokerMemory(name, settings, device)
+    return LocalMemory(settings, device)
+
+
+def create_app(worker: str, settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {worker} %(levelname)s %(name)s: %(message)s")
+    if settings.model_profile == "placeholder":
+        from workers.placeholders import ensure_placeholder_models
+        ensure_placeholder_models(settings.placeholder_models_dir)
+    if not settings.api_key:
+        log.warning("WORKER_API_KEY is not set: serving without authentication on loopback %s only", settings.bind_host)
+
+    app = Flask(f"ourvidz-{worker}")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False
+    global _CURRENT
+    state = WorkerState(worker, settings)
+    _CURRENT = state
+    app.extensions["worker_state"] = state
+    errors.register_error_handlers(app)
+    auth.install_auth(app, settings.api_key)
+    app.register_blueprint(common.bp)
+    if state.request_schema:
+        app.register_blueprint(generation.bp)
+    if state.config.get("http"):
+        module_name, attr = state.config["http"].split(":")
+        app.register_blueprint(getattr(importlib.import_module(module_name), attr))
+    return app

@@ -1,0 +1,1 @@
+"""The job runtime shared by every worker: records, executor, storage, media, callbacks, fetching."""

@@ -1,0 +1,111 @@
+"""Terminal-status callbacks, delivered from their own thread with retry and backoff.
+
+Delivery never blocks, delays or fails a job: `send` only enqueues. Each callback carries an
+`Idempotency-Key` stable per job and status, so a receiver can drop the duplicates that retries of
+a slow-but-successful delivery may cause.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+from configuration.settings import Settings
+
+log = logging.getLogger(__name__)
+_RETRYABLE_4XX = {408, 409, 425, 429}
+
+
+@dataclass(order=True)
+class _Delivery:
+    due: float
+    body: bytes = field(compare=False)
+    key: str = field(compare=False)
+    attempt: int = field(compare=False, default=0)
+    on_result: object = field(compare=False, default=None)
+
+
+def sign(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class CallbackSender:
+    def __init__(self, settings: Settings):
+        self.url = settings.effective_callback_url
+        self.service_key = settings.supabase_service_key
+        self.secret = settings.callback_secret
+        self.max_attempts = max(1, settings.callback_max_attempts)
+        self.backoff_s = settings.callback_backoff_s
+        self.timeout_s = settings.callback_timeout_s
+        self._queue: queue.PriorityQueue[_Delivery] = queue.PriorityQueue()
+        self._session = requests.Session()
+        self._thread = threading.Thread(target=self._loop, name="callbacks", daemon=True)
+        if self.url:
+            self._thread.start()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def send(self, payload: dict, on_result=None) -> bool:
+        """Queue `payload` for delivery; `on_result(delivered: bool, attempts: int)` is called at the end."""
+        if not self.url:
+            return False
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        key = f"{payload['job_id']}:{payload['status']}"
+        self._queue.put(_Delivery(time.monotonic(), body, key, 0, on_result))
+        return True
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _headers(self, delivery: _Delivery) -> dict:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": delivery.key}
+        if self.service_key:
+            headers["Authorization"] = f"Bearer {self.service_key}"
+        if self.secret:
+            headers["X-Signature"] = sign(delivery.body, self.secret)
+        return headers
+
+    def _loop(self) -> None:
+        while True:
+            delivery = self._queue.get()
+            wait = delivery.due - time.monotonic()
+            if wait > 0:
+                # Not due yet: put it back and sleep until it is (or a new delivery arrives).
+                self._queue.put(delivery)
+                time.sleep(min(wait, 0.2))
+                continue
+            delivery.attempt += 1
+            ok, retry, reason = self._attempt(delivery)
+            if ok or not retry or delivery.attempt >= self.max_attempts:
+                if not ok:
+                    log.error("callback %s abandoned after %d attempt(s): %s", delivery.key, delivery.attempt, reason)
+                if delivery.on_result:
+                    try:
+                        delivery.on_result(ok, delivery.attempt)
+                    except Exception:  # a bookkeeping failure must not stop other deliveries
+                        log.exception("callback result hook failed")
+                continue
+            delay = min(60.0, self.backoff_s * 2 ** (delivery.attempt - 1))
+            log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason, delay)
+            delivery.due = time.monotonic() + delay
+            self._queue.put(delivery)
+
+    def _attempt(self, delivery: _Delivery) -> tuple[bool, bool, str]:
+        try:
+            response = self._session.post(self.url, data=delivery.body, headers=self._headers(delivery),
+                                          timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            return False, True, type(exc).__name__
+        if 200 <= response.status_code < 300:
+            return True, False, ""
+        retry = response.status_code >= 500 or response.status_code in _RETRYABLE_4XX
+        return False, retry, f"HTTP {response.status_code}"

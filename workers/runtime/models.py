@@ -1,0 +1,132 @@
+"""ModelHost: the one place where an engine's models are loaded, used and unloaded.
+
+It guarantees that a model is never unloaded while a job is using it (unload waits, then answers
+busy), asks the memory client for a lease before loading, and reports resident bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+from workers.runtime.errors import ModelBusy
+
+log = logging.getLogger(__name__)
+
+
+class ModelHost:
+    def __init__(self, engine, memory):
+        self.engine = engine
+        self.memory = memory
+        self._cond = threading.Condition()
+        self._in_use: dict[str, int] = {m: 0 for m in engine.model_names()}
+        self._loading: set[str] = set()
+        self._last_used: dict[str, float] = {}
+        self.load_counts: dict[str, int] = {m: 0 for m in engine.model_names()}
+
+    def model_names(self) -> list[str]:
+        return list(self._in_use)
+
+    def resolve(self, which: str | None) -> list[str]:
+        if which in (None, "", "all"):
+            return self.model_names()
+        if which not in self._in_use:
+            raise KeyError(which)
+        return [which]
+
+    @contextlib.contextmanager
+    def use(self, models: list[str], working_bytes: int = 0):
+        """Mark `models` in use for the duration of a job, loading any that are not resident."""
+        with self._cond:
+            for m in models:
+                self._in_use[m] += 1
+        try:
+            for m in models:
+                self._ensure_loaded(m, working_bytes)
+            self.memory.job_started(working_bytes)
+            try:
+                yield
+            finally:
+                self.memory.job_finished()
+        finally:
+            with self._cond:
+                now = time.time()
+                for m in models:
+                    self._in_use[m] -= 1
+                    self._last_used[m] = now
+                self._cond.notify_all()
+            self.memory.touch(models)
+
+    def _ensure_loaded(self, model: str, working_bytes: int = 0) -> None:
+        with self._cond:
+            while model in self._loading:
+                self._cond.wait()
+            if self.engine.is_loaded(model):
+                return
+            self._loading.add(model)
+        try:
+            self.memory.acquire(model, self.engine.memory_estimate(model), working_bytes)
+            try:
+                started = time.monotonic()
+                self.engine.load(model)
+            except BaseException:
+                self.memory.release(model)
+                raise
+            self.load_counts[model] += 1
+            resident = self.engine.resident_bytes(model)
+            self.memory.loaded(model, resident)
+            log.info("loaded %s (%d bytes) in %.2fs", model, resident, time.monotonic() - started)
+        finally:
+            with self._cond:
+                self._loading.discard(model)
+                self._cond.notify_all()
+
+    def load(self, which: str | None) -> list[str]:
+        models = self.resolve(which)
+        for m in models:
+            self._ensure_loaded(m)
+            with self._cond:
+                self._last_used[m] = time.time()
+        return models
+
+    def unload(self, which: str | None, wait_s: float = 0.0) -> list[str]:
+        """Unload models; a model in use is waited for up to `wait_s`, then ModelBusy is raised."""
+        models = self.resolve(which)
+        deadline = time.monotonic() + wait_s
+        unloaded = []
+        for m in models:
+            with self._cond:
+                while self._in_use[m] > 0 or m in self._loading:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ModelBusy(f"model {m} is running a job")
+                    self._cond.wait(remaining)
+                if not self.engine.is_loaded(m):
+                    continue
+                # Unload while holding the condition so no job can start using it half-way.
+                self.engine.unload(m)
+            self.memory.release(m)
+            unloaded.append(m)
+            log.info("unloaded %s", m)
+        return unloaded
+
+    def status(self) -> dict:
+        with self._cond:
+            models = {}
+            for m in self._in_use:
+                loaded = self.engine.is_loaded(m)
+                models[m] = {
+                    "loaded": loaded,
+                    "resident_bytes": self.engine.resident_bytes(m) if loaded else 0,
+                    "estimate_bytes": self.engine.memory_estimate(m),
+                    "busy": self._in_use[m] > 0,
+                    "loading": m in self._loading,
+                    "last_used": self._last_used.get(m),
+                    "load_count": self.load_counts[m],
+                }
+        return models
+
+    def busy(self) -> bool:
+        with self._cond:
+            return any(self._in_use.values())
