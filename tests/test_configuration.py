@@ -1,0 +1,180 @@
+"""Settings, schemas and SDXL normalisation: pure logic, including property-based checks."""
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from configuration import job_types, model_config, preset_defaults
+from configuration.params import normalise_generation
+from configuration.schemas import ValidationFailed, schemas, validate_request
+from configuration.settings import Settings, SettingsError, documented_variables
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def settings():
+    """Pure-logic tests: no models needed."""
+    return Settings()
+
+
+def body(**overrides):
+    b = {"id": "j1", "type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1", "config": {"seed": 7}}
+    b.update(overrides)
+    return b
+
+
+def details(exc_info):
+    return {d["path"]: d["message"] for d in exc_info.value.details}
+
+
+def test_settings_defaults_and_profile_detection():
+    s = Settings.from_env({})
+    assert (s.orchestrator_port, s.sdxl_port, s.wan_port, s.chat_port) == (7858, 7859, 7860, 7861)
+    assert s.model_profile == "placeholder" and s.bind_host == "127.0.0.1"
+    assert Settings.from_env({"SDXL_MODEL_PATH": "/m/x.safetensors"}).model_profile == "production"
+    assert Settings.from_env({"SUPABASE_URL": "https://p.supabase.co"}).effective_callback_url == \
+        "https://p.supabase.co/functions/v1/job-callback"
+    assert Settings.from_env({"SUPABASE_URL": "https://p", "CALLBACK_URL": "http://x/cb"}).effective_callback_url == "http://x/cb"
+    assert Settings.from_env({}).effective_callback_url == ""
+
+
+def test_settings_refuse_public_bind_without_key_and_bad_values():
+    with pytest.raises(SettingsError, match="WORKER_API_KEY"):
+        Settings.from_env({"BIND_HOST": "0.0.0.0"})
+    assert Settings.from_env({"BIND_HOST": "0.0.0.0", "WORKER_API_KEY": "k"}).bind_host == "0.0.0.0"
+    with pytest.raises(SettingsError, match="SDXL_PORT"):
+        Settings.from_env({"SDXL_PORT": "abc"})
+    with pytest.raises(SettingsError, match="MODEL_PROFILE"):
+        Settings.from_env({"MODEL_PROFILE": "staging"})
+
+
+def test_secrets_not_in_settings_repr():
+    s = Settings.from_env({"WORKER_API_KEY": "sekrit-1", "SUPABASE_SERVICE_KEY": "sekrit-2", "CALLBACK_SECRET": "sekrit-3"})
+    assert "sekrit" not in repr(s)
+
+
+def test_every_setting_is_documented():
+    doc = (REPO / "docs" / "CONFIGURATION.md").read_text()
+    for name in documented_variables():
+        assert f"`{name}`" in doc, f"{name} missing from docs/CONFIGURATION.md"
+
+
+def test_all_schemas_are_valid_draft_2020_12(settings):
+    import jsonschema
+    for name, schema in schemas(settings).items():
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_presets_fill_only_what_is_missing(settings):
+    p = normalise_generation("sdxl", body(), settings)
+    assert (p["steps"], p["guidance_scale"], p["num_images"], p["seed"]) == (15, 6.0, 1, 7)
+    assert (p["width"], p["height"]) == (64, 64)  # placeholder profile's native size
+    high = normalise_generation("sdxl", body(type="sdxl_image_high", config={"steps": 9}), settings)
+    assert (high["steps"], high["guidance_scale"]) == (9, 7.5)
+    assert preset_defaults("sdxl_image_high", Settings(model_profile="production"))["width"] == 1024
+
+
+def test_seed_zero_is_a_seed_and_missing_seed_is_random_and_reported(settings):
+    assert normalise_generation("sdxl", body(config={"seed": 0}), settings)["seed"] == 0
+    p = normalise_generation("sdxl", body(config={}), settings)
+    assert p["seed_source"] == "random" and 0 <= p["seed"] < 2**32
+
+
+def test_legacy_sdxl_fields(settings):
+    p = normalise_generation("sdxl", body(config={"num_inference_steps": 12, "resolution": "128x64"},
+                                          metadata={"reference_image_url": "https://x/y.png", "reference_strength": 0.7}), settings)
+    assert (p["steps"], p["width"], p["height"]) == (12, 128, 64)
+    assert p["reference"]["denoise_strength"] == pytest.approx(0.3)
+    assert p["reference"]["strength_source"] == "reference_strength"
+
+
+def test_exact_copy_takes_preset_strength_and_guidance(settings):
+    p = normalise_generation("sdxl", body(metadata={"reference_image_url": "https://x/y.png", "exact_copy_mode": True}), settings)
+    assert p["reference"]["mode"] == "exact_copy"
+    assert p["reference"]["denoise_strength"] == job_types()["sdxl_image_fast"]["exact_copy"]["denoise_strength"]
+    assert p["guidance_scale"] == 1.0
+
+
+@pytest.mark.parametrize("bad, path", [
+    ({"prompt": None}, "/prompt"),
+    ({"prompt": "   "}, "/prompt"),
+    ({"type": "sdxl_image_ultra"}, "/type"),
+    ({"config": {"steps": 0}}, "/config/steps"),
+    ({"config": {"steps": 101}}, "/config/steps"),
+    ({"config": {"steps": "20"}}, "/config/steps"),
+    ({"config": {"num_images": 2}}, "/config/num_images"),
+    ({"config": {"width": 65}}, "/config/width"),
+    ({"config": {"seed": -1}}, "/config/seed"),
+    ({"config": {"seed": 2**32}}, "/config/seed"),
+    ({"config": {"bogus": 1}}, "/config/bogus"),
+    ({"metadata": {"denoise_strength": 1.5, "reference_image_url": "https://x"}}, "/metadata/denoise_strength"),
+    ({"metadata": {"reference_image_url": "ftp://x/y.png"}}, "/metadata/reference_image_url"),
+    ({"id": "../etc"}, "/id"),
+    ({"user_id": "a/b"}, "/user_id"),
+])
+def test_schema_errors_name_the_field(settings, bad, path):
+    b = body(**bad)
+    if bad.get("prompt", "") is None:
+        del b["prompt"]
+    with pytest.raises(ValidationFailed) as exc:
+        validate_request("sdxl.generate", b, settings)
+        normalise_generation("sdxl", b, settings)
+    assert path in details(exc)
+
+
+@pytest.mark.parametrize("config, path", [
+    ({"resolution": "4096x4096"}, "/config/resolution"),
+    ({"resolution": "100x64"}, "/config/resolution"),
+    ({"resolution": "64x64", "width": 128}, "/config/width"),
+    ({"steps": 10, "num_inference_steps": 12}, "/config/num_inference_steps"),
+])
+def test_normalisation_errors_name_the_field(settings, config, path):
+    b = body(config=config)
+    validate_request("sdxl.generate", b, settings)
+    with pytest.raises(ValidationFailed) as exc:
+        normalise_generation("sdxl", b, settings)
+    assert path in details(exc)
+
+
+def test_reference_fields_need_a_reference(settings):
+    b = body(metadata={"denoise_strength": 0.4})
+    with pytest.raises(ValidationFailed) as exc:
+        normalise_generation("sdxl", b, settings)
+    assert "/metadata/denoise_strength" in details(exc)
+
+
+def test_caller_metadata_is_kept(settings):
+    p = normalise_generation("sdxl", body(metadata={"reference_type": "style", "credits": 3,
+                                                    "reference_image_url": "https://x/y.png"}), settings)
+    assert p["caller_metadata"] == {"reference_type": "style", "credits": 3}
+
+
+_limits = model_config("sdxl", Settings())["limits"]
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(steps=st.one_of(st.integers(-5, 130), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3), st.none()),
+       num_images=st.one_of(st.integers(0, 8), st.none()),
+       width=st.one_of(st.integers(0, 300), st.none()),
+       seed=st.one_of(st.integers(-2, 2**32 + 2), st.none()),
+       guidance=st.one_of(st.floats(-1, 40, allow_nan=False), st.none()))
+def test_property_accepted_bodies_normalise_within_bounds(steps, num_images, width, seed, guidance):
+    """Whatever the schema accepts normalises to parameters inside the documented ranges; whatever it
+    rejects is rejected with at least one field path."""
+    s = Settings()
+    config = {k: v for k, v in {"steps": steps, "num_images": num_images, "width": width, "seed": seed,
+                                "guidance_scale": guidance}.items() if v is not None}
+    b = body(config=config)
+    try:
+        validate_request("sdxl.generate", b, s)
+        p = normalise_generation("sdxl", b, s)
+    except ValidationFailed as exc:
+        assert exc.details and all(re.match(r"^(/[^/]+)*$", d["path"]) for d in exc.details)
+        return
+    assert 1 <= p["steps"] <= 100 and isinstance(p["steps"], int)
+    assert p["num_images"] in (1, 3, 6)
+    assert _limits["min_size"] <= p["width"] <= _limits["max_size"] and p["width"] % _limits["multiple"] == 0
+    assert 0 <= p["seed"] < 2**32
+    assert 0 <= p["guidance_scale"] <= 30
