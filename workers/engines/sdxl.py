@@ -110,7 +110,8 @@ class SDXLEngine(Engine):
             self.load_source = "directory"
         pipe.set_progress_bar_config(disable=True)
         self._apply_static_gpu_settings(pipe, cfg["gpu"], dtype)
-        pipe.to(self.device)
+        if self.device != "cpu":
+            pipe.to(self.device)
         self.txt2img = pipe
         # One set of weights: the img2img pipeline is built from the same component objects.
         self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)

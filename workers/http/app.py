@@ -78,9 +78,18 @@ def make_memory_client(name: str, settings: Settings, device: str):
     return LocalMemory(settings, device)
 
 
+def _quiet_progress_bars() -> None:
+    # Loading progress bars are noise in a server log.
+    import diffusers.utils.logging
+    import transformers.utils.logging
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def create_app(worker: str, settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {worker} %(levelname)s %(name)s: %(message)s")
+    _quiet_progress_bars()
     if settings.model_profile == "placeholder":
         from workers.placeholders import ensure_placeholder_models
         ensure_placeholder_models(settings.placeholder_models_dir)
