@@ -38,9 +38,13 @@ class CallbackReceiver:
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
+                try:
+                    parsed = json.loads(raw) if raw else None
+                except ValueError:
+                    parsed = None
                 with receiver._lock:
                     receiver.requests.append({"path": self.path, "headers": dict(self.headers), "raw": raw,
-                                              "body": json.loads(raw) if raw else None})
+                                              "body": parsed})
                     failing = receiver.fail_first > 0
                     if failing:
                         receiver.fail_first -= 1
@@ -48,7 +52,7 @@ class CallbackReceiver:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"success": true}')
+                self.wfile.write(b"{\"success\": true}")
 
             def log_message(self, *args):
                 pass

@@ -330,3 +330,22 @@ def test_module_bytes_counts_shared_tensors_once():
     b.weight = a.weight
     assert devices.module_bytes(a) == (100 + 10) * 4
     assert devices.module_bytes(a, b) == (100 + 10 + 10) * 4
+
+
+def test_supabase_storage_uploads_with_exact_content_type_and_upsert():
+    from workers.runtime.storage import SupabaseStorage
+
+    receiver = CallbackReceiver()
+    try:
+        base = receiver.url.split("/functions")[0]
+        storage = SupabaseStorage(base, "svc-key", "workspace-temp")
+        assert storage.put("u1/j1/0.png", b"\x89PNG", "image/png") == "u1/j1/0.png"
+        [req] = receiver.requests
+        assert req["path"] == "/storage/v1/object/workspace-temp/u1/j1/0.png"
+        assert req["headers"]["Content-Type"] == "image/png" and req["headers"]["x-upsert"] == "true"
+        assert req["headers"]["Authorization"] == "Bearer svc-key" and req["raw"] == b"\x89PNG"
+        receiver.status = 415
+        with pytest.raises(StorageError, match="HTTP 415"):
+            storage.put("u1/j1/1.png", b"x", "application/octet-stream")
+    finally:
+        receiver.close()
