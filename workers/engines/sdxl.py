@@ -206,7 +206,7 @@ class SDXLEngine(Engine):
             compel = self._compel_for_pipe()
             positive, pooled = compel(text)
             negative, negative_pooled = compel(params["negative_prompt"])
-            positive, negative = compel.pad_conditioning_tensors_to_same_length([positive, negative])
+            positive, negative = self._pad_to_same_length(compel, positive, negative)
             # Embeddings only: passing negative_prompt too is what crashed the previous img2img path.
             return ({"prompt_embeds": positive, "pooled_prompt_embeds": pooled, "negative_prompt_embeds": negative,
                      "negative_pooled_prompt_embeds": negative_pooled},
@@ -215,6 +215,20 @@ class SDXLEngine(Engine):
         tokens = self._token_count(params["prompt"])
         return ({"prompt": params["prompt"], "negative_prompt": params["negative_prompt"]},
                 {"compel": False, "prompt_tokens": tokens, "prompt_truncated": tokens > CLIP_MAX_TOKENS})
+
+    @staticmethod
+    def _pad_to_same_length(compel, positive, negative):
+        """Long prompts encode to several 77-token chunks; pad the shorter conditioning with the
+        empty prompt's embedding (what compel's own padding does, which fails with two encoders)."""
+        if positive.shape[1] == negative.shape[1]:
+            return positive, negative
+        empty, _ = compel("")
+        def pad(t, length):
+            while t.shape[1] < length:
+                t = torch.cat([t, empty.to(t.dtype)[:, : length - t.shape[1]]], dim=1)
+            return t
+        length = max(positive.shape[1], negative.shape[1])
+        return pad(positive, length), pad(negative, length)
 
     def _token_count(self, text: str) -> int:
         return len(self.txt2img.tokenizer(text, truncation=False).input_ids)
