@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 
 from flask import Flask
 
@@ -66,9 +67,13 @@ class WorkerState:
         with self._shutdown_lock:
             self.shutting_down = True
             self.runner.stop_accepting()
+        deadline = time.monotonic() + grace_s
         if not wait_until(self.runner.idle, grace_s):
             log.warning("shutdown grace of %.0fs elapsed with jobs unfinished", grace_s)
             self.runner.fail_unfinished("the worker was stopped before the job finished")
+            wait_until(self.runner.idle, 10)
+        if not self.runner.callbacks.flush(max(5.0, deadline - time.monotonic())):
+            log.warning("callbacks still pending at exit; the next start resends them")
 
 
 def make_memory_client(name: str, settings: Settings, device: str):

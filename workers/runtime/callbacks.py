@@ -46,6 +46,8 @@ class CallbackSender:
         self.timeout_s = settings.callback_timeout_s
         self._queue: queue.PriorityQueue[_Delivery] = queue.PriorityQueue()
         self._session = requests.Session()
+        self._lock = threading.Lock()
+        self._outstanding = 0  # queued or being attempted
         self._thread = threading.Thread(target=self._loop, name="callbacks", daemon=True)
         if self.url:
             self._thread.start()
@@ -60,11 +62,22 @@ class CallbackSender:
             return False
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         key = f"{payload['job_id']}:{payload['status']}"
+        with self._lock:
+            self._outstanding += 1
         self._queue.put(_Delivery(time.monotonic(), body, key, 0, on_result))
         return True
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        with self._lock:
+            return self._outstanding
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued callback is delivered or abandoned. Ones still pending at exit stay
+        `pending` in the job journal and are sent again by the next process."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.pending()
 
     def _headers(self, delivery: _Delivery) -> dict:
         headers = {"Content-Type": "application/json", "Idempotency-Key": delivery.key}
@@ -93,6 +106,8 @@ class CallbackSender:
                         delivery.on_result(ok, delivery.attempt)
                     except Exception:  # a bookkeeping failure must not stop other deliveries
                         log.exception("callback result hook failed")
+                with self._lock:
+                    self._outstanding -= 1
                 continue
             delay = min(60.0, self.backoff_s * 2 ** (delivery.attempt - 1))
             log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason, delay)
