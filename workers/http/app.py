@@ -50,15 +50,22 @@ class WorkerState:
     def memory_status(self) -> dict:
         from workers import devices
         models = self.host.status()
+        device_memory = devices.device_memory(self.engine.device)
+        memory = self.memory.status()
+        resident = sum(m["resident_bytes"] for m in models.values())
+        total = device_memory["total_bytes"] if device_memory else memory.get("budget_bytes", 0)
         return {
             "worker": self.name,
             "device": self.engine.device,
-            "device_memory": devices.device_memory(self.engine.device),
+            "device_memory": device_memory,
             "models": models,
             "model_loaded": any(m["loaded"] for m in models.values()),
-            "resident_bytes": sum(m["resident_bytes"] for m in models.values()),
+            "resident_bytes": resident,
             "busy": self.host.busy(),
-            "memory": self.memory.status(),
+            "memory": memory,
+            # The previous pod's field names (GB), which callers still read.
+            "allocated_vram": round(resident / 1024**3, 3),
+            "total_vram": round(total / 1024**3, 3),
         }
 
     def shutdown(self, grace_s: float) -> None:
