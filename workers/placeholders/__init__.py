@@ -1,0 +1,125 @@
+"""Placeholder models: tiny random-weight models in the exact on-disk formats of the real ones.
+
+No machine in development or CI reaches a model hub, so the workers' real loading code
+(`from_pretrained`, `from_single_file`) runs against these instead. They are built offline, in a few
+seconds, into `root`, and rebuilt only when the libraries that write them change:
+
+    root/manifest.json                            versions, builder version, file hashes
+    root/sdxl/                                    StableDiffusionXLPipeline folder
+    root/sdxl-single/placeholder_sdxl.safetensors the same SDXL weights as one original-format checkpoint
+    root/sdxl-single/config/                      the folder's configs + tokenizers, no weights
+    root/wan2.1-t2v/                              WanPipeline folder
+    root/wan2.1-vace/                             WanVACEPipeline folder (same VAE/text encoder as t2v)
+    root/qwen2.5-base/, root/qwen2.5-instruct/    Qwen2ForCausalLM folders
+
+This module imports nothing heavy: checking a cached tree takes about a millisecond.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+# Bump when anything a builder writes changes (shapes, tokenizer recipe, layout).
+BUILDER_VERSION = 1
+VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "sentencepiece")
+MANIFEST = "manifest.json"
+LOCK_FILE = ".lock"
+
+_LAYOUT = {
+    "sdxl": "sdxl",
+    "sdxl_single_file": "sdxl-single/placeholder_sdxl.safetensors",
+    "sdxl_single_file_config": "sdxl-single/config",
+    "wan_t2v": "wan2.1-t2v",
+    "wan_vace": "wan2.1-vace",
+    "qwen_base": "qwen2.5-base",
+    "qwen_instruct": "qwen2.5-instruct",
+}
+
+_versions_cache: dict[str, str] | None = None
+
+
+def placeholder_paths(root: str | os.PathLike) -> dict[str, Path]:
+    """Where each placeholder model lives under `root` (whether built or not).
+
+    sdxl: diffusers folder; sdxl_single_file: original-format .safetensors (load with
+    `from_single_file(path, config=<sdxl folder or sdxl_single_file_config>, local_files_only=True)`);
+    sdxl_single_file_config: configs/tokenizers only, next to the file as `config/`; wan_t2v, wan_vace,
+    qwen_base, qwen_instruct: folders."""
+    root = Path(root)
+    return {key: root / rel for key, rel in _LAYOUT.items()}
+
+
+def installed_versions() -> dict[str, str]:
+    """Versions of the libraries that define the on-disk formats, read from the installed
+    distributions' metadata folder names (no import of torch & co.)."""
+    global _versions_cache
+    if _versions_cache is None:
+        wanted = {p: None for p in VERSIONED_PACKAGES}
+        for entry in sys.path:
+            if not entry or not os.path.isdir(entry) or all(wanted.values()):
+                continue
+            try:
+                names = os.listdir(entry)
+            except OSError:
+                continue
+            for name in names:
+                if not name.endswith(".dist-info"):
+                    continue
+                dist, _, version = name[: -len(".dist-info")].partition("-")
+                dist = dist.lower().replace("-", "_").replace(".", "_")
+                if dist in wanted and wanted[dist] is None:
+                    wanted[dist] = version
+        for package, version in wanted.items():
+            if version is None:
+                from importlib import metadata
+
+                try:
+                    wanted[package] = metadata.version(package)
+                except metadata.PackageNotFoundError:
+                    wanted[package] = "not-installed"
+        _versions_cache = wanted
+    return dict(_versions_cache)
+
+
+def expected_stamp() -> dict:
+    return {"builder_version": BUILDER_VERSION, "versions": installed_versions()}
+
+
+def read_manifest(root: str | os.PathLike) -> dict | None:
+    try:
+        with open(Path(root) / MANIFEST, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(root: str | os.PathLike) -> bool:
+    """True when `root` holds a complete tree written by this builder with the installed library versions."""
+    manifest = read_manifest(root)
+    if not manifest:
+        return False
+    stamp = expected_stamp()
+    if manifest.get("builder_version") != stamp["builder_version"] or manifest.get("versions") != stamp["versions"]:
+        return False
+    return all(path.exists() for path in placeholder_paths(root).values())
+
+
+def ensure_placeholder_models(root: str | os.PathLike, force: bool = False) -> Path:
+    """Build every placeholder model under `root` unless a current build is already there; return `root`.
+
+    Safe to call from several processes at once: the build runs under an exclusive `flock` on
+    `root/.lock`, into a temporary folder that is renamed into place, and the manifest is written last
+    (and removed first on a rebuild), so a reader that finds a current manifest sees a complete tree."""
+    root = Path(root).resolve()
+    if not force and is_current(root):
+        return root
+    from .build import build_locked
+
+    build_locked(root, force=force)
+    return root
+
+
+__all__ = ["BUILDER_VERSION", "ensure_placeholder_models", "placeholder_paths", "installed_versions", "is_current",
+           "read_manifest"]
