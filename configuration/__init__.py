@@ -64,6 +64,11 @@ def model_is_configured(model: str, settings: Settings) -> bool:
     return bool(model_config(model, settings)["path"])
 
 
+def chat_config() -> dict:
+    """The chat worker's configuration data (configuration/chat.json): rendering, defaults, cleaning."""
+    return copy.deepcopy(_load("chat.json"))
+
+
 def job_types(worker: str | None = None) -> dict[str, dict]:
     """Job type -> resolved preset (aliases such as the legacy `*_enhanced` WAN types resolved)."""
     presets = _load("presets.json")
@@ -87,6 +92,6 @@ def preset_defaults(job_type: str, settings: Settings) -> dict:
 
 
 __all__ = [
-    "CONFIG_DIR", "ConfigurationError", "Settings", "SettingsError", "job_types", "model_config",
+    "CONFIG_DIR", "ConfigurationError", "Settings", "SettingsError", "chat_config", "job_types", "model_config",
     "model_configs", "model_is_configured", "preset_defaults", "worker_config", "worker_configs",
 ]

@@ -82,9 +82,13 @@ _ENV: dict[str, tuple[str, object, object, str]] = {
     "RESTART_LIMIT": ("restart_limit", _int, 5, "Restarts of a dying worker before it is marked failed."),
     "RESTART_BACKOFF_S": ("restart_backoff_s", _float, 1.0, "First restart delay; doubles per restart."),
     "RESTART_BACKOFF_MAX_S": ("restart_backoff_max_s", _float, 30.0, "Cap on the restart delay."),
+    "RESTART_RESET_S": ("restart_reset_s", _float, 600.0, "A worker that stays ready this long has its count of consecutive failures reset."),
+    "ENHANCE_TIMEOUT_S": ("enhance_timeout_s", _float, 300.0, "How long the orchestrator waits for the chat worker to enhance a prompt."),
+    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, 48, "HTTP threads of the orchestrator (memory lease requests block one each while they wait)."),
     "GUNICORN_THREADS": ("gunicorn_threads", _int, 16, "HTTP threads per worker process."),
     "CHAT_BATCH_SIZE": ("chat_batch_size", _int, 8, "Most chat requests generated together in one batch."),
     "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, 10, "How long the chat batcher waits to fill a batch."),
+    "CHAT_MAX_QUEUE": ("chat_max_queue", _int, 256, "Chat requests waiting per model before new ones get 503."),
     "TORCH_COMPILE": ("torch_compile", _bool, False, "torch.compile the UNet/transformer on CUDA."),
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, True, "Register worker URLs with Supabase when SUPABASE_URL is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "", "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
@@ -133,9 +137,13 @@ class Settings:
     restart_limit: int = 5
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 30.0
+    restart_reset_s: float = 600.0
+    enhance_timeout_s: float = 300.0
+    orchestrator_threads: int = 48
     gunicorn_threads: int = 16
     chat_batch_size: int = 8
     chat_batch_window_ms: int = 10
+    chat_max_queue: int = 256
     torch_compile: bool = False
     register_with_supabase: bool = True
     runpod_pod_id: str = ""
@@ -167,6 +175,8 @@ class Settings:
             raise SettingsError(f"STORAGE_BACKEND must be 'local' or 'supabase', got {self.storage_backend!r}")
         if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_key):
             raise SettingsError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
+        if self.chat_batch_size < 1 or self.chat_batch_window_ms < 0 or self.chat_max_queue < 1:
+            raise SettingsError("CHAT_BATCH_SIZE and CHAT_MAX_QUEUE must be >= 1 and CHAT_BATCH_WINDOW_MS >= 0")
         if not self.api_key and not self.bind_is_loopback:
             raise SettingsError(
                 f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "

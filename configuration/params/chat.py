@@ -1,0 +1,123 @@
+"""Chat request bodies (already schema-valid) -> one generation request form shared by every route.
+
+The result is what the engine runs with and what the response reports as used: the model, either
+`messages` (rendered by the model's chat template or by the configured base-model template) or raw
+`text`, and every sampling parameter, with configured defaults (configuration/chat.json) filling
+only what the caller left out.
+"""
+from __future__ import annotations
+
+from configuration import chat_config, model_config
+from configuration.params.common import resolve_seed
+from configuration.schemas.common import field_error
+from configuration.settings import Settings
+
+SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def short_name(model: str) -> str:
+    return chat_config()["models"][model]["short_name"]
+
+
+def model_for_short_name(name: str) -> str:
+    for model, cfg in chat_config()["models"].items():
+        if cfg["short_name"] == name:
+            return model
+    raise KeyError(name)
+
+
+def enhance(body: dict, model: str, settings: Settings) -> dict:
+    """/enhance/base, /enhance/instruct (model from the route) and legacy /enhance (model from the body)."""
+    cfg = chat_config()
+    defaults = dict(cfg["defaults"]["enhance"])
+    target = body.get("target_model")
+    if target:
+        defaults.update(cfg["enhance_targets"][target])
+    raw = bool(body.get("raw", False))
+    if "messages" in body:
+        if "system_prompt" in body:
+            raise field_error("/system_prompt", "cannot be combined with messages (put it in the messages)")
+        if raw:
+            raise field_error("/raw", "cannot be combined with messages (a raw prompt is sent verbatim)")
+        messages = _messages(body["messages"])
+        if "prompt" in body:
+            original = body["prompt"]
+        else:
+            users = [m["content"] for m in messages if m["role"] == "user"]
+            if not users:
+                raise field_error("/messages", "needs a user message (the prompt to enhance) when prompt is absent")
+            original = users[-1]
+        text = None
+    elif raw:
+        if "system_prompt" in body:
+            raise field_error("/system_prompt", "cannot be combined with raw (a raw prompt is sent verbatim)")
+        messages, text, original = None, body["prompt"], body["prompt"]
+    else:
+        messages = ([{"role": "system", "content": body["system_prompt"]}] if "system_prompt" in body else [])
+        messages.append({"role": "user", "content": body["prompt"]})
+        text, original = None, body["prompt"]
+    params = _request(body, model, defaults, settings, messages, text)
+    params.update(original_prompt=original, target_model=target)
+    return params
+
+
+def chat(body: dict, settings: Settings) -> dict:
+    """Legacy /chat and /generate."""
+    cfg = chat_config()
+    model = body.get("model", cfg["legacy_default_model"])
+    return _request(body, model, cfg["defaults"]["chat"], settings, _messages(body["messages"]), None)
+
+
+def completion(body: dict, settings: Settings) -> dict:
+    """OpenAI-compatible /v1/chat/completions."""
+    body = dict(body)
+    if "max_completion_tokens" in body:
+        if "max_tokens" in body and body["max_tokens"] != body["max_completion_tokens"]:
+            raise field_error("/max_completion_tokens", f"conflicts with max_tokens={body['max_tokens']}")
+        body["max_tokens"] = body["max_completion_tokens"]
+    if "stream_options" in body and not body.get("stream"):
+        raise field_error("/stream_options", "is only used with stream: true")
+    params = _request(body, body["model"], chat_config()["defaults"]["openai"], settings,
+                      _messages(body["messages"]), None)
+    params.update(stream=bool(body.get("stream", False)),
+                  include_usage=bool(body.get("stream_options", {}).get("include_usage", False)))
+    return params
+
+
+def _request(body: dict, model: str, defaults: dict, settings: Settings, messages, text) -> dict:
+    limit = model_config(model, settings)["limits"]["max_tokens"]
+    params = {"model": model, "messages": messages, "text": text}
+    for name in SAMPLING:
+        params[name] = body[name] if name in body else defaults[name]
+    if "max_tokens" not in body:
+        params["max_tokens"] = min(int(params["max_tokens"]), limit)
+    params["max_tokens"] = int(params["max_tokens"])
+    params["top_k"] = int(params["top_k"])
+    for name in ("temperature", "top_p", "repetition_penalty"):
+        params[name] = float(params[name])
+    params["stop"] = _stops(body.get("stop"), model, templated=text is None)
+    params["seed"], params["seed_source"] = resolve_seed(body)
+    params["stream"] = False
+    params["include_usage"] = False
+    return params
+
+
+def _stops(requested, model: str, templated: bool) -> list[str]:
+    """The caller's stop strings plus, when the configured template renders the prompt, the template's
+    own turn markers (a base model would otherwise write the next turn itself)."""
+    stops = [requested] if isinstance(requested, str) else list(requested or [])
+    rendering = chat_config()["models"][model]
+    if templated and rendering["rendering"] == "template":
+        stops += rendering["template"].get("stop", [])
+    return list(dict.fromkeys(stops))
+
+
+def _messages(messages: list[dict]) -> list[dict]:
+    """Messages with OpenAI text parts joined into plain strings."""
+    flat = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = "".join(part["text"] for part in content)
+        flat.append({"role": message["role"], "content": content})
+    return flat

@@ -1,0 +1,233 @@
+"""Chat worker routes: thin translations of each API onto `ChatEngine.submit` (one generation path).
+
+- POST /enhance/base, /enhance/instruct, legacy /enhance: prompt enhancement (cleaned output; an empty
+  enhancement is a 422, never the original prompt passed off as one).
+- POST /chat, legacy /generate: `messages` -> `response`.
+- POST /v1/chat/completions (plain and `stream: true` server-sent events), GET /v1/models: OpenAI.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+from flask import Blueprint, Response, jsonify
+
+from configuration import chat_config
+from configuration.openapi import register_routes
+from configuration.params import chat as chat_params
+from configuration.schemas import ValidationFailed, validate_request
+from workers.engines.chat import Generation, GenerationResult, Overloaded, clean_enhancement
+from workers.http.body import json_body
+from workers.http.common import require_ready, state
+from workers.http.errors import ApiError
+from workers.runtime.errors import JobFailed, MemoryUnavailable
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("chat", __name__)
+_STARTED_AT = int(time.time())
+_PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed", "seed_source")
+
+
+@bp.record_once
+def _start_batchers(setup_state) -> None:
+    worker_state = setup_state.app.extensions["worker_state"]
+    worker_state.engine.start(worker_state.host)
+
+
+# ---- one path for every route ------------------------------------------------------------------
+
+def _submit(params: dict) -> Generation:
+    require_ready()
+    try:
+        return state().engine.submit(params)
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": "1"}) from None
+
+
+def _api_error(exc: BaseException) -> Exception:
+    """How a failed generation is answered."""
+    if isinstance(exc, (ValidationFailed, ApiError)):
+        return exc
+    if isinstance(exc, MemoryUnavailable):
+        return ApiError(409, "insufficient_memory", exc.message, [exc.details])
+    if isinstance(exc, JobFailed):
+        return ApiError(500, exc.code, exc.message)
+    return ApiError(500, "generation_failed", "generation failed; see the worker log")
+
+
+def _run(params: dict) -> GenerationResult:
+    generation = _submit(params)
+    try:
+        return generation.wait()
+    except Exception as exc:  # noqa: BLE001 - mapped to the contract's error form
+        raise _api_error(exc) from None
+
+
+def _used(params: dict) -> dict:
+    return {name: params[name] for name in _PARAMETERS}
+
+
+def _model_info(params: dict, result: GenerationResult) -> dict:
+    return {**state().engine.model_info(params["model"]), "batch_size": result.batch_size}
+
+
+def _validated(schema: str) -> dict:
+    body = json_body()
+    validate_request(f"chat.{schema}", body, state().settings)
+    return body
+
+
+# ---- enhancement ---------------------------------------------------------------------------------
+
+def _enhance(body: dict, model: str):
+    params = chat_params.enhance(body, model, state().settings)
+    result = _run(params)
+    enhanced = clean_enhancement(result.text, params["original_prompt"], result.special_tokens,
+                                 chat_config()["cleaning"]["quote_pairs"])
+    if not enhanced:
+        raise ApiError(422, "empty_enhancement",
+                       f"the model produced no enhancement (finish_reason {result.finish_reason}, "
+                       f"{result.completion_tokens} tokens): its output was empty or only the original prompt",
+                       [{"path": "", "message": "retry with other sampling parameters or another seed"}])
+    return jsonify({
+        "success": True,
+        "enhanced_prompt": enhanced,
+        "original_prompt": params["original_prompt"],
+        "model": chat_params.short_name(model),
+        "tokens_generated": result.completion_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "generation_time": round(result.generation_time, 4),
+        "queue_time": round(result.queue_time, 4),
+        "finish_reason": result.finish_reason,
+        "target_model": params["target_model"],
+        "raw": params["text"] is not None,
+        "parameters": _used(params),
+        "model_info": _model_info(params, result),
+    })
+
+
+@bp.post("/enhance/<short>")
+def enhance_with(short: str):
+    try:
+        model = chat_params.model_for_short_name(short)
+    except KeyError:
+        raise ApiError(404, "not_found", f"no model {short!r}; use /enhance/base or /enhance/instruct") from None
+    return _enhance(_validated("enhance"), model)
+
+
+@bp.post("/enhance")
+def enhance_legacy():
+    body = _validated("enhance_legacy")
+    model = body.pop("model", chat_config()["legacy_default_model"])
+    return _enhance(body, model)
+
+
+# ---- legacy chat ---------------------------------------------------------------------------------
+
+def _chat():
+    params = chat_params.chat(_validated("chat"), state().settings)
+    result = _run(params)
+    return jsonify({
+        "success": True,
+        "response": result.text,
+        "model": params["model"],
+        "tokens_generated": result.completion_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "generation_time": round(result.generation_time, 4),
+        "queue_time": round(result.queue_time, 4),
+        "finish_reason": result.finish_reason,
+        "parameters": _used(params),
+        "model_info": _model_info(params, result),
+    })
+
+
+bp.add_url_rule("/chat", "chat", _chat, methods=["POST"])
+bp.add_url_rule("/generate", "generate", _chat, methods=["POST"])
+
+
+# ---- OpenAI-compatible ---------------------------------------------------------------------------
+
+@bp.get("/v1/models")
+def openai_models():
+    return jsonify({"object": "list", "data": [
+        {"id": model, "object": "model", "created": _STARTED_AT, "owned_by": "ourvidz"}
+        for model in state().engine.model_names()]})
+
+
+def _usage(result: GenerationResult) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+@bp.post("/v1/chat/completions")
+def openai_chat_completions():
+    params = chat_params.completion(_validated("completions"), state().settings)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    head = {"id": completion_id, "created": created, "model": params["model"],
+            "system_fingerprint": f"{params['model']}-{state().settings.model_profile}"}
+    if params["stream"]:
+        return _stream(params, head)
+    result = _run(params)
+    return jsonify({
+        **head, "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": result.finish_reason, "logprobs": None}],
+        "usage": _usage(result),
+        "seed": params["seed"],
+    })
+
+
+def _sse(payload) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _stream(params: dict, head: dict) -> Response:
+    generation = _submit(params)
+    kind, payload = generation.next_event()  # errors before the first token are plain JSON errors
+    if kind == "error":
+        raise _api_error(payload)
+
+    def chunk(delta: dict, finish_reason=None) -> str:
+        return _sse({**head, "object": "chat.completion.chunk",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
+
+    def events():
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                kind, payload = generation.next_event()
+                if kind == "delta":
+                    yield chunk({"content": payload})
+                elif kind == "done":
+                    yield chunk({}, payload.finish_reason)
+                    if params["include_usage"]:
+                        yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(payload)})
+                    yield "data: [DONE]\n\n"
+                    return
+                elif kind == "error":
+                    error = _api_error(payload)
+                    body = ({"code": error.code, "message": error.message, "details": error.details}
+                            if isinstance(error, ApiError) else
+                            {"code": "validation_error", "message": str(error), "details": error.details})
+                    yield _sse({"error": body})
+                    return
+        finally:
+            generation.cancel()  # the client went away (or the stream ended): stop generating for it
+
+    return Response(events(), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+register_routes("chat", {
+    "/enhance/base": {"post": ("Enhance a prompt with the base model (system prompt from the caller).", "chat.enhance", (400, 401, 409, 413, 422, 503))},
+    "/enhance/instruct": {"post": ("Enhance a prompt with the instruct model.", "chat.enhance", (400, 401, 409, 413, 422, 503))},
+    "/enhance": {"post": ("Legacy enhancement; `model`: qwen_base | qwen_instruct.", "chat.enhance_legacy", (400, 401, 409, 413, 422, 503))},
+    "/chat": {"post": ("Chat: `messages` -> `response`.", "chat.chat", (400, 401, 409, 413, 503))},
+    "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", (400, 401, 409, 413, 503))},
+    "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 503))},
+    "/v1/models": {"get": ("OpenAI-compatible model list.", None, (401,))},
+})
