@@ -1,0 +1,321 @@
+"""The chat engine on the placeholder Qwen models, in process: per-row sampling, batching, stop rules,
+normalisation, and the pure decisions (GPU plan, cleaning, sampling) on hand-made inputs."""
+import threading
+import time
+
+import pytest
+import torch
+
+from configuration import chat_config
+from configuration.params import chat as chat_params
+from configuration.schemas import ValidationFailed
+from configuration.settings import Settings
+from workers.engines.chat import (Batcher, ChatEngine, Generation, Overloaded, _Detokenizer, clean_enhancement,
+                                  find_stop, generation_options, gpu_plan, held_back, render_template, sample_rows)
+from workers.runtime.errors import ModelBusy
+from workers.runtime.memory import LocalMemory
+from workers.runtime.models import ModelHost
+
+MESSAGES = [{"role": "user", "content": "a red fox in the snow"}]
+
+
+@pytest.fixture(scope="module")
+def chat_settings(placeholder_dir, tmp_path_factory):
+    return Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path_factory.mktemp("chat"))
+
+
+@pytest.fixture(scope="module")
+def engine(chat_settings):
+    engine = ChatEngine(chat_settings)
+    host = ModelHost(engine, LocalMemory(chat_settings, engine.device))
+    host.load("all")
+    engine.host = host
+    return engine
+
+
+def params(settings, model="qwen_instruct", **body):
+    body.setdefault("messages", MESSAGES)
+    body.setdefault("max_tokens", 12)
+    return chat_params.chat({"model": model, **body}, settings)
+
+
+def run(engine, *requests):
+    generations = [Generation(p) for p in requests]
+    engine.generate(generations)
+    return [g.wait(0) for g in generations]
+
+
+# ---- pure decisions -----------------------------------------------------------------------------
+
+def test_gpu_plan_uses_static_cache_and_compile_only_on_cuda():
+    gpu = {"attention": "sdpa", "static_cache": True, "torch_compile": False}
+    assert gpu_plan(gpu, "cpu", compile_setting=True) == {"attn_implementation": "sdpa", "static_cache": False,
+                                                          "torch_compile": False}
+    assert gpu_plan(gpu, "cuda", compile_setting=False)["static_cache"] is True
+    compiled = gpu_plan({"attention": "sdpa"}, "cuda", compile_setting=True)
+    assert compiled["torch_compile"] and compiled["static_cache"]  # compilation needs the static cache
+    assert generation_options(compiled) == {"cache_implementation": "static", "disable_compile": False}
+    assert generation_options(gpu_plan(gpu, "cpu", False)) == {"cache_implementation": None, "disable_compile": True}
+
+
+def test_base_template_rendering_is_configuration():
+    template = chat_config()["models"]["qwen_base"]["template"]
+    text = render_template([{"role": "system", "content": "SYS"}, {"role": "user", "content": "a fox"}], template)
+    assert text == template["system"].replace("{content}", "SYS") + template["user"].replace("{content}", "a fox") \
+        + template["generation_prompt"]
+
+
+def test_stop_strings_and_hold_back():
+    assert find_stop("abc\nUser: x", ["\nUser:"]) == 3
+    assert find_stop("abc", ["x", "c", "b"]) == 1
+    assert find_stop("abc", []) is None
+    assert held_back("hello\nUs", ["\nUser:"]) == 3
+    assert held_back("hello", ["\nUser:"]) == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('  "a red fox, golden light"  ', "a red fox, golden light"),
+    ("a red fox\na red fox at dawn, mist", "a red fox at dawn, mist"),     # echoed prompt line
+    ("a red fox at dawn", "a red fox at dawn"),                            # extends the prompt: kept
+    ("<|im_end|>\u201ca fox, cinematic\u201d<|endoftext|>", "a fox, cinematic"),
+    ("  A Red Fox ", ""),                                                  # only the prompt: nothing
+    ("'a red fox'", ""),
+    ("   ", ""),
+])
+def test_clean_enhancement(text, expected):
+    quotes = chat_config()["cleaning"]["quote_pairs"]
+    assert clean_enhancement(text, "a red fox", ["<|im_end|>", "<|endoftext|>"], quotes) == expected
+
+
+def _rows(*logits):
+    return torch.tensor(logits, dtype=torch.float32)
+
+
+def test_sample_rows_per_row_parameters():
+    scores = _rows([0.0, 2.0, 1.0, -1.0], [0.0, 2.0, 1.0, -1.0], [0.0, 2.0, 1.0, -1.0])
+    ids = torch.zeros((3, 2), dtype=torch.long)
+    offsets = torch.zeros(3, dtype=torch.long)
+    temperature = torch.tensor([0.0, 1.0, 1.0])
+    top_k = torch.tensor([0, 1, 0])
+    top_p = torch.tensor([1.0, 1.0, 1.0])
+    u = torch.tensor([0.99, 0.99, 0.99], dtype=torch.float64)
+    tokens = sample_rows(scores, ids, offsets, temperature, top_k, top_p, None, u)
+    # greedy -> argmax; top_k=1 -> argmax whatever u; u=0.99 without limits -> the least likely kept token
+    assert tokens.tolist() == [1, 1, 3]
+
+
+def test_sample_rows_inverse_cdf_and_top_p():
+    probs = torch.tensor([[0.2, 0.5, 0.3]])
+    scores = probs.log()
+    one = dict(input_ids=torch.zeros((1, 1), dtype=torch.long), offsets=torch.zeros(1, dtype=torch.long),
+               temperature=torch.tensor([1.0]), top_k=torch.tensor([0]), penalty=None)
+
+    def pick(u, top_p=1.0):
+        return sample_rows(scores, top_p=torch.tensor([top_p]), uniforms=torch.tensor([u], dtype=torch.float64),
+                           **one).item()
+    # sorted by probability: 1 (0.5), 2 (0.3), 0 (0.2)
+    assert [pick(0.1), pick(0.6), pick(0.9)] == [1, 2, 0]
+    assert pick(0.9, top_p=0.7) == 2      # nucleus {1, 2}: renormalised, u=0.9 lands on 2
+    assert pick(0.9, top_p=0.5) == 1      # nucleus {1}
+
+
+def test_repetition_penalty_counts_only_the_rows_own_tokens():
+    # Both rows hold [3, 1]; in row 0 the 3 is left padding (offset 1), in row 1 it is a real token.
+    ids = torch.tensor([[3, 1], [3, 1]])
+    offsets = torch.tensor([1, 0])
+    scores = _rows([1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 5.0])
+    greedy = dict(temperature=torch.tensor([0.0, 0.0]), top_k=torch.tensor([0, 0]), top_p=torch.tensor([1.0, 1.0]),
+                  uniforms=torch.zeros(2, dtype=torch.float64))
+    # 5 / 6 < 1: where token 3 is penalised, token 0 wins
+    assert sample_rows(scores, ids, offsets, penalty=torch.tensor([6.0, 6.0]), **greedy).tolist() == [3, 0]
+    assert sample_rows(scores, ids, offsets, penalty=torch.tensor([1.0, 6.0]), **greedy).tolist() == [3, 0]
+    assert sample_rows(scores, ids, offsets, penalty=None, **greedy).tolist() == [3, 3]
+
+
+def test_detokenizer_deltas_concatenate_to_the_decoded_text(engine):
+    tokenizer = engine._loaded["qwen_instruct"].tokenizer
+    ids = tokenizer("héllo wörld 日本語 🦊 <|im_end|> done", add_special_tokens=False).input_ids
+    detok = _Detokenizer(tokenizer)
+    deltas = [detok.push(t) for t in ids] + [detok.flush()]
+    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert not any("\ufffd" in d for d in deltas)
+
+
+# ---- normalisation ------------------------------------------------------------------------------
+
+def test_defaults_come_from_configuration_and_are_reported(chat_settings):
+    cfg = chat_config()
+    p = chat_params.enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)
+    assert {k: p[k] for k in cfg["defaults"]["enhance"]} == cfg["defaults"]["enhance"]
+    assert p["messages"] == [{"role": "user", "content": "a fox"}] and p["seed_source"] == "random"
+    sdxl = chat_params.enhance({"prompt": "a fox", "target_model": "sdxl"}, "qwen_instruct", chat_settings)
+    assert sdxl["max_tokens"] == cfg["enhance_targets"]["sdxl"]["max_tokens"]
+    assert chat_params.enhance({"prompt": "a fox", "target_model": "sdxl", "max_tokens": 9}, "qwen_base",
+                               chat_settings)["max_tokens"] == 9
+
+
+def test_base_template_stops_apply_to_templated_prompts_only(chat_settings):
+    template_stops = chat_config()["models"]["qwen_base"]["template"]["stop"]
+    templated = chat_params.enhance({"prompt": "a fox", "stop": "END"}, "qwen_base", chat_settings)
+    assert templated["stop"] == ["END", *template_stops]
+    raw = chat_params.enhance({"prompt": "a fox", "raw": True}, "qwen_base", chat_settings)
+    assert raw["stop"] == [] and raw["text"] == "a fox" and raw["messages"] is None
+    assert chat_params.enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)["stop"] == []
+
+
+@pytest.mark.parametrize("body, path", [
+    ({"prompt": "a", "raw": True, "system_prompt": "s"}, "/system_prompt"),
+    ({"prompt": "a", "messages": MESSAGES, "system_prompt": "s"}, "/system_prompt"),
+    ({"prompt": "a", "messages": MESSAGES, "raw": True}, "/raw"),
+    ({"messages": [{"role": "system", "content": "s"}]}, "/messages"),
+])
+def test_enhance_conflicts(chat_settings, body, path):
+    with pytest.raises(ValidationFailed) as err:
+        chat_params.enhance(body, "qwen_base", chat_settings)
+    assert err.value.details[0]["path"] == path
+
+
+def test_openai_max_completion_tokens(chat_settings):
+    body = {"model": "qwen_base", "messages": MESSAGES, "max_completion_tokens": 7}
+    assert chat_params.completion(body, chat_settings)["max_tokens"] == 7
+    with pytest.raises(ValidationFailed):
+        chat_params.completion({**body, "max_tokens": 8}, chat_settings)
+
+
+# ---- generation on the placeholder models ---------------------------------------------------------
+
+def test_same_seed_same_text_whatever_else_is_in_the_batch(engine, chat_settings):
+    mine = params(chat_settings, seed=1234, temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.2)
+    [alone] = run(engine, mine)
+    others = [params(chat_settings, seed=7, messages=[{"role": "user", "content": "a much longer prompt " * 12}],
+                     max_tokens=20),
+              params(chat_settings, temperature=0, seed=1),
+              params(chat_settings, seed=99, top_p=0.5, max_tokens=3)]
+    batched = run(engine, others[0], mine, others[1], others[2])
+    assert batched[1].batch_size == 4
+    assert batched[1].text == alone.text and batched[1].completion_tokens == alone.completion_tokens
+    assert run(engine, params(chat_settings, seed=1235, temperature=0.9, top_k=50, top_p=0.95,
+                              repetition_penalty=1.2))[0].text != alone.text
+
+
+def test_greedy_is_a_plain_argmax_decode(engine, chat_settings):
+    """Temperature 0 equals argmax over the bare model's logits: none of the checkpoint's own sampling
+    defaults (Qwen's repetition_penalty 1.05, top_k 20, ...) sneak into generation."""
+    loaded = engine._loaded["qwen_instruct"]
+    p = params(chat_settings, temperature=0, max_tokens=10, seed=3)
+    [result] = run(engine, p)
+    ids = torch.tensor([engine.prompt_ids(loaded, p)])
+    produced = []
+    with torch.inference_mode():
+        for _ in range(10):
+            token = int(loaded.model(input_ids=ids).logits[0, -1].argmax())
+            produced.append(token)
+            if token in loaded.eos_ids:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    expected = loaded.tokenizer.decode([t for t in produced if t not in loaded.eos_ids], skip_special_tokens=True)
+    assert result.text == expected
+    assert run(engine, {**p, "seed": 4})[0].text == expected  # the seed plays no part in greedy decoding
+
+
+def test_max_tokens_and_stop_strings(engine, chat_settings):
+    short, longer = run(engine, params(chat_settings, max_tokens=3, seed=5), params(chat_settings, max_tokens=15, seed=5))
+    assert (short.completion_tokens, short.finish_reason) == (3, "length")
+    assert longer.completion_tokens <= 15 and longer.text.startswith(short.text)
+    stop = longer.text[6:8]
+    [stopped] = run(engine, params(chat_settings, max_tokens=15, seed=5, stop=[stop]))
+    assert stopped.finish_reason == "stop" and stopped.text == longer.text[:longer.text.find(stop)]
+
+
+def test_streamed_deltas_equal_the_text(engine, chat_settings):
+    p = {**params(chat_settings, seed=11, max_tokens=20, stop=["zz"]), "stream": True}
+    g = Generation(p)
+    engine.generate([g])
+    events = []
+    while True:
+        kind, payload = g.next_event(0)
+        events.append((kind, payload))
+        if kind in ("done", "error"):
+            break
+    assert events[0][0] == "started" and events[-1][0] == "done"
+    deltas = [payload for kind, payload in events if kind == "delta"]
+    assert len(deltas) > 1 and "".join(deltas) == events[-1][1].text
+
+
+def test_a_prompt_too_long_fails_alone(engine, chat_settings):
+    limit = engine.configs["qwen_base"]["limits"]["max_prompt_tokens"]
+    too_long = chat_params.enhance({"prompt": "fox " * (limit + 10), "raw": True, "max_tokens": 4}, "qwen_base",
+                                   chat_settings)
+    fine = chat_params.enhance({"prompt": "fox", "raw": True, "max_tokens": 4, "seed": 1}, "qwen_base", chat_settings)
+    bad, good = Generation(too_long), Generation(fine)
+    engine.generate([bad, good])
+    with pytest.raises(ValidationFailed) as err:
+        bad.wait(0)
+    assert err.value.details[0]["path"] == "/prompt" and "at most" in err.value.details[0]["message"]
+    assert good.wait(0).completion_tokens == 4
+
+
+# ---- batcher -------------------------------------------------------------------------------------
+
+class CountingEngine:
+    """Wraps the real engine's generate to record how many calls run at once."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.active = self.most = 0
+        self.lock = threading.Lock()
+
+    def generate(self, batch):
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            self.engine.generate(batch)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def _submit_concurrently(batcher, requests):
+    generations = [Generation(p) for p in requests]
+    threads = [threading.Thread(target=batcher.submit, args=(g,)) for g in generations]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [g.wait(30) for g in generations]
+
+
+def test_batcher_batches_concurrent_requests_and_never_overlaps_generate(engine, chat_settings):
+    counting = CountingEngine(engine)
+    batcher = Batcher(counting, engine.host, "qwen_instruct", batch_size=4, window_s=0.2, max_queue=64)
+    results = _submit_concurrently(batcher, [params(chat_settings, seed=i, max_tokens=6) for i in range(10)])
+    assert max(r.batch_size for r in results) == 4 and all(r.batch_size <= 4 for r in results)
+    assert batcher.batches < 10 and batcher.rows == 10
+    assert counting.most == 1
+    # the results are those of each request alone
+    assert results[3].text == run(engine, params(chat_settings, seed=3, max_tokens=6))[0].text
+
+    unbatched = Batcher(engine, engine.host, "qwen_instruct", batch_size=1, window_s=0.05, max_queue=64)
+    assert {r.batch_size for r in _submit_concurrently(
+        unbatched, [params(chat_settings, seed=i, max_tokens=4) for i in range(3)])} == {1}
+
+
+def test_full_queue_is_overloaded_and_a_running_batch_keeps_its_model(engine, chat_settings):
+    batcher = Batcher(engine, engine.host, "qwen_base", batch_size=1, window_s=0.0, max_queue=1)
+    lock = engine._generate_locks["qwen_base"]
+    with lock:  # the batcher's first batch blocks inside generate, holding the model in use
+        first = Generation(params(chat_settings, model="qwen_base", seed=1, max_tokens=3))
+        batcher.submit(first)
+        deadline = time.monotonic() + 10
+        while engine.host.status()["qwen_base"]["busy"] is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        batcher.submit(Generation(params(chat_settings, model="qwen_base", seed=2, max_tokens=3)))
+        with pytest.raises(Overloaded):
+            batcher.submit(Generation(params(chat_settings, model="qwen_base", seed=3, max_tokens=3)))
+        with pytest.raises(ModelBusy):
+            engine.host.unload("qwen_base", wait_s=0)
+    assert first.wait(30).completion_tokens == 3
+    assert engine.host.unload("qwen_base", wait_s=30) == ["qwen_base"]
+    assert not engine.is_loaded("qwen_base") and engine.is_loaded("qwen_instruct")
+    engine.host.load("qwen_base")

@@ -1,0 +1,203 @@
+"""The chat worker under gunicorn, as the pod runs it: every endpoint over real HTTP on the placeholder
+Qwen models, the official `openai` client, streaming, memory, batching."""
+import concurrent.futures
+import json
+
+import openai
+import pytest
+import requests
+
+from tests.support import API_KEY, WorkerProcess, base_env
+
+SYSTEM = "Rewrite the user's prompt as a detailed image description."
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, placeholder_dir):
+    env = base_env(tmp_path_factory.mktemp("chat"), placeholder_dir, CHAT_BATCH_SIZE="4", CHAT_BATCH_WINDOW_MS="50")
+    worker = WorkerProcess("chat", env).start()
+    yield worker
+    worker.stop()
+
+
+def post(worker, path, body):
+    return worker.client.post(path, json=body)
+
+
+def ok(reply):
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def enhance_body(**extra):
+    return {"prompt": "a red fox", "system_prompt": SYSTEM, "max_tokens": 16, "temperature": 0.8, "seed": 3, **extra}
+
+
+# ---- enhancement -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, model", [("/enhance/base", "base"), ("/enhance/instruct", "instruct")])
+def test_enhance_happy_path(worker, path, model):
+    body = ok(post(worker, path, enhance_body(target_model="sdxl")))
+    assert body["success"] is True and body["model"] == model
+    assert body["original_prompt"] == "a red fox" and body["enhanced_prompt"].strip()
+    assert body["enhanced_prompt"] != "a red fox"
+    assert 1 <= body["tokens_generated"] <= 16 and body["generation_time"] > 0
+    assert body["parameters"]["seed"] == 3 and body["parameters"]["max_tokens"] == 16
+    assert body["target_model"] == "sdxl" and body["model_info"]["name"] == f"qwen_{model}"
+
+
+def test_enhance_same_seed_same_text_and_legacy_route(worker):
+    first = ok(post(worker, "/enhance/base", enhance_body()))
+    again = ok(post(worker, "/enhance/base", enhance_body()))
+    other = ok(post(worker, "/enhance/base", enhance_body(seed=4)))
+    assert first["enhanced_prompt"] == again["enhanced_prompt"] != other["enhanced_prompt"]
+    legacy = ok(post(worker, "/enhance", enhance_body(model="qwen_base")))
+    assert legacy["enhanced_prompt"] == first["enhanced_prompt"] and legacy["model"] == "base"
+    assert ok(post(worker, "/enhance", enhance_body()))["model"] == "instruct"  # legacy default model
+
+
+def test_raw_prompt_and_messages(worker):
+    raw = ok(post(worker, "/enhance/base", {"prompt": "a red fox", "raw": True, "max_tokens": 6, "temperature": 0}))
+    assert raw["raw"] is True and raw["prompt_tokens"] < 10 and raw["parameters"]["stop"] == []
+    msgs = ok(post(worker, "/enhance/instruct", {"messages": [{"role": "system", "content": SYSTEM},
+                                                              {"role": "user", "content": "a red fox"}],
+                                                 "max_tokens": 6, "seed": 1}))
+    assert msgs["original_prompt"] == "a red fox"
+
+
+def test_empty_enhancement_is_an_error_not_the_prompt(worker):
+    body = {"prompt": "a red fox", "raw": True, "max_tokens": 8, "temperature": 0}
+    greedy = ok(post(worker, "/enhance/base", body))["enhanced_prompt"]
+    # A stop string at the first character of the (deterministic) output leaves nothing to return.
+    reply = post(worker, "/enhance/base", {**body, "stop": greedy.lstrip()[0]})
+    assert reply.status_code == 422, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "empty_enhancement" and "a red fox" not in json.dumps(reply.json())
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/enhance/base", {"system_prompt": SYSTEM}, "/prompt"),
+    ("/enhance/base", {"prompt": "a", "max_tokens": 0}, "/max_tokens"),
+    ("/enhance/base", {"prompt": "a", "max_tokens": 100000}, "/max_tokens"),
+    ("/enhance/base", {"prompt": "a", "temperature": -1}, "/temperature"),
+    ("/enhance/base", {"prompt": "a", "top_p": 0}, "/top_p"),
+    ("/enhance/base", {"prompt": "a", "seed": -1}, "/seed"),
+    ("/enhance/base", {"prompt": "a", "target_model": "flux"}, "/target_model"),
+    ("/enhance/base", {"prompt": "a", "raw": True, "system_prompt": "s"}, "/system_prompt"),
+    ("/enhance/instruct", {"prompt": "   "}, "/prompt"),
+    ("/enhance/instruct", {"prompt": "a", "bogus": 1}, "/bogus"),
+    ("/enhance", {"prompt": "a", "model": "qwen_huge"}, "/model"),
+    ("/chat", {"messages": []}, "/messages"),
+    ("/chat", {"messages": [{"role": "robot", "content": "x"}]}, "/messages/0/role"),
+    ("/generate", {"prompt": "a"}, "/messages"),
+    ("/generate", {**CHAT, "stop": ["a", "b", "c", "d", "e"]}, "/stop"),
+    ("/v1/chat/completions", {"messages": CHAT["messages"]}, "/model"),
+    ("/v1/chat/completions", {"model": "gpt-4", "messages": CHAT["messages"]}, "/model"),
+    ("/v1/chat/completions", {"model": "qwen_base", "messages": CHAT["messages"], "n": 2}, "/n"),
+    ("/v1/chat/completions", {"model": "qwen_base", "messages": CHAT["messages"], "top_k": -1}, "/top_k"),
+    ("/v1/chat/completions", {"model": "qwen_base", "messages": CHAT["messages"],
+                              "stream_options": {"include_usage": True}}, "/stream_options"),
+])
+def test_validation_errors(worker, path, body, field):
+    reply = post(worker, path, body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "validation_error" and field in [d["path"] for d in error["details"]], error
+
+
+def test_auth_unknown_routes_and_no_jobs(worker):
+    assert requests.post(worker.url + "/chat", json=CHAT, timeout=10).status_code == 401
+    assert post(worker, "/enhance/huge", {"prompt": "a"}).status_code == 404
+    assert worker.client.get("/jobs/anything").status_code == 404
+    bad = worker.client.post("/chat", data="{", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+
+
+# ---- chat ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/chat", "/generate"])
+def test_chat_happy_path(worker, path):
+    body = ok(post(worker, path, CHAT))
+    assert body["success"] is True and isinstance(body["response"], str)
+    assert 1 <= body["tokens_generated"] <= 8 and body["model_info"]["name"] == "qwen_instruct"
+    assert body["generation_time"] > 0
+
+
+def test_temperature_zero_is_deterministic_and_max_tokens_bounds(worker):
+    a = ok(post(worker, "/chat", {**CHAT, "temperature": 0, "seed": 1, "max_tokens": 12}))
+    b = ok(post(worker, "/chat", {**CHAT, "temperature": 0, "seed": 2, "max_tokens": 12}))
+    assert a["response"] == b["response"]
+    short = ok(post(worker, "/chat", {**CHAT, "temperature": 0, "max_tokens": 3}))
+    assert short["tokens_generated"] <= 3 and a["response"].startswith(short["response"])
+
+
+def test_concurrent_requests_are_batched_with_unchanged_results(worker):
+    bodies = [{**CHAT, "seed": i, "max_tokens": 10} for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda b: ok(post(worker, "/chat", b)), bodies))
+    assert max(r["model_info"]["batch_size"] for r in replies) > 1
+    assert replies[5]["response"] == ok(post(worker, "/chat", bodies[5]))["response"]
+
+
+# ---- OpenAI-compatible ---------------------------------------------------------------------------
+
+def test_v1_models_and_plain_completion_over_http(worker):
+    models = ok(worker.client.get("/v1/models"))
+    assert models["object"] == "list" and {m["id"] for m in models["data"]} == {"qwen_base", "qwen_instruct"}
+    sampling = {**CHAT, "temperature": 0.7, "top_p": 0.9}  # the two APIs' defaults differ (chat.json)
+    body = ok(post(worker, "/v1/chat/completions", {"model": "qwen_instruct", **sampling}))
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] <= 8
+    assert body["choices"][0]["message"]["content"] == ok(post(worker, "/chat", sampling))["response"]
+
+
+def test_streaming_sse(worker):
+    body = {"model": "qwen_instruct", **CHAT, "max_tokens": 12, "stream": True, "stream_options": {"include_usage": True}}
+    reply = worker.client.post("/v1/chat/completions", json=body, stream=True)
+    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
+    events = [line[len("data: "):] for line in reply.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) >= 4
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish in (["length"], ["stop"]) and chunks[-1]["usage"]["completion_tokens"] <= 12
+    plain = ok(post(worker, "/v1/chat/completions",
+                    {k: v for k, v in body.items() if k not in ("stream", "stream_options")}))
+    assert content == plain["choices"][0]["message"]["content"]
+
+
+def test_official_openai_client(worker):
+    client = openai.OpenAI(base_url=worker.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    assert {m.id for m in client.models.list()} == {"qwen_base", "qwen_instruct"}
+    completion = client.chat.completions.create(model="qwen_base", messages=CHAT["messages"], max_tokens=10,
+                                                seed=9, temperature=0.7)
+    text = completion.choices[0].message.content
+    assert completion.usage.completion_tokens <= 10 and completion.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(model="qwen_base", messages=CHAT["messages"], max_tokens=10, seed=9,
+                                            temperature=0.7, stream=True)
+    chunks = list(stream)
+    assert len(chunks) >= 3
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="qwen_base", messages=[], max_tokens=3)
+
+
+# ---- memory --------------------------------------------------------------------------------------
+
+def test_models_load_and_unload_independently(worker):
+    c = worker.client
+    ok(c.post("/memory/unload", json={"which": "all", "wait_s": 30}))
+    status = ok(c.get("/memory/status"))["models"]
+    assert not status["qwen_base"]["loaded"] and not status["qwen_instruct"]["loaded"]
+    ok(post(worker, "/enhance/base", enhance_body()))  # lazy load of base only
+    status = ok(c.get("/memory/status"))["models"]
+    assert status["qwen_base"]["loaded"] and status["qwen_base"]["resident_bytes"] > 0
+    assert not status["qwen_instruct"]["loaded"] and status["qwen_instruct"]["resident_bytes"] == 0
+    ok(c.post("/memory/load?which=qwen_instruct"))
+    ok(c.post("/memory/unload", json={"which": "qwen_base", "wait_s": 30}))
+    status = ok(c.get("/memory/status"))["models"]
+    assert not status["qwen_base"]["loaded"] and status["qwen_instruct"]["loaded"]
+    assert status["qwen_instruct"]["resident_bytes"] > 0
+    assert c.post("/memory/load", json={"which": "qwen_huge"}).status_code == 400
