@@ -1,0 +1,87 @@
+"""WAN worker request schemas (text-to-video, image jobs, reference-frame modes)."""
+from __future__ import annotations
+
+from configuration import job_types, model_config
+from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, RESOLUTION,
+                                          SAFE_ID, SEED, STRENGTH)
+from configuration.settings import Settings
+
+REFERENCE_MODES = ["none", "single", "start", "end", "both"]
+# Wan's own two solvers (`--sample_solver` of the Wan repository); the engine maps each to a scheduler.
+SAMPLE_SOLVERS = ["unipc", "dpm++"]
+
+
+def schemas(settings: Settings) -> dict[str, dict]:
+    limits = model_config("wan_t2v", settings)["limits"]
+    size = {"type": "integer", "minimum": limits["min_size"], "maximum": limits["max_size"],
+            "multipleOf": limits["multiple"],
+            "description": f"Pixels; a multiple of {limits['multiple']} in [{limits['min_size']}, {limits['max_size']}]."}
+    frames = {"type": "integer", "minimum": 1, "maximum": limits["max_frames"],
+              "description": "Frames to generate; rounded to the nearest 4k+1 (ties down), both counts reported. "
+                             "Image jobs: 1. Videos: at least 5."}
+    steps = {"type": "integer", "minimum": 1, "maximum": 100}
+    guidance = {"type": "number", "minimum": 0.0, "maximum": 20.0,
+                "description": "Classifier-free guidance; at 1 or below it is off and no negative prompt is used."}
+    generate = {
+        "$schema": DIALECT,
+        "title": "WAN generation job",
+        "type": "object",
+        "required": ["type", "prompt"],
+        "additionalProperties": False,
+        "properties": {
+            "id": SAFE_ID,
+            "type": {"enum": sorted(job_types("wan")),
+                     "description": "`image_*` produce one PNG, `video_*` an MP4. The legacy `*_enhanced` types ask "
+                                    "for prompt enhancement, which the orchestrator does: the worker answers 400."},
+            "prompt": PROMPT,
+            "user_id": SAFE_ID,
+            "config": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "frames": frames,
+                    "frame_num": {**frames, "description": "Legacy alias of `frames`."},
+                    "steps": steps,
+                    "sample_steps": {**steps, "description": "Legacy alias of `steps`."},
+                    "guidance_scale": guidance,
+                    "sample_guide_scale": {**guidance, "description": "Legacy alias of `guidance_scale`."},
+                    "width": size,
+                    "height": size,
+                    "resolution": RESOLUTION,
+                    "seed": SEED,
+                    "negative_prompt": NEGATIVE_PROMPT,
+                    "fps": {"type": "number", "minimum": 1, "maximum": 60,
+                            "description": "Playback rate of the MP4; duration_seconds = frames / fps."},
+                    "sample_solver": {"enum": SAMPLE_SOLVERS,
+                                      "description": "`unipc` (UniPC multistep, the default) or `dpm++` (DPM-Solver++)."},
+                    "reference_mode": {"enum": REFERENCE_MODES,
+                                       "description": "Derived from the references given when absent: start + end "
+                                                      "-> both, start -> start, end -> end, reference_image_url -> single."},
+                    "image": {**REFERENCE_URL, "description": "Legacy alias of metadata.reference_image_url."},
+                    "first_frame": {**REFERENCE_URL, "description": "Legacy alias of metadata.start_reference_url."},
+                    "last_frame": {**REFERENCE_URL, "description": "Legacy alias of metadata.end_reference_url."},
+                    "content_type": {"enum": ["image", "video"],
+                                     "description": "Legacy; must agree with the job type's output."},
+                    "enhance_prompt": {"type": "boolean",
+                                       "description": "Legacy. `true` is refused here (400): prompt enhancement "
+                                                      "runs on the orchestrator (POST /jobs)."},
+                },
+            },
+            "metadata": {
+                "type": "object",
+                "description": "Reference-frame parameters. Other keys are the caller's own and are echoed back in the job metadata.",
+                "properties": {
+                    "reference_image_url": {**REFERENCE_URL, "description": "The one reference of `single` (first frame)."},
+                    "start_reference_url": {**REFERENCE_URL, "description": "First-frame reference (`start`, `both`)."},
+                    "end_reference_url": {**REFERENCE_URL, "description": "Last-frame reference (`end`, `both`)."},
+                    "reference_strength": {**STRENGTH, "exclusiveMinimum": 0.0,
+                                           "description": "How strongly the reference frames condition the video: "
+                                                          "the VACE conditioning_scale."},
+                    "denoise_strength": {**STRENGTH, "exclusiveMaximum": 1.0,
+                                         "description": "Legacy: conditioning_scale = 1 - denoise_strength."},
+                    "resize_policy": {"enum": ["center_crop", "letterbox"]},
+                },
+            },
+        },
+    }
+    return {"generate": generate}

@@ -1,0 +1,393 @@
+"""WAN engine: Wan2.1 text-to-video and one-frame image jobs (`WanPipeline`, model `wan_t2v`) and
+reference-frame modes (`WanVACEPipeline`, model `wan_vace`), both kept resident in the worker process.
+
+The UMT5 text encoder lives outside the pipelines (`PromptEncoder`): it can stay on the CPU while the
+transformer runs on the GPU (Wan's `t5_cpu`), and it, like the VAE, is shared between the two pipelines
+when their files are byte-identical.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from configuration.schemas.common import field_error
+from workers import devices
+from workers.engines.base import Engine
+from workers.engines.sdxl import resize_reference
+from workers.runtime.errors import JobFailed
+from workers.runtime.fetch import fetch_image
+from workers.runtime.jobs import GeneratedAsset
+
+log = logging.getLogger(__name__)
+
+T2V, VACE = "wan_t2v", "wan_vace"
+TEXT_LEN = 512  # UMT5 sequence length of Wan2.1 (`text_len` in the Wan repository)
+GRAY = (128, 128, 128)  # VACE's "nothing known here" pixel value for frames to generate
+
+
+# ---- pure decisions (unit-tested on CPU) -------------------------------------------------------
+
+def text_encoder_placement(gpu: dict, device: str, model_dtype: torch.dtype) -> tuple[str, torch.dtype]:
+    """(device, dtype) of the UMT5 encoder. On an accelerator with `text_encoder_on_cpu` it stays in host
+    memory (Wan's t5_cpu) in bfloat16, which every x86 CPU runs and which halves its 11 GB. UMT5 overflows
+    in float16, so a float16 model dtype (a GPU without bf16) gets a float32 encoder instead."""
+    if device != "cpu" and gpu.get("text_encoder_on_cpu"):
+        return "cpu", torch.bfloat16 if model_dtype != torch.float32 else torch.float32
+    return device, torch.float32 if model_dtype == torch.float16 else model_dtype
+
+
+def vae_dtype(gpu: dict, device: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The Wan VAE is small and loses detail in half precision; the model config says what it runs in."""
+    if device == "cpu":
+        return torch.float32
+    return devices.pick_dtype(gpu["vae_dtype"], device) if gpu.get("vae_dtype") else model_dtype
+
+
+def offload_decision(device: str, footprint_bytes: int, free_bytes: int | None) -> bool:
+    """Model CPU offload (one component on the accelerator at a time) when the accelerator has less free
+    memory than the model's full footprint. Never on the CPU: diffusers needs an accelerator for it."""
+    return device != "cpu" and free_bytes is not None and free_bytes < footprint_bytes
+
+
+def gpu_plan(gpu: dict, device: str, pixels: int, compile_setting: bool, offload: bool) -> dict:
+    """GPU settings of a job: all off on the CPU, where they do nothing useful."""
+    cuda = device != "cpu"
+    return {
+        "text_encoder_on_cpu": cuda and bool(gpu.get("text_encoder_on_cpu")),
+        "model_cpu_offload": cuda and offload,
+        "vae_tiling": cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 409600)),
+        # Compiled modules and accelerate's offload hooks do not mix; offload wins.
+        "torch_compile": cuda and not offload and (bool(gpu.get("torch_compile")) or compile_setting),
+    }
+
+
+def working_bytes_estimate(gpu: dict, width: int, height: int, frames: int) -> int:
+    """Activation memory of one job (latents, attention, VAE decode), linear in pixels x frames."""
+    return int(float(gpu["working_bytes_per_pixel_frame"]) * width * height * frames)
+
+
+def conditioning_frames(first: Image.Image | None, last: Image.Image | None, frames: int, width: int,
+                        height: int) -> tuple[list[Image.Image], list[Image.Image]]:
+    """VACE `video` and `mask`: known frames (black mask) where references are given, gray frames to
+    generate (white mask) everywhere else."""
+    gray = Image.new("RGB", (width, height), GRAY)
+    white, black = Image.new("L", (width, height), 255), Image.new("L", (width, height), 0)
+    video, mask = [gray] * frames, [white] * frames
+    if first is not None:
+        video[0], mask[0] = first, black
+    if last is not None:
+        video[-1], mask[-1] = last, black
+    return video, mask
+
+
+def conditioned_frame_indices(mode: str, frames: int) -> list[int]:
+    return {"single": [0], "start": [0], "end": [frames - 1], "both": [0, frames - 1]}[mode]
+
+
+def make_scheduler(solver: str, config):
+    """The scheduler for `sample_solver`, built from the model's own scheduler config (flow shift etc.)."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    if solver == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
+    if solver == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(
+            config, algorithm_type="dpmsolver++", solver_type="midpoint", solver_order=2, use_flow_sigmas=True,
+            prediction_type="flow_prediction", flow_shift=config["flow_shift"])
+    raise ValueError(f"unknown sample_solver {solver!r}")
+
+
+SOLVERS = ("unipc", "dpm++")
+
+
+def _file_signature(folder: Path) -> tuple:
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = path.stat()
+        entries.append((str(path.relative_to(folder)), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(entries)
+
+
+@functools.lru_cache(maxsize=32)
+def _same_files(a: str, b: str, _signature: tuple) -> bool:
+    folder_a, folder_b = Path(a), Path(b)
+    names_a = sorted(str(p.relative_to(folder_a)) for p in folder_a.rglob("*") if p.is_file())
+    names_b = sorted(str(p.relative_to(folder_b)) for p in folder_b.rglob("*") if p.is_file())
+    if not names_a or names_a != names_b:
+        return False
+    for name in names_a:
+        pa, pb = folder_a / name, folder_b / name
+        if os.path.samefile(pa, pb):
+            continue
+        if pa.stat().st_size != pb.stat().st_size or not _same_bytes(pa, pb):
+            return False
+    return True
+
+
+def _same_bytes(a: Path, b: Path, chunk: int = 16 * 1024 * 1024) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block = fa.read(chunk)
+            if block != fb.read(chunk):
+                return False
+            if not block:
+                return True
+
+
+def same_files(folder_a: str | Path, folder_b: str | Path) -> bool:
+    """True when two folders hold the same file names with byte-identical contents (hard links and
+    symlinks short-cut the comparison). Cached per process while the files are unchanged."""
+    folder_a, folder_b = Path(folder_a).resolve(), Path(folder_b).resolve()
+    if folder_a == folder_b:
+        return True
+    if not folder_a.is_dir() or not folder_b.is_dir():
+        return False
+    signature = (_file_signature(folder_a), _file_signature(folder_b))
+    return _same_files(str(folder_a), str(folder_b), signature)
+
+
+# ---- components ----------------------------------------------------------------------------------
+
+class PromptEncoder:
+    """Tokenizer + UMT5 encoder, encoding exactly as the Wan pipelines do (their own function is used),
+    wherever the encoder lives; the embeddings are moved to the device the transformer runs on."""
+
+    def __init__(self, tokenizer, text_encoder, device: str):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.device = device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_encoder.dtype
+
+    def encode(self, text: str, target_device: str) -> torch.Tensor:
+        from diffusers import WanPipeline
+
+        with torch.no_grad():
+            return WanPipeline._get_t5_prompt_embeds(self, prompt=text, num_videos_per_prompt=1,
+                                                     max_sequence_length=TEXT_LEN, device=torch.device(target_device))
+
+    def token_count(self, text: str) -> int:
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        return len(self.tokenizer(prompt_clean(text), add_special_tokens=True).input_ids)
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    pipe: object
+    prompts: PromptEncoder
+    offload: bool
+    compiled: bool
+    scheduler_config: dict
+    shared: list[str]
+
+    def device_modules(self, device: str) -> list:
+        modules = [self.pipe.transformer, getattr(self.pipe, "transformer_2", None), self.pipe.vae]
+        if self.prompts.device == device:
+            modules.append(self.prompts.text_encoder)
+        return [m for m in modules if m is not None]
+
+
+# ---- engine --------------------------------------------------------------------------------------
+
+class WanEngine(Engine):
+    worker = "wan"
+
+    def __init__(self, settings, device=None):
+        super().__init__(settings, device)
+        self._loaded: dict[str, LoadedModel] = {}
+        self._footprint: dict[str, int] = {}
+
+    # model lifecycle
+    def is_loaded(self, model: str) -> bool:
+        return model in self._loaded
+
+    def pipeline(self, model: str):
+        return self._loaded[model].pipe
+
+    def loaded(self, model: str) -> LoadedModel:
+        return self._loaded[model]
+
+    def modules(self, model: str) -> list:
+        """The modules this model holds on the device, minus those it shares with a model loaded before it
+        (so shared weights are counted once, by whichever model holds them first)."""
+        entries = list(self._loaded.items())
+        earlier = set()
+        for name, loaded in entries:
+            mods = loaded.device_modules(self.device)
+            if name == model:
+                return [m for m in mods if id(m) not in earlier]
+            earlier.update(id(m) for m in mods)
+        return []
+
+    def resident_bytes(self, model: str) -> int:
+        mods = self.modules(model)
+        loaded = self._loaded.get(model)
+        if not mods or loaded is None:
+            return 0
+        # Under model offload only one component is on the accelerator at a time: the largest is the peak.
+        measured = max(devices.module_bytes(m) for m in mods) if loaded.offload else devices.module_bytes(*mods)
+        self._measured[model] = measured
+        return measured
+
+    def load(self, model: str) -> None:
+        import diffusers
+        from diffusers import AutoencoderKLWan
+        from transformers import UMT5EncoderModel
+
+        cfg = self.configs[model]
+        path, gpu = cfg["path"], cfg["gpu"]
+        if not path:
+            setting = cfg["paths"]["production"]["path_setting"].upper()
+            raise JobFailed(f"no {model} model path configured ({setting})", code="model_not_configured")
+        dtype = self.dtype(model)
+        te_device, te_dtype = text_encoder_placement(gpu, self.device, dtype)
+        memory = devices.device_memory(self.device)
+        footprint = self._footprint.get(model, cfg["memory_bytes"]) + self.settings.vram_reserve_mb * 1024 * 1024
+        offload = offload_decision(self.device, footprint, memory["free_bytes"] if memory else None)
+        other = next((loaded for name, loaded in list(self._loaded.items()) if name != model), None)
+        shared = []
+
+        if other is not None and other.prompts.device == te_device and other.prompts.dtype == te_dtype \
+                and same_files(Path(other.path, "text_encoder"), Path(path, "text_encoder")) \
+                and same_files(Path(other.path, "tokenizer"), Path(path, "tokenizer")):
+            prompts, text_encoder = other.prompts, None
+            shared += ["text_encoder", "tokenizer"]
+        else:
+            prompts = None
+            text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", dtype=te_dtype,
+                                                            local_files_only=True).eval()
+            if te_device != "cpu":
+                text_encoder.to(te_device)
+        wanted_vae_dtype = vae_dtype(gpu, self.device, dtype)
+        # accelerate's offload hooks sit on the module itself: an offloaded pipeline keeps its own VAE.
+        if other is not None and not offload and not other.offload and other.pipe.vae.dtype == wanted_vae_dtype \
+                and same_files(Path(other.path, "vae"), Path(path, "vae")):
+            vae = other.pipe.vae
+            shared.append("vae")
+        else:
+            vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=wanted_vae_dtype, local_files_only=True)
+
+        pipeline_cls = getattr(diffusers, cfg["pipeline"])
+        extra = {"tokenizer": prompts.tokenizer} if prompts else {}
+        # text_encoder=None: prompts are encoded by PromptEncoder and passed as embeddings.
+        pipe = pipeline_cls.from_pretrained(path, vae=vae, text_encoder=None, dtype=dtype, local_files_only=True, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        if prompts is None:
+            prompts = PromptEncoder(pipe.tokenizer, text_encoder, te_device)
+        plan = gpu_plan(gpu, self.device, 0, self.settings.torch_compile, offload)
+        if offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        elif self.device != "cpu":
+            pipe.to(self.device)
+        if plan["torch_compile"]:
+            pipe.transformer.compile()
+        self._loaded[model] = LoadedModel(path=path, pipe=pipe, prompts=prompts, offload=offload,
+                                          compiled=plan["torch_compile"], scheduler_config=dict(pipe.scheduler.config),
+                                          shared=shared)
+        if not offload:
+            self._footprint[model] = devices.module_bytes(*self.modules(model))
+        log.info("loaded %s from %s (text encoder on %s, offload %s, shared with the other model: %s)",
+                 model, path, te_device, offload, shared or "nothing")
+
+    def unload(self, model: str) -> None:
+        self._loaded.pop(model, None)
+        devices.empty_cache(self.device)
+
+    # requests
+    def required_models(self, params: dict) -> list[str]:
+        return [VACE] if params["reference"] else [T2V]
+
+    def check_request(self, params: dict) -> None:
+        reference = params["reference"]
+        for model in self.required_models(params):
+            cfg = self.configs[model]
+            if not cfg["path"]:
+                setting = cfg["paths"]["production"]["path_setting"].upper()
+                if reference:
+                    raise field_error(reference["source_field"], f"reference_mode {reference['mode']} needs the {model} model "
+                                                          f"(Wan VACE), which is not configured: {setting} is empty")
+                raise field_error("/type", f"the {model} model is not configured: {setting} is empty")
+            limits = cfg["limits"]
+            for name in ("width", "height"):
+                if not limits["min_size"] <= params[name] <= limits["max_size"] or params[name] % limits["multiple"]:
+                    raise field_error(f"/config/{name}", f"{params[name]} is outside what {model} allows "
+                                                         f"(a multiple of {limits['multiple']} in "
+                                                         f"[{limits['min_size']}, {limits['max_size']}])")
+            if params["frames"] > limits["max_frames"]:
+                raise field_error("/config/frames", f"{params['frames']} frames exceed {model}'s {limits['max_frames']}")
+
+    def working_bytes(self, params: dict) -> int:
+        gpu = self.configs[self.required_models(params)[0]]["gpu"]
+        return working_bytes_estimate(gpu, params["width"], params["height"], params["frames"])
+
+    # jobs
+    def run(self, params: dict, ctx) -> list[GeneratedAsset]:
+        model = self.required_models(params)[0]
+        loaded = self._loaded[model]
+        pipe, reference = loaded.pipe, params["reference"]
+        width, height, frames = params["width"], params["height"], params["frames"]
+        plan = gpu_plan(self.configs[model]["gpu"], self.device, width * height, self.settings.torch_compile,
+                        loaded.offload)
+        pipe.vae.enable_tiling() if plan["vae_tiling"] else pipe.vae.disable_tiling()
+        pipe.scheduler = make_scheduler(params["sample_solver"], loaded.scheduler_config)
+
+        call = {}
+        used = {"model": model, "pipeline": type(pipe).__name__, "reference_mode": "none"}
+        if reference:
+            ctx.stage("loading")
+            first, last, sizes = None, None, {}
+            if reference["first_url"]:
+                source = fetch_image(reference["first_url"], self.settings)
+                first, sizes["first"] = resize_reference(source, width, height, reference["resize_policy"]), list(source.size)
+            if reference["last_url"]:
+                source = fetch_image(reference["last_url"], self.settings)
+                last, sizes["last"] = resize_reference(source, width, height, reference["resize_policy"]), list(source.size)
+            video, mask = conditioning_frames(first, last, frames, width, height)
+            call = {"video": video, "mask": mask, "conditioning_scale": reference["conditioning_scale"]}
+            used.update(reference_mode=reference["mode"], conditioning_scale=reference["conditioning_scale"],
+                        strength_source=reference["strength_source"], resize_policy=reference["resize_policy"],
+                        reference_sizes=sizes, conditioned_frames=conditioned_frame_indices(reference["mode"], frames))
+
+        execution_device = str(pipe._execution_device)
+        cfg_on = params["guidance_scale"] > 1.0
+        prompt_embeds = loaded.prompts.encode(params["prompt"], execution_device)
+        negative_embeds = loaded.prompts.encode(params["negative_prompt"], execution_device) if cfg_on else None
+        tokens = loaded.prompts.token_count(params["prompt"])
+
+        ctx.stage("generating", total_steps=params["steps"])
+        output = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, height=height, width=width,
+                      num_frames=frames, num_inference_steps=params["steps"], guidance_scale=params["guidance_scale"],
+                      generator=devices.seeded_generator(params["seed"], self.device), output_type="pil",
+                      callback_on_step_end=self._step_callback(ctx, params["steps"]), **call).frames[0]
+        if len(output) != frames or output[0].size != (width, height):
+            raise JobFailed(f"the pipeline returned {len(output)} frames of {output[0].size}, "
+                            f"expected {frames} of {(width, height)}")
+
+        used.update(width=width, height=height, frames=frames, frames_requested=params["frames_requested"],
+                    seed=params["seed"], seed_source=params["seed_source"], steps=params["steps"],
+                    guidance_scale=params["guidance_scale"], classifier_free_guidance=cfg_on,
+                    negative_prompt_used=params["negative_prompt"], sample_solver=params["sample_solver"],
+                    scheduler=type(pipe.scheduler).__name__, prompt_tokens=tokens, prompt_truncated=tokens > TEXT_LEN,
+                    text_encoder_device=loaded.prompts.device, dtype=str(pipe.transformer.dtype).replace("torch.", ""),
+                    gpu_settings=[k for k, v in plan.items() if v])
+        if params["output"] == "image":
+            return [GeneratedAsset("image", output[:1], used)]
+        used.update(fps=params["fps"], duration_seconds=frames / params["fps"])
+        return [GeneratedAsset("video", output, used, fps=params["fps"])]
+
+    @staticmethod
+    def _step_callback(ctx, total: int):
+        def on_step_end(pipe, step_index, timestep, callback_kwargs):
+            ctx.on_step(step_index + 1, total)
+            return callback_kwargs
+        return on_step_end
