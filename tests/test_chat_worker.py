@@ -2,6 +2,8 @@
 Qwen models, the official `openai` client, streaming, memory, batching."""
 import concurrent.futures
 import json
+import re
+import time
 
 import openai
 import pytest
@@ -166,6 +168,20 @@ def test_streaming_sse(worker):
     plain = ok(post(worker, "/v1/chat/completions",
                     {k: v for k, v in body.items() if k not in ("stream", "stream_options")}))
     assert content == plain["choices"][0]["message"]["content"]
+
+
+def test_a_stream_whose_client_goes_away_stops_generating(worker):
+    body = {"model": "qwen_instruct", **CHAT, "max_tokens": 512, "stop": ["\u0000never"], "stream": True}
+    reply = worker.client.post("/v1/chat/completions", json=body, stream=True)
+    lines = reply.iter_lines()
+    for _ in range(3):
+        next(lines)
+    reply.close()
+    deadline = time.monotonic() + 20
+    while "generation cancelled after" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tokens = int(re.search(r"generation cancelled after (\d+) tokens", worker.log()).group(1))
+    assert tokens < 512
 
 
 def test_official_openai_client(worker):

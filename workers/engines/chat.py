@@ -302,6 +302,8 @@ class _Row:
             if cut is not None:
                 self.text, reason = self.text[:cut], "stop"
         self._emit(len(self.text))
+        if reason == "cancelled":
+            log.info("client went away: generation cancelled after %d tokens", self.tokens)
         g = self.generation
         g.finish(GenerationResult(
             text=self.text, finish_reason=reason, prompt_tokens=len(self.prompt_ids), completion_tokens=self.tokens,
