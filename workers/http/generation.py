@@ -7,6 +7,8 @@ from configuration.params import normalise_generation
 from configuration.schemas import validate_request
 from workers.http.body import json_body, query_float
 from workers.http.common import require_ready, state
+from workers.http.errors import ApiError
+from workers.runtime.errors import MemoryUnavailable
 
 bp = Blueprint("generation", __name__)
 
@@ -22,6 +24,13 @@ def generate():
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     params = normalise_generation(s.name, body, s.settings)
     s.engine.check_request(params)
+    try:
+        s.host.admit(s.engine.required_models(params), s.engine.working_bytes(params))
+    except MemoryUnavailable as exc:
+        raise ApiError(409, "insufficient_memory", exc.message, [exc.details]) from None
+    if request.args.get("dry_run") in ("1", "true"):
+        # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
+        return jsonify({"valid": True, "parameters": {k: v for k, v in params.items() if k != "caller_metadata"}}), 200
     metadata = {"original_prompt": body["prompt"], "enhanced_prompt": None,
                 "parameters": {k: v for k, v in params.items() if k != "caller_metadata"},
                 "caller_metadata": params.get("caller_metadata", {})}

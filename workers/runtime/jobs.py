@@ -79,6 +79,15 @@ class JobRecord:
                    callback=data.get("callback", {"status": "not_sent", "attempts": 0}))
 
 
+def callback_payload(record: JobRecord) -> dict:
+    """The body of a job's one terminal callback (workers and the orchestrator send the same shape)."""
+    return {
+        "job_id": record.job_id, "status": record.status, "assets": record.assets,
+        "error_message": record.error["message"] if record.error and record.status == "failed" else None,
+        "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id),
+    }
+
+
 class JobJournal:
     """One JSON file per job, replaced atomically on every state change."""
 
@@ -331,11 +340,7 @@ class JobRunner:
             record.callback = {"status": "disabled", "attempts": 0}
             self.journal.write(record)
             return
-        payload = {
-            "job_id": record.job_id, "status": record.status, "assets": record.assets,
-            "error_message": record.error["message"] if record.error and record.status == "failed" else None,
-            "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id),
-        }
+        payload = callback_payload(record)
         record.callback = {"status": "pending", "attempts": 0}
         self.journal.write(record)
 

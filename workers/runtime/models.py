@@ -82,6 +82,10 @@ class ModelHost:
                 self._loading.discard(model)
                 self._cond.notify_all()
 
+    def admit(self, models: list[str], working_bytes: int) -> None:
+        """Raise MemoryUnavailable (too_big) before queueing a job that could never fit in memory."""
+        self.memory.admit(sum(self.engine.memory_estimate(m) for m in models) + working_bytes)
+
     def load(self, which: str | None) -> list[str]:
         models = self.resolve(which)
         for m in models:

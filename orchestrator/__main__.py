@@ -1,0 +1,68 @@
+"""`python -m orchestrator`: serve the orchestrator (waitress, one process) and run the pod.
+
+SIGTERM or SIGINT (Ctrl-C reaches only this process: each worker runs in its own session): stop taking
+jobs, let running ones finish within SHUTDOWN_GRACE_S, stop the workers, exit. The HTTP server keeps
+answering until the end, because the workers still finishing jobs report to the memory broker."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from configuration import ConfigurationError
+from configuration.settings import Settings, SettingsError
+
+log = logging.getLogger("orchestrator")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s orchestrator %(levelname)s %(name)s: %(message)s")
+    import waitress
+
+    from orchestrator.api import create_app
+    from orchestrator.pod import Pod
+
+    if not settings.api_key:
+        log.warning("WORKER_API_KEY is not set: serving without authentication on loopback %s only", settings.bind_host)
+    try:
+        pod = Pod(settings)
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = waitress.create_server(create_app(pod), host=settings.bind_host, port=settings.orchestrator_port,
+                                        threads=settings.orchestrator_threads, ident="ourvidz-orchestrator")
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.bind_host, settings.orchestrator_port, exc)
+        return 1
+    threading.Thread(target=server.run, name="http", daemon=True).start()
+    log.info("orchestrator listening on %s:%d; device memory from %s; workers: %s", settings.bind_host,
+             settings.orchestrator_port, pod.device.source, ", ".join(pod.supervisors) or "none")
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            log.warning("%s received again; shutdown is already under way", signal.Signals(signum).name)
+        else:
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    pod.start()
+    while not stop.wait(0.5):
+        pass
+    pod.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

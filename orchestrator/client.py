@@ -1,0 +1,108 @@
+"""BrokerMemory: the memory client of a worker started by the orchestrator (ORCHESTRATOR_URL set).
+
+Same interface as workers/runtime/memory.LocalMemory, but every decision is the orchestrator's memory
+broker's, so the workers of one pod share one device without over-subscribing it. `acquire`,
+`job_started` and `admit` may wait or be refused (MemoryUnavailable); the reports (`loaded`,
+`release`, `job_finished`, `touch`) never fail a job: when the broker cannot be reached they are
+retried briefly, then logged, and the broker's own bookkeeping (a worker's death or restart drops
+everything it held) keeps it right.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import requests
+
+from configuration.settings import Settings
+from workers.runtime.errors import MemoryUnavailable
+
+log = logging.getLogger(__name__)
+
+REPORT_ATTEMPTS = 3
+
+
+class BrokerMemory:
+    def __init__(self, worker: str, settings: Settings, device: str):
+        self.worker = worker
+        self.device = device
+        self.url = settings.orchestrator_url.rstrip("/")
+        self.timeout_s = settings.lease_timeout_s
+        self._session = requests.Session()
+        if settings.api_key:
+            self._session.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+        self._report("hello", {"pid": os.getpid()})
+
+    # -- requests that may be refused ---------------------------------------------------------------
+    def acquire(self, model: str, estimate_bytes: int, working_bytes: int) -> None:
+        self._ask("acquire", {"model": model, "estimate_bytes": int(estimate_bytes), "working_bytes": int(working_bytes)})
+        with self._lock:
+            self._held[model] = int(estimate_bytes)
+
+    def admit(self, need_bytes: int) -> None:
+        self._ask("admit", {"need_bytes": int(need_bytes)})
+
+    def job_started(self, working_bytes: int) -> None:
+        self._ask("job_started", {"working_bytes": int(working_bytes)})
+
+    def _ask(self, action: str, body: dict) -> None:
+        try:
+            # The broker answers when the lease is granted: allow it the whole lease timeout.
+            response = self._session.post(f"{self.url}/broker/{action}", json={"worker": self.worker, **body},
+                                          timeout=self.timeout_s + 30)
+        except requests.RequestException as exc:
+            raise MemoryUnavailable(f"the memory broker at {self.url} cannot be reached ({type(exc).__name__})",
+                                    details={"broker": self.url}) from None
+        if response.status_code == 200:
+            return
+        error = _error_of(response)
+        details = error.get("details") or [{}]
+        raise MemoryUnavailable(error.get("message", f"memory broker answered HTTP {response.status_code}"),
+                                details=details[0], too_big=bool(details[0].get("too_big")))
+
+    # -- reports --------------------------------------------------------------------------------------
+    def loaded(self, model: str, resident_bytes: int) -> None:
+        with self._lock:
+            self._held[model] = int(resident_bytes)
+        self._report("loaded", {"model": model, "resident_bytes": int(resident_bytes)})
+
+    def release(self, model: str) -> None:
+        with self._lock:
+            self._held.pop(model, None)
+        self._report("release", {"model": model})
+
+    def job_finished(self) -> None:
+        self._report("job_finished", {})
+
+    def touch(self, models: list[str]) -> None:
+        self._report("touch", {"models": list(models)})
+
+    def _report(self, action: str, body: dict) -> None:
+        for attempt in range(REPORT_ATTEMPTS):
+            try:
+                response = self._session.post(f"{self.url}/broker/{action}", json={"worker": self.worker, **body},
+                                              timeout=10)
+                if response.status_code == 200:
+                    return
+                reason = f"HTTP {response.status_code}: {_error_of(response).get('message', '')}"
+                if response.status_code < 500:
+                    break
+            except requests.RequestException as exc:
+                reason = type(exc).__name__
+            time.sleep(0.2 * (attempt + 1))
+        log.warning("memory broker report %s %s not delivered (%s)", action, body, reason)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"mode": "broker", "broker_url": self.url, "held_bytes": dict(self._held)}
+
+
+def _error_of(response) -> dict:
+    try:
+        return response.json().get("error", {}) or {}
+    except ValueError:
+        return {}

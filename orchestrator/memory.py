@@ -1,0 +1,138 @@
+"""`python -m orchestrator.memory status|load|unload`: the operator's view of the pod's memory.
+
+    python -m orchestrator.memory status [--history N] [--json]
+    python -m orchestrator.memory load WORKER [MODEL]
+    python -m orchestrator.memory unload WORKER [MODEL] [--wait SECONDS]
+
+Talks to the running orchestrator (ORCHESTRATOR_URL, else 127.0.0.1:ORCHESTRATOR_PORT) with
+WORKER_API_KEY. `status` prints the device totals, the budget, pressure, each worker's models with
+bytes, busy flag and last use, and the recent broker decisions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+
+import requests
+
+from configuration.settings import Settings, SettingsError
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def ago(iso: str | None, now: datetime | None = None) -> str:
+    if not iso:
+        return "never"
+    seconds = ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(iso)).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def render_status(status: dict, now: datetime | None = None) -> str:
+    device, budget = status["device"], status["budget"]
+    lines = [
+        f"device   {device['kind']} ({device['source']})  total {human_bytes(device['total_bytes'])}  "
+        f"used {human_bytes(device['used_bytes'])}  free {human_bytes(device['free_bytes'])}",
+        f"budget   capacity {human_bytes(budget['capacity_bytes'])}  reserve {human_bytes(budget['reserve_bytes'])}  "
+        f"leased {human_bytes(budget['leased_bytes'])}  working {human_bytes(budget['working_bytes'])}  "
+        f"other {human_bytes(budget['external_bytes'])}  available {human_bytes(budget['available_bytes'])}",
+        f"pressure {status['pressure']}" + (f"  ({len(status['waiting'])} request(s) waiting)" if status["waiting"] else ""),
+        "",
+    ]
+    rows = [["WORKER", "STATE", "PID", "MODEL", "LOADED", "BYTES", "BUSY", "LAST USE"]]
+    for name, worker in status["workers"].items():
+        first = True
+        for model, info in worker["models"].items():
+            rows.append([name if first else "", worker["state"] if first else "", str(worker["pid"] or "-") if first else "",
+                         model, info["state"], human_bytes(info["bytes"]), "yes" if info["busy"] else "no",
+                         ago(info["last_used"], now)])
+            first = False
+    lines += _table(rows)
+    counters = status.get("counters", {})
+    lines += ["", "decisions  " + "  ".join(f"{k} {counters.get(k, 0)}" for k in
+                                            ("grant", "evicted", "wait", "timeout", "too_big", "worker_gone"))]
+    history = [e for e in status.get("history", []) if e["event"] not in ("touch",)]
+    if history:
+        lines += ["", "recent"]
+        for event in history[-15:]:
+            extra = {k: v for k, v in event.items() if k not in ("at", "event", "worker", "model")}
+            detail = " ".join(f"{k}={human_bytes(v) if k.endswith('bytes') and isinstance(v, int) else v}"
+                              for k, v in extra.items())
+            lines.append(f"  {event['at'][11:23]}  {event['event']:<16} {event['worker']}/{event['model'] or '-'}  {detail}".rstrip())
+    return "\n".join(lines)
+
+
+def _base_url(settings: Settings) -> str:
+    if settings.orchestrator_url:
+        return settings.orchestrator_url.rstrip("/")
+    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
+    return f"http://{host}:{settings.orchestrator_port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.memory", description="The pod's memory, as the broker sees it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    status_p = sub.add_parser("status", help="device totals, each worker's models, pressure, recent decisions")
+    status_p.add_argument("--history", type=int, default=15)
+    status_p.add_argument("--json", action="store_true", help="print the raw GET /memory/status document")
+    for action in ("load", "unload"):
+        p = sub.add_parser(action, help=f"{action} a worker's models (default: all of them)")
+        p.add_argument("worker")
+        p.add_argument("model", nargs="?", default="all")
+        if action == "unload":
+            p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a running job (else 409)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    session = requests.Session()
+    if settings.api_key:
+        session.headers["Authorization"] = f"Bearer {settings.api_key}"
+    base = _base_url(settings)
+    try:
+        if args.command == "status":
+            response = session.get(f"{base}/memory/status", params={"history": max(0, args.history)}, timeout=10)
+        else:
+            body = {"worker": args.worker, "which": args.model}
+            if args.command == "unload":
+                body["wait_s"] = args.wait
+            response = session.post(f"{base}/memory/{args.command}", json=body, timeout=settings.lease_timeout_s + 90)
+    except requests.RequestException as exc:
+        print(f"cannot reach the orchestrator at {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    payload = response.json()
+    if response.status_code != 200:
+        error = payload.get("error", {})
+        print(f"error {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        print(json.dumps(payload, indent=2) if args.json else render_status(payload))
+    else:
+        done = payload.get("loaded", payload.get("unloaded", []))
+        print(f"{args.worker}: {args.command}ed {', '.join(done) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

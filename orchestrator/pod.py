@@ -1,0 +1,179 @@
+"""The pod: the orchestrator's parts wired together (supervisors, memory broker, router, registrar)
+and its lifecycle: start the workers, serve, and on SIGTERM stop taking jobs, let running ones finish
+within SHUTDOWN_GRACE_S, then stop the workers and wait for them."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import requests
+
+from configuration import ConfigurationError, worker_config, worker_configs
+from configuration.settings import Settings
+from orchestrator.gpu import DeviceMemory
+from orchestrator.memory_service import MemoryBroker
+from orchestrator.registration import Registrar
+from orchestrator.routing import Router
+from orchestrator.supervisor import WorkerSupervisor
+from workers.runtime.callbacks import CallbackSender
+from workers.runtime.jobs import JobJournal
+
+log = logging.getLogger(__name__)
+
+CHILD_EXIT_MARGIN_S = 30.0
+
+
+def enabled_workers(settings: Settings) -> list[str]:
+    names = [w.strip() for w in settings.enabled_workers.split(",") if w.strip()]
+    unknown = [w for w in names if w not in worker_configs()]
+    if unknown:
+        raise ConfigurationError(f"ENABLED_WORKERS names unknown workers {unknown}; known: {sorted(worker_configs())}")
+    return names
+
+
+def local_url(settings: Settings, port: int) -> str:
+    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
+    return f"http://{host}:{port}"
+
+
+class Pod:
+    def __init__(self, settings: Settings, environ: dict | None = None):
+        self.settings = settings
+        self.shutting_down = False
+        self.url = local_url(settings, settings.orchestrator_port)
+        env = dict(os.environ if environ is None else environ)
+        env["ORCHESTRATOR_URL"] = self.url
+        self.registrar = Registrar(settings)
+        self.supervisors = {
+            name: WorkerSupervisor(name, settings, env, on_ready=self.registrar.worker_ready, on_exit=self._worker_exited)
+            for name in enabled_workers(settings)}
+        self.device = DeviceMemory(settings)
+        self.broker = MemoryBroker(settings, self.device, self._unload)
+        self.callbacks = CallbackSender(settings)
+        self.router = Router(settings, self.supervisors, self.callbacks,
+                             JobJournal(settings.effective_state_dir / "orchestrator"))
+        self._session = requests.Session()
+        if settings.api_key:
+            self._session.headers["Authorization"] = f"Bearer {settings.api_key}"
+
+    def start(self) -> None:
+        for supervisor in self.supervisors.values():
+            supervisor.start()
+
+    # -- what the parts tell each other -------------------------------------------------------------------
+    def _worker_exited(self, worker: str, reason: str, unexpected: bool) -> None:
+        self.broker.worker_gone(worker, reason)
+        self.router.worker_exited(worker, reason, unexpected)
+
+    def _unload(self, worker: str, model: str) -> tuple[bool, str]:
+        """The broker asks an idle worker to unload a model (the worker refuses while a job uses it)."""
+        supervisor = self.supervisors.get(worker)
+        if supervisor is None:
+            return False, "not a worker of this pod"
+        try:
+            response = self._session.post(f"{supervisor.url}/memory/unload", json={"which": model, "wait_s": 0},
+                                          timeout=120)
+        except requests.RequestException as exc:
+            return False, f"unreachable ({type(exc).__name__})"
+        if response.status_code == 200:
+            return True, ""
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = ""
+        return False, f"HTTP {response.status_code} {message}".strip()
+
+    # -- operator views -----------------------------------------------------------------------------------
+    def workers_info(self) -> list[dict]:
+        info = []
+        for name, supervisor in self.supervisors.items():
+            entry = supervisor.info()
+            entry["registration"] = self.registrar.status(name)
+            info.append(entry)
+        return info
+
+    def memory_status(self, history: int = 100) -> dict:
+        status = self.broker.status(history)
+        leased = status.pop("workers")
+        workers = {}
+        for name, supervisor in self.supervisors.items():
+            broker_view = leased.get(name, {"models": {}})
+            reported = self._worker_memory(supervisor) if supervisor.is_ready() else None
+            models = {}
+            for model in worker_config(name)["models"]:
+                lease = broker_view["models"].get(model)
+                mine = (reported or {}).get("models", {}).get(model, {})
+                models[model] = {
+                    "loaded": bool(lease) and lease["state"] != "loading",
+                    "state": lease["state"] if lease else "unloaded",
+                    "bytes": lease["bytes"] if lease else 0,
+                    "busy": mine.get("busy", broker_view.get("busy", False) and bool(lease)),
+                    "last_used": lease["last_used"] if lease else None,
+                    "load_count": mine.get("load_count"),
+                }
+            workers[name] = {"state": supervisor.state, "pid": supervisor.pid, "url": supervisor.url,
+                             "busy": broker_view.get("busy", False), "jobs_running": broker_view.get("jobs_running", 0),
+                             "working_bytes": broker_view.get("working_bytes", 0),
+                             "leased_bytes": broker_view.get("leased_bytes", 0), "models": models}
+        status["workers"] = workers
+        return status
+
+    def _worker_memory(self, supervisor: WorkerSupervisor) -> dict | None:
+        try:
+            response = self._session.get(f"{supervisor.url}/memory/status", timeout=2)
+            return response.json() if response.status_code == 200 else None
+        except (requests.RequestException, ValueError):
+            return None
+
+    def memory_action(self, action: str, body: dict) -> dict:
+        """Operator load/unload of a worker's models: the worker does it, leasing through the broker."""
+        from workers.http.errors import ApiError
+
+        worker = body["worker"]
+        supervisor = self.supervisors.get(worker)
+        if supervisor is None or not supervisor.is_ready():
+            state = supervisor.state if supervisor else "not enabled"
+            raise ApiError(503, "worker_unavailable", f"the {worker} worker is {state}", headers={"Retry-After": "5"})
+        forward = {k: v for k, v in body.items() if k != "worker"}
+        try:
+            response = self._session.post(f"{supervisor.url}/memory/{action}", json=forward,
+                                          timeout=self.settings.lease_timeout_s + 60)
+        except requests.RequestException as exc:
+            raise ApiError(503, "worker_unavailable", f"the {worker} worker cannot be reached ({type(exc).__name__})",
+                           headers={"Retry-After": "5"}) from None
+        payload = response.json()
+        if response.status_code != 200:
+            error = payload.get("error", {})
+            raise ApiError(response.status_code if response.status_code < 500 else 503, error.get("code", "worker_error"),
+                           error.get("message", ""), error.get("details", []))
+        return {"worker": worker, **{k: payload[k] for k in ("success", "loaded", "unloaded") if k in payload}}
+
+    # -- shutdown ---------------------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop taking jobs; let routed jobs finish within the grace period; stop the workers (each lets its
+        own running job finish); kill what is still there after the grace; deliver pending callbacks."""
+        grace = self.settings.shutdown_grace_s
+        self.shutting_down = True
+        self.router.stop_accepting()
+        deadline = time.monotonic() + grace
+        log.info("shutting down: waiting up to %.0fs for %d routed job(s)", grace, len(self.router.unfinished()))
+        while self.router.unfinished() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = self.router.fail_unfinished("the pod was stopped before the job finished (SHUTDOWN_GRACE_S)")
+        if left:
+            log.warning("grace period over: %d routed job(s) failed: %s", len(left), ", ".join(left))
+        for supervisor in self.supervisors.values():
+            supervisor.stop()
+        child_deadline = time.monotonic() + grace + CHILD_EXIT_MARGIN_S
+        for supervisor in self.supervisors.values():
+            if not supervisor.join(max(0.0, child_deadline - time.monotonic())):
+                log.error("%s worker did not stop in time; killing it", supervisor.name)
+                supervisor.kill()
+                supervisor.join(10)
+        flush_deadline = time.monotonic() + max(5.0, deadline - time.monotonic())
+        while self.callbacks.pending() and time.monotonic() < flush_deadline:
+            time.sleep(0.05)
+        if self.callbacks.pending():
+            log.warning("callbacks still pending at exit; the next start resends them")
+        log.info("shutdown complete")

@@ -1,0 +1,391 @@
+"""Routing: `POST /jobs` on the orchestrator. Optional enhancement on the chat worker, then the SDXL or
+WAN worker with the enhanced prompt, under one job id, with one terminal callback from here.
+
+The generation worker is asked with `X-Callback-Mode: none` (the orchestrator sends the callback, with
+both prompts in its metadata) and its job record is polled and mirrored into the orchestrator's record
+(progress, assets, error). Records use the worker runtime's JobRecord and JobJournal, so a job routed
+before an orchestrator restart ends `failed` with a reason and its callback is sent.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import requests
+
+from configuration import chat_config, job_types
+from configuration.schemas import field_error, validate_request
+from configuration.settings import Settings
+from workers.http.errors import ApiError
+from workers.runtime.jobs import TERMINAL, JobJournal, JobRecord, callback_payload, now_iso
+
+log = logging.getLogger(__name__)
+
+POLL_RUNNING_S = 0.1
+POLL_QUEUED_S = 0.25
+SUBMIT_TIMEOUT_S = 60
+
+
+def default_enhance_model() -> str:
+    """The chat worker's legacy default model, by its short name (`base`/`instruct`)."""
+    config = chat_config()
+    return config["models"][config["legacy_default_model"]]["short_name"]
+
+
+def plan_route(body: dict) -> tuple[str, dict | None, dict]:
+    """(target worker, enhancement request or None, body for the target's /generate) of a validated
+    `orchestrator.jobs` body. Raises ValidationFailed on contradictions."""
+    entry = job_types()[body["type"]]
+    target = body.get("target", entry["worker"])
+    if target != entry["worker"]:
+        raise field_error("/target", f"job type {body['type']} runs on the {entry['worker']} worker, not {target}")
+    config = dict(body.get("config") or {})
+    legacy_flag = config.pop("enhance_prompt", None)
+    wants = [reason for reason, on in (("enhance", "enhance" in body), ("type", entry["enhance"]),
+                                       ("config.enhance_prompt", legacy_flag is True)) if on]
+    if legacy_flag is False and wants:
+        raise field_error("/config/enhance_prompt", f"false contradicts the enhancement asked by {', '.join(wants)}")
+    enhance = None
+    if wants:
+        enhance = dict(body.get("enhance") or {})
+        enhance.setdefault("model", default_enhance_model())
+    forward = {k: v for k, v in body.items() if k not in ("target", "enhance")}
+    forward["type"] = entry["base_type"]
+    if "config" in body:
+        forward["config"] = config
+    return target, enhance, forward
+
+
+@dataclass
+class RoutedJob:
+    record: JobRecord
+    target: str
+    enhance: dict | None
+    forward: dict
+    submitted: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Router:
+    """`workers`: name -> supervisor (url, is_ready(), incarnation). `callbacks`: a CallbackSender."""
+
+    def __init__(self, settings: Settings, workers: dict, callbacks, journal: JobJournal):
+        self.settings = settings
+        self.workers = workers
+        self.callbacks = callbacks
+        self.journal = journal
+        self._lock = threading.RLock()
+        self._jobs: dict[str, RoutedJob] = {}
+        self._accepting = True
+        self._session = requests.Session()
+        if settings.api_key:
+            self._session.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._recover()
+
+    # -- intake ------------------------------------------------------------------------------------------
+    def submit(self, body: dict) -> tuple[JobRecord, bool]:
+        validate_request("orchestrator.jobs", body, self.settings)
+        target, enhance, forward = plan_route(body)
+        job_id = body.get("id") or uuid.uuid4().hex
+        forward["id"] = job_id
+        with self._lock:
+            if job_id in self._jobs:
+                return self._jobs[job_id].record, False
+            if not self._accepting:
+                raise ApiError(503, "unavailable", "the orchestrator is shutting down", headers={"Retry-After": "30"})
+            self._require_ready(target)
+            if enhance:
+                self._require_ready("chat")
+            record = JobRecord(job_id=job_id, type=body["type"], user_id=body.get("user_id", "anonymous"),
+                               params={"target": target, "enhance": enhance, "forward": forward},
+                               metadata={"original_prompt": body["prompt"], "enhanced_prompt": None,
+                                         "target": target, "enhancement": None, "stages": []})
+            record.progress["stage"] = "queued"
+            job = RoutedJob(record, target, enhance, forward)
+            self._jobs[job_id] = job  # reserved: a concurrent repeat of this id gets this job
+        try:
+            if enhance:
+                # Everything the worker would refuse (validation, model checks, memory too big) is refused
+                # now, before the chat model spends time on the prompt.
+                self._post_generate(target, forward, dry_run=True)
+            else:
+                self._post_generate(target, forward)
+                job.submitted = True
+        except ApiError:
+            with self._lock:
+                del self._jobs[job_id]
+            raise
+        with self._lock:
+            self.journal.write(record)
+        runner = self._enhance_then_generate if enhance else self._monitor
+        threading.Thread(target=runner, args=(job,), name=f"route-{job_id[:12]}", daemon=True).start()
+        return record, True
+
+    def _require_ready(self, worker: str) -> None:
+        supervisor = self.workers.get(worker)
+        if supervisor is None:
+            raise ApiError(503, "worker_unavailable", f"the {worker} worker is not enabled on this pod (ENABLED_WORKERS)")
+        if not supervisor.is_ready():
+            raise ApiError(503, "worker_unavailable", f"the {worker} worker is {supervisor.state}",
+                           headers={"Retry-After": "5"})
+
+    def _post_generate(self, target: str, forward: dict, dry_run: bool = False) -> dict:
+        """POST the body to the target's /generate; a refusal is raised as the worker's own error."""
+        url = self.workers[target].url + "/generate" + ("?dry_run=1" if dry_run else "")
+        try:
+            response = self._session.post(url, json=forward, headers={"X-Callback-Mode": "none"},
+                                          timeout=SUBMIT_TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise ApiError(503, "worker_unavailable", f"the {target} worker cannot be reached ({type(exc).__name__})",
+                           headers={"Retry-After": "5"}) from None
+        if response.status_code in (200, 202):
+            return response.json()
+        error = _error_of(response)
+        status = response.status_code if 400 <= response.status_code < 500 else 503
+        raise ApiError(status, error.get("code", "worker_error"),
+                       error.get("message", f"the {target} worker answered HTTP {response.status_code}"),
+                       error.get("details", []), headers={"Retry-After": "5"} if status == 503 else None)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.record if job else None
+
+    def wait(self, job_id: str, timeout_s: float) -> bool:
+        job = self._jobs.get(job_id)
+        return job.done.wait(timeout_s) if job else False
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """KeyError: unknown. ValueError: already finished."""
+        with self._lock:
+            job = self._jobs[job_id]
+            if job.record.status in TERMINAL:
+                raise ValueError(f"job {job_id} already {job.record.status}")
+            if not job.submitted:
+                self._finish(job, "cancelled", {"code": "cancelled", "message": "cancelled before generation started"})
+                return job.record
+        try:
+            response = self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=10)
+        except requests.RequestException as exc:
+            raise ApiError(503, "worker_unavailable", f"the {job.target} worker cannot be reached "
+                                                      f"({type(exc).__name__})", headers={"Retry-After": "5"}) from None
+        if response.status_code not in (200, 409):
+            error = _error_of(response)
+            raise ApiError(503, "worker_error", error.get("message", f"cancel answered HTTP {response.status_code}"))
+        job.done.wait(2.0)  # the mirror usually sees the worker's terminal state within a poll or two
+        return job.record
+
+    # -- the route of one job ----------------------------------------------------------------------------------
+    def _enhance_then_generate(self, job: RoutedJob) -> None:
+        with self._lock:
+            if job.record.status in TERMINAL:
+                return
+            job.record.status = "processing"
+            job.record.started_at = now_iso()
+            self._stage(job, {"stage": "enhancing", "step": 0, "total_steps": 0, "percent": 0.0})
+        try:
+            enhanced, info = self._enhance(job)
+        except _RouteFailed as exc:
+            with self._lock:
+                if job.record.status not in TERMINAL:
+                    self._finish(job, "failed", {"code": exc.code, "message": exc.message})
+            return
+        with self._lock:
+            if job.record.status in TERMINAL:  # cancelled while enhancing
+                return
+            job.record.metadata["enhanced_prompt"] = enhanced
+            job.record.metadata["enhancement"] = info
+            job.forward["prompt"] = enhanced
+            self.journal.write(job.record)
+        try:
+            self._post_generate(job.target, job.forward)
+        except ApiError as exc:
+            with self._lock:
+                if job.record.status not in TERMINAL:
+                    self._finish(job, "failed", {"code": exc.code, "message": f"the {job.target} worker refused "
+                                                                               f"the enhanced job: {exc.message}"})
+            return
+        with self._lock:
+            job.submitted = True
+        self._monitor(job)
+
+    def _enhance(self, job: RoutedJob) -> tuple[str, dict]:
+        spec = dict(job.enhance)
+        model = spec.pop("model")
+        body = {"prompt": job.record.metadata["original_prompt"], "target_model": job.target, **spec}
+        url = f"{self.workers['chat'].url}/enhance/{model}"
+        started = time.monotonic()
+        try:
+            response = self._session.post(url, json=body, timeout=self.settings.enhance_timeout_s)
+        except requests.RequestException as exc:
+            raise _RouteFailed("enhancement_failed", f"the chat worker could not be reached or did not answer "
+                                                     f"in time ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            error = _error_of(response)
+            raise _RouteFailed("enhancement_failed", f"the chat worker refused the enhancement (HTTP "
+                                                     f"{response.status_code} {error.get('code', '')}): "
+                                                     f"{error.get('message', '')}".strip())
+        try:
+            result = response.json()
+            enhanced = result["enhanced_prompt"]
+        except (ValueError, KeyError, TypeError):
+            raise _RouteFailed("enhancement_failed", "the chat worker answered without an enhanced_prompt") from None
+        if not isinstance(enhanced, str) or not enhanced.strip():
+            raise _RouteFailed("enhancement_failed", "the chat worker returned an empty enhanced prompt")
+        info = {"model": result.get("model", model), "tokens_generated": result.get("tokens_generated"),
+                "generation_time": result.get("generation_time"), "parameters": result.get("parameters"),
+                "seconds": round(time.monotonic() - started, 3)}
+        return enhanced, info
+
+    def _monitor(self, job: RoutedJob) -> None:
+        """Mirror the worker's record until it (or this record) is terminal."""
+        url = f"{self.workers[job.target].url}/jobs/{job.record.job_id}"
+        while True:
+            with self._lock:
+                if job.record.status in TERMINAL:
+                    return
+            try:
+                response = self._session.get(url, timeout=10)
+            except requests.RequestException:
+                time.sleep(POLL_QUEUED_S)  # a dead worker is reported by its supervisor (worker_died)
+                continue
+            if response.status_code == 404:
+                with self._lock:
+                    if job.record.status not in TERMINAL:
+                        self._finish(job, "failed", {"code": "worker_lost_job",
+                                                     "message": f"the {job.target} worker no longer knows the job"})
+                return
+            if response.status_code != 200:
+                time.sleep(POLL_QUEUED_S)
+                continue
+            remote = response.json()
+            with self._lock:
+                if job.record.status in TERMINAL:
+                    return
+                self._mirror(job, remote)
+                if remote["status"] in TERMINAL:
+                    return
+            time.sleep(POLL_RUNNING_S if remote["status"] == "processing" else POLL_QUEUED_S)
+
+    def _mirror(self, job: RoutedJob, remote: dict) -> None:
+        record = job.record
+        if remote["status"] == "processing" and record.status == "queued":
+            record.status = "processing"
+            record.started_at = remote.get("started_at") or now_iso()
+        if record.status == "processing" and remote.get("progress", {}).get("stage") not in (None, "queued"):
+            self._stage(job, dict(remote["progress"]), journal=False)
+        if remote["status"] in TERMINAL:
+            record.assets = remote.get("assets", [])
+            parameters = (remote.get("metadata") or {}).get("parameters")
+            if parameters is not None:
+                record.metadata["parameters"] = parameters
+            caller = (remote.get("metadata") or {}).get("caller_metadata")
+            if caller is not None:
+                record.metadata["caller_metadata"] = caller
+            if remote["status"] == "completed":
+                self._stage(job, dict(remote.get("progress") or {}, stage="storing"), journal=False)
+            self._finish(job, remote["status"], remote.get("error"))
+
+    def _stage(self, job: RoutedJob, progress: dict, journal: bool = True) -> None:
+        job.record.progress = progress
+        stages = job.record.metadata["stages"]
+        if not stages or stages[-1] != progress["stage"]:
+            stages.append(progress["stage"])
+            journal = True
+        if journal:
+            self.journal.write(job.record)
+
+    # -- worker lifecycle ----------------------------------------------------------------------------------
+    def worker_exited(self, worker: str, reason: str, unexpected: bool) -> None:
+        """The supervisor saw the worker's process end: jobs it had accepted will not finish there."""
+        with self._lock:
+            for job in self._jobs.values():
+                if job.target == worker and job.submitted and job.record.status not in TERMINAL:
+                    state = job.record.status
+                    code = "worker_died" if unexpected else "worker_stopped"
+                    self._finish(job, "failed", {"code": code, "message": f"{reason} while the job was {state}; "
+                                                                          "it was not completed"})
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    def unfinished(self) -> list[str]:
+        with self._lock:
+            return [j for j, job in self._jobs.items() if job.record.status not in TERMINAL]
+
+    def fail_unfinished(self, reason: str) -> list[str]:
+        """At the end of the shutdown grace: ask the workers to stop what is left and fail it here."""
+        failed = []
+        for job_id in self.unfinished():
+            job = self._jobs[job_id]
+            if job.submitted:
+                try:
+                    self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=5)
+                except requests.RequestException:
+                    pass
+            with self._lock:
+                if job.record.status not in TERMINAL:
+                    self._finish(job, "failed", {"code": "orchestrator_stopped", "message": reason})
+                    failed.append(job_id)
+        return failed
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+    def _finish(self, job: RoutedJob, status: str, error: dict | None) -> None:
+        """Called with the lock held: terminal state, journal, waiters, then the one callback."""
+        record = job.record
+        record.status = status
+        record.error = error if status != "completed" else None
+        record.finished_at = now_iso()
+        self.journal.write(record)
+        job.done.set()
+        self._send_callback(record)
+        log.info("job %s %s%s", record.job_id, status, f" ({error['code']})" if error else "")
+
+    def _send_callback(self, record: JobRecord) -> None:
+        if not self.callbacks.enabled:
+            record.callback = {"status": "disabled", "attempts": 0}
+            self.journal.write(record)
+            return
+        record.callback = {"status": "pending", "attempts": 0}
+        self.journal.write(record)
+
+        def done(delivered: bool, attempts: int) -> None:
+            with self._lock:
+                record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
+                self.journal.write(record)
+
+        self.callbacks.send(callback_payload(record), on_result=done)
+
+    def _recover(self) -> None:
+        """Jobs an earlier orchestrator process left unfinished end failed; pending callbacks are resent."""
+        for record in self.journal.load_all():
+            params = record.params or {}
+            job = RoutedJob(record, params.get("target", ""), params.get("enhance"), params.get("forward", {}),
+                            submitted=True)
+            self._jobs[record.job_id] = job
+            if record.status not in TERMINAL:
+                log.warning("routed job %s was %s when the orchestrator stopped; marking it failed",
+                            record.job_id, record.status)
+                self._finish(job, "failed", {"code": "orchestrator_restarted", "message": (
+                    f"the orchestrator stopped while the job was {record.status}; it was not completed")})
+            else:
+                job.done.set()
+                if record.callback.get("status") == "pending":
+                    self._send_callback(record)
+
+
+class _RouteFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _error_of(response) -> dict:
+    try:
+        return (response.json() or {}).get("error", {}) or {}
+    except (ValueError, AttributeError):
+        return {}
