@@ -10,8 +10,9 @@ from configuration import chat_config
 from configuration.params import chat as chat_params
 from configuration.schemas import ValidationFailed
 from configuration.settings import Settings
-from workers.engines.chat import (Batcher, ChatEngine, Generation, Overloaded, _Detokenizer, clean_enhancement,
-                                  find_stop, generation_options, gpu_plan, held_back, render_template, sample_rows)
+from workers.engines.chat import (TEMPLATE_TOKENS_PER_MESSAGE, Batcher, ChatEngine, Generation, Overloaded,
+                                  _Detokenizer, batch_working_bytes, clean_enhancement, find_stop, generation_options,
+                                  gpu_plan, held_back, kv_cache_bytes_per_token, render_template, sample_rows)
 from workers.runtime.errors import ModelBusy
 from workers.runtime.memory import LocalMemory
 from workers.runtime.models import ModelHost
@@ -56,6 +57,23 @@ def test_gpu_plan_uses_static_cache_and_compile_only_on_cuda():
     assert compiled["torch_compile"] and compiled["static_cache"]  # compilation needs the static cache
     assert generation_options(compiled) == {"cache_implementation": "static", "disable_compile": False}
     assert generation_options(gpu_plan(gpu, "cpu", False)) == {"cache_implementation": None, "disable_compile": True}
+
+
+def test_kv_cache_working_memory():
+    qwen7b = {"hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4, "num_hidden_layers": 28}
+    assert kv_cache_bytes_per_token(qwen7b, dtype_bytes=2) == 2 * 28 * 4 * 128 * 2  # 56 KiB per token in bf16
+    short = {"text": "abc", "messages": None, "max_tokens": 10}
+    long = {"text": None, "messages": [{"role": "user", "content": "é" * 50}], "max_tokens": 4}
+    # two rows, each as wide as the longest prompt bound (100 bytes + markers) plus the largest max_tokens
+    assert batch_working_bytes([short, long], per_token=1) == 2 * (100 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 10)
+
+
+def test_engine_working_bytes_from_the_model_config(engine, chat_settings):
+    p = params(chat_settings, messages=[{"role": "user", "content": "x" * 10}], max_tokens=6)
+    per_token = 2 * 2 * 2 * 16 * 4  # placeholder: 2 layers, 2 KV heads of 16, float32 on CPU
+    assert engine.working_bytes(p) == per_token * (10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 6)
+    # the bound holds for the real tokenisation
+    assert len(engine.prompt_ids(engine._loaded["qwen_instruct"], p)) <= 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
 
 
 def test_base_template_rendering_is_configuration():
@@ -265,6 +283,9 @@ class CountingEngine:
         self.active = self.most = 0
         self.lock = threading.Lock()
 
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
     def generate(self, batch):
         with self.lock:
             self.active += 1
@@ -319,3 +340,18 @@ def test_full_queue_is_overloaded_and_a_running_batch_keeps_its_model(engine, ch
     assert engine.host.unload("qwen_base", wait_s=30) == ["qwen_base"]
     assert not engine.is_loaded("qwen_base") and engine.is_loaded("qwen_instruct")
     engine.host.load("qwen_base")
+
+
+def test_a_conversation_the_chat_template_rejects_is_a_validation_error(engine, chat_settings):
+    tokenizer = engine._loaded["qwen_instruct"].tokenizer
+    original = tokenizer.chat_template
+    tokenizer.chat_template = "{{ raise_exception('conversation roles must alternate') }}"
+    try:
+        g = Generation(params(chat_settings, seed=1))
+        engine.generate([g])
+    finally:
+        tokenizer.chat_template = original
+    with pytest.raises(ValidationFailed) as err:
+        g.wait(0)
+    assert err.value.details == [{"path": "/messages", "message": "the model's chat template rejected the "
+                                  "conversation: conversation roles must alternate"}]

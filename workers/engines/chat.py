@@ -18,12 +18,15 @@ each row its result as soon as that row ends.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import threading
 import time
+from pathlib import Path
 
 import torch
+from jinja2.exceptions import TemplateError
 
 from configuration import chat_config
 from configuration.schemas.common import ValidationFailed, field_error
@@ -32,6 +35,10 @@ from workers.engines.base import Engine
 from workers.runtime.errors import JobFailed, MemoryUnavailable
 
 log = logging.getLogger(__name__)
+
+
+# Chat templates add role markers (and, for Qwen2.5-Instruct, a default system line) around messages.
+TEMPLATE_TOKENS_PER_MESSAGE = 64
 
 
 class Overloaded(Exception):
@@ -56,6 +63,29 @@ def generation_options(plan: dict) -> dict:
     """The GenerationConfig fields that carry a GPU plan."""
     return {"cache_implementation": "static" if plan["static_cache"] else None,
             "disable_compile": not plan["torch_compile"]}
+
+
+def kv_cache_bytes_per_token(model_config: dict, dtype_bytes: int) -> int:
+    """KV-cache bytes one token of one row takes, from a model's config.json (keys and values, every layer)."""
+    heads = model_config["num_attention_heads"]
+    kv_heads = model_config.get("num_key_value_heads") or heads
+    head_dim = model_config.get("head_dim") or model_config["hidden_size"] // heads
+    return 2 * model_config["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes
+
+
+def prompt_token_bound(params: dict) -> int:
+    """An upper bound of a request's prompt tokens before tokenising it: byte-level BPE never makes
+    more tokens than UTF-8 bytes, plus room for the template's markers around each message."""
+    if params["text"] is not None:
+        return len(params["text"].encode())
+    return sum(len(m["content"].encode()) + TEMPLATE_TOKENS_PER_MESSAGE for m in params["messages"]) \
+        + TEMPLATE_TOKENS_PER_MESSAGE
+
+
+def batch_working_bytes(batch: list[dict], per_token: int) -> int:
+    """KV cache of a left-padded batch: every row is as wide as the longest prompt plus the largest max_tokens."""
+    width = max(prompt_token_bound(p) for p in batch) + max(p["max_tokens"] for p in batch)
+    return per_token * len(batch) * width
 
 
 def render_template(messages: list[dict], template: dict) -> str:
@@ -374,6 +404,7 @@ class ChatEngine(Engine):
         self._loaded: dict[str, _LoadedModel] = {}
         self._generate_locks = {m: threading.Lock() for m in self.configs}
         self._batchers: dict[str, Batcher] = {}
+        self._kv_per_token: dict[str, int] = {}
 
     # model lifecycle
     def modules(self, model: str) -> list:
@@ -414,6 +445,21 @@ class ChatEngine(Engine):
 
     def required_models(self, params: dict) -> list[str]:
         return [params["model"]]
+
+    def working_bytes(self, params: dict) -> int:
+        return self.batch_working_bytes([params])
+
+    def batch_working_bytes(self, batch: list[dict]) -> int:
+        """Memory a batch needs beyond the weights (its KV cache), part of the memory lease."""
+        model = batch[0]["model"]
+        if model not in self._kv_per_token:
+            config_file = Path(self.configs[model]["path"]) / "config.json"
+            try:
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise JobFailed(f"cannot read {config_file}: {exc}", code="model_not_configured") from None
+            self._kv_per_token[model] = kv_cache_bytes_per_token(config, self.dtype(model).itemsize)
+        return batch_working_bytes(batch, self._kv_per_token[model])
 
     def model_info(self, model: str) -> dict:
         plan = gpu_plan(self.configs[model]["gpu"], self.device, self.settings.torch_compile)
@@ -464,7 +510,11 @@ class ChatEngine(Engine):
                 if g.cancelled:
                     g.fail(JobFailed("cancelled before it started", code="cancelled"))
                     continue
-                ids = self.prompt_ids(loaded, g.params)
+                try:
+                    ids = self.prompt_ids(loaded, g.params)
+                except TemplateError as exc:
+                    g.fail(field_error("/messages", f"the model's chat template rejected the conversation: {exc}"))
+                    continue
                 if len(ids) > limit:
                     path = "/prompt" if g.params["messages"] is None else "/messages"
                     g.fail(field_error(path, f"the prompt is {len(ids)} tokens; {model} accepts at most {limit}"))
@@ -541,7 +591,8 @@ class Batcher:
             self.batches += 1
             self.rows += len(batch)
             try:
-                with self.host.use([self.model]):
+                working = self.engine.batch_working_bytes([g.params for g in batch])
+                with self.host.use([self.model], working):
                     self.engine.generate(batch)
             except (MemoryUnavailable, JobFailed, ValidationFailed) as exc:
                 log.warning("chat batch on %s failed: %s", self.model, exc)
