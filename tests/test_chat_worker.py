@@ -116,6 +116,16 @@ def test_auth_unknown_routes_and_no_jobs(worker):
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
 
 
+def test_openapi_describes_every_chat_route(worker):
+    doc = ok(worker.client.get("/openapi.json"))
+    for path in ("/enhance/base", "/enhance/instruct", "/enhance", "/chat", "/generate", "/v1/chat/completions",
+                 "/v1/models"):
+        assert path in doc["paths"], path
+    assert doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/chat_completions"}
+    assert "temperature" in doc["components"]["schemas"]["chat_enhance"]["properties"]
+
+
 # ---- chat ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/chat", "/generate"])
