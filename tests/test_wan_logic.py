@@ -167,6 +167,8 @@ def test_text_encoder_placement():
     on_gpu = {**GPU, "text_encoder_on_cpu": False}
     assert text_encoder_placement(on_gpu, "cuda", torch.bfloat16) == ("cuda", torch.bfloat16)
     assert text_encoder_placement(on_gpu, "cuda", torch.float16) == ("cuda", torch.float32)  # UMT5 overflows in fp16
+    assert text_encoder_placement(on_gpu, "cuda", torch.bfloat16, offload=True) == ("cpu", torch.bfloat16)
+    assert text_encoder_placement(on_gpu, "cpu", torch.float32, offload=True) == ("cpu", torch.float32)
 
 
 def test_vae_dtype():
@@ -190,6 +192,7 @@ def test_gpu_plan():
     assert gpu_plan(GPU, "cuda", 1, True, False)["torch_compile"] is True
     offloaded = gpu_plan(GPU, "cuda", 1, True, True)
     assert offloaded["model_cpu_offload"] is True and offloaded["torch_compile"] is False
+    assert gpu_plan({**GPU, "text_encoder_on_cpu": False}, "cuda", 1, False, True)["text_encoder_on_cpu"] is True
 
 
 def test_working_bytes_scale_with_pixels_and_frames():

@@ -33,11 +33,12 @@ GRAY = (128, 128, 128)  # VACE's "nothing known here" pixel value for frames to 
 
 # ---- pure decisions (unit-tested on CPU) -------------------------------------------------------
 
-def text_encoder_placement(gpu: dict, device: str, model_dtype: torch.dtype) -> tuple[str, torch.dtype]:
-    """(device, dtype) of the UMT5 encoder. On an accelerator with `text_encoder_on_cpu` it stays in host
-    memory (Wan's t5_cpu) in bfloat16, which every x86 CPU runs and which halves its 11 GB. UMT5 overflows
-    in float16, so a float16 model dtype (a GPU without bf16) gets a float32 encoder instead."""
-    if device != "cpu" and gpu.get("text_encoder_on_cpu"):
+def text_encoder_placement(gpu: dict, device: str, model_dtype: torch.dtype,
+                           offload: bool = False) -> tuple[str, torch.dtype]:
+    """(device, dtype) of the UMT5 encoder. On an accelerator with `text_encoder_on_cpu` (or when the model
+    is offloaded for lack of memory) it stays in host memory (Wan's t5_cpu) in bfloat16, which halves its
+    11 GB. UMT5 overflows in float16, so a float16 model dtype (a GPU without bf16) gets float32 instead."""
+    if device != "cpu" and (gpu.get("text_encoder_on_cpu") or offload):
         return "cpu", torch.bfloat16 if model_dtype != torch.float32 else torch.float32
     return device, torch.float32 if model_dtype == torch.float16 else model_dtype
 
@@ -59,7 +60,7 @@ def gpu_plan(gpu: dict, device: str, pixels: int, compile_setting: bool, offload
     """GPU settings of a job: all off on the CPU, where they do nothing useful."""
     cuda = device != "cpu"
     return {
-        "text_encoder_on_cpu": cuda and bool(gpu.get("text_encoder_on_cpu")),
+        "text_encoder_on_cpu": cuda and (bool(gpu.get("text_encoder_on_cpu")) or offload),
         "model_cpu_offload": cuda and offload,
         "vae_tiling": cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 409600)),
         # Compiled modules and accelerate's offload hooks do not mix; offload wins.
@@ -250,10 +251,10 @@ class WanEngine(Engine):
             setting = cfg["paths"]["production"]["path_setting"].upper()
             raise JobFailed(f"no {model} model path configured ({setting})", code="model_not_configured")
         dtype = self.dtype(model)
-        te_device, te_dtype = text_encoder_placement(gpu, self.device, dtype)
         memory = devices.device_memory(self.device)
         footprint = self._footprint.get(model, cfg["memory_bytes"]) + self.settings.vram_reserve_mb * 1024 * 1024
         offload = offload_decision(self.device, footprint, memory["free_bytes"] if memory else None)
+        te_device, te_dtype = text_encoder_placement(gpu, self.device, dtype, offload)
         other = next((loaded for name, loaded in list(self._loaded.items()) if name != model), None)
         shared = []
 
