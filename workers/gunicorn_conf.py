@@ -13,6 +13,8 @@ graceful_timeout = int(_settings.shutdown_grace_s + 15)
 keepalive = 5
 accesslog = None
 loglevel = _settings.log_level.lower()
+# Every worker would otherwise share one default control socket path ($HOME/.gunicorn/gunicorn.ctl).
+control_socket_disable = True
 
 
 def worker_exit(server, worker):

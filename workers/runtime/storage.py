@@ -41,6 +41,7 @@ class LocalStorage(Storage):
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are served to others
         os.replace(tmp, target)
         return path
 
