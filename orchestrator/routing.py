@@ -225,9 +225,11 @@ class Router:
                                                      f"in time ({type(exc).__name__})") from None
         if response.status_code != 200:
             error = _error_of(response)
+            details = "; ".join(f"{d.get('path') or '/'}: {d.get('message')}" for d in error.get("details") or []
+                                if isinstance(d, dict) and d.get("message"))
             raise _RouteFailed("enhancement_failed", f"the chat worker refused the enhancement (HTTP "
                                                      f"{response.status_code} {error.get('code', '')}): "
-                                                     f"{error.get('message', '')}".strip())
+                                                     f"{error.get('message', '')}" + (f" ({details})" if details else ""))
         try:
             result = response.json()
             enhanced = result["enhanced_prompt"]

@@ -10,7 +10,6 @@ import threading
 import time
 
 from configuration.settings import Settings
-from workers import devices
 from workers.runtime.errors import MemoryUnavailable
 
 NOMINAL_BUDGET_BYTES = 48 * 1024**3
@@ -18,6 +17,8 @@ NOMINAL_BUDGET_BYTES = 48 * 1024**3
 
 def budget_bytes(settings: Settings, device: str) -> int:
     """Device capacity on a GPU, else the configured budget, else a nominal 48 GB card."""
+    from workers import devices  # torch: imported here so the orchestrator can use this module without it
+
     info = devices.device_memory(device)
     if info is not None:
         return info["total_bytes"]
@@ -49,6 +50,15 @@ class LocalMemory:
                     "unload another model first",
                     details={"model": model, "need_bytes": need, "free_bytes": self.budget - held})
             self._held[model] = estimate_bytes
+
+    def admit(self, need_bytes: int) -> None:
+        """Refuse at once a job that could never fit in the budget (its submission answers 409)."""
+        if need_bytes + self.reserve > self.budget:
+            raise MemoryUnavailable(
+                f"the job needs {need_bytes} bytes (models + working memory) plus the {self.reserve} byte reserve "
+                f"but the budget is {self.budget}", too_big=True,
+                details={"need_bytes": need_bytes, "reserve_bytes": self.reserve, "budget_bytes": self.budget,
+                         "too_big": True})
 
     def admit(self, need_bytes: int) -> None:
         """Refuse at once a job that could never fit in the budget (its submission answers 409)."""

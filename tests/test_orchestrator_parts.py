@@ -1,0 +1,338 @@
+"""The orchestrator's parts one at a time: supervision with real (cheap) processes, the GPU reading
+logic on CPU, routing plans, the broker's HTTP API with the workers' BrokerMemory client, Supabase
+registration against a real local receiver, the parent-death signal, and the operator table."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from configuration.schemas import ValidationFailed
+from configuration.settings import Settings
+from orchestrator import gpu
+from orchestrator.routing import default_enhance_model, plan_route
+from orchestrator.supervisor import WorkerSupervisor, backoff_delay, describe_exit
+from tests.support import API_KEY, CallbackReceiver, free_port
+from workers.runtime.errors import MemoryUnavailable
+
+pytestmark = pytest.mark.timeout(120)
+MB = 1024 * 1024
+
+
+# ---- supervision -----------------------------------------------------------------------------------------
+
+def test_backoff_doubles_and_is_capped():
+    assert [backoff_delay(n, 0.5, 3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exited with status 3"
+
+
+def _ready_server_script(port: int, die_after_s: float | None) -> list[str]:
+    """A real process serving GET /ready (and optionally dying on its own)."""
+    code = textwrap.dedent(f"""
+        import http.server, threading, os, time
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+            def log_message(self, *a): pass
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", {port}), H)
+        server.allow_reuse_address = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        if {die_after_s!r} is not None:
+            time.sleep({die_after_s!r}); os._exit(7)
+        time.sleep(600)
+    """)
+    return [sys.executable, "-c", code]
+
+
+def _settings(**kw) -> Settings:
+    port = free_port()
+    base = dict(sdxl_port=port, restart_limit=2, restart_backoff_s=0.05, restart_backoff_max_s=0.2,
+                worker_ready_timeout_s=20, restart_reset_s=600)
+    base.update(kw)
+    return Settings(**base)
+
+
+def _wait(predicate, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_supervisor_restarts_with_backoff_then_marks_failed():
+    settings = _settings()
+    events = []
+    sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=[sys.executable, "-c", "import sys; sys.exit(3)"],
+                           on_exit=lambda name, reason, unexpected: events.append((name, reason, unexpected)))
+    sup.start()
+    assert _wait(lambda: sup.state == "failed")
+    assert sup.join(5)
+    assert sup.restarts == 2 and sup.failures == 3 and sup.incarnation == 3
+    assert events == [("sdxl", "the sdxl worker process exited with status 3", True)] * 3
+    time.sleep(0.3)
+    assert sup.state == "failed" and sup.incarnation == 3  # stays failed: nothing restarts it
+
+
+def test_supervisor_ready_by_polling_then_restarts_a_dead_worker():
+    settings = _settings(restart_limit=5)
+    ready, exits = [], []
+    sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=_ready_server_script(settings.sdxl_port, 0.8),
+                           on_ready=ready.append, on_exit=lambda *a: exits.append(a))
+    sup.start()
+    assert _wait(lambda: sup.state == "ready")
+    first_pid = sup.pid
+    assert os.getsid(first_pid) == first_pid  # its own session
+    assert _wait(lambda: sup.restarts == 1 and sup.state == "ready" and sup.pid != first_pid)
+    assert ready == ["sdxl", "sdxl"] and exits[0][1].endswith("exited with status 7")
+    sup.stop()
+    assert sup.join(10) and sup.state == "stopped"
+    assert exits[-1][2] is False  # a requested stop is not a death
+
+
+def test_supervisor_stop_terminates_the_whole_group():
+    settings = _settings()
+    # a parent that leaves a child behind in its process group, like a gunicorn master with its worker
+    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']);"
+              "time.sleep(600)")
+    sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=[sys.executable, "-c", script],
+                           ready_url=f"http://127.0.0.1:{free_port()}/ready")
+    sup.start()
+    assert _wait(lambda: sup.pid is not None)
+    pgid = sup.pid
+    assert _wait(lambda: len(_group(pgid)) == 2)
+    os.kill(pgid, signal.SIGKILL)  # the parent dies; the supervisor reaps the child left in its group
+    assert _wait(lambda: sup.restarts == 1 or sup.state == "restarting")
+    assert _wait(lambda: not _group(pgid), 10)
+    sup.stop()
+    assert sup.join(10)
+    assert sup.pid is None
+
+
+def _group(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.split() and not line.split()[1].startswith("Z")]
+
+
+def test_launch_ties_the_worker_to_the_orchestrator():
+    # parent (stands for the orchestrator) -> launch -> sleeper; killing the parent must end the sleeper
+    code = textwrap.dedent("""
+        import os, subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-m", "orchestrator.launch", str(os.getpid()),
+                              sys.executable, "-c", "import time; time.sleep(600)"])
+        print(p.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = int(parent.stdout.readline())
+    time.sleep(0.3)
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    assert _wait(lambda: not _alive(child), 10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---- what the broker knows of the device ----------------------------------------------------------------------
+
+class FakeNVML:
+    """Stands in for pynvml's functions (the binding is not torch; its logic is what is tested)."""
+
+    def __init__(self):
+        self.asked = []
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        self.asked.append(("index", i))
+        return i
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        self.asked.append(("uuid", uuid))
+        return uuid
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(total=80 * 1024**3, used=3 * 1024**3, free=77 * 1024**3)
+
+
+def test_gpu_device_choice_and_reading_logic():
+    assert gpu.nvml_device(None) == 0 and gpu.nvml_device("") == 0 and gpu.nvml_device("2,3") == 2
+    assert gpu.nvml_device("GPU-5a1f, GPU-77") == "GPU-5a1f"
+    nvml = FakeNVML()
+    device = gpu.DeviceMemory(Settings(), nvml=nvml, nvidia_present=True)
+    reading = device.read()
+    assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cuda", "nvml", 80 * 1024**3, 3 * 1024**3)
+    assert gpu.read_nvml(nvml, "MIG-abc") == (80 * 1024**3, 3 * 1024**3) and nvml.asked[-1] == ("uuid", "MIG-abc")
+
+
+def test_without_a_gpu_the_budget_is_the_capacity():
+    reading = gpu.DeviceMemory(Settings(vram_budget_mb=512), nvidia_present=False).read()
+    assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cpu", "budget", 512 * MB, None)
+    assert gpu.DeviceMemory(Settings(), nvidia_present=False).read().source == "nominal"
+
+
+# ---- routing plans -------------------------------------------------------------------------------------------------
+
+def test_route_plans():
+    target, enhance, forward = plan_route({"type": "sdxl_image_fast", "prompt": "p", "config": {"steps": 3}})
+    assert (target, enhance) == ("sdxl", None) and forward == {"type": "sdxl_image_fast", "prompt": "p", "config": {"steps": 3}}
+    target, enhance, forward = plan_route({"type": "video7b_fast_enhanced", "prompt": "p"})
+    assert target == "wan" and enhance == {"model": default_enhance_model()} and forward["type"] == "video_fast"
+    target, enhance, forward = plan_route({"type": "image_fast", "prompt": "p", "target": "wan",
+                                           "config": {"enhance_prompt": True, "frames": 1}})
+    assert enhance == {"model": "instruct"} and forward == {"type": "image_fast", "prompt": "p", "config": {"frames": 1}}
+    _t, enhance, _f = plan_route({"type": "sdxl_image_fast", "prompt": "p", "enhance": {"model": "base", "seed": 4}})
+    assert enhance == {"model": "base", "seed": 4}
+    _t, enhance, forward = plan_route({"type": "image_fast", "prompt": "p", "config": {"enhance_prompt": False}})
+    assert enhance is None and forward["config"] == {}
+    for body, path in (({"type": "sdxl_image_fast", "prompt": "p", "target": "wan"}, "/target"),
+                       ({"type": "image7b_fast_enhanced", "prompt": "p", "config": {"enhance_prompt": False}},
+                        "/config/enhance_prompt")):
+        with pytest.raises(ValidationFailed) as err:
+            plan_route(body)
+        assert err.value.details[0]["path"] == path
+
+
+# ---- the broker over HTTP, with the workers' client ---------------------------------------------------------------
+
+@pytest.fixture
+def broker_api(tmp_path):
+    """The orchestrator's real API (waitress) with its broker; no worker processes are started."""
+    import waitress
+
+    from orchestrator.api import create_app
+    from orchestrator.pod import Pod
+
+    port = free_port()
+    settings = Settings(orchestrator_port=port, enabled_workers="sdxl,wan", vram_budget_mb=10, vram_reserve_mb=1,
+                        lease_timeout_s=0.5, api_key=API_KEY, output_dir=tmp_path)
+    pod = Pod(settings, environ={})
+    server = waitress.create_server(create_app(pod), host="127.0.0.1", port=port, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield pod, settings.replace(orchestrator_url=f"http://127.0.0.1:{port}")
+    server.close()
+
+
+def test_broker_memory_client_against_the_api(broker_api):
+    from orchestrator.client import BrokerMemory
+
+    pod, settings = broker_api
+    sdxl = BrokerMemory("sdxl", settings, "cpu")
+    wan = BrokerMemory("wan", settings, "cpu")
+    assert {e["worker"] for e in pod.broker.status()["history"] if e["event"] == "hello"} == {"sdxl", "wan"}
+    sdxl.acquire("sdxl", 7 * MB, 0)
+    sdxl.loaded("sdxl", 7 * MB)
+    sdxl.job_started(0)
+    with pytest.raises(MemoryUnavailable) as err:  # sdxl is busy: wan waits, then times out
+        wan.acquire("wan_t2v", 3 * MB, 0)
+    assert not err.value.too_big and "timed out" in err.value.message
+    with pytest.raises(MemoryUnavailable) as err:  # 10 MiB - 1 MiB reserve
+        wan.admit(9 * MB + 1)
+    assert err.value.too_big and err.value.details["usable_bytes"] == 9 * MB
+    sdxl.job_finished()
+    sdxl.touch(["sdxl"])
+    assert sdxl.status() == {"mode": "broker", "broker_url": settings.orchestrator_url, "held_bytes": {"sdxl": 7 * MB}}
+    # an unknown worker or a malformed report is a 400, not a crash
+    anon = requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "ghost", "models": []},
+                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
+    assert anon.status_code == 400 and anon.json()["error"]["details"][0]["path"] == "/worker"
+    assert requests.post(settings.orchestrator_url + "/broker/acquire", json={"worker": "sdxl"}, timeout=5).status_code == 401
+
+
+def test_broker_client_refuses_when_the_broker_is_unreachable():
+    from orchestrator.client import BrokerMemory
+
+    client = BrokerMemory("sdxl", Settings(orchestrator_url=f"http://127.0.0.1:{free_port()}"), "cpu")
+    with pytest.raises(MemoryUnavailable) as err:
+        client.acquire("sdxl", MB, 0)
+    assert "cannot be reached" in err.value.message
+
+
+# ---- registration ------------------------------------------------------------------------------------------------------
+
+def test_registration_posts_the_previous_pods_bodies():
+    from orchestrator.registration import Registrar
+
+    receiver = CallbackReceiver()
+    try:
+        base = receiver.url.rsplit("/functions/", 1)[0]
+        settings = Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42", wan_port=7860, chat_port=7861)
+        registrar = Registrar(settings, backoff_s=0.05)
+        registrar.worker_ready("wan")
+        registrar.worker_ready("chat")
+        registrar.worker_ready("sdxl")  # no registration function configured for it
+        assert _wait(lambda: len(receiver.requests) == 2 and registrar.status("chat") and registrar.status("wan"))
+        by_path = {r["path"]: r for r in receiver.requests}
+        wan = by_path["/functions/v1/update-worker-url"]
+        assert wan["headers"]["Authorization"] == "Bearer svc"
+        assert wan["body"]["worker_url"] == "https://pod42-7860.proxy.runpod.net"
+        assert wan["body"]["auto_registered"] is True and wan["body"]["detection_method"] == "RUNPOD_POD_ID"
+        chat = by_path["/functions/v1/register-chat-worker"]["body"]
+        assert chat["worker_url"] == "https://pod42-7861.proxy.runpod.net" and chat["worker_type"] == "chat"
+        assert chat["capabilities"]["models"] == ["qwen_base", "qwen_instruct"]
+        assert registrar.status("wan")["status"] == "registered" and registrar.status("sdxl") is None
+    finally:
+        receiver.close()
+
+
+def test_registration_retries_then_reports_failure_and_needs_a_pod_id():
+    from orchestrator.registration import ATTEMPTS, Registrar
+
+    receiver = CallbackReceiver(status=500)
+    try:
+        base = receiver.url.rsplit("/functions/", 1)[0]
+        registrar = Registrar(Settings(supabase_url=base, runpod_pod_id="pod42"), backoff_s=0.01)
+        registrar.worker_ready("wan")
+        assert _wait(lambda: (registrar.status("wan") or {}).get("status") == "failed")
+        assert len(receiver.requests) == ATTEMPTS
+        no_id = Registrar(Settings(supabase_url=base))
+        no_id.worker_ready("wan")
+        assert no_id.status("wan")["status"] == "skipped" and "RUNPOD_POD_ID" in no_id.status("wan")["detail"]
+    finally:
+        receiver.close()
+
+
+# ---- the operator's table ---------------------------------------------------------------------------------------------
+
+def test_memory_table_renders_the_status():
+    from datetime import datetime, timezone
+
+    from orchestrator.memory import human_bytes, render_status
+
+    assert (human_bytes(512), human_bytes(9 * MB + MB // 2), human_bytes(80 * 1024**3)) == ("512 B", "9.5 MiB", "80.0 GiB")
+    status = {
+        "device": {"kind": "cuda", "source": "nvml", "total_bytes": 80 * 1024**3, "used_bytes": 30 * 1024**3,
+                   "free_bytes": 50 * 1024**3},
+        "budget": {"capacity_bytes": 80 * 1024**3, "reserve_bytes": 2 * 1024**3, "leased_bytes": 22 * 1024**3,
+                   "working_bytes": 1024**3, "external_bytes": 7 * 1024**3, "available_bytes": 48 * 1024**3},
+        "pressure": "low", "waiting": [], "counters": {"grant": 3, "evicted": 1},
+        "workers": {"sdxl": {"state": "ready", "pid": 41, "models": {
+            "sdxl": {"state": "loaded", "bytes": 7 * 1024**3, "busy": True, "last_used": "2026-01-01T00:00:00+00:00"}}},
+            "chat": {"state": "restarting", "pid": None, "models": {
+                "qwen_base": {"state": "unloaded", "bytes": 0, "busy": False, "last_used": None}}}},
+        "history": [{"at": "2026-01-01T00:00:00.000+00:00", "event": "evicted", "worker": "wan", "model": "wan_t2v",
+                     "bytes": 3 * 1024**3}],
+    }
+    text = render_status(status, now=datetime(2026, 1, 1, 0, 0, 30, tzinfo=timezone.utc))
+    assert "device   cuda (nvml)  total 80.0 GiB  used 30.0 GiB  free 50.0 GiB" in text
+    assert "pressure low" in text
+    row = next(line for line in text.splitlines() if line.startswith("sdxl"))
+    assert row.split() == ["sdxl", "ready", "41", "sdxl", "loaded", "7.0", "GiB", "yes", "30s", "ago"]
+    assert "qwen_base" in text and "never" in text and "evicted 1" in text
+    assert "evicted          wan/wan_t2v  bytes=3.0 GiB" in text

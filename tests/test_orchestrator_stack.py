@@ -1,0 +1,343 @@
+"""The orchestrator with its three workers, as real processes on free ports, on the placeholder profile.
+
+One stack for the module (started once, stopped by the last test with SIGTERM). The memory budget is
+10 MiB with no reserve: it fits the SDXL placeholder (8.9 MiB measured) with a chat model (0.8 MiB),
+but not SDXL with WAN (1.6 MiB + 1.8 MiB working memory for a 32x32x9 video), so switching between
+SDXL and WAN jobs has to evict. A second, small orchestrator whose worker cannot boot shows the
+restart limit.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.support import REPO, CallbackReceiver, Client, base_env, free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+BUDGET_MB = 10
+
+
+class OrchestratorProcess:
+    """`python -m orchestrator` (what infrastructure/startup.sh execs), its output in a log file."""
+
+    def __init__(self, env: dict, log_path: Path):
+        self.env = env
+        self.port = int(env["ORCHESTRATOR_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = Client(self.url, env.get("WORKER_API_KEY"))
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OrchestratorProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else "python",
+                                      "-m", "orchestrator"], env=self.env, cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout_s: float = 180) -> dict:
+        """Poll GET /ready (the readiness gate; no fixed sleeps)."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"orchestrator exited {self.proc.returncode}:\n{self.log()}"
+            try:
+                last = requests.get(self.url + "/ready", timeout=2)
+                if last.status_code == 200:
+                    return last.json()
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in {timeout_s}s: {last and last.text}\n{self.log()}")
+
+    def workers(self) -> dict:
+        return {w["name"]: w for w in self.client.get("/workers").json()["workers"]}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def stop(self, timeout_s: float = 90) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of a worker's process group."""
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = CallbackReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, placeholder_dir, receiver):
+    tmp = tmp_path_factory.mktemp("pod")
+    env = base_env(tmp, placeholder_dir,
+                   ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), WAN_PORT=free_port(), CHAT_PORT=free_port(),
+                   ENABLED_WORKERS="sdxl,wan,chat", VRAM_BUDGET_MB=BUDGET_MB, VRAM_RESERVE_MB=0,
+                   LEASE_TIMEOUT_S=90, CALLBACK_URL=receiver.url, RESTART_BACKOFF_S=0.2, RESTART_LIMIT=3,
+                   SHUTDOWN_GRACE_S=60, STATE_DIR=tmp / "state")
+    pod = OrchestratorProcess(env, tmp / "orchestrator.log").start()
+    yield pod
+    if pod.proc.poll() is None:  # a test failed before the SIGTERM test: stop it all the same
+        groups = [w["pid"] for w in (_workers_or_none(pod) or {}).values() if w.get("pid")]
+        pod.stop()
+        for pgid in groups:
+            for proc in group_members(pgid):
+                proc.kill()
+
+
+def job(job_type: str, prompt: str = "a red fox", **config) -> dict:
+    body = {"type": job_type, "prompt": prompt, "user_id": "u1", "config": {"seed": 7, "steps": 2, **config}}
+    return body
+
+
+def submit(pod: OrchestratorProcess, body: dict, expect: int = 202) -> str:
+    response = pod.client.post("/jobs", json=body)
+    assert response.status_code == expect, response.text
+    return response.json()["job_id"] if expect in (200, 202) else response.json()
+
+
+# ---- tests, in order: the last one stops the stack -----------------------------------------------------
+
+def test_all_workers_ready_through_readiness_polling(stack):
+    ready = stack.wait_ready()
+    assert ready["workers"] == {"sdxl": "ready", "wan": "ready", "chat": "ready"}
+    workers = stack.workers()
+    for name, info in workers.items():
+        assert info["state"] == "ready" and info["restarts"] == 0 and psutil.pid_exists(info["pid"])
+        # each worker leads its own session: a terminal's Ctrl-C reaches only the orchestrator
+        assert os.getsid(info["pid"]) == info["pid"] != os.getsid(stack.proc.pid)
+        assert requests.get(info["url"] + "/ready", timeout=5).status_code == 200
+    memory = stack.client.get("/memory/status").json()
+    assert memory["device"] == {"kind": "cpu", "source": "budget", "total_bytes": BUDGET_MB * 2**20,
+                                "used_bytes": 0, "free_bytes": BUDGET_MB * 2**20}
+    assert {w: set(v["models"]) for w, v in memory["workers"].items()} == {
+        "sdxl": {"sdxl"}, "wan": {"wan_t2v", "wan_vace"}, "chat": {"qwen_base", "qwen_instruct"}}
+    assert {e["worker"] for e in memory["history"] if e["event"] == "hello"} == {"sdxl", "wan", "chat"}
+    assert stack.client.get("/ready").status_code == 200
+    assert requests.get(stack.url + "/workers", timeout=5).status_code == 401  # bearer required
+    assert stack.client.get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]
+
+
+def test_enhanced_sdxl_job_one_id_both_prompts_one_callback(stack, receiver):
+    body = job("sdxl_image_fast", "a red fox")
+    body["enhance"] = {"model": "instruct", "max_tokens": 12, "seed": 3, "system_prompt": "Describe the scene."}
+    body["id"] = "enh-sdxl-1"
+    job_id = submit(stack, body)
+    assert job_id == "enh-sdxl-1"
+    record = stack.client.wait_job(job_id, 120)
+    assert record["status"] == "completed", record
+    meta = record["metadata"]
+    assert meta["original_prompt"] == "a red fox"
+    assert meta["enhanced_prompt"] and meta["enhanced_prompt"] != "a red fox"
+    assert meta["parameters"]["prompt"] == meta["enhanced_prompt"]  # the generation used the enhanced prompt
+    assert meta["enhancement"]["model"] == "instruct" and meta["enhancement"]["parameters"]["seed"] == 3
+    stages = meta["stages"]
+    assert stages[0] == "enhancing" and stages[-1] == "storing"
+    assert stages.index("enhancing") < stages.index("generating") < stages.index("storing")
+    assert record["assets"][0]["url"] == f"u1/{job_id}/0.png"
+    # the worker ran it under the same id, and sent no callback of its own
+    worker = requests.get(stack.workers()["sdxl"]["url"] + f"/jobs/{job_id}",
+                          headers={"Authorization": stack.client.session.headers["Authorization"]}, timeout=5).json()
+    assert worker["status"] == "completed" and worker["callback"]["status"] == "disabled"
+    callbacks = receiver.wait_for(1, job_id)
+    time.sleep(0.5)
+    assert len(receiver.bodies(job_id)) == 1
+    assert callbacks[0]["status"] == "completed"
+    assert callbacks[0]["metadata"]["original_prompt"] == "a red fox"
+    assert callbacks[0]["metadata"]["enhanced_prompt"] == meta["enhanced_prompt"]
+    # a repeated id is the same job, never run twice
+    again = stack.client.post("/jobs", json=body)
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+
+
+def test_enhanced_wan_jobs_legacy_type_and_flag(stack, receiver):
+    legacy = job("video7b_fast_enhanced", "a boat at dawn")
+    flagged = job("image_fast", "a lighthouse")
+    flagged["config"]["enhance_prompt"] = True
+    ids = [submit(stack, legacy), submit(stack, flagged)]
+    for job_id, kind, name in zip(ids, ("video", "image"), ("0.mp4", "0.png")):
+        record = stack.client.wait_job(job_id, 120)
+        assert record["status"] == "completed", record
+        assert record["metadata"]["enhanced_prompt"] and record["metadata"]["original_prompt"] in ("a boat at dawn", "a lighthouse")
+        assert record["metadata"]["enhancement"]["model"] == "instruct"  # the chat worker's legacy default
+        assert record["metadata"]["stages"][0] == "enhancing"
+        assert record["assets"][0]["type"] == kind and record["assets"][0]["url"].endswith(name)
+        assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["completed"]
+    assert stack.client.get(f"/jobs/{ids[0]}").json()["type"] == "video7b_fast_enhanced"
+
+
+def test_enhancement_failure_fails_the_job_with_its_reason(stack, receiver):
+    # SDXL takes a prompt of any length (it reports truncation); the chat model refuses one over its
+    # max_prompt_tokens: the job must fail, not run on the original prompt.
+    job_id = submit(stack, {**job("sdxl_image_fast", "fox " * 3000), "enhance": {"model": "base", "max_tokens": 8}})
+    record = stack.client.wait_job(job_id, 60)
+    assert record["status"] == "failed" and record["error"]["code"] == "enhancement_failed", record
+    assert "HTTP 400" in record["error"]["message"] and "tokens" in record["error"]["message"]
+    assert record["metadata"]["enhanced_prompt"] is None and not record["assets"]
+    assert record["metadata"]["stages"] == ["enhancing"]
+    assert receiver.wait_for(1, job_id)[0]["error_message"] == record["error"]["message"]
+
+
+def test_invalid_bodies_are_refused_before_anything_runs(stack):
+    bad = stack.client.post("/jobs", json={**job("sdxl_image_fast"), "target": "wan"})
+    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "/target"
+    bad = stack.client.post("/jobs", json={**job("sdxl_image_fast", steps=500), "enhance": {"model": "base"}})
+    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "/config/steps"
+    bad = stack.client.post("/jobs", json={**job("video7b_fast_enhanced", enhance_prompt=False)})
+    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "/config/enhance_prompt"
+    assert stack.client.get("/jobs/nope").status_code == 404
+
+
+def test_too_big_job_gets_409_with_numbers(stack):
+    body = job("video_fast", width=128, height=128, frames=33)
+    response = stack.client.post("/jobs", json=body)
+    assert response.status_code == 409, response.text
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_memory"
+    detail = error["details"][0]
+    assert detail["too_big"] is True and detail["usable_bytes"] == BUDGET_MB * 2**20
+    assert detail["need_bytes"] > detail["usable_bytes"]
+    assert str(detail["need_bytes"]) in error["message"] and str(BUDGET_MB * 2**20) in error["message"]
+
+
+def test_alternating_jobs_with_a_budget_for_one_generation_model(stack, receiver):
+    bodies = [job("sdxl_image_fast"), job("video_fast"), job("sdxl_image_fast", steps=3), job("video_fast", steps=3),
+              job("sdxl_image_fast")]
+    ids = [submit(stack, b) for b in bodies]
+    records = [stack.client.wait_job(i, 180) for i in ids]
+    assert [r["status"] for r in records] == ["completed"] * len(ids), [r["error"] for r in records]
+    for job_id in ids:
+        assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["completed"]
+    memory = stack.client.get("/memory/status", params={"history": 500}).json()
+    history = memory["history"]
+    evicted = [(e["worker"], e["model"]) for e in history if e["event"] == "evicted"]
+    assert ("sdxl", "sdxl") in evicted and ("wan", "wan_t2v") in evicted, evicted
+    # never unloaded while its job ran: between a worker's job_started and job_finished no model of it is evicted
+    running: dict[str, int] = {}
+    for event in history:
+        if event["event"] == "job_started":
+            running[event["worker"]] = running.get(event["worker"], 0) + 1
+        elif event["event"] == "job_finished":
+            running[event["worker"]] -= 1
+        elif event["event"] in ("evict_requested", "evicted"):
+            assert not running.get(event["worker"]), f"{event} while a job of {event['worker']} ran"
+    # the budget was honoured at every grant: the sizes this test relies on are the measured ones
+    sizes = {(e["worker"], e["model"]): e["bytes"] for e in history if e["event"] == "loaded"}
+    assert sizes[("sdxl", "sdxl")] + sizes[("wan", "wan_t2v")] > BUDGET_MB * 2**20 >= sizes[("sdxl", "sdxl")]
+    assert memory["budget"]["leased_bytes"] <= BUDGET_MB * 2**20
+
+
+def test_cancel_through_the_orchestrator(stack, receiver):
+    job_id = submit(stack, job("sdxl_image_fast", steps=100))
+    wait_for(lambda: stack.client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 1, 120, "the job to step")
+    response = stack.client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200
+    record = stack.client.wait_job(job_id, 60)
+    assert record["status"] == "cancelled" and not record["assets"]
+    assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["cancelled"]
+    assert stack.client.post(f"/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_kill_9_of_a_worker_fails_its_job_and_restarts_it(stack, receiver):
+    before = stack.workers()["sdxl"]
+    job_id = submit(stack, job("sdxl_image_fast", steps=100))
+    wait_for(lambda: stack.client.get(f"/jobs/{job_id}").json()["status"] == "processing", 120, "processing")
+    os.kill(before["pid"], signal.SIGKILL)  # the gunicorn master
+    record = stack.client.wait_job(job_id, 60)
+    assert record["status"] == "failed" and record["error"]["code"] == "worker_died", record
+    assert "killed by SIGKILL" in record["error"]["message"]
+    callback = receiver.wait_for(1, job_id)
+    assert [c["status"] for c in callback] == ["failed"] and "SIGKILL" in callback[0]["error_message"]
+    # everything of the dead worker's process group is gone, and a new one serves
+    wait_for(lambda: not group_members(before["pid"]), 30, "the old process group to be gone")
+    after = wait_for(lambda: (w := stack.workers()["sdxl"])["state"] == "ready" and w["pid"] != before["pid"] and w,
+                     120, "the sdxl worker to be restarted")
+    assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
+    memory = stack.client.get("/memory/status").json()
+    assert any(e["event"] == "worker_gone" and e["worker"] == "sdxl" for e in memory["history"])
+    assert not memory["workers"]["sdxl"]["models"]["sdxl"]["loaded"]  # what the dead process held is free
+
+
+def test_sigterm_lets_the_running_job_finish_then_everything_exits(stack, receiver):
+    groups = {name: info["pid"] for name, info in stack.workers().items()}
+    job_id = submit(stack, job("sdxl_image_fast", steps=25))
+    wait_for(lambda: stack.client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 1, 120, "the job to step")
+    stack.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: requests.get(stack.url + "/ready", timeout=5).status_code == 503, 10, "/ready to answer 503")
+    refused = stack.client.post("/jobs", json=job("sdxl_image_fast"))
+    assert refused.status_code == 503 and refused.headers.get("Retry-After")
+    assert stack.proc.wait(120) == 0
+    assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["completed"]
+    for name, pgid in groups.items():
+        assert not group_members(pgid), f"{name} left processes behind"
+    assert "shutdown complete" in stack.log()
+
+
+def test_a_worker_that_keeps_dying_ends_failed(tmp_path, placeholder_dir):
+    # Another process holds the worker's port: gunicorn cannot bind and exits, every time.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=squatter.getsockname()[1],
+                       ENABLED_WORKERS="sdxl", RESTART_LIMIT=1, RESTART_BACKOFF_S=0.1)
+        pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+        try:
+            info = wait_for(lambda: (w := _workers_or_none(pod)) and w["sdxl"]["state"] == "failed" and w["sdxl"],
+                            120, "the worker to be marked failed")
+            assert info["restarts"] == 1 and info["consecutive_failures"] == 2 and info["pid"] is None
+            assert info["last_exit"] == "exited with status 1"
+            time.sleep(1.0)
+            assert _workers_or_none(pod)["sdxl"]["state"] == "failed"  # and stays so
+            ready = requests.get(pod.url + "/ready", timeout=5)
+            assert ready.status_code == 503 and "sdxl failed" in ready.json()["error"]["message"]
+            refused = pod.client.post("/jobs", json=job("sdxl_image_fast"))
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "worker_unavailable"
+            assert pod.log().count("sdxl worker died") == 2
+        finally:
+            assert pod.stop() == 0
+
+
+def _workers_or_none(pod):
+    try:
+        return pod.workers()
+    except (requests.RequestException, ValueError):
+        return None
