@@ -60,15 +60,6 @@ class LocalMemory:
                 details={"need_bytes": need_bytes, "reserve_bytes": self.reserve, "budget_bytes": self.budget,
                          "too_big": True})
 
-    def admit(self, need_bytes: int) -> None:
-        """Refuse at once a job that could never fit in the budget (its submission answers 409)."""
-        if need_bytes + self.reserve > self.budget:
-            raise MemoryUnavailable(
-                f"the job needs {need_bytes} bytes (models + working memory) plus the {self.reserve} byte reserve "
-                f"but the budget is {self.budget}", too_big=True,
-                details={"need_bytes": need_bytes, "reserve_bytes": self.reserve, "budget_bytes": self.budget,
-                         "too_big": True})
-
     def loaded(self, model: str, resident_bytes: int) -> None:
         with self._lock:
             self._held[model] = resident_bytes
