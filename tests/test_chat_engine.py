@@ -355,3 +355,18 @@ def test_a_conversation_the_chat_template_rejects_is_a_validation_error(engine, 
         g.wait(0)
     assert err.value.details == [{"path": "/messages", "message": "the model's chat template rejected the "
                                   "conversation: conversation roles must alternate"}]
+
+
+def test_static_kv_cache_gives_the_same_tokens(engine, chat_settings):
+    """The CUDA-only static-cache path, forced on CPU (without compilation): same rows, same text."""
+    loaded = engine._loaded["qwen_instruct"]
+    requests = [params(chat_settings, seed=21, max_tokens=8),
+                params(chat_settings, seed=22, max_tokens=5, messages=[{"role": "user", "content": "longer " * 9}])]
+    dynamic = run(engine, *requests)
+    plan = loaded.plan
+    loaded.plan = {**plan, "static_cache": True, "torch_compile": False}
+    try:
+        static = run(engine, *requests)
+    finally:
+        loaded.plan = plan
+    assert [r.text for r in static] == [r.text for r in dynamic]
