@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 
@@ -24,7 +23,6 @@ from workers.http.common import require_ready, state
 from workers.http.errors import ApiError
 from workers.runtime.errors import JobFailed, MemoryUnavailable
 
-log = logging.getLogger(__name__)
 
 bp = Blueprint("chat", __name__)
 _STARTED_AT = int(time.time())
