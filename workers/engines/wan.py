@@ -187,7 +187,6 @@ class LoadedModel:
     pipe: object
     prompts: PromptEncoder
     offload: bool
-    compiled: bool
     scheduler_config: dict
     shared: list[str]
 
@@ -293,8 +292,7 @@ class WanEngine(Engine):
         if plan["torch_compile"]:
             pipe.transformer.compile()
         self._loaded[model] = LoadedModel(path=path, pipe=pipe, prompts=prompts, offload=offload,
-                                          compiled=plan["torch_compile"], scheduler_config=dict(pipe.scheduler.config),
-                                          shared=shared)
+                                          scheduler_config=dict(pipe.scheduler.config), shared=shared)
         if not offload:
             self._footprint[model] = devices.module_bytes(*self.modules(model))
         log.info("loaded %s from %s (text encoder on %s, offload %s, shared with the other model: %s)",
