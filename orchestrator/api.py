@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from configuration.openapi import register_routes
 from configuration.schemas import validate_request
 from workers.http import auth, errors
-from workers.http.body import json_body, query_float
+from workers.http.body import install_body_cap, json_body, query_float
 from workers.http.errors import ApiError
 from workers.runtime.errors import MemoryUnavailable
 
@@ -153,6 +153,7 @@ def broker(action: str):
         "job_started": lambda b: broker.job_started(b["worker"], b.get("working_bytes", 0), timeout_s),
         "job_finished": lambda b: broker.job_finished(b["worker"]),
         "touch": lambda b: broker.touch(b["worker"], b["models"]),
+        "turn": lambda b: broker.wait_turn(b["worker"], timeout_s),
     }
     if action not in handlers:
         raise ApiError(404, "not_found", f"no broker action {action!r}")
@@ -166,10 +167,10 @@ def broker(action: str):
 
 def create_app(the_pod) -> Flask:
     app = Flask("ourvidz-orchestrator")
-    app.config["MAX_CONTENT_LENGTH"] = the_pod.settings.max_body_bytes
     app.json.sort_keys = False
     app.extensions["pod"] = the_pod
     errors.register_error_handlers(app)
+    install_body_cap(app, the_pod.settings.max_body_bytes)
     auth.install_auth(app, the_pod.settings.api_key)
     app.register_blueprint(bp)
     return app
@@ -195,5 +196,7 @@ register_routes("orchestrator", {
     "/broker/release": {"post": ("Broker (workers): a model was unloaded.", "orchestrator.broker_release", (400, 401))},
     "/broker/job_started": {"post": ("Broker (workers): a job starts; leases its working memory.", "orchestrator.broker_job_started", (400, 401, 409))},
     "/broker/job_finished": {"post": ("Broker (workers): a job ended.", "orchestrator.broker_job_finished", (400, 401))},
+    "/broker/turn": {"post": ("Broker (workers): a job is about to start; answered once no older request needs this worker's memory.",
+                              "orchestrator.broker_turn", (400, 401))},
     "/broker/touch": {"post": ("Broker (workers): models were used (LRU).", "orchestrator.broker_touch", (400, 401))},
 })

@@ -12,7 +12,7 @@ from flask import Flask
 
 from configuration import worker_config
 from configuration.settings import Settings
-from workers.http import auth, common, errors, generation
+from workers.http import auth, body, common, errors, generation
 from workers.runtime.callbacks import CallbackSender
 from workers.runtime.jobs import JobJournal, JobRunner
 from workers.runtime.memory import LocalMemory
@@ -109,13 +109,13 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
         log.warning("WORKER_API_KEY is not set: serving without authentication on loopback %s only", settings.bind_host)
 
     app = Flask(f"ourvidz-{worker}")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False
     global _CURRENT
     state = WorkerState(worker, settings)
     _CURRENT = state
     app.extensions["worker_state"] = state
     errors.register_error_handlers(app)
+    body.install_body_cap(app, settings.max_body_bytes)
     auth.install_auth(app, settings.api_key)
     app.register_blueprint(common.bp)
     if state.request_schema:

@@ -36,3 +36,32 @@ def query_float(name: str, minimum: float, maximum: float) -> float | None:
         raise ApiError(400, "validation_error", f"query parameter {name} out of range",
                        [{"path": f"?{name}", "message": f"must be in [{minimum}, {maximum}]"}])
     return value
+
+
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def install_body_cap(app, max_bytes: int) -> None:
+    """Answer 413 to bodies over `max_bytes`. A declared oversized body is read and discarded first
+    (up to DRAIN_LIMIT_BYTES), so the client, still sending, gets the 413 rather than a reset
+    connection; MAX_CONTENT_LENGTH still guards chunked bodies without a length."""
+    from workers.http.errors import error_response
+
+    app.config["MAX_CONTENT_LENGTH"] = max_bytes
+
+    @app.before_request
+    def _refuse_oversized_body():
+        length = request.content_length
+        if length is None or length <= max_bytes:
+            return None
+        if length <= DRAIN_LIMIT_BYTES:
+            stream = request.environ["wsgi.input"]
+            remaining = length
+            while remaining > 0:
+                chunk = stream.read(min(remaining, 64 * 1024))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        response = error_response(413, "body_too_large", f"request body exceeds the {max_bytes} byte cap")
+        response.headers["Connection"] = "close"
+        return response
