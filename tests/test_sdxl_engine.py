@@ -273,3 +273,13 @@ def test_gpu_plan_is_inert_on_cpu_and_follows_config_on_cuda():
     assert gpu_plan(gpu, "cuda", 1, 1, True)["torch_compile"] is True
     fixed = gpu_plan({**gpu, "vae_fp16_fix_path": "/m/vae"}, "cuda", 1, 1, False)
     assert fixed["vae_fp16_fix"] and not fixed["vae_upcast"]
+
+
+def test_data_url_references_are_summarised_in_the_record(worker):
+    client, _, _, _ = worker
+    url = data_url(REFERENCE)
+    record = run(client, "summarised", metadata={"reference_image_url": url})
+    assert record["status"] == "completed"
+    reported = record["metadata"]["parameters"]["reference"]["url"]
+    assert reported.startswith("data:image/png;base64,<") and "sha256" in reported and len(reported) < 100
+    assert url not in str(record)

@@ -60,3 +60,19 @@ def resolve_seed(config: dict) -> tuple[int, str]:
 def caller_metadata(metadata: dict, known: set[str]) -> dict:
     """The caller's own metadata keys (not parameters), echoed back with the job."""
     return {k: v for k, v in metadata.items() if k not in known}
+
+
+def summarise_data_urls(value):
+    """A copy of `value` with every `data:` URL replaced by a short summary (media type, size, hash),
+    so job records, journals and callbacks report which reference was used without carrying it."""
+    import hashlib
+
+    if isinstance(value, dict):
+        return {k: summarise_data_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [summarise_data_urls(v) for v in value]
+    if isinstance(value, str) and value.startswith("data:"):
+        header, _, payload = value.partition(",")
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return f"{header},<{len(payload)} chars, sha256 {digest}>"
+    return value

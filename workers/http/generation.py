@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from configuration.params import normalise_generation
+from configuration.params.common import summarise_data_urls
 from configuration.schemas import validate_request
 from workers.http.body import json_body, query_float
 from workers.http.common import require_ready, state
@@ -32,8 +33,8 @@ def generate():
         # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
         return jsonify({"valid": True, "parameters": {k: v for k, v in params.items() if k != "caller_metadata"}}), 200
     metadata = {"original_prompt": body["prompt"], "enhanced_prompt": None,
-                "parameters": {k: v for k, v in params.items() if k != "caller_metadata"},
-                "caller_metadata": params.get("caller_metadata", {})}
+                "parameters": summarise_data_urls({k: v for k, v in params.items() if k != "caller_metadata"}),
+                "caller_metadata": summarise_data_urls(params.get("caller_metadata", {}))}
     # The orchestrator sends the one terminal callback for jobs it routes.
     send_callback = request.headers.get("X-Callback-Mode", "send") != "none"
     record, created = s.runner.submit(body.get("id"), body["type"], body.get("user_id", "anonymous"),
