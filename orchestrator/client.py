@@ -49,6 +49,18 @@ class BrokerMemory:
     def job_started(self, working_bytes: int) -> None:
         self._ask("job_started", {"working_bytes": int(working_bytes)})
 
+    def wait_turn(self, models: list[str]) -> None:
+        """Before a job marks its models in use: the broker holds it while an older request of another
+        worker needs this worker's memory (fairness). A courtesy: if the broker cannot answer, the job
+        goes ahead and its own lease requests decide."""
+        try:
+            response = self._session.post(f"{self.url}/broker/turn", json={"worker": self.worker, "models": list(models)},
+                                          timeout=self.timeout_s + 30)
+            if response.status_code != 200:
+                log.warning("memory broker turn answered HTTP %d; going ahead", response.status_code)
+        except requests.RequestException as exc:
+            log.warning("memory broker turn not answered (%s); going ahead", type(exc).__name__)
+
     def _ask(self, action: str, body: dict) -> None:
         try:
             # The broker answers when the lease is granted: allow it the whole lease timeout.

@@ -49,7 +49,8 @@ class MemoryBroker:
         self._jobs: dict[str, int] = {}
         self._pinned: dict[tuple[str, str], float] = {}   # refused an unload -> clock time it may be asked again
         self._tickets = itertools.count()
-        self._waiting: dict[int, dict] = {}
+        self._waiting: dict[int, dict] = {}          # ticket -> what status() shows
+        self._requests: dict[int, Request] = {}      # ticket -> the waiting request
         self._pids: dict[str, int] = {}
         self.history: collections.deque = collections.deque(maxlen=HISTORY_LENGTH)
         self.counters = collections.Counter()
@@ -112,10 +113,52 @@ class MemoryBroker:
                     if ticket not in self._waiting:
                         self._waiting[ticket] = {"worker": request.worker, "model": request.model,
                                                  "need_bytes": decision.need, "since": _iso(self._wall())}
+                        self._requests[ticket] = request
                         self._event("wait", request.worker, request.model, **decision.numbers())
                     self._cond.wait(min(remaining, RECHECK_S))
             finally:
                 self._waiting.pop(ticket, None)
+                self._requests.pop(ticket, None)
+
+    def wait_turn(self, worker: str, timeout_s: float) -> None:
+        """A worker is about to start a job (nothing of it in use yet). If an older request of another
+        worker needs this worker's memory, let it be served first; without this, a worker with a queue
+        of jobs would hold its models from one job to the next and starve the others until their
+        timeout. Never fails: after the timeout the job goes ahead."""
+        deadline = self._clock() + timeout_s
+        with self._cond:
+            mine = next(self._tickets)
+            # At a job boundary none of its models is in use: earlier refusals no longer hold.
+            if any(k[0] == worker for k in self._pinned):
+                self._pinned = {k: v for k, v in self._pinned.items() if k[0] != worker}
+                self._cond.notify_all()
+            yielded = False
+            while True:
+                blocking = self._blocked_by(worker, mine)
+                if not blocking:
+                    return
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    self._event("turn_timeout", worker, None, waiting_for=blocking)
+                    return
+                if not yielded:
+                    self._event("yield", worker, None, to=blocking)
+                    yielded = True
+                self._cond.wait(min(remaining, RECHECK_S))
+
+    def _blocked_by(self, worker: str, before: int) -> str | None:
+        """The older waiting request that is taking (or about to take) this worker's memory, if any."""
+        for (w, m), lease in self._leases.items():
+            if w == worker and lease.state == EVICTING:
+                return f"eviction of {w}/{m}"
+        pool, _ = self._pool()
+        for ticket, request in sorted(self._requests.items()):
+            if ticket > before or request.worker == worker:
+                continue
+            decision = plan_lease(pool, request)
+            if decision.action == "evict" and any(l.worker == worker for l in decision.evict):
+                return f"{request.worker}/{request.model or 'working memory'}"
+        return None
 
     def _grant(self, request: Request, decision) -> None:
         now = self._wall()
@@ -227,6 +270,10 @@ class MemoryBroker:
                 lease = self._leases.get((worker, model))
                 if lease is not None:
                     self._leases[(worker, model)] = dataclasses.replace(lease, last_used=now)
+            # A touch comes after the job let go of its models: an unload refused a moment ago may work now.
+            if any(k[0] == worker for k in self._pinned):
+                self._pinned = {k: v for k, v in self._pinned.items() if k[0] != worker}
+                self._cond.notify_all()
 
     def worker_gone(self, worker: str, reason: str) -> None:
         """The worker's process ended: the device memory it held is free."""

@@ -317,3 +317,50 @@ def test_hello_from_a_new_process_drops_what_the_old_one_held():
     load(broker, "sdxl", "sdxl", 8)
     broker.hello("sdxl", 1234)
     assert broker.status()["budget"]["leased_bytes"] == 0
+
+
+def test_a_worker_between_jobs_yields_to_an_older_request_for_its_memory():
+    broker, workers = make_broker(10)
+    load(broker, "sdxl", "sdxl", 8)
+    broker.job_started("sdxl", 0, 1.0)
+    granted = threading.Event()
+    t = threading.Thread(target=lambda: (load(broker, "wan", "wan_t2v", 4, timeout=10), granted.set()))
+    t.start()
+    assert _eventually(lambda: broker.status()["waiting"])
+    # the sdxl job ends and the next one asks for its turn at once (its queue is not empty)
+    broker.job_finished("sdxl")
+    broker.wait_turn("sdxl", 10)
+    # when the turn is given, the older request already holds its lease
+    assert "wan_t2v" in broker.status()["workers"]["wan"]["models"], "the waiting request was served first"
+    assert granted.wait(5) and workers.unloads == [("sdxl", "sdxl")]
+    t.join(5)
+
+
+def test_a_turn_does_not_wait_for_requests_that_need_other_workers():
+    broker, _ = make_broker(10)
+    load(broker, "chat", "qwen", 8)
+    broker.job_started("chat", 0, 1.0)  # busy: the waiter needs chat's memory, not sdxl's
+    load(broker, "sdxl", "sdxl", 1)
+    t = threading.Thread(target=lambda: _swallow(lambda: broker.acquire("wan", "wan_t2v", 4 * MB, 0, 1.0)))
+    t.start()
+    assert _eventually(lambda: broker.status()["waiting"])
+    started = time.monotonic()
+    broker.wait_turn("sdxl", 10)
+    assert time.monotonic() - started < 0.5
+    t.join(5)
+
+
+def _eventually(predicate, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _swallow(fn):
+    try:
+        fn()
+    except MemoryUnavailable:
+        pass

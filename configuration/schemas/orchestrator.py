@@ -79,4 +79,6 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "broker_job_started": _broker("a job starts; its working memory", [], working_bytes=_BYTES),
         "broker_job_finished": _broker("a job ended", []),
         "broker_touch": _broker("models were used", ["models"], models={"type": "array", "items": model, "maxItems": 16}),
+        "broker_turn": _broker("a job is about to start on these models", ["models"],
+                               models={"type": "array", "items": model, "maxItems": 16}),
     }

@@ -68,6 +68,9 @@ class LocalMemory:
         with self._lock:
             self._held.pop(model, None)
 
+    def wait_turn(self, models: list[str]) -> None:
+        """Alone on the device: no other worker's request to let go first."""
+
     def job_started(self, working_bytes: int) -> None:
         pass
 

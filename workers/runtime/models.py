@@ -38,6 +38,9 @@ class ModelHost:
     @contextlib.contextmanager
     def use(self, models: list[str], working_bytes: int = 0):
         """Mark `models` in use for the duration of a job, loading any that are not resident."""
+        # Before anything is marked in use: on a device shared with other workers, an older request for
+        # this worker's memory is served first (it may unload these models), so no worker starves.
+        self.memory.wait_turn(models)
         with self._cond:
             for m in models:
                 self._in_use[m] += 1
