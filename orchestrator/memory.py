@@ -48,10 +48,10 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def render_status(status: dict, now: datetime | None = None) -> str:
-    device, budget = status["device"], status["budget"]
-    lines = [
-        f"device   {device['kind']} ({device['source']})  total {human_bytes(device['total_bytes'])}  "
-        f"used {human_bytes(device['used_bytes'])}  free {human_bytes(device['free_bytes'])}",
+    budget = status["budget"]
+    lines = [f"device   {d['kind']} ({d['source']})  total {human_bytes(d['total_bytes'])}  "
+             f"used {human_bytes(d['used_bytes'])}  free {human_bytes(d['free_bytes'])}" for d in status["devices"]]
+    lines += [
         f"budget   capacity {human_bytes(budget['capacity_bytes'])}  reserve {human_bytes(budget['reserve_bytes'])}  "
         f"leased {human_bytes(budget['leased_bytes'])}  working {human_bytes(budget['working_bytes'])}  "
         f"other {human_bytes(budget['external_bytes'])}  available {human_bytes(budget['available_bytes'])}",

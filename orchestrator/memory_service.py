@@ -308,11 +308,12 @@ class MemoryBroker:
                              leased_bytes=sum(m["bytes"] for m in entry["models"].values()))
             leased = sum(l.bytes for l in pool.leases)
             working = sum(pool.working.values())
+            used = reading.used_bytes if reading.used_bytes is not None else leased + working
             return {
-                "device": {"kind": reading.kind, "source": reading.source, "total_bytes": reading.total_bytes,
-                           "used_bytes": reading.used_bytes if reading.used_bytes is not None else leased + working,
-                           "free_bytes": reading.total_bytes - (reading.used_bytes if reading.used_bytes is not None
-                                                                else leased + working)},
+                # One device today (the broker accounts the first visible GPU); a list, as the contract names it.
+                "devices": [{"index": 0, "kind": reading.kind, "source": reading.source,
+                             "total_bytes": reading.total_bytes, "used_bytes": used,
+                             "free_bytes": reading.total_bytes - used}],
                 "budget": {"capacity_bytes": pool.capacity, "reserve_bytes": pool.reserve,
                            "leased_bytes": leased, "working_bytes": working, "external_bytes": pool.external,
                            "available_bytes": pool.free},

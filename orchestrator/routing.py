@@ -24,6 +24,8 @@ from workers.runtime.jobs import TERMINAL, JobJournal, JobRecord, callback_paylo
 
 log = logging.getLogger(__name__)
 
+POLL_FIRST_S = 0.05    # the first seconds of a job: short jobs end within a few polls
+POLL_FIRST_PHASE_S = 2.0
 POLL_RUNNING_S = 0.1
 POLL_QUEUED_S = 0.25
 SUBMIT_TIMEOUT_S = 60
@@ -245,6 +247,7 @@ class Router:
     def _monitor(self, job: RoutedJob) -> None:
         """Mirror the worker's record until it (or this record) is terminal."""
         url = f"{self.workers[job.target].url}/jobs/{job.record.job_id}"
+        first_phase_ends = time.monotonic() + POLL_FIRST_PHASE_S
         while True:
             with self._lock:
                 if job.record.status in TERMINAL:
@@ -270,7 +273,10 @@ class Router:
                 self._mirror(job, remote)
                 if remote["status"] in TERMINAL:
                     return
-            time.sleep(POLL_RUNNING_S if remote["status"] == "processing" else POLL_QUEUED_S)
+            if time.monotonic() < first_phase_ends:
+                time.sleep(POLL_FIRST_S)
+            else:
+                time.sleep(POLL_RUNNING_S if remote["status"] == "processing" else POLL_QUEUED_S)
 
     def _mirror(self, job: RoutedJob, remote: dict) -> None:
         record = job.record

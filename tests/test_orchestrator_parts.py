@@ -317,8 +317,8 @@ def test_memory_table_renders_the_status():
 
     assert (human_bytes(512), human_bytes(9 * MB + MB // 2), human_bytes(80 * 1024**3)) == ("512 B", "9.5 MiB", "80.0 GiB")
     status = {
-        "device": {"kind": "cuda", "source": "nvml", "total_bytes": 80 * 1024**3, "used_bytes": 30 * 1024**3,
-                   "free_bytes": 50 * 1024**3},
+        "devices": [{"index": 0, "kind": "cuda", "source": "nvml", "total_bytes": 80 * 1024**3,
+                     "used_bytes": 30 * 1024**3, "free_bytes": 50 * 1024**3}],
         "budget": {"capacity_bytes": 80 * 1024**3, "reserve_bytes": 2 * 1024**3, "leased_bytes": 22 * 1024**3,
                    "working_bytes": 1024**3, "external_bytes": 7 * 1024**3, "available_bytes": 48 * 1024**3},
         "pressure": "low", "waiting": [], "counters": {"grant": 3, "evicted": 1},

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -147,8 +146,8 @@ def test_all_workers_ready_through_readiness_polling(stack):
         assert os.getsid(info["pid"]) == info["pid"] != os.getsid(stack.proc.pid)
         assert requests.get(info["url"] + "/ready", timeout=5).status_code == 200
     memory = stack.client.get("/memory/status").json()
-    assert memory["device"] == {"kind": "cpu", "source": "budget", "total_bytes": BUDGET_MB * 2**20,
-                                "used_bytes": 0, "free_bytes": BUDGET_MB * 2**20}
+    assert memory["devices"] == [{"index": 0, "kind": "cpu", "source": "budget", "total_bytes": BUDGET_MB * 2**20,
+                                  "used_bytes": 0, "free_bytes": BUDGET_MB * 2**20}]
     assert {w: set(v["models"]) for w, v in memory["workers"].items()} == {
         "sdxl": {"sdxl"}, "wan": {"wan_t2v", "wan_vace"}, "chat": {"qwen_base", "qwen_instruct"}}
     assert {e["worker"] for e in memory["history"] if e["event"] == "hello"} == {"sdxl", "wan", "chat"}
@@ -313,27 +312,26 @@ def test_sigterm_lets_the_running_job_finish_then_everything_exits(stack, receiv
 
 
 def test_a_worker_that_keeps_dying_ends_failed(tmp_path, placeholder_dir):
-    # Another process holds the worker's port: gunicorn cannot bind and exits, every time.
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen(1)
-        env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=squatter.getsockname()[1],
-                       ENABLED_WORKERS="sdxl", RESTART_LIMIT=1, RESTART_BACKOFF_S=0.1)
-        pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
-        try:
-            info = wait_for(lambda: (w := _workers_or_none(pod)) and w["sdxl"]["state"] == "failed" and w["sdxl"],
-                            120, "the worker to be marked failed")
-            assert info["restarts"] == 1 and info["consecutive_failures"] == 2 and info["pid"] is None
-            assert info["last_exit"] == "exited with status 1"
-            time.sleep(1.0)
-            assert _workers_or_none(pod)["sdxl"]["state"] == "failed"  # and stays so
-            ready = requests.get(pod.url + "/ready", timeout=5)
-            assert ready.status_code == 503 and "sdxl failed" in ready.json()["error"]["message"]
-            refused = pod.client.post("/jobs", json=job("sdxl_image_fast"))
-            assert refused.status_code == 503 and refused.json()["error"]["code"] == "worker_unavailable"
-            assert pod.log().count("sdxl worker died") == 2
-        finally:
-            assert pod.stop() == 0
+    # A setting only the workers' gunicorn reads is invalid: every start of the worker exits at once.
+    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
+                   ENABLED_WORKERS="sdxl", GUNICORN_THREADS=-1, RESTART_LIMIT=2, RESTART_BACKOFF_S=0.1)
+    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    try:
+        info = wait_for(lambda: (w := _workers_or_none(pod)) and w["sdxl"]["state"] == "failed" and w["sdxl"],
+                        60, "the worker to be marked failed")
+        assert info["restarts"] == 2 and info["consecutive_failures"] == 3 and info["pid"] is None
+        assert info["last_exit"] == "exited with status 1" and info["incarnation"] == 3
+        time.sleep(1.0)
+        info = _workers_or_none(pod)["sdxl"]
+        assert info["state"] == "failed" and info["incarnation"] == 3  # and stays so: no more starts
+        ready = requests.get(pod.url + "/ready", timeout=5)
+        assert ready.status_code == 503 and "sdxl failed" in ready.json()["error"]["message"]
+        refused = pod.client.post("/jobs", json=job("sdxl_image_fast"))
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "worker_unavailable"
+        assert pod.log().count("sdxl worker died") == 3
+        assert "restarting sdxl worker in 0.1s" in pod.log() and "restarting sdxl worker in 0.2s" in pod.log()
+    finally:
+        assert pod.stop() == 0
 
 
 def _workers_or_none(pod):
