@@ -37,6 +37,11 @@ def local_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def _iso(epoch: float | None) -> str | None:
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") if epoch else None
+
+
 class Pod:
     def __init__(self, settings: Settings, environ: dict | None = None):
         self.settings = settings
@@ -109,7 +114,7 @@ class Pod:
                     "state": lease["state"] if lease else "unloaded",
                     "bytes": lease["bytes"] if lease else 0,
                     "busy": mine.get("busy", broker_view.get("busy", False) and bool(lease)),
-                    "last_used": lease["last_used"] if lease else None,
+                    "last_used": lease["last_used"] if lease else _iso(mine.get("last_used")),
                     "load_count": mine.get("load_count"),
                 }
             workers[name] = {"state": supervisor.state, "pid": supervisor.pid, "url": supervisor.url,

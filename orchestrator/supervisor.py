@@ -85,6 +85,7 @@ class WorkerSupervisor:
         self.ready_at: str | None = None
         self.incarnation = 0         # increases with every process started
         self._proc: subprocess.Popen | None = None
+        self._not_ready = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"supervise-{name}", daemon=True)
@@ -132,6 +133,8 @@ class WorkerSupervisor:
             returncode = self._wait_exit(proc)
             self._reap_group(proc.pid)
             reason = describe_exit(returncode)
+            if self._not_ready:
+                reason = f"{reason} after it was not ready within {self.settings.worker_ready_timeout_s:.0f}s"
             with self._lock:
                 self._proc = None
                 self.pid = None
@@ -139,15 +142,13 @@ class WorkerSupervisor:
                 stopping = self._stop.is_set()
             if stopping:
                 log.info("%s worker stopped (%s)", self.name, reason)
-                if self.on_exit:
-                    self.on_exit(self.name, f"the {self.name} worker was stopped ({reason})", False)
+                self._notify(self.on_exit, self.name, f"the {self.name} worker was stopped ({reason})", False)
                 break
             log.error("%s worker died: %s", self.name, reason)
             if ready_since is not None and time.monotonic() - ready_since >= self.settings.restart_reset_s:
                 self.failures = 0
             self.failures += 1
-            if self.on_exit:
-                self.on_exit(self.name, f"the {self.name} worker process {reason}", True)
+            self._notify(self.on_exit, self.name, f"the {self.name} worker process {reason}", True)
             if self.failures > self.settings.restart_limit:
                 self.state = "failed"
                 log.error("%s worker failed %d times in a row; not restarting it again", self.name, self.failures)
@@ -162,6 +163,15 @@ class WorkerSupervisor:
         with self._lock:
             if self.state != "failed":
                 self.state = "stopped"
+
+    def _notify(self, hook, *args) -> None:
+        """Run a hook; whatever it raises is logged, never allowed to end the supervision."""
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("%s supervisor: hook %s failed", self.name, getattr(hook, "__name__", hook))
 
     def _spawn(self) -> subprocess.Popen | None:
         with self._lock:
@@ -180,6 +190,7 @@ class WorkerSupervisor:
         """Poll /ready until 200; None if the process exits, the timeout passes (it is then killed) or a
         stop is requested first."""
         deadline = time.monotonic() + self.settings.worker_ready_timeout_s
+        self._not_ready = False
         session = requests.Session()
         while not self._stop.is_set() and proc.poll() is None:
             try:
@@ -190,13 +201,13 @@ class WorkerSupervisor:
                         self.state = "ready"
                         self.ready_at = _now_iso()
                     log.info("%s worker ready (pid %d)", self.name, proc.pid)
-                    if self.on_ready:
-                        self.on_ready(self.name)
+                    self._notify(self.on_ready, self.name)
                     return time.monotonic()
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
                 log.error("%s worker not ready after %.0fs; killing it", self.name, self.settings.worker_ready_timeout_s)
+                self._not_ready = True
                 kill_group(proc.pid, signal.SIGKILL)
                 return None
             time.sleep(READY_POLL_S)

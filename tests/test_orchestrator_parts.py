@@ -336,3 +336,177 @@ def test_memory_table_renders_the_status():
     assert row.split() == ["sdxl", "ready", "41", "sdxl", "loaded", "7.0", "GiB", "yes", "30s", "ago"]
     assert "qwen_base" in text and "never" in text and "evicted 1" in text
     assert "evicted          wan/wan_t2v  bytes=3.0 GiB" in text
+
+
+# ---- routing against scripted workers (real HTTP servers standing in for the chat and SDXL workers) ------------
+
+class StubWorker:
+    """Answers `routes[(method, path)](body) -> (status, payload)`; records what it was sent."""
+
+    def __init__(self, routes: dict):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes, self.calls = routes, []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, method):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length)) if length else None
+                stub.calls.append((method, self.path, body))
+                route = stub.routes.get((method, self.path.split("?")[0])) or stub.routes.get((method, "*"))
+                status, payload = route(self.path, body) if route else (404, {"error": {"code": "not_found"}})
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                self._answer("GET")
+
+            def do_POST(self):  # noqa: N802
+                self._answer("POST")
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.state = "ready"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def is_ready(self):
+        return self.state == "ready"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _record(job_id, status, **extra):
+    return {"job_id": job_id, "status": status, "progress": {"stage": "generating", "step": 1, "total_steps": 2,
+                                                               "percent": 50.0},
+            "assets": [], "error": None, "metadata": {"parameters": {"steps": 2}}, **extra}
+
+
+@pytest.fixture
+def routed(tmp_path):
+    """A Router with scripted chat and SDXL workers and a real callback receiver."""
+    from orchestrator.routing import Router
+    from workers.runtime.callbacks import CallbackSender
+    from workers.runtime.jobs import JobJournal
+
+    receiver = CallbackReceiver()
+    made = []
+
+    def make(chat_routes: dict, sdxl_routes: dict, journal_dir=None):
+        chat, sdxl = StubWorker(chat_routes), StubWorker(sdxl_routes)
+        settings = Settings(callback_url=receiver.url, callback_backoff_s=0.05, enhance_timeout_s=5)
+        router = Router(settings, {"chat": chat, "sdxl": sdxl}, CallbackSender(settings),
+                        JobJournal(journal_dir or tmp_path / "journal"))
+        made.extend([chat, sdxl])
+        return router, chat, sdxl
+
+    yield make, receiver
+    for stub in made:
+        stub.close()
+    receiver.close()
+
+
+def _accepting_sdxl(records: dict):
+    def generate(path, body):
+        if "dry_run" in path:
+            return 200, {"valid": True}
+        records[body["id"]] = body
+        return 202, {"job_id": body["id"], "status": "queued"}
+    return {("POST", "/generate"): generate,
+            ("GET", "*"): lambda path, _b: (200, _record(path.rsplit("/", 1)[1], "completed"))}
+
+
+ENHANCED = {"type": "sdxl_image_fast", "prompt": "a fox", "enhance": {"model": "base", "seed": 1}}
+
+
+def test_routing_enhancement_failures_fail_the_job(routed):
+    make, receiver = routed
+    chat_answers = iter([(200, {"success": True, "enhanced_prompt": "   "}), (500, {"error": {"code": "internal_error",
+                                                                                          "message": "boom"}})])
+    submitted = {}
+    router, chat, sdxl = make({("POST", "/enhance/base"): lambda p, b: next(chat_answers)}, _accepting_sdxl(submitted))
+    empty, _ = router.submit(dict(ENHANCED, id="e1"))
+    assert router.wait("e1", 5) and empty.status == "failed" and empty.error["code"] == "enhancement_failed"
+    assert "empty" in empty.error["message"]
+    broken, _ = router.submit(dict(ENHANCED, id="e2"))
+    assert router.wait("e2", 5) and broken.status == "failed" and "HTTP 500" in broken.error["message"]
+    assert "boom" in broken.error["message"] and not submitted  # nothing was generated
+    assert chat.calls[0][2] == {"prompt": "a fox", "target_model": "sdxl", "seed": 1}
+    assert [c["status"] for c in receiver.wait_for(2)] == ["failed", "failed"]
+
+
+def test_routing_cancel_while_enhancing_never_generates(routed):
+    make, receiver = routed
+    release = threading.Event()
+
+    def slow_enhance(path, body):
+        release.wait(5)
+        return 200, {"success": True, "enhanced_prompt": "a fox, golden light", "model": "base"}
+
+    submitted = {}
+    router, _chat, sdxl = make({("POST", "/enhance/base"): slow_enhance}, _accepting_sdxl(submitted))
+    record, _ = router.submit(dict(ENHANCED, id="c1"))
+    assert _wait(lambda: record.progress["stage"] == "enhancing")
+    assert router.cancel("c1").status == "cancelled"
+    release.set()
+    time.sleep(0.3)
+    assert record.status == "cancelled" and not submitted
+    assert [c for c in sdxl.calls if c[0] == "POST" and "dry_run" not in c[1]] == []
+    assert [c["status"] for c in receiver.wait_for(1, "c1")] == ["cancelled"]
+    with pytest.raises(ValueError):
+        router.cancel("c1")
+
+
+def test_routing_mirrors_the_worker_and_fails_a_lost_job(routed):
+    make, receiver = routed
+    polls = iter([(200, _record("g1", "queued")), (200, _record("g1", "processing")),
+                  (200, _record("g1", "completed", assets=[{"type": "image", "url": "anonymous/g1/0.png"}]))])
+    submitted = {}
+    routes = _accepting_sdxl(submitted)
+    routes[("GET", "/jobs/g1")] = lambda p, b: next(polls)
+    routes[("GET", "/jobs/lost")] = lambda p, b: (404, {"error": {"code": "not_found"}})
+    router, _chat, _sdxl = make({}, routes)
+    record, created = router.submit({"type": "sdxl_image_fast", "prompt": "p", "id": "g1"})
+    assert created and submitted["g1"]["prompt"] == "p"
+    assert router.wait("g1", 5) and record.status == "completed" and record.assets[0]["url"] == "anonymous/g1/0.png"
+    assert record.metadata["stages"] == ["generating", "storing"] and record.metadata["parameters"] == {"steps": 2}
+    lost, _ = router.submit({"type": "sdxl_image_fast", "prompt": "p", "id": "lost"})
+    assert router.wait("lost", 5) and lost.error["code"] == "worker_lost_job"
+
+
+def test_routing_relays_the_workers_refusal(routed):
+    from workers.http.errors import ApiError
+
+    make, _receiver = routed
+    refusal = {"error": {"code": "insufficient_memory", "message": "needs 9 bytes", "details": [{"too_big": True}]}}
+    router, _chat, _sdxl = make({}, {("POST", "/generate"): lambda p, b: (409, refusal)})
+    with pytest.raises(ApiError) as err:
+        router.submit({"type": "sdxl_image_fast", "prompt": "p", "id": "big"})
+    assert (err.value.status, err.value.code, err.value.details) == (409, "insufficient_memory", [{"too_big": True}])
+    assert router.get("big") is None  # refused: no record, the id stays free
+
+
+def test_routing_recovers_after_an_orchestrator_restart(routed, tmp_path):
+    from workers.runtime.jobs import JobJournal, JobRecord
+
+    make, receiver = routed
+    journal = JobJournal(tmp_path / "old")
+    journal.write(JobRecord("r1", "sdxl_image_fast", "u", {"target": "sdxl", "enhance": None, "forward": {}},
+                            status="processing", metadata={"original_prompt": "p", "enhanced_prompt": None, "stages": []}))
+    done = JobRecord("r2", "sdxl_image_fast", "u", {"target": "sdxl"}, status="completed",
+                     callback={"status": "pending", "attempts": 1})
+    journal.write(done)
+    router, _chat, _sdxl = make({}, {}, journal_dir=tmp_path / "old")
+    assert router.get("r1").status == "failed" and router.get("r1").error["code"] == "orchestrator_restarted"
+    statuses = {c["job_id"]: c["status"] for c in receiver.wait_for(2)}
+    assert statuses == {"r1": "failed", "r2": "completed"}
