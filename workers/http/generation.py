@@ -28,10 +28,13 @@ def generate():
     try:
         s.host.admit(s.engine.required_models(params), s.engine.working_bytes(params))
     except MemoryUnavailable as exc:
+        if not exc.too_big:  # the memory broker could not be asked: try again later
+            raise ApiError(503, "memory_broker_unavailable", exc.message, [exc.details], headers={"Retry-After": "5"}) from None
         raise ApiError(409, "insufficient_memory", exc.message, [exc.details]) from None
     if request.args.get("dry_run") in ("1", "true"):
         # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
-        return jsonify({"valid": True, "parameters": {k: v for k, v in params.items() if k != "caller_metadata"}}), 200
+        return jsonify({"valid": True, "parameters": summarise_data_urls(
+            {k: v for k, v in params.items() if k != "caller_metadata"})}), 200
     metadata = {"original_prompt": body["prompt"], "enhanced_prompt": None,
                 "parameters": summarise_data_urls({k: v for k, v in params.items() if k != "caller_metadata"}),
                 "caller_metadata": summarise_data_urls(params.get("caller_metadata", {}))}
