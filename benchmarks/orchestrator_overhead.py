@@ -86,7 +86,7 @@ def bench_bookkeeping(rounds: int) -> tuple[float, float]:
             for _ in range(rounds):
                 job_bookkeeping(memory)
             results.append((time.perf_counter() - started) / rounds * 1000)
-        server.close()
+        server.trigger.pull_trigger(server.close)
     return results[0], results[1]
 
 

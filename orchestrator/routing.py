@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import requests
 
 from configuration import chat_config, job_types
+from configuration.params.common import summarise_data_urls
 from configuration.schemas import field_error, validate_request
 from configuration.settings import Settings
 from workers.http.errors import ApiError
@@ -102,7 +103,8 @@ class Router:
             if enhance:
                 self._require_ready("chat")
             record = JobRecord(job_id=job_id, type=body["type"], user_id=body.get("user_id", "anonymous"),
-                               params={"target": target, "enhance": enhance, "forward": forward},
+                               # the journal keeps a summary: a data: URL reference image can be megabytes
+                               params={"target": target, "enhance": enhance, "forward": summarise_data_urls(forward)},
                                metadata={"original_prompt": body["prompt"], "enhanced_prompt": None,
                                          "target": target, "enhancement": None, "stages": []})
             record.progress["stage"] = "queued"

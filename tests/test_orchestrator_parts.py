@@ -226,7 +226,7 @@ def broker_api(tmp_path):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield pod, settings.replace(orchestrator_url=f"http://127.0.0.1:{port}")
-    server.close()
+    server.trigger.pull_trigger(server.close)  # closed by the server's own thread, not under its select()
 
 
 def test_broker_memory_client_against_the_api(broker_api):
