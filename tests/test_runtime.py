@@ -3,7 +3,6 @@ callbacks, storage, media, fetching and device decisions. A small arithmetic eng
 a model here so these tests are about the runtime; the real pipelines run in the worker tests."""
 import base64
 import io
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -1,5 +1,4 @@
 """The SDXL worker end to end under gunicorn, as the pod runs it: HTTP in, PNG on disk, one callback."""
-import io
 import time
 from pathlib import Path
 

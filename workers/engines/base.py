@@ -8,6 +8,15 @@ from configuration.settings import Settings
 from workers import devices
 
 
+def step_callback(ctx, total_steps: int):
+    """A diffusers `callback_on_step_end` reporting progress to the job context (which raises
+    JobCancelled there, so cancellation lands on a step boundary)."""
+    def on_step_end(pipe, step_index, timestep, callback_kwargs):
+        ctx.on_step(step_index + 1, total_steps)
+        return callback_kwargs
+    return on_step_end
+
+
 class Engine(ABC):
     worker: str = ""
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 from workers import devices
-from workers.engines.base import Engine
+from workers.engines.base import Engine, step_callback
 from workers.runtime.errors import JobFailed
 from workers.runtime.fetch import fetch_image
 from workers.runtime.jobs import GeneratedAsset
@@ -173,7 +173,7 @@ class SDXLEngine(Engine):
             total = params["steps"]
             ctx.stage("generating", total_steps=total)
             images = self.txt2img(width=params["width"], height=params["height"], num_inference_steps=params["steps"],
-                                  callback_on_step_end=self._step_callback(ctx, total), **common).images
+                                  callback_on_step_end=step_callback(ctx, total), **common).images
             used.update(pipeline="StableDiffusionXLPipeline", steps=params["steps"], effective_steps=params["steps"])
         else:
             ctx.stage("loading")
@@ -183,7 +183,7 @@ class SDXLEngine(Engine):
             steps, effective = img2img_steps(params["steps"], strength)
             ctx.stage("generating", total_steps=effective)
             images = self.img2img(image=init, strength=strength, num_inference_steps=steps,
-                                  callback_on_step_end=self._step_callback(ctx, effective), **common).images
+                                  callback_on_step_end=step_callback(ctx, effective), **common).images
             used.update(pipeline="StableDiffusionXLImg2ImgPipeline", steps=steps, effective_steps=effective,
                         denoise_strength=strength, strength_source=reference["strength_source"],
                         reference_mode=reference["mode"], resize_policy=reference["resize_policy"],
@@ -191,13 +191,6 @@ class SDXLEngine(Engine):
         if len(images) != params["num_images"]:
             raise JobFailed(f"pipeline returned {len(images)} images for num_images={params['num_images']}")
         return [GeneratedAsset("image", [img], dict(used, seed=seed)) for img, seed in zip(images, seeds)]
-
-    @staticmethod
-    def _step_callback(ctx, total: int):
-        def on_step_end(pipe, step_index, timestep, callback_kwargs):
-            ctx.on_step(step_index + 1, total)
-            return callback_kwargs
-        return on_step_end
 
     # prompts
     def _prompt_arguments(self, params: dict) -> tuple[dict, dict]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from configuration.schemas.common import field_error
 from workers import devices
-from workers.engines.base import Engine
+from workers.engines.base import Engine, step_callback
 from workers.engines.sdxl import resize_reference
 from workers.runtime.errors import JobFailed
 from workers.runtime.fetch import fetch_image
@@ -367,7 +367,7 @@ class WanEngine(Engine):
         output = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, height=height, width=width,
                       num_frames=frames, num_inference_steps=params["steps"], guidance_scale=params["guidance_scale"],
                       generator=devices.seeded_generator(params["seed"], self.device), output_type="pil",
-                      callback_on_step_end=self._step_callback(ctx, params["steps"]), **call).frames[0]
+                      callback_on_step_end=step_callback(ctx, params["steps"]), **call).frames[0]
         if len(output) != frames or output[0].size != (width, height):
             raise JobFailed(f"the pipeline returned {len(output)} frames of {output[0].size}, "
                             f"expected {frames} of {(width, height)}")
@@ -384,9 +384,3 @@ class WanEngine(Engine):
         used.update(fps=params["fps"], duration_seconds=frames / params["fps"])
         return [GeneratedAsset("video", output, used, fps=params["fps"])]
 
-    @staticmethod
-    def _step_callback(ctx, total: int):
-        def on_step_end(pipe, step_index, timestep, callback_kwargs):
-            ctx.on_step(step_index + 1, total)
-            return callback_kwargs
-        return on_step_end
