@@ -117,7 +117,7 @@ class Router:
                 self._post_generate(target, forward, dry_run=True)
             else:
                 self._post_generate(target, forward)
-                job.submitted = True
+                self._mark_submitted(job)
         except ApiError:
             with self._lock:
                 del self._jobs[job_id]
@@ -212,9 +212,20 @@ class Router:
                     self._finish(job, "failed", {"code": exc.code, "message": f"the {job.target} worker refused "
                                                                                f"the enhanced job: {exc.message}"})
             return
+        self._mark_submitted(job)
+        self._monitor(job)
+
+    def _mark_submitted(self, job: RoutedJob) -> None:
+        """The worker has the job. One cancelled here while the submission was in flight is cancelled there too."""
         with self._lock:
             job.submitted = True
-        self._monitor(job)
+            cancelled_meanwhile = job.record.status in TERMINAL
+        if cancelled_meanwhile:
+            try:
+                self._session.post(f"{self.workers[job.target].url}/jobs/{job.record.job_id}/cancel", timeout=10)
+            except requests.RequestException as exc:
+                log.error("job %s was cancelled but the %s worker could not be told (%s)", job.record.job_id,
+                          job.target, type(exc).__name__)
 
     def _enhance(self, job: RoutedJob) -> tuple[str, dict]:
         spec = dict(job.enhance)

@@ -510,3 +510,24 @@ def test_routing_recovers_after_an_orchestrator_restart(routed, tmp_path):
     assert router.get("r1").status == "failed" and router.get("r1").error["code"] == "orchestrator_restarted"
     statuses = {c["job_id"]: c["status"] for c in receiver.wait_for(2)}
     assert statuses == {"r1": "failed", "r2": "completed"}
+
+
+def test_routing_cancel_during_the_submission_reaches_the_worker(routed):
+    make, receiver = routed
+    release = threading.Event()
+
+    def slow_generate(path, body):
+        release.wait(5)
+        return 202, {"job_id": body["id"], "status": "queued"}
+
+    router, _chat, sdxl = make({}, {("POST", "/generate"): slow_generate,
+                                    ("POST", "/jobs/r1/cancel"): lambda p, b: (200, _record("r1", "cancelled")),
+                                    ("GET", "/jobs/r1"): lambda p, b: (200, _record("r1", "cancelled"))})
+    submitting = threading.Thread(target=router.submit, args=({"type": "sdxl_image_fast", "prompt": "p", "id": "r1"},))
+    submitting.start()
+    assert _wait(lambda: router.get("r1") is not None and sdxl.calls)
+    assert router.cancel("r1").status == "cancelled"  # the worker has not answered yet
+    release.set()
+    submitting.join(5)
+    assert _wait(lambda: ("POST", "/jobs/r1/cancel", None) in sdxl.calls), "the worker must hear of the cancel"
+    assert [c["status"] for c in receiver.wait_for(1, "r1")] == ["cancelled"]
