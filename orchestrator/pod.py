@@ -147,11 +147,16 @@ class Pod:
         except requests.RequestException as exc:
             raise ApiError(503, "worker_unavailable", f"the {worker} worker cannot be reached ({type(exc).__name__})",
                            headers={"Retry-After": "5"}) from None
-        payload = response.json()
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
         if response.status_code != 200:
-            error = payload.get("error", {})
-            raise ApiError(response.status_code if response.status_code < 500 else 503, error.get("code", "worker_error"),
-                           error.get("message", ""), error.get("details", []))
+            error = payload.get("error", {}) or {}
+            status = response.status_code if response.status_code < 500 else 503
+            raise ApiError(status, error.get("code", "worker_error"),
+                           error.get("message", f"the {worker} worker answered HTTP {response.status_code}"),
+                           error.get("details", []), headers={"Retry-After": "5"} if status == 503 else None)
         return {"worker": worker, **{k: payload[k] for k in ("success", "loaded", "unloaded") if k in payload}}
 
     # -- shutdown ---------------------------------------------------------------------------------------------

@@ -131,7 +131,8 @@ class Router:
     def _require_ready(self, worker: str) -> None:
         supervisor = self.workers.get(worker)
         if supervisor is None:
-            raise ApiError(503, "worker_unavailable", f"the {worker} worker is not enabled on this pod (ENABLED_WORKERS)")
+            raise ApiError(503, "worker_unavailable", f"the {worker} worker is not enabled on this pod (ENABLED_WORKERS)",
+                           headers={"Retry-After": "60"})
         if not supervisor.is_ready():
             raise ApiError(503, "worker_unavailable", f"the {worker} worker is {supervisor.state}",
                            headers={"Retry-After": "5"})
@@ -178,7 +179,8 @@ class Router:
                                                       f"({type(exc).__name__})", headers={"Retry-After": "5"}) from None
         if response.status_code not in (200, 409):
             error = _error_of(response)
-            raise ApiError(503, "worker_error", error.get("message", f"cancel answered HTTP {response.status_code}"))
+            raise ApiError(503, "worker_error", error.get("message", f"cancel answered HTTP {response.status_code}"),
+                           headers={"Retry-After": "5"})
         job.done.wait(2.0)  # the mirror usually sees the worker's terminal state within a poll or two
         return job.record
 
