@@ -135,7 +135,8 @@ def test_launch_ties_the_worker_to_the_orchestrator():
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.getcwd()})
     child = int(parent.stdout.readline())
-    time.sleep(0.3)
+    # wait until launch has armed the signal and exec'd the worker's command
+    assert _wait(lambda: b"time.sleep(600)" in open(f"/proc/{child}/cmdline", "rb").read())
     assert _alive(child)
     parent.kill()
     parent.wait()
