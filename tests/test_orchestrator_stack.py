@@ -365,3 +365,22 @@ def _workers_or_none(pod):
         return pod.workers()
     except (requests.RequestException, ValueError):
         return None
+
+
+def test_workers_stop_when_the_orchestrator_is_killed(tmp_path, placeholder_dir):
+    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
+                   ENABLED_WORKERS="sdxl")
+    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    pgid = None
+    try:
+        pod.wait_ready()
+        pgid = pod.workers()["sdxl"]["pid"]
+        assert group_members(pgid)
+        pod.proc.kill()  # SIGKILL: no shutdown code runs in the orchestrator
+        pod.proc.wait(10)
+        # the kernel's parent-death signal (orchestrator.launch) makes the worker stop by itself
+        wait_for(lambda: not group_members(pgid), 60, "the orphaned worker to stop")
+    finally:
+        pod.stop()
+        for proc in group_members(pgid) if pgid else []:  # only if the test failed
+            proc.kill()
