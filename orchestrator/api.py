@@ -7,12 +7,11 @@ Errors, auth and body parsing are the workers' own (workers/http/).
 """
 from __future__ import annotations
 
-import functools
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
 from configuration.openapi import register_routes
-from configuration.schemas import schema, validate, validate_request
+from configuration.schemas import validate_request
 from workers.http import auth, errors
 from workers.http.body import install_body_cap, json_body, query_float
 from workers.http.errors import ApiError
@@ -129,15 +128,9 @@ def openapi():
 
 # ---- the memory broker (called by the workers' BrokerMemory) -------------------------------------------
 
-@functools.lru_cache(maxsize=32)
-def _schema(name: str, settings) -> dict:
-    # Building every family's schemas costs milliseconds; the broker is called several times per job.
-    return schema(name, settings)
-
-
 def _broker_body(action: str) -> dict:
     body = json_body()
-    validate(_schema(f"orchestrator.broker_{action}", pod().settings), body)
+    validate_request(f"orchestrator.broker_{action}", body, pod().settings)
     if body["worker"] not in pod().supervisors:
         raise ApiError(400, "validation_error", f"unknown worker {body['worker']!r}",
                        [{"path": "/worker", "message": f"must be one of {sorted(pod().supervisors)}"}])

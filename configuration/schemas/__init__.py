@@ -6,16 +6,19 @@ settings (profile bounds come from configuration/models.json), `validate_request
 """
 from __future__ import annotations
 
+import functools
 import importlib
 
-from configuration.schemas.common import ValidationFailed, field_error, validate
+from configuration.schemas.common import ValidationFailed, check, compiled_validator, field_error, validate
 from configuration.settings import Settings
 
 # schema family -> module that defines SCHEMAS(settings) -> {endpoint: schema}
 _FAMILIES = ("sdxl", "wan", "chat", "memory", "orchestrator")
 
 
+@functools.lru_cache(maxsize=32)
 def schemas(settings: Settings) -> dict[str, dict]:
+    """Every schema for these settings (cached: settings are immutable; treat the result as read-only)."""
     result = {}
     for family in _FAMILIES:
         try:
@@ -33,8 +36,13 @@ def schema(name: str, settings: Settings) -> dict:
     return schemas(settings)[name]
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(name: str, settings: Settings):
+    return compiled_validator(schema(name, settings))
+
+
 def validate_request(name: str, body, settings: Settings) -> None:
-    validate(schema(name, settings), body)
+    check(_validator(name, settings), body)
 
 
 __all__ = ["ValidationFailed", "field_error", "schema", "schemas", "validate", "validate_request"]

@@ -58,18 +58,24 @@ def _detail(error: jsonschema.ValidationError) -> dict:
     return {"path": _pointer(path), "message": message}
 
 
-@functools.cache
-def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
-    import json
-    schema = json.loads(schema_json)
+def compiled_validator(schema: dict) -> jsonschema.Draft202012Validator:
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
+
+
+@functools.cache
+def _validator_for_json(schema_json: str) -> jsonschema.Draft202012Validator:
+    import json
+    return compiled_validator(json.loads(schema_json))
 
 
 def validate(schema: dict, instance) -> None:
     """Raise ValidationFailed listing every failing field (sorted by path) when `instance` does not match."""
     import json
-    validator = _validator(json.dumps(schema, sort_keys=True))
+    check(_validator_for_json(json.dumps(schema, sort_keys=True)), instance)
+
+
+def check(validator: jsonschema.Draft202012Validator, instance) -> None:
     errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
         seen, details = set(), []
