@@ -16,7 +16,6 @@ import argparse
 import concurrent.futures
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,45 +26,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from configuration.settings import Settings  # noqa: E402
-from workers.serve import gunicorn_command  # noqa: E402
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Worker:
-    def __init__(self, env: dict, log_path: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.command = gunicorn_command("chat", Settings.from_env(env), self.port)
-        self.env = env
-
-    def __enter__(self):
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chat worker exited; see {self.log_path}")
-            try:
-                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"chat worker not ready; see {self.log_path}")
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(60)
-        self._log.close()
+from tests.support import WorkerProcess  # noqa: E402
 
 
 def _bodies(args) -> list[dict]:
@@ -116,7 +77,7 @@ def main() -> None:
                    "OUTPUT_DIR": str(Path(tmp) / "outputs"), "CHAT_BATCH_SIZE": str(batch),
                    "CHAT_BATCH_WINDOW_MS": str(args.window_ms), "GUNICORN_THREADS": str(max(16, args.clients * 2)),
                    "LOG_LEVEL": "WARNING"}
-            with Worker(env, Path(tmp) / f"chat-{batch}.log") as worker:
+            with WorkerProcess("chat", env) as worker:
                 runs[label] = _measure(worker.url, bodies, args.clients)
                 runs[label]["batch_size"] = batch
 

@@ -24,23 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from configuration.settings import Settings  # noqa: E402
-from workers.serve import gunicorn_command  # noqa: E402
+from tests.support import WorkerProcess  # noqa: E402
 
 API_KEY = "bench-key"
 PROMPT = "a red fox running through deep snow at dawn"
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_shot(spec: dict) -> dict:
@@ -69,39 +61,6 @@ def one_shot(spec: dict) -> dict:
     Path(spec["output"]).write_bytes(encode_mp4(frames, spec["fps"]))
     return {"import_s": imported - started, "load_s": loaded - imported, "generate_s": generated - loaded,
             "encode_s": time.monotonic() - generated}
-
-
-class Worker:
-    def __init__(self, env: dict, log_path: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.command = gunicorn_command("wan", Settings.from_env(env), self.port)
-        self.env = env
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {API_KEY}"
-
-    def __enter__(self):
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"WAN worker exited; see {self.log_path}")
-            try:
-                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"WAN worker not ready; see {self.log_path}")
-
-    def __exit__(self, *exc):
-        import signal
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(60)
-        self._log.close()
 
 
 def main() -> int:
@@ -133,17 +92,17 @@ def main() -> int:
           f"frames={frames} steps={steps}")
 
     resident, resident_files = [], []
-    with Worker(env, tmp / "wan.log") as worker:
+    with WorkerProcess("wan", env) as worker:
         for i in range(args.jobs):
             body = {"id": f"bench-{i}", "type": "video_fast", "prompt": PROMPT, "user_id": "bench",
                     "config": {"seed": 100 + i, "steps": steps, "frames": frames}}
             started = time.monotonic()
-            record = worker.session.post(worker.url + "/generate?wait=600", json=body, timeout=660).json()
+            record = worker.client.session.post(worker.url + "/generate?wait=600", json=body, timeout=660).json()
             resident.append(time.monotonic() - started)
             if record.get("status") != "completed":
                 raise RuntimeError(f"resident job failed: {record}")
             resident_files.append(Path(env["OUTPUT_DIR"]) / record["assets"][0]["url"])
-        load_count = worker.session.get(worker.url + "/memory/status", timeout=30).json()["models"]["wan_t2v"]["load_count"]
+        load_count = worker.client.session.get(worker.url + "/memory/status", timeout=30).json()["models"]["wan_t2v"]["load_count"]
 
     reload, breakdown, same = [], [], []
     for i in range(args.jobs):

@@ -21,7 +21,7 @@ from configuration.params.common import summarise_data_urls
 from configuration.schemas import field_error, validate_request
 from configuration.settings import Settings
 from workers.http.errors import ApiError
-from workers.runtime.jobs import TERMINAL, JobJournal, JobRecord, callback_payload, now_iso
+from workers.runtime.jobs import TERMINAL, JobJournal, JobRecord, now_iso, send_terminal_callback
 
 log = logging.getLogger(__name__)
 
@@ -369,19 +369,7 @@ class Router:
         log.info("job %s %s%s", record.job_id, status, f" ({error['code']})" if error else "")
 
     def _send_callback(self, record: JobRecord) -> None:
-        if not self.callbacks.enabled:
-            record.callback = {"status": "disabled", "attempts": 0}
-            self.journal.write(record)
-            return
-        record.callback = {"status": "pending", "attempts": 0}
-        self.journal.write(record)
-
-        def done(delivered: bool, attempts: int) -> None:
-            with self._lock:
-                record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
-                self.journal.write(record)
-
-        self.callbacks.send(callback_payload(record), on_result=done)
+        send_terminal_callback(record, self.callbacks, self.journal, self._lock)
 
     def _recover(self) -> None:
         """Jobs an earlier orchestrator process left unfinished end failed; pending callbacks are resent."""

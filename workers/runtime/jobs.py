@@ -336,20 +336,7 @@ class JobRunner:
         self._send_callback(record)
 
     def _send_callback(self, record: JobRecord) -> None:
-        if not record.send_callback or not self.callbacks.enabled:
-            record.callback = {"status": "disabled", "attempts": 0}
-            self.journal.write(record)
-            return
-        payload = callback_payload(record)
-        record.callback = {"status": "pending", "attempts": 0}
-        self.journal.write(record)
-
-        def done(delivered: bool, attempts: int) -> None:
-            with self._lock:
-                record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
-                self.journal.write(record)
-
-        self.callbacks.send(payload, on_result=done)
+        send_terminal_callback(record, self.callbacks, self.journal, self._lock)
 
     def _recover(self) -> None:
         """Load the journal; fail what a previous process left unfinished, resend pending callbacks."""
@@ -365,6 +352,24 @@ class JobRunner:
                 self._done[record.job_id].set()
                 if record.callback.get("status") == "pending":
                     self._send_callback(record)
+
+
+def send_terminal_callback(record: JobRecord, callbacks, journal: JobJournal, lock) -> None:
+    """Queue a finished job's one callback and keep its delivery state in the journal
+    (workers and the orchestrator both end jobs through this)."""
+    if not record.send_callback or not callbacks.enabled:
+        record.callback = {"status": "disabled", "attempts": 0}
+        journal.write(record)
+        return
+    record.callback = {"status": "pending", "attempts": 0}
+    journal.write(record)
+
+    def done(delivered: bool, attempts: int) -> None:
+        with lock:
+            record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
+            journal.write(record)
+
+    callbacks.send(callback_payload(record), on_result=done)
 
 
 def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
