@@ -79,6 +79,40 @@ class CallbackReceiver:
         self.server.server_close()
 
 
+class StaticServer:
+    """A real HTTP server answering GETs from `routes` {path: (status, content_type, body)}; a `str`
+    body is a redirect target. Records the paths it was asked for."""
+
+    def __init__(self, routes: dict):
+        self.routes = routes
+        self.requested: list[str] = []
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                server_self.requested.append(self.path)
+                status, ctype, data = server_self.routes.get(self.path, (404, "text/plain", b""))
+                self.send_response(status)
+                if isinstance(data, str):
+                    self.send_header("Location", data)
+                    data = b""
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def base_env(tmp_path: Path, placeholder_dir: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE", "CALLBACK", "WORKER_API", "MODEL_"))}
     env.update({

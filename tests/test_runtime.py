@@ -5,7 +5,6 @@ import base64
 import io
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from workers.runtime.jobs import GeneratedAsset, JobJournal, JobRunner
 from workers.runtime.memory import LocalMemory
 from workers.runtime.models import ModelHost
 from workers.runtime.storage import LocalStorage, StorageError
-from tests.support import CallbackReceiver
+from tests.support import CallbackReceiver, StaticServer
 
 
 class CountingEngine:
@@ -248,31 +247,12 @@ def png_bytes(size=(20, 10)):
 
 @pytest.fixture(scope="module")
 def image_server():
-    routes = {"/ok.png": (200, "image/png", png_bytes()), "/text": (200, "text/html", b"<html>"),
-              "/garbage.png": (200, "image/png", b"not an image"), "/big.png": (200, "image/png", b"x" * 3 * 2**20),
-              "/missing.png": (404, "text/plain", b"nope")}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            if self.path == "/redirect":
-                self.send_response(302)
-                self.send_header("Location", "/ok.png")
-                self.end_headers()
-                return
-            status, ctype, data = routes.get(self.path, (404, "text/plain", b""))
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    server = StaticServer({"/ok.png": (200, "image/png", png_bytes()), "/text": (200, "text/html", b"<html>"),
+                           "/garbage.png": (200, "image/png", b"not an image"),
+                           "/big.png": (200, "image/png", b"x" * 3 * 2**20),
+                           "/missing.png": (404, "text/plain", b"nope"), "/redirect": (302, "text/plain", "/ok.png")})
+    yield server.url
+    server.close()
 
 
 ALLOW = Settings(fetch_allow_private=True, fetch_max_mb=1)

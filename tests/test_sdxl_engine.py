@@ -1,8 +1,6 @@
 """SDXL feature set on the placeholder model, in-process through the real Flask app and pipelines."""
 import base64
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 
 from workers.engines.sdxl import batch_seeds, compel_prompt, gpu_plan, img2img_steps, resize_reference
 from workers.http.app import create_app
-from tests.support import API_KEY
+from tests.support import API_KEY, StaticServer
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -161,29 +159,17 @@ def test_unreachable_reference_fails_the_job_and_the_callback_says_so(worker):
 
 def test_loopback_reference_refused_when_setting_off(worker, tmp_path):
     _, state, _, _ = worker
-    served = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            served.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = StaticServer({"/x.png": (200, "image/png", b"")})
     try:
         from configuration.settings import Settings
         strict = Settings(placeholder_models_dir=state.settings.placeholder_models_dir, output_dir=tmp_path,
                           api_key=API_KEY, fetch_allow_private=False)
         client = create_app("sdxl", strict).test_client()
-        record = run(client, "loopback", metadata={"reference_image_url": f"http://127.0.0.1:{server.server_address[1]}/x.png"})
+        record = run(client, "loopback", metadata={"reference_image_url": f"{server.url}/x.png"})
         assert record["status"] == "failed" and record["error"]["code"] == "reference_refused"
-        assert served == []  # refused before any request left the worker
+        assert server.requested == []  # refused before any request left the worker
     finally:
-        server.shutdown()
+        server.close()
 
 
 def test_single_file_checkpoint_matches_directory(worker, placeholder_dir):

@@ -1,15 +1,13 @@
 """The WAN worker end to end under gunicorn, as the pod runs it: HTTP in, MP4/PNG on disk, callbacks,
 the model loaded once for consecutive jobs, reference images fetched over real HTTP."""
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import CallbackReceiver, WorkerProcess, base_env
+from tests.support import CallbackReceiver, StaticServer, WorkerProcess, base_env
 from workers.runtime.media import decode_mp4
 
 JOB = {"type": "video_fast", "prompt": "a fox running through snow", "user_id": "u1",
@@ -35,21 +33,9 @@ def image_server():
     Image.fromarray(np.stack([np.tile(ramp, (64, 1))] * 3, -1)).save(buf, format="PNG")
     png = buf.getvalue()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(png)))
-            self.end_headers()
-            self.wfile.write(png)
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    server = StaticServer({"/ref.png": (200, "image/png", png)})
+    yield server.url
+    server.close()
 
 
 def test_three_consecutive_jobs_load_the_model_once(stack):
