@@ -39,8 +39,19 @@ ROUTES = {
         "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401, 409))},
         "/openapi.json": {"get": ("This document.", None, (401,))},
     },
-    "sdxl": {"/generate": {"post": ("Queue an SDXL job (202; `?wait=` blocks up to that many seconds).", "sdxl.generate", (400, 401, 413, 503))}},
-    "wan": {"/generate": {"post": ("Queue a WAN job (202; `?wait=` blocks up to that many seconds).", "wan.generate", (400, 401, 413, 503))}},
+    "sdxl": {"/generate": {"post": ("Queue an SDXL job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks and queues nothing).", "sdxl.generate", (400, 401, 409, 413, 503))}},
+    "wan": {"/generate": {"post": ("Queue a WAN job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks and queues nothing).", "wan.generate", (400, 401, 409, 413, 503))}},
+}
+
+
+_WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": 600},
+         "description": "Block up to this many seconds; 200 with the job record if it ended in time."}
+_DRY_RUN = {"name": "dry_run", "in": "query", "required": False, "schema": {"enum": ["1", "true"]},
+            "description": "Validate, normalise and check memory admission; queue nothing."}
+# Query parameters of the generation routes (keyed by path, limited to the request schemas that take them).
+QUERY_PARAMETERS = {
+    "/generate": {"for": {"sdxl.generate", "wan.generate"}, "parameters": [_WAIT, _DRY_RUN]},
+    "/jobs": {"for": {"orchestrator.jobs"}, "parameters": [_WAIT]},
 }
 
 
@@ -63,6 +74,8 @@ def openapi_document(worker: str, settings: Settings) -> dict:
                 op = {"summary": summary, "responses": {"200": _ok("success"), **_errors(*statuses)}}
                 if path.startswith("/jobs/{job_id}"):
                     op["parameters"] = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+                if method == "post" and path in QUERY_PARAMETERS and schema_name in QUERY_PARAMETERS[path]["for"]:
+                    op["parameters"] = QUERY_PARAMETERS[path]["parameters"]
                 if path != "/health" and path != "/ready":
                     op["security"] = [{"bearer": []}]
                 if schema_name:

@@ -120,6 +120,7 @@ def test_unknown_job_cancel_finished_and_openapi(stack):
     schema = doc["components"]["schemas"]["sdxl_generate"]
     assert schema["properties"]["config"]["properties"]["num_images"] == {"enum": [1, 3, 6]}
     assert "/generate" in doc["paths"] and "/memory/unload" in doc["paths"]
+    assert [p["name"] for p in doc["paths"]["/generate"]["post"]["parameters"]] == ["wait", "dry_run"]
 
 
 def test_memory_status_unload_and_load(stack):
@@ -135,6 +136,8 @@ def test_memory_status_unload_and_load(stack):
     assert r.status_code == 200 and r.json()["models"]["sdxl"]["resident_bytes"] == resident
     r = worker.client.post("/memory/load", json={"which": "nope"})
     assert r.status_code == 400 and r.json()["error"]["details"][0]["path"] == "/which"
+    r = worker.client.post("/memory/load", json={"which": "sdxl", "wait_s": 5})
+    assert r.status_code == 400 and r.json()["error"]["details"][0]["path"] == "/wait_s"
 
 
 def test_cancel_a_queued_job(stack):

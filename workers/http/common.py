@@ -86,6 +86,9 @@ def _models(which: str | None) -> str | None:
 def memory_load():
     require_ready()
     args = _memory_args()
+    if "wait_s" in args:
+        raise ApiError(400, "validation_error", "wait_s applies to /memory/unload only",
+                       [{"path": "/wait_s", "message": "is only accepted by /memory/unload"}])
     which = _models(args.get("which"))
     try:
         loaded = state().host.load(which)
