@@ -1,0 +1,308 @@
+"""Prometheus metrics of one process (a worker or the orchestrator), served at `GET /metrics`.
+
+Every process has its own registry (`process_metrics()`): gunicorn runs one worker process per
+worker (workers/gunicorn_conf.py), the orchestrator is one waitress process, so nothing needs the
+multiprocess mode. Names follow the Prometheus conventions: `ourvidz_` prefix, base units in the name
+(`_seconds`, `_bytes`), `_total` on counters. No label ever takes a prompt, a user id or a job id:
+label values are worker, model, job type, stage, status, error code, queue and reason names, all
+bounded by the configuration. docs/OPERATIONS.md lists every metric with its meaning.
+
+Gauges that mirror state held elsewhere (device memory, leases, worker states, queue depths) are
+refreshed at scrape time by the hooks passed to `on_scrape`, so nothing on a job's path pays for them.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, Gauge, Histogram, Info,
+                               PlatformCollector, ProcessCollector, disable_created_metrics, generate_latest)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "ourvidz"
+# `_created` timestamps double the series for nothing a dashboard here reads.
+disable_created_metrics()
+# Job stages: seconds-long GPU work (generation of an image, minutes for a video), sub-second
+# bookkeeping (queue wait on an idle worker, encoding a thumbnail).
+STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                 1200.0, 1800.0)
+JOB_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKENS_PER_SECOND_BUCKETS = (1, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# The job stages timed by `ourvidz_job_stage_duration_seconds` (queue_wait is submission -> start).
+STAGES = ("queue_wait", "enhancing", "loading", "generating", "encoding", "storing")
+WORKER_STATES = ("starting", "ready", "restarting", "failed", "stopping", "stopped")
+
+
+class Metrics:
+    """The metrics of one process. `process`: "sdxl", "wan", "chat" or "orchestrator"."""
+
+    def __init__(self, process: str, profile: str = ""):
+        self.process = process
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)      # process_start_time_seconds, CPU, resident memory, open fds
+        PlatformCollector(registry=r)     # python_info
+        self._hooks: list = []
+        self._hooks_lock = threading.Lock()
+
+        def counter(name, doc, labels=()):
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=r)
+
+        def gauge(name, doc, labels=()):
+            return Gauge(f"{PREFIX}_{name}", doc, labels, registry=r)
+
+        def histogram(name, doc, labels, buckets):
+            return Histogram(f"{PREFIX}_{name}", doc, labels, buckets=buckets, registry=r)
+
+        # -- build -------------------------------------------------------------------------------
+        self.build_info = Info(f"{PREFIX}_build", "Version, model profile and library versions of this process.",
+                               registry=r)
+        self.build_info.info(build_labels(process, profile))
+
+        # -- jobs (`worker`: the worker that ran it, or "orchestrator" for routed jobs) -----------
+        self.jobs_submitted = counter("jobs_submitted_total", "Jobs accepted (HTTP or queue).", ("worker", "type"))
+        self.jobs_started = counter("jobs_started_total", "Jobs that began running.", ("worker", "type"))
+        self.jobs_finished = counter("jobs_finished_total", "Jobs that reached a terminal status.",
+                                     ("worker", "type", "status"))
+        self.job_failures = counter("job_failures_total", "Failed jobs by error code.", ("worker", "type", "code"))
+        self.job_cancellations = counter("job_cancellations_total",
+                                         "Cancellation requests that stopped a job, by the stage it was in.",
+                                         ("worker", "stage"))
+        self.job_duration = histogram("job_duration_seconds", "Submission to terminal status.",
+                                      ("worker", "type", "status"), JOB_BUCKETS)
+        self.stage_duration = histogram("job_stage_duration_seconds",
+                                        "Time a job spent in each stage (queue_wait, enhancing, loading, "
+                                        "generating, encoding, storing).", ("worker", "type", "stage"),
+                                        STAGE_BUCKETS)
+        self.jobs_queued = gauge("jobs_queued", "Jobs accepted and waiting for the executor.", ("worker",))
+        self.jobs_running = gauge("jobs_running", "Jobs running now.", ("worker",))
+
+        # -- queue intake (Redis lists, as the consumer sees them) --------------------------------
+        self.queue_depth = gauge("queue_depth", "Entries waiting in a Redis job queue (LLEN).", ("queue",))
+        self.queue_in_flight = gauge("queue_in_flight", "Entries taken from a queue and not yet acknowledged.",
+                                     ("queue",))
+        self.queue_taken = counter("queue_entries_taken_total", "Entries taken from a queue.", ("queue",))
+        self.queue_redeliveries = counter("queue_redeliveries_total",
+                                          "Entries taken again after a consumer died holding them.", ("queue",))
+        self.queue_dead_letters = counter("queue_dead_letters_total",
+                                          "Entries moved to the dead-letter list (unreadable or redelivered too often).",
+                                          ("queue",))
+
+        # -- memory ---------------------------------------------------------------------------------
+        self.device_total = gauge("device_memory_total_bytes", "Device memory capacity.", ("device",))
+        self.device_used = gauge("device_memory_used_bytes", "Device memory in use (all processes).", ("device",))
+        self.device_free = gauge("device_memory_free_bytes", "Device memory free.", ("device",))
+        self.memory_budget = gauge("memory_budget_bytes", "Memory the broker may lease (capacity - reserve).",
+                                   ("device",))
+        self.memory_leased = gauge("memory_leased_bytes", "Bytes leased to a worker's model (0 when unloaded).",
+                                   ("worker", "model"))
+        self.memory_working = gauge("memory_working_bytes", "Working (activation) memory leased to a worker's jobs.",
+                                    ("worker",))
+        self.memory_evictions = counter("memory_evictions_total", "Models unloaded to make room for another.",
+                                        ("worker", "model"))
+        self.memory_lease_waits = counter("memory_lease_waits_total", "Lease requests that had to wait.",
+                                          ("worker", "model"))
+        self.memory_lease_wait = histogram("memory_lease_wait_seconds",
+                                           "Time a lease request waited before it was granted or refused.",
+                                           ("worker",), WAIT_BUCKETS)
+        self.memory_refusals = counter("memory_refusals_total",
+                                       "Memory requests answered 409, by reason (too_big, timeout).", ("reason",))
+        self.model_loads = counter("model_loads_total", "Models loaded.", ("worker", "model"))
+        self.model_load_duration = histogram("model_load_duration_seconds", "Time to load a model.",
+                                             ("worker", "model"), STAGE_BUCKETS)
+        self.model_resident = gauge("model_resident_bytes", "Bytes a loaded model occupies (this worker).",
+                                    ("model",))
+
+        # -- chat -------------------------------------------------------------------------------------
+        self.chat_requests = counter("chat_requests_total", "Chat generations by route and outcome.",
+                                     ("model", "route", "status"))
+        self.chat_prompt_tokens = counter("chat_prompt_tokens_total", "Prompt (input) tokens.", ("model",))
+        self.chat_completion_tokens = counter("chat_completion_tokens_total", "Generated (output) tokens.",
+                                              ("model",))
+        self.chat_tokens_per_second = histogram("chat_generation_tokens_per_second",
+                                                "Output tokens per second of one request.", ("model",),
+                                                TOKENS_PER_SECOND_BUCKETS)
+        self.chat_batch_size = histogram("chat_batch_size", "Requests generated together in one batch.",
+                                         ("model",), BATCH_BUCKETS)
+        self.chat_ttft = histogram("chat_time_to_first_token_seconds",
+                                   "Submission to the first generated token.", ("model",), TTFT_BUCKETS)
+
+        # -- callbacks --------------------------------------------------------------------------------
+        self.callback_attempts = counter("callback_attempts_total", "Callback POSTs made, by outcome "
+                                         "(delivered, retryable, rejected).", ("outcome",))
+        self.callbacks_delivered = counter("callbacks_delivered_total", "Callbacks the receiver accepted.")
+        self.callback_retries = counter("callback_retries_total", "Callback attempts scheduled again after a failure.")
+        self.callbacks_abandoned = counter("callbacks_abandoned_total",
+                                           "Callbacks given up after their last attempt or a final rejection.")
+        self.callbacks_pending = gauge("callbacks_pending", "Callbacks queued or being attempted.")
+        self.callback_oldest_age = gauge("callback_oldest_pending_age_seconds",
+                                         "Age of the oldest undelivered callback (0 when none).")
+
+        # -- supervision (orchestrator) ---------------------------------------------------------------
+        self.worker_restarts = counter("worker_restarts_total", "Worker processes restarted after dying.",
+                                       ("worker",))
+        self.worker_state = Enum(f"{PREFIX}_worker_state", "Supervisor state of each worker.", ("worker",),
+                                 states=list(WORKER_STATES), registry=r)
+        self.worker_ready = gauge("worker_ready", "1 when the worker answers /ready.", ("worker",))
+
+    # -- scrape ----------------------------------------------------------------------------------------
+    def on_scrape(self, hook) -> None:
+        """`hook(metrics)` runs before every exposition, to refresh gauges mirroring state held elsewhere."""
+        with self._hooks_lock:
+            self._hooks.append(hook)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """(body, content type) of the text exposition format; a failing hook is logged, never fatal."""
+        with self._hooks_lock:
+            hooks = list(self._hooks)
+        for hook in hooks:
+            try:
+                hook(self)
+            except Exception:  # a scrape shows what it can; the error is in the log
+                log.exception("metrics hook %s failed", getattr(hook, "__qualname__", hook))
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    # -- recording helpers used on a job's path --------------------------------------------------------
+    def job_submitted(self, worker: str, job_type: str) -> None:
+        self.jobs_submitted.labels(worker, job_type).inc()
+
+    def job_started(self, worker: str, job_type: str) -> None:
+        self.jobs_started.labels(worker, job_type).inc()
+
+    def job_finished(self, worker: str, job_type: str, status: str, duration_s: float | None,
+                     error_code: str | None = None, stages: dict | None = None) -> None:
+        self.jobs_finished.labels(worker, job_type, status).inc()
+        if status == "failed":
+            self.job_failures.labels(worker, job_type, error_code or "unknown").inc()
+        if duration_s is not None:
+            self.job_duration.labels(worker, job_type, status).observe(duration_s)
+        for stage, seconds in (stages or {}).items():
+            self.stage_duration.labels(worker, job_type, stage).observe(seconds)
+
+
+class StageTimer:
+    """Time spent per stage of one job: `enter(stage)` closes the stage before it. A stage entered twice
+    (an img2img reference fetched while `loading`) accumulates. `timings()` includes the open stage."""
+
+    __slots__ = ("_clock", "_current", "_since", "_totals")
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._current: str | None = None
+        self._since = 0.0
+        self._totals: dict[str, float] = {}
+
+    def enter(self, stage: str | None) -> None:
+        now = self._clock()
+        self._close(now)
+        self._current, self._since = stage, now
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Record a stage measured elsewhere (queue wait: submission to start)."""
+        self._totals[stage] = self._totals.get(stage, 0.0) + max(0.0, seconds)
+
+    def stop(self) -> dict[str, float]:
+        self._close(self._clock())
+        self._current = None
+        return dict(self._totals)
+
+    def timings(self) -> dict[str, float]:
+        totals = dict(self._totals)
+        if self._current is not None:
+            totals[self._current] = totals.get(self._current, 0.0) + self._clock() - self._since
+        return {k: round(v, 4) for k, v in totals.items()}
+
+    def _close(self, now: float) -> None:
+        if self._current is not None:
+            self._totals[self._current] = self._totals.get(self._current, 0.0) + now - self._since
+
+
+# ---- the process's registry -----------------------------------------------------------------------------
+
+_PROCESS: Metrics | None = None
+_PROCESS_LOCK = threading.Lock()
+
+
+def configure_metrics(process: str, profile: str = "") -> Metrics:
+    """Create this process's metrics (idempotent for the same process name)."""
+    global _PROCESS
+    with _PROCESS_LOCK:
+        if _PROCESS is None or _PROCESS.process != process:
+            _PROCESS = Metrics(process, profile)
+        return _PROCESS
+
+
+def process_metrics() -> Metrics:
+    """This process's metrics; a process that never configured them gets an "unconfigured" set (tests
+    that build parts without an app), so recording never needs a None check."""
+    global _PROCESS
+    with _PROCESS_LOCK:
+        if _PROCESS is None:
+            _PROCESS = Metrics("unconfigured")
+        return _PROCESS
+
+
+# ---- build info -----------------------------------------------------------------------------------------
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def source_revision(repo: Path = _REPO) -> str:
+    """The git commit the code was started from (read from .git, no subprocess); "unknown" without .git."""
+    head = repo / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if not ref.startswith("ref: "):
+            return ref[:12]
+        name = ref[5:]
+        loose = repo / ".git" / name
+        if loose.exists():
+            return loose.read_text().strip()[:12]
+        for line in (repo / ".git" / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + name):
+                return line.split()[0][:12]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def build_labels(process: str, profile: str) -> dict[str, str]:
+    """What `ourvidz_build_info` carries; library versions from package metadata (torch is not imported)."""
+    return {"process": process, "revision": source_revision(), "model_profile": profile or "unknown",
+            "torch": _version("torch"), "diffusers": _version("diffusers"),
+            "transformers": _version("transformers"), "prometheus_client": _version("prometheus_client")}
+
+
+# ---- HTTP -----------------------------------------------------------------------------------------------
+
+METRICS_PATH = "/metrics"
+
+
+def metrics_blueprint():
+    """`GET /metrics` for a Flask app: this process's exposition. Behind the bearer key like every
+    non-health route unless METRICS_PUBLIC=1 (common.auth leaves the path open then)."""
+    from flask import Blueprint, Response
+
+    bp = Blueprint("metrics", __name__)
+
+    @bp.get(METRICS_PATH)
+    def metrics():
+        body, content_type = process_metrics().exposition()
+        return Response(body, status=200, content_type=content_type)
+
+    return bp
