@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,8 +39,7 @@ class OrchestratorProcess:
 
     def start(self) -> "OrchestratorProcess":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else "python",
-                                      "-m", "orchestrator"], env=self.env, cwd=REPO, stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator"], env=self.env, cwd=REPO, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         return self
 
@@ -268,10 +268,9 @@ def test_alternating_jobs_with_a_budget_for_one_generation_model(stack, receiver
 
 def test_operator_command_line(stack):
     env = dict(stack.env, ORCHESTRATOR_URL=stack.url)
-    python = stack.proc.args[0]
 
     def cli(*args):
-        return subprocess.run([python, "-m", "orchestrator.memory", *args], env=env, cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "orchestrator.memory", *args], env=env, cwd=REPO, capture_output=True,
                               text=True, timeout=120)
 
     loaded = cli("load", "chat", "qwen_instruct")

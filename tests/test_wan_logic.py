@@ -212,18 +212,40 @@ def test_conditioning_frames_mark_known_frames_black():
     assert video == [red] and [m.getpixel((0, 0)) for m in mask] == [0]
 
 
+def _expected_wan_errors(config: dict, job_type: str, limits: dict) -> set[str]:
+    """The fields a config must be refused for, from the documented rules alone (an oracle independent of
+    the schema and the normaliser): frames 1 for an image, at least 5 for a video, 4k+1-rounded within
+    max_frames; sizes in range and a multiple of 16; steps in [1, 100]; fps in [1, 60], and none for an image."""
+    image = job_type.startswith("image")
+
+    def bad(name, ok):
+        return {f"/config/{name}"} if name in config and not ok(config[name]) else set()
+
+    return (bad("frames", lambda f: (f == 1 if image else 5 <= f) and 1 <= f <= limits["max_frames"]
+                and normalise_frames(f) <= limits["max_frames"])
+            | bad("width", lambda w: limits["min_size"] <= w <= limits["max_size"] and w % 16 == 0)
+            | bad("steps", lambda n: 1 <= n <= 100)
+            | bad("fps", lambda r: not image and 1 <= r <= 60))
+
+
 @hsettings(max_examples=100, deadline=None)
 @given(frames=st.one_of(st.integers(-2, 40), st.none()), width=st.one_of(st.integers(0, 160), st.none()),
        steps=st.one_of(st.integers(-1, 120), st.none()), fps=st.one_of(st.floats(-1, 90, allow_nan=False), st.none()),
        job_type=st.sampled_from(["image_fast", "video_fast", "video_high"]))
 def test_property_accepted_bodies_normalise_within_bounds(frames, width, steps, fps, job_type):
+    """A body is accepted exactly when every field follows the documented rules, and then normalises
+    within them; a refused body names only fields that break a rule."""
     limits = model_config("wan_t2v", Settings())["limits"]
     config = {k: v for k, v in {"frames": frames, "width": width, "steps": steps, "fps": fps}.items() if v is not None}
+    expected = _expected_wan_errors(config, job_type, limits)
     try:
         p = normalise(body(job_type, config))
     except ValidationFailed as exc:
-        assert exc.details and all(d["path"].startswith("/config/") for d in exc.details)
+        paths = {d["path"] for d in exc.details}
+        assert expected, f"{job_type} {config} refused though valid: {exc.details}"
+        assert paths and paths <= expected, f"{job_type} {config}: refused at {paths}, invalid: {expected}"
         return
+    assert not expected, f"{job_type} {config} accepted; invalid: {expected}"
     assert p["frames"] % 4 == 1 and p["frames"] <= limits["max_frames"]
     assert (p["frames"] == 1) == (p["output"] == "image")
     assert limits["min_size"] <= p["width"] <= limits["max_size"] and p["width"] % 16 == 0
