@@ -1,0 +1,274 @@
+"""The Redis queue consumer on a real redis-server, with a small in-process job sink standing in for
+the worker runtime (the whole worker is exercised in tests/test_queue_worker.py)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
+from workers.runtime.queue_intake import QueueIntake, QueueKeys, connect, parse_entry, queue_overview
+
+
+class Sink:
+    """A one-thread executor like the worker's: FIFO, one job at a time, a journal of statuses."""
+
+    def __init__(self, job_s: float = 0.0):
+        self.job_s = job_s
+        self.status: dict[str, str] = {}
+        self.order: list[str] = []
+        self.runs: dict[str, int] = {}
+        self.rejected: dict[str, str] = {}
+        self.payloads: dict[str, dict] = {}
+        self._queue: list[str] = []
+        self._running = False
+        self._lock = threading.Lock()
+        self.intake: QueueIntake | None = None
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def can_take(self) -> bool:
+        with self._lock:
+            return not self._running and not self._queue
+
+    def job_status(self, job_id):
+        with self._lock:
+            return self.status.get(job_id)
+
+    def submit(self, job_id, payload):
+        with self._lock:
+            self.status[job_id] = "queued"
+            self.payloads[job_id] = payload
+            self._queue.append(job_id)
+
+    def reject(self, job_id, payload, code, message):
+        with self._lock:
+            self.status[job_id] = "failed"
+            self.rejected[job_id] = code
+
+    def _loop(self):
+        while True:
+            with self._lock:
+                job_id = self._queue.pop(0) if self._queue else None
+                self._running = job_id is not None
+            if job_id is None:
+                time.sleep(0.005)
+                continue
+            time.sleep(self.payloads[job_id].get("run_s", self.job_s))
+            with self._lock:
+                self.order.append(job_id)
+                self.runs[job_id] = self.runs.get(job_id, 0) + 1
+                self.status[job_id] = "completed"
+                self._running = False
+            if self.intake:
+                self.intake.notify()
+
+    def wait_done(self, ids, timeout_s=20):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(self.status.get(i) in ("completed", "failed") for i in ids):
+                    return True
+            time.sleep(0.02)
+        return False
+
+
+def start_intake(server, queue, sink, consumer="c1", **kw) -> QueueIntake:
+    kw.setdefault("block_s", 0.2)
+    kw.setdefault("backoff_s", 0.05)
+    kw.setdefault("backoff_max_s", 0.5)
+    intake = QueueIntake(connect(server.client_url, kw["block_s"]), queue, consumer, sink, **kw)
+    sink.intake = intake
+    return intake.start()
+
+
+def push(client, queue, *entries):
+    for entry in entries:
+        client.rpush(queue, entry if isinstance(entry, (bytes, str)) else json.dumps(entry))
+
+
+def settled(client, keys: QueueKeys, consumers=("c1",), timeout_s=10) -> bool:
+    """Queue and processing lists empty (acknowledgement follows completion by a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.llen(keys.queue) == 0 and all(client.llen(keys.processing(c)) == 0 for c in consumers):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_entries_are_taken_in_push_order_and_acknowledged(redis_server):
+    client, sink = redis_server.client(), Sink(job_s=0.02)
+    ids = [f"fifo-{i}" for i in range(3)]
+    push(client, "q_fifo", *({"id": i} for i in ids))
+    intake = start_intake(redis_server, "q_fifo", sink)
+    try:
+        assert sink.wait_done(ids)
+        assert sink.order == ids
+        assert settled(client, QueueKeys("q_fifo"))
+        assert intake.status()["acknowledged"] == 3 and intake.status()["in_flight"] == []
+    finally:
+        intake.stop_taking()
+
+
+def test_unusable_entries_go_to_the_dead_letter_list_and_never_block(redis_server):
+    client, sink = redis_server.client(), Sink()
+    push(client, "q_dead", b"{not json", {"id": "ok-1"}, "[1, 2]", {"prompt": "no id"},
+         {"id": "../escape"}, b"\xff\xfe", {"job_id": "ok-2"})
+    intake = start_intake(redis_server, "q_dead", sink)
+    try:
+        assert sink.wait_done(["ok-1", "ok-2"])
+        assert sink.order == ["ok-1", "ok-2"]
+        assert settled(client, QueueKeys("q_dead"))
+        dead = [json.loads(d) for d in client.lrange("q_dead:dead", 0, -1)]
+        assert [d["reason"].split(":")[0].split(" (")[0] for d in dead] == [
+            "not valid JSON", "not a JSON object", "no job id", "job id is not a string of letters, digits, `_`, `-`, `.`",
+            "not valid JSON"]
+        assert dead[0]["entry"] == "{not json" and dead[0]["consumer"] == "c1"
+        assert intake.status()["dead_lettered"] == 5
+    finally:
+        intake.stop_taking()
+
+
+def test_a_redelivered_finished_job_is_acknowledged_without_running(redis_server):
+    client, sink = redis_server.client(), Sink()
+    sink.status["done-1"] = "completed"
+    push(client, "q_redeliver", {"id": "done-1"}, {"id": "new-1"})
+    intake = start_intake(redis_server, "q_redeliver", sink)
+    try:
+        assert sink.wait_done(["new-1"])
+        assert settled(client, QueueKeys("q_redeliver"))
+        assert sink.runs == {"new-1": 1}
+        assert intake.status()["redelivered_finished"] == 1
+    finally:
+        intake.stop_taking()
+
+
+def test_entries_of_a_consumer_without_heartbeat_go_back_to_the_head_in_order(redis_server):
+    client, sink = redis_server.client(), Sink()
+    keys = QueueKeys("q_reap")
+    # A consumer that died holding two entries (taken oldest first, so the newest is on the left).
+    client.sadd(keys.consumers, "ghost")
+    client.lpush(keys.processing("ghost"), json.dumps({"id": "held-old"}))
+    client.lpush(keys.processing("ghost"), json.dumps({"id": "held-new"}))
+    # A live consumer holding one entry must not be touched.
+    client.sadd(keys.consumers, "alive")
+    client.set(keys.heartbeat("alive"), "{}", ex=60)
+    client.lpush(keys.processing("alive"), json.dumps({"id": "alive-1"}))
+    push(client, "q_reap", {"id": "queued-1"})
+    intake = start_intake(redis_server, "q_reap", sink)
+    try:
+        assert sink.wait_done(["held-old", "held-new", "queued-1"])
+        assert sink.order == ["held-old", "held-new", "queued-1"]
+        assert settled(client, keys)
+        assert client.lrange(keys.processing("alive"), 0, -1) == [json.dumps({"id": "alive-1"}).encode()]
+        assert not client.sismember(keys.consumers, "ghost") and client.sismember(keys.consumers, "alive")
+        assert intake.status()["reaped"] == 2
+    finally:
+        intake.stop_taking()
+
+
+def test_a_restarted_consumer_resumes_its_own_processing_list(redis_server):
+    """Same consumer id after a crash: a finished job is acknowledged, one never accepted is run."""
+    client, sink = redis_server.client(), Sink()
+    keys = QueueKeys("q_resume")
+    client.sadd(keys.consumers, "c1")
+    client.lpush(keys.processing("c1"), json.dumps({"id": "was-finished"}))
+    client.lpush(keys.processing("c1"), json.dumps({"id": "never-accepted"}))
+    sink.status["was-finished"] = "failed"  # the runtime's recovery ended it when the process restarted
+    intake = start_intake(redis_server, "q_resume", sink)
+    try:
+        assert sink.wait_done(["never-accepted"])
+        assert settled(client, keys)
+        assert sink.runs == {"never-accepted": 1}
+    finally:
+        intake.stop_taking()
+
+
+def test_a_job_delivered_too_often_fails_instead_of_circling(redis_server):
+    client, sink = redis_server.client(), Sink()
+    keys = QueueKeys("q_poison")
+    client.hset(keys.deliveries, "poison", 3)  # three consumers took it and died
+    push(client, "q_poison", {"id": "poison"}, {"id": "after"})
+    intake = start_intake(redis_server, "q_poison", sink, max_deliveries=3)
+    try:
+        assert sink.wait_done(["poison", "after"])
+        assert sink.rejected == {"poison": "redelivery_limit"} and sink.runs == {"after": 1}
+        assert settled(client, keys) and not client.hexists(keys.deliveries, "poison")
+    finally:
+        intake.stop_taking()
+
+
+def test_an_idle_consumer_gets_the_next_job_rather_than_a_busy_one(redis_server):
+    client = redis_server.client()
+    sinks = [Sink(job_s=0.05), Sink(job_s=0.05)]
+    intakes = [start_intake(redis_server, "q_share", s, consumer=f"c{i}") for i, s in enumerate(sinks)]
+    ids = [f"share-{i}" for i in range(20)]
+    try:
+        push(client, "q_share", *({"id": i} for i in ids))
+        assert all(s.wait_done([i for i in ids if i in s.status]) for s in sinks)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sum(len(s.order) for s in sinks) < len(ids):
+            time.sleep(0.02)
+        done = [i for s in sinks for i in s.order]
+        assert sorted(done) == sorted(ids) and len(done) == len(ids)  # each exactly once
+        assert all(len(s.order) >= 5 for s in sinks), [len(s.order) for s in sinks]
+        assert settled(client, QueueKeys("q_share"), consumers=("c0", "c1"))
+        overview = queue_overview(client, "q_share")
+        assert overview["depth"] == 0 and {c["consumer_id"] for c in overview["consumers"]} == {"c0", "c1"}
+    finally:
+        for intake in intakes:
+            intake.stop_taking()
+
+
+def test_redis_down_is_reported_and_nothing_is_lost_when_it_returns():
+    with RedisServer() as server:
+        client, sink = server.client(), Sink(job_s=0.05)
+        ids = [f"outage-{i}" for i in range(6)]
+        push(client, "q_outage", *({"id": i} for i in ids))
+        intake = start_intake(server, "q_outage", sink)
+        try:
+            assert sink.wait_done(ids[:1])
+            server.stop()
+            deadline = time.monotonic() + 10
+            while intake.status()["connected"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            status = intake.status()
+            assert not status["connected"] and status["last_error"] and status["disconnected_since"]
+            time.sleep(0.3)
+            server.start()
+            assert sink.wait_done(ids)
+            assert sorted(sink.order) == sorted(ids) and all(n == 1 for n in sink.runs.values())
+            assert settled(server.client(), QueueKeys("q_outage"))
+            assert intake.status()["connected"] and intake.status()["reconnects"] >= 1
+        finally:
+            intake.stop_taking()
+
+
+def test_tls_with_a_password_and_a_clean_exit_deregisters():
+    with RedisServer(tls=True) as server:
+        assert server.url.startswith("rediss://:test-redis-password@")
+        client, sink = server.client(), Sink()
+        push(client, "q_tls", {"id": "tls-1"})
+        intake = start_intake(server, "q_tls", sink)
+        assert sink.wait_done(["tls-1"])
+        assert settled(client, QueueKeys("q_tls"))
+        intake.stop_taking()
+        intake.close()
+        assert queue_overview(client, "q_tls")["consumers"] == []
+
+
+def test_parse_entry_reasons():
+    assert parse_entry(b'{"id": "a", "job_id": "a"}')[1] == "a"
+    assert parse_entry(b'{"job_id": "b"}')[1] == "b"
+    assert parse_entry(b'{"id": 5}')[2].startswith("job id is not")
+    assert parse_entry(b'"text"')[2] == "not a JSON object (a str)"
+    assert parse_entry(b"")[2].startswith("not valid JSON")
+
+
+def test_missing_redis_server_fails_with_how_to_get_it(monkeypatch):
+    from tests import redis_support
+    monkeypatch.setattr(redis_support.shutil, "which", lambda name: None)
+    with pytest.raises(pytest.fail.Exception, match="apt-get install redis-server"):
+        redis_support.redis_server_binary()

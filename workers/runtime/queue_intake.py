@@ -1,0 +1,390 @@
+"""Jobs from the app's Redis lists (`sdxl_queue`, `wan_queue`): at-least-once, never lost, FIFO,
+shared by every pod on the same Redis.
+
+The app pushes each job with RPUSH, so the oldest entry is on the left. A consumer:
+- takes an entry only when its executor would start it now (idle), so an idle pod gets the next job
+  rather than a busy one hoarding it;
+- takes it with one atomic `BLMOVE <queue> <queue>:processing:<consumer> LEFT LEFT`, so an entry is
+  always in the queue or in exactly one consumer's processing list, never only in a process's memory;
+- removes it from its processing list (LREM) only once the job's terminal state is in the job journal;
+- keeps a heartbeat key with a TTL; any consumer that finds a registered consumer without a heartbeat
+  (its pod was killed) moves that consumer's entries back to the head of the queue, on start and
+  periodically;
+- acknowledges without running an entry whose job id its journal already shows finished (a
+  redelivery), and fails a job delivered more than `max_deliveries` times without finishing (a job
+  that kills every worker that takes it must not circle forever);
+- moves an entry that is not a JSON object with a usable job id to `<queue>:dead` with the reason;
+- survives Redis being down: it reconnects with backoff, reports the outage in `status()`, and
+  after every reconnect reconciles its processing list with what it tracks (a reply lost with the
+  connection cannot strand an entry).
+
+What a job is, how it is validated and run, is the `JobSink`'s business (the worker's runtime); this
+module only moves queue entries and knows nothing of HTTP or engines.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("completed", "failed", "cancelled")
+# A job id names a journal file and storage paths: the same rule as the HTTP API's `id`.
+SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DEAD_ENTRY_MAX_CHARS = 65536
+
+
+class JobSink(Protocol):
+    """What the intake needs from the worker's runtime."""
+
+    def can_take(self) -> bool:
+        """True when the executor would start a job now (nothing running, nothing waiting)."""
+
+    def job_status(self, job_id: str) -> str | None:
+        """The job's status in the journal, None when this worker has never accepted it."""
+
+    def submit(self, job_id: str, payload: dict) -> None:
+        """Validate and accept the job, or end it `failed` with the reason (a field path for a bad field).
+        Either way the journal holds the job when this returns; it never raises for bad input."""
+
+    def reject(self, job_id: str, payload: dict, code: str, message: str) -> None:
+        """End the job `failed` without running it (journal and callback), e.g. too many deliveries."""
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Every Redis key one queue uses, named after the queue (one place for the intake and readers)."""
+    queue: str
+
+    @property
+    def dead(self) -> str:
+        return f"{self.queue}:dead"
+
+    @property
+    def consumers(self) -> str:
+        return f"{self.queue}:consumers"
+
+    @property
+    def deliveries(self) -> str:
+        return f"{self.queue}:deliveries"
+
+    def processing(self, consumer: str) -> str:
+        return f"{self.queue}:processing:{consumer}"
+
+    def heartbeat(self, consumer: str) -> str:
+        return f"{self.queue}:consumer:{consumer}"
+
+
+def connect(url: str, block_s: float = 0.0) -> redis.Redis:
+    """A client for `redis://` or `rediss://` (TLS) URLs, password in the URL. No silent retries inside
+    the client: the intake's own loop reconnects and reconciles, so a lost reply is never retried blind."""
+    return redis.Redis.from_url(url, socket_timeout=block_s + 10.0, socket_connect_timeout=5.0,
+                                health_check_interval=30, retry=Retry(NoBackoff(), 0))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class _Tracked:
+    job_id: str
+    raw: bytes
+
+
+@dataclass
+class IntakeCounters:
+    taken: int = 0
+    acknowledged: int = 0
+    redelivered_finished: int = 0
+    dead_lettered: int = 0
+    reaped: int = 0
+    rejected_redeliveries: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class IntakeState:
+    connected: bool = False
+    last_error: str | None = None
+    disconnected_since: str | None = None
+    reconnects: int = 0
+    counters: IntakeCounters = field(default_factory=IntakeCounters)
+
+
+class QueueIntake:
+    """One consumer of one queue, on its own thread (plus a heartbeat thread)."""
+
+    def __init__(self, client: redis.Redis, queue: str, consumer_id: str, sink: JobSink, *,
+                 info: dict | None = None, heartbeat_ttl_s: float = 30.0, reap_interval_s: float = 15.0,
+                 block_s: float = 1.0, max_deliveries: int = 3, backoff_s: float = 0.5, backoff_max_s: float = 30.0):
+        if heartbeat_ttl_s <= 0 or block_s <= 0:
+            raise ValueError("heartbeat_ttl_s and block_s must be positive")
+        self.redis = client
+        self.keys = QueueKeys(queue)
+        self.consumer_id = consumer_id
+        self.sink = sink
+        self.info = dict(info or {}, host=socket.gethostname(), since=_now())
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.reap_interval_s = reap_interval_s
+        self.block_s = block_s
+        self.max_deliveries = max_deliveries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.state = IntakeState()
+        self._tracked: list[_Tracked] = []  # entries held in the processing list, oldest first
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reconcile = True          # on start and after every reconnect
+        self._next_reap = 0.0
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "QueueIntake":
+        for target, name in ((self._run, "intake"), (self._heartbeat_loop, "heartbeat")):
+            thread = threading.Thread(target=target, name=f"{self.keys.queue}-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop_taking(self, timeout_s: float = 5.0) -> None:
+        """Stop taking entries (shutdown begins); jobs already accepted run on."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def close(self) -> None:
+        """After the executor drained: acknowledge what finished and, holding nothing, deregister.
+        Entries still held stay in the processing list: the next start with this consumer id
+        resumes them, or a reaper hands them back once the heartbeat expires."""
+        self._stop.set()
+        try:
+            self._acknowledge_finished()
+            if not self.redis.llen(self.keys.processing(self.consumer_id)):
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.srem(self.keys.consumers, self.consumer_id)
+                pipe.delete(self.keys.heartbeat(self.consumer_id))
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("queue %s: could not acknowledge at exit (%s); the next start does it",
+                        self.keys.queue, type(exc).__name__)
+
+    def notify(self) -> None:
+        """A job ended or the executor went idle: acknowledge and take the next entry now."""
+        self._wake.set()
+
+    def status(self) -> dict:
+        with self._lock:
+            in_flight = [t.job_id for t in self._tracked]
+        s = self.state
+        return {"queue": self.keys.queue, "consumer_id": self.consumer_id, "connected": s.connected,
+                "last_error": s.last_error, "disconnected_since": s.disconnected_since,
+                "reconnects": s.reconnects, "in_flight": in_flight, **s.counters.as_dict()}
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._step()
+                if failures:
+                    log.info("queue %s: Redis reachable again", self.keys.queue)
+                    self.state.reconnects += 1
+                failures = 0
+            except redis.RedisError as exc:
+                failures += 1
+                self._disconnected(exc)
+                delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(failures - 1, 16))
+                self._stop.wait(delay)
+            except Exception:  # the intake thread must survive anything a sink or an entry does
+                log.exception("queue %s: unexpected intake error", self.keys.queue)
+                self._stop.wait(self.backoff_s)
+
+    def _step(self) -> None:
+        if self._reconcile:
+            self._register()
+            self._reconcile_processing()
+            self._reconcile = False
+            self._connected()
+        self._acknowledge_finished()
+        if time.monotonic() >= self._next_reap:
+            self._reap()
+            self._next_reap = time.monotonic() + self.reap_interval_s
+        if not self._can_take():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            return
+        raw = self.redis.blmove(self.keys.queue, self.keys.processing(self.consumer_id), self.block_s, "LEFT", "LEFT")
+        self._connected()
+        if raw is not None:
+            self.state.counters.taken += 1
+            self._handle(raw)
+
+    def _can_take(self) -> bool:
+        with self._lock:
+            waiting = any(self.sink.job_status(t.job_id) not in TERMINAL for t in self._tracked)
+        return not waiting and self.sink.can_take()
+
+    def _connected(self) -> None:
+        if not self.state.connected:
+            self.state.connected = True
+            self.state.disconnected_since = None
+
+    def _disconnected(self, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if self.state.connected or self.state.last_error != reason:
+            log.warning("queue %s: Redis unavailable (%s); HTTP keeps serving, retrying with backoff",
+                        self.keys.queue, reason)
+        if self.state.connected or self.state.disconnected_since is None:
+            self.state.disconnected_since = _now()
+        self.state.connected = False
+        self.state.last_error = reason
+        self._reconcile = True
+
+    # -- entries ----------------------------------------------------------------------------------
+    def _handle(self, raw: bytes) -> None:
+        payload, job_id, reason = parse_entry(raw)
+        if reason:
+            self._dead_letter(raw, reason)
+            return
+        status = self.sink.job_status(job_id)
+        if status in TERMINAL:
+            log.info("queue %s: job %s redelivered but already %s here; acknowledged without running",
+                     self.keys.queue, job_id, status)
+            self.state.counters.redelivered_finished += 1
+            self._ack(_Tracked(job_id, raw))
+            return
+        with self._lock:
+            self._tracked.append(_Tracked(job_id, raw))
+        if status is not None:
+            return  # accepted earlier by this worker and still running: acknowledged when it ends
+        deliveries = int(self.redis.hincrby(self.keys.deliveries, job_id, 1))
+        if deliveries > self.max_deliveries:
+            self.state.counters.rejected_redeliveries += 1
+            self.sink.reject(job_id, payload, "redelivery_limit",
+                             f"the job was delivered {deliveries} times and no worker finished it "
+                             f"(each one stopped while holding it); not running it again")
+        else:
+            self.sink.submit(job_id, payload)
+
+    def _acknowledge_finished(self) -> None:
+        with self._lock:
+            finished = [t for t in self._tracked if self.sink.job_status(t.job_id) in TERMINAL]
+        for tracked in finished:
+            self._ack(tracked)
+
+    def _ack(self, tracked: _Tracked) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrem(self.keys.processing(self.consumer_id), 1, tracked.raw)
+        pipe.hdel(self.keys.deliveries, tracked.job_id)
+        pipe.execute()
+        with self._lock:
+            self._tracked = [t for t in self._tracked if t is not tracked]
+        self.state.counters.acknowledged += 1
+
+    def _dead_letter(self, raw: bytes, reason: str) -> None:
+        text = raw.decode("utf-8", errors="replace")
+        record = {"reason": reason, "entry": text[:DEAD_ENTRY_MAX_CHARS], "truncated": len(text) > DEAD_ENTRY_MAX_CHARS,
+                  "consumer": self.consumer_id, "at": _now()}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.rpush(self.keys.dead, json.dumps(record))
+        pipe.lrem(self.keys.processing(self.consumer_id), 1, raw)
+        pipe.execute()
+        self.state.counters.dead_lettered += 1
+        log.warning("queue %s: entry moved to %s: %s", self.keys.queue, self.keys.dead, reason)
+
+    def _reconcile_processing(self) -> None:
+        """Handle every entry in this consumer's processing list that it does not track: left by a
+        previous process with the same consumer id, or taken by a command whose reply was lost."""
+        entries = self.redis.lrange(self.keys.processing(self.consumer_id), 0, -1)
+        with self._lock:
+            known = [t.raw for t in self._tracked]
+        for raw in reversed(entries):  # oldest first (entries are pushed on the left)
+            if raw in known:
+                known.remove(raw)  # one tracked entry accounts for one copy in the list
+            else:
+                log.info("queue %s: resuming an entry held by this consumer before", self.keys.queue)
+                self._handle(raw)
+
+    # -- liveness ---------------------------------------------------------------------------------
+    def _register(self) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.sadd(self.keys.consumers, self.consumer_id)
+        pipe.set(self.keys.heartbeat(self.consumer_id), json.dumps(self.info),
+                 px=int(self.heartbeat_ttl_s * 1000))
+        pipe.execute()
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_ttl_s / 3
+        while not self._stop.wait(interval):
+            try:
+                self._register()
+            except redis.RedisError:
+                pass  # the intake loop reports the outage and reconnects
+
+    def _reap(self) -> None:
+        """Hand entries of consumers without a heartbeat back to the head of the queue, oldest first."""
+        for member in self.redis.smembers(self.keys.consumers):
+            consumer = member.decode() if isinstance(member, bytes) else member
+            if consumer == self.consumer_id or self.redis.exists(self.keys.heartbeat(consumer)):
+                continue
+            moved = 0
+            # Processing lists hold the newest entry on the left: moving left-to-left one at a time
+            # leaves the oldest at the head of the queue, ahead of everything pushed since.
+            while self.redis.lmove(self.keys.processing(consumer), self.keys.queue, "LEFT", "LEFT") is not None:
+                moved += 1
+            self.redis.srem(self.keys.consumers, consumer)
+            if moved:
+                self.state.counters.reaped += moved
+                log.warning("queue %s: consumer %s has no heartbeat; %d entr%s handed back to the queue",
+                            self.keys.queue, consumer, moved, "y" if moved == 1 else "ies")
+                self._wake.set()
+
+
+def parse_entry(raw: bytes) -> tuple[dict | None, str | None, str | None]:
+    """(payload, job id, None) for a usable entry, or (None, None, reason) for the dead-letter list."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, None, f"not valid JSON: {str(exc)[:200]}"
+    if not isinstance(payload, dict):
+        return None, None, f"not a JSON object (a {type(payload).__name__})"
+    job_id = payload.get("id") or payload.get("job_id")
+    if not job_id:
+        return None, None, "no job id (`id` or `job_id`)"
+    if not isinstance(job_id, str) or not SAFE_JOB_ID.match(job_id):
+        return None, None, "job id is not a string of letters, digits, `_`, `-`, `.` (1-128 characters)"
+    return payload, job_id, None
+
+
+def queue_overview(client: redis.Redis, queue: str) -> dict:
+    """Depth, dead letters, consumers (alive or not) and what each holds: for operators (/queues, CLI)."""
+    keys = QueueKeys(queue)
+    consumers = []
+    for member in sorted(client.smembers(keys.consumers)):
+        consumer = member.decode() if isinstance(member, bytes) else member
+        heartbeat = client.get(keys.heartbeat(consumer))
+        held = client.lrange(keys.processing(consumer), 0, -1)
+        in_flight = []
+        for raw in reversed(held):
+            _payload, job_id, reason = parse_entry(raw)
+            in_flight.append(job_id or f"<unusable entry: {reason}>")
+        consumers.append({"consumer_id": consumer, "alive": heartbeat is not None,
+                          "info": json.loads(heartbeat) if heartbeat else None, "in_flight": in_flight})
+    return {"queue": queue, "depth": client.llen(queue), "dead_letters": client.llen(keys.dead),
+            "consumers": consumers}
