@@ -231,21 +231,31 @@ class Progress:
         self._clock = clock
         self._started = clock()
         self._last = None
+        self._finished = False
         self.done = 0.0
 
     def update(self, done: float, note: str = "") -> None:
         self.done = done
         now = self._clock()
         finished = self.total is not None and done >= self.total
-        if self._last is not None and not finished and now - self._last < self.every_s:
+        if self._finished or (self._last is not None and not finished and now - self._last < self.every_s):
             return
-        self._last = now
+        self._last, self._finished = now, finished
         self.logger.info("%s: %s%s", self.what, self._amount(), f" ({note})" if note else "",
                          extra={"progress_done": done, "progress_total": self.total,
                                 "elapsed_s": round(now - self._started, 3)})
 
     def advance(self, amount: float = 1, note: str = "") -> None:
         self.update(self.done + amount, note)
+
+    def finish(self, note: str = "") -> None:
+        """The work is done: its last line (once), whatever the count reached."""
+        if self.total is not None:
+            self.done = max(self.done, self.total)
+        if not self._finished:
+            self._last = None
+            self.update(self.done, note)
+            self._finished = True
 
     def _amount(self) -> str:
         unit = f" {self.unit}" if self.unit else ""
