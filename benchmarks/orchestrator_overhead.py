@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from configuration.settings import Settings  # noqa: E402
-from orchestrator.broker import Lease, Pool, Request, plan_lease  # noqa: E402
+from orchestrator.broker_policy import Lease, Pool, Request, plan_lease  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -67,9 +67,9 @@ def bench_bookkeeping(rounds: int) -> tuple[float, float]:
     import waitress
 
     from orchestrator.api import create_app
-    from orchestrator.client import BrokerMemory
+    from workers.runtime.broker_client import BrokerMemory
     from orchestrator.pod import Pod
-    from workers.runtime.memory import LocalMemory
+    from workers.runtime.local_memory import LocalMemory
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:

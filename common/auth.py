@@ -4,8 +4,9 @@ from __future__ import annotations
 import hmac
 
 from flask import Flask, request
+from werkzeug.wrappers import Response
 
-from workers.http.errors import error_response
+from common.errors import UNAUTHORIZED, error_response
 
 OPEN_PATHS = {"/health", "/ready"}
 
@@ -16,11 +17,11 @@ def install_auth(app: Flask, api_key: str) -> None:
     expected = f"Bearer {api_key}".encode()
 
     @app.before_request
-    def _require_bearer():
+    def _require_bearer() -> Response | None:
         if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
             return None
         supplied = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(supplied, expected):
-            return error_response(401, "unauthorized", "missing or invalid bearer token",
+            return error_response(401, UNAUTHORIZED, "missing or invalid bearer token",
                                   headers={"WWW-Authenticate": "Bearer"})
         return None

@@ -1,9 +1,13 @@
-"""Reading request bodies: JSON objects only, with errors in the contract's form."""
+"""Request bodies: JSON objects only, query numbers in range, and the body size cap (413), with errors
+in the contract's form."""
 from __future__ import annotations
 
-from flask import request
+import json
 
-from workers.http.errors import ApiError
+from flask import Flask, request
+from werkzeug.wrappers import Response
+
+from common.errors import BODY_TOO_LARGE, INVALID_JSON, VALIDATION_ERROR, ApiError, error_response
 
 
 def json_body(optional: bool = False) -> dict:
@@ -11,14 +15,13 @@ def json_body(optional: bool = False) -> dict:
     if not raw.strip():
         if optional:
             return {}
-        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+        raise ApiError(400, INVALID_JSON, "request body must be a JSON object")
     try:
-        import json
         body = json.loads(raw)
     except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc.msg}") from None
+        raise ApiError(400, INVALID_JSON, f"request body is not valid JSON: {exc.msg}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "validation_error", "request body must be a JSON object",
+        raise ApiError(400, VALIDATION_ERROR, "request body must be a JSON object",
                        [{"path": "", "message": f"expected an object, got {type(body).__name__}"}])
     return body
 
@@ -30,10 +33,10 @@ def query_float(name: str, minimum: float, maximum: float) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise ApiError(400, "validation_error", f"query parameter {name} must be a number",
+        raise ApiError(400, VALIDATION_ERROR, f"query parameter {name} must be a number",
                        [{"path": f"?{name}", "message": "must be a number"}]) from None
     if not minimum <= value <= maximum:
-        raise ApiError(400, "validation_error", f"query parameter {name} out of range",
+        raise ApiError(400, VALIDATION_ERROR, f"query parameter {name} out of range",
                        [{"path": f"?{name}", "message": f"must be in [{minimum}, {maximum}]"}])
     return value
 
@@ -41,16 +44,14 @@ def query_float(name: str, minimum: float, maximum: float) -> float | None:
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 
 
-def install_body_cap(app, max_bytes: int) -> None:
+def install_body_cap(app: Flask, max_bytes: int) -> None:
     """Answer 413 to bodies over `max_bytes`. A declared oversized body is read and discarded first
     (up to DRAIN_LIMIT_BYTES), so the client, still sending, gets the 413 rather than a reset
     connection; MAX_CONTENT_LENGTH still guards chunked bodies without a length."""
-    from workers.http.errors import error_response
-
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
 
     @app.before_request
-    def _refuse_oversized_body():
+    def _refuse_oversized_body() -> Response | None:
         length = request.content_length
         if length is None or length <= max_bytes:
             return None
@@ -62,6 +63,6 @@ def install_body_cap(app, max_bytes: int) -> None:
                 if not chunk:
                     break
                 remaining -= len(chunk)
-        response = error_response(413, "body_too_large", f"request body exceeds the {max_bytes} byte cap")
+        response = error_response(413, BODY_TOO_LARGE, f"request body exceeds the {max_bytes} byte cap")
         response.headers["Connection"] = "close"
         return response

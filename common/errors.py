@@ -1,32 +1,199 @@
-"""Exceptions with which engines and the runtime end a job, each mapped to an error code."""
+"""Every error of the pod: the codes, the domain exceptions, and the one mapping of both to HTTP.
+
+Domain code (the runtime, engines, the orchestrator's routing, pod and broker) raises the domain
+exceptions below and knows nothing of HTTP. Route handlers raise `ApiError` for what only HTTP can
+get wrong (a missing route, a bad query parameter). `register_error_handlers` is the one place that
+turns either into the contract's `{"error": {"code", "message", "details"}}` body with a status;
+workers and the orchestrator both install it. No traceback or secret ever reaches a response.
+"""
 from __future__ import annotations
 
+import logging
+from typing import Any
 
-class JobFailed(Exception):
-    """A job cannot complete for a reason the caller should read (bad reference image, ...)."""
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
 
-    code = "job_failed"
+from configuration.schemas import ValidationFailed
 
-    def __init__(self, message: str, code: str | None = None):
+log = logging.getLogger(__name__)
+
+# ---- error codes (the `code` of an error body, a failed job's `error.code`) ---------------------------
+# request and HTTP
+VALIDATION_ERROR = "validation_error"
+INVALID_JSON = "invalid_json"
+BAD_REQUEST = "bad_request"
+UNAUTHORIZED = "unauthorized"
+NOT_FOUND = "not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+CONFLICT = "conflict"
+BODY_TOO_LARGE = "body_too_large"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+HTTP_ERROR = "http_error"
+INTERNAL_ERROR = "internal_error"
+UNAVAILABLE = "unavailable"
+# jobs
+JOB_FAILED = "job_failed"
+JOB_FINISHED = "job_finished"
+CANCELLED = "cancelled"
+WORKER_RESTARTED = "worker_restarted"
+WORKER_STOPPED = "worker_stopped"
+# models and memory
+MODEL_BUSY = "model_busy"
+MODEL_NOT_CONFIGURED = "model_not_configured"
+MODEL_MISCONFIGURED = "model_misconfigured"
+INSUFFICIENT_MEMORY = "insufficient_memory"
+MEMORY_BROKER_UNAVAILABLE = "memory_broker_unavailable"
+# reference images
+REFERENCE_REFUSED = "reference_refused"
+REFERENCE_FETCH_FAILED = "reference_fetch_failed"
+REFERENCE_INVALID = "reference_invalid"
+# chat
+OVERLOADED = "overloaded"
+GENERATION_FAILED = "generation_failed"
+EMPTY_ENHANCEMENT = "empty_enhancement"
+# orchestrator
+WORKER_UNAVAILABLE = "worker_unavailable"
+WORKER_ERROR = "worker_error"
+WORKER_DIED = "worker_died"
+WORKER_LOST_JOB = "worker_lost_job"
+ENHANCEMENT_FAILED = "enhancement_failed"
+ORCHESTRATOR_STOPPED = "orchestrator_stopped"
+ORCHESTRATOR_RESTARTED = "orchestrator_restarted"
+
+RETRY_AFTER_S = 5
+
+
+# ---- domain exceptions ---------------------------------------------------------------------------------
+class DomainError(Exception):
+    """An error with a code and a message a caller may read. `retry_after_s` is set when trying again
+    later can succeed."""
+
+    code = INTERNAL_ERROR
+
+    def __init__(self, message: str, code: str | None = None, details: Any = None,
+                 retry_after_s: int | None = None):
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
+        self.details: Any = details if details is not None else []
+        self.retry_after_s = retry_after_s
+
+
+class JobFailed(DomainError):
+    """A job cannot complete for a reason the caller should read (bad reference image, ...)."""
+
+    code = JOB_FAILED
 
 
 class JobCancelled(Exception):
     """Raised at a step boundary once a job has been asked to cancel."""
 
 
-class ModelBusy(Exception):
+class ModelBusy(DomainError):
     """A model is running a job and cannot be unloaded now."""
 
+    code = MODEL_BUSY
 
-class MemoryUnavailable(Exception):
-    """GPU memory for a model cannot be granted (too big, or busy workers hold it past the timeout)."""
 
-    def __init__(self, message: str, details: dict | None = None, too_big: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.details = details or {}
+class MemoryUnavailable(DomainError):
+    """GPU memory for a model cannot be granted: too big ever (`too_big`), busy workers hold it past the
+    timeout, or (code MEMORY_BROKER_UNAVAILABLE) the memory broker cannot be asked."""
+
+    code = INSUFFICIENT_MEMORY
+
+    def __init__(self, message: str, details: dict | None = None, too_big: bool = False,
+                 broker_unreachable: bool = False):
+        # `details` here is one dict: the numbers of the refusal (need, free, usable bytes, ...).
+        super().__init__(message, MEMORY_BROKER_UNAVAILABLE if broker_unreachable else None, details or {},
+                         retry_after_s=RETRY_AFTER_S if broker_unreachable else None)
         self.too_big = too_big
+
+
+class Unavailable(DomainError):
+    """The service cannot take this now (shutting down, not ready); try again later."""
+
+    code = UNAVAILABLE
+
+
+class WorkerUnavailable(DomainError):
+    """The orchestrator cannot reach a worker, or the worker is not ready."""
+
+    code = WORKER_UNAVAILABLE
+
+
+class WorkerRefused(DomainError):
+    """A worker answered a request with an error: its code, message and details are passed on; `status`
+    is the worker's HTTP status (4xx are the caller's to fix, anything else is the worker's trouble)."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict] | None = None):
+        super().__init__(message, code, details, retry_after_s=None if 400 <= status < 500 else RETRY_AFTER_S)
+        self.status = status
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------------
+class ApiError(Exception):
+    """An error only the HTTP layer can find (unknown route argument, bad query parameter, ...)."""
+
+    def __init__(self, status: int, code: str, message: str, details: list | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, details: list | None = None,
+                   headers: dict | None = None) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def http_error(exc: DomainError) -> ApiError:
+    """The one mapping of a domain error to its HTTP answer."""
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    if isinstance(exc, MemoryUnavailable):
+        if exc.code == MEMORY_BROKER_UNAVAILABLE:  # the broker could not be asked: try again later
+            return ApiError(503, exc.code, exc.message, [exc.details], headers)
+        return ApiError(409, INSUFFICIENT_MEMORY, exc.message, [dict(exc.details, too_big=exc.too_big)])
+    if isinstance(exc, ModelBusy):
+        return ApiError(409, exc.code, f"{exc.message}; retry when the job has finished or pass wait_s")
+    if isinstance(exc, WorkerRefused):
+        return ApiError(exc.status if 400 <= exc.status < 500 else 503, exc.code, exc.message, exc.details, headers)
+    if isinstance(exc, (Unavailable, WorkerUnavailable)):
+        return ApiError(503, exc.code, exc.message, exc.details, headers)
+    return ApiError(500, exc.code, exc.message, exc.details, headers)
+
+
+_HTTP_CODES = {400: BAD_REQUEST, 401: UNAUTHORIZED, 404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 409: CONFLICT,
+               413: BODY_TOO_LARGE, 415: UNSUPPORTED_MEDIA_TYPE, 503: UNAVAILABLE}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(DomainError)
+    def _domain(exc: DomainError) -> Response:
+        return _api_error(http_error(exc))
+
+    @app.errorhandler(ValidationFailed)
+    def _validation(exc: ValidationFailed) -> Response:
+        return error_response(400, VALIDATION_ERROR, "the request body is invalid", exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        message = {413: f"request body exceeds the {app.config.get('MAX_CONTENT_LENGTH', 0)} byte cap"}.get(
+            status, exc.description or exc.name)
+        return error_response(status, _HTTP_CODES.get(status, HTTP_ERROR), message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, INTERNAL_ERROR, "internal error; see the worker log")

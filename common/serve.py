@@ -1,4 +1,5 @@
-"""How a worker process is started: the gunicorn command line, used by the orchestrator and tests."""
+"""How a worker process is started: the gunicorn command line, used by the orchestrator and tests;
+`python -m common.serve <worker>` runs one worker alone (in the foreground, as the orchestrator would)."""
 from __future__ import annotations
 
 import sys

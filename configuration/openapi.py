@@ -27,21 +27,9 @@ def _ok(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
-# Extra routes per worker / orchestrator: path -> method -> (summary, request schema name or None, statuses)
-ROUTES = {
-    "common": {
-        "/health": {"get": ("Process is alive (no auth).", None, ())},
-        "/ready": {"get": ("Able to take work (no auth); 503 while shutting down.", None, (503,))},
-        "/jobs/{job_id}": {"get": ("The job record.", None, (401, 404))},
-        "/jobs/{job_id}/cancel": {"post": ("Cancel a queued or running job.", None, (401, 404, 409))},
-        "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
-        "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
-        "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401, 409))},
-        "/openapi.json": {"get": ("This document.", None, (401,))},
-    },
-    "sdxl": {"/generate": {"post": ("Queue an SDXL job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks and queues nothing).", "sdxl.generate", (400, 401, 409, 413, 503))}},
-    "wan": {"/generate": {"post": ("Queue a WAN job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks and queues nothing).", "wan.generate", (400, 401, 409, 413, 503))}},
-}
+# A route table: path -> method -> (summary, request schema name or None, error statuses). Each app
+# module that serves routes exports its table (ROUTES); the app passes its tables in.
+RouteTable = dict[str, dict[str, tuple[str, str | None, tuple[int, ...]]]]
 
 
 _WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": 600},
@@ -55,21 +43,13 @@ QUERY_PARAMETERS = {
 }
 
 
-def register_routes(group: str, routes: dict) -> None:
-    """Other modules (chat, orchestrator) add their routes here so the document stays complete."""
-    ROUTES[group] = routes
-
-
-def openapi_document(worker: str, settings: Settings) -> dict:
+def openapi_document(worker: str, settings: Settings, *tables: RouteTable) -> dict:
+    """The document of a worker (or "orchestrator") serving the routes of `tables`."""
     all_schemas = schemas(settings)
-    groups = ["common", worker] if worker != "orchestrator" else ["orchestrator"]
-    if worker == "chat" or worker == "orchestrator":
-        import importlib
-        importlib.import_module({"chat": "workers.http.chat", "orchestrator": "orchestrator.api"}[worker])
     paths: dict = {}
     used: set[str] = set()
-    for group in groups:
-        for path, methods in ROUTES.get(group, {}).items():
+    for table in tables:
+        for path, methods in table.items():
             for method, (summary, schema_name, statuses) in methods.items():
                 op = {"summary": summary, "responses": {"200": _ok("success"), **_errors(*statuses)}}
                 if path.startswith("/jobs/{job_id}"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NOMINAL_BUDGET_BYTES = 48 * 1024**3  # the memory budget without a GPU and without VRAM_BUDGET_MB
 
 
 class SettingsError(ValueError):
@@ -202,6 +203,11 @@ class Settings:
     @property
     def effective_state_dir(self) -> Path:
         return self.state_dir if str(self.state_dir) not in ("", ".") else self.output_dir / ".jobs"
+
+    @property
+    def budget_bytes_without_device(self) -> int:
+        """The memory budget where no device can be measured: VRAM_BUDGET_MB, else a nominal 48 GB card."""
+        return self.vram_budget_mb * 1024 * 1024 if self.vram_budget_mb > 0 else NOMINAL_BUDGET_BYTES
 
     @property
     def max_body_bytes(self) -> int:

@@ -2,20 +2,21 @@
 
 Public: `POST /jobs`, `GET /jobs/<id>`, `POST /jobs/<id>/cancel`, `GET /workers`, `GET /memory/status`,
 `POST /memory/load|unload` (a worker's models, through the broker), `GET /health`, `GET /ready`,
-`GET /openapi.json`. Internal (the workers' memory client, orchestrator/client.py): `POST /broker/*`.
-Errors, auth and body parsing are the workers' own (workers/http/).
+`GET /openapi.json`. Internal (the workers' memory client, workers/runtime/broker_client.py): `POST /broker/*`.
+Errors, auth and body parsing are common/ (the same as the workers'); ROUTES below is what
+`/openapi.json` describes.
 """
 from __future__ import annotations
 
+import os
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from configuration.openapi import register_routes
+from common import auth, errors
+from common.body import install_body_cap, json_body, query_float
+from common.errors import ApiError, Unavailable
+from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
-from workers.http import auth, errors
-from workers.http.body import install_body_cap, json_body, query_float
-from workers.http.errors import ApiError
-from workers.runtime.errors import MemoryUnavailable
 
 MAX_WAIT_S = 600.0
 
@@ -26,15 +27,10 @@ def pod():
     return current_app.extensions["pod"]
 
 
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, headers={"Retry-After": "5"})
-
-
 # ---- probes --------------------------------------------------------------------------------------
 
 @bp.get("/health")
 def health():
-    import os
     return jsonify({"status": "ok", "worker": "orchestrator", "pid": os.getpid()})
 
 
@@ -43,11 +39,11 @@ def ready():
     p = pod()
     workers = {name: s.state for name, s in p.supervisors.items()}
     if p.shutting_down:
-        raise _unavailable("the orchestrator is shutting down")
+        raise Unavailable("the orchestrator is shutting down", retry_after_s=errors.RETRY_AFTER_S)
     if not all(state == "ready" for state in workers.values()):
         waiting = ", ".join(f"{n} {s}" for n, s in workers.items() if s != "ready")
-        raise ApiError(503, "unavailable", f"not every worker is ready: {waiting}", [{"path": "", "message": waiting}],
-                       headers={"Retry-After": "5"})
+        raise Unavailable(f"not every worker is ready: {waiting}", details=[{"path": "", "message": waiting}],
+                          retry_after_s=errors.RETRY_AFTER_S)
     return jsonify({"ready": True, "worker": "orchestrator", "workers": workers})
 
 
@@ -57,7 +53,7 @@ def ready():
 def submit_job():
     p = pod()
     if p.shutting_down:
-        raise _unavailable("the orchestrator is shutting down")
+        raise Unavailable("the orchestrator is shutting down", retry_after_s=errors.RETRY_AFTER_S)
     body = json_body()
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     record, created = p.router.submit(body)
@@ -71,7 +67,7 @@ def submit_job():
 def get_job(job_id: str):
     record = pod().router.get(job_id)
     if record is None:
-        raise ApiError(404, "not_found", f"no job {job_id} was routed by this orchestrator")
+        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} was routed by this orchestrator")
     return jsonify(record.public())
 
 
@@ -80,9 +76,9 @@ def cancel_job(job_id: str):
     try:
         record = pod().router.cancel(job_id)
     except KeyError:
-        raise ApiError(404, "not_found", f"no job {job_id} was routed by this orchestrator") from None
+        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} was routed by this orchestrator") from None
     except ValueError as exc:
-        raise ApiError(409, "job_finished", str(exc)) from None
+        raise ApiError(409, errors.JOB_FINISHED, str(exc)) from None
     return jsonify(record.public())
 
 
@@ -122,8 +118,7 @@ def memory_unload():
 
 @bp.get("/openapi.json")
 def openapi():
-    from configuration.openapi import openapi_document
-    return jsonify(openapi_document("orchestrator", pod().settings))
+    return jsonify(openapi_document("orchestrator", pod().settings, ROUTES))
 
 
 # ---- the memory broker (called by the workers' BrokerMemory) -------------------------------------------
@@ -132,13 +127,9 @@ def _broker_body(action: str) -> dict:
     body = json_body()
     validate_request(f"orchestrator.broker_{action}", body, pod().settings)
     if body["worker"] not in pod().supervisors:
-        raise ApiError(400, "validation_error", f"unknown worker {body['worker']!r}",
+        raise ApiError(400, errors.VALIDATION_ERROR, f"unknown worker {body['worker']!r}",
                        [{"path": "/worker", "message": f"must be one of {sorted(pod().supervisors)}"}])
     return body
-
-
-def _refused(exc: MemoryUnavailable) -> ApiError:
-    return ApiError(409, "insufficient_memory", exc.message, [dict(exc.details, too_big=exc.too_big)])
 
 
 @bp.post("/broker/<action>")
@@ -157,12 +148,8 @@ def broker(action: str):
         "turn": lambda b: broker.wait_turn(b["worker"], timeout_s),
     }
     if action not in handlers:
-        raise ApiError(404, "not_found", f"no broker action {action!r}")
-    body = _broker_body(action)
-    try:
-        handlers[action](body)
-    except MemoryUnavailable as exc:
-        raise _refused(exc) from None
+        raise ApiError(404, errors.NOT_FOUND, f"no broker action {action!r}")
+    handlers[action](_broker_body(action))  # MemoryUnavailable: 409 with the numbers (common/errors.py)
     return jsonify({"ok": True})
 
 
@@ -177,7 +164,8 @@ def create_app(the_pod) -> Flask:
     return app
 
 
-register_routes("orchestrator", {
+# What /openapi.json describes: path -> method -> (summary, request schema name or None, error statuses).
+ROUTES: RouteTable = {
     "/health": {"get": ("Process is alive (no auth).", None, ())},
     "/ready": {"get": ("Every enabled worker is ready and the orchestrator takes jobs (no auth); 503 otherwise.", None, (503,))},
     "/jobs": {"post": ("Route a job: optional enhancement on the chat worker, then SDXL or WAN (202; `?wait=` blocks).",
@@ -200,4 +188,4 @@ register_routes("orchestrator", {
     "/broker/turn": {"post": ("Broker (workers): a job is about to start; answered once no older request needs this worker's memory.",
                               "orchestrator.broker_turn", (400, 401))},
     "/broker/touch": {"post": ("Broker (workers): models were used (LRU).", "orchestrator.broker_touch", (400, 401))},
-})
+}

@@ -8,7 +8,7 @@ answers one request against a `Pool` snapshot with one of four decisions:
 - `wait`: it could fit, but only after a busy worker finishes (busy workers are never evicted);
 - `too_big`: it can never fit, even with every other model unloaded.
 
-No I/O and no clock here: `memory_service.py` takes the snapshot, acts on the decision (asks
+No I/O and no clock here: `broker_service.py` takes the snapshot, acts on the decision (asks
 workers to unload, waits with a timeout) and asks again. The numbers are bytes throughout.
 """
 from __future__ import annotations

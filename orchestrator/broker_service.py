@@ -1,7 +1,7 @@
 """The memory broker's state and its waiting: one instance in the orchestrator process.
 
-Workers call it over HTTP (orchestrator/client.py -> /broker/* in orchestrator/api.py). A lease
-request is answered by `broker.plan_lease` on a snapshot of the pool; an `evict` decision is carried
+Workers call it over HTTP (workers/runtime/broker_client.py -> /broker/* in orchestrator/api.py). A
+lease request is answered by `broker_policy.plan_lease` on a snapshot of the pool; an `evict` decision is carried
 out by asking the idle workers to unload (their `POST /memory/unload`, which itself refuses to pull a
 model out from under a job), a `wait` decision blocks the request on a condition until something is
 released or the timeout passes, and `too_big` fails at once. Every decision is kept in a bounded
@@ -15,11 +15,11 @@ import itertools
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 
+from common.errors import MemoryUnavailable
+from common.http import iso_time
 from configuration.settings import Settings
-from orchestrator.broker import EVICTING, LOADED, LOADING, Lease, Pool, Request, plan_lease, pressure
-from workers.runtime.errors import MemoryUnavailable
+from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, plan_lease, pressure
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,9 @@ RECHECK_S = 1.0  # a waiting request re-reads the device at least this often (GP
 PIN_S = 5.0      # a model whose unload was refused is not asked again for this long (or until it changes)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
-
-
 class MemoryBroker:
     """`unload(worker, model) -> (ok: bool, reason: str)` asks a worker to unload one model; `device`
-    is an orchestrator.gpu.DeviceMemory (or anything with `read()`)."""
+    is an orchestrator.device_memory.DeviceMemory (or anything with `read()`)."""
 
     def __init__(self, settings: Settings, device, unload, clock=time.monotonic, wall=time.time):
         self.settings = settings
@@ -77,7 +73,7 @@ class MemoryBroker:
         return pool, reading
 
     def _event(self, event: str, worker: str, model: str | None = None, **detail) -> None:
-        entry = {"at": _iso(self._wall()), "event": event, "worker": worker, "model": model, **detail}
+        entry = {"at": iso_time(self._wall()), "event": event, "worker": worker, "model": model, **detail}
         self.history.append(entry)
         self.counters[event] += 1
         level = logging.INFO if event in ("evicted", "too_big", "timeout", "worker_gone", "evict_refused") else logging.DEBUG
@@ -112,7 +108,7 @@ class MemoryBroker:
                             f"{self._busy_summary(pool)}", details=self._details(request, decision))
                     if ticket not in self._waiting:
                         self._waiting[ticket] = {"worker": request.worker, "model": request.model,
-                                                 "need_bytes": decision.need, "since": _iso(self._wall())}
+                                                 "need_bytes": decision.need, "since": iso_time(self._wall())}
                         self._requests[ticket] = request
                         self._event("wait", request.worker, request.model, **decision.numbers())
                     self._cond.wait(min(remaining, RECHECK_S))
@@ -299,7 +295,7 @@ class MemoryBroker:
                 entry = workers.setdefault(lease.worker, {"models": {}})
                 entry["models"][lease.model] = {
                     "bytes": lease.bytes, "state": self._leases[(lease.worker, lease.model)].state,
-                    "last_used": _iso(lease.last_used) if lease.last_used else None,
+                    "last_used": iso_time(lease.last_used) if lease.last_used else None,
                     "pinned": (lease.worker, lease.model) in self._pinned}
             for worker in set(workers) | set(self._jobs) | set(self._working) | set(self._pids):
                 entry = workers.setdefault(worker, {"models": {}})

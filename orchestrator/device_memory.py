@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 
 from configuration.settings import Settings
-from workers.runtime.memory import NOMINAL_BUDGET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,8 @@ def read_nvml(nvml, device: int | str) -> tuple[int, int]:
 
 
 def budget_reading(settings: Settings) -> DeviceReading:
-    if settings.vram_budget_mb > 0:
-        return DeviceReading("cpu", "budget", settings.vram_budget_mb * 1024 * 1024, None)
-    return DeviceReading("cpu", "nominal", NOMINAL_BUDGET_BYTES, None)
+    return DeviceReading("cpu", "budget" if settings.vram_budget_mb > 0 else "nominal",
+                         settings.budget_bytes_without_device, None)
 
 
 def nvidia_device_present() -> bool:

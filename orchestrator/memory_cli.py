@@ -1,8 +1,8 @@
-"""`python -m orchestrator.memory status|load|unload`: the operator's view of the pod's memory.
+"""`python -m orchestrator.memory_cli status|load|unload`: the operator's view of the pod's memory.
 
-    python -m orchestrator.memory status [--history N] [--json]
-    python -m orchestrator.memory load WORKER [MODEL]
-    python -m orchestrator.memory unload WORKER [MODEL] [--wait SECONDS]
+    python -m orchestrator.memory_cli status [--history N] [--json]
+    python -m orchestrator.memory_cli load WORKER [MODEL]
+    python -m orchestrator.memory_cli unload WORKER [MODEL] [--wait SECONDS]
 
 Talks to the running orchestrator (ORCHESTRATOR_URL, else 127.0.0.1:ORCHESTRATOR_PORT) with
 WORKER_API_KEY. `status` prints the device totals, the budget, pressure, each worker's models with
@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import requests
 
+from common.http import bearer_session, local_url
 from configuration.settings import Settings, SettingsError
 
 
@@ -84,12 +85,11 @@ def render_status(status: dict, now: datetime | None = None) -> str:
 def _base_url(settings: Settings) -> str:
     if settings.orchestrator_url:
         return settings.orchestrator_url.rstrip("/")
-    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
-    return f"http://{host}:{settings.orchestrator_port}"
+    return local_url(settings, settings.orchestrator_port)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.memory", description="The pod's memory, as the broker sees it.")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.memory_cli", description="The pod's memory, as the broker sees it.")
     sub = parser.add_subparsers(dest="command", required=True)
     status_p = sub.add_parser("status", help="device totals, each worker's models, pressure, recent decisions")
     status_p.add_argument("--history", type=int, default=15)
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    session = requests.Session()
-    if settings.api_key:
-        session.headers["Authorization"] = f"Bearer {settings.api_key}"
+    session = bearer_session(settings.api_key)
     base = _base_url(settings)
     try:
         if args.command == "status":

@@ -9,15 +9,18 @@ import time
 
 import requests
 
+from common import errors
+from common.callbacks import CallbackSender
+from common.errors import WorkerUnavailable
+from common.http import bearer_session, error_of, iso_time, local_url, refusal
+from common.jobs import JobJournal
 from configuration import ConfigurationError, worker_config, worker_configs
 from configuration.settings import Settings
-from orchestrator.gpu import DeviceMemory
-from orchestrator.memory_service import MemoryBroker
+from orchestrator.broker_service import MemoryBroker
+from orchestrator.device_memory import DeviceMemory
 from orchestrator.registration import Registrar
 from orchestrator.routing import Router
 from orchestrator.supervisor import WorkerSupervisor
-from workers.runtime.callbacks import CallbackSender
-from workers.runtime.jobs import JobJournal
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +33,6 @@ def enabled_workers(settings: Settings) -> list[str]:
     if unknown:
         raise ConfigurationError(f"ENABLED_WORKERS names unknown workers {unknown}; known: {sorted(worker_configs())}")
     return names
-
-
-def local_url(settings: Settings, port: int) -> str:
-    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
-    return f"http://{host}:{port}"
-
-
-def _iso(epoch: float | None) -> str | None:
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds") if epoch else None
 
 
 class Pod:
@@ -58,9 +51,7 @@ class Pod:
         self.callbacks = CallbackSender(settings)
         self.router = Router(settings, self.supervisors, self.callbacks,
                              JobJournal(settings.effective_state_dir / "orchestrator"))
-        self._session = requests.Session()
-        if settings.api_key:
-            self._session.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._session = bearer_session(settings.api_key)
 
     def start(self) -> None:
         for supervisor in self.supervisors.values():
@@ -83,10 +74,7 @@ class Pod:
             return False, f"unreachable ({type(exc).__name__})"
         if response.status_code == 200:
             return True, ""
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = ""
+        message = error_of(response).get("message", "")
         return False, f"HTTP {response.status_code} {message}".strip()
 
     # -- operator views -----------------------------------------------------------------------------------
@@ -114,7 +102,7 @@ class Pod:
                     "state": lease["state"] if lease else "unloaded",
                     "bytes": lease["bytes"] if lease else 0,
                     "busy": mine.get("busy", broker_view.get("busy", False) and bool(lease)),
-                    "last_used": lease["last_used"] if lease else _iso(mine.get("last_used")),
+                    "last_used": lease["last_used"] if lease else _last_used(mine.get("last_used")),
                     "load_count": mine.get("load_count"),
                 }
             workers[name] = {"state": supervisor.state, "pid": supervisor.pid, "url": supervisor.url,
@@ -132,31 +120,26 @@ class Pod:
             return None
 
     def memory_action(self, action: str, body: dict) -> dict:
-        """Operator load/unload of a worker's models: the worker does it, leasing through the broker."""
-        from workers.http.errors import ApiError
-
+        """Operator load/unload of a worker's models: the worker does it, leasing through the broker.
+        Raises WorkerUnavailable, or WorkerRefused with the worker's own error."""
         worker = body["worker"]
         supervisor = self.supervisors.get(worker)
         if supervisor is None or not supervisor.is_ready():
             state = supervisor.state if supervisor else "not enabled"
-            raise ApiError(503, "worker_unavailable", f"the {worker} worker is {state}", headers={"Retry-After": "5"})
+            raise WorkerUnavailable(f"the {worker} worker is {state}", retry_after_s=errors.RETRY_AFTER_S)
         forward = {k: v for k, v in body.items() if k != "worker"}
         try:
             response = self._session.post(f"{supervisor.url}/memory/{action}", json=forward,
                                           timeout=self.settings.lease_timeout_s + 60)
         except requests.RequestException as exc:
-            raise ApiError(503, "worker_unavailable", f"the {worker} worker cannot be reached ({type(exc).__name__})",
-                           headers={"Retry-After": "5"}) from None
+            raise WorkerUnavailable(f"the {worker} worker cannot be reached ({type(exc).__name__})",
+                                    retry_after_s=errors.RETRY_AFTER_S) from None
+        if response.status_code != 200:
+            raise refusal(response, f"the {worker} worker")
         try:
             payload = response.json()
         except ValueError:
             payload = {}
-        if response.status_code != 200:
-            error = payload.get("error", {}) or {}
-            status = response.status_code if response.status_code < 500 else 503
-            raise ApiError(status, error.get("code", "worker_error"),
-                           error.get("message", f"the {worker} worker answered HTTP {response.status_code}"),
-                           error.get("details", []), headers={"Retry-After": "5"} if status == 503 else None)
         return {"worker": worker, **{k: payload[k] for k in ("success", "loaded", "unloaded") if k in payload}}
 
     # -- shutdown ---------------------------------------------------------------------------------------------
@@ -181,9 +164,11 @@ class Pod:
                 log.error("%s worker did not stop in time; killing it", supervisor.name)
                 supervisor.kill()
                 supervisor.join(10)
-        flush_deadline = time.monotonic() + max(5.0, deadline - time.monotonic())
-        while self.callbacks.pending() and time.monotonic() < flush_deadline:
-            time.sleep(0.05)
-        if self.callbacks.pending():
+        if not self.callbacks.flush(max(5.0, deadline - time.monotonic())):
             log.warning("callbacks still pending at exit; the next start resends them")
         log.info("shutdown complete")
+
+
+def _last_used(epoch: float | None) -> str | None:
+    """A worker reports when it last used a model in epoch seconds; the orchestrator shows ISO time."""
+    return iso_time(epoch) if epoch else None

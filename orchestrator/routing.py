@@ -3,8 +3,10 @@ WAN worker with the enhanced prompt, under one job id, with one terminal callbac
 
 The generation worker is asked with `X-Callback-Mode: none` (the orchestrator sends the callback, with
 both prompts in its metadata) and its job record is polled and mirrored into the orchestrator's record
-(progress, assets, error). Records use the worker runtime's JobRecord and JobJournal, so a job routed
-before an orchestrator restart ends `failed` with a reason and its callback is sent.
+(progress, assets, error). Records are common/jobs.py's JobRecord and JobJournal (the workers' own),
+so a job routed before an orchestrator restart ends `failed` with a reason and its callback is sent.
+Refusals are domain errors (common/errors.py: WorkerUnavailable, WorkerRefused, Unavailable); the
+API turns them into HTTP.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ from dataclasses import dataclass, field
 
 import requests
 
+from common import errors
+from common.callbacks import CallbackSender
+from common.errors import DomainError, Unavailable, WorkerUnavailable
+from common.http import bearer_session, error_of, now_iso, refusal
+from common.jobs import TERMINAL, JobJournal, JobRecord, send_terminal_callback
 from configuration import chat_config, job_types
 from configuration.params.common import summarise_data_urls
 from configuration.schemas import field_error, validate_request
 from configuration.settings import Settings
-from workers.http.errors import ApiError
-from workers.runtime.jobs import TERMINAL, JobJournal, JobRecord, now_iso, send_terminal_callback
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ class RoutedJob:
 class Router:
     """`workers`: name -> supervisor (url, is_ready(), incarnation). `callbacks`: a CallbackSender."""
 
-    def __init__(self, settings: Settings, workers: dict, callbacks, journal: JobJournal):
+    def __init__(self, settings: Settings, workers: dict, callbacks: CallbackSender, journal: JobJournal):
         self.settings = settings
         self.workers = workers
         self.callbacks = callbacks
@@ -83,9 +88,7 @@ class Router:
         self._lock = threading.RLock()
         self._jobs: dict[str, RoutedJob] = {}
         self._accepting = True
-        self._session = requests.Session()
-        if settings.api_key:
-            self._session.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._session = bearer_session(settings.api_key)
         self._recover()
 
     # -- intake ------------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ class Router:
             if job_id in self._jobs:
                 return self._jobs[job_id].record, False
             if not self._accepting:
-                raise ApiError(503, "unavailable", "the orchestrator is shutting down", headers={"Retry-After": "30"})
+                raise Unavailable("the orchestrator is shutting down", retry_after_s=30)
             self._require_ready(target)
             if enhance:
                 self._require_ready("chat")
@@ -118,7 +121,7 @@ class Router:
             else:
                 self._post_generate(target, forward)
                 self._mark_submitted(job)
-        except ApiError:
+        except DomainError:
             with self._lock:
                 del self._jobs[job_id]
             raise
@@ -131,11 +134,10 @@ class Router:
     def _require_ready(self, worker: str) -> None:
         supervisor = self.workers.get(worker)
         if supervisor is None:
-            raise ApiError(503, "worker_unavailable", f"the {worker} worker is not enabled on this pod (ENABLED_WORKERS)",
-                           headers={"Retry-After": "60"})
+            raise WorkerUnavailable(f"the {worker} worker is not enabled on this pod (ENABLED_WORKERS)",
+                                    retry_after_s=60)
         if not supervisor.is_ready():
-            raise ApiError(503, "worker_unavailable", f"the {worker} worker is {supervisor.state}",
-                           headers={"Retry-After": "5"})
+            raise WorkerUnavailable(f"the {worker} worker is {supervisor.state}", retry_after_s=errors.RETRY_AFTER_S)
 
     def _post_generate(self, target: str, forward: dict, dry_run: bool = False) -> dict:
         """POST the body to the target's /generate; a refusal is raised as the worker's own error."""
@@ -144,15 +146,11 @@ class Router:
             response = self._session.post(url, json=forward, headers={"X-Callback-Mode": "none"},
                                           timeout=SUBMIT_TIMEOUT_S)
         except requests.RequestException as exc:
-            raise ApiError(503, "worker_unavailable", f"the {target} worker cannot be reached ({type(exc).__name__})",
-                           headers={"Retry-After": "5"}) from None
+            raise WorkerUnavailable(f"the {target} worker cannot be reached ({type(exc).__name__})",
+                                    retry_after_s=errors.RETRY_AFTER_S) from None
         if response.status_code in (200, 202):
             return response.json()
-        error = _error_of(response)
-        status = response.status_code if 400 <= response.status_code < 500 else 503
-        raise ApiError(status, error.get("code", "worker_error"),
-                       error.get("message", f"the {target} worker answered HTTP {response.status_code}"),
-                       error.get("details", []), headers={"Retry-After": "5"} if status == 503 else None)
+        raise refusal(response, f"the {target} worker")
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -170,17 +168,16 @@ class Router:
             if job.record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {job.record.status}")
             if not job.submitted:
-                self._finish(job, "cancelled", {"code": "cancelled", "message": "cancelled before generation started"})
+                self._finish(job, "cancelled", {"code": errors.CANCELLED, "message": "cancelled before generation started"})
                 return job.record
         try:
             response = self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=10)
         except requests.RequestException as exc:
-            raise ApiError(503, "worker_unavailable", f"the {job.target} worker cannot be reached "
-                                                      f"({type(exc).__name__})", headers={"Retry-After": "5"}) from None
+            raise WorkerUnavailable(f"the {job.target} worker cannot be reached ({type(exc).__name__})",
+                                    retry_after_s=errors.RETRY_AFTER_S) from None
         if response.status_code not in (200, 409):
-            error = _error_of(response)
-            raise ApiError(503, "worker_error", error.get("message", f"cancel answered HTTP {response.status_code}"),
-                           headers={"Retry-After": "5"})
+            message = error_of(response).get("message", f"cancel answered HTTP {response.status_code}")
+            raise DomainError(message, errors.WORKER_ERROR, retry_after_s=errors.RETRY_AFTER_S)
         job.done.wait(2.0)  # the mirror usually sees the worker's terminal state within a poll or two
         return job.record
 
@@ -194,7 +191,7 @@ class Router:
             self._stage(job, {"stage": "enhancing", "step": 0, "total_steps": 0, "percent": 0.0})
         try:
             enhanced, info = self._enhance(job)
-        except _RouteFailed as exc:
+        except DomainError as exc:
             with self._lock:
                 if job.record.status not in TERMINAL:
                     self._finish(job, "failed", {"code": exc.code, "message": exc.message})
@@ -208,7 +205,7 @@ class Router:
             self.journal.write(job.record)
         try:
             self._post_generate(job.target, job.forward)
-        except ApiError as exc:
+        except DomainError as exc:
             with self._lock:
                 if job.record.status not in TERMINAL:
                     self._finish(job, "failed", {"code": exc.code, "message": f"the {job.target} worker refused "
@@ -238,22 +235,22 @@ class Router:
         try:
             response = self._session.post(url, json=body, timeout=self.settings.enhance_timeout_s)
         except requests.RequestException as exc:
-            raise _RouteFailed("enhancement_failed", f"the chat worker could not be reached or did not answer "
-                                                     f"in time ({type(exc).__name__})") from None
+            raise DomainError(f"the chat worker could not be reached or did not answer in time ({type(exc).__name__})",
+                              errors.ENHANCEMENT_FAILED) from None
         if response.status_code != 200:
-            error = _error_of(response)
+            error = error_of(response)
             details = "; ".join(f"{d.get('path') or '/'}: {d.get('message')}" for d in error.get("details") or []
                                 if isinstance(d, dict) and d.get("message"))
-            raise _RouteFailed("enhancement_failed", f"the chat worker refused the enhancement (HTTP "
-                                                     f"{response.status_code} {error.get('code', '')}): "
-                                                     f"{error.get('message', '')}" + (f" ({details})" if details else ""))
+            raise DomainError(f"the chat worker refused the enhancement (HTTP {response.status_code} "
+                              f"{error.get('code', '')}): {error.get('message', '')}" + (f" ({details})" if details else ""),
+                              errors.ENHANCEMENT_FAILED)
         try:
             result = response.json()
             enhanced = result["enhanced_prompt"]
         except (ValueError, KeyError, TypeError):
-            raise _RouteFailed("enhancement_failed", "the chat worker answered without an enhanced_prompt") from None
+            raise DomainError("the chat worker answered without an enhanced_prompt", errors.ENHANCEMENT_FAILED) from None
         if not isinstance(enhanced, str) or not enhanced.strip():
-            raise _RouteFailed("enhancement_failed", "the chat worker returned an empty enhanced prompt")
+            raise DomainError("the chat worker returned an empty enhanced prompt", errors.ENHANCEMENT_FAILED)
         info = {"model": result.get("model", model), "tokens_generated": result.get("tokens_generated"),
                 "generation_time": result.get("generation_time"), "parameters": result.get("parameters"),
                 "seconds": round(time.monotonic() - started, 3)}
@@ -275,7 +272,7 @@ class Router:
             if response.status_code == 404:
                 with self._lock:
                     if job.record.status not in TERMINAL:
-                        self._finish(job, "failed", {"code": "worker_lost_job",
+                        self._finish(job, "failed", {"code": errors.WORKER_LOST_JOB,
                                                      "message": f"the {job.target} worker no longer knows the job"})
                 return
             if response.status_code != 200:
@@ -328,7 +325,7 @@ class Router:
             for job in self._jobs.values():
                 if job.target == worker and job.submitted and job.record.status not in TERMINAL:
                     state = job.record.status
-                    code = "worker_died" if unexpected else "worker_stopped"
+                    code = errors.WORKER_DIED if unexpected else errors.WORKER_STOPPED
                     self._finish(job, "failed", {"code": code, "message": f"{reason} while the job was {state}; "
                                                                           "it was not completed"})
 
@@ -352,7 +349,7 @@ class Router:
                     pass
             with self._lock:
                 if job.record.status not in TERMINAL:
-                    self._finish(job, "failed", {"code": "orchestrator_stopped", "message": reason})
+                    self._finish(job, "failed", {"code": errors.ORCHESTRATOR_STOPPED, "message": reason})
                     failed.append(job_id)
         return failed
 
@@ -381,22 +378,9 @@ class Router:
             if record.status not in TERMINAL:
                 log.warning("routed job %s was %s when the orchestrator stopped; marking it failed",
                             record.job_id, record.status)
-                self._finish(job, "failed", {"code": "orchestrator_restarted", "message": (
+                self._finish(job, "failed", {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
                     f"the orchestrator stopped while the job was {record.status}; it was not completed")})
             else:
                 job.done.set()
                 if record.callback.get("status") == "pending":
                     self._send_callback(record)
-
-
-class _RouteFailed(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def _error_of(response) -> dict:
-    try:
-        return (response.json() or {}).get("error", {}) or {}
-    except (ValueError, AttributeError):
-        return {}

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 
 import requests
 
+from common.http import local_url, now_iso
+from common.serve import gunicorn_command
 from configuration.settings import Settings
-from workers.serve import gunicorn_command
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def kill_group(pgid: int, sig: int) -> bool:
     """Signal a whole process group; False when nothing is left in it."""
     try:
@@ -68,8 +64,7 @@ class WorkerSupervisor:
         self.name = name
         self.settings = settings
         self.port = settings.port_of(name)
-        host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
-        self.url = f"http://{host}:{self.port}"
+        self.url = local_url(settings, self.port)
         self.ready_url = ready_url or self.url + "/ready"
         self.env = env
         self.command = command or [sys.executable, "-m", "orchestrator.launch", str(os.getpid()),
@@ -182,7 +177,7 @@ class WorkerSupervisor:
             self._proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
             self.pid = self._proc.pid
             self.incarnation += 1
-            self.started_at = _now_iso()
+            self.started_at = now_iso()
         log.info("started %s worker, pid %d, port %d", self.name, self._proc.pid, self.port)
         return self._proc
 
@@ -199,7 +194,7 @@ class WorkerSupervisor:
                         if self._stop.is_set():
                             return None
                         self.state = "ready"
-                        self.ready_at = _now_iso()
+                        self.ready_at = now_iso()
                     log.info("%s worker ready (pid %d)", self.name, proc.pid)
                     self._notify(self.on_ready, self.name)
                     return time.monotonic()

@@ -160,7 +160,7 @@ class WorkerProcess:
 
     def __init__(self, worker: str, env: dict, port: int | None = None):
         from configuration.settings import Settings
-        from workers.serve import gunicorn_command
+        from common.serve import gunicorn_command
 
         self.worker = worker
         self.port = port or free_port()

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from configuration.settings import Settings
-from orchestrator.broker import EVICTING, LOADED, LOADING, Lease, Pool, Request, eviction_candidates, plan_lease, pressure
-from orchestrator.gpu import DeviceReading
-from orchestrator.memory_service import MemoryBroker
-from workers.runtime.errors import MemoryUnavailable
+from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, eviction_candidates, plan_lease, pressure
+from orchestrator.device_memory import DeviceReading
+from orchestrator.broker_service import MemoryBroker
+from common.errors import MemoryUnavailable
 
 MB = 1024 * 1024
 

@@ -13,8 +13,8 @@ from configuration.settings import Settings
 from workers.engines.chat import (TEMPLATE_TOKENS_PER_MESSAGE, Batcher, ChatEngine, Generation, Overloaded,
                                   _Detokenizer, batch_working_bytes, clean_enhancement, find_stop, generation_options,
                                   gpu_plan, held_back, kv_cache_bytes_per_token, render_template, sample_rows)
-from workers.runtime.errors import ModelBusy
-from workers.runtime.memory import LocalMemory
+from common.errors import ModelBusy
+from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
 
 MESSAGES = [{"role": "user", "content": "a red fox in the snow"}]

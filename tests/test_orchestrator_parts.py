@@ -17,11 +17,11 @@ import requests
 
 from configuration.schemas import ValidationFailed
 from configuration.settings import Settings
-from orchestrator import gpu
+from orchestrator import device_memory as gpu
 from orchestrator.routing import default_enhance_model, plan_route
 from orchestrator.supervisor import WorkerSupervisor, backoff_delay, describe_exit
 from tests.support import API_KEY, CallbackReceiver, free_port
-from workers.runtime.errors import MemoryUnavailable
+from common.errors import MemoryUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 MB = 1024 * 1024
@@ -231,7 +231,7 @@ def broker_api(tmp_path):
 
 
 def test_broker_memory_client_against_the_api(broker_api):
-    from orchestrator.client import BrokerMemory
+    from workers.runtime.broker_client import BrokerMemory
 
     pod, settings = broker_api
     sdxl = BrokerMemory("sdxl", settings, "cpu")
@@ -257,7 +257,7 @@ def test_broker_memory_client_against_the_api(broker_api):
 
 
 def test_broker_client_refuses_when_the_broker_is_unreachable():
-    from orchestrator.client import BrokerMemory
+    from workers.runtime.broker_client import BrokerMemory
 
     client = BrokerMemory("sdxl", Settings(orchestrator_url=f"http://127.0.0.1:{free_port()}"), "cpu")
     with pytest.raises(MemoryUnavailable) as err:
@@ -314,7 +314,7 @@ def test_registration_retries_then_reports_failure_and_needs_a_pod_id():
 def test_memory_table_renders_the_status():
     from datetime import datetime, timezone
 
-    from orchestrator.memory import human_bytes, render_status
+    from orchestrator.memory_cli import human_bytes, render_status
 
     assert (human_bytes(512), human_bytes(9 * MB + MB // 2), human_bytes(80 * 1024**3)) == ("512 B", "9.5 MiB", "80.0 GiB")
     status = {
@@ -397,8 +397,8 @@ def _record(job_id, status, **extra):
 def routed(tmp_path):
     """A Router with scripted chat and SDXL workers and a real callback receiver."""
     from orchestrator.routing import Router
-    from workers.runtime.callbacks import CallbackSender
-    from workers.runtime.jobs import JobJournal
+    from common.callbacks import CallbackSender
+    from common.jobs import JobJournal
 
     receiver = CallbackReceiver()
     made = []
@@ -486,7 +486,7 @@ def test_routing_mirrors_the_worker_and_fails_a_lost_job(routed):
 
 
 def test_routing_relays_the_workers_refusal(routed):
-    from workers.http.errors import ApiError
+    from common.errors import WorkerRefused as ApiError  # the worker's refusal, passed on
 
     make, _receiver = routed
     refusal = {"error": {"code": "insufficient_memory", "message": "needs 9 bytes", "details": [{"too_big": True}]}}
@@ -498,7 +498,7 @@ def test_routing_relays_the_workers_refusal(routed):
 
 
 def test_routing_recovers_after_an_orchestrator_restart(routed, tmp_path):
-    from workers.runtime.jobs import JobJournal, JobRecord
+    from common.jobs import JobJournal, JobRecord
 
     make, receiver = routed
     journal = JobJournal(tmp_path / "old")

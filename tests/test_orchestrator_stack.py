@@ -270,7 +270,7 @@ def test_operator_command_line(stack):
     env = dict(stack.env, ORCHESTRATOR_URL=stack.url)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "orchestrator.memory", *args], env=env, cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "orchestrator.memory_cli", *args], env=env, cwd=REPO, capture_output=True,
                               text=True, timeout=120)
 
     loaded = cli("load", "chat", "qwen_instruct")

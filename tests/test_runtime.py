@@ -13,11 +13,12 @@ from PIL import Image
 from configuration.settings import Settings
 from workers import devices
 from workers.runtime import media
-from workers.runtime.callbacks import CallbackSender, sign
-from workers.runtime.errors import JobFailed, ModelBusy
+from common.callbacks import CallbackSender, sign
+from common.errors import JobFailed, ModelBusy
 from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage, address_allowed, fetch_image
-from workers.runtime.jobs import GeneratedAsset, JobJournal, JobRunner
-from workers.runtime.memory import LocalMemory
+from common.jobs import JobJournal
+from workers.runtime.jobs import GeneratedAsset, JobRunner
+from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
 from workers.runtime.storage import LocalStorage, StorageError
 from tests.support import CallbackReceiver, StaticServer
@@ -168,7 +169,7 @@ def test_model_host_never_unloads_a_model_in_use(tmp_path):
 
 
 def test_local_memory_refuses_what_cannot_fit():
-    from workers.runtime.errors import MemoryUnavailable
+    from common.errors import MemoryUnavailable
     memory = LocalMemory(Settings(vram_budget_mb=100, vram_reserve_mb=10), "cpu")
     memory.acquire("a", 50 * 2**20, 0)
     with pytest.raises(MemoryUnavailable) as exc:

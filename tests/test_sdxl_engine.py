@@ -200,7 +200,7 @@ def test_single_file_checkpoint_matches_directory(worker, placeholder_dir):
 def test_single_file_without_local_config_fails_loudly(tmp_path):
     from configuration.settings import Settings
     from workers.engines.sdxl import SDXLEngine
-    from workers.runtime.errors import JobFailed
+    from common.errors import JobFailed
 
     lonely = tmp_path / "model.safetensors"
     lonely.write_bytes(b"")

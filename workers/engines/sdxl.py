@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from workers import devices
 from workers.engines.base import Engine, step_callback
-from workers.runtime.errors import JobFailed
+from common.errors import JobFailed
 from workers.runtime.fetch import fetch_image
 from workers.runtime.jobs import GeneratedAsset
 

@@ -20,7 +20,7 @@ from configuration.schemas.common import field_error
 from workers import devices
 from workers.engines.base import Engine, step_callback
 from workers.engines.sdxl import resize_reference
-from workers.runtime.errors import JobFailed
+from common.errors import JobFailed
 from workers.runtime.fetch import fetch_image
 from workers.runtime.jobs import GeneratedAsset
 

@@ -10,12 +10,16 @@ import time
 
 from flask import Flask
 
+from common import auth, body, errors
+from common.callbacks import CallbackSender
+from common.jobs import JobJournal, wait_until
 from configuration import worker_config
+from configuration.openapi import RouteTable
 from configuration.settings import Settings
-from workers.http import auth, body, common, errors, generation
-from workers.runtime.callbacks import CallbackSender
-from workers.runtime.jobs import JobJournal, JobRunner
-from workers.runtime.memory import LocalMemory
+from workers.http import common, generation
+from workers.runtime.broker_client import BrokerMemory
+from workers.runtime.jobs import JobRunner
+from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
 from workers.runtime.storage import make_storage
 
@@ -42,10 +46,12 @@ class WorkerState:
         self.engine = engine_cls(settings)
         self.memory = make_memory_client(name, settings, self.engine.device)
         self.host = ModelHost(self.engine, self.memory)
-        self.runner = JobRunner(name, self.engine, self.host, make_storage(settings), CallbackSender(settings),
-                                JobJournal(settings.effective_state_dir / name))
+        # Only workers that take jobs (POST /generate) have a job runner; the chat worker answers in the request.
+        self.runner = (JobRunner(name, self.engine, self.host, make_storage(settings), CallbackSender(settings),
+                                 JobJournal(settings.effective_state_dir / name)) if self.request_schema else None)
         self.shutting_down = False
         self._shutdown_lock = threading.Lock()
+        self.routes: list[RouteTable] = []  # what /openapi.json describes, added as blueprints are registered
 
     def memory_status(self) -> dict:
         from workers import devices
@@ -68,11 +74,15 @@ class WorkerState:
             "total_vram": round(total / 1024**3, 3),
         }
 
+    def queue_depth(self) -> int:
+        return self.runner.queue_depth() if self.runner else self.engine.queue_depth()
+
     def shutdown(self, grace_s: float) -> None:
         """Stop taking work, let the running and queued jobs finish within `grace_s`."""
-        from workers.runtime.jobs import wait_until
         with self._shutdown_lock:
             self.shutting_down = True
+            if self.runner is None:
+                return
             self.runner.stop_accepting()
         deadline = time.monotonic() + grace_s
         if not wait_until(self.runner.idle, grace_s):
@@ -83,9 +93,9 @@ class WorkerState:
             log.warning("callbacks still pending at exit; the next start resends them")
 
 
-def make_memory_client(name: str, settings: Settings, device: str):
+def make_memory_client(name: str, settings: Settings, device: str) -> BrokerMemory | LocalMemory:
+    """The orchestrator's broker when this worker runs under it (ORCHESTRATOR_URL), else the device alone."""
     if settings.orchestrator_url:
-        from orchestrator.client import BrokerMemory
         return BrokerMemory(name, settings, device)
     return LocalMemory(settings, device)
 
@@ -114,13 +124,19 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     state = WorkerState(worker, settings)
     _CURRENT = state
     app.extensions["worker_state"] = state
+    state.engine.start(state.host)  # background work of the engine (the chat worker's batchers)
     errors.register_error_handlers(app)
     body.install_body_cap(app, settings.max_body_bytes)
     auth.install_auth(app, settings.api_key)
     app.register_blueprint(common.bp)
+    state.routes.append(common.ROUTES)
     if state.request_schema:
         app.register_blueprint(generation.bp)
+        state.routes.append(generation.ROUTES[worker])
     if state.config.get("http"):
+        # A worker's own routes: the module's blueprint and its ROUTES table.
         module_name, attr = state.config["http"].split(":")
-        app.register_blueprint(getattr(importlib.import_module(module_name), attr))
+        module = importlib.import_module(module_name)
+        app.register_blueprint(getattr(module, attr))
+        state.routes.append(module.ROUTES)
     return app

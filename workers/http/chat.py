@@ -14,14 +14,13 @@ import uuid
 from flask import Blueprint, Response, jsonify
 
 from configuration import chat_config
-from configuration.openapi import register_routes
+from configuration.openapi import RouteTable
 from configuration.params import chat as chat_params
 from configuration.schemas import ValidationFailed, validate_request
 from workers.engines.chat import Generation, GenerationResult, Overloaded, clean_enhancement
-from workers.http.body import json_body
+from common.body import json_body
 from workers.http.common import require_ready, state
-from workers.http.errors import ApiError
-from workers.runtime.errors import JobFailed, MemoryUnavailable
+from common.errors import ApiError, DomainError, http_error
 
 
 bp = Blueprint("chat", __name__)
@@ -49,10 +48,8 @@ def _api_error(exc: BaseException) -> Exception:
     """How a failed generation is answered."""
     if isinstance(exc, (ValidationFailed, ApiError)):
         return exc
-    if isinstance(exc, MemoryUnavailable):
-        return ApiError(409, "insufficient_memory", exc.message, [exc.details])
-    if isinstance(exc, JobFailed):
-        return ApiError(500, exc.code, exc.message)
+    if isinstance(exc, DomainError):
+        return http_error(exc)
     return ApiError(500, "generation_failed", "generation failed; see the worker log")
 
 
@@ -220,7 +217,8 @@ def _stream(params: dict, head: dict) -> Response:
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-register_routes("chat", {
+# What /openapi.json describes for the chat worker.
+ROUTES: RouteTable = {
     "/enhance/base": {"post": ("Enhance a prompt with the base model (system prompt from the caller).", "chat.enhance", (400, 401, 409, 413, 422, 503))},
     "/enhance/instruct": {"post": ("Enhance a prompt with the instruct model.", "chat.enhance", (400, 401, 409, 413, 422, 503))},
     "/enhance": {"post": ("Legacy enhancement; `model`: qwen_base | qwen_instruct.", "chat.enhance_legacy", (400, 401, 409, 413, 422, 503))},
@@ -228,4 +226,4 @@ register_routes("chat", {
     "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", (400, 401, 409, 413, 503))},
     "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 503))},
     "/v1/models": {"get": ("OpenAI-compatible model list.", None, (401,))},
-})
+}

@@ -1,25 +1,27 @@
-"""Endpoints every worker serves: health, ready, jobs, cancel, memory, OpenAPI."""
+"""Endpoints every worker serves: health, ready, memory, OpenAPI."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, current_app, jsonify, request
 
+from common import errors
+from common.body import json_body, query_float
+from common.errors import ApiError, Unavailable
+from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
-from workers.http.body import json_body, query_float
-from workers.http.errors import ApiError
-from workers.runtime.errors import MemoryUnavailable, ModelBusy
+
+if TYPE_CHECKING:
+    from workers.http.app import WorkerState
 
 
-def state():
+def state() -> WorkerState:
     return current_app.extensions["worker_state"]
-
-
-def _unavailable(message: str) -> ApiError:
-    return ApiError(503, "unavailable", message, headers={"Retry-After": "5"})
 
 
 def require_ready() -> None:
     if state().shutting_down:
-        raise _unavailable("worker is shutting down")
+        raise Unavailable("worker is shutting down", retry_after_s=errors.RETRY_AFTER_S)
 
 
 bp = Blueprint("common", __name__)
@@ -34,28 +36,8 @@ def health():
 @bp.get("/ready")
 def ready():
     s = state()
-    if s.shutting_down:
-        raise _unavailable("worker is shutting down")
-    return jsonify({"ready": True, "worker": s.name, "queue_depth": s.runner.queue_depth()})
-
-
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str):
-    record = state().runner.get(job_id)
-    if record is None:
-        raise ApiError(404, "not_found", f"no job {job_id} on this worker")
-    return jsonify(record.public())
-
-
-@bp.post("/jobs/<job_id>/cancel")
-def cancel_job(job_id: str):
-    try:
-        record = state().runner.cancel(job_id)
-    except KeyError:
-        raise ApiError(404, "not_found", f"no job {job_id} on this worker") from None
-    except ValueError as exc:
-        raise ApiError(409, "job_finished", str(exc)) from None
-    return jsonify(record.public())
+    require_ready()
+    return jsonify({"ready": True, "worker": s.name, "queue_depth": s.queue_depth()})
 
 
 @bp.get("/memory/status")
@@ -77,7 +59,7 @@ def _models(which: str | None) -> str | None:
     try:
         state().host.resolve(which)
     except KeyError:
-        raise ApiError(400, "validation_error", f"unknown model {which!r}",
+        raise ApiError(400, errors.VALIDATION_ERROR, f"unknown model {which!r}",
                        [{"path": "/which", "message": f"must be one of {state().host.model_names() + ['all']}"}]) from None
     return which
 
@@ -87,28 +69,31 @@ def memory_load():
     require_ready()
     args = _memory_args()
     if "wait_s" in args:
-        raise ApiError(400, "validation_error", "wait_s applies to /memory/unload only",
+        raise ApiError(400, errors.VALIDATION_ERROR, "wait_s applies to /memory/unload only",
                        [{"path": "/wait_s", "message": "is only accepted by /memory/unload"}])
-    which = _models(args.get("which"))
-    try:
-        loaded = state().host.load(which)
-    except MemoryUnavailable as exc:
-        raise ApiError(409, "insufficient_memory", exc.message, [exc.details]) from None
+    loaded = state().host.load(_models(args.get("which")))  # MemoryUnavailable: common/errors.py answers
     return jsonify({"success": True, "loaded": loaded, **state().memory_status()})
 
 
 @bp.post("/memory/unload")
 def memory_unload():
     args = _memory_args()
-    which = _models(args.get("which"))
-    try:
-        unloaded = state().host.unload(which, wait_s=float(args.get("wait_s", 0)))
-    except ModelBusy as exc:
-        raise ApiError(409, "model_busy", f"{exc}; retry when the job has finished or pass wait_s") from None
+    # ModelBusy (a job uses the model past wait_s): 409 model_busy, from common/errors.py
+    unloaded = state().host.unload(_models(args.get("which")), wait_s=float(args.get("wait_s", 0)))
     return jsonify({"success": True, "unloaded": unloaded, **state().memory_status()})
 
 
 @bp.get("/openapi.json")
 def openapi():
-    from configuration.openapi import openapi_document
-    return jsonify(openapi_document(state().name, state().settings))
+    return jsonify(openapi_document(state().name, state().settings, *state().routes))
+
+
+# What /openapi.json describes: path -> method -> (summary, request schema name or None, error statuses).
+ROUTES: RouteTable = {
+    "/health": {"get": ("Process is alive (no auth).", None, ())},
+    "/ready": {"get": ("Able to take work (no auth); 503 while shutting down.", None, (503,))},
+    "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
+    "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
+    "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401, 409))},
+    "/openapi.json": {"get": ("This document.", None, (401,))},
+}

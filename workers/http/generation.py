@@ -1,15 +1,17 @@
-"""POST /generate for the generation workers (SDXL, WAN): validate, normalise, queue."""
+"""The jobs of the generation workers (SDXL, WAN): POST /generate (validate, normalise, queue), the job
+record and its cancellation. The chat worker has no jobs and serves none of these."""
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from common import errors
+from common.body import json_body, query_float
+from common.errors import ApiError
+from configuration.openapi import RouteTable
 from configuration.params import normalise_generation
 from configuration.params.common import summarise_data_urls
 from configuration.schemas import validate_request
-from workers.http.body import json_body, query_float
 from workers.http.common import require_ready, state
-from workers.http.errors import ApiError
-from workers.runtime.errors import MemoryUnavailable
 
 bp = Blueprint("generation", __name__)
 
@@ -25,12 +27,8 @@ def generate():
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     params = normalise_generation(s.name, body, s.settings)
     s.engine.check_request(params)
-    try:
-        s.host.admit(s.engine.required_models(params), s.engine.working_bytes(params))
-    except MemoryUnavailable as exc:
-        if not exc.too_big:  # the memory broker could not be asked: try again later
-            raise ApiError(503, "memory_broker_unavailable", exc.message, [exc.details], headers={"Retry-After": "5"}) from None
-        raise ApiError(409, "insufficient_memory", exc.message, [exc.details]) from None
+    # MemoryUnavailable: 409 for a job that can never fit, 503 when the broker cannot be asked (common/errors.py)
+    s.host.admit(s.engine.required_models(params), s.engine.working_bytes(params))
     if request.args.get("dry_run") in ("1", "true"):
         # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
         return jsonify({"valid": True, "parameters": summarise_data_urls(
@@ -46,3 +44,34 @@ def generate():
         return jsonify(record.public()), 200
     return jsonify({"job_id": record.job_id, "status": record.status, "status_url": f"/jobs/{record.job_id}",
                     "duplicate": not created}), 202 if created else 200
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    record = state().runner.get(job_id)
+    if record is None:
+        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} on this worker")
+    return jsonify(record.public())
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    try:
+        record = state().runner.cancel(job_id)
+    except KeyError:
+        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} on this worker") from None
+    except ValueError as exc:
+        raise ApiError(409, errors.JOB_FINISHED, str(exc)) from None
+    return jsonify(record.public())
+
+
+def _generate_route(what: str, schema: str) -> RouteTable:
+    return {"/generate": {"post": (f"Queue {what} job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks "
+                                   "and queues nothing).", schema, (400, 401, 409, 413, 503))},
+            "/jobs/{job_id}": {"get": ("The job record.", None, (401, 404))},
+            "/jobs/{job_id}/cancel": {"post": ("Cancel a queued or running job.", None, (401, 404, 409))}}
+
+
+# What /openapi.json describes, per worker serving /generate.
+ROUTES: dict[str, RouteTable] = {"sdxl": _generate_route("an SDXL", "sdxl.generate"),
+                                 "wan": _generate_route("a WAN", "wan.generate")}

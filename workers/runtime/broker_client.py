@@ -1,6 +1,6 @@
 """BrokerMemory: the memory client of a worker started by the orchestrator (ORCHESTRATOR_URL set).
 
-Same interface as workers/runtime/memory.LocalMemory, but every decision is the orchestrator's memory
+Same interface as workers/runtime/local_memory.LocalMemory, but every decision is the orchestrator's memory
 broker's, so the workers of one pod share one device without over-subscribing it. `acquire`,
 `job_started` and `admit` may wait or be refused (MemoryUnavailable); the reports (`loaded`,
 `release`, `job_finished`, `touch`) never fail a job: when the broker cannot be reached they are
@@ -16,8 +16,9 @@ import time
 
 import requests
 
+from common.errors import MemoryUnavailable
+from common.http import bearer_session, error_of
 from configuration.settings import Settings
-from workers.runtime.errors import MemoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,7 @@ class BrokerMemory:
         self.device = device
         self.url = settings.orchestrator_url.rstrip("/")
         self.timeout_s = settings.lease_timeout_s
-        self._session = requests.Session()
-        if settings.api_key:
-            self._session.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._session = bearer_session(settings.api_key)
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
         self._report("hello", {"pid": os.getpid()})
@@ -68,13 +67,15 @@ class BrokerMemory:
                                           timeout=self.timeout_s + 30)
         except requests.RequestException as exc:
             raise MemoryUnavailable(f"the memory broker at {self.url} cannot be reached ({type(exc).__name__})",
-                                    details={"broker": self.url}) from None
+                                    details={"broker": self.url}, broker_unreachable=True) from None
         if response.status_code == 200:
             return
-        error = _error_of(response)
+        error = error_of(response)
         details = error.get("details") or [{}]
+        # 409 is the broker's refusal; any other answer means it could not decide (ask again later).
         raise MemoryUnavailable(error.get("message", f"memory broker answered HTTP {response.status_code}"),
-                                details=details[0], too_big=bool(details[0].get("too_big")))
+                                details=details[0], too_big=bool(details[0].get("too_big")),
+                                broker_unreachable=response.status_code != 409)
 
     # -- reports --------------------------------------------------------------------------------------
     def loaded(self, model: str, resident_bytes: int) -> None:
@@ -100,7 +101,7 @@ class BrokerMemory:
                                               timeout=10)
                 if response.status_code == 200:
                     return
-                reason = f"HTTP {response.status_code}: {_error_of(response).get('message', '')}"
+                reason = f"HTTP {response.status_code}: {error_of(response).get('message', '')}"
                 if response.status_code < 500:
                     break
             except requests.RequestException as exc:
@@ -111,10 +112,3 @@ class BrokerMemory:
     def status(self) -> dict:
         with self._lock:
             return {"mode": "broker", "broker_url": self.url, "held_bytes": dict(self._held)}
-
-
-def _error_of(response) -> dict:
-    try:
-        return response.json().get("error", {}) or {}
-    except ValueError:
-        return {}

@@ -17,7 +17,7 @@ import requests
 from PIL import Image, UnidentifiedImageError
 
 from configuration.settings import Settings
-from workers.runtime.errors import JobFailed
+from common.errors import JobFailed
 
 MAX_REDIRECTS = 3
 MAX_PIXELS = 64 * 1024 * 1024

@@ -1,33 +1,24 @@
-"""Job records, their journal, and the one executor per worker process.
+"""The one executor per worker process: jobs run one at a time, in order, on a single thread.
 
-Every accepted job is written to the journal (one JSON file per job under STATE_DIR) before the
-caller hears 202, so a worker that dies cannot lose it silently: on the next start, jobs the journal
-shows as unfinished are marked failed with a reason and their callbacks sent.
+Records and their journal are common/jobs.py (the orchestrator keeps its routed jobs the same way):
+every accepted job is journaled before the caller hears 202, and a worker that restarts fails what
+its previous process left unfinished, with a reason, and sends the callbacks.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
-import tempfile
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass
 
+from common import errors
+from common.errors import JobCancelled, JobFailed, MemoryUnavailable
+from common.http import now_iso
+from common.jobs import TERMINAL, JobJournal, JobRecord, send_terminal_callback
 from workers.runtime import media
-from workers.runtime.errors import JobCancelled, JobFailed, MemoryUnavailable
 
 log = logging.getLogger(__name__)
-
-TERMINAL = ("completed", "failed", "cancelled")
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -37,78 +28,6 @@ class GeneratedAsset:
     frames: list                   # PIL images; one for an image
     metadata: dict
     fps: float | None = None
-
-
-@dataclass
-class JobRecord:
-    job_id: str
-    type: str
-    user_id: str
-    params: dict
-    status: str = "queued"
-    progress: dict = field(default_factory=lambda: {"stage": None, "step": 0, "total_steps": 0, "percent": 0.0})
-    assets: list = field(default_factory=list)
-    error: dict | None = None
-    metadata: dict = field(default_factory=dict)
-    created_at: str = field(default_factory=now_iso)
-    started_at: str | None = None
-    finished_at: str | None = None
-    send_callback: bool = True
-    callback: dict = field(default_factory=lambda: {"status": "not_sent", "attempts": 0})
-
-    def public(self) -> dict:
-        return {
-            "job_id": self.job_id, "type": self.type, "user_id": self.user_id, "status": self.status,
-            "progress": dict(self.progress), "assets": list(self.assets), "error": self.error,
-            "metadata": self.metadata, "created_at": self.created_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "callback": dict(self.callback),
-        }
-
-    def to_json(self) -> dict:
-        data = self.public()
-        data["params"] = self.params
-        data["send_callback"] = self.send_callback
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict) -> "JobRecord":
-        return cls(job_id=data["job_id"], type=data["type"], user_id=data["user_id"], params=data["params"],
-                   status=data["status"], progress=data["progress"], assets=data["assets"], error=data["error"],
-                   metadata=data["metadata"], created_at=data["created_at"], started_at=data["started_at"],
-                   finished_at=data["finished_at"], send_callback=data.get("send_callback", True),
-                   callback=data.get("callback", {"status": "not_sent", "attempts": 0}))
-
-
-def callback_payload(record: JobRecord) -> dict:
-    """The body of a job's one terminal callback (workers and the orchestrator send the same shape)."""
-    return {
-        "job_id": record.job_id, "status": record.status, "assets": record.assets,
-        "error_message": record.error["message"] if record.error and record.status == "failed" else None,
-        "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id),
-    }
-
-
-class JobJournal:
-    """One JSON file per job, replaced atomically on every state change."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: JobRecord) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record.to_json(), fh)
-        os.replace(tmp, self.directory / f"{record.job_id}.json")
-
-    def load_all(self) -> list[JobRecord]:
-        records = []
-        for path in sorted(self.directory.glob("*.json")):
-            try:
-                records.append(JobRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
-            except (OSError, ValueError, KeyError) as exc:
-                log.error("unreadable job journal entry %s: %s", path.name, exc)
-        return records
 
 
 class JobContext:
@@ -194,7 +113,7 @@ class JobRunner:
             if record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {record.status}")
             if record.status == "queued":
-                self._finish(record, "cancelled", error={"code": "cancelled", "message": "cancelled before it started"})
+                self._finish(record, "cancelled", error={"code": errors.CANCELLED, "message": "cancelled before it started"})
             else:
                 self._contexts[job_id].cancel_requested.set()
             return record
@@ -209,7 +128,7 @@ class JobRunner:
         with self._lock:
             for record in self._jobs.values():
                 if record.status == "queued":
-                    self._finish(record, "failed", error={"code": "worker_stopped", "message": reason})
+                    self._finish(record, "failed", error={"code": errors.WORKER_STOPPED, "message": reason})
                     failed.append(record.job_id)
                 elif record.status == "processing" and record.job_id in self._contexts:
                     self._contexts[record.job_id].cancel_requested.set()
@@ -242,7 +161,7 @@ class JobRunner:
                 log.exception("job %s crashed the executor", job_id)
                 with self._lock:
                     if record.status not in TERMINAL:
-                        self._finish(record, "failed", error={"code": "internal_error", "message": "unexpected executor error"})
+                        self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR, "message": "unexpected executor error"})
             finally:
                 with self._lock:
                     self._running = None
@@ -275,7 +194,7 @@ class JobRunner:
         except JobCancelled:
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "cancelled", error={"code": "cancelled", "message": "cancelled while running"})
+                self._finish(record, "cancelled", error={"code": errors.CANCELLED, "message": "cancelled while running"})
         except JobFailed as exc:
             self._cleanup(stored)
             with self._lock:
@@ -283,12 +202,12 @@ class JobRunner:
         except MemoryUnavailable as exc:
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "failed", error={"code": "insufficient_memory", "message": exc.message})
+                self._finish(record, "failed", error={"code": errors.INSUFFICIENT_MEMORY, "message": exc.message})
         except Exception as exc:
             log.exception("job %s failed", record.job_id)
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "failed", error={"code": "internal_error",
+                self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR,
                                                        "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
 
     def _encode(self, index: int, output: GeneratedAsset) -> tuple[list[tuple[str, bytes, str]], dict]:
@@ -346,36 +265,9 @@ class JobRunner:
             if record.status not in TERMINAL:
                 log.warning("job %s was %s when the worker stopped; marking it failed", record.job_id, record.status)
                 self._finish(record, "failed", error={
-                    "code": "worker_restarted",
+                    "code": errors.WORKER_RESTARTED,
                     "message": f"the worker process stopped while the job was {record.status}; it was not completed"})
             else:
                 self._done[record.job_id].set()
                 if record.callback.get("status") == "pending":
                     self._send_callback(record)
-
-
-def send_terminal_callback(record: JobRecord, callbacks, journal: JobJournal, lock) -> None:
-    """Queue a finished job's one callback and keep its delivery state in the journal
-    (workers and the orchestrator both end jobs through this)."""
-    if not record.send_callback or not callbacks.enabled:
-        record.callback = {"status": "disabled", "attempts": 0}
-        journal.write(record)
-        return
-    record.callback = {"status": "pending", "attempts": 0}
-    journal.write(record)
-
-    def done(delivered: bool, attempts: int) -> None:
-        with lock:
-            record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
-            journal.write(record)
-
-    callbacks.send(callback_payload(record), on_result=done)
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()

@@ -2,29 +2,22 @@
 
 `LocalMemory` is used by a worker started alone: it accounts against the device's real capacity
 (or VRAM_BUDGET_MB on a machine without a GPU). Under the orchestrator, workers use the broker
-client in orchestrator/ instead, which leases across processes.
+client (workers/runtime/broker_client.py) instead, which leases across processes.
 """
 from __future__ import annotations
 
 import threading
 import time
 
+from common.errors import MemoryUnavailable
 from configuration.settings import Settings
-from workers.runtime.errors import MemoryUnavailable
-
-NOMINAL_BUDGET_BYTES = 48 * 1024**3
+from workers import devices
 
 
 def budget_bytes(settings: Settings, device: str) -> int:
     """Device capacity on a GPU, else the configured budget, else a nominal 48 GB card."""
-    from workers import devices  # torch: imported here so the orchestrator can use this module without it
-
     info = devices.device_memory(device)
-    if info is not None:
-        return info["total_bytes"]
-    if settings.vram_budget_mb > 0:
-        return settings.vram_budget_mb * 1024 * 1024
-    return NOMINAL_BUDGET_BYTES
+    return info["total_bytes"] if info is not None else settings.budget_bytes_without_device
 
 
 class LocalMemory:

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from workers.runtime.errors import ModelBusy
+from common.errors import ModelBusy
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from configuration import chat_config
 from configuration.schemas.common import ValidationFailed, field_error
 from workers import devices
 from workers.engines.base import Engine
-from workers.runtime.errors import JobFailed, MemoryUnavailable
+from common.errors import JobFailed, MemoryUnavailable
 
 log = logging.getLogger(__name__)
 

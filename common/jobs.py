@@ -1,0 +1,126 @@
+"""Job records and their journal, shared by the workers' executor and the orchestrator's router.
+
+Every accepted job is written to the journal (one JSON file per job under STATE_DIR) before the
+caller hears 202, so a process that dies cannot lose it silently: on the next start, jobs the journal
+shows as unfinished are marked failed with a reason and their callbacks sent. A finished job's one
+terminal callback goes through `send_terminal_callback`, which keeps its delivery state in the journal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.callbacks import CallbackSender
+from common.http import now_iso
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    type: str
+    user_id: str
+    params: dict
+    status: str = "queued"
+    progress: dict = field(default_factory=lambda: {"stage": None, "step": 0, "total_steps": 0, "percent": 0.0})
+    assets: list = field(default_factory=list)
+    error: dict | None = None
+    metadata: dict = field(default_factory=dict)
+    created_at: str = field(default_factory=now_iso)
+    started_at: str | None = None
+    finished_at: str | None = None
+    send_callback: bool = True
+    callback: dict = field(default_factory=lambda: {"status": "not_sent", "attempts": 0})
+
+    def public(self) -> dict:
+        return {
+            "job_id": self.job_id, "type": self.type, "user_id": self.user_id, "status": self.status,
+            "progress": dict(self.progress), "assets": list(self.assets), "error": self.error,
+            "metadata": self.metadata, "created_at": self.created_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "callback": dict(self.callback),
+        }
+
+    def to_json(self) -> dict:
+        data = self.public()
+        data["params"] = self.params
+        data["send_callback"] = self.send_callback
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "JobRecord":
+        return cls(job_id=data["job_id"], type=data["type"], user_id=data["user_id"], params=data["params"],
+                   status=data["status"], progress=data["progress"], assets=data["assets"], error=data["error"],
+                   metadata=data["metadata"], created_at=data["created_at"], started_at=data["started_at"],
+                   finished_at=data["finished_at"], send_callback=data.get("send_callback", True),
+                   callback=data.get("callback", {"status": "not_sent", "attempts": 0}))
+
+
+def callback_payload(record: JobRecord) -> dict:
+    """The body of a job's one terminal callback (workers and the orchestrator send the same shape)."""
+    return {
+        "job_id": record.job_id, "status": record.status, "assets": record.assets,
+        "error_message": record.error["message"] if record.error and record.status == "failed" else None,
+        "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id),
+    }
+
+
+class JobJournal:
+    """One JSON file per job, replaced atomically on every state change."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: JobRecord) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record.to_json(), fh)
+        os.replace(tmp, self.directory / f"{record.job_id}.json")
+
+    def load_all(self) -> list[JobRecord]:
+        records = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                records.append(JobRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("unreadable job journal entry %s: %s", path.name, exc)
+        return records
+
+
+def send_terminal_callback(record: JobRecord, callbacks: CallbackSender, journal: JobJournal,
+                           lock: AbstractContextManager[Any]) -> None:
+    """Queue a finished job's one callback and keep its delivery state in the journal
+    (workers and the orchestrator both end jobs through this)."""
+    if not record.send_callback or not callbacks.enabled:
+        record.callback = {"status": "disabled", "attempts": 0}
+        journal.write(record)
+        return
+    record.callback = {"status": "pending", "attempts": 0}
+    journal.write(record)
+
+    def done(delivered: bool, attempts: int) -> None:
+        with lock:
+            record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
+            journal.write(record)
+
+    callbacks.send(callback_payload(record), on_result=done)
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
