@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOMINAL_BUDGET_BYTES = 48 * 1024**3  # the memory budget without a GPU and without VRAM_BUDGET_MB
@@ -42,58 +44,59 @@ def _float(value: str, name: str) -> float:
         raise SettingsError(f"{name} must be a number, got {value!r}") from None
 
 
-# name -> (field, parser, default, description). The description is what docs/CONFIGURATION.md shows.
-_ENV: dict[str, tuple[str, object, object, str]] = {
-    "BIND_HOST": ("bind_host", str, "127.0.0.1", "Address every process binds to (RunPod sets 0.0.0.0)."),
-    "ORCHESTRATOR_PORT": ("orchestrator_port", _int, 7858, "Orchestrator port."),
-    "SDXL_PORT": ("sdxl_port", _int, 7859, "SDXL worker port."),
-    "WAN_PORT": ("wan_port", _int, 7860, "WAN worker port."),
-    "CHAT_PORT": ("chat_port", _int, 7861, "Chat worker port."),
-    "WORKER_API_KEY": ("api_key", str, "", "Bearer token required on every endpoint but /health and /ready."),
-    "MODEL_PROFILE": ("model_profile", str, "", "`placeholder` or `production`; default: placeholder unless a production model path is set."),
-    "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, REPO_ROOT / ".cache" / "placeholder-models", "Where placeholder models are built and cached."),
-    "SDXL_MODEL_PATH": ("sdxl_model_path", str, "", "Production SDXL checkpoint: a diffusers directory or a single .safetensors file."),
-    "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "", "Local diffusers SDXL config directory used by single-file checkpoints (never a hub lookup)."),
-    "WAN_T2V_MODEL_PATH": ("wan_t2v_model_path", str, "", "Production Wan2.1 text-to-video diffusers directory."),
-    "WAN_VACE_MODEL_PATH": ("wan_vace_model_path", str, "", "Production Wan2.1 VACE diffusers directory (reference-frame modes)."),
-    "QWEN_BASE_MODEL_PATH": ("qwen_base_model_path", str, "", "Production Qwen2.5 base model directory."),
-    "QWEN_INSTRUCT_MODEL_PATH": ("qwen_instruct_model_path", str, "", "Production Qwen2.5 instruct model directory."),
-    "OUTPUT_DIR": ("output_dir", Path, Path("./outputs"), "Root of the local storage backend."),
-    "STATE_DIR": ("state_dir", Path, Path(""), "Job journal directory (default: OUTPUT_DIR/.jobs)."),
-    "STORAGE_BACKEND": ("storage_backend", str, "local", "`local` (files under OUTPUT_DIR) or `supabase` (Supabase Storage)."),
-    "SUPABASE_URL": ("supabase_url", str, "", "Supabase project URL (storage, callbacks, registration)."),
-    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "", "Service key: bearer for storage uploads and callbacks."),
-    "SUPABASE_BUCKET": ("supabase_bucket", str, "workspace-temp", "Storage bucket for outputs."),
-    "CALLBACK_URL": ("callback_url", str, "", "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
-    "CALLBACK_SECRET": ("callback_secret", str, "", "When set, callbacks carry X-Signature: sha256=<HMAC of the body>."),
-    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, 6, "Delivery attempts per callback."),
-    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, 1.0, "First retry delay; doubles per attempt (capped at 60 s)."),
-    "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, 10.0, "Timeout of one callback POST."),
-    "MAX_BODY_MB": ("max_body_mb", _float, 10.0, "Request body cap; larger bodies get 413."),
-    "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, False, "Allow reference URLs on loopback/private/link-local addresses (tests only)."),
-    "FETCH_MAX_MB": ("fetch_max_mb", _float, 20.0, "Size cap of a fetched reference image."),
-    "FETCH_TIMEOUT_S": ("fetch_timeout_s", _float, 15.0, "Total time allowed to fetch a reference image."),
-    "ENABLED_WORKERS": ("enabled_workers", str, "sdxl,chat,wan", "Workers the orchestrator starts."),
-    "ORCHESTRATOR_URL": ("orchestrator_url", str, "", "Memory broker a worker leases from (set by the orchestrator for its children)."),
-    "VRAM_BUDGET_MB": ("vram_budget_mb", _int, 0, "Memory budget on a machine without a GPU (0: 48 GB nominal)."),
-    "VRAM_RESERVE_MB": ("vram_reserve_mb", _int, 2048, "Memory kept free for activations."),
-    "LEASE_TIMEOUT_S": ("lease_timeout_s", _float, 120.0, "How long a lease request waits for busy workers."),
-    "SHUTDOWN_GRACE_S": ("shutdown_grace_s", _float, 60.0, "How long running jobs may finish after SIGTERM."),
-    "WORKER_READY_TIMEOUT_S": ("worker_ready_timeout_s", _float, 300.0, "How long the orchestrator waits for a worker's /ready."),
-    "RESTART_LIMIT": ("restart_limit", _int, 5, "Restarts of a dying worker before it is marked failed."),
-    "RESTART_BACKOFF_S": ("restart_backoff_s", _float, 1.0, "First restart delay; doubles per restart."),
-    "RESTART_BACKOFF_MAX_S": ("restart_backoff_max_s", _float, 30.0, "Cap on the restart delay."),
-    "RESTART_RESET_S": ("restart_reset_s", _float, 600.0, "A worker that stays ready this long has its count of consecutive failures reset."),
-    "ENHANCE_TIMEOUT_S": ("enhance_timeout_s", _float, 300.0, "How long the orchestrator waits for the chat worker to enhance a prompt."),
-    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, 48, "HTTP threads of the orchestrator (memory lease requests block one each while they wait)."),
-    "GUNICORN_THREADS": ("gunicorn_threads", _int, 16, "HTTP threads per worker process."),
-    "CHAT_BATCH_SIZE": ("chat_batch_size", _int, 8, "Most chat requests generated together in one batch."),
-    "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, 10, "How long the chat batcher waits to fill a batch."),
-    "CHAT_MAX_QUEUE": ("chat_max_queue", _int, 256, "Chat requests waiting per model before new ones get 503."),
-    "TORCH_COMPILE": ("torch_compile", _bool, False, "torch.compile the UNet/transformer on CUDA."),
-    "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, True, "Register worker URLs with Supabase when SUPABASE_URL is set."),
-    "RUNPOD_POD_ID": ("runpod_pod_id", str, "", "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
-    "LOG_LEVEL": ("log_level", str, "INFO", "Python log level."),
+# name -> (field, parser, description). The description is what docs/CONFIGURATION.md shows; the default is the
+# field's default in Settings below (written there only).
+_ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
+    "BIND_HOST": ("bind_host", str, "Address every process binds to (RunPod sets 0.0.0.0)."),
+    "ORCHESTRATOR_PORT": ("orchestrator_port", _int, "Orchestrator port."),
+    "SDXL_PORT": ("sdxl_port", _int, "SDXL worker port."),
+    "WAN_PORT": ("wan_port", _int, "WAN worker port."),
+    "CHAT_PORT": ("chat_port", _int, "Chat worker port."),
+    "WORKER_API_KEY": ("api_key", str, "Bearer token required on every endpoint but /health and /ready."),
+    "MODEL_PROFILE": ("model_profile", str, "`placeholder` or `production`; default: placeholder unless a production model path is set."),
+    "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, "Where placeholder models are built and cached."),
+    "SDXL_MODEL_PATH": ("sdxl_model_path", str, "Production SDXL checkpoint: a diffusers directory or a single .safetensors file."),
+    "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "Local diffusers SDXL config directory used by single-file checkpoints (never a hub lookup)."),
+    "WAN_T2V_MODEL_PATH": ("wan_t2v_model_path", str, "Production Wan2.1 text-to-video diffusers directory."),
+    "WAN_VACE_MODEL_PATH": ("wan_vace_model_path", str, "Production Wan2.1 VACE diffusers directory (reference-frame modes)."),
+    "QWEN_BASE_MODEL_PATH": ("qwen_base_model_path", str, "Production Qwen2.5 base model directory."),
+    "QWEN_INSTRUCT_MODEL_PATH": ("qwen_instruct_model_path", str, "Production Qwen2.5 instruct model directory."),
+    "OUTPUT_DIR": ("output_dir", Path, "Root of the local storage backend."),
+    "STATE_DIR": ("state_dir", Path, "Job journal directory (default: OUTPUT_DIR/.jobs)."),
+    "STORAGE_BACKEND": ("storage_backend", str, "`local` (files under OUTPUT_DIR) or `supabase` (Supabase Storage)."),
+    "SUPABASE_URL": ("supabase_url", str, "Supabase project URL (storage, callbacks, registration)."),
+    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage uploads and callbacks."),
+    "SUPABASE_BUCKET": ("supabase_bucket", str, "Storage bucket for outputs."),
+    "CALLBACK_URL": ("callback_url", str, "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
+    "CALLBACK_SECRET": ("callback_secret", str, "When set, callbacks carry X-Signature: sha256=<HMAC of the body>."),
+    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, "Delivery attempts per callback."),
+    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, "First retry delay; doubles per attempt (capped at 60 s)."),
+    "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, "Timeout of one callback POST."),
+    "MAX_BODY_MB": ("max_body_mb", _float, "Request body cap; larger bodies get 413."),
+    "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, "Allow reference URLs on loopback/private/link-local addresses (tests only)."),
+    "FETCH_MAX_MB": ("fetch_max_mb", _float, "Size cap of a fetched reference image."),
+    "FETCH_TIMEOUT_S": ("fetch_timeout_s", _float, "Total time allowed to fetch a reference image."),
+    "ENABLED_WORKERS": ("enabled_workers", str, "Workers the orchestrator starts."),
+    "ORCHESTRATOR_URL": ("orchestrator_url", str, "Memory broker a worker leases from (set by the orchestrator for its children)."),
+    "VRAM_BUDGET_MB": ("vram_budget_mb", _int, "Memory budget on a machine without a GPU (0: 48 GB nominal)."),
+    "VRAM_RESERVE_MB": ("vram_reserve_mb", _int, "Memory kept free for activations."),
+    "LEASE_TIMEOUT_S": ("lease_timeout_s", _float, "How long a lease request waits for busy workers."),
+    "SHUTDOWN_GRACE_S": ("shutdown_grace_s", _float, "How long running jobs may finish after SIGTERM."),
+    "WORKER_READY_TIMEOUT_S": ("worker_ready_timeout_s", _float, "How long the orchestrator waits for a worker's /ready."),
+    "RESTART_LIMIT": ("restart_limit", _int, "Restarts of a dying worker before it is marked failed."),
+    "RESTART_BACKOFF_S": ("restart_backoff_s", _float, "First restart delay; doubles per restart."),
+    "RESTART_BACKOFF_MAX_S": ("restart_backoff_max_s", _float, "Cap on the restart delay."),
+    "RESTART_RESET_S": ("restart_reset_s", _float, "A worker that stays ready this long has its count of consecutive failures reset."),
+    "ENHANCE_TIMEOUT_S": ("enhance_timeout_s", _float, "How long the orchestrator waits for the chat worker to enhance a prompt."),
+    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, "HTTP threads of the orchestrator (memory lease requests block one each while they wait)."),
+    "GUNICORN_THREADS": ("gunicorn_threads", _int, "HTTP threads per worker process."),
+    "CHAT_BATCH_SIZE": ("chat_batch_size", _int, "Most chat requests generated together in one batch."),
+    "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, "How long the chat batcher waits to fill a batch."),
+    "CHAT_MAX_QUEUE": ("chat_max_queue", _int, "Chat requests waiting per model before new ones get 503."),
+    "TORCH_COMPILE": ("torch_compile", _bool, "torch.compile the UNet/transformer on CUDA."),
+    "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL is set."),
+    "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
+    "LOG_LEVEL": ("log_level", str, "Python log level."),
 }
 
 
@@ -154,7 +157,7 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        for name, (attr, parse, _default, _doc) in _ENV.items():
+        for name, (attr, parse, _doc) in _ENV.items():
             raw = env.get(name)
             if raw is None or (raw == "" and parse is not str):
                 continue
@@ -220,4 +223,5 @@ class Settings:
 
 def documented_variables() -> dict[str, tuple[object, str]]:
     """name -> (default, description), for docs and the docs-sync test."""
-    return {name: (default, doc) for name, (_a, _p, default, doc) in _ENV.items()}
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    return {name: (defaults[attr], doc) for name, (attr, _p, doc) in _ENV.items()}

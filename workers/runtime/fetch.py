@@ -17,22 +17,22 @@ import requests
 from PIL import Image, UnidentifiedImageError
 
 from configuration.settings import Settings
-from common.errors import JobFailed
+from common.errors import REFERENCE_FETCH_FAILED, REFERENCE_INVALID, REFERENCE_REFUSED, JobFailed
 
 MAX_REDIRECTS = 3
 MAX_PIXELS = 64 * 1024 * 1024
 
 
 class FetchRefused(JobFailed):
-    code = "reference_refused"
+    code = REFERENCE_REFUSED
 
 
 class FetchFailed(JobFailed):
-    code = "reference_fetch_failed"
+    code = REFERENCE_FETCH_FAILED
 
 
 class InvalidImage(JobFailed):
-    code = "reference_invalid"
+    code = REFERENCE_INVALID
 
 
 def address_allowed(address: str, allow_private: bool) -> bool:
