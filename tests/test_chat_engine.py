@@ -10,9 +10,11 @@ from configuration import chat_config
 from configuration.params import chat as chat_params
 from configuration.schemas import ValidationFailed
 from configuration.settings import Settings
-from workers.engines.chat import (TEMPLATE_TOKENS_PER_MESSAGE, Batcher, ChatEngine, Generation, Overloaded,
-                                  _Detokenizer, batch_working_bytes, clean_enhancement, find_stop, generation_options,
-                                  gpu_plan, held_back, kv_cache_bytes_per_token, render_template, sample_rows)
+from workers.engines.chat import Batcher, ChatEngine, Overloaded, clean_enhancement
+from workers.engines.chat.decoding import Detokenizer, find_stop, held_back
+from workers.engines.chat.plan import batch_working_bytes, generation_options, gpu_plan, kv_cache_bytes_per_token
+from workers.engines.chat.prompts import TEMPLATE_TOKENS_PER_MESSAGE, render_template
+from workers.engines.chat.sampling import sample_rows
 from common.errors import ModelBusy
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
@@ -41,7 +43,7 @@ def params(settings, model="qwen_instruct", **body):
 
 
 def run(engine, *requests):
-    generations = [Generation(p) for p in requests]
+    generations = [engine.prepare(p) for p in requests]
     engine.generate(generations)
     return [g.wait(0) for g in generations]
 
@@ -73,7 +75,7 @@ def test_engine_working_bytes_from_the_model_config(engine, chat_settings):
     per_token = 2 * 2 * 2 * 16 * 4  # placeholder: 2 layers, 2 KV heads of 16, float32 on CPU
     assert engine.working_bytes(p) == per_token * (10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 6)
     # the bound holds for the real tokenisation
-    assert len(engine.prompt_ids(engine._loaded["qwen_instruct"], p)) <= 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
+    assert len(engine.prompt_ids(p)) <= 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
 
 
 def test_base_template_rendering_is_configuration():
@@ -153,7 +155,7 @@ def test_repetition_penalty_counts_only_the_rows_own_tokens():
 def test_detokenizer_deltas_concatenate_to_the_decoded_text(engine):
     tokenizer = engine._loaded["qwen_instruct"].tokenizer
     ids = tokenizer("héllo wörld 日本語 🦊 <|im_end|> done", add_special_tokens=False).input_ids
-    detok = _Detokenizer(tokenizer)
+    detok = Detokenizer(tokenizer)
     deltas = [detok.push(t) for t in ids] + [detok.flush()]
     assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
     assert not any("\ufffd" in d for d in deltas)
@@ -222,7 +224,7 @@ def test_greedy_is_a_plain_argmax_decode(engine, chat_settings):
     loaded = engine._loaded["qwen_instruct"]
     p = params(chat_settings, temperature=0, max_tokens=10, seed=3)
     [result] = run(engine, p)
-    ids = torch.tensor([engine.prompt_ids(loaded, p)])
+    ids = torch.tensor([engine.prompt_ids(p)])
     produced = []
     with torch.inference_mode():
         for _ in range(10):
@@ -247,7 +249,7 @@ def test_max_tokens_and_stop_strings(engine, chat_settings):
 
 def test_streamed_deltas_equal_the_text(engine, chat_settings):
     p = {**params(chat_settings, seed=11, max_tokens=20, stop=["zz"]), "stream": True}
-    g = Generation(p)
+    g = engine.prepare(p)
     engine.generate([g])
     events = []
     while True:
@@ -265,11 +267,12 @@ def test_a_prompt_too_long_fails_alone(engine, chat_settings):
     too_long = chat_params.enhance({"prompt": "fox " * (limit + 10), "raw": True, "max_tokens": 4}, "qwen_base",
                                    chat_settings)
     fine = chat_params.enhance({"prompt": "fox", "raw": True, "max_tokens": 4, "seed": 1}, "qwen_base", chat_settings)
-    bad, good = Generation(too_long), Generation(fine)
-    engine.generate([bad, good])
+    # checked when the request is prepared, in the caller's thread, before anything is queued
     with pytest.raises(ValidationFailed) as err:
-        bad.wait(0)
+        engine.prepare(too_long)
     assert err.value.details[0]["path"] == "/prompt" and "at most" in err.value.details[0]["message"]
+    good = engine.prepare(fine)
+    engine.generate([good])
     assert good.wait(0).completion_tokens == 4
 
 
@@ -298,7 +301,7 @@ class CountingEngine:
 
 
 def _submit_concurrently(batcher, requests):
-    generations = [Generation(p) for p in requests]
+    generations = [batcher.engine.prepare(p) for p in requests]
     threads = [threading.Thread(target=batcher.submit, args=(g,)) for g in generations]
     for t in threads:
         t.start()
@@ -326,14 +329,14 @@ def test_full_queue_is_overloaded_and_a_running_batch_keeps_its_model(engine, ch
     batcher = Batcher(engine, engine.host, "qwen_base", batch_size=1, window_s=0.0, max_queue=1)
     lock = engine._generate_locks["qwen_base"]
     with lock:  # the batcher's first batch blocks inside generate, holding the model in use
-        first = Generation(params(chat_settings, model="qwen_base", seed=1, max_tokens=3))
+        first = engine.prepare(params(chat_settings, model="qwen_base", seed=1, max_tokens=3))
         batcher.submit(first)
         deadline = time.monotonic() + 10
         while engine.host.status()["qwen_base"]["busy"] is False and time.monotonic() < deadline:
             time.sleep(0.01)
-        batcher.submit(Generation(params(chat_settings, model="qwen_base", seed=2, max_tokens=3)))
+        batcher.submit(engine.prepare(params(chat_settings, model="qwen_base", seed=2, max_tokens=3)))
         with pytest.raises(Overloaded):
-            batcher.submit(Generation(params(chat_settings, model="qwen_base", seed=3, max_tokens=3)))
+            batcher.submit(engine.prepare(params(chat_settings, model="qwen_base", seed=3, max_tokens=3)))
         with pytest.raises(ModelBusy):
             engine.host.unload("qwen_base", wait_s=0)
     assert first.wait(30).completion_tokens == 3
@@ -343,16 +346,14 @@ def test_full_queue_is_overloaded_and_a_running_batch_keeps_its_model(engine, ch
 
 
 def test_a_conversation_the_chat_template_rejects_is_a_validation_error(engine, chat_settings):
-    tokenizer = engine._loaded["qwen_instruct"].tokenizer
+    tokenizer = engine.tokenizer("qwen_instruct")
     original = tokenizer.chat_template
     tokenizer.chat_template = "{{ raise_exception('conversation roles must alternate') }}"
     try:
-        g = Generation(params(chat_settings, seed=1))
-        engine.generate([g])
+        with pytest.raises(ValidationFailed) as err:
+            engine.prepare(params(chat_settings, seed=1))  # before anything is queued
     finally:
         tokenizer.chat_template = original
-    with pytest.raises(ValidationFailed) as err:
-        g.wait(0)
     assert err.value.details == [{"path": "/messages", "message": "the model's chat template rejected the "
                                   "conversation: conversation roles must alternate"}]
 

@@ -121,6 +121,8 @@ def test_exact_copy_takes_preset_strength_and_guidance(settings):
     ({"config": {"steps": "20"}}, "/config/steps"),
     ({"config": {"num_images": 2}}, "/config/num_images"),
     ({"config": {"width": 65}}, "/config/width"),
+    ({"config": {"resolution": "4096x4096"}}, "/config/resolution"),    # bounds of the profile, in the schema
+    ({"config": {"resolution": "100x64"}}, "/config/resolution"),
     ({"config": {"seed": -1}}, "/config/seed"),
     ({"config": {"seed": 2**32}}, "/config/seed"),
     ({"config": {"bogus": 1}}, "/config/bogus"),
@@ -139,9 +141,19 @@ def test_schema_errors_name_the_field(settings, bad, path):
     assert path in details(exc)
 
 
+@pytest.mark.parametrize("profile", ["placeholder", "production"])
+def test_preset_defaults_are_within_the_schema_bounds(profile):
+    """Normalisation trusts the presets it fills in: the schema (the one place bounds live) must accept them."""
+    settings = Settings(model_profile=profile)
+    for job_type, entry in job_types().items():
+        defaults = preset_defaults(job_type, settings)
+        validate_request(f"{entry['worker']}.generate", body(type=job_type, config=defaults), settings)
+    with pytest.raises(ValidationFailed):  # and would refuse one out of bounds
+        validate_request("sdxl.generate", body(config={**preset_defaults("sdxl_image_fast", settings), "width": 4096}),
+                         settings)
+
+
 @pytest.mark.parametrize("config, path", [
-    ({"resolution": "4096x4096"}, "/config/resolution"),
-    ({"resolution": "100x64"}, "/config/resolution"),
     ({"resolution": "64x64", "width": 128}, "/config/width"),
     ({"steps": 10, "num_inference_steps": 12}, "/config/num_inference_steps"),
 ])

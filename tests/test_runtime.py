@@ -43,6 +43,7 @@ class CountingEngine:
     def resident_bytes(self, model): return 1000 if self.loaded else 0
     def required_models(self, params): return ["m"]
     def working_bytes(self, params): return 0
+    def reference_urls(self, params): return {}
 
     def run(self, params, ctx):
         self.started.set()

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, strategies as st
 from PIL import Image
 
-from workers.engines.sdxl import batch_seeds, compel_prompt, gpu_plan, img2img_steps, resize_reference
+from workers.engines.images import resize_reference
+from workers.engines.sdxl import batch_seeds, compel_prompt, gpu_plan, img2img_steps
 from workers.http.app import create_app
 from tests.support import API_KEY, StaticServer
 

@@ -8,9 +8,9 @@ from configuration import model_config
 from configuration.params import normalise_generation
 from configuration.params.wan import normalise_frames
 from configuration.schemas import ValidationFailed, validate_request
-from configuration.schemas.wan import SAMPLE_SOLVERS
+from configuration.schemas.wan import SAMPLE_SOLVERS, max_requested_frames
 from configuration.settings import Settings
-from workers.engines.wan import (SOLVERS, conditioning_frames, gpu_plan, offload_decision, text_encoder_placement,
+from workers.engines.wan import (conditioning_frames, make_scheduler, gpu_plan, offload_decision, text_encoder_placement,
                                  vae_dtype, working_bytes_estimate)
 
 A, B, C = "https://cdn.example/a.png", "https://cdn.example/b.png", "https://cdn.example/c.png"
@@ -154,8 +154,21 @@ def test_caller_metadata_is_kept_apart():
     assert p["caller_metadata"] == {"project": "p1"}
 
 
+def test_the_frames_bound_is_the_largest_count_that_rounds_within_the_limit():
+    assert max_requested_frames(33) == 33 and max_requested_frames(121) == 121
+    for max_frames in (32, 33, 34, 121):
+        top = max_requested_frames(max_frames)
+        assert top <= max_frames and normalise_frames(top) <= max_frames
+        assert top == max_frames or normalise_frames(top + 1) > max_frames
+
+
 def test_schema_solvers_are_the_engines():
-    assert list(SAMPLE_SOLVERS) == list(SOLVERS)
+    config = {"num_train_timesteps": 1000, "flow_shift": 3.0, "prediction_type": "flow_prediction",
+              "use_flow_sigmas": True}
+    assert [type(make_scheduler(s, config)).__name__ for s in SAMPLE_SOLVERS] == \
+        ["UniPCMultistepScheduler", "DPMSolverMultistepScheduler"]
+    with pytest.raises(ValueError):
+        make_scheduler("euler", config)
 
 
 # ---- device and memory decisions -----------------------------------------------------------------

@@ -7,12 +7,36 @@ only what the caller left out.
 """
 from __future__ import annotations
 
+from typing import NotRequired, TypedDict
+
 from configuration import chat_config, model_config
 from configuration.params.common import resolve_seed
 from configuration.schemas.common import field_error
 from configuration.settings import Settings
 
-SAMPLING = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty")
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+class ChatParams(TypedDict):
+    """What the chat engine runs with: every value within the schema's bounds, defaults applied."""
+    model: str
+    messages: list[Message] | None      # rendered by the model's chat template or configured template
+    text: str | None                    # a raw prompt, sent verbatim (exactly one of messages/text)
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    stop: list[str]
+    seed: int
+    seed_source: str                    # request | random
+    stream: bool
+    include_usage: bool
+    original_prompt: NotRequired[str]           # enhancements only
+    target_model: NotRequired[str | None]       # enhancements only
 
 
 def short_name(model: str) -> str:
@@ -26,7 +50,7 @@ def model_for_short_name(name: str) -> str:
     raise KeyError(name)
 
 
-def enhance(body: dict, model: str, settings: Settings) -> dict:
+def enhance(body: dict, model: str, settings: Settings) -> ChatParams:
     """/enhance/base, /enhance/instruct (model from the route) and legacy /enhance (model from the body)."""
     cfg = chat_config()
     defaults = dict(cfg["defaults"]["enhance"])
@@ -61,14 +85,14 @@ def enhance(body: dict, model: str, settings: Settings) -> dict:
     return params
 
 
-def chat(body: dict, settings: Settings) -> dict:
+def chat(body: dict, settings: Settings) -> ChatParams:
     """Legacy /chat and /generate."""
     cfg = chat_config()
     model = body.get("model", cfg["legacy_default_model"])
     return _request(body, model, cfg["defaults"]["chat"], settings, _messages(body["messages"]), None)
 
 
-def completion(body: dict, settings: Settings) -> dict:
+def completion(body: dict, settings: Settings) -> ChatParams:
     """OpenAI-compatible /v1/chat/completions."""
     body = dict(body)
     if "max_completion_tokens" in body:
@@ -84,22 +108,24 @@ def completion(body: dict, settings: Settings) -> dict:
     return params
 
 
-def _request(body: dict, model: str, defaults: dict, settings: Settings, messages, text) -> dict:
+def _request(body: dict, model: str, defaults: dict, settings: Settings, messages, text) -> ChatParams:
+    def pick(name: str):
+        return body[name] if name in body else defaults[name]
+
     limit = model_config(model, settings)["limits"]["max_tokens"]
-    params = {"model": model, "messages": messages, "text": text}
-    for name in SAMPLING:
-        params[name] = body[name] if name in body else defaults[name]
-    if "max_tokens" not in body:
-        params["max_tokens"] = min(int(params["max_tokens"]), limit)
-    params["max_tokens"] = int(params["max_tokens"])
-    params["top_k"] = int(params["top_k"])
-    for name in ("temperature", "top_p", "repetition_penalty"):
-        params[name] = float(params[name])
-    params["stop"] = _stops(body.get("stop"), model, templated=text is None)
-    params["seed"], params["seed_source"] = resolve_seed(body)
-    params["stream"] = False
-    params["include_usage"] = False
-    return params
+    seed, seed_source = resolve_seed(body)
+    return {
+        "model": model, "messages": messages, "text": text,
+        # A configured default never exceeds the profile's limit; a caller's value was bounded by the schema.
+        "max_tokens": int(body["max_tokens"]) if "max_tokens" in body else min(int(defaults["max_tokens"]), limit),
+        "temperature": float(pick("temperature")),
+        "top_p": float(pick("top_p")),
+        "top_k": int(pick("top_k")),
+        "repetition_penalty": float(pick("repetition_penalty")),
+        "stop": _stops(body.get("stop"), model, templated=text is None),
+        "seed": seed, "seed_source": seed_source,
+        "stream": False, "include_usage": False,
+    }
 
 
 def _stops(requested, model: str, templated: bool) -> list[str]:
@@ -112,9 +138,9 @@ def _stops(requested, model: str, templated: bool) -> list[str]:
     return list(dict.fromkeys(stops))
 
 
-def _messages(messages: list[dict]) -> list[dict]:
+def _messages(messages: list[dict]) -> list[Message]:
     """Messages with OpenAI text parts joined into plain strings."""
-    flat = []
+    flat: list[Message] = []
     for message in messages:
         content = message["content"]
         if isinstance(content, list):

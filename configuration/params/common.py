@@ -24,30 +24,17 @@ def given(value) -> bool:
     return value is not _MISSING
 
 
-def resolve_size(config: dict, defaults: dict, limits: dict) -> tuple[int, int]:
-    """(width, height) from `width`/`height` or `resolution`, else the preset, within the model's limits."""
+def resolve_size(config: dict, defaults: dict) -> tuple[int, int]:
+    """(width, height) from `width`/`height` or `resolution`, else the preset. The schema bounds every
+    form (configuration/schemas/common.py `size_schemas`); here they only have to agree."""
     width, height = config.get("width"), config.get("height")
     if "resolution" in config:
-        try:
-            r_width, r_height = (int(v) for v in config["resolution"].split("x"))
-        except ValueError:
-            raise field_error("/config/resolution", "must be WIDTHxHEIGHT") from None
+        r_width, r_height = (int(v) for v in config["resolution"].split("x"))
         for name, value, other in (("width", width, r_width), ("height", height, r_height)):
             if value is not None and value != other:
                 raise field_error(f"/config/{name}", f"conflicts with resolution {config['resolution']!r}")
         width, height = r_width, r_height
-        source = "/config/resolution"
-    else:
-        source = None
-    width = int(defaults["width"] if width is None else width)
-    height = int(defaults["height"] if height is None else height)
-    for name, value in (("width", width), ("height", height)):
-        path = source or f"/config/{name}"
-        if not limits["min_size"] <= value <= limits["max_size"]:
-            raise field_error(path, f"{name} {value} is outside [{limits['min_size']}, {limits['max_size']}] for this model")
-        if value % limits["multiple"]:
-            raise field_error(path, f"{name} {value} is not a multiple of {limits['multiple']}")
-    return width, height
+    return int(defaults["width"] if width is None else width), int(defaults["height"] if height is None else height)
 
 
 def resolve_seed(config: dict) -> tuple[int, str]:

@@ -1,25 +1,55 @@
 """SDXL request body -> internal parameters."""
 from __future__ import annotations
 
-from configuration import job_types, model_config, preset_defaults
-from configuration.schemas.common import field_error
+from typing import TypedDict
+
+from configuration import job_types, preset_defaults
 from configuration.params.common import aliased, caller_metadata, given, resolve_seed, resolve_size
+from configuration.schemas.common import field_error
 from configuration.settings import Settings
+
+
+
+class SDXLReference(TypedDict):
+    url: str
+    mode: str                   # modify | exact_copy
+    denoise_strength: float
+    strength_source: str        # denoise_strength | reference_strength | preset
+    resize_policy: str          # center_crop | letterbox
+
+
+class SDXLParams(TypedDict):
+    """What the SDXL engine runs with: every value within the schema's bounds, defaults applied."""
+    job_type: str
+    prompt: str
+    negative_prompt: str
+    num_images: int
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    seed: int
+    seed_source: str
+    compel_enabled: bool
+    compel_weights: str | None
+    reference: SDXLReference | None
+    caller_metadata: dict
+
 
 _REFERENCE_FIELDS = {"reference_image_url", "denoise_strength", "reference_strength", "exact_copy_mode", "resize_policy"}
 
 
-def normalise(body: dict, settings: Settings) -> dict:
+def normalise(body: dict, settings: Settings) -> SDXLParams:
     job_type = body["type"]
     preset = job_types("sdxl")[job_type]
     defaults = preset_defaults(job_type, settings)
     config = body.get("config", {})
     metadata = body.get("metadata", {})
-    width, height = resolve_size(config, defaults, model_config("sdxl", settings)["limits"])
+    width, height = resolve_size(config, defaults)
     seed, seed_source = resolve_seed(config)
     steps = aliased(config, "steps", ("num_inference_steps",), "/config")
 
-    params = {
+    params: SDXLParams = {
         "job_type": job_type,
         "prompt": body["prompt"],
         "negative_prompt": config.get("negative_prompt", defaults["negative_prompt"]),
@@ -42,7 +72,7 @@ def normalise(body: dict, settings: Settings) -> dict:
     return params
 
 
-def _reference(metadata: dict, preset: dict) -> dict | None:
+def _reference(metadata: dict, preset: dict) -> SDXLReference | None:
     url = metadata.get("reference_image_url")
     for name in ("denoise_strength", "reference_strength", "exact_copy_mode", "resize_policy"):
         if name in metadata and not url:
@@ -60,7 +90,7 @@ def _reference(metadata: dict, preset: dict) -> dict | None:
     else:
         mode_preset = preset["exact_copy"] if exact_copy else preset["img2img"]
         strength, source = float(mode_preset["denoise_strength"]), "preset"
-    reference = {
+    reference: SDXLReference = {
         "url": url,
         "mode": "exact_copy" if exact_copy else "modify",
         "denoise_strength": strength,

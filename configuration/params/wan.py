@@ -6,7 +6,9 @@ Frames are rounded to 4k+1 (the Wan VAE's temporal stride) and both counts are k
 """
 from __future__ import annotations
 
-from configuration import job_types, model_config, preset_defaults
+from typing import TypedDict
+
+from configuration import job_types, preset_defaults
 from configuration.params.common import aliased, caller_metadata, given, resolve_seed, resolve_size
 from configuration.schemas.common import field_error
 from configuration.settings import Settings
@@ -20,12 +22,42 @@ _URL_FIELDS = {"image": ("reference_image_url", "image"),
 MIN_VIDEO_FRAMES = 5
 
 
+class WanReference(TypedDict):
+    mode: str                   # single | start | end | both
+    first_url: str | None
+    last_url: str | None
+    conditioning_scale: float
+    strength_source: str        # reference_strength | denoise_strength | preset
+    resize_policy: str          # center_crop | letterbox
+    source_field: str           # the request field that chose the mode (error paths)
+
+
+class WanParams(TypedDict):
+    """What the WAN engine runs with: every value within the schema's bounds, defaults applied."""
+    job_type: str
+    output: str                 # image | video
+    prompt: str
+    negative_prompt: str | None  # None when guidance is off
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    frames_requested: int
+    frames: int                 # 4k+1
+    fps: float | None           # None for an image
+    sample_solver: str
+    seed: int
+    seed_source: str
+    reference: WanReference | None
+    caller_metadata: dict
+
+
 def normalise_frames(requested: int) -> int:
     """The frame count Wan can produce: 4k+1, the nearest to `requested` (ties go down, as diffusers rounds)."""
     return max(1, requested // 4 * 4 + 1)
 
 
-def normalise(body: dict, settings: Settings) -> dict:
+def normalise(body: dict, settings: Settings) -> WanParams:
     job_type = body["type"]
     preset = job_types("wan")[job_type]
     if preset["enhance"]:
@@ -42,13 +74,12 @@ def normalise(body: dict, settings: Settings) -> dict:
     if "content_type" in config and config["content_type"] != output:
         raise field_error("/config/content_type", f"{job_type} produces {output!r}, not {config['content_type']!r}")
 
-    limits = model_config("wan_t2v", settings)["limits"]
-    width, height = resolve_size(config, defaults, limits)
+    width, height = resolve_size(config, defaults)
     seed, seed_source = resolve_seed(config)
     steps = aliased(config, "steps", ("sample_steps",), "/config")
     guidance = aliased(config, "guidance_scale", ("sample_guide_scale",), "/config")
     guidance = float(guidance if given(guidance) else defaults["guidance_scale"])
-    frames_requested, frames = _frames(config, defaults, output, limits)
+    frames_requested, frames = _frames(config, defaults, output)
 
     negative_prompt = config.get("negative_prompt", defaults["negative_prompt"])
     if guidance <= 1.0:
@@ -76,7 +107,7 @@ def normalise(body: dict, settings: Settings) -> dict:
     }
 
 
-def _frames(config: dict, defaults: dict, output: str, limits: dict) -> tuple[int, int]:
+def _frames(config: dict, defaults: dict, output: str) -> tuple[int, int]:
     requested = aliased(config, "frames", ("frame_num",), "/config")
     path = "/config/frames" if "frames" in config else "/config/frame_num"
     if not given(requested):
@@ -87,8 +118,6 @@ def _frames(config: dict, defaults: dict, output: str, limits: dict) -> tuple[in
         raise field_error(path, "an image job produces exactly one frame; use a video_* type for more")
     if output == "video" and requested < MIN_VIDEO_FRAMES:
         raise field_error(path, f"a video has at least {MIN_VIDEO_FRAMES} frames; use an image_* type for one frame")
-    if frames > limits["max_frames"]:
-        raise field_error(path, f"{requested} frames round to {frames}, over the {limits['max_frames']} this model allows")
     return requested, frames
 
 
@@ -112,7 +141,7 @@ def _urls(config: dict, metadata: dict) -> dict[str, tuple[str, str]]:
     return urls
 
 
-def _reference(config: dict, metadata: dict, preset: dict, frames: int) -> dict | None:
+def _reference(config: dict, metadata: dict, preset: dict, frames: int) -> WanReference | None:
     if "exact_copy_mode" in metadata:
         raise field_error("/metadata/exact_copy_mode", "is an SDXL image-to-image option; WAN has no exact-copy mode")
     urls = _urls(config, metadata)

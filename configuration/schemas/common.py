@@ -14,12 +14,24 @@ PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": "\\S"
 NEGATIVE_PROMPT = {"type": "string", "maxLength": 20000}
 SEED = {"type": "integer", "minimum": 0, "maximum": 4294967295,
         "description": "Any unsigned 32-bit integer; 0 is a seed like any other. Random (and reported) when absent."}
-RESOLUTION = {"type": "string", "pattern": "^[0-9]{2,5}x[0-9]{2,5}$", "description": "`WIDTHxHEIGHT`, e.g. `1024x1024`."}
 REFERENCE_URL = {"type": "string", "minLength": 1, "maxLength": 14000000,
                  "pattern": "^(https?://|data:image/)",
                  "description": "http(s) URL or a `data:image/...` URL."}
 STRENGTH = {"type": "number", "minimum": 0.0, "maximum": 1.0}
 WHICH = {"type": "string", "description": "Model to load/unload, or `all`."}
+
+
+def size_schemas(limits: dict) -> tuple[dict, dict]:
+    """The `width`/`height` and `resolution` schemas of a model's size limits (per profile, from
+    configuration/models.json): the one place these bounds are checked."""
+    low, high, step = limits["min_size"], limits["max_size"], limits["multiple"]
+    allowed = f"a multiple of {step} in [{low}, {high}]"
+    size = {"type": "integer", "minimum": low, "maximum": high, "multipleOf": step, "description": f"Pixels; {allowed}."}
+    first = -(-low // step) * step
+    values = "|".join(str(v) for v in range(first, high + 1, step))
+    resolution = {"type": "string", "pattern": f"^({values})x({values})$",
+                  "description": f"`WIDTHxHEIGHT`, each {allowed}, e.g. `{first}x{first}`."}
+    return size, resolution
 
 
 class ValidationFailed(Exception):
@@ -53,6 +65,8 @@ def _detail(error: jsonschema.ValidationError) -> dict:
         if extra:
             path.append(extra[0])
             message = "is not an accepted field"
+    elif error.validator == "pattern" and "description" in error.schema:
+        message = f"{error.instance!r} is not of the form {error.schema['description']}"
     if len(message) > 300:
         message = message[:300] + "..."
     return {"path": _pointer(path), "message": message}

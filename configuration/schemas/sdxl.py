@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 from configuration import job_types, model_config
-from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, RESOLUTION,
-                                          SAFE_ID, SEED, STRENGTH)
+from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED, STRENGTH,
+                                          size_schemas)
 from configuration.settings import Settings
 
 
 def schemas(settings: Settings) -> dict[str, dict]:
-    limits = model_config("sdxl", settings)["limits"]
-    size = {"type": "integer", "minimum": limits["min_size"], "maximum": limits["max_size"],
-            "multipleOf": limits["multiple"],
-            "description": f"Pixels; a multiple of {limits['multiple']} in [{limits['min_size']}, {limits['max_size']}]."}
+    size, resolution = size_schemas(model_config("sdxl", settings)["limits"])
     steps = {"type": "integer", "minimum": 1, "maximum": 100}
     generate = {
         "$schema": DIALECT,
@@ -37,7 +34,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                     "guidance_scale": {"type": "number", "minimum": 0.0, "maximum": 30.0},
                     "width": size,
                     "height": size,
-                    "resolution": RESOLUTION,
+                    "resolution": resolution,
                     "seed": SEED,
                     "negative_prompt": NEGATIVE_PROMPT,
                 },

@@ -1,9 +1,11 @@
 """WAN worker request schemas (text-to-video, image jobs, reference-frame modes)."""
 from __future__ import annotations
 
+import math
+
 from configuration import job_types, model_config
-from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, RESOLUTION,
-                                          SAFE_ID, SEED, STRENGTH)
+from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED, STRENGTH,
+                                          size_schemas)
 from configuration.settings import Settings
 
 REFERENCE_MODES = ["none", "single", "start", "end", "both"]
@@ -11,13 +13,26 @@ REFERENCE_MODES = ["none", "single", "start", "end", "both"]
 SAMPLE_SOLVERS = ["unipc", "dpm++"]
 
 
+def limits(settings: Settings) -> dict:
+    """What every WAN model of this profile accepts: a job may run on wan_t2v or wan_vace."""
+    each = [model_config(m, settings)["limits"] for m in ("wan_t2v", "wan_vace")]
+    multiple = math.lcm(*(lim["multiple"] for lim in each))
+    return {"min_size": max(lim["min_size"] for lim in each), "max_size": min(lim["max_size"] for lim in each),
+            "multiple": multiple, "max_frames": min(lim["max_frames"] for lim in each)}
+
+
+def max_requested_frames(max_frames: int) -> int:
+    """The largest frame count up to max_frames whose 4k+1 rounding (configuration/params/wan.py) stays
+    within max_frames (max_frames itself when it is of the form 4k+1)."""
+    return min(max_frames, (max_frames - 1) // 4 * 4 + 3)
+
+
 def schemas(settings: Settings) -> dict[str, dict]:
-    limits = model_config("wan_t2v", settings)["limits"]
-    size = {"type": "integer", "minimum": limits["min_size"], "maximum": limits["max_size"],
-            "multipleOf": limits["multiple"],
-            "description": f"Pixels; a multiple of {limits['multiple']} in [{limits['min_size']}, {limits['max_size']}]."}
-    frames = {"type": "integer", "minimum": 1, "maximum": limits["max_frames"],
-              "description": "Frames to generate; rounded to the nearest 4k+1 (ties down), both counts reported. "
+    bounds = limits(settings)
+    size, resolution = size_schemas(bounds)
+    frames = {"type": "integer", "minimum": 1, "maximum": max_requested_frames(bounds["max_frames"]),
+              "description": f"Frames to generate; rounded to the nearest 4k+1 (ties down), at most "
+                             f"{bounds['max_frames']} after rounding; both counts reported. "
                              "Image jobs: 1. Videos: at least 5."}
     steps = {"type": "integer", "minimum": 1, "maximum": 100}
     guidance = {"type": "number", "minimum": 0.0, "maximum": 20.0,
@@ -47,7 +62,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                     "sample_guide_scale": {**guidance, "description": "Legacy alias of `guidance_scale`."},
                     "width": size,
                     "height": size,
-                    "resolution": RESOLUTION,
+                    "resolution": resolution,
                     "seed": SEED,
                     "negative_prompt": NEGATIVE_PROMPT,
                     "fps": {"type": "number", "minimum": 1, "maximum": 60,

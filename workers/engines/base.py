@@ -1,11 +1,21 @@
-"""What every engine provides to the job runtime and the model host."""
+"""What every engine provides to the job runtime and the model host, and what it hands back."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from configuration import model_config, worker_config
 from configuration.settings import Settings
 from workers import devices
+
+
+@dataclass
+class GeneratedAsset:
+    """What an engine's `run` returns: pixels plus the parameters actually used for them."""
+    kind: str                      # "image" or "video"
+    frames: list                   # PIL images; one for an image
+    metadata: dict
+    fps: float | None = None
 
 
 def step_callback(ctx, total_steps: int):
@@ -63,7 +73,16 @@ class Engine(ABC):
         return 0
 
     def check_request(self, params: dict) -> None:
-        """Model-specific checks on normalised parameters; raise ValidationFailed to answer 400."""
+        """Checks that need this worker's configuration (e.g. a model path that is not set); raise
+        ValidationFailed to answer 400. Bounds are the schema's, normalisation is configuration/params'."""
 
-    def run(self, params: dict, ctx) -> list:
+    def reference_urls(self, params: dict) -> dict[str, str]:
+        """role -> URL of the reference images a job needs; the runtime fetches them before it leases
+        memory and hands them to `run` as `ctx.references` (role -> PIL image)."""
+        return {}
+
+    def start(self, host) -> None:
+        """Start the engine's background work, if it has any (the app factory calls this once)."""
+
+    def run(self, params: dict, ctx) -> list[GeneratedAsset]:
         raise NotImplementedError(f"{type(self).__name__} does not run queued jobs")

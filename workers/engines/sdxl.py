@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
 
+from common.errors import MODEL_NOT_CONFIGURED, JobFailed
+from configuration.params.sdxl import SDXLParams
 from workers import devices
-from workers.engines.base import Engine, step_callback
-from common.errors import JobFailed
-from workers.runtime.fetch import fetch_image
-from workers.runtime.jobs import GeneratedAsset
+from workers.engines.base import Engine, GeneratedAsset, step_callback
+from workers.engines.images import resize_reference
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +46,6 @@ def compel_prompt(prompt: str, weights: str | None) -> str:
     (the syntax callers send) rewritten to compel's `(term)1.3`."""
     text = prompt if not weights else f"{prompt}, {weights}"
     return _A1111_WEIGHT.sub(lambda m: f"({m.group(1)}){m.group(2)}", text)
-
-
-def resize_reference(image: Image.Image, width: int, height: int, policy: str) -> Image.Image:
-    """center_crop: scale to cover the target, crop the middle. letterbox: scale to fit, pad black."""
-    if policy == "center_crop":
-        return ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-    if policy == "letterbox":
-        return ImageOps.pad(image, (width, height), Image.Resampling.LANCZOS, color=(0, 0, 0))
-    raise ValueError(f"unknown resize policy {policy!r}")
 
 
 def gpu_plan(gpu: dict, device: str, batch: int, pixels: int, compile_setting: bool) -> dict:
@@ -97,12 +87,12 @@ class SDXLEngine(Engine):
         cfg = self.configs[MODEL]
         path, dtype = cfg["path"], self.dtype(MODEL)
         if not path:
-            raise JobFailed("no SDXL model path configured (SDXL_MODEL_PATH)", code="model_not_configured")
+            raise JobFailed("no SDXL model path configured (SDXL_MODEL_PATH)", code=MODEL_NOT_CONFIGURED)
         if path.endswith((".safetensors", ".ckpt")):
             config_dir = cfg["config_path"] or self._sibling_config(path)
             if not config_dir:
                 raise JobFailed("single-file SDXL checkpoints need SDXL_CONFIG_DIR (a local diffusers SDXL "
-                                "config directory); hub lookups are disabled", code="model_not_configured")
+                                "config directory); hub lookups are disabled", code=MODEL_NOT_CONFIGURED)
             pipe = StableDiffusionXLPipeline.from_single_file(path, config=config_dir, local_files_only=True, dtype=dtype)
             self.load_source = "single_file"
         else:
@@ -142,7 +132,7 @@ class SDXLEngine(Engine):
         if plan["torch_compile"]:
             pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
 
-    def _apply_job_gpu_settings(self, params: dict) -> dict:
+    def _apply_job_gpu_settings(self, params: SDXLParams) -> dict:
         plan = gpu_plan(self.configs[MODEL]["gpu"], self.device, params["num_images"],
                         params["width"] * params["height"], self.settings.torch_compile)
         vae = self.txt2img.vae
@@ -151,13 +141,16 @@ class SDXLEngine(Engine):
         return plan
 
     # jobs
-    def working_bytes(self, params: dict) -> int:
+    def reference_urls(self, params: SDXLParams) -> dict[str, str]:
+        return {"image": params["reference"]["url"]} if params["reference"] else {}
+
+    def working_bytes(self, params: SDXLParams) -> int:
         # Activations scale with batch x pixels; about 1.2 GB per 1024x1024 image in fp16 with CFG.
         if self.settings.model_profile == "placeholder":
             return 0
         return int(1.2 * 1024**3 * params["num_images"] * params["width"] * params["height"] / (1024 * 1024))
 
-    def run(self, params: dict, ctx) -> list[GeneratedAsset]:
+    def run(self, params: SDXLParams, ctx) -> list[GeneratedAsset]:
         plan = self._apply_job_gpu_settings(params)
         reference = params["reference"]
         seeds = batch_seeds(params["seed"], params["num_images"])
@@ -176,8 +169,7 @@ class SDXLEngine(Engine):
                                   callback_on_step_end=step_callback(ctx, total), **common).images
             used.update(pipeline="StableDiffusionXLPipeline", steps=params["steps"], effective_steps=params["steps"])
         else:
-            ctx.stage("loading")
-            source = fetch_image(reference["url"], self.settings)
+            source = ctx.references["image"]
             init = resize_reference(source, params["width"], params["height"], reference["resize_policy"])
             strength = reference["denoise_strength"]
             steps, effective = img2img_steps(params["steps"], strength)
@@ -193,7 +185,7 @@ class SDXLEngine(Engine):
         return [GeneratedAsset("image", [img], dict(used, seed=seed)) for img, seed in zip(images, seeds)]
 
     # prompts
-    def _prompt_arguments(self, params: dict) -> tuple[dict, dict]:
+    def _prompt_arguments(self, params: SDXLParams) -> tuple[dict, dict]:
         if params["compel_enabled"]:
             text = compel_prompt(params["prompt"], params["compel_weights"])
             compel = self._compel_for_pipe()

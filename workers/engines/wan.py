@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from common.errors import MODEL_NOT_CONFIGURED, JobFailed
+from configuration.params.wan import WanParams
 from configuration.schemas.common import field_error
 from workers import devices
-from workers.engines.base import Engine, step_callback
-from workers.engines.sdxl import resize_reference
-from common.errors import JobFailed
-from workers.runtime.fetch import fetch_image
-from workers.runtime.jobs import GeneratedAsset
+from workers.engines.base import Engine, GeneratedAsset, step_callback
+from workers.engines.images import resize_reference
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +101,6 @@ def make_scheduler(solver: str, config):
             config, algorithm_type="dpmsolver++", solver_type="midpoint", solver_order=2, use_flow_sigmas=True,
             prediction_type="flow_prediction", flow_shift=config["flow_shift"])
     raise ValueError(f"unknown sample_solver {solver!r}")
-
-
-SOLVERS = ("unipc", "dpm++")
 
 
 def _file_signature(folder: Path) -> tuple:
@@ -248,7 +244,7 @@ class WanEngine(Engine):
         path, gpu = cfg["path"], cfg["gpu"]
         if not path:
             setting = cfg["paths"]["production"]["path_setting"].upper()
-            raise JobFailed(f"no {model} model path configured ({setting})", code="model_not_configured")
+            raise JobFailed(f"no {model} model path configured ({setting})", code=MODEL_NOT_CONFIGURED)
         dtype = self.dtype(model)
         memory = devices.device_memory(self.device)
         footprint = self._footprint.get(model, cfg["memory_bytes"]) + self.settings.vram_reserve_mb * 1024 * 1024
@@ -303,10 +299,11 @@ class WanEngine(Engine):
         devices.empty_cache(self.device)
 
     # requests
-    def required_models(self, params: dict) -> list[str]:
+    def required_models(self, params: WanParams) -> list[str]:
         return [VACE] if params["reference"] else [T2V]
 
-    def check_request(self, params: dict) -> None:
+    def check_request(self, params: WanParams) -> None:
+        """A job needs its model's path; sizes and frames were bounded by the schema."""
         reference = params["reference"]
         for model in self.required_models(params):
             cfg = self.configs[model]
@@ -316,21 +313,20 @@ class WanEngine(Engine):
                     raise field_error(reference["source_field"], f"reference_mode {reference['mode']} needs the {model} model "
                                                           f"(Wan VACE), which is not configured: {setting} is empty")
                 raise field_error("/type", f"the {model} model is not configured: {setting} is empty")
-            limits = cfg["limits"]
-            for name in ("width", "height"):
-                if not limits["min_size"] <= params[name] <= limits["max_size"] or params[name] % limits["multiple"]:
-                    raise field_error(f"/config/{name}", f"{params[name]} is outside what {model} allows "
-                                                         f"(a multiple of {limits['multiple']} in "
-                                                         f"[{limits['min_size']}, {limits['max_size']}])")
-            if params["frames"] > limits["max_frames"]:
-                raise field_error("/config/frames", f"{params['frames']} frames exceed {model}'s {limits['max_frames']}")
 
-    def working_bytes(self, params: dict) -> int:
+    def reference_urls(self, params: WanParams) -> dict[str, str]:
+        reference = params["reference"]
+        if not reference:
+            return {}
+        urls = {"first": reference["first_url"], "last": reference["last_url"]}
+        return {role: url for role, url in urls.items() if url}
+
+    def working_bytes(self, params: WanParams) -> int:
         gpu = self.configs[self.required_models(params)[0]]["gpu"]
         return working_bytes_estimate(gpu, params["width"], params["height"], params["frames"])
 
     # jobs
-    def run(self, params: dict, ctx) -> list[GeneratedAsset]:
+    def run(self, params: WanParams, ctx) -> list[GeneratedAsset]:
         model = self.required_models(params)[0]
         loaded = self._loaded[model]
         pipe, reference = loaded.pipe, params["reference"]
@@ -343,14 +339,10 @@ class WanEngine(Engine):
         call = {}
         used = {"model": model, "pipeline": type(pipe).__name__, "reference_mode": "none"}
         if reference:
-            ctx.stage("loading")
-            first, last, sizes = None, None, {}
-            if reference["first_url"]:
-                source = fetch_image(reference["first_url"], self.settings)
-                first, sizes["first"] = resize_reference(source, width, height, reference["resize_policy"]), list(source.size)
-            if reference["last_url"]:
-                source = fetch_image(reference["last_url"], self.settings)
-                last, sizes["last"] = resize_reference(source, width, height, reference["resize_policy"]), list(source.size)
+            fetched = ctx.references
+            first = resize_reference(fetched["first"], width, height, reference["resize_policy"]) if "first" in fetched else None
+            last = resize_reference(fetched["last"], width, height, reference["resize_policy"]) if "last" in fetched else None
+            sizes = {role: list(image.size) for role, image in fetched.items()}
             video, mask = conditioning_frames(first, last, frames, width, height)
             call = {"video": video, "mask": mask, "conditioning_scale": reference["conditioning_scale"]}
             used.update(reference_mode=reference["mode"], conditioning_scale=reference["conditioning_scale"],

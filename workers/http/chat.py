@@ -13,35 +13,31 @@ import uuid
 
 from flask import Blueprint, Response, jsonify
 
+from common.body import json_body
+from common.errors import (EMPTY_ENHANCEMENT, GENERATION_FAILED, NOT_FOUND, VALIDATION_ERROR, ApiError, DomainError,
+                           http_error)
 from configuration import chat_config
 from configuration.openapi import RouteTable
 from configuration.params import chat as chat_params
+from configuration.params.chat import ChatParams
 from configuration.schemas import ValidationFailed, validate_request
-from workers.engines.chat import Generation, GenerationResult, Overloaded, clean_enhancement
-from common.body import json_body
+from workers.engines.chat import Generation, GenerationResult, clean_enhancement
 from workers.http.common import require_ready, state
-from common.errors import ApiError, DomainError, http_error
-
 
 bp = Blueprint("chat", __name__)
 _STARTED_AT = int(time.time())
 _PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed", "seed_source")
 
 
-@bp.record_once
-def _start_batchers(setup_state) -> None:
-    worker_state = setup_state.app.extensions["worker_state"]
-    worker_state.engine.start(worker_state.host)
-
-
 # ---- one path for every route ------------------------------------------------------------------
 
-def _submit(params: dict) -> Generation:
+def _submit(params: ChatParams) -> Generation:
+    """Checks the request against the model (400s), then queues it for its model's batcher (503 when full)."""
     require_ready()
     try:
-        return state().engine.submit(params)
-    except Overloaded as exc:
-        raise ApiError(503, "overloaded", str(exc), headers={"Retry-After": "1"}) from None
+        return state().engine.submit(state().engine.prepare(params))
+    except Exception as exc:  # noqa: BLE001 - mapped to the contract's error form
+        raise _api_error(exc) from None
 
 
 def _api_error(exc: BaseException) -> Exception:
@@ -50,10 +46,10 @@ def _api_error(exc: BaseException) -> Exception:
         return exc
     if isinstance(exc, DomainError):
         return http_error(exc)
-    return ApiError(500, "generation_failed", "generation failed; see the worker log")
+    return ApiError(500, GENERATION_FAILED, "generation failed; see the worker log")
 
 
-def _run(params: dict) -> GenerationResult:
+def _run(params: ChatParams) -> GenerationResult:
     generation = _submit(params)
     try:
         return generation.wait()
@@ -61,11 +57,12 @@ def _run(params: dict) -> GenerationResult:
         raise _api_error(exc) from None
 
 
-def _used(params: dict) -> dict:
-    return {name: params[name] for name in _PARAMETERS}
+def _used(params: ChatParams) -> dict:
+    values: dict = dict(params)
+    return {name: values[name] for name in _PARAMETERS}
 
 
-def _model_info(params: dict, result: GenerationResult) -> dict:
+def _model_info(params: ChatParams, result: GenerationResult) -> dict:
     return {**state().engine.model_info(params["model"]), "batch_size": result.batch_size}
 
 
@@ -83,7 +80,7 @@ def _enhance(body: dict, model: str):
     enhanced = clean_enhancement(result.text, params["original_prompt"], result.special_tokens,
                                  chat_config()["cleaning"]["quote_pairs"])
     if not enhanced:
-        raise ApiError(422, "empty_enhancement",
+        raise ApiError(422, EMPTY_ENHANCEMENT,
                        f"the model produced no enhancement (finish_reason {result.finish_reason}, "
                        f"{result.completion_tokens} tokens): its output was empty or only the original prompt",
                        [{"path": "", "message": "retry with other sampling parameters or another seed"}])
@@ -109,7 +106,7 @@ def enhance_with(short: str):
     try:
         model = chat_params.model_for_short_name(short)
     except KeyError:
-        raise ApiError(404, "not_found", f"no model {short!r}; use /enhance/base or /enhance/instruct") from None
+        raise ApiError(404, NOT_FOUND, f"no model {short!r}; use /enhance/base or /enhance/instruct") from None
     return _enhance(_validated("enhance"), model)
 
 
@@ -180,7 +177,7 @@ def _sse(payload) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _stream(params: dict, head: dict) -> Response:
+def _stream(params: ChatParams, head: dict) -> Response:
     generation = _submit(params)
     kind, payload = generation.next_event()  # errors before the first token are plain JSON errors
     if kind == "error":
@@ -207,7 +204,7 @@ def _stream(params: dict, head: dict) -> Response:
                     error = _api_error(payload)
                     body = ({"code": error.code, "message": error.message, "details": error.details}
                             if isinstance(error, ApiError) else
-                            {"code": "validation_error", "message": str(error), "details": error.details})
+                            {"code": VALIDATION_ERROR, "message": str(error), "details": error.details})
                     yield _sse({"error": body})
                     return
         finally:

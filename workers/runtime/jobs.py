@@ -10,33 +10,27 @@ import logging
 import queue
 import threading
 import uuid
-from dataclasses import dataclass
 
 from common import errors
 from common.errors import JobCancelled, JobFailed, MemoryUnavailable
 from common.http import now_iso
 from common.jobs import TERMINAL, JobJournal, JobRecord, send_terminal_callback
+from workers.engines.base import GeneratedAsset
 from workers.runtime import media
+from workers.runtime.fetch import fetch_image
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class GeneratedAsset:
-    """What an engine returns: pixels plus the parameters actually used for them."""
-    kind: str                      # "image" or "video"
-    frames: list                   # PIL images; one for an image
-    metadata: dict
-    fps: float | None = None
-
-
 class JobContext:
-    """Handed to an engine's run(): progress reporting and the cancellation check at step boundaries."""
+    """Handed to an engine's run(): progress reporting, the cancellation check at step boundaries, and
+    the job's reference images (`references`, role -> PIL image), fetched before memory was leased."""
 
     def __init__(self, runner: "JobRunner", record: JobRecord):
         self._runner = runner
         self._record = record
         self.cancel_requested = threading.Event()
+        self.references: dict = {}
 
     @property
     def job_id(self) -> str:
@@ -172,6 +166,8 @@ class JobRunner:
         stored: list[str] = []
         try:
             context.stage("loading")
+            context.references = {role: fetch_image(url, self.engine.settings)  # a bad reference fails here
+                                  for role, url in self.engine.reference_urls(params).items()}
             models = self.engine.required_models(params)
             with self.host.use(models, working_bytes=self.engine.working_bytes(params)):
                 context.check_cancelled()
