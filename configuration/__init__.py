@@ -1,6 +1,7 @@
 """Configuration as data: model configs, worker configs, job-type presets, settings and schemas.
 
-Everything else imports from here; nothing here imports from workers/ or orchestrator/.
+Everything else imports from here; nothing here imports from common/, workers/ or orchestrator/
+(tests/test_architecture.py).
 """
 from __future__ import annotations
 
@@ -60,10 +61,6 @@ def model_config(model: str, settings: Settings) -> dict:
     return cfg
 
 
-def model_is_configured(model: str, settings: Settings) -> bool:
-    return bool(model_config(model, settings)["path"])
-
-
 def chat_config() -> dict:
     """The chat worker's configuration data (configuration/chat.json): rendering, defaults, cleaning."""
     return copy.deepcopy(_load("chat.json"))
@@ -93,5 +90,5 @@ def preset_defaults(job_type: str, settings: Settings) -> dict:
 
 __all__ = [
     "CONFIG_DIR", "ConfigurationError", "Settings", "SettingsError", "chat_config", "job_types", "model_config",
-    "model_configs", "model_is_configured", "preset_defaults", "worker_config", "worker_configs",
+    "model_configs", "preset_defaults", "worker_config", "worker_configs",
 ]
