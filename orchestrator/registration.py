@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 
 import requests
 
+from common.http import bearer_session, now_iso
 from configuration import worker_config
 from configuration.settings import Settings
 
@@ -49,6 +49,7 @@ class Registrar:
         self.enabled = bool(settings.register_with_supabase and settings.supabase_url)
         self.results: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self._session = bearer_session(settings.supabase_service_key)
 
     def worker_ready(self, worker: str) -> None:
         """Called by the supervisor each time a worker becomes ready (a restarted worker registers again)."""
@@ -62,15 +63,12 @@ class Registrar:
         threading.Thread(target=self._register, args=(worker, url), name=f"register-{worker}", daemon=True).start()
 
     def _register(self, worker: str, url: str) -> None:
-        function, body = registration_body(worker, url, datetime.now(timezone.utc).isoformat())
+        function, body = registration_body(worker, url, now_iso())
         endpoint = f"{self.settings.supabase_url.rstrip('/')}/functions/v1/{function}"
-        headers = {"Content-Type": "application/json"}
-        if self.settings.supabase_service_key:
-            headers["Authorization"] = f"Bearer {self.settings.supabase_service_key}"
         reason = ""
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                response = requests.post(endpoint, json=body, headers=headers, timeout=15)
+                response = self._session.post(endpoint, json=body, timeout=15)
                 ok = response.status_code == 200 and _success(response)
                 reason = "" if ok else f"HTTP {response.status_code}"
             except requests.RequestException as exc:
@@ -86,8 +84,7 @@ class Registrar:
 
     def _result(self, worker: str, status: str, detail: str) -> None:
         with self._lock:
-            self.results[worker] = {"status": status, "detail": detail,
-                                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            self.results[worker] = {"status": status, "detail": detail, "at": now_iso()}
 
     def status(self, worker: str) -> dict | None:
         with self._lock:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import requests
 
+from common.http import bearer_session
 from configuration.settings import Settings
 
 
@@ -56,8 +57,7 @@ class SupabaseStorage(Storage):
         self.base = url.rstrip("/") + "/storage/v1/object"
         self.bucket = bucket
         self.timeout_s = timeout_s
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {service_key}"
+        self.session = bearer_session(service_key)
 
     def put(self, path: str, data: bytes, content_type: str) -> str:
         try:
