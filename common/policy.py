@@ -1,0 +1,486 @@
+"""Content policy: the hard floor (sexual content involving minors, refused in every tier) and the
+caller's tier (`sfw` also refuses explicit sexual text), applied to any text a model reads or writes.
+
+The rules are data (configuration/policy.json); this module only normalises text and applies them.
+Normalisation undoes the usual evasions: NFKC (full-width, mathematical and circled letters), case
+folding, invisible characters, accents, look-alike letters from other scripts, digits and symbols
+for letters ("ch1ld"), letters spread out or split by punctuation ("c h i l d", "n.u.d.e"),
+stretched letters ("teeeen") and numbers written as words ("f1fteen-year-old").
+
+A decision names its category, rule, stage and tier and never the text that matched, so it can be
+logged, counted and returned to a caller. Decisions are counted in this process
+(`decision_counts`); `add_listener` lets a metrics registry follow them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from itertools import groupby
+
+from configuration import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+FLOOR = "sexual_minors"          # category of the hard floor
+EXPLICIT = "sexual_explicit"     # category of the sfw tier
+TIERS = ("sfw", "nsfw")
+
+_MINOR, _FLOOR_TERM, _EXPLICIT, _SUGGESTIVE = "minor", "floor", "explicit", "suggestive"
+
+
+class TierError(ValueError):
+    """A tier field holds a value that is not a tier (the caller answers 400 naming `field`)."""
+
+    def __init__(self, field: str, value: object):
+        super().__init__(f"{field} must be one of {list(TIERS)}, got {value!r}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one check. `rule` says which kind of rule refused (floor_term, cooccurrence,
+    explicit_term, classifier), never what matched."""
+    allowed: bool
+    stage: str
+    tier: str
+    category: str | None = None
+    rule: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        return "allowed" if self.allowed else "refused"
+
+    @property
+    def message(self) -> str:
+        """'content policy: <category>' (what a failed job's error_message carries)."""
+        return f"content policy: {self.category}"
+
+    def public(self) -> dict:
+        return {"check": "text", "stage": self.stage, "tier": self.tier, "outcome": self.outcome,
+                "category": self.category, "rule": self.rule}
+
+
+def resolve_tier(default: str, *, content_type: object = None, content_tier: object = None,
+                 sfw_mode: object = None, nsfw_enforce: object = None) -> str:
+    """The tier a request asks for. `content_type` (queued jobs) and `content_tier` (chat) name it;
+    `sfw_mode` true asks for sfw, false for nsfw; `nsfw_enforce` true asks for nsfw. When the fields
+    disagree the stricter tier (sfw) wins; when none is given, `default` (CONTENT_TIER_DEFAULT)."""
+    asked = set()
+    for field, value in (("content_type", content_type), ("content_tier", content_tier)):
+        if value is None:
+            continue
+        if value not in TIERS:
+            raise TierError(field, value)
+        asked.add(value)
+    for field, value, when_true, when_false in (("sfw_mode", sfw_mode, "sfw", "nsfw"),
+                                                ("nsfw_enforce", nsfw_enforce, "nsfw", None)):
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise TierError(field, value)
+        chosen = when_true if value else when_false
+        if chosen:
+            asked.add(chosen)
+    if default not in TIERS:
+        raise TierError("CONTENT_TIER_DEFAULT", default)
+    if not asked:
+        return default
+    return "sfw" if "sfw" in asked else "nsfw"
+
+
+def _runs(word: str) -> tuple[str, ...]:
+    """A word and its stretched-letter readings ("teeeen" -> "teeen", "ten")."""
+    if _DOUBLE.search(word) is None:
+        return (word,)
+    groups = [(ch, len(list(run))) for ch, run in groupby(word)]
+    if len(groups) == len(word):
+        return (word,)
+    two = "".join(ch * min(n, 2) for ch, n in groups)
+    one = "".join(ch for ch, _ in groups)
+    return (word, two, one) if two != word else (word, one)
+
+
+_DOUBLE = re.compile(r"(.)\1")
+_HAS_LETTER = re.compile(r"[a-z]")
+_HAS_DIGIT = re.compile(r"\d")
+_WORD = re.compile(r"\S+")
+_WORD_CACHE_SIZE = 1 << 16
+
+
+class Rules:
+    """configuration/policy.json compiled for matching."""
+
+    def __init__(self, data: dict):
+        norm = data["normalisation"]
+        self._invisible = {ord(c): None for c in norm["invisible"]}
+        self._confusables = str.maketrans(norm["confusables"])
+        self._leet_chars = "".join(norm["leet"])
+        self._skeleton = str.maketrans({**norm["leet"], **norm["fold"]})
+        escaped = re.escape(self._leet_chars)
+        self._drop_all = re.compile(r"[^a-z0-9]")
+        self._drop_keep_leet = re.compile(f"[^a-z0-9{escaped}]")
+        self._split_parts = re.compile(f"[^a-z0-9{escaped}]+")
+        self.contexts = data["contexts"]
+        self.stages = data["stages"]
+        self.tiers = tuple(data["tiers"])
+
+        self.terms: dict[str, set[str]] = {}
+        longest = 1
+        for kind, key in ((_FLOOR_TERM, "floor_terms"), (_MINOR, "minor_terms"), (_EXPLICIT, "explicit_terms"),
+                          (_SUGGESTIVE, "suggestive_terms")):
+            for term in data[key]:
+                longest = max(longest, len(term.split()))
+                self.terms.setdefault(self.word(term.replace(" ", "")), set()).add(kind)
+        self.max_join = max(3, longest)
+        # Every beginning of a term (also with stretched letters collapsed): a join of words that is not
+        # one cannot become a term, so the join stops there.
+        self._prefixes = {form[:i] for term in self.terms for form in _runs(term) for i in range(1, len(form) + 1)}
+        self._word_cache: dict[str, tuple[str, frozenset[str]]] = {}
+        self.join_stopwords = {self.word(w) for w in data["join_stopwords"]}
+        self.allow_phrases: dict[str, list[tuple[str, ...]]] = {}
+        for phrase in data["allow_phrases"]:
+            words = tuple(self.word(w) for w in phrase.split())
+            self.allow_phrases.setdefault(words[0], []).append(words)
+        neg = data["negation"]
+        self.negators = {self.word(w) for w in neg["negators"]}
+        self.fillers = {self.word(w) for w in neg["fillers"]}
+        self.negation_gap = int(neg["max_gap"])
+
+        self.age_patterns = [(p["name"], re.compile(p["regex"]), p.get("below"), p.get("number_words", True),
+                              tuple(p.get("requires", ()))) for p in data["age_patterns"]]
+        self._number_spellings = tuple(data["number_words"])
+        self._numbers = self._number_pattern(data["number_words"], norm["leet"])
+        self._number_values = {self.word(w): v for w, v in data["number_words"].items()}
+        # Letters and symbols that stand for 0 and 1 next to digits ("l5" is 15, "1o" is 10).
+        as_digit = {"o": "0", "i": "1", "l": "1"}
+        as_digit.update({c: {"o": "0", "i": "1"}[letter] for c, letter in norm["leet"].items()
+                         if letter in ("i", "o") and not c.isdigit()})
+        chars = re.escape("".join(as_digit))
+        self._leet_digits = re.compile(f"(?<![a-z])[{chars}]*\\d[\\d{chars}]*(?![a-xz])")
+        self._digit_of = str.maketrans(as_digit)
+        self.refusal_text = data["refusal_text"]
+        # The pod's own refusals name the category ("sexual_minors" reads as two terms): a conversation
+        # that carries an earlier refusal back must not be refused for it.
+        categories = "|".join(map(re.escape, (FLOOR, EXPLICIT)))
+        self._own_refusal = re.compile(r"content\s+policy\W{0,3}(?:" + categories + ")")
+        self.classifier = data["classifier"]
+
+    # -- normalisation ------------------------------------------------------------------------------------
+    def normalise(self, text: str) -> str:
+        """NFKC, case folding, invisible characters removed; outside ASCII, accents stripped and look-alike
+        letters mapped to Latin. Whitespace is kept, so word positions survive."""
+        text = unicodedata.normalize("NFKC", text).casefold().translate(self._invisible)
+        if not text.isascii():
+            text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+            text = text.translate(self._confusables)
+        return text
+
+    def word(self, token: str) -> str:
+        """The skeleton a word is compared by: digits and symbols read as letters, l and i as one."""
+        return token.translate(self._skeleton)
+
+    def _number_pattern(self, number_words: dict, leet: dict) -> re.Pattern:
+        """Number words, with digits/symbols standing for their letters, as one regex: tens optionally
+        followed by a unit ("twenty-one"), or one word ("f1fteen")."""
+        letters: dict[str, set[str]] = {}
+        for char, letter in {**leet, "l": "i"}.items():
+            letters.setdefault(letter, set()).add(char)
+
+        def fuzzy(word: str) -> str:
+            return "".join(f"[{re.escape(ch + ''.join(sorted(letters.get(ch, ()))))}]" for ch in word)
+
+        tens = sorted((w for w, v in number_words.items() if v >= 20), key=len, reverse=True)
+        units = sorted((w for w, v in number_words.items() if 1 <= v <= 9), key=len, reverse=True)
+        single = sorted(number_words, key=len, reverse=True)
+        return re.compile(
+            f"(?<![a-z0-9])(?:(?P<tens>{'|'.join(map(fuzzy, tens))})[\\s_-]*(?P<unit>{'|'.join(map(fuzzy, units))})"
+            f"|(?P<single>{'|'.join(map(fuzzy, single))}))(?![a-z0-9])")
+
+    def age_views(self, text: str) -> tuple[str, str]:
+        """(digits as written, numbers as digits): the normalised text with "l5" read as 15, then also with
+        number words as digits ("twenty one" -> "_ 21"). The number of whitespace-separated words is
+        unchanged, so positions match the words'."""
+        digits = self._leet_digits.sub(lambda m: m.group().translate(self._digit_of), text)
+        if not self._maybe_number_word(digits):
+            return digits, digits
+
+        def number(m: re.Match) -> str:
+            if m.group("single"):
+                return str(self._number_values[self.word(m.group("single"))])
+            value = self._number_values[self.word(m.group("tens"))] + self._number_values[self.word(m.group("unit"))]
+            return "_ " * (len(m.group().split()) - 1) + str(value)
+        return digits, self._numbers.sub(number, digits)
+
+    def _maybe_number_word(self, text: str) -> bool:
+        """False when no number word can be in `text` (plainly spelled or with a character standing in)."""
+        if any(spelling in text for spelling in self._number_spellings):
+            return True
+        return any(ch in text for ch in self._leet_chars) or "l" in text and _HAS_DIGIT.search(text) is not None
+
+    # -- matching -------------------------------------------------------------------------------------------
+    def _word_forms(self, chunk: str) -> tuple[str, frozenset[str]]:
+        """(primary skeleton, the term kinds it matches) of one whitespace-separated chunk. Cached: the
+        same words come back in prompt after prompt."""
+        cached = self._word_cache.get(chunk)
+        if cached is not None:
+            return cached
+        if chunk.isalpha() and chunk.isascii():
+            primary = self.word(chunk)
+            looked = _runs(primary)
+        else:
+            kept = self._drop_keep_leet.sub("", chunk)
+            stripped = kept.strip(self._leet_chars)
+            forms = {self._drop_all.sub("", chunk), kept, stripped, *self._split_parts.split(chunk)}
+            looked = tuple(v for form in forms if form and _HAS_LETTER.search(form) for v in _runs(self.word(form)))
+            primary = self.word(stripped or self._drop_all.sub("", chunk))
+        kinds = frozenset(kind for form in looked for kind in self.terms.get(form, ()))
+        if len(self._word_cache) >= _WORD_CACHE_SIZE:
+            self._word_cache.clear()
+        self._word_cache[chunk] = (primary, kinds)
+        return primary, kinds
+
+    def matches(self, text: str) -> tuple[list[str], list[tuple[str, int]]]:
+        """(primary skeleton of each word, [(kind, word position)] of every term found)."""
+        primaries: list[str] = []
+        found: list[tuple[str, int]] = []
+        for pos, chunk in enumerate(text.split()):
+            primary, kinds = self._word_forms(chunk)
+            primaries.append(primary)
+            if kinds:
+                found.extend((kind, pos) for kind in kinds)
+        n = len(primaries)
+        prefixes, stop = self._prefixes, self.join_stopwords
+        # Words split by spaces: "ch ild", "nu de" (no stop word inside, so "pen is" stays two words) ...
+        for pos in range(n - 1):
+            joined = primaries[pos]
+            if not joined or joined in stop:
+                continue
+            if joined not in prefixes and (_DOUBLE.search(joined) is None or _runs(joined)[-1] not in prefixes):
+                continue
+            for end in range(pos + 1, min(n, pos + self.max_join)):
+                if not primaries[end] or primaries[end] in stop:
+                    break
+                joined += primaries[end]
+                forms = _runs(joined)
+                for form in forms:
+                    if form in self.terms:
+                        found.extend((kind, pos) for kind in self.terms[form])
+                if not any(form in prefixes for form in forms):
+                    break
+        # ... and letters spread out: "c h i l d", "s.e.x" written with spaces.
+        pos = 0
+        while pos < n:
+            end = pos
+            while end < n and len(primaries[end]) == 1:
+                end += 1
+            if end - pos >= 2:
+                for start in range(pos, end - 1):
+                    for stop_at in range(start + 2, end + 1):
+                        for form in _runs("".join(primaries[start:stop_at])):
+                            found.extend((kind, start) for kind in self.terms.get(form, ()))
+            pos = end + 1
+        return primaries, found
+
+    def ages(self, text: str) -> list[int]:
+        """Word positions of every written age that indicates a minor."""
+        views = self.age_views(text)
+        has_digit = (_HAS_DIGIT.search(views[0]) is not None, _HAS_DIGIT.search(views[1]) is not None)
+        positions = []
+        for _name, pattern, below, number_words, requires in self.age_patterns:
+            which = 1 if number_words else 0
+            view = views[which]
+            if below is not None and not has_digit[which]:
+                continue
+            if requires and not any(r in view for r in requires):
+                continue
+            for m in pattern.finditer(view):
+                age = m.groupdict().get("age")
+                if below is not None and age is not None and int(re.sub(r"\D", "", age)) >= below:
+                    continue
+                prefix = view[:m.start()]
+                pos = len(prefix.split())
+                if prefix and not prefix[-1].isspace():
+                    pos -= 1
+                positions.append(pos)
+        return positions
+
+    def _allowed_positions(self, primaries: list[str]) -> set[int]:
+        """Positions of words inside an allow phrase."""
+        covered: set[int] = set()
+        for pos, word in enumerate(primaries):
+            for phrase in self.allow_phrases.get(word, ()):
+                if tuple(primaries[pos:pos + len(phrase)]) == phrase:
+                    covered.update(range(pos, pos + len(phrase)))
+        return covered
+
+    def _negated(self, primaries: list[str], pos: int) -> bool:
+        for back in range(pos - 1, max(-1, pos - 2 - self.negation_gap), -1):
+            word = primaries[back]
+            if word in self.negators:
+                return True
+            if word not in self.fillers:
+                return False
+        return False
+
+    # -- decisions --------------------------------------------------------------------------------------------
+    def evaluate(self, text: str, tier: str, stage: str) -> Decision:
+        """Apply the floor and the tier to one text. Pure: nothing is recorded."""
+        if tier not in self.tiers:
+            raise TierError("tier", tier)
+        context = self.contexts[self.stages[stage]]
+        if "policy" in text:
+            text = self._own_refusal.sub(" ", text)
+        normalised = self.normalise(text)
+        primaries, found = self.matches(normalised)
+        minors = self.ages(normalised)
+        sexual_found = any(kind in (_EXPLICIT, _SUGGESTIVE) for kind, _ in found)
+        allowed_at = self._allowed_positions(primaries) if sexual_found else set()
+        sexual, explicit, floor_term = [], False, False
+        for kind, pos in found:
+            if context["negation"] and self._negated(primaries, pos):
+                continue
+            if kind == _FLOOR_TERM:
+                floor_term = True
+            elif kind == _MINOR:
+                minors.append(pos)
+            else:
+                phrase = pos in allowed_at
+                if not phrase or not context["allow_phrases_for_floor"]:
+                    sexual.append(pos)
+                if kind == _EXPLICIT and not phrase:
+                    explicit = True
+        if context["negation"]:
+            minors = [pos for pos in minors if not self._negated(primaries, pos)]
+        if floor_term:
+            return Decision(False, stage, tier, FLOOR, "floor_term")
+        window = context["window_words"]
+        if minors and sexual and any(abs(m - s) <= window for m in minors for s in sexual):
+            return Decision(False, stage, tier, FLOOR, "cooccurrence")
+        if tier == "sfw" and explicit:
+            return Decision(False, stage, tier, EXPLICIT, "explicit_term")
+        return Decision(True, stage, tier)
+
+    def refusal(self, category: str) -> str:
+        return self.refusal_text.format(category=category)
+
+
+@cache
+def rules() -> Rules:
+    with open(CONFIG_DIR / "policy.json", encoding="utf-8") as fh:
+        return Rules(json.load(fh))
+
+
+# ---- recording ---------------------------------------------------------------------------------------------
+_counts: Counter = Counter()
+_counts_lock = threading.Lock()
+_listeners: list[Callable[[Decision], None]] = []
+
+
+def add_listener(listener: Callable[[Decision], None]) -> None:
+    """Call `listener(decision)` for every recorded decision (a metrics counter, an audit sink)."""
+    with _counts_lock:
+        _listeners.append(listener)
+
+
+def record(decision: Decision, job_id: str | None = None) -> Decision:
+    """Count a decision and log it (refusals at WARNING) without the text."""
+    with _counts_lock:
+        _counts[(decision.outcome, decision.category or "none", decision.stage, decision.tier)] += 1
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(decision)
+        except Exception:  # a broken metrics sink must not change a policy decision
+            log.exception("content policy listener failed")
+    level = logging.WARNING if not decision.allowed else logging.DEBUG
+    log.log(level, "content policy %s: category=%s rule=%s stage=%s tier=%s%s", decision.outcome,
+            decision.category or "none", decision.rule or "none", decision.stage, decision.tier,
+            f" job={job_id}" if job_id else "")
+    return decision
+
+
+def decision_counts() -> dict[tuple[str, str, str, str], int]:
+    """(outcome, category, stage, tier) -> decisions recorded in this process."""
+    with _counts_lock:
+        return dict(_counts)
+
+
+# ---- the checks callers use --------------------------------------------------------------------------------
+def check_text(texts: str | Iterable[str | None], *, tier: str, stage: str, job_id: str | None = None) -> Decision:
+    """Check one text, or several read together (a prompt and its compel weights, a conversation's
+    messages: joined with line breaks so the window spans them), and record the decision."""
+    if isinstance(texts, str):
+        text = texts
+    else:
+        text = "\n".join(t for t in texts if t)
+    return record(rules().evaluate(text, tier, stage), job_id)
+
+
+def refusal_text(category: str) -> str:
+    """The reply that replaces a chat or enhancement output that crossed the policy."""
+    return rules().refusal(category)
+
+
+class StreamGuard:
+    """Checks a streamed reply as it grows and releases only whole words that passed.
+
+    `feed(delta)` returns the text that may be sent now (complete words, checked with the words before
+    them) or None once the reply has crossed the policy: the caller then sends `refusal_text(...)` and
+    ends the stream; nothing that crossed was sent. `finish()` checks and releases the rest. Each step
+    checks only the tail a new word can form a match with (the co-occurrence window plus the negation
+    and join reach), so a long reply costs linear time."""
+
+    def __init__(self, tier: str, stage: str = "chat_output", job_id: str | None = None):
+        self.tier, self.stage, self.job_id = tier, stage, job_id
+        self._rules = rules()
+        context = self._rules.contexts[self._rules.stages[stage]]
+        self._tail_words = context["window_words"] + self._rules.negation_gap + self._rules.max_join + 2
+        self._text = ""
+        self._sent = 0
+        self.decision: Decision | None = None
+
+    def _check(self, end: int) -> bool:
+        start = self._tail_start(self._sent)
+        decision = self._rules.evaluate(self._text[start:end], self.tier, self.stage)
+        if not decision.allowed:
+            self.decision = record(decision, self.job_id)
+            return False
+        return True
+
+    def _tail_start(self, end: int) -> int:
+        """Offset of the `_tail_words`-th word before `end` (0 when there are fewer)."""
+        low = max(0, end - 64 * self._tail_words)
+        starts = [m.start() for m in _WORD.finditer(self._text, low, end)]
+        if len(starts) > self._tail_words:
+            return starts[-self._tail_words]
+        return 0 if low == 0 or not starts else starts[0]
+
+    def feed(self, delta: str) -> str | None:
+        if self.decision is not None:
+            return None
+        self._text += delta
+        boundary = max(self._text.rfind(" "), self._text.rfind("\n"), self._text.rfind("\t"))
+        if boundary < self._sent:
+            return ""
+        if not self._check(boundary + 1):
+            return None
+        released, self._sent = self._text[self._sent:boundary + 1], boundary + 1
+        return released
+
+    def finish(self) -> str | None:
+        """Check the whole reply once more and release what is left; None when it crossed the policy."""
+        if self.decision is not None:
+            return None
+        decision = self._rules.evaluate(self._text, self.tier, self.stage)
+        self.decision = record(decision, self.job_id)
+        if not decision.allowed:
+            return None
+        released, self._sent = self._text[self._sent:], len(self._text)
+        return released
