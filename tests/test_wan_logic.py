@@ -10,8 +10,8 @@ from configuration.params.wan import normalise_frames
 from configuration.schemas import ValidationFailed, validate_request
 from configuration.schemas.wan import SAMPLE_SOLVERS, max_requested_frames
 from configuration.settings import Settings
-from workers.engines.wan import (conditioning_frames, make_scheduler, gpu_plan, offload_decision, text_encoder_placement,
-                                 vae_dtype, working_bytes_estimate)
+from workers.engines.wan_plan import (conditioning_frames, gpu_plan, make_scheduler, offload_decision,
+                                      text_encoder_placement, vae_dtype, working_bytes_estimate)
 
 A, B, C = "https://cdn.example/a.png", "https://cdn.example/b.png", "https://cdn.example/c.png"
 GPU = model_config("wan_t2v", Settings(model_profile="production"))["gpu"]
@@ -90,7 +90,7 @@ def test_guidance_off_uses_no_negative_prompt():
     (body("image_fast", {"frame_num": 5}), "/config/frame_num"),
     (body("image_fast", {"fps": 16}), "/config/fps"),                      # an image has no playback rate
     (body(config={"width": 40}), "/config/width"),                         # not a multiple of 16
-    (body(config={"height": 256}), "/config/height"),                      # over the placeholder max
+    (body(config={"height": 272}), "/config/height"),                      # over the placeholder max (256)
     (body(config={"resolution": "40x32"}), "/config/resolution"),
     (body(config={"steps": 10, "sample_steps": 12}), "/config/sample_steps"),
     (body(config={"guidance_scale": 5, "sample_guide_scale": 6}), "/config/sample_guide_scale"),

@@ -1,0 +1,78 @@
+"""The schema of the job payload the OurVidz app pushes onto `sdxl_queue` / `wan_queue`
+(the app's `queue-job` function; field by field in docs/QUEUE.md).
+
+It checks the fields only the app sends (`job_id`, `job_type`, `quality`, `format`, `content_type`,
+top-level `negative_prompt`, `config.pipeline`, `config.denoise_strength`, the metadata flags) and
+their agreement is checked in configuration/params/app_payload.py. Generation parameters proper are
+checked afterwards by the worker's own `generate` schema, on the body the payload maps to.
+"""
+from __future__ import annotations
+
+from configuration.schemas.common import DIALECT, NEGATIVE_PROMPT, SAFE_ID, STRENGTH
+
+PIPELINES = ["txt2img", "img2img", "video"]
+APP_REFERENCE_MODES = ["modify", "copy"]
+VIDEO_REFERENCE_MODES = ["none", "single", "start", "end", "both"]
+STORAGE_BUCKETS = ["workspace-temp", "user-library"]
+# A reference is a URL (the app signs storage URLs for an hour) or, when signing failed, the raw
+# storage path `<bucket>/<user_id>/...`, downloaded with the service key from the job's own folder.
+APP_REFERENCE = {"type": "string", "minLength": 1, "maxLength": 14000000,
+                 "pattern": "^(https?://|data:image/|(" + "|".join(STORAGE_BUCKETS) + ")/)",
+                 "description": "http(s) URL (usually a signed storage URL), `data:image/...`, or a storage path "
+                                "`workspace-temp/<user_id>/...` / `user-library/<user_id>/...`."}
+
+
+def schema() -> dict:
+    return {
+        "$schema": DIALECT,
+        "title": "Queued job payload of the OurVidz app",
+        "type": "object",
+        "required": ["type", "prompt"],
+        "anyOf": [{"required": ["id"]}, {"required": ["job_id"]}],
+        "additionalProperties": False,
+        "properties": {
+            "id": SAFE_ID,
+            "job_id": {**SAFE_ID, "description": "Must equal `id` when both are sent."},
+            "type": {"type": "string", "description": "`sdxl_image_fast`, `sdxl_image_high`, `video_fast`, `video_high`."},
+            "job_type": {"type": "string", "maxLength": 200,
+                         "description": "The raw type the browser chose (e.g. `wan_video_fast`); caller context."},
+            "prompt": {"type": "string", "maxLength": 20000,
+                       "description": "The final prompt; empty only for an exact copy of a reference image."},
+            "user_id": SAFE_ID,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "compel_enabled": {"type": "boolean"},
+            "compel_weights": {"type": "string", "maxLength": 20000},
+            "quality": {"enum": ["fast", "high"], "description": "Must agree with the type's `_fast` / `_high`."},
+            "format": {"enum": ["image", "video"], "description": "Must agree with what the type produces."},
+            "content_type": {"enum": ["sfw", "nsfw"], "description": "Content tier: a policy input, carried as caller context."},
+            "config": {
+                "type": "object",
+                "description": "Generation parameters; what is not listed here is checked by the worker's schema.",
+                "properties": {
+                    "pipeline": {"enum": PIPELINES,
+                                 "description": "`img2img` when a reference is given, else `txt2img` (images) or `video`."},
+                    "num_images": {"type": "integer"},
+                    "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference."},
+                    "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"},
+                    "image": APP_REFERENCE,
+                    "first_frame": APP_REFERENCE,
+                    "last_frame": APP_REFERENCE,
+                },
+            },
+            "metadata": {
+                "type": "object",
+                "description": "Every field the browser sent plus the app's reference fields. Fields that are not "
+                               "parameters are the caller's own and are carried in the job metadata.",
+                "properties": {
+                    "reference_image_url": APP_REFERENCE,
+                    "start_reference_url": APP_REFERENCE,
+                    "end_reference_url": APP_REFERENCE,
+                    "denoise_strength": STRENGTH,
+                    "reference_strength": STRENGTH,
+                    "exact_copy_mode": {"type": "boolean"},
+                    "reference_mode": {"enum": APP_REFERENCE_MODES},
+                    "video_reference_mode": {"enum": VIDEO_REFERENCE_MODES},
+                },
+            },
+        },
+    }
