@@ -263,7 +263,7 @@ def test_prompt_encoder_matches_the_pipelines_own_encoding(placeholder_dir):
 
 
 def test_same_files_compares_contents(tmp_path, placeholder_dir):
-    from workers.engines.wan import same_files
+    from workers.engines.files import same_files
 
     t2v, vace = placeholder_dir / "wan2.1-t2v", placeholder_dir / "wan2.1-vace"
     assert same_files(t2v / "vae", vace / "vae")

@@ -7,146 +7,26 @@ when their files are byte-identical.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from common.errors import MODEL_NOT_CONFIGURED, JobFailed
 from configuration.params.wan import WanParams
 from configuration.schemas.common import field_error
 from workers import devices
 from workers.engines.base import Engine, GeneratedAsset, step_callback
+from workers.engines.files import same_files
 from workers.engines.images import resize_reference
+from workers.engines.wan_plan import (conditioned_frame_indices, conditioning_frames, gpu_plan, make_scheduler,
+                                      offload_decision, text_encoder_placement, vae_dtype, working_bytes_estimate)
 
 log = logging.getLogger(__name__)
 
 T2V, VACE = "wan_t2v", "wan_vace"
 TEXT_LEN = 512  # UMT5 sequence length of Wan2.1 (`text_len` in the Wan repository)
-GRAY = (128, 128, 128)  # VACE's "nothing known here" pixel value for frames to generate
-
-
-# ---- pure decisions (unit-tested on CPU) -------------------------------------------------------
-
-def text_encoder_placement(gpu: dict, device: str, model_dtype: torch.dtype,
-                           offload: bool = False) -> tuple[str, torch.dtype]:
-    """(device, dtype) of the UMT5 encoder. On an accelerator with `text_encoder_on_cpu` (or when the model
-    is offloaded for lack of memory) it stays in host memory (Wan's t5_cpu) in bfloat16, which halves its
-    11 GB. UMT5 overflows in float16, so a float16 model dtype (a GPU without bf16) gets float32 instead."""
-    if device != "cpu" and (gpu.get("text_encoder_on_cpu") or offload):
-        return "cpu", torch.bfloat16 if model_dtype != torch.float32 else torch.float32
-    return device, torch.float32 if model_dtype == torch.float16 else model_dtype
-
-
-def vae_dtype(gpu: dict, device: str, model_dtype: torch.dtype) -> torch.dtype:
-    """The Wan VAE is small and loses detail in half precision; the model config says what it runs in."""
-    if device == "cpu":
-        return torch.float32
-    return devices.pick_dtype(gpu["vae_dtype"], device) if gpu.get("vae_dtype") else model_dtype
-
-
-def offload_decision(device: str, footprint_bytes: int, free_bytes: int | None) -> bool:
-    """Model CPU offload (one component on the accelerator at a time) when the accelerator has less free
-    memory than the model's full footprint. Never on the CPU: diffusers needs an accelerator for it."""
-    return device != "cpu" and free_bytes is not None and free_bytes < footprint_bytes
-
-
-def gpu_plan(gpu: dict, device: str, pixels: int, compile_setting: bool, offload: bool) -> dict:
-    """GPU settings of a job: all off on the CPU, where they do nothing useful."""
-    cuda = device != "cpu"
-    return {
-        "text_encoder_on_cpu": cuda and (bool(gpu.get("text_encoder_on_cpu")) or offload),
-        "model_cpu_offload": cuda and offload,
-        "vae_tiling": cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 409600)),
-        # Compiled modules and accelerate's offload hooks do not mix; offload wins.
-        "torch_compile": cuda and not offload and (bool(gpu.get("torch_compile")) or compile_setting),
-    }
-
-
-def working_bytes_estimate(gpu: dict, width: int, height: int, frames: int) -> int:
-    """Activation memory of one job (latents, attention, VAE decode), linear in pixels x frames."""
-    return int(float(gpu["working_bytes_per_pixel_frame"]) * width * height * frames)
-
-
-def conditioning_frames(first: Image.Image | None, last: Image.Image | None, frames: int, width: int,
-                        height: int) -> tuple[list[Image.Image], list[Image.Image]]:
-    """VACE `video` and `mask`: known frames (black mask) where references are given, gray frames to
-    generate (white mask) everywhere else."""
-    gray = Image.new("RGB", (width, height), GRAY)
-    white, black = Image.new("L", (width, height), 255), Image.new("L", (width, height), 0)
-    video, mask = [gray] * frames, [white] * frames
-    if first is not None:
-        video[0], mask[0] = first, black
-    if last is not None:
-        video[-1], mask[-1] = last, black
-    return video, mask
-
-
-def conditioned_frame_indices(mode: str, frames: int) -> list[int]:
-    return {"single": [0], "start": [0], "end": [frames - 1], "both": [0, frames - 1]}[mode]
-
-
-def make_scheduler(solver: str, config):
-    """The scheduler for `sample_solver`, built from the model's own scheduler config (flow shift etc.)."""
-    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-    if solver == "unipc":
-        return UniPCMultistepScheduler.from_config(config)
-    if solver == "dpm++":
-        return DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_type="midpoint", solver_order=2, use_flow_sigmas=True,
-            prediction_type="flow_prediction", flow_shift=config["flow_shift"])
-    raise ValueError(f"unknown sample_solver {solver!r}")
-
-
-def _file_signature(folder: Path) -> tuple:
-    entries = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        st = path.stat()
-        entries.append((str(path.relative_to(folder)), st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(entries)
-
-
-@functools.lru_cache(maxsize=32)
-def _same_files(a: str, b: str, _signature: tuple) -> bool:
-    folder_a, folder_b = Path(a), Path(b)
-    names_a = sorted(str(p.relative_to(folder_a)) for p in folder_a.rglob("*") if p.is_file())
-    names_b = sorted(str(p.relative_to(folder_b)) for p in folder_b.rglob("*") if p.is_file())
-    if not names_a or names_a != names_b:
-        return False
-    for name in names_a:
-        pa, pb = folder_a / name, folder_b / name
-        if os.path.samefile(pa, pb):
-            continue
-        if pa.stat().st_size != pb.stat().st_size or not _same_bytes(pa, pb):
-            return False
-    return True
-
-
-def _same_bytes(a: Path, b: Path, chunk: int = 16 * 1024 * 1024) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            block = fa.read(chunk)
-            if block != fb.read(chunk):
-                return False
-            if not block:
-                return True
-
-
-def same_files(folder_a: str | Path, folder_b: str | Path) -> bool:
-    """True when two folders hold the same file names with byte-identical contents (hard links and
-    symlinks short-cut the comparison). Cached per process while the files are unchanged."""
-    folder_a, folder_b = Path(folder_a).resolve(), Path(folder_b).resolve()
-    if folder_a == folder_b:
-        return True
-    if not folder_a.is_dir() or not folder_b.is_dir():
-        return False
-    signature = (_file_signature(folder_a), _file_signature(folder_b))
-    return _same_files(str(folder_a), str(folder_b), signature)
 
 
 # ---- components ----------------------------------------------------------------------------------
