@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from itertools import groupby
+from typing import NamedTuple
 
 from configuration import CONFIG_DIR
 
@@ -107,7 +108,18 @@ def _runs(word: str) -> tuple[str, ...]:
     return (word, two, one) if two != word else (word, one)
 
 
+class _Word(NamedTuple):
+    """What one whitespace-separated chunk of normalised text contributes (cached per chunk)."""
+    primary: str            # its skeleton, punctuation removed: what joins, negation and phrases compare
+    kinds: frozenset        # the term kinds it matches on its own
+    joinable: bool          # it can start a join with the next words ("ch ild")
+    number: bool            # a part of it is a number word ("fifteen", "f1fteen-year-old")
+    digit: bool             # it contains a digit
+
+
 _DOUBLE = re.compile(r"(.)\1")
+_TENS = re.compile(r"[2-9]0")
+_UNIT = re.compile(r"[1-9](?!\d)")
 _HAS_LETTER = re.compile(r"[a-z]")
 _HAS_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\S+")
@@ -142,7 +154,7 @@ class Rules:
         # Every beginning of a term (also with stretched letters collapsed): a join of words that is not
         # one cannot become a term, so the join stops there.
         self._prefixes = {form[:i] for term in self.terms for form in _runs(term) for i in range(1, len(form) + 1)}
-        self._word_cache: dict[str, tuple[str, frozenset[str]]] = {}
+        self._word_cache: dict[str, _Word] = {}
         self.join_stopwords = {self.word(w) for w in data["join_stopwords"]}
         self.allow_phrases: dict[str, list[tuple[str, ...]]] = {}
         for phrase in data["allow_phrases"]:
@@ -155,9 +167,8 @@ class Rules:
 
         self.age_patterns = [(p["name"], re.compile(p["regex"]), p.get("below"), p.get("number_words", True),
                               tuple(p.get("requires", ()))) for p in data["age_patterns"]]
-        self._number_spellings = tuple(data["number_words"])
-        self._numbers = self._number_pattern(data["number_words"], norm["leet"])
         self._number_values = {self.word(w): v for w, v in data["number_words"].items()}
+        self._numbers = self._number_pattern(self._number_values, {**norm["leet"], **norm["fold"]})
         # Letters and symbols that stand for 0 and 1 next to digits ("l5" is 15, "1o" is 10).
         as_digit = {"o": "0", "i": "1", "l": "1"}
         as_digit.update({c: {"o": "0", "i": "1"}[letter] for c, letter in norm["leet"].items()
@@ -186,11 +197,12 @@ class Rules:
         """The skeleton a word is compared by: digits and symbols read as letters, l and i as one."""
         return token.translate(self._skeleton)
 
-    def _number_pattern(self, number_words: dict, leet: dict) -> re.Pattern:
-        """Number words, with digits/symbols standing for their letters, as one regex: tens optionally
-        followed by a unit ("twenty-one"), or one word ("f1fteen")."""
+    @staticmethod
+    def _number_pattern(number_words: dict, leet: dict) -> re.Pattern:
+        """Number words (as skeletons), with digits/symbols standing for their letters, as one regex: tens
+        optionally followed by a unit ("twenty-one"), or one word ("f1fteen", "eleven")."""
         letters: dict[str, set[str]] = {}
-        for char, letter in {**leet, "l": "i"}.items():
+        for char, letter in leet.items():
             letters.setdefault(letter, set()).add(char)
 
         def fuzzy(word: str) -> str:
@@ -203,75 +215,79 @@ class Rules:
             f"(?<![a-z0-9])(?:(?P<tens>{'|'.join(map(fuzzy, tens))})[\\s_-]*(?P<unit>{'|'.join(map(fuzzy, units))})"
             f"|(?P<single>{'|'.join(map(fuzzy, single))}))(?![a-z0-9])")
 
-    def age_views(self, text: str) -> tuple[str, str]:
-        """(digits as written, numbers as digits): the normalised text with "l5" read as 15, then also with
-        number words as digits ("twenty one" -> "_ 21"). The number of whitespace-separated words is
-        unchanged, so positions match the words'."""
-        digits = self._leet_digits.sub(lambda m: m.group().translate(self._digit_of), text)
-        if not self._maybe_number_word(digits):
+    def age_views(self, chunks: list[str], words: list[_Word]) -> tuple[str, str]:
+        """(digits as written, numbers as digits): the words with "l5" read as 15, then also with number
+        words as digits ("fifteen" -> "15", "twenty one" -> "_ 21"), joined by spaces. Each keeps the
+        number of words, so a match's position is a word position."""
+        if any(w.digit for w in words):
+            fix = self._leet_digits.sub
+            chunks = [fix(self._as_digits, c) if w.digit else c for c, w in zip(chunks, words, strict=True)]
+        digits = " ".join(chunks)
+        if not any(w.number for w in words):
             return digits, digits
+        numbers = [self._numbers.sub(self._number, c) if w.number else c for c, w in zip(chunks, words, strict=True)]
+        for i in range(len(numbers) - 1):  # "twenty one" written as two words
+            if words[i].number and words[i + 1].number and _TENS.fullmatch(numbers[i]) and _UNIT.match(numbers[i + 1]):
+                numbers[i], numbers[i + 1] = "_", str(int(numbers[i]) + int(numbers[i + 1][0])) + numbers[i + 1][1:]
+        return digits, " ".join(numbers)
 
-        def number(m: re.Match) -> str:
-            if m.group("single"):
-                return str(self._number_values[self.word(m.group("single"))])
-            value = self._number_values[self.word(m.group("tens"))] + self._number_values[self.word(m.group("unit"))]
-            return "_ " * (len(m.group().split()) - 1) + str(value)
-        return digits, self._numbers.sub(number, digits)
+    def _as_digits(self, m: re.Match) -> str:
+        return m.group().translate(self._digit_of)
 
-    def _maybe_number_word(self, text: str) -> bool:
-        """False when no number word can be in `text` (plainly spelled or with a character standing in)."""
-        if any(spelling in text for spelling in self._number_spellings):
-            return True
-        return any(ch in text for ch in self._leet_chars) or "l" in text and _HAS_DIGIT.search(text) is not None
+    def _number(self, m: re.Match) -> str:
+        if m.group("single"):
+            return str(self._number_values[self.word(m.group("single"))])
+        value = self._number_values[self.word(m.group("tens"))] + self._number_values[self.word(m.group("unit"))]
+        return "_ " * (len(m.group().split()) - 1) + str(value)
 
     # -- matching -------------------------------------------------------------------------------------------
-    def _word_forms(self, chunk: str) -> tuple[str, frozenset[str]]:
-        """(primary skeleton, the term kinds it matches) of one whitespace-separated chunk. Cached: the
-        same words come back in prompt after prompt."""
+    def _word(self, chunk: str) -> _Word:
+        """One chunk's skeletons looked up. Cached: the same words come back in prompt after prompt."""
         cached = self._word_cache.get(chunk)
         if cached is not None:
             return cached
         if chunk.isalpha() and chunk.isascii():
             primary = self.word(chunk)
-            looked = _runs(primary)
+            looked: tuple[str, ...] = _runs(primary)
+            parts = [primary]
         else:
             kept = self._drop_keep_leet.sub("", chunk)
             stripped = kept.strip(self._leet_chars)
-            forms = {self._drop_all.sub("", chunk), kept, stripped, *self._split_parts.split(chunk)}
+            split = self._split_parts.split(chunk)
+            forms = {self._drop_all.sub("", chunk), kept, stripped, *split}
             looked = tuple(v for form in forms if form and _HAS_LETTER.search(form) for v in _runs(self.word(form)))
             primary = self.word(stripped or self._drop_all.sub("", chunk))
+            parts = [self.word(p) for p in split]
         kinds = frozenset(kind for form in looked for kind in self.terms.get(form, ()))
+        joinable = bool(primary) and primary not in self.join_stopwords and (
+            primary in self._prefixes or _runs(primary)[-1] in self._prefixes)
+        number = any(p in self._number_values for p in parts)
+        word = _Word(primary, kinds, joinable, number, _HAS_DIGIT.search(chunk) is not None)
         if len(self._word_cache) >= _WORD_CACHE_SIZE:
             self._word_cache.clear()
-        self._word_cache[chunk] = (primary, kinds)
-        return primary, kinds
+        self._word_cache[chunk] = word
+        return word
 
-    def matches(self, text: str) -> tuple[list[str], list[tuple[str, int]]]:
-        """(primary skeleton of each word, [(kind, word position)] of every term found)."""
-        primaries: list[str] = []
-        found: list[tuple[str, int]] = []
-        for pos, chunk in enumerate(text.split()):
-            primary, kinds = self._word_forms(chunk)
-            primaries.append(primary)
-            if kinds:
-                found.extend((kind, pos) for kind in kinds)
+    def matches(self, chunks: list[str], words: list[_Word]) -> list[tuple[str, int]]:
+        """[(kind, word position)] of every term found in the words, alone, joined ("ch ild") or spelled
+        out ("c h i l d")."""
+        found = [(kind, pos) for pos, w in enumerate(words) for kind in w.kinds]
+        primaries = [w.primary for w in words]
         n = len(primaries)
-        prefixes, stop = self._prefixes, self.join_stopwords
+        prefixes, stop, terms = self._prefixes, self.join_stopwords, self.terms
         # Words split by spaces: "ch ild", "nu de" (no stop word inside, so "pen is" stays two words) ...
         for pos in range(n - 1):
+            if not words[pos].joinable:
+                continue
             joined = primaries[pos]
-            if not joined or joined in stop:
-                continue
-            if joined not in prefixes and (_DOUBLE.search(joined) is None or _runs(joined)[-1] not in prefixes):
-                continue
             for end in range(pos + 1, min(n, pos + self.max_join)):
                 if not primaries[end] or primaries[end] in stop:
                     break
                 joined += primaries[end]
                 forms = _runs(joined)
                 for form in forms:
-                    if form in self.terms:
-                        found.extend((kind, pos) for kind in self.terms[form])
+                    if form in terms:
+                        found.extend((kind, pos) for kind in terms[form])
                 if not any(form in prefixes for form in forms):
                     break
         # ... and letters spread out: "c h i l d", "s.e.x" written with spaces.
@@ -284,13 +300,13 @@ class Rules:
                 for start in range(pos, end - 1):
                     for stop_at in range(start + 2, end + 1):
                         for form in _runs("".join(primaries[start:stop_at])):
-                            found.extend((kind, start) for kind in self.terms.get(form, ()))
+                            found.extend((kind, start) for kind in terms.get(form, ()))
             pos = end + 1
-        return primaries, found
+        return found
 
-    def ages(self, text: str) -> list[int]:
+    def ages(self, chunks: list[str], words: list[_Word]) -> list[int]:
         """Word positions of every written age that indicates a minor."""
-        views = self.age_views(text)
+        views = self.age_views(chunks, words)
         has_digit = (_HAS_DIGIT.search(views[0]) is not None, _HAS_DIGIT.search(views[1]) is not None)
         positions = []
         for _name, pattern, below, number_words, requires in self.age_patterns:
@@ -310,6 +326,12 @@ class Rules:
                     pos -= 1
                 positions.append(pos)
         return positions
+
+    def scan(self, text: str) -> tuple[list[str], list[_Word]]:
+        """The normalised text's chunks and what each contributes."""
+        chunks = self.normalise(text).split()
+        cached = self._word_cache.get
+        return chunks, [cached(c) or self._word(c) for c in chunks]
 
     def _allowed_positions(self, primaries: list[str]) -> set[int]:
         """Positions of words inside an allow phrase."""
@@ -337,9 +359,10 @@ class Rules:
         context = self.contexts[self.stages[stage]]
         if "policy" in text:
             text = self._own_refusal.sub(" ", text)
-        normalised = self.normalise(text)
-        primaries, found = self.matches(normalised)
-        minors = self.ages(normalised)
+        chunks, words = self.scan(text)
+        found = self.matches(chunks, words)
+        minors = self.ages(chunks, words)
+        primaries = [w.primary for w in words]
         sexual_found = any(kind in (_EXPLICIT, _SUGGESTIVE) for kind, _ in found)
         allowed_at = self._allowed_positions(primaries) if sexual_found else set()
         sexual, explicit, floor_term = [], False, False

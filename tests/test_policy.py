@@ -93,7 +93,7 @@ def test_the_window_decides_whether_two_words_are_one_scene():
 ])
 def test_written_ages(text, minor):
     rules = policy.rules()
-    assert bool(rules.ages(rules.normalise(text))) is minor
+    assert bool(rules.ages(*rules.scan(text))) is minor
 
 
 def test_age_pattern_speed_filters_never_hide_a_match():
@@ -101,7 +101,7 @@ def test_age_pattern_speed_filters_never_hide_a_match():
     contain one of them, or the filter would hide the match."""
     data = json.loads((CONFIG_DIR / "policy.json").read_text(encoding="utf-8"))
     rules = policy.rules()
-    samples = [rules.age_views(rules.normalise(t))[1] for t in (
+    samples = [rules.age_views(*rules.scan(t))[1] for t in (
         "age 12", "aged 9", "ages: 14", "under 16", "below 17", "not yet 18", "almost 17", "nearly 16",
         "just under 18", "under the age of 15", "i'm 15", "im 14", "i am 13", "she's 12", "he is 11", "who's 10",
         "turned 15", "turning 14", "her 12th birthday", "12 birthday", "7th grade", "a fifth grader")]
@@ -128,7 +128,7 @@ def test_normalisation_undoes_lookalikes(raw, plain):
                                      "chiiiild", "(child:1.3)", "k1ds", "kiddz", "t33n", "t e e n"])
 def test_minor_terms_survive_spelling_evasions(spelled):
     rules = policy.rules()
-    _, found = rules.matches(rules.normalise(spelled))
+    found = rules.matches(*rules.scan(spelled))
     assert "minor" in {kind for kind, _ in found}
 
 
@@ -136,7 +136,7 @@ def test_minor_terms_survive_spelling_evasions(spelled):
                                   "analysis", "scunthorpe", "a kid's pen is on the desk"])
 def test_words_that_contain_or_join_into_terms_are_not_read_as_them(text):
     rules = policy.rules()
-    _, found = rules.matches(rules.normalise(text))
+    found = rules.matches(*rules.scan(text))
     assert not {kind for kind, _ in found} & {"explicit", "suggestive", "floor"}, text
 
 

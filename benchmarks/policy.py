@@ -1,0 +1,118 @@
+"""Content policy: the confusion table on the labelled set and the cost of a check, in one run.
+
+Runs every labelled prompt (tests/policy_labelled.py) through common/policy.py in both tiers and at
+every stage it is labelled for, prints what each label got (allowed / refused sexual_explicit /
+refused sexual_minors), then times a check per prompt: the labelled prompts one by one with the
+word cache emptied before each (cold: no word seen before) and as they run in a pod (warm: the words
+of earlier prompts cached), plus a 300-word enhanced prompt and a 16-turn conversation. Times are CPU
+time of this process (time.process_time), so other load on the machine inflates them less than wall
+time would.
+
+    .venv/bin/python benchmarks/policy.py
+    .venv/bin/python benchmarks/policy.py --rounds 50
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from common import policy  # noqa: E402
+from tests.policy_labelled import CASES  # noqa: E402
+
+OUTCOMES = ("allowed", policy.EXPLICIT, policy.FLOOR)
+LONG_PROMPT = ("cinematic wide shot of a quiet harbour town at dawn, fishing boats returning with gulls circling "
+               "above, warm light across wet cobblestones, an old lighthouse keeper walking his dog along the pier, "
+               "mist rolling in from the sea, ") * 10
+CONVERSATION = [
+    "You are Mara, a ship's navigator in a fantasy world. Stay in character and keep replies short.",
+    *[f"Turn {i}: the storm is getting worse and the crew asks Mara which course to take past the reefs."
+      for i in range(16)],
+]
+
+
+def confusion() -> tuple[dict, int, int]:
+    rules = policy.rules()
+    table: dict[tuple[str, str], Counter] = {}
+    floor_missed = benign_refused = 0
+    for case in CASES:
+        for stage in case.stages:
+            for tier in policy.TIERS:
+                decision = rules.evaluate(case.text, tier, stage)
+                outcome = decision.category or "allowed"
+                table.setdefault((case.label, tier), Counter())[outcome] += 1
+                floor_missed += case.label == "floor" and decision.category != policy.FLOOR
+                benign_refused += case.label == "benign" and not decision.allowed
+    return table, floor_missed, benign_refused
+
+
+def cost_us(texts: list[str], rounds: int, cold: bool, stage: str = "prompt") -> list[float]:
+    """CPU microseconds per check of each text (median over rounds)."""
+    rules = policy.rules()
+    per_text = []
+    for text in texts:
+        samples = []
+        for _ in range(rounds):
+            if cold:
+                rules._word_cache.clear()
+            started = time.process_time()
+            rules.evaluate(text, "sfw", stage)
+            samples.append((time.process_time() - started) * 1e6)
+        per_text.append(statistics.median(samples))
+    return per_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="timed checks per prompt (median taken)")
+    args = parser.parse_args(argv)
+
+    table, floor_missed, benign_refused = confusion()
+    labels = Counter(c.label for c in CASES)
+    obfuscated = Counter(c.label for c in CASES if c.obfuscated)
+    counts = ", ".join(f"{k} {v} ({obfuscated[k]} obfuscated)" for k, v in labels.items())
+    print(f"labelled prompts: {len(CASES)} ({counts})")
+    print("checks: each prompt x each tier x each stage it is labelled for (prompt and/or chat_input)\n")
+    print(f"{'label':<8} {'tier':<5} " + " ".join(f"{o:>16}" for o in OUTCOMES))
+    for label in ("benign", "adult", "floor"):
+        for tier in policy.TIERS:
+            row = table.get((label, tier), Counter())
+            print(f"{label:<8} {tier:<5} " + " ".join(f"{row[o]:>16}" for o in OUTCOMES))
+    floor_total = sum(sum(table[("floor", t)].values()) for t in policy.TIERS)
+    benign_total = sum(sum(table[("benign", t)].values()) for t in policy.TIERS)
+    print(f"\nfloor violations refused: {floor_total - floor_missed}/{floor_total}; "
+          f"benign refused: {benign_refused}/{benign_total}")
+
+    texts = [c.text for c in CASES]
+    rules = policy.rules()
+    cold = cost_us(texts, args.rounds, cold=True)
+    rules._word_cache.clear()
+    for text in texts:  # warm the cache as a pod's earlier prompts would
+        rules.evaluate(text, "sfw", "prompt")
+    warm = cost_us(texts, args.rounds, cold=False)
+    long_prompt = cost_us([LONG_PROMPT], args.rounds, cold=True)[0]
+    conversation = cost_us(["\n".join(CONVERSATION)], args.rounds, cold=True, stage="chat_input")[0]
+    words = [len(t.split()) for t in texts]
+
+    def summary(values: list[float]) -> str:
+        ordered = sorted(values)
+        return (f"median {statistics.median(ordered):7.1f} us   p95 {ordered[int(0.95 * (len(ordered) - 1))]:7.1f} us"
+                f"   max {ordered[-1]:7.1f} us")
+
+    print(f"\ncost per check (CPU time; {args.rounds} rounds, median each; prompts of {min(words)}-{max(words)} words)")
+    print(f"  labelled prompts, cold word cache: {summary(cold)}")
+    print(f"  labelled prompts, warm word cache: {summary(warm)}")
+    print(f"  {len(LONG_PROMPT.split())}-word enhanced prompt, cold:      {long_prompt:7.1f} us")
+    print(f"  {len(CONVERSATION)}-message conversation ({sum(len(m.split()) for m in CONVERSATION)} words), cold: "
+          f"{conversation:7.1f} us")
+    return 0 if floor_missed == 0 and benign_refused == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
