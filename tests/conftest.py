@@ -28,3 +28,13 @@ def receiver():
     r = CallbackReceiver()
     yield r
     r.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server on a free port for the module (fails, not skips, where none is installed)."""
+    from tests.redis_support import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.close()

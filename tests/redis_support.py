@@ -93,7 +93,7 @@ class RedisServer:
             command += ["--port", str(self.port)]
         return command
 
-    def start(self, timeout_s: float = 15) -> "RedisServer":
+    def start(self, timeout_s: float = 15) -> RedisServer:
         self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -112,7 +112,7 @@ class RedisServer:
             return False
         try:
             return bool(self.client().ping())
-        except Exception:  # noqa: BLE001 - loading the AOF answers LOADING for a moment
+        except Exception:  # loading the AOF answers LOADING for a moment
             return False
 
     def client(self, **kwargs):
@@ -145,16 +145,9 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-@pytest.fixture(scope="module")
-def redis_server():
-    """A plain redis:// server for the module; tests use their own queue names (or flushdb)."""
-    server = RedisServer().start()
-    yield server
-    server.close()

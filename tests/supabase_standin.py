@@ -109,7 +109,7 @@ class SupabaseStandIn:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "SupabaseStandIn":
+    def __enter__(self) -> SupabaseStandIn:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -146,16 +146,16 @@ class SupabaseStandIn:
             def _authorised(self) -> bool:
                 return self.headers.get("Authorization", "") == f"Bearer {standin.service_key}"
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self._dispatch("GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 self._dispatch("POST")
 
-            def do_PUT(self):  # noqa: N802
+            def do_PUT(self):
                 self._dispatch("PUT")
 
-            def do_DELETE(self):  # noqa: N802
+            def do_DELETE(self):
                 self._dispatch("DELETE")
 
             def _dispatch(self, method: str):

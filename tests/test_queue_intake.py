@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from tests.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
-from workers.runtime.queue_intake import QueueIntake, QueueKeys, connect, parse_entry, queue_overview
+from common.queues import Entry, QueueKeys, connect, parse_entry, queue_overview
+from tests.redis_support import RedisServer
+from workers.runtime.queue_intake import QueueIntake
 
 
 class Sink:
@@ -123,8 +124,8 @@ def test_unusable_entries_go_to_the_dead_letter_list_and_never_block(redis_serve
         assert settled(client, QueueKeys("q_dead"))
         dead = [json.loads(d) for d in client.lrange("q_dead:dead", 0, -1)]
         assert [d["reason"].split(":")[0].split(" (")[0] for d in dead] == [
-            "not valid JSON", "not a JSON object", "no job id", "job id is not a string of letters, digits, `_`, `-`, `.`",
-            "not valid JSON"]
+            "not valid JSON", "not a JSON object", "no job id",
+            "job id is not a string of letters, digits, `_`, `-`, `.`", "not valid JSON"]
         assert dead[0]["entry"] == "{not json" and dead[0]["consumer"] == "c1"
         assert intake.status()["dead_lettered"] == 5
     finally:
@@ -260,11 +261,11 @@ def test_tls_with_a_password_and_a_clean_exit_deregisters():
 
 
 def test_parse_entry_reasons():
-    assert parse_entry(b'{"id": "a", "job_id": "a"}')[1] == "a"
-    assert parse_entry(b'{"job_id": "b"}')[1] == "b"
-    assert parse_entry(b'{"id": 5}')[2].startswith("job id is not")
-    assert parse_entry(b'"text"')[2] == "not a JSON object (a str)"
-    assert parse_entry(b"")[2].startswith("not valid JSON")
+    assert parse_entry(b'{"id": "a", "job_id": "a"}') == Entry({"id": "a", "job_id": "a"}, "a")
+    assert parse_entry(b'{"job_id": "b"}') == Entry({"job_id": "b"}, "b")
+    assert str(parse_entry(b'{"id": 5}')).startswith("job id is not")
+    assert parse_entry(b'"text"') == "not a JSON object (a str)"
+    assert str(parse_entry(b"")).startswith("not valid JSON")
 
 
 def test_missing_redis_server_fails_with_how_to_get_it(monkeypatch):

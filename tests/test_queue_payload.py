@@ -148,7 +148,8 @@ def test_storage_path_references_must_lie_in_the_users_folder():
     payload = queue_job_payload(reference_url="x")
     payload["metadata"]["reference_image_url"] = f"user-library/{payload['user_id']}/ref.png"
     job = from_app_payload("sdxl", payload, PRODUCTION)
-    assert job.storage_references == {"/metadata/reference_image_url": ("user-library", f"{payload['user_id']}/ref.png")}
+    expected = ("user-library", f"{payload['user_id']}/ref.png")
+    assert job.storage_references == {"/metadata/reference_image_url": expected}
     for bad in ("user-library/someone-else/ref.png", f"workspace-temp/{payload['user_id']}/../other/x.png"):
         payload["metadata"]["reference_image_url"] = bad
         assert failure("sdxl", payload)[0]["path"] == "/metadata/reference_image_url"

@@ -81,8 +81,8 @@ def from_app_payload(worker: str, payload, settings: Settings) -> AppJob:
             job.caller_context[name] = payload[name]
 
     preset = job_types().get(payload["type"])
-    output = preset.get("output", "image") if preset else None
-    if preset:  # an unknown or other worker's type is refused by the worker's schema (/type)
+    output = str(preset.get("output", "image")) if preset else None
+    if output:  # an unknown or other worker's type is refused by the worker's schema (/type)
         _check_type_agreement(payload, output)
     _top_level_prompt_fields(worker, payload, config, job)
     _config_fields(worker, config, metadata, job, settings.model_profile)
@@ -228,7 +228,8 @@ def _check_pipeline(payload: dict, output: str | None, references: dict, job: Ap
         return
     expected = "video" if output == "video" else "txt2img"
     if pipeline != expected:
-        what = "needs a reference image (none given)" if pipeline == "img2img" else f"contradicts type {payload['type']!r}"
+        what = ("needs a reference image (none given)" if pipeline == "img2img"
+                else f"contradicts type {payload['type']!r}")
         raise field_error("/config/pipeline", f"{pipeline!r} {what}; expected {expected!r}")
 
 

@@ -33,7 +33,8 @@ def schema() -> dict:
         "properties": {
             "id": SAFE_ID,
             "job_id": {**SAFE_ID, "description": "Must equal `id` when both are sent."},
-            "type": {"type": "string", "description": "`sdxl_image_fast`, `sdxl_image_high`, `video_fast`, `video_high`."},
+            "type": {"type": "string",
+                     "description": "`sdxl_image_fast`, `sdxl_image_high`, `video_fast`, `video_high`."},
             "job_type": {"type": "string", "maxLength": 200,
                          "description": "The raw type the browser chose (e.g. `wan_video_fast`); caller context."},
             "prompt": {"type": "string", "maxLength": 20000,
@@ -44,13 +45,14 @@ def schema() -> dict:
             "compel_weights": {"type": "string", "maxLength": 20000},
             "quality": {"enum": ["fast", "high"], "description": "Must agree with the type's `_fast` / `_high`."},
             "format": {"enum": ["image", "video"], "description": "Must agree with what the type produces."},
-            "content_type": {"enum": ["sfw", "nsfw"], "description": "Content tier: a policy input, carried as caller context."},
+            "content_type": {"enum": ["sfw", "nsfw"],
+                             "description": "Content tier: a policy input, carried as caller context."},
             "config": {
                 "type": "object",
                 "description": "Generation parameters; what is not listed here is checked by the worker's schema.",
                 "properties": {
-                    "pipeline": {"enum": PIPELINES,
-                                 "description": "`img2img` when a reference is given, else `txt2img` (images) or `video`."},
+                    "pipeline": {"enum": PIPELINES, "description": "`img2img` when a reference is given, "
+                                                                   "else `txt2img` (images) or `video`."},
                     "num_images": {"type": "integer"},
                     "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference."},
                     "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"},

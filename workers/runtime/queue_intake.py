@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+
+from common.queues import TERMINAL, Entry, QueueKeys, parse_entry
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("completed", "failed", "cancelled")
-# A job id names a journal file and storage paths: the same rule as the HTTP API's `id`.
-SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 DEAD_ENTRY_MAX_CHARS = 65536
 
 
@@ -62,45 +58,14 @@ class JobSink(Protocol):
         """End the job `failed` without running it (journal and callback), e.g. too many deliveries."""
 
 
-@dataclass(frozen=True)
-class QueueKeys:
-    """Every Redis key one queue uses, named after the queue (one place for the intake and readers)."""
-    queue: str
-
-    @property
-    def dead(self) -> str:
-        return f"{self.queue}:dead"
-
-    @property
-    def consumers(self) -> str:
-        return f"{self.queue}:consumers"
-
-    @property
-    def deliveries(self) -> str:
-        return f"{self.queue}:deliveries"
-
-    def processing(self, consumer: str) -> str:
-        return f"{self.queue}:processing:{consumer}"
-
-    def heartbeat(self, consumer: str) -> str:
-        return f"{self.queue}:consumer:{consumer}"
-
-
-def connect(url: str, block_s: float = 0.0) -> redis.Redis:
-    """A client for `redis://` or `rediss://` (TLS) URLs, password in the URL. No silent retries inside
-    the client: the intake's own loop reconnects and reconciles, so a lost reply is never retried blind."""
-    return redis.Redis.from_url(url, socket_timeout=block_s + 10.0, socket_connect_timeout=5.0,
-                                health_check_interval=30, retry=Retry(NoBackoff(), 0))
-
-
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
 class _Tracked:
     job_id: str
-    raw: bytes
+    raw: bytes | str  # exactly as stored in Redis (LREM matches it byte for byte)
 
 
 @dataclass
@@ -154,7 +119,7 @@ class QueueIntake:
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "QueueIntake":
+    def start(self) -> QueueIntake:
         for target, name in ((self._run, "intake"), (self._heartbeat_loop, "heartbeat")):
             thread = threading.Thread(target=target, name=f"{self.keys.queue}-{name}", daemon=True)
             thread.start()
@@ -229,7 +194,9 @@ class QueueIntake:
             self._wake.wait(0.2)
             self._wake.clear()
             return
-        raw = self.redis.blmove(self.keys.queue, self.keys.processing(self.consumer_id), self.block_s, "LEFT", "LEFT")
+        raw = self.redis.blmove(self.keys.queue, self.keys.processing(self.consumer_id),
+                                self.block_s, "LEFT", "LEFT")  # type: ignore[arg-type]  # Redis takes seconds as a float
+
         self._connected()
         if raw is not None:
             self.state.counters.taken += 1
@@ -257,11 +224,12 @@ class QueueIntake:
         self._reconcile = True
 
     # -- entries ----------------------------------------------------------------------------------
-    def _handle(self, raw: bytes) -> None:
-        payload, job_id, reason = parse_entry(raw)
-        if reason:
-            self._dead_letter(raw, reason)
+    def _handle(self, raw: bytes | str) -> None:
+        entry = parse_entry(raw)
+        if not isinstance(entry, Entry):
+            self._dead_letter(raw, entry)
             return
+        payload, job_id = entry.payload, entry.job_id
         status = self.sink.job_status(job_id)
         if status in TERMINAL:
             log.info("queue %s: job %s redelivered but already %s here; acknowledged without running",
@@ -290,20 +258,20 @@ class QueueIntake:
 
     def _ack(self, tracked: _Tracked) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(self.keys.processing(self.consumer_id), 1, tracked.raw)
+        pipe.lrem(self.keys.processing(self.consumer_id), 1, tracked.raw)  # type: ignore[arg-type]
         pipe.hdel(self.keys.deliveries, tracked.job_id)
         pipe.execute()
         with self._lock:
             self._tracked = [t for t in self._tracked if t is not tracked]
         self.state.counters.acknowledged += 1
 
-    def _dead_letter(self, raw: bytes, reason: str) -> None:
-        text = raw.decode("utf-8", errors="replace")
+    def _dead_letter(self, raw: bytes | str, reason: str) -> None:
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         record = {"reason": reason, "entry": text[:DEAD_ENTRY_MAX_CHARS], "truncated": len(text) > DEAD_ENTRY_MAX_CHARS,
                   "consumer": self.consumer_id, "at": _now()}
         pipe = self.redis.pipeline(transaction=True)
         pipe.rpush(self.keys.dead, json.dumps(record))
-        pipe.lrem(self.keys.processing(self.consumer_id), 1, raw)
+        pipe.lrem(self.keys.processing(self.consumer_id), 1, raw)  # type: ignore[arg-type]
         pipe.execute()
         self.state.counters.dead_lettered += 1
         log.warning("queue %s: entry moved to %s: %s", self.keys.queue, self.keys.dead, reason)
@@ -354,37 +322,3 @@ class QueueIntake:
                 log.warning("queue %s: consumer %s has no heartbeat; %d entr%s handed back to the queue",
                             self.keys.queue, consumer, moved, "y" if moved == 1 else "ies")
                 self._wake.set()
-
-
-def parse_entry(raw: bytes) -> tuple[dict | None, str | None, str | None]:
-    """(payload, job id, None) for a usable entry, or (None, None, reason) for the dead-letter list."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, None, f"not valid JSON: {str(exc)[:200]}"
-    if not isinstance(payload, dict):
-        return None, None, f"not a JSON object (a {type(payload).__name__})"
-    job_id = payload.get("id") or payload.get("job_id")
-    if not job_id:
-        return None, None, "no job id (`id` or `job_id`)"
-    if not isinstance(job_id, str) or not SAFE_JOB_ID.match(job_id):
-        return None, None, "job id is not a string of letters, digits, `_`, `-`, `.` (1-128 characters)"
-    return payload, job_id, None
-
-
-def queue_overview(client: redis.Redis, queue: str) -> dict:
-    """Depth, dead letters, consumers (alive or not) and what each holds: for operators (/queues, CLI)."""
-    keys = QueueKeys(queue)
-    consumers = []
-    for member in sorted(client.smembers(keys.consumers)):
-        consumer = member.decode() if isinstance(member, bytes) else member
-        heartbeat = client.get(keys.heartbeat(consumer))
-        held = client.lrange(keys.processing(consumer), 0, -1)
-        in_flight = []
-        for raw in reversed(held):
-            _payload, job_id, reason = parse_entry(raw)
-            in_flight.append(job_id or f"<unusable entry: {reason}>")
-        consumers.append({"consumer_id": consumer, "alive": heartbeat is not None,
-                          "info": json.loads(heartbeat) if heartbeat else None, "in_flight": in_flight})
-    return {"queue": queue, "depth": client.llen(queue), "dead_letters": client.llen(keys.dead),
-            "consumers": consumers}
