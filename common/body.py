@@ -18,8 +18,10 @@ def json_body(optional: bool = False) -> dict:
         raise ApiError(400, INVALID_JSON, "request body must be a JSON object")
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ApiError(400, INVALID_JSON, f"request body is not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, INVALID_JSON, "request body is not valid JSON: not UTF-8 text") from None
     if not isinstance(body, dict):
         raise ApiError(400, VALIDATION_ERROR, "request body must be a JSON object",
                        [{"path": "", "message": f"expected an object, got {type(body).__name__}"}])

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -29,7 +30,7 @@ class _Delivery:
     body: bytes = field(compare=False)
     key: str = field(compare=False)
     attempt: int = field(compare=False, default=0)
-    on_result: object = field(compare=False, default=None)
+    on_result: Callable[[bool, int], None] | None = field(compare=False, default=None)
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -56,7 +57,7 @@ class CallbackSender:
     def enabled(self) -> bool:
         return bool(self.url)
 
-    def send(self, payload: dict, on_result=None) -> bool:
+    def send(self, payload: dict, on_result: Callable[[bool, int], None] | None = None) -> bool:
         """Queue `payload` for delivery; `on_result(delivered: bool, attempts: int)` is called at the end."""
         if not self.url:
             return False
