@@ -179,3 +179,38 @@ def test_app_sizes_fit_every_profile(size):
             for value in scaled:
                 assert limits["min_size"] <= value <= limits["max_size"] and value % limits["multiple"] == 0, \
                     (model, settings.model_profile, scaled, limits)
+
+
+@pytest.mark.parametrize("worker,change", [
+    ("sdxl", {"aspect_ratio": "16:9"}),
+    ("sdxl", {"reference_url": SIGNED, "reference_mode": "copy"}),
+    ("sdxl", {"reference_url": SIGNED, "num_images": 6, "aspect_ratio": "9:16"}),
+    ("wan", {"fmt": "video", "aspect_ratio": "16:9"}),
+    ("wan", {"fmt": "video", "start_url": SIGNED, "end_url": SIGNED, "quality": "high"}),
+    ("wan", {"fmt": "video", "reference_url": SIGNED, "aspect_ratio": "9:16"}),
+])
+@pytest.mark.parametrize("settings", [PLACEHOLDER, PRODUCTION], ids=["placeholder", "production"])
+def test_mapped_bodies_pass_the_workers_own_schema_and_normalisation(worker, change, settings):
+    from configuration.params import normalise_generation
+    from configuration.schemas import validate_request
+
+    job = from_app_payload(worker, queue_job_payload(**change), settings)
+    validate_request(f"{worker}.generate", job.body, settings)
+    params = normalise_generation(worker, job.body, settings)
+    width, height = (int(v) for v in {"16:9": "1024x576", "9:16": "576x1024"}.get(
+        change.get("aspect_ratio", "1:1"), "1024x1024").split("x"))
+    divisor = SIZE_DIVISOR[settings.model_profile]
+    assert (params["width"], params["height"]) == (width // divisor, height // divisor)
+
+
+def test_our_own_api_takes_an_empty_prompt_only_for_an_exact_copy():
+    from configuration.schemas import validate_request
+
+    copy = {"type": "sdxl_image_fast", "prompt": "", "metadata": {"exact_copy_mode": True, "reference_image_url": SIGNED}}
+    validate_request("sdxl.generate", copy, PLACEHOLDER)
+    for body in ({"type": "sdxl_image_fast", "prompt": ""},
+                 {**copy, "metadata": {"exact_copy_mode": False, "reference_image_url": SIGNED}},
+                 {**copy, "metadata": {"exact_copy_mode": True}}):
+        with pytest.raises(ValidationFailed) as info:
+            validate_request("sdxl.generate", body, PLACEHOLDER)
+        assert {d["path"] for d in info.value.details} == {"/prompt"}

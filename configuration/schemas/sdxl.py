@@ -16,10 +16,16 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "type": "object",
         "required": ["type", "prompt"],
         "additionalProperties": False,
+        # The app sends an empty prompt for exact copies; anywhere else a prompt must say something.
+        "if": {"not": {"required": ["metadata"], "properties": {"metadata": {
+            "required": ["exact_copy_mode", "reference_image_url"], "properties": {"exact_copy_mode": {"const": True}}}}}},
+        "then": {"properties": {"prompt": PROMPT}},
         "properties": {
             "id": SAFE_ID,
             "type": {"enum": sorted(job_types("sdxl"))},
-            "prompt": PROMPT,
+            "prompt": {"type": "string", "maxLength": 20000,
+                       "description": "Non-empty text; empty only for an exact copy (metadata.exact_copy_mode with a "
+                                      "reference_image_url), where the reference alone is the subject."},
             "user_id": SAFE_ID,
             "compel_enabled": {"type": "boolean", "description": "Apply compel prompt weighting."},
             "compel_weights": {"type": "string", "maxLength": 20000,
