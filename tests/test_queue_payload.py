@@ -206,7 +206,8 @@ def test_mapped_bodies_pass_the_workers_own_schema_and_normalisation(worker, cha
 def test_our_own_api_takes_an_empty_prompt_only_for_an_exact_copy():
     from configuration.schemas import validate_request
 
-    copy = {"type": "sdxl_image_fast", "prompt": "", "metadata": {"exact_copy_mode": True, "reference_image_url": SIGNED}}
+    copy = {"type": "sdxl_image_fast", "prompt": "",
+            "metadata": {"exact_copy_mode": True, "reference_image_url": SIGNED}}
     validate_request("sdxl.generate", copy, PLACEHOLDER)
     for body in ({"type": "sdxl_image_fast", "prompt": ""},
                  {**copy, "metadata": {"exact_copy_mode": False, "reference_image_url": SIGNED}},

@@ -18,7 +18,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "additionalProperties": False,
         # The app sends an empty prompt for exact copies; anywhere else a prompt must say something.
         "if": {"not": {"required": ["metadata"], "properties": {"metadata": {
-            "required": ["exact_copy_mode", "reference_image_url"], "properties": {"exact_copy_mode": {"const": True}}}}}},
+            "required": ["exact_copy_mode", "reference_image_url"],
+            "properties": {"exact_copy_mode": {"const": True}}}}}},
         "then": {"properties": {"prompt": PROMPT}},
         "properties": {
             "id": SAFE_ID,
