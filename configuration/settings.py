@@ -97,6 +97,9 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
     "LOG_LEVEL": ("log_level", str, "Python log level."),
+    "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none (docs/POLICY.md); the hard floor applies in both."),
+    "SAFETY_CLASSIFIER_PATH": ("safety_classifier_path", str, "Output image classifier (a transformers image-classification folder) for sfw image and video jobs; placeholder profile: the built placeholder."),
+    "SAFETY_THRESHOLD": ("safety_threshold", _float, "An sfw output whose unsafe-label probability exceeds this is not stored; the job fails (0-1)."),
 }
 
 
@@ -152,6 +155,9 @@ class Settings:
     register_with_supabase: bool = True
     runpod_pod_id: str = ""
     log_level: str = "INFO"
+    content_tier_default: str = "sfw"
+    safety_classifier_path: str = ""
+    safety_threshold: float = 0.5
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -181,6 +187,10 @@ class Settings:
             raise SettingsError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
         if self.chat_batch_size < 1 or self.chat_batch_window_ms < 0 or self.chat_max_queue < 1:
             raise SettingsError("CHAT_BATCH_SIZE and CHAT_MAX_QUEUE must be >= 1 and CHAT_BATCH_WINDOW_MS >= 0")
+        if self.content_tier_default not in ("sfw", "nsfw"):
+            raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
+        if not 0.0 <= self.safety_threshold <= 1.0:
+            raise SettingsError(f"SAFETY_THRESHOLD must be between 0 and 1, got {self.safety_threshold}")
         if not self.api_key and not self.bind_is_loopback:
             raise SettingsError(
                 f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "
