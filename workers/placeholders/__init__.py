@@ -11,6 +11,7 @@ seconds, into `root`, and rebuilt only when the libraries that write them change
     root/wan2.1-t2v/                              WanPipeline folder
     root/wan2.1-vace/                             WanVACEPipeline folder (same VAE/text encoder as t2v)
     root/qwen2.5-base/, root/qwen2.5-instruct/    Qwen2ForCausalLM folders
+    root/safety-classifier/                       ViTForImageClassification folder (output safety check)
 
 This module imports nothing heavy: checking a cached tree takes about a millisecond.
 """
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 # Bump when anything a builder writes changes (shapes, tokenizer recipe, layout).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "sentencepiece")
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
@@ -35,6 +36,7 @@ _LAYOUT = {
     "wan_vace": "wan2.1-vace",
     "qwen_base": "qwen2.5-base",
     "qwen_instruct": "qwen2.5-instruct",
+    "safety_classifier": "safety-classifier",
 }
 
 _versions_cache: dict[str, str] | None = None

@@ -55,12 +55,13 @@ def build_tree(target: Path) -> None:
     torch RNG state is left as it was."""
     import torch
 
-    from . import qwen, sdxl, wan
+    from . import qwen, safety, sdxl, wan
 
     with _quiet_libraries(), torch.random.fork_rng(devices=[]):
         sdxl.build(target / "sdxl", target / "sdxl-single" / sdxl.SINGLE_FILE_NAME, target / "sdxl-single" / "config")
         wan.build(target / "wan2.1-t2v", target / "wan2.1-vace")
         qwen.build(target / "qwen2.5-base", target / "qwen2.5-instruct")
+        safety.build(target / "safety-classifier")
 
 
 def _sha256(path: Path) -> str:
