@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Run the test suite. Bootstraps .venv with requirements-dev.txt when no environment is active.
-# Extra arguments go to pytest (e.g. ./infrastructure/test.sh -k sdxl -x).
+# Run the checks and the test suite. Bootstraps .venv with requirements-dev.txt when no environment is
+# active. ruff (lint) and mypy (types) run first, configured in pyproject.toml; then pytest, with any
+# extra arguments (e.g. ./infrastructure/test.sh -k sdxl -x).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
+# Not yet enforced: the code is being made clean under issue 9; until then the findings are printed
+# and the suite still runs. (Phase 2 of issue 9 makes both fail the run.)
+python -m ruff check . || echo "test.sh: ruff found problems (not yet enforced, issue 9)" >&2
+python -m mypy || echo "test.sh: mypy found problems (not yet enforced, issue 9)" >&2
 exec python -m pytest "$@"
