@@ -8,4 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
 # and the suite still runs. (Phase 2 of issue 9 makes both fail the run.)
 python -m ruff check . || echo "test.sh: ruff found problems (not yet enforced, issue 9)" >&2
 python -m mypy || echo "test.sh: mypy found problems (not yet enforced, issue 9)" >&2
+# The queue tests start their own redis-server (never the shared 6379) and fail without one.
+command -v redis-server >/dev/null || echo "test.sh: redis-server is not installed, so the queue tests will FAIL." \
+    "Install it: sudo apt-get install redis-server (Debian/Ubuntu; the service need not run) or brew install redis" >&2
 exec python -m pytest "$@"
