@@ -53,9 +53,12 @@ class Decision:
     tier: str
     category: str | None = None
     rule: str | None = None
+    ran: bool = True              # False: a check that was asked for and could not run (no classifier)
 
     @property
     def outcome(self) -> str:
+        if not self.ran:
+            return "not_run"
         return "allowed" if self.allowed else "refused"
 
     @property
