@@ -16,9 +16,9 @@ from pathlib import Path
 SEED = 4567
 NSFW_PROBABILITY = 0.1   # the centre of the band; the band's width comes from the small random head weights
 IMAGE_SIZE = 32
-MODEL = dict(image_size=IMAGE_SIZE, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-             num_attention_heads=2, intermediate_size=64, hidden_act="gelu", layer_norm_eps=1e-12,
-             qkv_bias=True)
+MODEL: dict = dict(image_size=IMAGE_SIZE, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=2, intermediate_size=64, hidden_act="gelu", layer_norm_eps=1e-12,
+                   qkv_bias=True)
 LABELS = {0: "normal", 1: "nsfw"}
 
 

@@ -37,7 +37,7 @@ class OutputCheck:
         return self.outcome == "refused"
 
     def public(self) -> dict:
-        entry = {"check": "output_classifier", "stage": "output", "outcome": self.outcome}
+        entry: dict[str, object] = {"check": "output_classifier", "stage": "output", "outcome": self.outcome}
         if self.outcome == "not_run":
             entry["reason"] = self.reason
         else:
