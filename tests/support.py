@@ -1,4 +1,5 @@
-"""Test support: free ports, a real HTTP callback receiver, worker processes under gunicorn."""
+"""Test support: free ports, a real HTTP callback receiver, worker processes under gunicorn, the
+orchestrator as a process."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -212,3 +214,54 @@ class WorkerProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class OrchestratorProcess:
+    """`python -m orchestrator` (what infrastructure/startup.sh execs) with this interpreter, its output
+    in a log file."""
+
+    def __init__(self, env: dict, log_path: Path):
+        self.env = env
+        self.port = int(env["ORCHESTRATOR_PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = Client(self.url, env.get("WORKER_API_KEY"))
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> OrchestratorProcess:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator"], env=self.env, cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout_s: float = 180) -> dict:
+        """Poll GET /ready (the readiness gate; no fixed sleeps)."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"orchestrator exited {self.proc.returncode}:\n{self.log()}"
+            try:
+                last = requests.get(self.url + "/ready", timeout=2)
+                if last.status_code == 200:
+                    return last.json()
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in {timeout_s}s: {last and last.text}\n{self.log()}")
+
+    def workers(self) -> dict:
+        return {w["name"]: w for w in self.client.get("/workers").json()["workers"]}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def stop(self, timeout_s: float = 90) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
