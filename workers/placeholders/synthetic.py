@@ -9,6 +9,8 @@ docs/DEPLOY.md pins. From them this module writes, under `root` (SYNTHETIC_MODEL
     sdxl-vae-fp16-fix/               AutoencoderKL folder, fp32 (madebyollin/sdxl-vae-fp16-fix's layout)
     wan2.1-t2v/                      WanPipeline folder: transformer (2 fp32 shards), umT5-XXL encoder
                                      (5 fp32 shards, the shipped key set), VAE (fp32), tokenizer, scheduler
+    wan2.1-vace/                     WanVACEPipeline folder (family wan_vace): its own transformer (2.15 B, fp32),
+                                     the rest hard links to wan2.1-t2v's files (built after the wan family)
     qwen2.5-base/, qwen2.5-instruct/ Qwen2ForCausalLM folders, 4 bf16 shards shared by hard links: base and
                                      instruct use one set of weights; each has its own config, generation config
                                      and tokenizer (the instruct one with the ChatML template)
@@ -46,12 +48,12 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = CONFIG_DIR / "architectures"
 BUILDER_VERSION = 1
 MANIFEST = "manifest.json"
-FAMILIES = ("sdxl", "wan", "qwen")
+FAMILIES = ("sdxl", "wan", "wan_vace", "qwen")
 SDXL_FILE = "sd_xl_base_1.0.safetensors"
 GB = 1000 ** 3
 
 # Families -> the folders (under root) a family writes.
-FAMILY_DIRS = {"sdxl": ("sdxl", "sdxl-vae-fp16-fix"), "wan": ("wan2.1-t2v",),
+FAMILY_DIRS = {"sdxl": ("sdxl", "sdxl-vae-fp16-fix"), "wan": ("wan2.1-t2v",), "wan_vace": ("wan2.1-vace",),
                "qwen": ("qwen2.5-base", "qwen2.5-instruct")}
 
 # Shard sizes of the real repositories: Wan's transformer comes in 2 files and its umT5 encoder in 5
@@ -90,7 +92,8 @@ def published_counts() -> dict[str, dict]:
 
 def _modules():
     """name -> (factory(), dtype name as shipped). Factories build the module under the caller's device context."""
-    from diffusers import AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, WanTransformer3DModel
+    from diffusers import (AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, WanTransformer3DModel,
+                           WanVACETransformer3DModel)
     from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, Qwen2Config,
                               Qwen2ForCausalLM, UMT5Config, UMT5EncoderModel)
 
@@ -104,6 +107,8 @@ def _modules():
         "sdxl_vae_fp16_fix": (lambda: AutoencoderKL.from_config(_init_args("sdxl-vae-fp16-fix/config.json")), "float32"),
         "wan_transformer": (lambda: WanTransformer3DModel.from_config(_init_args("wan2.1-t2v-1.3b/transformer/config.json")),
                             "float32"),
+        "wan_vace_transformer": (lambda: WanVACETransformer3DModel.from_config(
+            _init_args("wan2.1-vace-1.3b/transformer/config.json")), "float32"),
         "wan_vae": (lambda: AutoencoderKLWan.from_config(_init_args("wan2.1-t2v-1.3b/vae/config.json")), "float32"),
         "umt5_xxl_encoder": (lambda: UMT5EncoderModel(UMT5Config(**_init_args("wan2.1-t2v-1.3b/text_encoder/config.json"))),
                              "float32"),
@@ -112,7 +117,8 @@ def _modules():
 
 
 FAMILY_MODULES = {"sdxl": ("sdxl_unet", "sdxl_vae", "sdxl_text_encoder", "sdxl_text_encoder_2", "sdxl_vae_fp16_fix"),
-                  "wan": ("wan_transformer", "wan_vae", "umt5_xxl_encoder"), "qwen": ("qwen2.5_7b",)}
+                  "wan": ("wan_transformer", "wan_vae", "umt5_xxl_encoder"), "wan_vace": ("wan_vace_transformer",),
+                  "qwen": ("qwen2.5_7b",)}
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -292,26 +298,43 @@ def build_wan(root: Path, device: str) -> None:
                              arch_config("wan2.1-t2v-1.3b/text_encoder/config.json"), device, WAN_SHARD)
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # filesystems without hard links get a copy
+        shutil.copyfile(src, dst)
+
+
+def build_wan_vace(root: Path, device: str) -> None:
+    t2v, target = root / "wan2.1-t2v", root / "wan2.1-vace"
+    if not (t2v / "text_encoder").is_dir():
+        raise RuntimeError("the wan_vace family shares the wan family's VAE, text encoder and tokenizer: build wan first")
+    for sub in ("text_encoder", "tokenizer", "vae", "scheduler"):
+        for path in (t2v / sub).rglob("*"):
+            if path.is_file():
+                _link_or_copy(path, target / path.relative_to(t2v))
+    _copy_arch("wan2.1-vace-1.3b", target, ("model_index.json",))
+    write_diffusers_component(*_modules()["wan_vace_transformer"], target / "transformer",
+                              arch_config("wan2.1-vace-1.3b/transformer/config.json"), device, WAN_SHARD)
+
+
 def build_qwen(root: Path, device: str) -> None:
     from .tokenizer_builders import save_qwen_tokenizer
 
     base, instruct = root / "qwen2.5-base", root / "qwen2.5-instruct"
     write_transformers_model(*_modules()["qwen2.5_7b"], base, arch_config("qwen2.5-7b/config.json"), device,
                              QWEN_SHARD, arch_config("qwen2.5-7b/generation_config.json"))
-    instruct.mkdir(parents=True, exist_ok=True)
-    for path in base.iterdir():  # one set of weights: hard links (a copy where links are not supported)
+    for path in base.iterdir():  # one set of weights: hard links
         if path.suffix == ".safetensors" or path.name.endswith(".index.json"):
-            try:
-                os.link(path, instruct / path.name)
-            except OSError:
-                shutil.copyfile(path, instruct / path.name)
+            _link_or_copy(path, instruct / path.name)
     _write_json(instruct / "config.json", arch_config("qwen2.5-7b-instruct/config.json"))
     _write_json(instruct / "generation_config.json", arch_config("qwen2.5-7b-instruct/generation_config.json"))
     save_qwen_tokenizer(qwen_padded_tokenizer(False), base)
     save_qwen_tokenizer(qwen_padded_tokenizer(True), instruct)
 
 
-_BUILDERS = {"sdxl": build_sdxl, "wan": build_wan, "qwen": build_qwen}
+_BUILDERS = {"sdxl": build_sdxl, "wan": build_wan, "wan_vace": build_wan_vace, "qwen": build_qwen}
 
 
 def _folder_files(root: Path, family: str) -> dict[str, int]:
@@ -398,7 +421,7 @@ def counts_report() -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.placeholders.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None, help="default: $SYNTHETIC_MODELS_DIR or <repo>/.cache/synthetic-models")
-    parser.add_argument("--family", action="append", choices=FAMILIES, help="repeatable; default: all three")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="repeatable; default: all")
     parser.add_argument("--device", default=None, help="where to initialise (default: cuda when available)")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--counts", action="store_true", help="print parameter counts against the published ones and exit")
