@@ -53,10 +53,12 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "WAN_PORT": ("wan_port", _int, "WAN worker port."),
     "CHAT_PORT": ("chat_port", _int, "Chat worker port."),
     "WORKER_API_KEY": ("api_key", str, "Bearer token required on every endpoint but /health and /ready."),
-    "MODEL_PROFILE": ("model_profile", str, "`placeholder` or `production`; default: placeholder unless a production model path is set."),
+    "MODEL_PROFILE": ("model_profile", str, "`placeholder`, `synthetic` (full-size random weights, for benchmarks; docs/PERFORMANCE.md) or `production`; default: placeholder unless a production model path is set. Production refuses to start without a usable CUDA device."),
     "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, "Where placeholder models are built and cached."),
+    "SYNTHETIC_MODELS_DIR": ("synthetic_models_dir", Path, "Where `python -m workers.placeholders.synthetic` writes the synthetic full-size models (MODEL_PROFILE=synthetic)."),
     "SDXL_MODEL_PATH": ("sdxl_model_path", str, "Production SDXL checkpoint: a diffusers directory or a single .safetensors file."),
     "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "Local diffusers SDXL config directory used by single-file checkpoints (never a hub lookup)."),
+    "SDXL_VAE_FP16_FIX_PATH": ("sdxl_vae_fp16_fix_path", str, "Production: a local fp16-fix SDXL VAE folder (madebyollin/sdxl-vae-fp16-fix); with it the VAE decodes in fp16 without the fp32 upcast."),
     "WAN_T2V_MODEL_PATH": ("wan_t2v_model_path", str, "Production Wan2.1 text-to-video diffusers directory."),
     "WAN_VACE_MODEL_PATH": ("wan_vace_model_path", str, "Production Wan2.1 VACE diffusers directory (reference-frame modes)."),
     "QWEN_BASE_MODEL_PATH": ("qwen_base_model_path", str, "Production Qwen2.5 base model directory."),
@@ -113,8 +115,10 @@ class Settings:
     api_key: str = field(default="", repr=False)
     model_profile: str = "placeholder"
     placeholder_models_dir: Path = REPO_ROOT / ".cache" / "placeholder-models"
+    synthetic_models_dir: Path = REPO_ROOT / ".cache" / "synthetic-models"
     sdxl_model_path: str = ""
     sdxl_config_dir: str = ""
+    sdxl_vae_fp16_fix_path: str = ""
     wan_t2v_model_path: str = ""
     wan_vace_model_path: str = ""
     qwen_base_model_path: str = ""
@@ -179,8 +183,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
-        if self.model_profile not in ("placeholder", "production"):
-            raise SettingsError(f"MODEL_PROFILE must be 'placeholder' or 'production', got {self.model_profile!r}")
+        if self.model_profile not in ("placeholder", "synthetic", "production"):
+            raise SettingsError(f"MODEL_PROFILE must be 'placeholder', 'synthetic' or 'production', got {self.model_profile!r}")
         if self.storage_backend not in ("local", "supabase"):
             raise SettingsError(f"STORAGE_BACKEND must be 'local' or 'supabase', got {self.storage_backend!r}")
         if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_key):
