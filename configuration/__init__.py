@@ -41,22 +41,32 @@ def worker_config(worker: str) -> dict:
     return copy.deepcopy(configs[worker])
 
 
+# paths.production keys -> the resolved config keys they fill
+_PRODUCTION_PATH_SETTINGS = {"path_setting": "path", "config_setting": "config_path",
+                             "vae_fp16_fix_setting": "vae_fp16_fix_path"}
+
+
 def model_config(model: str, settings: Settings) -> dict:
-    """A model's config resolved for the active profile: `path`, `config_path`, `memory_bytes`, `limits`."""
+    """A model's config resolved for the active profile: `path`, `config_path`, `vae_fp16_fix_path` (empty when
+    the profile has none), `memory_bytes`, `limits`. The synthetic profile (full-size random weights) uses the
+    production estimates and limits."""
     models = _load("models.json")
     if model not in models:
         raise ConfigurationError(f"unknown model {model!r}; known: {sorted(models)}")
     cfg = copy.deepcopy(models[model])
     profile = settings.model_profile
+    sizes = "production" if profile == "synthetic" else profile
     paths = cfg["paths"][profile]
-    if profile == "placeholder":
-        cfg["path"] = str(Path(settings.placeholder_models_dir) / paths["path"])
-        cfg["config_path"] = ""
+    cfg.update(path="", config_path="", vae_fp16_fix_path="")
+    if profile == "production":
+        for key, resolved in _PRODUCTION_PATH_SETTINGS.items():
+            if key in paths:
+                cfg[resolved] = getattr(settings, paths[key])
     else:
-        cfg["path"] = getattr(settings, paths["path_setting"])
-        cfg["config_path"] = getattr(settings, paths["config_setting"]) if "config_setting" in paths else ""
-    cfg["memory_bytes"] = int(cfg["memory_mb"][profile]) * 1024 * 1024
-    cfg["limits"] = cfg["limits"][profile]
+        root = settings.placeholder_models_dir if profile == "placeholder" else settings.synthetic_models_dir
+        cfg.update({key: str(Path(root) / rel) for key, rel in paths.items()})
+    cfg["memory_bytes"] = int(cfg["memory_mb"][sizes]) * 1024 * 1024
+    cfg["limits"] = cfg["limits"][sizes]
     cfg["name"] = model
     return cfg
 

@@ -4,6 +4,7 @@ SDXL single-file conversion covers the full-size modules, and one real-size comp
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,3 +89,21 @@ def test_a_family_that_does_not_fit_on_disk_is_refused_before_anything_is_writte
     with pytest.raises(synthetic.InsufficientDisk, match="build one family at a time"):
         synthetic.build(tmp_path, ["wan"], device="cpu", headroom_bytes=10**16)
     assert not (tmp_path / "wan2.1-t2v").exists()
+
+
+def test_the_synthetic_profile_points_the_workers_at_the_built_tree_with_production_sizes(tmp_path):
+    from configuration import model_config, preset_defaults
+    from configuration.settings import Settings
+
+    settings = Settings.from_env({"MODEL_PROFILE": "synthetic", "SYNTHETIC_MODELS_DIR": str(tmp_path)})
+    production = Settings(model_profile="production")
+    sdxl = model_config("sdxl", settings)
+    assert sdxl["path"] == str(tmp_path / "sdxl" / synthetic.SDXL_FILE)
+    assert sdxl["config_path"] == str(tmp_path / "sdxl") and sdxl["vae_fp16_fix_path"] == str(tmp_path / "sdxl-vae-fp16-fix")
+    for name in ("sdxl", "wan_t2v", "wan_vace", "qwen_base", "qwen_instruct"):
+        cfg = model_config(name, settings)
+        assert cfg["memory_bytes"] == model_config(name, production)["memory_bytes"]
+        assert cfg["limits"] == model_config(name, production)["limits"]
+        assert cfg["path"] == str(synthetic.synthetic_paths(tmp_path)[name]["path"])
+        assert Path(cfg["path"]).relative_to(tmp_path).parts[0] in {d for ds in synthetic.FAMILY_DIRS.values() for d in ds}
+    assert preset_defaults("video_fast", settings) == preset_defaults("video_fast", production)
