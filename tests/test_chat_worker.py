@@ -152,6 +152,63 @@ def test_concurrent_requests_are_batched_with_unchanged_results(worker):
     assert replies[5]["response"] == ok(post(worker, "/chat", bodies[5]))["response"]
 
 
+# ---- the app's chat calls (shared/reference/real-client.md section 3) ----------------------------
+
+TURNS = [{"role": "system", "content": "You are Mira, a travelling bard."}] + \
+    [{"role": "user" if i % 2 == 0 else "assistant", "content": f"line {i} of the story"} for i in range(16)] + \
+    [{"role": "user", "content": "What happens next?"}]
+SECRET = "project-context-words-that-must-not-be-logged"
+APP_BODIES = {
+    "roleplay-chat": ("/chat", {"messages": TURNS, "model": "qwen_instruct", "sfw_mode": True, "content_tier": "sfw",
+                                "temperature": 0.8, "top_p": 0.9, "max_tokens": 200, "frequency_penalty": 0.2,
+                                "presence_penalty": 0.1}),
+    "playground-chat": ("/chat", {"messages": TURNS[-3:], "conversation_id": "9b2f6a1e-5d7c-4f0e-9c11-2f1e3b7d8a90",
+                                  "project_id": "c0ffee00-1111-2222-3333-444455556666", "context_type": "project",
+                                  "project_context": {"name": SECRET, "notes": [SECRET]}, "content_tier": "nsfw",
+                                  "temperature": 0.7, "top_p": 0.95, "presence_penalty": 0.6,
+                                  "frequency_penalty": 0.25, "nsfw_enforce": True, "nsfw_reason": "the user opted in"}),
+    "playground-chat, no project": ("/chat", {"messages": TURNS[-1:], "conversation_id": "c1", "project_id": "p1",
+                                              "context_type": "general", "project_context": None,
+                                              "content_tier": "sfw", "temperature": 0.7, "top_p": 0.95,
+                                              "presence_penalty": 0.6, "frequency_penalty": 0.25}),
+    "scene-narrative": ("/chat", {"messages": TURNS[:1] + TURNS[-1:], "max_tokens": 150, "temperature": 0.7,
+                                  "top_p": 0.9, "frequency_penalty": 0.3, "presence_penalty": 0.3}),
+    # seed added so the random placeholder model's enhancement is never empty by chance (a 422)
+    "enhance-prompt": ("/enhance", {"messages": [{"role": "system", "content": SYSTEM},
+                                                 {"role": "user", "content": "a fox at dawn"}],
+                                    "max_tokens": 500, "temperature": 0.7, "top_p": 0.9, "seed": 11}),
+}
+
+
+@pytest.mark.parametrize("caller", list(APP_BODIES))
+def test_the_apps_chat_bodies_are_answered(worker, caller):
+    path, body = APP_BODIES[caller]
+    answer = ok(post(worker, path, body))
+    assert answer["success"] is True
+    assert isinstance(answer["enhanced_prompt" if path == "/enhance" else "response"], str)
+    used = answer["parameters"]
+    assert used["frequency_penalty"] == body.get("frequency_penalty", 0.0)
+    assert used["presence_penalty"] == body.get("presence_penalty", 0.0)
+    log = worker.log()
+    assert SECRET not in log and "9b2f6a1e" not in log and "the user opted in" not in log
+
+
+def test_error_answers_carry_success_false(worker):
+    reply = post(worker, "/chat", {"messages": [], "max_tokens": 4})
+    assert reply.status_code == 400 and reply.json()["success"] is False
+    assert reply.json()["error"]["code"] == "validation_error"
+    assert post(worker, "/enhance/huge", {"prompt": "a"}).json()["success"] is False
+    assert requests.post(worker.url + "/chat", json=CHAT, timeout=10).json()["success"] is False  # 401
+
+
+def test_a_reproducible_request_is_not_batched(worker):
+    bodies = [{**CHAT, "seed": i, "max_tokens": 24, "reproducible": i == 3} for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda b: ok(post(worker, "/chat", b)), bodies))
+    assert replies[3]["model_info"]["batch_size"] == 1 and replies[3]["parameters"]["reproducible"] is True
+    assert replies[3]["response"] == ok(post(worker, "/chat", bodies[3]))["response"]
+
+
 # ---- OpenAI-compatible ---------------------------------------------------------------------------
 
 def test_v1_models_and_plain_completion_over_http(worker):
@@ -198,11 +255,11 @@ def test_official_openai_client(worker):
     client = openai.OpenAI(base_url=worker.url + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
     assert {m.id for m in client.models.list()} == {"qwen_base", "qwen_instruct"}
     completion = client.chat.completions.create(model="qwen_base", messages=CHAT["messages"], max_tokens=10,
-                                                seed=9, temperature=0.7)
+                                                seed=9, temperature=0.7, frequency_penalty=0.5, presence_penalty=0.2)
     text = completion.choices[0].message.content
     assert completion.usage.completion_tokens <= 10 and completion.choices[0].finish_reason in ("stop", "length")
     stream = client.chat.completions.create(model="qwen_base", messages=CHAT["messages"], max_tokens=10, seed=9,
-                                            temperature=0.7, stream=True)
+                                            temperature=0.7, frequency_penalty=0.5, presence_penalty=0.2, stream=True)
     chunks = list(stream)
     assert len(chunks) >= 3
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text

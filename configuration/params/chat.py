@@ -3,7 +3,9 @@
 The result is what the engine runs with and what the response reports as used: the model, either
 `messages` (rendered by the model's chat template or by the configured base-model template) or raw
 `text`, and every sampling parameter, with configured defaults (configuration/chat.json) filling
-only what the caller left out.
+only what the caller left out. The app's content-policy inputs (`policy`) and its conversation context
+(`context`) ride along untouched: the first are for the content policy, the second is the caller's own
+and is never logged.
 """
 from __future__ import annotations
 
@@ -20,6 +22,18 @@ class Message(TypedDict):
     content: str
 
 
+POLICY_FIELDS = ("sfw_mode", "content_tier", "nsfw_enforce", "nsfw_reason")
+CONTEXT_FIELDS = ("conversation_id", "project_id", "context_type", "project_context")
+
+
+class PolicyInputs(TypedDict):
+    """What the caller says about the content it wants (None: not given); common/policy.py decides."""
+    sfw_mode: bool | None
+    content_tier: str | None            # sfw | nsfw
+    nsfw_enforce: bool | None
+    nsfw_reason: str | None
+
+
 class ChatParams(TypedDict):
     """What the chat engine runs with: every value within the schema's bounds, defaults applied."""
     model: str
@@ -30,11 +44,16 @@ class ChatParams(TypedDict):
     top_p: float
     top_k: int
     repetition_penalty: float
+    frequency_penalty: float            # OpenAI's definitions, over the row's own output tokens
+    presence_penalty: float
     stop: list[str]
     seed: int
     seed_source: str                    # request | random
     stream: bool
     include_usage: bool
+    reproducible: bool                  # run alone, never batched with other requests
+    policy: PolicyInputs
+    context: dict                       # the caller's own (conversation_id, project_id, ...), never logged
     original_prompt: NotRequired[str]           # enhancements only
     target_model: NotRequired[str | None]       # enhancements only
 
@@ -122,9 +141,15 @@ def _request(body: dict, model: str, defaults: dict, settings: Settings, message
         "top_p": float(pick("top_p")),
         "top_k": int(pick("top_k")),
         "repetition_penalty": float(pick("repetition_penalty")),
+        "frequency_penalty": float(pick("frequency_penalty")),
+        "presence_penalty": float(pick("presence_penalty")),
         "stop": _stops(body.get("stop"), model, templated=text is None),
         "seed": seed, "seed_source": seed_source,
         "stream": False, "include_usage": False,
+        "reproducible": bool(body.get("reproducible", False)),
+        "policy": {"sfw_mode": body.get("sfw_mode"), "content_tier": body.get("content_tier"),
+                   "nsfw_enforce": body.get("nsfw_enforce"), "nsfw_reason": body.get("nsfw_reason")},
+        "context": {name: body[name] for name in CONTEXT_FIELDS if name in body},
     }
 
 

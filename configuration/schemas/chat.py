@@ -42,9 +42,36 @@ def _sampling(max_tokens: int) -> dict:
                   "description": "Sample among the k most likely tokens; 0 means no limit."},
         "repetition_penalty": {"type": "number", "exclusiveMinimum": 0.0, "maximum": 3.0,
                                "description": "Divides positive (multiplies negative) logits of tokens already in the prompt or output; 1 is off."},
+        "frequency_penalty": {"type": "number", "minimum": -2.0, "maximum": 2.0,
+                              "description": "OpenAI's: subtracts (times this) how often a token already appears in "
+                                             "the output from its logit; 0 is off."},
+        "presence_penalty": {"type": "number", "minimum": -2.0, "maximum": 2.0,
+                             "description": "OpenAI's: subtracts this from the logit of every token already in the "
+                                            "output; 0 is off."},
         "stop": STOP,
-        "seed": {**SEED, "description": "Same seed and parameters give the same text, whatever else is batched with the request. Random (and reported) when absent."},
+        "seed": {**SEED, "description": "Random (and reported) when absent. Same seed and parameters give the same "
+                                        "text alone; batched with other requests the text can differ (docs/CHAT.md), "
+                                        "unless `reproducible` is true."},
+        "reproducible": {"type": "boolean",
+                         "description": "Run this request alone, never batched with others, so the same seed and "
+                                        "parameters always give the same text (slower under load)."},
     }
+
+
+# What the app's callers send besides the generation parameters (docs/CHAT.md).
+POLICY = {
+    "sfw_mode": {"type": "boolean", "description": "Content-policy input: true asks for sfw, false for nsfw."},
+    "content_tier": {"enum": ["sfw", "nsfw"], "description": "Content-policy input: the tier the caller asks for."},
+    "nsfw_enforce": {"type": "boolean", "description": "Content-policy input: the caller insists on the nsfw tier."},
+    "nsfw_reason": {"type": "string", "maxLength": 1000, "description": "Content-policy input: why (the caller's words)."},
+}
+CONTEXT = {
+    "conversation_id": {"type": "string", "maxLength": 200, "description": "Caller context; never logged."},
+    "project_id": {"type": "string", "maxLength": 200, "description": "Caller context; never logged."},
+    "context_type": {"type": "string", "maxLength": 200, "description": "Caller context; never logged."},
+    "project_context": {"type": ["object", "null"], "maxProperties": 256,
+                        "description": "Caller context (any JSON object, or null); never logged."},
+}
 
 
 def _model_enum() -> list[str]:
@@ -64,6 +91,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
         **sampling,
         "target_model": {"enum": sorted(chat_config()["enhance_targets"]),
                          "description": "The generator the prompt is for; selects configured defaults (chat.json enhance_targets)."},
+        **POLICY,
+        **CONTEXT,
     }
     needs_text = {"anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
     enhance = {
@@ -82,7 +111,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "additionalProperties": False, "required": ["messages"],
         "properties": {"messages": MESSAGES, **sampling,
                        "model": {"enum": _model_enum(),
-                                 "description": f"Default {chat_config()['legacy_default_model']}."}},
+                                 "description": f"Default {chat_config()['legacy_default_model']}."},
+                       **POLICY, **CONTEXT},
     }
     completions = {
         "$schema": DIALECT, "title": "OpenAI-compatible chat completion", "type": "object",
@@ -96,8 +126,6 @@ def schemas(settings: Settings) -> dict[str, dict]:
             "stream_options": {"type": "object", "additionalProperties": False,
                                "properties": {"include_usage": {"type": "boolean"}}},
             "n": {"const": 1, "description": "One choice per request (the only value served)."},
-            "presence_penalty": {"const": 0, "description": "Not implemented; only 0 is accepted."},
-            "frequency_penalty": {"const": 0, "description": "Not implemented; only 0 is accepted."},
             "logprobs": {"const": False, "description": "Not implemented; only false is accepted."},
         },
     }

@@ -26,7 +26,18 @@ from workers.http.common import require_ready, state
 
 bp = Blueprint("chat", __name__)
 _STARTED_AT = int(time.time())
-_PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed", "seed_source")
+_PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty",
+               "presence_penalty", "stop", "seed", "seed_source", "reproducible")
+
+
+@bp.after_request
+def _always_success(response: Response) -> Response:
+    """Every JSON answer of the chat routes carries `success` (the app's callers read it), errors too."""
+    if response.is_json and response.status_code >= 400:
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and "success" not in body:
+            response.set_data(json.dumps({"success": False, **body}))
+    return response
 
 
 # ---- one path for every route ------------------------------------------------------------------
