@@ -95,6 +95,7 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "CHAT_BATCH_SIZE": ("chat_batch_size", _int, "Most chat requests generated together in one batch."),
     "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, "How long the chat batcher waits to fill a batch."),
     "CHAT_MAX_QUEUE": ("chat_max_queue", _int, "Chat requests waiting per model before new ones get 503."),
+    "CHAT_BATCHING": ("chat_batching", str, "`continuous` (requests join a running batch as rows finish) or `static` (a batch runs until its longest row ends)."),
     "TORCH_COMPILE": ("torch_compile", _bool, "torch.compile the UNet/transformer on CUDA."),
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
@@ -155,6 +156,7 @@ class Settings:
     chat_batch_size: int = 8
     chat_batch_window_ms: int = 10
     chat_max_queue: int = 256
+    chat_batching: str = "continuous"
     torch_compile: bool = False
     register_with_supabase: bool = True
     runpod_pod_id: str = ""
@@ -191,6 +193,8 @@ class Settings:
             raise SettingsError("STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_KEY")
         if self.chat_batch_size < 1 or self.chat_batch_window_ms < 0 or self.chat_max_queue < 1:
             raise SettingsError("CHAT_BATCH_SIZE and CHAT_MAX_QUEUE must be >= 1 and CHAT_BATCH_WINDOW_MS >= 0")
+        if self.chat_batching not in ("continuous", "static"):
+            raise SettingsError(f"CHAT_BATCHING must be 'continuous' or 'static', got {self.chat_batching!r}")
         if self.content_tier_default not in ("sfw", "nsfw"):
             raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:

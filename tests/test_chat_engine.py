@@ -1,5 +1,8 @@
 """The chat engine on the placeholder Qwen models, in process: per-row sampling, batching, stop rules,
 normalisation, and the pure decisions (GPU plan, cleaning, sampling) on hand-made inputs."""
+import contextlib
+import copy
+import dataclasses
 import threading
 import time
 
@@ -12,9 +15,10 @@ from configuration.schemas import ValidationFailed
 from configuration.settings import Settings
 from workers.engines.chat import Batcher, ChatEngine, Overloaded, clean_enhancement
 from workers.engines.chat.decoding import Detokenizer, find_stop, held_back
-from workers.engines.chat.plan import batch_working_bytes, generation_options, gpu_plan, kv_cache_bytes_per_token
+from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_bytes_per_token
 from workers.engines.chat.prompts import TEMPLATE_TOKENS_PER_MESSAGE, render_template
-from workers.engines.chat.sampling import sample_rows
+from workers.engines.chat.running import RunningBatch
+from workers.engines.chat.sampling import penalise, sample_rows
 from common.errors import ModelBusy
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
@@ -50,15 +54,10 @@ def run(engine, *requests):
 
 # ---- pure decisions -----------------------------------------------------------------------------
 
-def test_gpu_plan_uses_static_cache_and_compile_only_on_cuda():
-    gpu = {"attention": "sdpa", "static_cache": True, "torch_compile": False}
-    assert gpu_plan(gpu, "cpu", compile_setting=True) == {"attn_implementation": "sdpa", "static_cache": False,
-                                                          "torch_compile": False}
-    assert gpu_plan(gpu, "cuda", compile_setting=False)["static_cache"] is True
-    compiled = gpu_plan({"attention": "sdpa"}, "cuda", compile_setting=True)
-    assert compiled["torch_compile"] and compiled["static_cache"]  # compilation needs the static cache
-    assert generation_options(compiled) == {"cache_implementation": "static", "disable_compile": False}
-    assert generation_options(gpu_plan(gpu, "cpu", False)) == {"cache_implementation": None, "disable_compile": True}
+def test_gpu_plan_is_the_attention_kernel():
+    assert gpu_plan({"attention": "sdpa"}) == {"attn_implementation": "sdpa"}
+    assert gpu_plan({}) == {"attn_implementation": "sdpa"}
+    assert gpu_plan({"attention": "eager"}) == {"attn_implementation": "eager"}
 
 
 def test_kv_cache_working_memory():
@@ -113,13 +112,11 @@ def _rows(*logits):
 
 def test_sample_rows_per_row_parameters():
     scores = _rows([0.0, 2.0, 1.0, -1.0], [0.0, 2.0, 1.0, -1.0], [0.0, 2.0, 1.0, -1.0])
-    ids = torch.zeros((3, 2), dtype=torch.long)
-    offsets = torch.zeros(3, dtype=torch.long)
     temperature = torch.tensor([0.0, 1.0, 1.0])
     top_k = torch.tensor([0, 1, 0])
     top_p = torch.tensor([1.0, 1.0, 1.0])
     u = torch.tensor([0.99, 0.99, 0.99], dtype=torch.float64)
-    tokens = sample_rows(scores, ids, offsets, temperature, top_k, top_p, None, u)
+    tokens = sample_rows(scores, temperature, top_k, top_p, u)
     # greedy -> argmax; top_k=1 -> argmax whatever u; u=0.99 without limits -> the least likely kept token
     assert tokens.tolist() == [1, 1, 3]
 
@@ -127,29 +124,44 @@ def test_sample_rows_per_row_parameters():
 def test_sample_rows_inverse_cdf_and_top_p():
     probs = torch.tensor([[0.2, 0.5, 0.3]])
     scores = probs.log()
-    one = dict(input_ids=torch.zeros((1, 1), dtype=torch.long), offsets=torch.zeros(1, dtype=torch.long),
-               temperature=torch.tensor([1.0]), top_k=torch.tensor([0]), penalty=None)
 
     def pick(u, top_p=1.0):
-        return sample_rows(scores, top_p=torch.tensor([top_p]), uniforms=torch.tensor([u], dtype=torch.float64),
-                           **one).item()
+        return sample_rows(scores, torch.tensor([1.0]), torch.tensor([0]), torch.tensor([top_p]),
+                           torch.tensor([u], dtype=torch.float64)).item()
     # sorted by probability: 1 (0.5), 2 (0.3), 0 (0.2)
     assert [pick(0.1), pick(0.6), pick(0.9)] == [1, 2, 0]
     assert pick(0.9, top_p=0.7) == 2      # nucleus {1, 2}: renormalised, u=0.9 lands on 2
     assert pick(0.9, top_p=0.5) == 1      # nucleus {1}
 
 
+def _greedy(scores):
+    n = len(scores)
+    return sample_rows(scores, torch.zeros(n), torch.zeros(n, dtype=torch.long), torch.ones(n),
+                       torch.zeros(n, dtype=torch.float64)).tolist()
+
+
 def test_repetition_penalty_counts_only_the_rows_own_tokens():
-    # Both rows hold [3, 1]; in row 0 the 3 is left padding (offset 1), in row 1 it is a real token.
-    ids = torch.tensor([[3, 1], [3, 1]])
-    offsets = torch.tensor([1, 0])
+    # Token 3 is in row 1's prompt or output, not in row 0's.
+    seen = torch.tensor([[False, True, False, False], [False, True, False, True]])
     scores = _rows([1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 5.0])
-    greedy = dict(temperature=torch.tensor([0.0, 0.0]), top_k=torch.tensor([0, 0]), top_p=torch.tensor([1.0, 1.0]),
-                  uniforms=torch.zeros(2, dtype=torch.float64))
+    none = torch.zeros((2, 4))
     # 5 / 6 < 1: where token 3 is penalised, token 0 wins
-    assert sample_rows(scores, ids, offsets, penalty=torch.tensor([6.0, 6.0]), **greedy).tolist() == [3, 0]
-    assert sample_rows(scores, ids, offsets, penalty=torch.tensor([1.0, 6.0]), **greedy).tolist() == [3, 0]
-    assert sample_rows(scores, ids, offsets, penalty=None, **greedy).tolist() == [3, 3]
+    assert _greedy(penalise(scores, seen, torch.tensor([6.0, 6.0]), none, None, None)) == [3, 0]
+    assert _greedy(penalise(scores, seen, torch.tensor([1.0, 6.0]), none, None, None)) == [3, 0]
+    assert _greedy(penalise(scores, seen, None, none, None, None)) == [3, 3]
+    negative = penalise(_rows([-2.0, 1.0]), torch.tensor([[True, True]]), torch.tensor([2.0]), torch.zeros((1, 2)),
+                        None, None)
+    assert negative.tolist() == [[-4.0, 0.5]]   # negative logits are multiplied, positive divided
+
+
+def test_frequency_and_presence_penalties_are_openais():
+    """logit[j] -= count[j] * frequency + (count[j] > 0) * presence, per row, over the row's own output."""
+    scores = _rows([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    counts = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 0.0]])
+    seen = torch.zeros((2, 3), dtype=torch.bool)
+    out = penalise(scores, seen, None, counts, torch.tensor([0.5, 0.0]), torch.tensor([0.25, 1.0]))
+    assert out.tolist() == [[1.0, 1.0 - 0.5 - 0.25, 1.0 - 1.5 - 0.25], [0.0, 1.0, 1.0]]
+    assert penalise(scores, seen, None, counts, None, None).tolist() == scores.tolist()
 
 
 def test_detokenizer_deltas_concatenate_to_the_decoded_text(engine):
@@ -238,6 +250,45 @@ def test_greedy_is_a_plain_argmax_decode(engine, chat_settings):
     assert run(engine, {**p, "seed": 4})[0].text == expected  # the seed plays no part in greedy decoding
 
 
+def test_frequency_and_presence_penalties_apply_per_row_over_its_own_output(engine, chat_settings):
+    """Greedy decoding with penalties equals a hand-written loop over the bare model's logits applying
+    OpenAI's formula; in a batch, each row uses only its own penalties and counts."""
+    loaded = engine._loaded["qwen_instruct"]
+    penalised = params(chat_settings, temperature=0, max_tokens=60, seed=3, frequency_penalty=1.5,
+                       presence_penalty=0.5)
+    plain = params(chat_settings, temperature=0, max_tokens=12, seed=3,
+                   messages=[{"role": "user", "content": "another prompt"}])
+    results = run(engine, penalised, plain)
+    ids = torch.tensor([engine.prompt_ids(penalised)])
+    counts = torch.zeros(loaded.model.config.vocab_size)
+    produced = []
+    with torch.inference_mode():
+        for _ in range(60):
+            logits = loaded.model(input_ids=ids).logits[0, -1].float()
+            token = int((logits - counts * 1.5 - (counts > 0).float() * 0.5).argmax())
+            produced.append(token)
+            if token in loaded.eos_ids:
+                break
+            counts[token] += 1
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    expected = loaded.tokenizer.decode([t for t in produced if t not in loaded.eos_ids], skip_special_tokens=True)
+    assert results[0].text == expected
+    assert results[1].text == run(engine, plain)[0].text    # its neighbour's penalties did not touch it
+    assert run(engine, {**penalised, "frequency_penalty": 0.0, "presence_penalty": 0.0})[0].text != expected
+
+
+def test_policy_inputs_and_caller_context_ride_along(chat_settings):
+    body = {"messages": MESSAGES, "sfw_mode": False, "content_tier": "nsfw", "nsfw_enforce": True,
+            "nsfw_reason": "opted in", "conversation_id": "c1", "project_context": None, "context_type": "general"}
+    p = chat_params.chat(body, chat_settings)
+    assert p["policy"] == {"sfw_mode": False, "content_tier": "nsfw", "nsfw_enforce": True, "nsfw_reason": "opted in"}
+    assert p["context"] == {"conversation_id": "c1", "context_type": "general", "project_context": None}
+    bare = chat_params.chat({"messages": MESSAGES}, chat_settings)
+    assert bare["policy"] == dict.fromkeys(("sfw_mode", "content_tier", "nsfw_enforce", "nsfw_reason"))
+    assert bare["context"] == {} and bare["reproducible"] is False
+    assert (bare["frequency_penalty"], bare["presence_penalty"]) == (0.0, 0.0)
+
+
 def test_max_tokens_and_stop_strings(engine, chat_settings):
     short, longer = run(engine, params(chat_settings, max_tokens=3, seed=5), params(chat_settings, max_tokens=15, seed=5))
     assert (short.completion_tokens, short.finish_reason) == (3, "length")
@@ -279,7 +330,7 @@ def test_a_prompt_too_long_fails_alone(engine, chat_settings):
 # ---- batcher -------------------------------------------------------------------------------------
 
 class CountingEngine:
-    """Wraps the real engine's generate to record how many calls run at once."""
+    """Wraps the real engine's running batches to record how many run at once."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -289,12 +340,14 @@ class CountingEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def generate(self, batch):
+    @contextlib.contextmanager
+    def running(self, model):
         with self.lock:
             self.active += 1
             self.most = max(self.most, self.active)
         try:
-            self.engine.generate(batch)
+            with self.engine.running(model) as batch:
+                yield batch
         finally:
             with self.lock:
                 self.active -= 1
@@ -310,7 +363,7 @@ def _submit_concurrently(batcher, requests):
     return [g.wait(30) for g in generations]
 
 
-def test_batcher_batches_concurrent_requests_and_never_overlaps_generate(engine, chat_settings):
+def test_batcher_batches_concurrent_requests_and_never_overlaps_batches(engine, chat_settings):
     counting = CountingEngine(engine)
     batcher = Batcher(counting, engine.host, "qwen_instruct", batch_size=4, window_s=0.2, max_queue=64)
     results = _submit_concurrently(batcher, [params(chat_settings, seed=i, max_tokens=6) for i in range(10)])
@@ -323,6 +376,42 @@ def test_batcher_batches_concurrent_requests_and_never_overlaps_generate(engine,
     unbatched = Batcher(engine, engine.host, "qwen_instruct", batch_size=1, window_s=0.05, max_queue=64)
     assert {r.batch_size for r in _submit_concurrently(
         unbatched, [params(chat_settings, seed=i, max_tokens=4) for i in range(3)])} == {1}
+
+
+def _wait_busy(engine, model):
+    deadline = time.monotonic() + 10
+    while not engine.host.status()[model]["busy"] and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_short_request_joins_a_running_batch_only_when_continuous(engine, chat_settings, continuous):
+    batcher = Batcher(engine, engine.host, "qwen_instruct", batch_size=4, window_s=0.0, max_queue=8,
+                      continuous=continuous)
+    long = engine.prepare(params(chat_settings, seed=1, max_tokens=400, temperature=0.0))
+    batcher.submit(long)
+    _wait_busy(engine, "qwen_instruct")
+    short = engine.prepare(params(chat_settings, seed=2, max_tokens=3))
+    batcher.submit(short)
+    short_result = short.wait(60)
+    long_done_first = long.done
+    long_result = long.wait(60)
+    assert long_result.completion_tokens == 400 and short_result.completion_tokens == 3
+    if continuous:  # joined the running batch at the next step and left it when done
+        assert short_result.batch_size == 2 and not long_done_first
+    else:           # waited for the running batch to end, then ran in the next one
+        assert short_result.batch_size == 1 and long_done_first
+        assert short_result.queue_time >= long_result.generation_time * 0.5
+
+
+def test_a_reproducible_request_runs_alone_and_gives_the_text_it_gives_alone(engine, chat_settings):
+    batcher = Batcher(engine, engine.host, "qwen_instruct", batch_size=4, window_s=0.2, max_queue=64)
+    requests = [params(chat_settings, seed=i, max_tokens=30 + i, temperature=0.9) for i in range(5)]
+    requests[2] = {**requests[2], "reproducible": True}
+    results = _submit_concurrently(batcher, requests)
+    assert results[2].batch_size == 1 and max(r.batch_size for r in results) > 1
+    alone = run(engine, {**requests[2], "reproducible": False})[0]
+    assert results[2].text == alone.text
 
 
 def test_full_queue_is_overloaded_and_a_running_batch_keeps_its_model(engine, chat_settings):
@@ -358,16 +447,40 @@ def test_a_conversation_the_chat_template_rejects_is_a_validation_error(engine, 
                                   "conversation: conversation roles must alternate"}]
 
 
-def test_static_kv_cache_gives_the_same_tokens(engine, chat_settings):
-    """The CUDA-only static-cache path, forced on CPU (without compilation): same rows, same text."""
+def test_rows_joining_and_leaving_a_running_batch_decode_as_they_would_alone(engine, chat_settings):
+    """The cache bookkeeping of continuous batching (a row padded to join a wider batch, a wider row padding
+    the others, finished rows removed and unused columns trimmed) in float64, where batched arithmetic
+    cannot flip a token: every row's text equals its text alone."""
     loaded = engine._loaded["qwen_instruct"]
-    requests = [params(chat_settings, seed=21, max_tokens=8),
-                params(chat_settings, seed=22, max_tokens=5, messages=[{"role": "user", "content": "longer " * 9}])]
-    dynamic = run(engine, *requests)
-    plan = loaded.plan
-    loaded.plan = {**plan, "static_cache": True, "torch_compile": False}
-    try:
-        static = run(engine, *requests)
-    finally:
-        loaded.plan = plan
-    assert [r.text for r in static] == [r.text for r in dynamic]
+    wide = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).double())
+    def request(seed, words, max_tokens):
+        return params(chat_settings, seed=seed, max_tokens=max_tokens, temperature=0.9, frequency_penalty=0.5,
+                      presence_penalty=0.3, repetition_penalty=1.1,
+                      messages=[{"role": "user", "content": "fox " * words}])
+    first, narrow, wider, late = request(1, 5, 6), request(2, 1, 20), request(3, 40, 9), request(4, 2, 5)
+
+    def alone(p):
+        batch = RunningBatch(wide)
+        g = engine.prepare(p)
+        batch.admit([g])
+        while len(batch):
+            batch.step()
+        return g.wait(0).text
+
+    batch = RunningBatch(wide)
+    generations = [engine.prepare(p) for p in (first, narrow, wider, late)]
+    batch.admit(generations[:1])
+    batch.step()
+    batch.admit(generations[1:2])          # narrower than the batch: padded on the left
+    batch.step()
+    batch.admit(generations[2:3])          # wider than the batch: the others are padded
+    widest = batch.mask.shape[1]
+    while not generations[0].done:
+        batch.step()
+    batch.admit(generations[3:])
+    while len(batch):
+        batch.step()
+        if generations[2].done:
+            assert batch.mask.shape[1] < widest  # the wide row's columns were trimmed when it left
+    assert [g.wait(0).text for g in generations] == [alone(p) for p in (first, narrow, wider, late)]
+    assert generations[1].wait(0).batch_size == 3

@@ -1,12 +1,9 @@
 """Token ids -> text: incremental detokenising, stop strings, streaming hold-back, and cleaning an
-enhancement out of a generation. `Row` is one generation's decoding state inside a batch and
-`RowTracker` the stopping criterion that advances every row by its new token."""
+enhancement out of a generation. `Row` is one generation's decoding state inside a batch."""
 from __future__ import annotations
 
 import logging
 import time
-
-import torch
 
 from workers.engines.chat.generation import Generation, GenerationResult
 
@@ -83,7 +80,8 @@ class Detokenizer:
 
 
 class Row:
-    """Decoding state of one generation inside a batch: its text so far, what was streamed, why it ended."""
+    """Decoding state of one generation inside a batch: its text so far, what was streamed, why it ended.
+    `batch_size` is the most rows it ran together with (itself included)."""
 
     def __init__(self, generation: Generation, tokenizer, eos_ids: list[int], special_tokens: list[str],
                  started: float):
@@ -95,7 +93,6 @@ class Row:
         self.max_stop = max((len(s) for s in self.stops), default=0)
         self.eos = eos_ids
         self.special_tokens = special_tokens
-        self.generator = torch.Generator(device="cpu").manual_seed(int(p["seed"]))
         self.detokenizer = Detokenizer(tokenizer)
         self.started = started
         self.batch_size = 1
@@ -155,19 +152,3 @@ class Row:
             text=self.text, finish_reason=reason, prompt_tokens=len(self.prompt_ids), completion_tokens=self.tokens,
             queue_time=self.started - g.submitted, generation_time=now - self.started, batch_size=self.batch_size,
             special_tokens=tuple(self.special_tokens)))
-
-
-class RowTracker:
-    """Stopping criterion of a batched `generate`: advances every live row by its new token."""
-
-    def __init__(self, rows: list[Row], eos_ids: list[int]):
-        self.rows = rows
-        self.eos_token_id = eos_ids  # marks this as an EOS criterion: generate pads finished rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        tokens = input_ids[:, -1].tolist()
-        now = time.monotonic()
-        for row, token in zip(self.rows, tokens):
-            if not row.done:
-                row.step(token, now)
-        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)

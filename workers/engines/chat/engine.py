@@ -1,26 +1,22 @@
-"""Chat engine: Qwen2.5 base and instruct behind one batched generation function.
+"""Chat engine: Qwen2.5 base and instruct, their lifecycle, and the requests they run.
 
 Every HTTP route (enhancement, legacy chat, OpenAI chat completions, streaming or not) turns its
 normalised parameters into a `Generation` with `ChatEngine.prepare` (tokenised and checked against the
 model's prompt limit in the caller's thread, so a bad request is a 400 before anything is queued) and
 hands it to `ChatEngine.submit`. One `Batcher` thread per model (started by the app factory through
-`start`) collects the generations that arrive while the model is busy and runs them through
-`ChatEngine.generate`: one left-padded `model.generate` call.
-
-Per-row sampling (`sampling.RowSampler`, the last logits processor of a greedy `generate`) and per-row
-decoding (`decoding.RowTracker`, a stopping criterion) make a row's tokens depend only on its own
-prompt, parameters and seed, never on what else is in the batch (up to floating-point differences of
-batched matrix products; see docs/CHAT.md).
+`start`) runs the generations in a `RunningBatch` (running.py): continuous batching, rows joining and
+leaving at every step. Per-row sampling (sampling.py) makes a row's tokens depend only on its own
+prompt, parameters and seed; what floating-point arithmetic of a batch can still change is in docs/CHAT.md.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from jinja2.exceptions import TemplateError
 
 from common.errors import CANCELLED, MODEL_MISCONFIGURED, MODEL_NOT_CONFIGURED, JobFailed
@@ -30,11 +26,10 @@ from configuration.schemas.common import field_error
 from workers import devices
 from workers.engines.base import Engine
 from workers.engines.chat.batcher import Batcher
-from workers.engines.chat.decoding import Row, RowTracker
 from workers.engines.chat.generation import Generation
-from workers.engines.chat.plan import batch_working_bytes, generation_options, gpu_plan, kv_cache_bytes_per_token
+from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_bytes_per_token
 from workers.engines.chat.prompts import prompt_text
-from workers.engines.chat.sampling import RowSampler
+from workers.engines.chat.running import RunningBatch
 
 
 @dataclasses.dataclass
@@ -43,7 +38,6 @@ class LoadedModel:
     tokenizer: object
     eos_ids: list[int]
     pad_id: int
-    plan: dict
     special_tokens: list[str]
 
 
@@ -92,7 +86,7 @@ class ChatEngine(Engine):
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         tokenizer = self.tokenizer(model)
-        plan = gpu_plan(self.configs[model]["gpu"], self.device, self.settings.torch_compile)
+        plan = gpu_plan(self.configs[model]["gpu"])
         lm = AutoModelForCausalLM.from_pretrained(self._path(model), local_files_only=True, dtype=self.dtype(model),
                                                   attn_implementation=plan["attn_implementation"])
         lm.eval()
@@ -104,7 +98,7 @@ class ChatEngine(Engine):
         # The checkpoint's own sampling defaults are never used: every parameter comes with the request.
         lm.generation_config = GenerationConfig(bos_token_id=lm.generation_config.bos_token_id,
                                                 eos_token_id=eos_ids, pad_token_id=pad_id)
-        self._loaded[model] = LoadedModel(lm, tokenizer, eos_ids, pad_id, plan, list(tokenizer.all_special_tokens))
+        self._loaded[model] = LoadedModel(lm, tokenizer, eos_ids, pad_id, list(tokenizer.all_special_tokens))
 
     def unload(self, model: str) -> None:
         self._loaded.pop(model, None)
@@ -129,7 +123,7 @@ class ChatEngine(Engine):
         return batch_working_bytes(batch, self._kv_per_token[model])
 
     def model_info(self, model: str) -> dict:
-        plan = gpu_plan(self.configs[model]["gpu"], self.device, self.settings.torch_compile)
+        plan = gpu_plan(self.configs[model]["gpu"])
         return {"name": model, "short_name": self.chat["models"][model]["short_name"],
                 "profile": self.settings.model_profile, "device": self.device,
                 "dtype": str(self.dtype(model)).removeprefix("torch."), **plan}
@@ -162,7 +156,8 @@ class ChatEngine(Engine):
         for model in self.configs:
             if model not in self._batchers:
                 self._batchers[model] = Batcher(self, host, model, self.settings.chat_batch_size, window_s,
-                                                self.settings.chat_max_queue)
+                                                self.settings.chat_max_queue,
+                                                continuous=self.settings.chat_batching == "continuous")
 
     def submit(self, generation: Generation) -> Generation:
         self._batchers[generation.params["model"]].submit(generation)
@@ -172,52 +167,27 @@ class ChatEngine(Engine):
         return sum(b.depth() for b in self._batchers.values())
 
     # generation
-    def generate(self, generations: list[Generation]) -> None:
-        """Run prepared generations for one model as one left-padded batch. Each generation gets its
-        result as soon as its row ends. The model must be resident (callers hold `ModelHost.use`)."""
-        model = generations[0].params["model"]
-        if any(g.params["model"] != model for g in generations):
-            raise ValueError("one batch, one model")
+    @contextlib.contextmanager
+    def running(self, model: str) -> Iterator[RunningBatch]:
+        """A batch on a resident model (callers hold `ModelHost.use`); batches of one model never overlap."""
         with self._generate_locks[model]:
             loaded = self._loaded.get(model)
             if loaded is None:
                 raise RuntimeError(f"{model} is not loaded")
-            started = time.monotonic()
-            rows = []
-            for g in generations:
-                if g.cancelled:
-                    g.fail(JobFailed("cancelled before it started", code=CANCELLED))
-                    continue
-                rows.append(Row(g, loaded.tokenizer, loaded.eos_ids, loaded.special_tokens, started))
-            if rows:
-                self._generate_rows(loaded, rows)
+            yield RunningBatch(loaded)
 
-    def _generate_rows(self, loaded: LoadedModel, rows: list[Row]) -> None:
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        device = loaded.model.device
-        width = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.full((len(rows), width), loaded.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row.prompt_ids)
-            input_ids[i, width - n:] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            attention_mask[i, width - n:] = 1
-            row.batch_size = len(rows)
-        offsets = torch.tensor([width - len(r.prompt_ids) for r in rows], dtype=torch.long, device=device)
-        config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max(r.max_tokens for r in rows),
-                                  repetition_penalty=1.0, eos_token_id=loaded.eos_ids, pad_token_id=loaded.pad_id,
-                                  **generation_options(loaded.plan))
-        sampler = RowSampler([r.generation.params for r in rows], [r.generator for r in rows], offsets, device)
-        for row in rows:
-            row.generation.started()
-        try:
-            with torch.inference_mode():
-                loaded.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                      generation_config=config, logits_processor=LogitsProcessorList([sampler]),
-                                      stopping_criteria=StoppingCriteriaList([RowTracker(rows, loaded.eos_ids)]))
-        finally:
-            now = time.monotonic()
-            for row in rows:  # rows still open when generate returns reached the batch's token limit
-                if not row.done:
-                    row.finish("length", now)
+    def generate(self, generations: list[Generation]) -> None:
+        """Run prepared generations of one model together until every one has ended (a static batch:
+        nothing joins). Each gets its result as soon as its row ends."""
+        model = generations[0].params["model"]
+        if any(g.params["model"] != model for g in generations):
+            raise ValueError("one batch, one model")
+        live = [g for g in generations if not g.cancelled]
+        for g in generations:
+            if g.cancelled:
+                g.fail(JobFailed("cancelled before it started", code=CANCELLED))
+        with self.running(model) as batch:
+            if live:
+                batch.admit(live)
+            while len(batch):
+                batch.step()

@@ -38,6 +38,10 @@ class Generation:
         self._done = threading.Event()
         self._events: queue.Queue | None = queue.Queue() if params["stream"] else None
 
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
     def cancel(self) -> None:
         self.cancelled = True
 

@@ -1,25 +1,13 @@
-"""Pure decisions about running a chat model: GPU settings and KV-cache memory (unit-tested on CPU)."""
+"""Pure decisions about running a chat model: device settings and KV-cache memory (unit-tested on CPU)."""
 from __future__ import annotations
 
 from workers.engines.chat.prompts import prompt_token_bound
 
 
-def gpu_plan(gpu: dict, device: str, compile_setting: bool) -> dict:
-    """Attention kernel, static KV cache and torch.compile for a model. SDPA is used on every device;
-    the static cache and compilation only on CUDA (compilation needs the static cache)."""
-    cuda = device == "cuda"
-    compiled = cuda and (bool(gpu.get("torch_compile")) or compile_setting)
-    return {
-        "attn_implementation": gpu.get("attention", "sdpa"),
-        "static_cache": cuda and (bool(gpu.get("static_cache")) or compiled),
-        "torch_compile": compiled,
-    }
-
-
-def generation_options(plan: dict) -> dict:
-    """The GenerationConfig fields that carry a GPU plan."""
-    return {"cache_implementation": "static" if plan["static_cache"] else None,
-            "disable_compile": not plan["torch_compile"]}
+def gpu_plan(gpu: dict) -> dict:
+    """How a chat model runs on the device: its attention kernel (SDPA unless configured otherwise). There is
+    no static KV cache and no torch.compile: a continuous batch changes shape at every step."""
+    return {"attn_implementation": gpu.get("attention", "sdpa")}
 
 
 def kv_cache_bytes_per_token(model_config: dict, dtype_bytes: int) -> int:

@@ -1,24 +1,42 @@
-"""Per-row sampling inside a batched `generate`: each row's token depends only on its own logits,
-its own parameters and its own seeded generator, never on what else is in the batch."""
+"""Per-row sampling: each row's token depends only on its own logits, its own parameters, its own
+token history and its own seeded generator, never on what else is in the batch.
+
+`BatchSampling` keeps one row of state per row of the running batch (tensors stacked along the batch
+dimension, rows added and removed as the batch changes): the tokens a row has seen (prompt and output,
+for the repetition penalty), how often it generated each token (frequency and presence penalties), its
+temperature, top-k, top-p and its generator.
+"""
 from __future__ import annotations
 
 import torch
 
+from configuration.params.chat import ChatParams
 
-def sample_rows(scores: torch.Tensor, input_ids: torch.Tensor, offsets: torch.Tensor, temperature: torch.Tensor,
-                top_k: torch.Tensor, top_p: torch.Tensor, penalty: torch.Tensor | None,
+
+def penalise(scores: torch.Tensor, seen: torch.Tensor, repetition: torch.Tensor | None, counts: torch.Tensor,
+             frequency: torch.Tensor | None, presence: torch.Tensor | None) -> torch.Tensor:
+    """(B, V) logits after each row's penalties.
+
+    Repetition penalty (transformers' definition): the logit of every token in the row's prompt or output
+    (`seen`) is divided by the penalty when positive, multiplied when negative. Frequency and presence
+    penalties (OpenAI's definitions): logit[j] -= counts[j] * frequency + (counts[j] > 0) * presence,
+    where counts[j] is how often the row has generated token j so far (its output only)."""
+    if repetition is not None:
+        factor = repetition[:, None]
+        scores = torch.where(seen, torch.where(scores < 0, scores * factor, scores / factor), scores)
+    if frequency is not None:
+        scores = scores - counts * frequency[:, None]
+    if presence is not None:
+        scores = scores - (counts > 0).to(scores.dtype) * presence[:, None]
+    return scores
+
+
+def sample_rows(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                 uniforms: torch.Tensor) -> torch.Tensor:
-    """One token per row from (B, V) float logits. Each row uses only its own values: repetition
-    penalty over its own (unpadded) tokens, temperature (0: argmax), top-k (0: off), top-p, and its
-    uniform number u in [0, 1) for inverse-CDF sampling over the kept tokens sorted by probability."""
+    """One token per row from (B, V) float logits (penalties applied). Each row uses only its own values:
+    temperature (0: argmax), top-k (0: off), top-p, and its uniform number u in [0, 1) for inverse-CDF
+    sampling over the kept tokens sorted by probability."""
     batch, vocab = scores.shape
-    if penalty is not None:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        first_real = input_ids.gather(1, offsets[:, None])
-        ids = torch.where(positions[None, :] >= offsets[:, None], input_ids, first_real)  # pads -> a real token
-        picked = scores.gather(1, ids)
-        factor = penalty[:, None]
-        scores = scores.scatter(1, ids, torch.where(picked < 0, picked * factor, picked / factor))
     greedy = scores.argmax(dim=-1)
     logits = scores / temperature.clamp(min=1e-5)[:, None]
     sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
@@ -37,27 +55,67 @@ def sample_rows(scores: torch.Tensor, input_ids: torch.Tensor, offsets: torch.Te
     return torch.where(temperature == 0, greedy, sampled)
 
 
-class RowSampler:
-    """Last logits processor of a batched greedy `generate`: picks each row's token with that row's
-    own sampling parameters and seeded generator (see `sample_rows`) and leaves only that token
-    selectable. `params[i]` and `generators[i]` belong to row i."""
+class BatchSampling:
+    """Sampling state of the rows of a running batch, in batch order."""
 
-    def __init__(self, params: list, generators: list[torch.Generator], offsets: torch.Tensor, device):
-        self.generators = generators
-        self.offsets = offsets
-        self.temperature = torch.tensor([p["temperature"] for p in params], dtype=torch.float32, device=device)
-        self.top_k = torch.tensor([p["top_k"] for p in params], dtype=torch.long, device=device)
-        self.top_p = torch.tensor([p["top_p"] for p in params], dtype=torch.float32, device=device)
-        penalties = [p["repetition_penalty"] for p in params]
-        self.penalty = (torch.tensor(penalties, dtype=torch.float32, device=device)
-                        if any(v != 1.0 for v in penalties) else None)
-        self.sampled = [p["temperature"] > 0 for p in params]
+    def __init__(self, vocab: int, device):
+        self.vocab, self.device = vocab, device
+        self.generators: list[torch.Generator] = []
+        self.sampled: list[bool] = []
+        empty = torch.zeros(0, device=device)
+        self.temperature = self.top_p = self.repetition = self.frequency = self.presence = empty
+        self.top_k = torch.zeros(0, dtype=torch.long, device=device)
+        self.seen = torch.zeros((0, vocab), dtype=torch.bool, device=device)
+        self.counts = torch.zeros((0, vocab), device=device)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def add(self, params: list[ChatParams], prompts: list[list[int]]) -> None:
+        """Append rows (their parameters and prompt tokens) after the current ones."""
+        def column(name: str, dtype=torch.float32) -> torch.Tensor:
+            return torch.tensor([p[name] for p in params], dtype=dtype, device=self.device)  # type: ignore[literal-required]
+
+        seen = torch.zeros((len(params), self.vocab), dtype=torch.bool, device=self.device)
+        for i, ids in enumerate(prompts):
+            seen[i, torch.tensor(ids, dtype=torch.long, device=self.device)] = True
+        self.generators += [torch.Generator(device="cpu").manual_seed(int(p["seed"])) for p in params]
+        self.sampled += [p["temperature"] > 0 for p in params]
+        self.temperature = torch.cat([self.temperature, column("temperature")])
+        self.top_p = torch.cat([self.top_p, column("top_p")])
+        self.top_k = torch.cat([self.top_k, column("top_k", torch.long)])
+        self.repetition = torch.cat([self.repetition, column("repetition_penalty")])
+        self.frequency = torch.cat([self.frequency, column("frequency_penalty")])
+        self.presence = torch.cat([self.presence, column("presence_penalty")])
+        self.seen = torch.cat([self.seen, seen])
+        self.counts = torch.cat([self.counts, torch.zeros((len(params), self.vocab), device=self.device)])
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows, in this order (finished rows leave the batch)."""
+        index = torch.tensor(indices, dtype=torch.long, device=self.device)
+        self.generators = [self.generators[i] for i in indices]
+        self.sampled = [self.sampled[i] for i in indices]
+        for name in ("temperature", "top_p", "top_k", "repetition", "frequency", "presence", "seen", "counts"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
+
+    def next_tokens(self, logits: torch.Tensor, start: int = 0) -> list[int]:
+        """The next token of rows start.. from their (B - start, V) logits; the tokens join their histories."""
+        rows = slice(start, len(self))
+        generators, sampled = self.generators[rows], self.sampled[rows]
         # One draw per sampled row per step, from the row's own generator, whatever the batch holds.
         uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64)) if s else 0.0
-                                 for g, s in zip(self.generators, self.sampled)], dtype=torch.float64)
-        tokens = sample_rows(scores.float(), input_ids, self.offsets, self.temperature, self.top_k, self.top_p,
-                             self.penalty, uniforms.to(scores.device))
-        chosen = torch.full_like(scores, float("-inf"))
-        return chosen.scatter_(1, tokens[:, None], 0.0)
+                                 for g, s in zip(generators, sampled, strict=True)], dtype=torch.float64)
+        seen, counts = self.seen[rows], self.counts[rows]
+        scores = penalise(logits.float(), seen, self._unless_all(self.repetition[rows], 1.0), counts,
+                          self._unless_all(self.frequency[rows], 0.0), self._unless_all(self.presence[rows], 0.0))
+        tokens = sample_rows(scores, self.temperature[rows], self.top_k[rows], self.top_p[rows],
+                             uniforms.to(scores.device))
+        index = torch.arange(len(tokens), device=self.device)
+        seen[index, tokens] = True      # views: the batch's own tensors are updated
+        counts[index, tokens] += 1
+        return tokens.tolist()
+
+    @staticmethod
+    def _unless_all(values: torch.Tensor, neutral: float) -> torch.Tensor | None:
+        """None when every row has the neutral value (the penalty is skipped for the whole batch)."""
+        return None if bool((values == neutral).all()) else values
