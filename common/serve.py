@@ -11,7 +11,7 @@ def gunicorn_command(worker: str, settings: Settings, port: int | None = None) -
     port = port or settings.port_of(worker)
     return [sys.executable, "-m", "gunicorn", "--config", "python:workers.gunicorn_conf",
             "--bind", f"{settings.bind_host}:{port}", "--name", f"ourvidz-{worker}",
-            f"workers.http.app:create_app('{worker}')"]
+            f"workers.http.app:serve_app('{worker}')"]
 
 
 if __name__ == "__main__":

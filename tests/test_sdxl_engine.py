@@ -250,7 +250,7 @@ def test_resize_policies():
 
 def test_gpu_plan_is_inert_on_cpu_and_follows_config_on_cuda():
     gpu = {"attention": "sdpa", "channels_last": True, "torch_compile": False, "vae_upcast": True,
-           "vae_fp16_fix_path": "", "vae_slicing_min_batch": 3, "vae_tiling_min_pixels": 4194304}
+           "vae_slicing_min_batch": 3, "vae_tiling_min_pixels": 4194304}
     assert not any(gpu_plan(gpu, "cpu", 6, 2048 * 2048, True).values())
     plan = gpu_plan(gpu, "cuda", 1, 1024 * 1024, False)
     assert plan == {"sdpa": True, "channels_last": True, "torch_compile": False, "vae_fp16_fix": False,
@@ -258,7 +258,7 @@ def test_gpu_plan_is_inert_on_cpu_and_follows_config_on_cuda():
     assert gpu_plan(gpu, "cuda", 6, 2048 * 2048, True)["vae_slicing"] is True
     assert gpu_plan(gpu, "cuda", 6, 2048 * 2048, True)["vae_tiling"] is True
     assert gpu_plan(gpu, "cuda", 1, 1, True)["torch_compile"] is True
-    fixed = gpu_plan({**gpu, "vae_fp16_fix_path": "/m/vae"}, "cuda", 1, 1, False)
+    fixed = gpu_plan(gpu, "cuda", 1, 1, False, fp16_fix_path="/m/vae")
     assert fixed["vae_fp16_fix"] and not fixed["vae_upcast"]
 
 

@@ -61,3 +61,56 @@ def empty_cache(device: str) -> None:
 def seeded_generator(seed: int, device: str) -> torch.Generator:
     # CPU generators give the same noise everywhere; diffusers moves the latents to the device.
     return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+class NoAcceleratorError(RuntimeError):
+    """The production profile was started where no usable CUDA device is."""
+
+
+def require_accelerator(profile: str, cuda_available: bool | None = None) -> None:
+    """Production weights on a CPU would run in fp32 at a small fraction of the speed (an SDXL image in
+    minutes): a worker serving them refuses to start instead, saying why."""
+    if profile != "production":
+        return
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        build = torch.version.cuda
+        raise NoAcceleratorError(
+            f"MODEL_PROFILE=production needs a usable CUDA device and torch.cuda.is_available() is False (torch "
+            f"{torch.__version__}, {'CUDA ' + build if build else 'a CPU-only build'}). On a GPU image, run with the "
+            "torch it ships (infrastructure/bootstrap.sh reuses it; docs/DEPLOY.md); the placeholder profile runs on CPU.")
+
+
+def cuda_backend_settings(device: str, worker: str) -> dict:
+    """Process-wide CUDA backend flags for a worker: TF32 for the matrix products and convolutions that stay
+    in fp32 (the WAN VAE, umT5 on a GPU without bf16, attention softmax paths), and cuDNN's autotuner for the
+    WAN worker, whose VAE runs the same 3D convolution shapes job after job. Nothing on CPU."""
+    if device != "cuda":
+        return {}
+    return {"tf32": True, "cudnn_benchmark": worker == "wan"}
+
+
+def apply_cuda_backend_settings(settings: dict) -> None:
+    if settings.get("tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if "cudnn_benchmark" in settings:
+        torch.backends.cudnn.benchmark = bool(settings["cudnn_benchmark"])
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.OutOfMemoryError, or the RuntimeError text older paths raise)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
+
+
+def release_cached_memory(device: str) -> None:
+    """After a job on CUDA: unreferenced tensors collected and the allocator's cached blocks returned, so
+    device-wide readings (NVML, mem_get_info, the broker) show what is really held. Nothing on CPU."""
+    if device == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()

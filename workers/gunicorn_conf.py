@@ -1,6 +1,13 @@
 """gunicorn settings for every worker: one process (the executor and its models live in it), threads
 for HTTP, no --preload (CUDA does not survive a fork), and a graceful stop that lets jobs finish."""
+import os
+
 from configuration.settings import Settings
+
+# Before any worker imports torch: the CUDA caching allocator grows segments instead of fragmenting into
+# blocks it cannot return (less reserved-but-unallocated memory between jobs of different sizes). A value
+# the operator set is kept.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 _settings = Settings.from_env()
 

@@ -35,6 +35,13 @@ class Engine(ABC):
         self.device = device or devices.pick_device()
         self.configs = {m: model_config(m, settings) for m in worker_config(self.worker)["models"]}
         self._measured: dict[str, int] = {}
+        devices.apply_cuda_backend_settings(devices.cuda_backend_settings(self.device, self.worker))
+
+    @property
+    def warm_up_at_load(self) -> bool:
+        """Run one small generation right after a load (lazy CUDA init, kernel and cuDNN plan selection and,
+        with torch.compile, the compilation), so the first request does not pay for it: on CUDA only."""
+        return self.device == "cuda"
 
     def model_names(self) -> list[str]:
         return list(self.configs)

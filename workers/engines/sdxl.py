@@ -48,17 +48,21 @@ def compel_prompt(prompt: str, weights: str | None) -> str:
     return _A1111_WEIGHT.sub(lambda m: f"({m.group(1)}){m.group(2)}", text)
 
 
-def gpu_plan(gpu: dict, device: str, batch: int, pixels: int, compile_setting: bool) -> dict:
-    """Which GPU optimisations to apply for a job: all off on CPU, where they do nothing useful."""
+def gpu_plan(gpu: dict, device: str, batch: int, pixels: int, compile_setting: bool, fp16_fix_path: str = "",
+             memory_saving: bool = False) -> dict:
+    """Which GPU optimisations to apply for a job: all off on CPU, where they do nothing useful, except the
+    memory-saving modes of the retry after an out-of-memory error (`memory_saving`: VAE slicing and tiling).
+    With an fp16-fix VAE (`fp16_fix_path`) the VAE decodes in fp16; otherwise it is upcast to fp32 for the
+    decode on every call (`vae_upcast`), which the stock SDXL VAE needs to avoid NaNs in fp16."""
     cuda = device == "cuda"
     return {
         "sdpa": cuda and gpu.get("attention") == "sdpa",
         "channels_last": cuda and bool(gpu.get("channels_last")),
         "torch_compile": cuda and (bool(gpu.get("torch_compile")) or compile_setting),
-        "vae_fp16_fix": cuda and bool(gpu.get("vae_fp16_fix_path")),
-        "vae_upcast": cuda and bool(gpu.get("vae_upcast")) and not gpu.get("vae_fp16_fix_path"),
-        "vae_slicing": cuda and batch >= int(gpu.get("vae_slicing_min_batch", 3)),
-        "vae_tiling": cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 4194304)),
+        "vae_fp16_fix": cuda and bool(fp16_fix_path),
+        "vae_upcast": cuda and bool(gpu.get("vae_upcast")) and not fp16_fix_path,
+        "vae_slicing": memory_saving or (cuda and batch >= int(gpu.get("vae_slicing_min_batch", 3))),
+        "vae_tiling": memory_saving or (cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 4194304))),
     }
 
 
@@ -99,14 +103,28 @@ class SDXLEngine(Engine):
             pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
             self.load_source = "directory"
         pipe.set_progress_bar_config(disable=True)
-        self._apply_static_gpu_settings(pipe, cfg["gpu"], dtype)
+        self._apply_static_gpu_settings(pipe, cfg, dtype)
         if self.device != "cpu":
             pipe.to(self.device)
         self.txt2img = pipe
-        # One set of weights: the img2img pipeline is built from the same component objects.
-        self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        # One set of weights: the img2img pipeline is built from the same component objects. Without `dtype`,
+        # from_pipe casts the shared components to fp32 in place (the fp16 UNet, text encoders and VAE too).
+        self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe, dtype=dtype)
         self.img2img.set_progress_bar_config(disable=True)
         self._compel = None
+        if self.warm_up_at_load:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One 2-step image at the preset size right after the load (kernel selection, lazy CUDA init and,
+        with torch.compile, the compilation for this shape), so the first request does not pay for it."""
+        from configuration import preset_defaults
+
+        size = preset_defaults("sdxl_image_fast", self.settings)
+        with torch.no_grad():
+            self.txt2img(prompt="", width=size["width"], height=size["height"], num_inference_steps=2,
+                         guidance_scale=size["guidance_scale"], output_type="pil")
+        devices.release_cached_memory(self.device)
 
     @staticmethod
     def _sibling_config(path: str) -> str:
@@ -117,11 +135,13 @@ class SDXLEngine(Engine):
         self.txt2img = self.img2img = self._compel = None
         devices.empty_cache(self.device)
 
-    def _apply_static_gpu_settings(self, pipe, gpu: dict, dtype) -> None:
-        plan = gpu_plan(gpu, self.device, batch=1, pixels=0, compile_setting=self.settings.torch_compile)
+    def _apply_static_gpu_settings(self, pipe, cfg: dict, dtype) -> None:
+        plan = gpu_plan(cfg["gpu"], self.device, batch=1, pixels=0, compile_setting=self.settings.torch_compile,
+                        fp16_fix_path=cfg["vae_fp16_fix_path"])
         if plan["vae_fp16_fix"]:
             from diffusers import AutoencoderKL
-            pipe.vae = AutoencoderKL.from_pretrained(gpu["vae_fp16_fix_path"], local_files_only=True, dtype=dtype)
+            pipe.vae = AutoencoderKL.from_pretrained(cfg["vae_fp16_fix_path"], local_files_only=True, dtype=dtype)
+            pipe.vae.register_to_config(force_upcast=False)
         if plan["vae_upcast"]:
             pipe.vae.register_to_config(force_upcast=True)
         if plan["sdpa"]:
@@ -130,11 +150,14 @@ class SDXLEngine(Engine):
         if plan["channels_last"]:
             pipe.unet.to(memory_format=torch.channels_last)
         if plan["torch_compile"]:
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+            # dynamic=False: one graph per shape (the warm-up compiles the preset's), no recompile-per-size
+            # guessing; default mode: no CUDA graphs, whose private memory pool would sit outside the lease.
+            pipe.unet = torch.compile(pipe.unet, dynamic=False)
 
-    def _apply_job_gpu_settings(self, params: SDXLParams) -> dict:
-        plan = gpu_plan(self.configs[MODEL]["gpu"], self.device, params["num_images"],
-                        params["width"] * params["height"], self.settings.torch_compile)
+    def _apply_job_gpu_settings(self, params: SDXLParams, memory_saving: bool = False) -> dict:
+        cfg = self.configs[MODEL]
+        plan = gpu_plan(cfg["gpu"], self.device, params["num_images"], params["width"] * params["height"],
+                        self.settings.torch_compile, cfg["vae_fp16_fix_path"], memory_saving)
         vae = self.txt2img.vae
         vae.enable_slicing() if plan["vae_slicing"] else vae.disable_slicing()
         vae.enable_tiling() if plan["vae_tiling"] else vae.disable_tiling()
@@ -151,7 +174,8 @@ class SDXLEngine(Engine):
         return int(1.2 * 1024**3 * params["num_images"] * params["width"] * params["height"] / (1024 * 1024))
 
     def run(self, params: SDXLParams, ctx) -> list[GeneratedAsset]:
-        plan = self._apply_job_gpu_settings(params)
+        memory_saving = bool(getattr(ctx, "memory_saving", False))
+        plan = self._apply_job_gpu_settings(params, memory_saving)
         reference = params["reference"]
         seeds = batch_seeds(params["seed"], params["num_images"])
         generators = [devices.seeded_generator(s, self.device) for s in seeds]
@@ -160,7 +184,8 @@ class SDXLEngine(Engine):
                       generator=generators, output_type="pil", **prompt_args)
         used = {"width": params["width"], "height": params["height"], "guidance_scale": params["guidance_scale"],
                 "negative_prompt_used": params["negative_prompt"], "steps_requested": params["steps"],
-                "gpu_settings": [k for k, v in plan.items() if v], **prompt_report}
+                "gpu_settings": [k for k, v in plan.items() if v], "memory_saving_retry": memory_saving,
+                **prompt_report}
 
         if reference is None:
             total = params["steps"]

@@ -108,6 +108,17 @@ def _quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def serve_app(worker: str) -> Flask:
+    """The app a worker process serves (common/serve.py's gunicorn command): settings from the environment;
+    a production worker refuses to start where no usable CUDA device is, saying why, instead of running
+    production weights on the CPU in fp32."""
+    from workers import devices
+
+    settings = Settings.from_env()
+    devices.require_accelerator(settings.model_profile)
+    return create_app(worker, settings)
+
+
 def create_app(worker: str, settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {worker} %(levelname)s %(name)s: %(message)s")

@@ -15,6 +15,7 @@ from common import errors
 from common.errors import JobCancelled, JobFailed, MemoryUnavailable
 from common.http import now_iso
 from common.jobs import TERMINAL, JobJournal, JobRecord, send_terminal_callback
+from workers import devices
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media
 from workers.runtime.fetch import fetch_image
@@ -31,6 +32,8 @@ class JobContext:
         self._record = record
         self.cancel_requested = threading.Event()
         self.references: dict = {}
+        # Set for the one retry after a CUDA out-of-memory error: engines then use their memory-saving modes.
+        self.memory_saving = False
 
     @property
     def job_id(self) -> str:
@@ -172,7 +175,7 @@ class JobRunner:
             with self.host.use(models, working_bytes=self.engine.working_bytes(params)):
                 context.check_cancelled()
                 context.stage("generating", total_steps=params.get("steps"))
-                outputs = self.engine.run(params, context)
+                outputs = self._run_engine(params, context)
             context.check_cancelled()
             context.stage("encoding")
             encoded = [self._encode(i, out) for i, out in enumerate(outputs)]
@@ -205,6 +208,27 @@ class JobRunner:
             with self._lock:
                 self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR,
                                                        "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
+
+    def _run_engine(self, params: dict, context: JobContext) -> list[GeneratedAsset]:
+        """engine.run, after which the device's cached blocks go back to the driver (the broker then sees only
+        what is allocated). A CUDA out-of-memory error frees the cache and retries once with the engine's
+        memory-saving modes (VAE slicing/tiling); a second one is MemoryUnavailable (insufficient_memory,
+        409 at HTTP), not an internal error."""
+        for attempt in (1, 2):
+            try:
+                return self.engine.run(params, context)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+                if not devices.is_out_of_memory(exc):
+                    raise
+                message = str(exc).splitlines()[0][:300]
+            finally:
+                devices.release_cached_memory(self.engine.device)
+            if attempt == 1:
+                log.warning("job %s: CUDA out of memory (%s); retrying once with memory-saving modes",
+                            context.job_id, message)
+                context.memory_saving = True
+        raise MemoryUnavailable(f"the device ran out of memory during the job, also with memory-saving modes: {message}",
+                                {"device": self.engine.device})
 
     def _encode(self, index: int, output: GeneratedAsset) -> tuple[list[tuple[str, bytes, str]], dict]:
         if output.kind == "video":

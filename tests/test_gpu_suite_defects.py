@@ -1,0 +1,162 @@
+"""Issue 14's CUDA-path defects, each shown on CPU where it can be: fp16 weights stay fp16 after the SDXL
+load, production refuses to start without CUDA, a CUDA out-of-memory error is retried once with the
+memory-saving modes and then reported as insufficient_memory, the allocator setting reaches the worker
+processes, and the CUDA backend flags are decided per worker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from configuration.settings import Settings
+from tests.support import API_KEY, REPO
+from workers import devices
+
+AUTH = {"Authorization": f"Bearer {API_KEY}", "X-Callback-Mode": "none"}
+
+
+# ---- SDXL: one set of fp16 weights for txt2img and img2img -------------------------------------------
+
+def test_sdxl_fp16_load_keeps_every_shared_module_in_fp16(placeholder_dir):
+    """diffusers' from_pipe without a dtype casts the shared components to fp32 in place: on a GPU the whole
+    fp16 pipeline (UNet, both text encoders, VAE) became fp32 at load. Loaded in fp16 here on CPU."""
+    from workers.engines.sdxl import SDXLEngine
+
+    class HalfPrecisionSDXL(SDXLEngine):
+        def dtype(self, model):  # what pick_dtype gives on CUDA
+            return torch.float16
+
+    engine = HalfPrecisionSDXL(Settings(placeholder_models_dir=placeholder_dir), device="cpu")
+    engine.load("sdxl")
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for pipe in (engine.txt2img, engine.img2img):
+            assert {p.dtype for p in pipe.components[name].parameters()} == {torch.float16}, (type(pipe).__name__, name)
+        assert engine.img2img.components[name] is engine.txt2img.components[name]
+    fp16_bytes = engine.resident_bytes("sdxl")
+    assert fp16_bytes == devices.module_bytes(*engine.modules("sdxl"))
+    assert fp16_bytes < 0.55 * sum(p.numel() * 4 for m in engine.modules("sdxl") if hasattr(m, "parameters")
+                                   for p in m.parameters())
+
+
+def test_sdxl_uses_the_fp16_fix_vae_instead_of_upcasting_when_one_is_configured():
+    from workers.engines.sdxl import gpu_plan
+
+    gpu = {"vae_upcast": True}
+    assert gpu_plan(gpu, "cuda", 1, 1, False)["vae_upcast"] is True
+    plan = gpu_plan(gpu, "cuda", 1, 1, False, fp16_fix_path="/models/sdxl-vae-fp16-fix")
+    assert plan["vae_fp16_fix"] and not plan["vae_upcast"]
+    # the out-of-memory retry's modes apply on any device
+    saving = gpu_plan(gpu, "cpu", 1, 1, False, memory_saving=True)
+    assert saving["vae_slicing"] and saving["vae_tiling"] and not saving["vae_upcast"]
+
+
+# ---- production needs CUDA -----------------------------------------------------------------------------
+
+def test_production_without_cuda_refuses_to_start_with_a_clear_message(monkeypatch, tmp_path):
+    from workers.http.app import serve_app
+
+    with pytest.raises(devices.NoAcceleratorError, match="MODEL_PROFILE=production needs a usable CUDA device"):
+        devices.require_accelerator("production", cuda_available=False)
+    devices.require_accelerator("production", cuda_available=True)
+    devices.require_accelerator("placeholder", cuda_available=False)
+    devices.require_accelerator("synthetic", cuda_available=False)
+
+    assert not torch.cuda.is_available()  # this machine: the serving entry itself refuses
+    monkeypatch.setenv("MODEL_PROFILE", "production")
+    monkeypatch.setenv("SDXL_MODEL_PATH", str(tmp_path / "sdxl.safetensors"))
+    monkeypatch.setenv("OUTPUT_DIR", str(tmp_path / "out"))
+    with pytest.raises(devices.NoAcceleratorError, match="CPU-only build"):
+        serve_app("sdxl")
+
+
+def test_the_gunicorn_command_serves_the_refusing_entry_and_sets_the_allocator():
+    from common.serve import gunicorn_command
+
+    assert gunicorn_command("sdxl", Settings())[-1] == "workers.http.app:serve_app('sdxl')"
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    probe = "import os, workers.gunicorn_conf; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "expandable_segments:True", out.stderr
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env=dict(env, PYTHONPATH=str(REPO), PYTORCH_CUDA_ALLOC_CONF="max_split_size_mb:512"))
+    assert out.stdout.strip() == "max_split_size_mb:512"
+
+
+def test_cuda_backend_flags_per_worker():
+    assert devices.cuda_backend_settings("cpu", "wan") == {}
+    assert devices.cuda_backend_settings("cuda", "sdxl") == {"tf32": True, "cudnn_benchmark": False}
+    assert devices.cuda_backend_settings("cuda", "wan") == {"tf32": True, "cudnn_benchmark": True}
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        devices.apply_cuda_backend_settings({"tf32": True, "cudnn_benchmark": True})
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
+
+
+# ---- out of memory ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sdxl_app(tmp_path, placeholder_dir):
+    from workers.http.app import create_app
+
+    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path / "out", api_key=API_KEY)
+    app = create_app("sdxl", settings)
+    state = app.extensions["worker_state"]
+    calls = []
+    real_run = state.engine.run
+
+    def run(params, ctx):
+        calls.append(bool(getattr(ctx, "memory_saving", False)))
+        if len(calls) <= state.ooms:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+        return real_run(params, ctx)
+
+    state.engine.run = run  # our engine's own method: a device that runs out of memory on its first tries
+    state.ooms = 0
+    yield app.test_client(), state, calls
+
+
+def _job(client, job_id):
+    body = {"id": job_id, "type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u",
+            "config": {"seed": 3, "steps": 2, "num_images": 1}}
+    r = client.post("/generate?wait=60", json=body, headers=AUTH)
+    return r.status_code, r.get_json()
+
+
+def test_out_of_memory_is_retried_once_with_vae_slicing_and_tiling(sdxl_app):
+    client, state, calls = sdxl_app
+    state.ooms = 1
+    status, record = _job(client, "oom-once")
+    assert status == 200 and record["status"] == "completed", record
+    assert calls == [False, True]
+    metadata = record["assets"][0]["metadata"]
+    assert metadata["memory_saving_retry"] is True
+    assert {"vae_slicing", "vae_tiling"} <= set(metadata["gpu_settings"])
+
+
+def test_out_of_memory_twice_fails_as_insufficient_memory_not_internal_error(sdxl_app):
+    client, state, calls = sdxl_app
+    state.ooms = 2
+    status, record = _job(client, "oom-twice")
+    assert record["status"] == "failed" and calls == [False, True]
+    assert record["error"]["code"] == "insufficient_memory"
+    assert "ran out of memory" in record["error"]["message"]
+    # the worker keeps serving
+    state.ooms = 0
+    calls.clear()
+    assert _job(client, "after-oom")[1]["status"] == "completed"
+
+
+def test_out_of_memory_maps_to_409_at_http():
+    from common.errors import MemoryUnavailable, http_error
+
+    assert devices.is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert devices.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    assert not devices.is_out_of_memory(RuntimeError("shape mismatch"))
+    error = http_error(MemoryUnavailable("the device ran out of memory during the job", {"device": "cuda"}))
+    assert (error.status, error.code) == (409, "insufficient_memory")
