@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from configuration import model_config, worker_config
-from configuration.settings import Settings, SettingsError
+from configuration.settings import Settings, settings_for_command
 
 OPTIONAL_MODELS = {"wan_vace"}
 
@@ -32,10 +32,8 @@ def problems(settings: Settings) -> list[str]:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    settings = settings_for_command()
+    if settings is None:
         return 2
     issues = problems(settings)
     for issue in issues:

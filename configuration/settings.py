@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,16 @@ class Settings:
     def port_of(self, worker: str) -> int:
         return {"orchestrator": self.orchestrator_port, "sdxl": self.sdxl_port,
                 "wan": self.wan_port, "chat": self.chat_port}[worker]
+
+
+def settings_for_command() -> Settings | None:
+    """For command-line entry points: the settings from the environment, or None after printing to stderr
+    why they are invalid (the command then exits with status 2)."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return None
 
 
 def documented_variables() -> dict[str, tuple[object, str]]:

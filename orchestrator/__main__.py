@@ -11,16 +11,14 @@ import sys
 import threading
 
 from configuration import ConfigurationError
-from configuration.settings import Settings, SettingsError
+from configuration.settings import settings_for_command
 
 log = logging.getLogger("orchestrator")
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    settings = settings_for_command()
+    if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s orchestrator %(levelname)s %(name)s: %(message)s")

@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from common import auth, errors
 from common.body import install_body_cap, json_body, query_float
 from common.errors import ApiError, Unavailable
+from common.job_routes import add_job_routes, submission_response
 from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
 
@@ -57,29 +58,10 @@ def submit_job():
     body = json_body()
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     record, created = p.router.submit(body)
-    if wait_s and p.router.wait(record.job_id, wait_s):
-        return jsonify(record.public()), 200
-    return jsonify({"job_id": record.job_id, "status": record.status, "status_url": f"/jobs/{record.job_id}",
-                    "duplicate": not created}), 202 if created else 200
+    return submission_response(p.router, record, created, wait_s)
 
 
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str):
-    record = pod().router.get(job_id)
-    if record is None:
-        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} was routed by this orchestrator")
-    return jsonify(record.public())
-
-
-@bp.post("/jobs/<job_id>/cancel")
-def cancel_job(job_id: str):
-    try:
-        record = pod().router.cancel(job_id)
-    except KeyError:
-        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} was routed by this orchestrator") from None
-    except ValueError as exc:
-        raise ApiError(409, errors.JOB_FINISHED, str(exc)) from None
-    return jsonify(record.public())
+add_job_routes(bp, lambda: pod().router, "was routed by this orchestrator")
 
 
 # ---- operators --------------------------------------------------------------------------------------

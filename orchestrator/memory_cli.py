@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import requests
 
 from common.http import bearer_session, local_url
-from configuration.settings import Settings, SettingsError
+from configuration.settings import Settings, settings_for_command
 
 
 def human_bytes(n: int | None) -> str:
@@ -101,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if action == "unload":
             p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a running job (else 409)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    settings = settings_for_command()
+    if settings is None:
         return 2
     session = bearer_session(settings.api_key)
     base = _base_url(settings)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from common import errors
 from common.body import json_body, query_float
-from common.errors import ApiError
+from common.job_routes import add_job_routes, submission_response
 from configuration.openapi import RouteTable
 from configuration.params import normalise_generation
 from configuration.params.common import summarise_data_urls
 from configuration.schemas import validate_request
 from workers.http.common import require_ready, state
+from workers.runtime.jobs import JobRunner
 
 bp = Blueprint("generation", __name__)
 
@@ -38,31 +38,19 @@ def generate():
                 "caller_metadata": summarise_data_urls(params.get("caller_metadata", {}))}
     # The orchestrator sends the one terminal callback for jobs it routes.
     send_callback = request.headers.get("X-Callback-Mode", "send") != "none"
-    record, created = s.runner.submit(body.get("id"), body["type"], body.get("user_id", "anonymous"),
-                                      params, metadata, send_callback=send_callback)
-    if wait_s and s.runner.wait(record.job_id, wait_s):
-        return jsonify(record.public()), 200
-    return jsonify({"job_id": record.job_id, "status": record.status, "status_url": f"/jobs/{record.job_id}",
-                    "duplicate": not created}), 202 if created else 200
+    runner = _runner()
+    record, created = runner.submit(body.get("id"), body["type"], body.get("user_id", "anonymous"),
+                                    params, metadata, send_callback=send_callback)
+    return submission_response(runner, record, created, wait_s)
 
 
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str):
-    record = state().runner.get(job_id)
-    if record is None:
-        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} on this worker")
-    return jsonify(record.public())
+def _runner() -> JobRunner:
+    runner = state().runner
+    assert runner is not None  # this blueprint is registered only on workers with a job runner
+    return runner
 
 
-@bp.post("/jobs/<job_id>/cancel")
-def cancel_job(job_id: str):
-    try:
-        record = state().runner.cancel(job_id)
-    except KeyError:
-        raise ApiError(404, errors.NOT_FOUND, f"no job {job_id} on this worker") from None
-    except ValueError as exc:
-        raise ApiError(409, errors.JOB_FINISHED, str(exc)) from None
-    return jsonify(record.public())
+add_job_routes(bp, _runner, "on this worker")
 
 
 def _generate_route(what: str, schema: str) -> RouteTable:
