@@ -12,10 +12,10 @@ import time
 import pytest
 from PIL import Image
 
+from common.errors import JobCancelled, JobFailed
 from configuration.settings import Settings
-from workers.runtime.errors import JobCancelled, JobFailed
-from workers.runtime.fetch import FetchFailed, FetchRefused, address_allowed, fetch_image
 from tests.support import StaticServer
+from workers.runtime.fetch import FetchFailed, FetchRefused, address_allowed, fetch_image
 
 
 def _png() -> bytes:
@@ -36,14 +36,14 @@ class DripServer:
     `interval_s` for `duration_s` (or until the client goes away)."""
 
     def __init__(self, total_bytes: int, interval_s: float, duration_s: float):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         drip = self
         self.requests = 0
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 drip.requests += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
@@ -77,7 +77,7 @@ PUBLIC_ONLY = Settings(fetch_allow_private=False, fetch_timeout_s=3)
 
 
 @pytest.mark.parametrize("template", [
-    "http://127.0.0.1:{port}\\@1.1.1.1/ok.png",        # the attack: urlsplit saw 1.1.1.1, urllib3 connected to 127.0.0.1
+    "http://127.0.0.1:{port}\\@1.1.1.1/ok.png",  # the attack: urlsplit saw 1.1.1.1, urllib3 went to 127.0.0.1
     "http://127.0.0.1:{port}\\\\@1.1.1.1/ok.png",
     "http://1.1.1.1\\@127.0.0.1:{port}/ok.png",
     "http://127.0.0.1:{port}/\\@1.1.1.1/ok.png",

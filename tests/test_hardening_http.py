@@ -10,19 +10,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 
-from tests.support import API_KEY, CallbackReceiver, Client, base_env, free_port
+from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
 from tests.test_hardening_fetch import DripServer
-from tests.test_orchestrator_stack import OrchestratorProcess
 
 pytestmark = pytest.mark.timeout(300)
 
 FETCH_TIMEOUT_S = 3.0
-OLD = (datetime.now(timezone.utc) - timedelta(days=400)).isoformat(timespec="milliseconds")
+OLD = (datetime.now(UTC) - timedelta(days=400)).isoformat(timespec="milliseconds")
 
 
 def _old_record(job_id: str) -> dict:

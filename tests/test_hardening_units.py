@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from common.errors import MemoryUnavailable
 from configuration.settings import Settings, SettingsError
-from orchestrator.gpu import DeviceReading
-from orchestrator.memory_service import MemoryBroker
-from workers.runtime.errors import MemoryUnavailable
+from orchestrator.broker_service import MemoryBroker
+from orchestrator.device_memory import DeviceReading
 
 GB = 1024**3
 
