@@ -160,3 +160,44 @@ def test_out_of_memory_maps_to_409_at_http():
     assert not devices.is_out_of_memory(RuntimeError("shape mismatch"))
     error = http_error(MemoryUnavailable("the device ran out of memory during the job", {"device": "cuda"}))
     assert (error.status, error.code) == (409, "insufficient_memory")
+
+
+# ---- WAN: umT5 encodes, shared modules' leases ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wan_state(tmp_path_factory, placeholder_dir):
+    from workers.http.app import create_app
+
+    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path_factory.mktemp("wan") / "out",
+                        api_key=API_KEY)
+    return create_app("wan", settings).extensions["worker_state"]
+
+
+def test_negative_prompt_embeddings_are_encoded_once_and_equal_a_fresh_encode(wan_state):
+    wan_state.host.load("wan_t2v")
+    prompts = wan_state.engine.loaded("wan_t2v").prompts
+    forwards = []
+    hook = prompts.text_encoder.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        first = prompts.encode_negative("blurry, low quality, watermark", "cpu")
+        again = prompts.encode_negative("blurry, low quality, watermark", "cpu")
+        assert again is first and len(forwards) == 1
+        assert torch.equal(first, prompts.encode("blurry, low quality, watermark", "cpu")) and len(forwards) == 2
+        for i in range(12):  # bounded: old entries go
+            prompts.encode_negative(f"negative {i}", "cpu")
+        assert len(prompts._negatives) == 8
+    finally:
+        hook.remove()
+
+
+def test_shared_wan_modules_stay_inside_a_lease_when_the_model_that_loaded_them_unloads(wan_state):
+    engine, host, memory = wan_state.engine, wan_state.host, wan_state.memory
+    host.load("all")
+    t2v, vace = engine.loaded("wan_t2v"), engine.loaded("wan_vace")
+    assert vace.prompts is t2v.prompts and vace.pipe.vae is t2v.pipe.vae
+    held = memory.status()["held_bytes"]
+    assert held["wan_vace"] == devices.module_bytes(vace.pipe.transformer)
+    host.unload("wan_t2v")
+    held = memory.status()["held_bytes"]
+    assert "wan_t2v" not in held
+    assert held["wan_vace"] == devices.module_bytes(vace.pipe.transformer, vace.pipe.vae, vace.prompts.text_encoder)

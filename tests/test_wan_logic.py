@@ -175,9 +175,11 @@ def test_schema_solvers_are_the_engines():
 
 def test_text_encoder_placement():
     assert text_encoder_placement(GPU, "cpu", torch.float32) == ("cpu", torch.float32)
-    assert text_encoder_placement(GPU, "cuda", torch.bfloat16) == ("cpu", torch.bfloat16)
-    assert text_encoder_placement(GPU, "cuda", torch.float16) == ("cpu", torch.bfloat16)
-    on_gpu = {**GPU, "text_encoder_on_cpu": False}
+    assert GPU["text_encoder_on_cpu"] is False  # production: umT5 on the GPU, inside the lease
+    on_cpu = {**GPU, "text_encoder_on_cpu": True}
+    assert text_encoder_placement(on_cpu, "cuda", torch.bfloat16) == ("cpu", torch.bfloat16)
+    assert text_encoder_placement(on_cpu, "cuda", torch.float16) == ("cpu", torch.bfloat16)
+    on_gpu = GPU
     assert text_encoder_placement(on_gpu, "cuda", torch.bfloat16) == ("cuda", torch.bfloat16)
     assert text_encoder_placement(on_gpu, "cuda", torch.float16) == ("cuda", torch.float32)  # UMT5 overflows in fp16
     assert text_encoder_placement(on_gpu, "cuda", torch.bfloat16, offload=True) == ("cpu", torch.bfloat16)
@@ -190,17 +192,17 @@ def test_vae_dtype():
     assert vae_dtype({k: v for k, v in GPU.items() if k != "vae_dtype"}, "cuda", torch.bfloat16) == torch.bfloat16
 
 
-def test_offload_only_with_an_accelerator_short_of_memory():
+def test_offload_is_decided_from_the_lease_not_from_free_memory():
     assert offload_decision("cpu", 10 * GB, 1 * GB) is False
-    assert offload_decision("cpu", 10 * GB, None) is False
+    assert offload_decision("cuda", 10 * GB, 10 * GB) is False  # the lease covers the footprint, whatever else is cached
     assert offload_decision("cuda", 10 * GB, 80 * GB) is False
-    assert offload_decision("cuda", 10 * GB, 6 * GB) is True
+    assert offload_decision("cuda", 10 * GB, 6 * GB) is True  # memory_mb set to the offloaded size
 
 
 def test_gpu_plan():
     assert not any(gpu_plan(GPU, "cpu", 1280 * 720, True, False).values())
     assert gpu_plan(GPU, "cuda", 832 * 480, False, False) == {
-        "text_encoder_on_cpu": True, "model_cpu_offload": False, "vae_tiling": False, "torch_compile": False}
+        "text_encoder_on_cpu": False, "model_cpu_offload": False, "vae_tiling": False, "torch_compile": False}
     assert gpu_plan(GPU, "cuda", 1280 * 720, False, False)["vae_tiling"] is True
     assert gpu_plan(GPU, "cuda", 1, True, False)["torch_compile"] is True
     offloaded = gpu_plan(GPU, "cuda", 1, True, True)

@@ -1,13 +1,15 @@
 """WAN engine: Wan2.1 text-to-video and one-frame image jobs (`WanPipeline`, model `wan_t2v`) and
 reference-frame modes (`WanVACEPipeline`, model `wan_vace`), both kept resident in the worker process.
 
-The UMT5 text encoder lives outside the pipelines (`PromptEncoder`): it can stay on the CPU while the
-transformer runs on the GPU (Wan's `t5_cpu`), and it, like the VAE, is shared between the two pipelines
+The umT5 text encoder lives outside the pipelines (`PromptEncoder`, our own encode): on a GPU it runs there,
+inside the model's memory lease (or on the CPU, Wan's `t5_cpu`, when configured or offloaded), the
+embeddings of recent negative prompts are kept, and it, like the VAE, is shared between the two pipelines
 when their files are byte-identical.
 """
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,29 +29,51 @@ log = logging.getLogger(__name__)
 
 T2V, VACE = "wan_t2v", "wan_vace"
 TEXT_LEN = 512  # UMT5 sequence length of Wan2.1 (`text_len` in the Wan repository)
+NEGATIVE_CACHE = 8  # negative-prompt embeddings kept per encoder (4 MB each in bf16)
 
 
 # ---- components ----------------------------------------------------------------------------------
 
 class PromptEncoder:
-    """Tokenizer + UMT5 encoder, encoding exactly as the Wan pipelines do (their own function is used),
-    wherever the encoder lives; the embeddings are moved to the device the transformer runs on."""
+    """Tokenizer + umT5 encoder, encoding as the Wan pipelines do (cleaned text, TEXT_LEN tokens, positions
+    past the text zeroed) wherever the encoder lives; the embeddings are moved to the device the transformer
+    runs on. `encode_negative` keeps the last NEGATIVE_CACHE negative prompts' embeddings (most jobs send
+    the preset's): one encode per job instead of two."""
 
     def __init__(self, tokenizer, text_encoder, device: str):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.device = device
+        self._negatives: OrderedDict = OrderedDict()
 
     @property
     def dtype(self) -> torch.dtype:
         return self.text_encoder.dtype
 
     def encode(self, text: str, target_device: str) -> torch.Tensor:
-        from diffusers import WanPipeline
+        """(1, TEXT_LEN, d_model) embeddings in the encoder's dtype on `target_device`."""
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
+        tokens = self.tokenizer([prompt_clean(text)], padding="max_length", max_length=TEXT_LEN, truncation=True,
+                                add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        length = int(tokens.attention_mask[0].sum())
         with torch.no_grad():
-            return WanPipeline._get_t5_prompt_embeds(self, prompt=text, num_videos_per_prompt=1,
-                                                     max_sequence_length=TEXT_LEN, device=torch.device(target_device))
+            hidden = self.text_encoder(tokens.input_ids.to(self.device),
+                                       tokens.attention_mask.to(self.device)).last_hidden_state
+        hidden = hidden.to(target_device)
+        hidden[:, length:] = 0  # the Wan pipelines keep only the text's positions and pad with zeros
+        return hidden
+
+    def encode_negative(self, text: str, target_device: str) -> torch.Tensor:
+        key = (text, str(target_device), self.dtype)
+        if key in self._negatives:
+            self._negatives.move_to_end(key)
+            return self._negatives[key]
+        embeds = self.encode(text, target_device)
+        self._negatives[key] = embeds
+        while len(self._negatives) > NEGATIVE_CACHE:
+            self._negatives.popitem(last=False)
+        return embeds
 
     def token_count(self, text: str) -> int:
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean
@@ -126,9 +150,10 @@ class WanEngine(Engine):
             setting = cfg["paths"]["production"]["path_setting"].upper()
             raise JobFailed(f"no {model} model path configured ({setting})", code=MODEL_NOT_CONFIGURED)
         dtype = self.dtype(model)
-        memory = devices.device_memory(self.device)
-        footprint = self._footprint.get(model, cfg["memory_bytes"]) + self.settings.vram_reserve_mb * 1024 * 1024
-        offload = offload_decision(self.device, footprint, memory["free_bytes"] if memory else None)
+        # The host leased memory_estimate(model) before calling load: offload only when that lease is smaller
+        # than the model's full footprint, whatever other processes hold or cache on the device.
+        footprint = self._footprint.get(model, cfg["memory_bytes"])
+        offload = offload_decision(self.device, footprint, self.memory_estimate(model))
         te_device, te_dtype = text_encoder_placement(gpu, self.device, dtype, offload)
         other = next((loaded for name, loaded in list(self._loaded.items()) if name != model), None)
         shared = []
@@ -166,13 +191,33 @@ class WanEngine(Engine):
         elif self.device != "cpu":
             pipe.to(self.device)
         if plan["torch_compile"]:
-            pipe.transformer.compile()
+            # Regional compilation of the repeated transformer blocks (one graph for 30 identical blocks:
+            # compile time in seconds, not minutes), one shape per graph.
+            pipe.transformer.compile_repeated_blocks(dynamic=False)
         self._loaded[model] = LoadedModel(path=path, pipe=pipe, prompts=prompts, offload=offload,
                                           scheduler_config=dict(pipe.scheduler.config), shared=shared)
         if not offload:
             self._footprint[model] = devices.module_bytes(*self.modules(model))
         log.info("loaded %s from %s (text encoder on %s, offload %s, shared with the other model: %s)",
                  model, path, te_device, offload, shared or "nothing")
+        if self.warm_up_at_load and model == T2V:
+            self._warm_up(model)
+
+    def _warm_up(self, model: str) -> None:
+        """One step of the video_fast preset right after the load (cuDNN's plans for the VAE's 3D convolutions,
+        lazy CUDA init and, with torch.compile, the compilation for this shape); the negative prompt's
+        embeddings land in the cache on the way."""
+        from configuration import preset_defaults
+
+        preset = preset_defaults("video_fast", self.settings)
+        loaded = self._loaded[model]
+        target = str(loaded.pipe._execution_device)
+        with torch.no_grad():
+            loaded.pipe(prompt_embeds=loaded.prompts.encode("", target),
+                        negative_prompt_embeds=loaded.prompts.encode_negative(preset["negative_prompt"], target),
+                        height=preset["height"], width=preset["width"], num_frames=preset["frames"],
+                        num_inference_steps=1, guidance_scale=preset["guidance_scale"], output_type="latent")
+        devices.release_cached_memory(self.device)
 
     def unload(self, model: str) -> None:
         self._loaded.pop(model, None)
@@ -211,8 +256,9 @@ class WanEngine(Engine):
         loaded = self._loaded[model]
         pipe, reference = loaded.pipe, params["reference"]
         width, height, frames = params["width"], params["height"], params["frames"]
+        memory_saving = bool(getattr(ctx, "memory_saving", False))
         plan = gpu_plan(self.configs[model]["gpu"], self.device, width * height, self.settings.torch_compile,
-                        loaded.offload)
+                        loaded.offload, memory_saving)
         pipe.vae.enable_tiling() if plan["vae_tiling"] else pipe.vae.disable_tiling()
         pipe.scheduler = make_scheduler(params["sample_solver"], loaded.scheduler_config)
 
@@ -232,7 +278,7 @@ class WanEngine(Engine):
         execution_device = str(pipe._execution_device)
         cfg_on = params["guidance_scale"] > 1.0
         prompt_embeds = loaded.prompts.encode(params["prompt"], execution_device)
-        negative_embeds = loaded.prompts.encode(params["negative_prompt"], execution_device) if cfg_on else None
+        negative_embeds = loaded.prompts.encode_negative(params["negative_prompt"], execution_device) if cfg_on else None
         tokens = loaded.prompts.token_count(params["prompt"])
 
         ctx.stage("generating", total_steps=params["steps"])
@@ -250,7 +296,7 @@ class WanEngine(Engine):
                     negative_prompt_used=params["negative_prompt"], sample_solver=params["sample_solver"],
                     scheduler=type(pipe.scheduler).__name__, prompt_tokens=tokens, prompt_truncated=tokens > TEXT_LEN,
                     text_encoder_device=loaded.prompts.device, dtype=str(pipe.transformer.dtype).replace("torch.", ""),
-                    gpu_settings=[k for k, v in plan.items() if v])
+                    gpu_settings=[k for k, v in plan.items() if v], memory_saving_retry=memory_saving)
         if params["output"] == "image":
             return [GeneratedAsset("image", output[:1], used)]
         used.update(fps=params["fps"], duration_seconds=frames / params["fps"])

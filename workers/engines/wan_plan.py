@@ -12,9 +12,11 @@ GRAY = (128, 128, 128)  # VACE's "nothing known here" pixel value for frames to 
 
 def text_encoder_placement(gpu: dict, device: str, model_dtype: torch.dtype,
                            offload: bool = False) -> tuple[str, torch.dtype]:
-    """(device, dtype) of the UMT5 encoder. On an accelerator with `text_encoder_on_cpu` (or when the model
-    is offloaded for lack of memory) it stays in host memory (Wan's t5_cpu) in bfloat16, which halves its
-    11 GB. UMT5 overflows in float16, so a float16 model dtype (a GPU without bf16) gets float32 instead."""
+    """(device, dtype) of the umT5-XXL encoder (5.7 B parameters: 11.4 GB in bfloat16, 22.7 GB as the fp32
+    files ship). By default it runs on the accelerator, inside the model's lease (about 4.8 TFLOP per 512-token
+    encode, two per job with guidance: seconds on a CPU, milliseconds on a GPU). With `text_encoder_on_cpu`, or
+    when the model is offloaded for lack of memory, it stays in host memory (Wan's t5_cpu) in bfloat16. umT5
+    overflows in float16, so a float16 model dtype (a GPU without bf16) gets float32 instead."""
     if device != "cpu" and (gpu.get("text_encoder_on_cpu") or offload):
         return "cpu", torch.bfloat16 if model_dtype != torch.float32 else torch.float32
     return device, torch.float32 if model_dtype == torch.float16 else model_dtype
@@ -27,19 +29,23 @@ def vae_dtype(gpu: dict, device: str, model_dtype: torch.dtype) -> torch.dtype:
     return devices.pick_dtype(gpu["vae_dtype"], device) if gpu.get("vae_dtype") else model_dtype
 
 
-def offload_decision(device: str, footprint_bytes: int, free_bytes: int | None) -> bool:
-    """Model CPU offload (one component on the accelerator at a time) when the accelerator has less free
-    memory than the model's full footprint. Never on the CPU: diffusers needs an accelerator for it."""
-    return device != "cpu" and free_bytes is not None and free_bytes < footprint_bytes
+def offload_decision(device: str, footprint_bytes: int, leased_bytes: int) -> bool:
+    """Model CPU offload (one component on the accelerator at a time) when the memory lease granted for the
+    model is smaller than its full footprint (an operator who sets the model's `memory_mb` to the offloaded
+    size on a small card). Decided from the lease, never from device-wide free memory, which another
+    worker's cached blocks move. Never on the CPU: diffusers needs an accelerator for it."""
+    return device != "cpu" and leased_bytes < footprint_bytes
 
 
-def gpu_plan(gpu: dict, device: str, pixels: int, compile_setting: bool, offload: bool) -> dict:
-    """GPU settings of a job: all off on the CPU, where they do nothing useful."""
+def gpu_plan(gpu: dict, device: str, pixels: int, compile_setting: bool, offload: bool,
+             memory_saving: bool = False) -> dict:
+    """GPU settings of a job: all off on the CPU, where they do nothing useful, except VAE tiling for the
+    retry after an out-of-memory error (`memory_saving`)."""
     cuda = device != "cpu"
     return {
         "text_encoder_on_cpu": cuda and (bool(gpu.get("text_encoder_on_cpu")) or offload),
         "model_cpu_offload": cuda and offload,
-        "vae_tiling": cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 409600)),
+        "vae_tiling": memory_saving or (cuda and pixels >= int(gpu.get("vae_tiling_min_pixels", 409600))),
         # Compiled modules and accelerate's offload hooks do not mix; offload wins.
         "torch_compile": cuda and not offload and (bool(gpu.get("torch_compile")) or compile_setting),
     }

@@ -116,7 +116,16 @@ class ModelHost:
             self.memory.release(m)
             unloaded.append(m)
             log.info("unloaded %s", m)
+            self._report_remaining()
         return unloaded
+
+    def _report_remaining(self) -> None:
+        """After an unload: the models still loaded report what they now hold. Modules the unloaded model
+        shared with them (WAN's text encoder and VAE, counted by whichever model loaded them first) stay
+        resident, so their leases grow to cover them instead of leaving them outside every lease."""
+        for other in self.model_names():
+            if self.engine.is_loaded(other):
+                self.memory.loaded(other, self.engine.resident_bytes(other))
 
     def status(self) -> dict:
         with self._cond:
