@@ -250,6 +250,11 @@ class MemoryBroker:
             self._jobs[worker] = self._jobs.get(worker, 0) + 1
             self._event("job_started", worker, working_bytes=working_bytes)
 
+    def grow_working(self, worker: str, working_bytes: int, timeout_s: float) -> None:
+        """A running job (a chat batch gaining rows) needs more working memory: the lease grows; the count
+        of the worker's jobs does not (job_finished is sent once per job_started)."""
+        self.lease(Request(worker, None, 0, working_bytes), timeout_s)
+
     def job_finished(self, worker: str) -> None:
         with self._cond:
             self._jobs[worker] = max(0, self._jobs.get(worker, 0) - 1)

@@ -312,6 +312,20 @@ def test_working_memory_is_held_for_the_job_and_released_after():
     broker.acquire("sdxl", "sdxl", 6 * MB, 0, 0.2)
 
 
+def test_growing_a_jobs_working_memory_is_not_another_job():
+    broker, _ = make_broker(10)
+    load(broker, "chat", "qwen_base", 1)
+    broker.job_started("chat", 1 * MB, 1.0)
+    broker.grow_working("chat", 3 * MB, 1.0)  # a batch gained rows
+    assert broker.status()["budget"]["working_bytes"] == 3 * MB
+    broker.job_finished("chat")
+    status = broker.status()
+    assert status["budget"]["working_bytes"] == 0 and not status["workers"]["chat"]["busy"]
+    with pytest.raises(MemoryUnavailable) as err:  # more than the whole device
+        broker.grow_working("chat", 11 * MB, 0.2)
+    assert err.value.too_big
+
+
 def test_hello_from_a_new_process_drops_what_the_old_one_held():
     broker, _ = make_broker(10)
     load(broker, "sdxl", "sdxl", 8)

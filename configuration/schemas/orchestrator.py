@@ -77,6 +77,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                                  resident_bytes=_BYTES),
         "broker_release": _broker("a model was unloaded", ["model"], model=model),
         "broker_job_started": _broker("a job starts; its working memory", [], working_bytes=_BYTES),
+        "broker_working": _broker("a running job needs more working memory", ["working_bytes"], working_bytes=_BYTES),
         "broker_job_finished": _broker("a job ended", []),
         "broker_touch": _broker("models were used", ["models"], models={"type": "array", "items": model, "maxItems": 16}),
         "broker_turn": _broker("a job is about to start on these models", ["models"],

@@ -48,6 +48,10 @@ class BrokerMemory:
     def job_started(self, working_bytes: int) -> None:
         self._ask("job_started", {"working_bytes": int(working_bytes)})
 
+    def grow_working(self, working_bytes: int) -> None:
+        """The running job needs more working memory (not another job: job_finished stays one per job)."""
+        self._ask("working", {"working_bytes": int(working_bytes)})
+
     def wait_turn(self, models: list[str]) -> None:
         """Before a job marks its models in use: the broker holds it while an older request of another
         worker needs this worker's memory (fairness). A courtesy: if the broker cannot answer, the job

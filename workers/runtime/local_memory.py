@@ -67,6 +67,9 @@ class LocalMemory:
     def job_started(self, working_bytes: int) -> None:
         pass
 
+    def grow_working(self, working_bytes: int) -> None:
+        """Alone on the device, working memory is checked at admission only (as in job_started)."""
+
     def job_finished(self) -> None:
         pass
 

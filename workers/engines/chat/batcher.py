@@ -123,7 +123,7 @@ class Batcher:
         need = self.engine.batch_working_bytes([r.generation.params for r in batch.rows] + [g.params for g in joining])
         if need > leased:
             try:
-                self.host.memory.job_started(need)  # grows this worker's working-memory lease
+                self.host.memory.grow_working(need)  # grows this worker's working-memory lease
             except MemoryUnavailable as exc:
                 log.info("no memory for %d more rows on %s now (%s); they wait for the batch to drain",
                          len(joining), self.model, exc.message)
