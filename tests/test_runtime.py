@@ -91,6 +91,14 @@ def test_jobs_run_fifo_and_store_assets_with_thumbnails(tmp_path):
     assert engine.ran == ["j0", "j1", "j2"]
 
 
+def test_completed_record_keeps_the_steps_it_ran(tmp_path):
+    runner, _, _ = make_runner(tmp_path)
+    runner.submit("s1", "t", "u1", {"steps": 3, "v": 1}, {})
+    record = wait_status(runner, "s1")
+    assert record.status == "completed"
+    assert record.progress == {"stage": "storing", "step": 3, "total_steps": 3, "percent": 100.0}
+
+
 def test_repeated_job_id_returns_first_job_and_runs_once(tmp_path):
     runner, engine, _ = make_runner(tmp_path)
     first, created = runner.submit("same", "t", "u", {"steps": 1, "v": 1}, {})

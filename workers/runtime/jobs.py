@@ -40,7 +40,12 @@ class JobContext:
         return self._record.job_id
 
     def stage(self, name: str, total_steps: int | None = None) -> None:
-        progress = {"stage": name, "step": 0, "total_steps": total_steps or 0, "percent": 0.0}
+        """Enter a stage. With `total_steps` the step count starts again at 0 of that many; without, the
+        steps reached so far are kept (a completed record shows the denoising steps it ran)."""
+        if total_steps is None:
+            progress = dict(self._record.progress, stage=name)
+        else:
+            progress = {"stage": name, "step": 0, "total_steps": total_steps, "percent": 0.0}
         self._runner._update(self._record, progress=progress)
 
     def on_step(self, step: int, total_steps: int) -> None:
