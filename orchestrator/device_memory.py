@@ -22,23 +22,35 @@ class DeviceReading:
     used_bytes: int | None   # None where nothing can be measured (no GPU): leases are the use
 
 
-def nvml_device(cuda_visible_devices: str | None) -> int | str:
-    """The NVML handle key of the GPU the workers see first: an index, or a GPU-/MIG- UUID."""
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def resolve_device_uuid(nvml, cuda_visible_devices: str | None) -> str:
+    """The UUID (GPU-... or MIG-...) of the device the workers' CUDA uses first. A UUID in
+    CUDA_VISIBLE_DEVICES is taken as it is. A numeric index is not an NVML index (CUDA orders devices fastest
+    first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and NVML promises no order): it is the index-th GPU by PCI bus
+    id, which is CUDA's order under PCI_BUS_ID, and the pod gives its workers that UUID. A GPU in MIG mode is
+    read through its first MIG device (the slice CUDA runs on), never as the parent GPU."""
     first = (cuda_visible_devices or "").split(",")[0].strip()
-    if not first:
-        return 0
-    if first.isdigit():
-        return int(first)
-    return first
+    if first.startswith(("GPU-", "MIG-")):
+        return first
+    index = int(first) if first.isdigit() else 0
+    gpus = sorted((_text(nvml.nvmlDeviceGetPciInfo(h).busId), h)
+                  for h in (nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())))
+    handle = gpus[index][1]
+    try:
+        mig_enabled = bool(nvml.nvmlDeviceGetMigMode(handle)[0])
+    except Exception:  # NVMLError_NotSupported: a GPU without MIG
+        mig_enabled = False
+    if mig_enabled:
+        handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)
+    return _text(nvml.nvmlDeviceGetUUID(handle))
 
 
-def read_nvml(nvml, device: int | str) -> tuple[int, int]:
-    """(total, used) bytes of one device through an NVML binding (pynvml's functions)."""
-    if isinstance(device, int):
-        handle = nvml.nvmlDeviceGetHandleByIndex(device)
-    else:
-        handle = nvml.nvmlDeviceGetHandleByUUID(device)
-    info = nvml.nvmlDeviceGetMemoryInfo(handle)
+def read_nvml(nvml, uuid: str) -> tuple[int, int]:
+    """(total, used) bytes of one device (a GPU or a MIG slice), by UUID, through an NVML binding."""
+    info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByUUID(uuid))
     return int(info.total), int(info.used)
 
 
@@ -57,7 +69,7 @@ class DeviceMemory:
     def __init__(self, settings: Settings, nvml=None, nvidia_present: bool | None = None):
         self.settings = settings
         self._nvml = None
-        self._device = nvml_device(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        self.uuid: str | None = None  # the device the workers run on, when NVML can name it
         self.source = "budget"
         present = nvidia_device_present() if nvidia_present is None else nvidia_present
         if nvml is None and present:
@@ -69,6 +81,7 @@ class DeviceMemory:
                 log.warning("NVIDIA device present but NVML unavailable (%s); reading memory through torch", exc)
         if nvml is not None:
             self._nvml = nvml
+            self.uuid = resolve_device_uuid(nvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
             self.source = "nvml"
         elif present and self._torch_cuda():
             self.source = "torch"
@@ -82,7 +95,7 @@ class DeviceMemory:
 
     def read(self) -> DeviceReading:
         if self.source == "nvml":
-            total, used = read_nvml(self._nvml, self._device)
+            total, used = read_nvml(self._nvml, self.uuid)
             return DeviceReading("cuda", "nvml", total, used)
         if self.source == "torch":
             import torch

@@ -42,11 +42,13 @@ class Pod:
         self.url = local_url(settings, settings.orchestrator_port)
         env = dict(os.environ if environ is None else environ)
         env["ORCHESTRATOR_URL"] = self.url
+        self.device = DeviceMemory(settings)
+        if self.device.uuid:  # the workers' CUDA and the broker's NVML readings name the same device (or MIG slice)
+            env["CUDA_VISIBLE_DEVICES"] = self.device.uuid
         self.registrar = Registrar(settings)
         self.supervisors = {
             name: WorkerSupervisor(name, settings, env, on_ready=self.registrar.worker_ready, on_exit=self._worker_exited)
             for name in enabled_workers(settings)}
-        self.device = DeviceMemory(settings)
         self.broker = MemoryBroker(settings, self.device, self._unload)
         self.callbacks = CallbackSender(settings)
         self.router = Router(settings, self.supervisors, self.callbacks,

@@ -201,3 +201,58 @@ def test_shared_wan_modules_stay_inside_a_lease_when_the_model_that_loaded_them_
     held = memory.status()["held_bytes"]
     assert "wan_t2v" not in held
     assert held["wan_vace"] == devices.module_bytes(vace.pipe.transformer, vace.pipe.vae, vace.prompts.text_encoder)
+
+
+# ---- NVML: the device by UUID -------------------------------------------------------------------------
+
+class TwoGPUsNVML:
+    """pynvml's functions over two GPUs whose NVML index order is not their PCI order; the second (by PCI
+    bus) is in MIG mode with one slice. The binding stands in for a driver, not for torch."""
+
+    GPUS = {0: ("0000:B1:00.0", "GPU-bbbb", False), 1: ("0000:3B:00.0", "GPU-aaaa", True)}
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetPciInfo(self, handle):
+        from types import SimpleNamespace
+        return SimpleNamespace(busId=self.GPUS[handle[1]][0].encode())
+
+    def nvmlDeviceGetMigMode(self, handle):
+        if handle[0] != "gpu" or not self.GPUS[handle[1]][2]:
+            raise RuntimeError("NVMLError_NotSupported")
+        return (1, 1)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle, i):
+        return ("mig", handle[1], i)
+
+    def nvmlDeviceGetUUID(self, handle):
+        return f"MIG-slice-of-{self.GPUS[handle[1]][1]}" if handle[0] == "mig" else self.GPUS[handle[1]][1]
+
+
+def test_a_numeric_cuda_visible_devices_is_resolved_by_pci_order_and_mig_to_its_slice():
+    from orchestrator.device_memory import resolve_device_uuid
+
+    nvml = TwoGPUsNVML()
+    # CUDA device 0 under PCI_BUS_ID order is bus 3B (NVML index 1), which is in MIG mode: its slice is read
+    assert resolve_device_uuid(nvml, "0") == "MIG-slice-of-GPU-aaaa"
+    assert resolve_device_uuid(nvml, None) == "MIG-slice-of-GPU-aaaa"
+    assert resolve_device_uuid(nvml, "1,0") == "GPU-bbbb"  # bus B1 is NVML index 0
+    assert resolve_device_uuid(nvml, "GPU-cccc") == "GPU-cccc"
+    assert resolve_device_uuid(nvml, "MIG-dddd,GPU-x") == "MIG-dddd"
+
+
+def test_the_pod_gives_its_workers_the_device_by_uuid(monkeypatch):
+    from orchestrator import device_memory, pod
+
+    class Resolved(device_memory.DeviceMemory):
+        def __init__(self, settings):
+            super().__init__(settings, nvml=TwoGPUsNVML(), nvidia_present=True)
+
+    monkeypatch.setattr(pod, "DeviceMemory", Resolved)  # our class, with the two-GPU binding above
+    the_pod = pod.Pod(Settings(enabled_workers="sdxl"), environ={"CUDA_VISIBLE_DEVICES": "0"})
+    assert the_pod.device.uuid == "MIG-slice-of-GPU-aaaa"
+    assert the_pod.supervisors["sdxl"].env["CUDA_VISIBLE_DEVICES"] == "MIG-slice-of-GPU-aaaa"

@@ -167,14 +167,26 @@ class FakeNVML:
         self.asked.append(("uuid", uuid))
         return uuid
 
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetPciInfo(self, handle):
+        return SimpleNamespace(busId=b"00000000:3B:00.0")
+
+    def nvmlDeviceGetMigMode(self, handle):
+        return (0, 0)
+
+    def nvmlDeviceGetUUID(self, handle):
+        return "GPU-only"
+
     def nvmlDeviceGetMemoryInfo(self, handle):
         return SimpleNamespace(total=80 * 1024**3, used=3 * 1024**3, free=77 * 1024**3)
 
 
 def test_gpu_device_choice_and_reading_logic():
-    assert gpu.nvml_device(None) == 0 and gpu.nvml_device("") == 0 and gpu.nvml_device("2,3") == 2
-    assert gpu.nvml_device("GPU-5a1f, GPU-77") == "GPU-5a1f"
     nvml = FakeNVML()
+    assert gpu.resolve_device_uuid(nvml, "GPU-5a1f, GPU-77") == "GPU-5a1f"
+    assert gpu.resolve_device_uuid(nvml, None) == "GPU-only"  # more cases: tests/test_gpu_suite_defects.py
     device = gpu.DeviceMemory(Settings(), nvml=nvml, nvidia_present=True)
     reading = device.read()
     assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cuda", "nvml", 80 * 1024**3, 3 * 1024**3)
