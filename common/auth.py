@@ -11,17 +11,25 @@ from common.errors import UNAUTHORIZED, error_response
 OPEN_PATHS = {"/health", "/ready"}
 
 
+def bearer_token(authorization: str) -> bytes:
+    """The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive, RFC 9110
+    section 11.1); b"" for any other header."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return b""
+    return token.strip(" ").encode("utf-8", "surrogateescape")
+
+
 def install_auth(app: Flask, api_key: str) -> None:
     if not api_key:
         return  # only allowed on a loopback bind (Settings.check refuses otherwise)
-    expected = f"Bearer {api_key}".encode()
+    expected = api_key.encode()
 
     @app.before_request
     def _require_bearer() -> Response | None:
         if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
             return None
-        supplied = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(supplied, expected):
+        if not hmac.compare_digest(bearer_token(request.headers.get("Authorization", "")), expected):
             return error_response(401, UNAUTHORIZED, "missing or invalid bearer token",
                                   headers={"WWW-Authenticate": "Bearer"})
         return None

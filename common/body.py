@@ -2,11 +2,10 @@
 in the contract's form."""
 from __future__ import annotations
 
-import json
-
 from flask import Flask, request
 from werkzeug.wrappers import Response
 
+from common import strict_json
 from common.errors import BODY_TOO_LARGE, INVALID_JSON, VALIDATION_ERROR, ApiError, error_response
 
 
@@ -17,11 +16,9 @@ def json_body(optional: bool = False) -> dict:
             return {}
         raise ApiError(400, INVALID_JSON, "request body must be a JSON object")
     try:
-        body = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, INVALID_JSON, f"request body is not valid JSON: {exc.msg}") from None
-    except UnicodeDecodeError:
-        raise ApiError(400, INVALID_JSON, "request body is not valid JSON: not UTF-8 text") from None
+        body = strict_json.loads(raw)  # UTF-8 only, no NaN/Infinity, bounded depth and numbers
+    except strict_json.InvalidJson as exc:
+        raise ApiError(400, INVALID_JSON, f"request body is not valid JSON: {exc.reason}") from None
     if not isinstance(body, dict):
         raise ApiError(400, VALIDATION_ERROR, "request body must be a JSON object",
                        [{"path": "", "message": f"expected an object, got {type(body).__name__}"}])
@@ -66,5 +63,9 @@ def install_body_cap(app: Flask, max_bytes: int) -> None:
                     break
                 remaining -= len(chunk)
         response = error_response(413, BODY_TOO_LARGE, f"request body exceeds the {max_bytes} byte cap")
-        response.headers["Connection"] = "close"
+        if "gunicorn.socket" in request.environ:
+            # gunicorn reads the body as the app does: what was not drained must not be read as the next
+            # request. waitress (the orchestrator) has buffered the whole body already and forbids
+            # hop-by-hop headers from the app (a 500 if one is set).
+            response.headers["Connection"] = "close"
         return response

@@ -191,7 +191,9 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         message = {413: f"request body exceeds the {app.config.get('MAX_CONTENT_LENGTH', 0)} byte cap"}.get(
             status, exc.description or exc.name)
-        return error_response(status, _HTTP_CODES.get(status, HTTP_ERROR), message)
+        # werkzeug's own headers of the answer (a 405's `Allow`), less its content type
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(status, _HTTP_CODES.get(status, HTTP_ERROR), message, headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

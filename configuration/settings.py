@@ -200,6 +200,10 @@ class Settings:
             raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:
             raise SettingsError(f"SAFETY_THRESHOLD must be between 0 and 1, got {self.safety_threshold}")
+        if self.api_key != self.api_key.strip():
+            # A key of spaces would pass "is set" and match a bearer header of spaces; surrounding
+            # whitespace can never be sent in a header (it is trimmed), so such a key is a mistake.
+            raise SettingsError("WORKER_API_KEY is blank or has leading/trailing whitespace")
         if not self.api_key and not self.bind_is_loopback:
             raise SettingsError(
                 f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "

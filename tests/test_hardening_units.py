@@ -69,3 +69,27 @@ def test_a_key_of_whitespace_is_refused_on_a_public_bind(key):
 def test_whitespace_around_a_key_is_refused():
     with pytest.raises(SettingsError):
         Settings(bind_host="0.0.0.0", api_key=" secret-key-123 ").check()
+
+
+# ---- strict JSON (the parser every route and the queue use) ------------------------------------------
+
+@pytest.mark.parametrize("raw,reason", [
+    (b'{"a": NaN}', "NaN"), (b'{"a": -Infinity}', "Infinity"), (b'{"a": 1e999}', "out of range"),
+    (b'{"a": ' + b"9" * 65 + b"}", "characters"), (b"[" * 5000 + b"]" * 5000, "nested"),
+    (b"[" * 65 + b"]" * 65, "nested"), (b'{"a": "\\udc00"}', "lone surrogate"), (b'{"\\ud800": 1}', "lone surrogate"),
+    ('{"a": 1}'.encode("utf-16"), "not UTF-8"), (b'{"a": "caf\xe9"}', "not UTF-8"), (b'{"a": }', "line 1"),
+])
+def test_strict_json_refuses_what_is_not_json_with_the_reason(raw, reason):
+    from common.strict_json import InvalidJson, loads
+
+    with pytest.raises(InvalidJson, match=reason):
+        loads(raw)
+
+
+def test_strict_json_reads_ordinary_json_and_writes_no_nan():
+    from common.strict_json import dumps, loads
+
+    assert loads(b'{"a": [1, 2.5, "\\ud83d\\ude00", {"b": null}], "n": 18446744073709551615}') == {
+        "a": [1, 2.5, "\U0001F600", {"b": None}], "n": 2**64 - 1}
+    assert loads(b"[" * 64 + b"]" * 64) is not None
+    assert dumps({"x": float("nan"), "y": [float("inf"), 1.0]}) == '{"x": null, "y": [null, 1.0]}'
