@@ -72,7 +72,9 @@ def test_kv_cache_working_memory():
 def test_engine_working_bytes_from_the_model_config(engine, chat_settings):
     p = params(chat_settings, messages=[{"role": "user", "content": "x" * 10}], max_tokens=6)
     per_token = 2 * 2 * 2 * 16 * 4  # placeholder: 2 layers, 2 KV heads of 16, float32 on CPU
-    assert engine.working_bytes(p) == per_token * (10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 6)
+    prefill = 4 * (4 * 64 + 2 * 2 * 16 + 3 * 128)  # hidden 64, intermediate 128 (issue 14: activations count)
+    prompt, width = 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE, 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 6
+    assert engine.working_bytes(p) == per_token * width + prefill * prompt + width * width * 4
     # the bound holds for the real tokenisation
     assert len(engine.prompt_ids(p)) <= 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
 

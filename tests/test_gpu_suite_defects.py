@@ -256,3 +256,51 @@ def test_the_pod_gives_its_workers_the_device_by_uuid(monkeypatch):
     the_pod = pod.Pod(Settings(enabled_workers="sdxl"), environ={"CUDA_VISIBLE_DEVICES": "0"})
     assert the_pod.device.uuid == "MIG-slice-of-GPU-aaaa"
     assert the_pod.supervisors["sdxl"].env["CUDA_VISIBLE_DEVICES"] == "MIG-slice-of-GPU-aaaa"
+
+
+# ---- chat: working memory beyond the KV cache, a refused batch split ------------------------------------
+
+def test_chat_working_memory_counts_prefill_activations_and_the_attention_mask():
+    from workers.engines.chat.plan import (attention_mask_bytes, batch_working_bytes, kv_cache_bytes_per_token,
+                                           prefill_bytes_per_token)
+    from workers.placeholders.synthetic import arch_config
+
+    qwen = arch_config("qwen2.5-7b-instruct/config.json")
+    kv, prefill = kv_cache_bytes_per_token(qwen, 2), prefill_bytes_per_token(qwen, 2)
+    assert kv == 57344 and 2 * kv < prefill < 3 * kv  # 56 KiB of KV cache, about 134 KiB of activations
+    rows = [{"text": "x" * 8000, "messages": None, "max_tokens": 256}] * 8
+    kv_only = batch_working_bytes(rows, kv)
+    full = batch_working_bytes(rows, kv, prefill, 2)
+    assert full - kv_only == prefill * 8 * 8000 + attention_mask_bytes(8, 8256, 2)
+    assert full > 3 * kv_only  # 8 rows of 8k tokens: 14.1 GB, the KV cache alone 3.8 GB
+
+
+def test_a_batch_refused_for_memory_is_split_and_every_request_answered(placeholder_dir, tmp_path):
+    import threading
+
+    from configuration.params import chat as chat_params
+    from workers.engines.chat import Batcher, ChatEngine
+    from workers.runtime.local_memory import LocalMemory
+    from workers.runtime.models import ModelHost
+
+    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path)
+    probe = ChatEngine(settings)
+    requests = [chat_params.chat({"model": "qwen_instruct", "messages": [{"role": "user", "content": "y" * 1500}],
+                                  "max_tokens": 4, "seed": i}, settings) for i in range(4)]
+    one, four = probe.batch_working_bytes(requests[:1]), probe.batch_working_bytes(requests)
+    weights = probe.memory_estimate("qwen_instruct")
+    budget_mb = (weights + one + (four - one) // 4) // 2**20 + 1  # one row fits, four do not
+    assert weights + four > budget_mb * 2**20 >= weights + one
+    tight = settings.replace(vram_budget_mb=budget_mb, vram_reserve_mb=0)
+    engine = ChatEngine(tight)
+    host = ModelHost(engine, LocalMemory(tight, engine.device))
+    batcher = Batcher(engine, host, "qwen_instruct", batch_size=4, window_s=0.3, max_queue=16, continuous=False)
+    generations = [engine.prepare(p) for p in requests]
+    threads = [threading.Thread(target=batcher.submit, args=(g,)) for g in generations]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results = [g.wait(60) for g in generations]  # raises if a request failed
+    assert all(r.completion_tokens > 0 for r in results)
+    assert max(r.batch_size for r in results) < 4 and batcher.rows == 4

@@ -107,7 +107,23 @@ class Batcher:
                     batch.step()
                     if self.continuous and len(batch) < self.batch_size:
                         leased = self._join(batch, leased)
-        except (MemoryUnavailable, JobFailed) as exc:
+        except MemoryUnavailable as exc:
+            if batch is None and len(admitted) > 1:
+                # Refused before it ran: the batch is split, not failed. The second half goes back to the
+                # front of the queue, the first half is tried alone (halving again if need be); only a
+                # request that cannot fit by itself fails.
+                half = len(admitted) // 2
+                log.info("no memory for a batch of %d on %s (%s); splitting it", len(admitted), self.model,
+                         exc.message)
+                self.batches -= 1
+                self.rows -= len(admitted)
+                with self._cond:
+                    self._waiting.extendleft(reversed(admitted[half:]))
+                self._busy_period(admitted[:half])
+                return
+            log.warning("chat batch on %s failed: %s", self.model, exc)
+            self._fail(admitted, batch, exc)
+        except JobFailed as exc:
             log.warning("chat batch on %s failed: %s", self.model, exc)
             self._fail(admitted, batch, exc)
         except Exception as exc:  # every admitted request must get an answer

@@ -27,7 +27,8 @@ from workers import devices
 from workers.engines.base import Engine
 from workers.engines.chat.batcher import Batcher
 from workers.engines.chat.generation import Generation
-from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_bytes_per_token
+from workers.engines.chat.plan import (batch_working_bytes, gpu_plan, kv_cache_bytes_per_token,
+                                       prefill_bytes_per_token)
 from workers.engines.chat.prompts import prompt_text
 from workers.engines.chat.running import RunningBatch
 
@@ -54,6 +55,7 @@ class ChatEngine(Engine):
         self._generate_locks = {m: threading.Lock() for m in self.configs}
         self._batchers: dict[str, Batcher] = {}
         self._kv_per_token: dict[str, int] = {}
+        self._prefill_per_token: dict[str, int] = {}
 
     # model lifecycle
     def modules(self, model: str) -> list:
@@ -119,8 +121,11 @@ class ChatEngine(Engine):
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise JobFailed(f"cannot read {config_file}: {exc}", code=MODEL_NOT_CONFIGURED) from None
-            self._kv_per_token[model] = kv_cache_bytes_per_token(config, self.dtype(model).itemsize)
-        return batch_working_bytes(batch, self._kv_per_token[model])
+            itemsize = self.dtype(model).itemsize
+            self._kv_per_token[model] = kv_cache_bytes_per_token(config, itemsize)
+            self._prefill_per_token[model] = prefill_bytes_per_token(config, itemsize)
+        return batch_working_bytes(batch, self._kv_per_token[model], self._prefill_per_token[model],
+                                   self.dtype(model).itemsize)
 
     def model_info(self, model: str) -> dict:
         plan = gpu_plan(self.configs[model]["gpu"])
