@@ -122,8 +122,8 @@ class Metrics:
                                     ("model",))
 
         # -- chat -------------------------------------------------------------------------------------
-        self.chat_requests = counter("chat_requests_total", "Chat generations by route and outcome.",
-                                     ("model", "route", "status"))
+        self.chat_requests = counter("chat_requests_total", "Chat generations by kind (chat, enhance) and "
+                                     "outcome (stop, length, cancelled, error).", ("model", "kind", "status"))
         self.chat_prompt_tokens = counter("chat_prompt_tokens_total", "Prompt (input) tokens.", ("model",))
         self.chat_completion_tokens = counter("chat_completion_tokens_total", "Generated (output) tokens.",
                                               ("model",))

@@ -15,7 +15,7 @@ from common.logging import (Progress, configure_logging, describe_text, in_curre
 from common.metrics import Metrics, StageTimer
 
 # Label names a metric may use: all bounded by the configuration (never a prompt, user or job id).
-ALLOWED_LABELS = {"worker", "type", "status", "stage", "code", "queue", "device", "model", "reason", "route",
+ALLOWED_LABELS = {"worker", "type", "status", "stage", "code", "queue", "device", "model", "reason", "kind",
                   "outcome", "ourvidz_worker_state"}
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_per_second", "_total", "_info")
 UNITLESS = {"ourvidz_jobs_queued", "ourvidz_jobs_running", "ourvidz_queue_depth", "ourvidz_queue_in_flight",
