@@ -304,3 +304,25 @@ def test_a_batch_refused_for_memory_is_split_and_every_request_answered(placehol
     results = [g.wait(60) for g in generations]  # raises if a request failed
     assert all(r.completion_tokens > 0 for r in results)
     assert max(r.batch_size for r in results) < 4 and batcher.rows == 4
+
+
+# ---- warm-up at load ----------------------------------------------------------------------------------
+
+def test_every_engine_warms_up_at_load_on_cuda_only_and_its_warm_up_runs(placeholder_dir, tmp_path):
+    from workers.engines.chat import ChatEngine
+    from workers.engines.sdxl import SDXLEngine
+    from workers.engines.wan import WanEngine
+
+    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        for cls in (SDXLEngine, WanEngine, ChatEngine):
+            assert cls(settings, device="cuda").warm_up_at_load is True
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
+    # on CPU no warm-up at load; the warm-up itself runs the engine's real path (preset size, placeholder)
+    for cls, model in ((SDXLEngine, "sdxl"), (WanEngine, "wan_t2v"), (ChatEngine, "qwen_instruct")):
+        engine = cls(settings)
+        assert engine.warm_up_at_load is False
+        engine.load(model)
+        engine._warm_up(model) if cls is not SDXLEngine else engine._warm_up()

@@ -101,6 +101,20 @@ class ChatEngine(Engine):
         lm.generation_config = GenerationConfig(bos_token_id=lm.generation_config.bos_token_id,
                                                 eos_token_id=eos_ids, pad_token_id=pad_id)
         self._loaded[model] = LoadedModel(lm, tokenizer, eos_ids, pad_id, list(tokenizer.all_special_tokens))
+        if self.warm_up_at_load:
+            self._warm_up(model)
+
+    def _warm_up(self, model: str) -> None:
+        """A 4-token answer right after the load (lazy CUDA init, cuBLAS and attention kernel selection), so
+        the first request does not pay for it."""
+        from configuration.params import chat as chat_params
+
+        generation = self.prepare(chat_params.chat({"model": model, "max_tokens": 4, "seed": 0,
+                                                    "messages": [{"role": "user", "content": "hello"}]},
+                                                   self.settings))
+        self.generate([generation])
+        generation.wait(0)
+        devices.release_cached_memory(self.device)
 
     def unload(self, model: str) -> None:
         self._loaded.pop(model, None)
