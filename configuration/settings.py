@@ -101,6 +101,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
     "LOG_LEVEL": ("log_level", str, "Python log level."),
+    "LOG_FORMAT": ("log_format", str, "`json` (one JSON object per line: time, level, logger, process, worker, job_id, stage, request_id) or `text` (the same, readable in a terminal)."),
+    "METRICS_PUBLIC": ("metrics_public", _bool, "Serve `GET /metrics` without the bearer key (a Prometheus scraper inside the pod's network); every other route keeps it."),
     "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none (docs/POLICY.md); the hard floor applies in both."),
     "SAFETY_CLASSIFIER_PATH": ("safety_classifier_path", str, "Output image classifier (a transformers image-classification folder) for sfw image and video jobs; placeholder profile: the built placeholder."),
     "SAFETY_THRESHOLD": ("safety_threshold", _float, "An sfw output whose unsafe-label probability exceeds this is not stored; the job fails (0-1)."),
@@ -162,6 +164,8 @@ class Settings:
     register_with_supabase: bool = True
     runpod_pod_id: str = ""
     log_level: str = "INFO"
+    log_format: str = "json"
+    metrics_public: bool = False
     content_tier_default: str = "sfw"
     safety_classifier_path: str = ""
     safety_threshold: float = 0.5
@@ -196,6 +200,8 @@ class Settings:
             raise SettingsError("CHAT_BATCH_SIZE and CHAT_MAX_QUEUE must be >= 1 and CHAT_BATCH_WINDOW_MS >= 0")
         if self.chat_batching not in ("continuous", "static"):
             raise SettingsError(f"CHAT_BATCHING must be 'continuous' or 'static', got {self.chat_batching!r}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
         if self.content_tier_default not in ("sfw", "nsfw"):
             raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:
