@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 
 from flask import Flask, request
 from werkzeug.wrappers import Response
@@ -20,14 +21,16 @@ def bearer_token(authorization: str) -> bytes:
     return token.strip(" ").encode("utf-8", "surrogateescape")
 
 
-def install_auth(app: Flask, api_key: str) -> None:
+def install_auth(app: Flask, api_key: str, open_paths: Iterable[str] = ()) -> None:
+    """`open_paths`: more GET paths served without the key (the ops page's HTML; /metrics with METRICS_PUBLIC)."""
     if not api_key:
         return  # only allowed on a loopback bind (Settings.check refuses otherwise)
     expected = api_key.encode()
+    public = OPEN_PATHS | set(open_paths)
 
     @app.before_request
     def _require_bearer() -> Response | None:
-        if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+        if request.path in public and request.method in ("GET", "HEAD"):
             return None
         if not hmac.compare_digest(bearer_token(request.headers.get("Authorization", "")), expected):
             return error_response(401, UNAUTHORIZED, "missing or invalid bearer token",
