@@ -73,8 +73,8 @@ def workers():
 
 @bp.get("/memory/status")
 def memory_status():
-    history = int(query_float("history", 0, 500) or 100)
-    return jsonify(pod().memory_status(history))
+    requested = query_float("history", 0, 500)
+    return jsonify(pod().memory_status(100 if requested is None else int(requested)))
 
 
 def _memory_action(action: str):

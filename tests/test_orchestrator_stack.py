@@ -197,6 +197,9 @@ def test_alternating_jobs_with_a_budget_for_one_generation_model(stack, receiver
         assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["completed"]
     memory = stack.client.get("/memory/status", params={"history": 500}).json()
     history = memory["history"]
+    assert 0 < len(stack.client.get("/memory/status").json()["history"]) <= 100  # the default: the last 100
+    assert len(stack.client.get("/memory/status", params={"history": 3}).json()["history"]) == 3
+    assert stack.client.get("/memory/status", params={"history": 0}).json()["history"] == []
     evicted = [(e["worker"], e["model"]) for e in history if e["event"] == "evicted"]
     assert ("sdxl", "sdxl") in evicted and ("wan", "wan_t2v") in evicted, evicted
     # never unloaded while its job ran: between a worker's job_started and job_finished no model of it is evicted
