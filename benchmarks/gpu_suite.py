@@ -469,7 +469,7 @@ def part_sdxl(suite: Suite) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-sdxl-"))
     worker = InProcessWorker("sdxl", worker_env(suite, tmp))
     try:
-        suite.add("sdxl", "load (weights to device, settings applied)", worker.load("sdxl"), "s")
+        suite.add("sdxl", "load (weights to device, settings applied, warm-up on CUDA)", worker.load("sdxl"), "s")
         engine = worker.engine
         module_table(suite, "sdxl", {f"txt2img.{k}": v for k, v in engine.txt2img.components.items()})
         module_table(suite, "sdxl", {f"img2img.{k}": v for k, v in engine.img2img.components.items()
@@ -580,11 +580,10 @@ def baseline_sdxl(suite: Suite, worker: InProcessWorker, cfg: dict, ours: dict) 
 
 
 def fp16_fix_vae_path(worker: InProcessWorker) -> str:
-    configured = worker.engine.configs["sdxl"].get("gpu", {}).get("vae_fp16_fix_path") or ""
-    if configured:
-        return configured
-    candidate = Path(worker.settings.__dict__.get("synthetic_models_dir", "")) / "sdxl-vae-fp16-fix"
-    return str(candidate) if (candidate / "config.json").exists() else ""
+    """The profile's fp16-fix VAE folder (synthetic: SYNTHETIC_MODELS_DIR/sdxl-vae-fp16-fix; production:
+    SDXL_VAE_FP16_FIX_PATH), or "" when there is none."""
+    path = worker.engine.configs["sdxl"]["vae_fp16_fix_path"]
+    return path if path and (Path(path) / "config.json").exists() else ""
 
 
 def nan_check_vae(suite: Suite, engine) -> None:
@@ -750,13 +749,19 @@ def part_chat(suite: Suite) -> None:
             except Exception as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(cfg["clients"])]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
+        from configuration.params import chat as chat_params
+
+        one = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": cfg["max_tokens"]}
+        estimate = worker.engine.batch_working_bytes([chat_params.chat(one, worker.settings)] * cfg["clients"])
+
+        def clients():
+            threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(cfg["clients"])]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        wall, _ = timed(lambda: record_memory(suite, "chat", f"{cfg['clients']} concurrent requests", estimate, clients))
         if errors:
             raise errors[0]
         suite.add("chat", f"ours: {cfg['clients']} concurrent clients, aggregate", sum(results) / wall, "tok/s")
