@@ -896,7 +896,8 @@ def environment(device: str, bootstrap_notes: list[str]) -> dict:
     return env
 
 
-PARTS = {"sdxl": part_sdxl, "wan": part_wan, "chat": part_chat, "stack": part_stack}
+# Cheapest and most asked-about first: a budget that runs short skips the stack figures, then WAN.
+PARTS = {"sdxl": part_sdxl, "chat": part_chat, "wan": part_wan, "stack": part_stack}
 
 
 def main(argv: list[str] | None = None) -> int:

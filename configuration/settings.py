@@ -9,13 +9,16 @@ import dataclasses
 import ipaddress
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOMINAL_BUDGET_BYTES = 48 * 1024**3  # the memory budget without a GPU and without VRAM_BUDGET_MB
+MIN_PUBLIC_KEY_CHARS = 16  # every API key on a public BIND_HOST: a short key is guessable
+# Other names of a setting (what the app and the previous pod call it) -> the name read below.
+ALIASES = {"CALLBACK_SECRET": "JOB_CALLBACK_SECRET", "SUPABASE_SERVICE_ROLE_KEY": "SUPABASE_SERVICE_KEY"}
 
 
 class SettingsError(ValueError):
