@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from common.logging import log_context
+from common.metrics import process_metrics
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,11 @@ class _Delivery:
     key: str = field(compare=False)
     attempt: int = field(compare=False, default=0)
     on_result: Callable[[bool, int], None] | None = field(compare=False, default=None)
+    queued_at: float = field(compare=False, default=0.0)
+
+    @property
+    def job_id(self) -> str:
+        return self.key.rpartition(":")[0]
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -49,6 +56,10 @@ class CallbackSender:
         self._session = requests.Session()
         self._lock = threading.Lock()
         self._outstanding = 0  # queued or being attempted
+        self._open: dict[int, float] = {}   # id(delivery) -> when it was queued (the backlog's age)
+        self.delivered = 0
+        self.abandoned = 0
+        self._metrics = process_metrics()
         self._thread = threading.Thread(target=self._loop, name="callbacks", daemon=True)
         if self.url:
             self._thread.start()
@@ -63,14 +74,29 @@ class CallbackSender:
             return False
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         key = f"{payload['job_id']}:{payload['status']}"
+        now = time.monotonic()
+        delivery = _Delivery(now, body, key, 0, on_result, queued_at=now)
         with self._lock:
             self._outstanding += 1
-        self._queue.put(_Delivery(time.monotonic(), body, key, 0, on_result))
+            self._open[id(delivery)] = now
+        self._queue.put(delivery)
         return True
 
     def pending(self) -> int:
         with self._lock:
             return self._outstanding
+
+    def oldest_pending_age_s(self) -> float:
+        """Seconds since the oldest undelivered callback was queued (0 when none is)."""
+        with self._lock:
+            return time.monotonic() - min(self._open.values()) if self._open else 0.0
+
+    def stats(self) -> dict:
+        """The backlog for the ops page and the metrics: pending, oldest age, delivered, abandoned."""
+        with self._lock:
+            pending, delivered, abandoned = self._outstanding, self.delivered, self.abandoned
+        return {"enabled": self.enabled, "pending": pending, "oldest_pending_age_s": round(self.oldest_pending_age_s(), 3),
+                "delivered": delivered, "abandoned": abandoned}
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued callback is delivered or abandoned. Ones still pending at exit stay
@@ -97,23 +123,39 @@ class CallbackSender:
                 self._queue.put(delivery)
                 time.sleep(min(wait, 0.2))
                 continue
-            delivery.attempt += 1
-            ok, retry, reason = self._attempt(delivery)
-            if ok or not retry or delivery.attempt >= self.max_attempts:
-                if not ok:
-                    log.error("callback %s abandoned after %d attempt(s): %s", delivery.key, delivery.attempt, reason)
-                if delivery.on_result:
-                    try:
-                        delivery.on_result(ok, delivery.attempt)
-                    except Exception:  # a bookkeeping failure must not stop other deliveries
-                        log.exception("callback result hook failed")
-                with self._lock:
-                    self._outstanding -= 1
-                continue
-            delay = min(60.0, self.backoff_s * 2 ** (delivery.attempt - 1))
-            log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason, delay)
-            delivery.due = time.monotonic() + delay
-            self._queue.put(delivery)
+            with log_context(job_id=delivery.job_id):
+                self._deliver(delivery)
+
+    def _deliver(self, delivery: _Delivery) -> None:
+        """One attempt; then the end of the delivery (delivered or abandoned) or its next try."""
+        delivery.attempt += 1
+        ok, retry, reason = self._attempt(delivery)
+        metrics = self._metrics
+        metrics.callback_attempts.labels("delivered" if ok else "retryable" if retry else "rejected").inc()
+        if ok or not retry or delivery.attempt >= self.max_attempts:
+            if ok:
+                metrics.callbacks_delivered.inc()
+            else:
+                metrics.callbacks_abandoned.inc()
+                log.error("callback %s abandoned after %d attempt(s): %s", delivery.key, delivery.attempt, reason)
+            if delivery.on_result:
+                try:
+                    delivery.on_result(ok, delivery.attempt)
+                except Exception:  # a bookkeeping failure must not stop other deliveries
+                    log.exception("callback result hook failed")
+            with self._lock:
+                self._outstanding -= 1
+                self._open.pop(id(delivery), None)
+                if ok:
+                    self.delivered += 1
+                else:
+                    self.abandoned += 1
+            return
+        metrics.callback_retries.inc()
+        delay = min(60.0, self.backoff_s * 2 ** (delivery.attempt - 1))
+        log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason, delay)
+        delivery.due = time.monotonic() + delay
+        self._queue.put(delivery)
 
     def _attempt(self, delivery: _Delivery) -> tuple[bool, bool, str]:
         try:

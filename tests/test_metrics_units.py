@@ -185,3 +185,35 @@ def test_request_id_is_taken_from_a_plain_header_replaced_when_not_and_echoed(ca
     assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["X-Request-ID"]) and bad.json["rid"] == bad.headers["X-Request-ID"]
     fresh = client.get("/x")
     assert fresh.headers["X-Request-ID"] not in ("abc-123", bad.headers["X-Request-ID"])
+
+
+def test_callbacks_count_attempts_retries_deliveries_and_show_the_backlog_age(tmp_path):
+    from common.callbacks import CallbackSender
+    from common.metrics import process_metrics
+    from configuration.settings import Settings
+    from tests.support import CallbackReceiver
+
+    def value(family: str, **labels) -> float:
+        for f in process_metrics().registry.collect():
+            for sample in f.samples:
+                if sample.name == family and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+    series = (("ourvidz_callback_attempts_total", {"outcome": "retryable"}),
+              ("ourvidz_callback_attempts_total", {"outcome": "delivered"}),
+              ("ourvidz_callback_retries_total", {}), ("ourvidz_callbacks_delivered_total", {}))
+    receiver = CallbackReceiver(fail_first=1)
+    try:
+        before = [value(name, **labels) for name, labels in series]
+        sender = CallbackSender(Settings(callback_url=receiver.url, callback_backoff_s=0.3))
+        assert sender.oldest_pending_age_s() == 0.0
+        sender.send({"job_id": "cb-1", "status": "completed"})
+        receiver.wait_for(1)
+        assert sender.pending() == 1 and sender.oldest_pending_age_s() > 0   # waiting for its retry
+        assert sender.flush(10)
+        after = [value(name, **labels) for name, labels in series]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
+        assert sender.stats() == {"enabled": True, "pending": 0, "oldest_pending_age_s": 0.0, "delivered": 1,
+                                  "abandoned": 0}
+    finally:
+        receiver.close()
