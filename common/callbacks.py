@@ -34,6 +34,7 @@ class _Delivery:
     attempt: int = field(compare=False, default=0)
     on_result: Callable[[bool, int], None] | None = field(compare=False, default=None)
     queued_at: float = field(compare=False, default=0.0)
+    max_attempts: int = field(compare=False, default=0)  # 0: the sender's CALLBACK_MAX_ATTEMPTS
 
     @property
     def job_id(self) -> str:
@@ -68,14 +69,17 @@ class CallbackSender:
     def enabled(self) -> bool:
         return bool(self.url)
 
-    def send(self, payload: dict, on_result: Callable[[bool, int], None] | None = None) -> bool:
-        """Queue `payload` for delivery; `on_result(delivered: bool, attempts: int)` is called at the end."""
+    def send(self, payload: dict, on_result: Callable[[bool, int], None] | None = None,
+             max_attempts: int = 0) -> bool:
+        """Queue `payload` for delivery; `on_result(delivered: bool, attempts: int)` is called at the end.
+        `max_attempts=1` for a notice that must not arrive late (a `processing` callback is never
+        retried, so it can never land after the job's terminal callback)."""
         if not self.url:
             return False
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         key = f"{payload['job_id']}:{payload['status']}"
         now = time.monotonic()
-        delivery = _Delivery(now, body, key, 0, on_result, queued_at=now)
+        delivery = _Delivery(now, body, key, 0, on_result, queued_at=now, max_attempts=max_attempts)
         with self._lock:
             self._outstanding += 1
             self._open[id(delivery)] = now
@@ -111,7 +115,8 @@ class CallbackSender:
         if self.service_key:
             headers["Authorization"] = f"Bearer {self.service_key}"
         if self.secret:
-            headers["X-Signature"] = sign(delivery.body, self.secret)
+            # The app's job-callback answers 401 without it (JOB_CALLBACK_SECRET on both sides).
+            headers["X-Callback-Signature"] = sign(delivery.body, self.secret)
         return headers
 
     def _loop(self) -> None:
@@ -132,7 +137,7 @@ class CallbackSender:
         ok, retry, reason = self._attempt(delivery)
         metrics = self._metrics
         metrics.callback_attempts.labels("delivered" if ok else "retryable" if retry else "rejected").inc()
-        if ok or not retry or delivery.attempt >= self.max_attempts:
+        if ok or not retry or delivery.attempt >= (delivery.max_attempts or self.max_attempts):
             if ok:
                 metrics.callbacks_delivered.inc()
             else:

@@ -204,7 +204,7 @@ def test_callbacks_retry_with_idempotency_key_signature_and_bearer(tmp_path):
         for r in receiver.requests:
             assert r["headers"]["Idempotency-Key"] == "j9:completed"
             assert r["headers"]["Authorization"] == "Bearer svc"
-            assert r["headers"]["X-Signature"] == sign(r["raw"], "shh")
+            assert r["headers"]["X-Callback-Signature"] == sign(r["raw"], "shh")
     finally:
         receiver.close()
 
