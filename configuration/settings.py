@@ -56,7 +56,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "SDXL_PORT": ("sdxl_port", _int, "SDXL worker port."),
     "WAN_PORT": ("wan_port", _int, "WAN worker port."),
     "CHAT_PORT": ("chat_port", _int, "Chat worker port."),
-    "WORKER_API_KEY": ("api_key", str, "Bearer token required on every endpoint but /health and /ready."),
+    "WORKER_API_KEY": ("api_key", str, "Bearer token required on every endpoint but /health and /ready (the pod's own processes send it)."),
+    "WORKER_API_KEYS": ("api_keys_extra", str, "Comma-separated further keys for callers holding different keys; any configured key works on every process. On a public BIND_HOST every key must be at least 16 characters."),
     "MODEL_PROFILE": ("model_profile", str, "`placeholder`, `synthetic` (full-size random weights, for benchmarks; docs/PERFORMANCE.md) or `production`; default: placeholder unless a production model path is set. Production refuses to start without a usable CUDA device."),
     "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, "Where placeholder models are built and cached."),
     "SYNTHETIC_MODELS_DIR": ("synthetic_models_dir", Path, "Where `python -m workers.placeholders.synthetic` writes the synthetic full-size models (MODEL_PROFILE=synthetic)."),
@@ -71,10 +72,19 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "STATE_DIR": ("state_dir", Path, "Job journal directory (default: OUTPUT_DIR/.jobs)."),
     "STORAGE_BACKEND": ("storage_backend", str, "`local` (files under OUTPUT_DIR) or `supabase` (Supabase Storage)."),
     "SUPABASE_URL": ("supabase_url", str, "Supabase project URL (storage, callbacks, registration)."),
-    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage uploads and callbacks."),
+    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage, callbacks and registration (alias `SUPABASE_SERVICE_ROLE_KEY`)."),
     "SUPABASE_BUCKET": ("supabase_bucket", str, "Storage bucket for outputs."),
     "CALLBACK_URL": ("callback_url", str, "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
-    "CALLBACK_SECRET": ("callback_secret", str, "When set, callbacks carry X-Signature: sha256=<HMAC of the body>."),
+    "JOB_CALLBACK_SECRET": ("callback_secret", str, "The app's callback secret: callbacks carry X-Callback-Signature: sha256=<hex HMAC-SHA256 of the body> (alias `CALLBACK_SECRET`)."),
+    "CALLBACK_PROCESSING": ("callback_processing", _bool, "Also send a `processing` callback when a job starts (one attempt, never after the terminal one)."),
+    "REDIS_URL": ("redis_url", str, "`redis://` or `rediss://` (TLS) with the password: the SDXL and WAN workers take the app's jobs from Redis (docs/QUEUE.md)."),
+    "SDXL_QUEUE": ("sdxl_queue", str, "Redis list of the SDXL worker's jobs."),
+    "WAN_QUEUE": ("wan_queue", str, "Redis list of the WAN worker's jobs."),
+    "QUEUE_CONSUMER_ID": ("queue_consumer_id", str, "Prefix of this pod's queue consumer ids (default RUNPOD_POD_ID, else the hostname)."),
+    "QUEUE_HEARTBEAT_TTL_S": ("queue_heartbeat_ttl_s", _float, "Lifetime of a consumer's heartbeat; the entries of a consumer silent this long go back to the queue."),
+    "QUEUE_REAP_INTERVAL_S": ("queue_reap_interval_s", _float, "How often a consumer looks for consumers without a heartbeat."),
+    "QUEUE_BLOCK_S": ("queue_block_s", _float, "How long one BLMOVE waits for an entry."),
+    "QUEUE_MAX_DELIVERIES": ("queue_max_deliveries", _int, "Takes of one queued job (its takers died) before it is failed instead of run again."),
     "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, "Delivery attempts per callback."),
     "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, "First retry delay; doubles per attempt (capped at 60 s)."),
     "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, "Timeout of one callback POST."),
@@ -120,6 +130,7 @@ class Settings:
     wan_port: int = 7860
     chat_port: int = 7861
     api_key: str = field(default="", repr=False)
+    api_keys_extra: str = field(default="", repr=False)
     model_profile: str = "placeholder"
     placeholder_models_dir: Path = REPO_ROOT / ".cache" / "placeholder-models"
     synthetic_models_dir: Path = REPO_ROOT / ".cache" / "synthetic-models"
@@ -138,6 +149,15 @@ class Settings:
     supabase_bucket: str = "workspace-temp"
     callback_url: str = ""
     callback_secret: str = field(default="", repr=False)
+    callback_processing: bool = False
+    redis_url: str = field(default="", repr=False)  # carries the password
+    sdxl_queue: str = "sdxl_queue"
+    wan_queue: str = "wan_queue"
+    queue_consumer_id: str = ""
+    queue_heartbeat_ttl_s: float = 30.0
+    queue_reap_interval_s: float = 15.0
+    queue_block_s: float = 1.0
+    queue_max_deliveries: int = 3
     callback_max_attempts: int = 6
     callback_backoff_s: float = 1.0
     callback_timeout_s: float = 10.0
@@ -175,7 +195,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
-        env = os.environ if environ is None else environ
+        env = _resolve_aliases(os.environ if environ is None else environ)
         values: dict[str, object] = {}
         for name, (attr, parse, _doc) in _ENV.items():
             raw = env.get(name)
@@ -213,10 +233,32 @@ class Settings:
             # A key of spaces would pass "is set" and match a bearer header of spaces; surrounding
             # whitespace can never be sent in a header (it is trimmed), so such a key is a mistake.
             raise SettingsError("WORKER_API_KEY is blank or has leading/trailing whitespace")
+        if self.api_keys_extra and not self.api_key:
+            raise SettingsError("WORKER_API_KEYS adds keys to WORKER_API_KEY: set WORKER_API_KEY too "
+                                "(the pod's own processes authenticate with it)")
+        if any(k != k.strip() or not k for k in self.api_keys_extra.split(",") if self.api_keys_extra):
+            raise SettingsError("WORKER_API_KEYS has an empty key or one with surrounding whitespace")
+        short = [i for i, k in enumerate(self.api_keys) if len(k) < MIN_PUBLIC_KEY_CHARS]
+        if short and not self.bind_is_loopback:
+            raise SettingsError(
+                f"BIND_HOST={self.bind_host} is public and {len(short)} configured key(s) are shorter than "
+                f"{MIN_PUBLIC_KEY_CHARS} characters (WORKER_API_KEY / WORKER_API_KEYS): refusing to start")
+        if self.queue_heartbeat_ttl_s <= 0 or self.queue_reap_interval_s <= 0 or self.queue_block_s <= 0:
+            raise SettingsError("QUEUE_HEARTBEAT_TTL_S, QUEUE_REAP_INTERVAL_S and QUEUE_BLOCK_S must be > 0")
+        if self.queue_max_deliveries < 1:
+            raise SettingsError("QUEUE_MAX_DELIVERIES must be >= 1")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise SettingsError("REDIS_URL must be a redis:// or rediss:// URL")
         if not self.api_key and not self.bind_is_loopback:
             raise SettingsError(
                 f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "
                 "refusing to serve unauthenticated endpoints on a public interface")
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """Every key a caller may present: WORKER_API_KEY, then WORKER_API_KEYS."""
+        extra = [k for k in self.api_keys_extra.split(",") if k] if self.api_keys_extra else []
+        return tuple(dict.fromkeys(k for k in [self.api_key, *extra] if k))
 
     @property
     def bind_is_loopback(self) -> bool:
@@ -263,7 +305,22 @@ def settings_for_command() -> Settings | None:
         return None
 
 
+def _resolve_aliases(env: Mapping[str, str]) -> Mapping[str, str]:
+    """`env` with each alias's value under its canonical name; both set to different values is an error."""
+    resolved = dict(env)
+    for alias, canonical in ALIASES.items():
+        value = env.get(alias)
+        if value is None or value == "":
+            continue
+        if env.get(canonical) not in (None, "", value):
+            raise SettingsError(f"{alias} and {canonical} are the same setting and are set to different values")
+        resolved[canonical] = value
+    return resolved
+
+
 def documented_variables() -> dict[str, tuple[object, str]]:
-    """name -> (default, description), for docs and the docs-sync test."""
+    """name -> (default, description), for docs and the docs-sync test (aliases included)."""
     defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
-    return {name: (defaults[attr], doc) for name, (attr, _p, doc) in _ENV.items()}
+    documented = {name: (defaults[attr], doc) for name, (attr, _p, doc) in _ENV.items()}
+    documented.update({alias: ("", f"Alias of `{canonical}`.") for alias, canonical in ALIASES.items()})
+    return documented
