@@ -21,18 +21,29 @@ def bearer_token(authorization: str) -> bytes:
     return token.strip(" ").encode("utf-8", "surrogateescape")
 
 
-def install_auth(app: Flask, api_key: str, open_paths: Iterable[str] = ()) -> None:
-    """`open_paths`: more GET paths served without the key (the ops page's HTML; /metrics with METRICS_PUBLIC)."""
-    if not api_key:
+def install_auth(app: Flask, api_keys: str | Iterable[str], open_paths: Iterable[str] = ()) -> None:
+    """Every configured key (Settings.api_keys: WORKER_API_KEY and WORKER_API_KEYS) is accepted, since the
+    app's callers hold different keys. `open_paths`: more GET paths served without a key (the ops page's
+    HTML; /metrics with METRICS_PUBLIC)."""
+    keys = [api_keys] if isinstance(api_keys, str) else list(api_keys)
+    expected = [k.encode() for k in keys if k]
+    if not expected:
         return  # only allowed on a loopback bind (Settings.check refuses otherwise)
-    expected = api_key.encode()
     public = OPEN_PATHS | set(open_paths)
 
     @app.before_request
     def _require_bearer() -> Response | None:
         if request.path in public and request.method in ("GET", "HEAD"):
             return None
-        if not hmac.compare_digest(bearer_token(request.headers.get("Authorization", "")), expected):
+        if not _matches_any(bearer_token(request.headers.get("Authorization", "")), expected):
             return error_response(401, UNAUTHORIZED, "missing or invalid bearer token",
                                   headers={"WWW-Authenticate": "Bearer"})
         return None
+
+
+def _matches_any(token: bytes, expected: list[bytes]) -> bool:
+    """Compare with every key, each in constant time, with no early exit."""
+    matched = False
+    for key in expected:
+        matched |= hmac.compare_digest(token, key)
+    return matched

@@ -142,7 +142,7 @@ def create_app(the_pod) -> Flask:
     app.extensions["pod"] = the_pod
     errors.register_error_handlers(app)
     install_body_cap(app, the_pod.settings.max_body_bytes)
-    auth.install_auth(app, the_pod.settings.api_key)
+    auth.install_auth(app, the_pod.settings.api_keys)
     app.register_blueprint(bp)
     return app
 

@@ -138,7 +138,7 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     state.engine.start(state.host)  # background work of the engine (the chat worker's batchers)
     errors.register_error_handlers(app)
     body.install_body_cap(app, settings.max_body_bytes)
-    auth.install_auth(app, settings.api_key)
+    auth.install_auth(app, settings.api_keys)
     app.register_blueprint(common.bp)
     state.routes.append(common.ROUTES)
     if state.request_schema:
