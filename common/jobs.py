@@ -71,8 +71,46 @@ def callback_payload(record: JobRecord) -> dict:
     return {
         "job_id": record.job_id, "status": record.status, "assets": record.assets,
         "error_message": record.error["message"] if record.error and record.status == "failed" else None,
-        "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id),
+        "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id, **app_fields(record)),
     }
+
+
+def processing_payload(record: JobRecord) -> dict:
+    """The optional `processing` callback sent when a job starts (CALLBACK_PROCESSING)."""
+    return {"job_id": record.job_id, "status": "processing", "assets": [], "error_message": None,
+            "metadata": {"job_type": record.type, "user_id": record.user_id, "started_at": record.started_at}}
+
+
+def app_fields(record: JobRecord) -> dict:
+    """The `metadata` keys the app's job-callback reads (docs/QUEUE.md), from the parameters as used:
+    `frame_num` (frames in the video file: the app's duration is ceil(frame_num / 16) s), `steps` and
+    `num_inference_steps`, `guidance_scale`, `denoise_strength` and `reference_mode` / `exact_copy_mode`
+    for jobs with a reference, `error_type` (the error code) for failed jobs."""
+    params = record.metadata.get("parameters") or {}
+    context = (record.metadata.get("caller_context") or {}).get("metadata") or {}
+    fields: dict[str, Any] = {}
+    if "steps" in params:
+        fields["steps"] = fields["num_inference_steps"] = params["steps"]
+    if "guidance_scale" in params:
+        fields["guidance_scale"] = params["guidance_scale"]
+    reference = params.get("reference") if isinstance(params.get("reference"), dict) else None
+    if reference and "denoise_strength" in reference:
+        fields["denoise_strength"] = reference["denoise_strength"]
+    elif reference and "conditioning_scale" in reference:  # WAN: conditioning = 1 - denoise
+        fields["denoise_strength"] = round(1.0 - reference["conditioning_scale"], 6)
+    exact_copy = bool(reference and reference.get("mode") == "exact_copy") or context.get("exact_copy_mode") is True
+    if params:
+        fields["exact_copy_mode"] = exact_copy
+    if reference or exact_copy:
+        fields["reference_mode"] = "copy" if exact_copy else "modify"
+    videos = [a for a in record.assets if a.get("type") == "video"]
+    if videos and "frames" in videos[0].get("metadata", {}):
+        fields["frame_num"] = videos[0]["metadata"]["frames"]
+    if record.status == "failed" and record.error:
+        fields["error_type"] = record.error.get("code")
+    if "template_name" in context:
+        fields["template_name"] = context["template_name"]
+    return fields
 
 
 class JobJournal:
