@@ -50,6 +50,7 @@ class CallbackSender:
         self.url = settings.effective_callback_url
         self.service_key = settings.supabase_service_key
         self.secret = settings.callback_secret
+        self.processing = settings.callback_processing  # also notify when a job starts
         self.max_attempts = max(1, settings.callback_max_attempts)
         self.backoff_s = settings.callback_backoff_s
         self.timeout_s = settings.callback_timeout_s

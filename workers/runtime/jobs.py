@@ -10,11 +10,12 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 
 from common import errors
 from common.errors import JobCancelled, JobFailed, MemoryUnavailable
 from common.http import now_iso
-from common.jobs import TERMINAL, JobJournal, JobRecord, send_terminal_callback
+from common.jobs import TERMINAL, JobJournal, JobRecord, processing_payload, send_terminal_callback
 from workers import devices
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media
@@ -78,6 +79,7 @@ class JobRunner:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._accepting = True
         self._running: str | None = None
+        self.idle_hooks: list[Callable[[], None]] = []  # called when the executor may take more work (queue intake)
         self._recover()
         self._thread = threading.Thread(target=self._loop, name=f"{worker}-executor", daemon=True)
         self._thread.start()
@@ -143,6 +145,31 @@ class JobRunner:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    def reject(self, job_id: str, job_type: str, user_id: str, error: dict, metadata: dict) -> JobRecord:
+        """A job that cannot run (a queued payload that fails validation, ...) ends `failed` at once,
+        journaled and with its one callback like any other job, so its caller hears why. A known job id
+        returns the existing job."""
+        with self._lock:
+            if job_id in self._jobs:
+                return self._jobs[job_id]
+            record = JobRecord(job_id=job_id, type=job_type, user_id=user_id, params={}, metadata=metadata)
+            self._jobs[job_id] = record
+            self._done[job_id] = threading.Event()
+            self._finish(record, "failed", error=error)
+            return record
+
+    def _notify_idle(self) -> None:
+        for hook in self.idle_hooks:
+            try:
+                hook()
+            except Exception:  # a listener must never break the executor
+                log.exception("idle hook failed")
+
+    def _send_processing(self, record: JobRecord) -> None:
+        """The optional start notice: one attempt, so it can never arrive after the terminal callback."""
+        if record.send_callback and self.callbacks.enabled and self.callbacks.processing:
+            self.callbacks.send(processing_payload(record), max_attempts=1)
+
     # -- execution --------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -157,6 +184,7 @@ class JobRunner:
                 record.status = "processing"
                 record.started_at = now_iso()
                 self.journal.write(record)
+                self._send_processing(record)
             try:
                 self._execute(record, context)
             except Exception:  # the executor thread must survive anything a job does
@@ -168,6 +196,7 @@ class JobRunner:
                 with self._lock:
                     self._running = None
                     self._contexts.pop(job_id, None)
+                self._notify_idle()
 
     def _execute(self, record: JobRecord, context: JobContext) -> None:
         params = record.params
