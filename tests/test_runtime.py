@@ -322,19 +322,20 @@ def test_module_bytes_counts_shared_tensors_once():
 
 
 def test_supabase_storage_uploads_with_exact_content_type_and_upsert():
+    """The supabase client against a server speaking Supabase Storage's HTTP API (tests/supabase_standin.py)."""
+    from tests.supabase_standin import SupabaseStandIn
     from workers.runtime.storage import SupabaseStorage
 
-    receiver = CallbackReceiver()
-    try:
-        base = receiver.url.split("/functions")[0]
-        storage = SupabaseStorage(base, "svc-key", "workspace-temp")
+    with SupabaseStandIn() as standin:
+        storage = SupabaseStorage(standin.url, standin.service_key, "workspace-temp", backoff_s=0.01)
         assert storage.put("u1/j1/0.png", b"\x89PNG", "image/png") == "u1/j1/0.png"
-        [req] = receiver.requests
-        assert req["path"] == "/storage/v1/object/workspace-temp/u1/j1/0.png"
-        assert req["headers"]["Content-Type"] == "image/png" and req["headers"]["x-upsert"] == "true"
-        assert req["headers"]["Authorization"] == "Bearer svc-key" and req["raw"] == b"\x89PNG"
-        receiver.status = 415
+        assert storage.put("u1/j1/0.png", b"\x89PNG2", "image/png") == "u1/j1/0.png"  # upsert
+        assert standin.objects[("workspace-temp", "u1/j1/0.png")] == (b"\x89PNG2", "image/png")
         with pytest.raises(StorageError, match="HTTP 415"):
             storage.put("u1/j1/1.png", b"x", "application/octet-stream")
-    finally:
-        receiver.close()
+        standin.fail_functions = {}
+        storage.delete("u1/j1/0.png")
+        assert ("workspace-temp", "u1/j1/0.png") not in standin.objects
+        wrong_key = SupabaseStorage(standin.url, "not-the-service-key", "workspace-temp", backoff_s=0.01)
+        with pytest.raises(StorageError, match="HTTP 403"):
+            wrong_key.put("u1/j1/2.png", b"x", "image/png")

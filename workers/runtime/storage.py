@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-import requests
-
-from common.http import bearer_session
+from common import supabase
 from configuration.settings import Settings
 
 
@@ -51,29 +50,34 @@ class LocalStorage(Storage):
 
 
 class SupabaseStorage(Storage):
-    """Supabase Storage REST API: the exact Content-Type matters (the bucket rejects octet-stream)."""
+    """Supabase Storage through the supabase client, with the service key: the exact MIME type matters
+    (the app's bucket refuses application/octet-stream) and an upload replaces what is there (upsert),
+    so a retried job overwrites its own files."""
 
-    def __init__(self, url: str, service_key: str, bucket: str, timeout_s: float = 60.0):
-        self.base = url.rstrip("/") + "/storage/v1/object"
+    ATTEMPTS = 3  # a transient failure (no answer, 5xx, 429) is retried; a refusal is not
+
+    def __init__(self, url: str, service_key: str, bucket: str, timeout_s: float = 60.0, backoff_s: float = 0.5):
+        self.client = supabase.make_client(url, service_key, timeout_s)
         self.bucket = bucket
-        self.timeout_s = timeout_s
-        self.session = bearer_session(service_key)
+        self.backoff_s = backoff_s
 
     def put(self, path: str, data: bytes, content_type: str) -> str:
-        try:
-            response = self.session.post(f"{self.base}/{self.bucket}/{path}", data=data, timeout=self.timeout_s,
-                                         headers={"Content-Type": content_type, "x-upsert": "true"})
-        except requests.RequestException as exc:
-            raise StorageError(f"upload of {path} failed: {type(exc).__name__}") from None
-        if response.status_code >= 300:
-            raise StorageError(f"upload of {path} failed: HTTP {response.status_code} {response.text[:200]}")
-        return path
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                supabase.upload(self.client, self.bucket, path, data, content_type)
+                return path
+            except supabase.SupabaseError as exc:
+                if not exc.retryable or attempt == self.ATTEMPTS:
+                    status = f" (HTTP {exc.status})" if exc.status else ""
+                    raise StorageError(f"{exc.message}{status}") from None
+                time.sleep(self.backoff_s * attempt)
+        raise AssertionError("unreachable")
 
     def delete(self, path: str) -> None:
         try:
-            self.session.delete(f"{self.base}/{self.bucket}", json={"prefixes": [path]}, timeout=self.timeout_s)
-        except requests.RequestException:
-            pass
+            supabase.remove(self.client, self.bucket, [path])
+        except supabase.SupabaseError:
+            pass  # best effort: cleaning up a job that failed half-way through storing
 
 
 def make_storage(settings: Settings) -> Storage:
