@@ -4,8 +4,10 @@ orchestrator only reads (GET /queues, `python -m orchestrator.queue_cli status`)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import socket
 from dataclasses import dataclass
 
 import redis
@@ -13,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from common.jobs import TERMINAL
+from configuration.settings import Settings
 
 # A job id names a journal file and storage paths: the same rule as the HTTP API's `id`.
 SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -40,6 +43,21 @@ class QueueKeys:
 
     def heartbeat(self, consumer: str) -> str:
         return f"{self.queue}:consumer:{consumer}"
+
+
+def queue_name(worker: str, settings: Settings) -> str | None:
+    """The Redis list this worker consumes, or None (no REDIS_URL, or a worker that takes no queued jobs)."""
+    if not settings.redis_url:
+        return None
+    return {"sdxl": settings.sdxl_queue, "wan": settings.wan_queue}.get(worker)
+
+
+def consumer_id(worker: str, settings: Settings) -> str:
+    """Stable across restarts of this worker with this job journal, so a restarted process resumes the
+    entries it held; distinct for every journal (every pod, every worker)."""
+    prefix = settings.queue_consumer_id or settings.runpod_pod_id or socket.gethostname()
+    journal = str(settings.effective_state_dir.resolve() / worker)
+    return f"{prefix}-{worker}-{hashlib.sha256(journal.encode()).hexdigest()[:8]}"
 
 
 def connect(url: str, block_s: float = 0.0) -> redis.Redis:
@@ -90,4 +108,5 @@ def queue_overview(client: redis.Redis, queue: str) -> dict:
             "consumers": consumers}
 
 
-__all__ = ["SAFE_JOB_ID", "TERMINAL", "Entry", "QueueKeys", "connect", "parse_entry", "queue_overview"]
+__all__ = ["SAFE_JOB_ID", "TERMINAL", "Entry", "QueueKeys", "connect", "consumer_id", "parse_entry", "queue_name",
+           "queue_overview"]

@@ -21,6 +21,8 @@ from workers.runtime.broker_client import BrokerMemory
 from workers.runtime.jobs import JobRunner
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
+from workers.runtime.queue_intake import QueueIntake
+from workers.runtime.queue_jobs import start_queue_intake
 from workers.runtime.storage import make_storage
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class WorkerState:
         self.shutting_down = False
         self._shutdown_lock = threading.Lock()
         self.routes: list[RouteTable] = []  # what /openapi.json describes, added as blueprints are registered
+        self.intake: QueueIntake | None = None  # the app's Redis queue (REDIS_URL), started by create_app
 
     def memory_status(self) -> dict:
         from workers import devices
@@ -83,6 +86,8 @@ class WorkerState:
             self.shutting_down = True
             if self.runner is None:
                 return
+            if self.intake is not None:
+                self.intake.stop_taking()  # first: nothing new is taken from Redis while jobs drain
             self.runner.stop_accepting()
         deadline = time.monotonic() + grace_s
         if not wait_until(self.runner.idle, grace_s):
@@ -91,6 +96,8 @@ class WorkerState:
             wait_until(self.runner.idle, 10)
         if not self.runner.callbacks.flush(max(5.0, deadline - time.monotonic())):
             log.warning("callbacks still pending at exit; the next start resends them")
+        if self.intake is not None:
+            self.intake.close()  # acknowledge what finished; what is still held, the next start resumes
 
 
 def make_memory_client(name: str, settings: Settings, device: str) -> BrokerMemory | LocalMemory:
@@ -150,4 +157,5 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
         module = importlib.import_module(module_name)
         app.register_blueprint(getattr(module, attr))
         state.routes.append(module.ROUTES)
+    state.intake = start_queue_intake(state)  # SDXL and WAN with REDIS_URL: the app's jobs
     return app

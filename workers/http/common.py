@@ -37,7 +37,10 @@ def health():
 def ready():
     s = state()
     require_ready()
-    return jsonify({"ready": True, "worker": s.name, "queue_depth": s.queue_depth()})
+    answer = {"ready": True, "worker": s.name, "queue_depth": s.queue_depth()}
+    if s.intake is not None:  # Redis down leaves the worker ready for HTTP jobs; this says so
+        answer["queue"] = s.intake.status()
+    return jsonify(answer)
 
 
 @bp.get("/memory/status")

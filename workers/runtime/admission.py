@@ -1,0 +1,37 @@
+"""What every generation job goes through before it is queued, whichever way it arrived (POST
+/generate or the app's Redis queue): the worker's own schema, normalisation, the engine's checks,
+and whether it could ever fit in memory. One path, so a queued job and an HTTP job are held to the
+same rules and reported the same way."""
+from __future__ import annotations
+
+from typing import Any
+
+from configuration.params import normalise_generation
+from configuration.params.common import summarise_data_urls
+from configuration.schemas import validate_request
+from configuration.settings import Settings
+
+
+def check_generation(worker: str, schema: str, settings: Settings, engine: Any, body: dict) -> dict:
+    """The normalised parameters of `body`; raises ValidationFailed (a field path per problem) or the
+    engine's own refusal."""
+    validate_request(schema, body, settings)
+    params = normalise_generation(worker, body, settings)
+    engine.check_request(params)
+    return params
+
+
+def admit(engine: Any, host: Any, params: dict) -> None:
+    """MemoryUnavailable when the job could never fit (too_big) or the memory broker cannot be asked."""
+    host.admit(engine.required_models(params), engine.working_bytes(params))
+
+
+def parameters_used(params: dict) -> dict:
+    """The parameters as reported (job records, callbacks): data: URLs summarised, caller fields apart."""
+    return summarise_data_urls({k: v for k, v in params.items() if k != "caller_metadata"})
+
+
+def job_metadata(body: dict, params: dict, **extra: Any) -> dict:
+    """The metadata a job record starts with: prompts, parameters as used, the caller's own fields."""
+    return {"original_prompt": body["prompt"], "enhanced_prompt": None, "parameters": parameters_used(params),
+            "caller_metadata": summarise_data_urls(params.get("caller_metadata", {})), **extra}

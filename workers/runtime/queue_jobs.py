@@ -1,0 +1,137 @@
+"""The app's queued jobs into the worker's one runtime: the JobSink the Redis intake feeds.
+
+A queued payload is mapped onto our own generation body (configuration/params/app_payload.py),
+storage-path references are downloaded with the service key, and the body goes through the same
+admission as POST /generate. A payload that fails any of that still becomes a job: it ends
+`failed` at once, journaled, with a signed callback whose `error_message` names the app's field,
+so the app hears about it and the queue never blocks on it.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, UnidentifiedImageError
+
+from common import errors
+from common.errors import JobFailed, MemoryUnavailable
+from common.queues import connect, consumer_id, queue_name
+from common.supabase import SupabaseError, download, make_client
+from configuration.params.app_payload import AppJob, from_app_payload
+from configuration.schemas.common import ValidationFailed
+from workers.runtime.admission import admit, check_generation, job_metadata
+from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage
+from workers.runtime.queue_intake import QueueIntake
+
+if TYPE_CHECKING:
+    from workers.http.app import WorkerState
+
+log = logging.getLogger(__name__)
+_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+def start_queue_intake(state: WorkerState) -> QueueIntake | None:
+    queue = queue_name(state.name, state.settings)
+    if queue is None or state.runner is None:
+        return None
+    settings = state.settings
+    sink = QueueJobSink(state, queue)
+    intake = QueueIntake(connect(settings.redis_url, settings.queue_block_s), queue, consumer_id(state.name, settings),
+                         sink, info={"worker": state.name, "pid": state.pid},
+                         heartbeat_ttl_s=settings.queue_heartbeat_ttl_s, reap_interval_s=settings.queue_reap_interval_s,
+                         block_s=settings.queue_block_s, max_deliveries=settings.queue_max_deliveries)
+    state.runner.idle_hooks.append(intake.notify)
+    log.info("taking jobs from Redis list %s as consumer %s", queue, intake.consumer_id)
+    return intake.start()
+
+
+class QueueJobSink:
+    def __init__(self, state: WorkerState, queue: str):
+        self.state = state
+        self.queue = queue
+        settings = state.settings
+        self._supabase = (make_client(settings.supabase_url, settings.supabase_service_key, settings.fetch_timeout_s)
+                          if settings.supabase_url and settings.supabase_service_key else None)
+
+    # -- JobSink ----------------------------------------------------------------------------------
+    def can_take(self) -> bool:
+        runner = self.state.runner
+        return runner is not None and not self.state.shutting_down and runner.idle()
+
+    def job_status(self, job_id: str) -> str | None:
+        record = self.state.runner.get(job_id) if self.state.runner else None
+        return record.status if record else None
+
+    def submit(self, job_id: str, payload: dict) -> None:
+        s = self.state
+        job: AppJob | None = None
+        try:
+            job = from_app_payload(s.name, payload, s.settings)
+            fetched = self._resolve_storage_references(job)
+            try:
+                params = check_generation(s.name, s.request_schema, s.settings, s.engine, job.body)
+            except ValidationFailed as exc:
+                raise job.app_error(exc) from None
+            try:
+                admit(s.engine, s.host, params)
+            except MemoryUnavailable as exc:
+                if exc.too_big:
+                    raise
+                # The memory broker cannot be asked now: the job waits for its lease when it starts.
+                log.warning("queued job %s admitted without a memory check: %s", job_id, exc.message)
+        except ValidationFailed as exc:
+            message = "; ".join(f"{d['path'] or '/'}: {d['message']}" for d in exc.details)
+            self._reject(job_id, payload, job, errors.VALIDATION_ERROR, f"invalid job payload: {message}",
+                         validation_errors=exc.details)
+            return
+        except (JobFailed, MemoryUnavailable) as exc:
+            self._reject(job_id, payload, job, exc.code or errors.JOB_FAILED, exc.message)
+            return
+        metadata = job_metadata(job.body, params, **self._context(job), references_from_storage=fetched or None)
+        s.runner.submit(job_id, job.body["type"], job.body.get("user_id", "anonymous"), params,
+                        {k: v for k, v in metadata.items() if v is not None})
+
+    def reject(self, job_id: str, payload: dict, code: str, message: str) -> None:
+        self._reject(job_id, payload, None, code, message)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _context(self, job: AppJob | None) -> dict[str, Any]:
+        return {"source": {"queue": self.queue}, "caller_context": job.caller_context if job else None,
+                "size": job.size if job else None}
+
+    def _reject(self, job_id: str, payload: dict, job: AppJob | None, code: str, message: str, **extra: Any) -> None:
+        log.warning("queued job %s refused (%s)", job_id, code)
+        metadata = {k: v for k, v in {**self._context(job), **extra}.items() if v is not None}
+        job_type = payload.get("type") if isinstance(payload.get("type"), str) else "unknown"
+        user_id = payload.get("user_id") if isinstance(payload.get("user_id"), str) else "anonymous"
+        self.state.runner.reject(job_id, job_type, user_id, {"code": code, "message": message}, metadata)
+
+    def _resolve_storage_references(self, job: AppJob) -> dict[str, str]:
+        """Download storage-path references (checked to lie in the job's own folder) with the service key
+        and put them in the body as data: URLs. Returns app field -> storage path, for the record."""
+        fetched = {}
+        max_bytes = int(self.state.settings.fetch_max_mb * 1024 * 1024)
+        for pointer, (bucket, path) in job.storage_references.items():
+            app_field = job.app_path(pointer)
+            if self._supabase is None:
+                raise FetchRefused(f"{app_field}: a storage path reference needs SUPABASE_URL and the service key")
+            try:
+                data = download(self._supabase, bucket, path, max_bytes)
+            except SupabaseError as exc:
+                raise FetchFailed(f"{app_field}: {exc.message}") from None
+            _, section, name = pointer.split("/")
+            job.body[section][name] = _data_url(data, app_field)
+            fetched[app_field] = f"{bucket}/{path}"
+        return fetched
+
+
+def _data_url(data: bytes, app_field: str) -> str:
+    try:
+        kind = Image.open(io.BytesIO(data)).format or ""
+    except (UnidentifiedImageError, OSError):
+        kind = ""
+    if kind not in _IMAGE_TYPES:
+        raise InvalidImage(f"{app_field}: the stored object is not a PNG, JPEG or WEBP image")
+    return f"data:{_IMAGE_TYPES[kind]};base64,{base64.b64encode(data).decode()}"
