@@ -116,7 +116,9 @@ class StaticServer:
 
 
 def base_env(tmp_path: Path, placeholder_dir: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE", "CALLBACK", "WORKER_API", "MODEL_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SUPABASE", "CALLBACK", "JOB_CALLBACK", "WORKER_API", "MODEL_", "REDIS", "QUEUE_",
+                                "SDXL_QUEUE", "WAN_QUEUE"))}
     env.update({
         "PYTHONPATH": str(REPO),
         "BIND_HOST": "127.0.0.1",
