@@ -2,6 +2,8 @@
 in the contract's form."""
 from __future__ import annotations
 
+import re
+
 from flask import Flask, request
 from werkzeug.wrappers import Response
 
@@ -25,19 +27,34 @@ def json_body(optional: bool = False) -> dict:
     return body
 
 
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,16})?")
+BOOLEAN_VALUES = {"1": True, "true": True, "0": False, "false": False}
+
+
 def query_float(name: str, minimum: float, maximum: float) -> float | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
+    if not _NUMBER.fullmatch(raw):  # no "nan", "inf", "1e999", " 5": what the document calls a number
         raise ApiError(400, VALIDATION_ERROR, f"query parameter {name} must be a number",
-                       [{"path": f"?{name}", "message": "must be a number"}]) from None
+                       [{"path": f"?{name}", "message": "must be a number"}])
+    value = float(raw)
     if not minimum <= value <= maximum:
         raise ApiError(400, VALIDATION_ERROR, f"query parameter {name} out of range",
                        [{"path": f"?{name}", "message": f"must be in [{minimum}, {maximum}]"}])
     return value
+
+
+def query_bool(name: str) -> bool:
+    """A flag in the query: 1/true or 0/false, exactly; absent is false. Anything else is a 400, never
+    read as one or the other (`?dry_run=True` once queued a real job)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    if raw not in BOOLEAN_VALUES:
+        raise ApiError(400, VALIDATION_ERROR, f"query parameter {name} must be 1, true, 0 or false",
+                       [{"path": f"?{name}", "message": "must be one of 1, true, 0, false"}])
+    return BOOLEAN_VALUES[raw]
 
 
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024

@@ -35,9 +35,11 @@ UNAVAILABLE = "unavailable"
 # jobs
 JOB_FAILED = "job_failed"
 JOB_FINISHED = "job_finished"
+JOB_ID_CONFLICT = "job_id_conflict"
 CANCELLED = "cancelled"
 WORKER_RESTARTED = "worker_restarted"
 WORKER_STOPPED = "worker_stopped"
+STORAGE_FAILED = "storage_failed"
 # models and memory
 MODEL_BUSY = "model_busy"
 MODEL_NOT_CONFIGURED = "model_not_configured"
@@ -52,6 +54,8 @@ REFERENCE_INVALID = "reference_invalid"
 OVERLOADED = "overloaded"
 GENERATION_FAILED = "generation_failed"
 EMPTY_ENHANCEMENT = "empty_enhancement"
+# content policy (docs/POLICY.md)
+CONTENT_POLICY = "content_policy"
 # orchestrator
 WORKER_UNAVAILABLE = "worker_unavailable"
 WORKER_ERROR = "worker_error"
@@ -85,6 +89,25 @@ class JobFailed(DomainError):
     """A job cannot complete for a reason the caller should read (bad reference image, ...)."""
 
     code = JOB_FAILED
+
+
+class JobIdConflict(DomainError):
+    """A job id already names another caller's job (or one submitted another way): never answered with
+    that job."""
+
+    code = JOB_ID_CONFLICT
+
+
+class ContentPolicyRefused(JobFailed):
+    """The content policy refused a text or an output (docs/POLICY.md). The message and details name the
+    category, stage and tier, never the text: 422 at HTTP, a failed job with this code elsewhere."""
+
+    code = CONTENT_POLICY
+
+    def __init__(self, category: str, stage: str, tier: str, rule: str | None = None):
+        super().__init__(f"content policy: {category}",
+                         details=[{"category": category, "stage": stage, "tier": tier, "rule": rule}])
+        self.category, self.stage, self.tier = category, stage, tier
 
 
 class JobCancelled(Exception):
@@ -156,10 +179,14 @@ def error_response(status: int, code: str, message: str, details: list | None = 
 def http_error(exc: DomainError) -> ApiError:
     """The one mapping of a domain error to its HTTP answer."""
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    if isinstance(exc, ContentPolicyRefused):
+        return ApiError(422, exc.code, exc.message, exc.details)
     if isinstance(exc, MemoryUnavailable):
         if exc.code == MEMORY_BROKER_UNAVAILABLE:  # the broker could not be asked: try again later
             return ApiError(503, exc.code, exc.message, [exc.details], headers)
         return ApiError(409, INSUFFICIENT_MEMORY, exc.message, [dict(exc.details, too_big=exc.too_big)])
+    if isinstance(exc, JobIdConflict):
+        return ApiError(409, exc.code, exc.message, [{"path": "/id", "message": exc.message}])
     if isinstance(exc, ModelBusy):
         return ApiError(409, exc.code, f"{exc.message}; retry when the job has finished or pass wait_s")
     if isinstance(exc, WorkerRefused):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from common.body import json_body, query_float
+from common.body import json_body, query_bool, query_float
 from common.job_routes import add_job_routes, submission_response
 from configuration.openapi import RouteTable
 from configuration.params import normalise_generation
 from configuration.params.common import summarise_data_urls
-from configuration.schemas import validate_request
+from configuration.schemas import ValidationFailed, validate_request
 from workers.http.common import require_ready, state
+from workers.runtime.fetch import FetchRefused, check_reference_url
 from workers.runtime.jobs import JobRunner
 
 bp = Blueprint("generation", __name__)
@@ -25,23 +26,47 @@ def generate():
     body = json_body()
     validate_request(s.request_schema, body, s.settings)
     wait_s = query_float("wait", 0, MAX_WAIT_S)
+    dry_run = query_bool("dry_run")
     params = normalise_generation(s.name, body, s.settings)
     s.engine.check_request(params)
+    _check_references(body, s.engine.reference_urls(params))
     # MemoryUnavailable: 409 for a job that can never fit, 503 when the broker cannot be asked (common/errors.py)
     s.host.admit(s.engine.required_models(params), s.engine.working_bytes(params))
-    if request.args.get("dry_run") in ("1", "true"):
+    # The orchestrator sends the one terminal callback for jobs it routes.
+    send_callback = request.headers.get("X-Callback-Mode", "send") != "none"
+    _runner().check_id(body.get("id"), body.get("user_id", "anonymous"), send_callback)
+    if dry_run:
         # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
         return jsonify({"valid": True, "parameters": summarise_data_urls(
             {k: v for k, v in params.items() if k != "caller_metadata"})}), 200
     metadata = {"original_prompt": body["prompt"], "enhanced_prompt": None,
                 "parameters": summarise_data_urls({k: v for k, v in params.items() if k != "caller_metadata"}),
                 "caller_metadata": summarise_data_urls(params.get("caller_metadata", {}))}
-    # The orchestrator sends the one terminal callback for jobs it routes.
-    send_callback = request.headers.get("X-Callback-Mode", "send") != "none"
     runner = _runner()
     record, created = runner.submit(body.get("id"), body["type"], body.get("user_id", "anonymous"),
                                     params, metadata, send_callback=send_callback)
     return submission_response(runner, record, created, wait_s)
+
+
+def _check_references(body: dict, urls: dict[str, str]) -> None:
+    """A reference URL the fetch would refuse for its form alone is a 400 now, naming its field."""
+    for url in urls.values():
+        try:
+            check_reference_url(url)
+        except FetchRefused as exc:
+            raise ValidationFailed([{"path": _pointer_to(body, url) or "", "message": exc.message}]) from None
+
+
+def _pointer_to(value, wanted: str, path: str = "") -> str | None:
+    """The JSON pointer of the first string equal to `wanted` in the request body."""
+    if isinstance(value, str):
+        return path if value == wanted else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        found = _pointer_to(child, wanted, f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}")
+        if found is not None:
+            return found
+    return None
 
 
 def _runner() -> JobRunner:

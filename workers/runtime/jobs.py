@@ -11,17 +11,21 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from common import errors
-from common.errors import JobCancelled, JobFailed, MemoryUnavailable
+from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
 from common.jobs import TERMINAL, JobJournal, JobRecord, processing_payload, send_terminal_callback
 from workers import devices
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media
 from workers.runtime.fetch import fetch_image
+from workers.runtime.storage import StorageError
 
 log = logging.getLogger(__name__)
+
+FETCH_THREADS = 4  # reference images fetched at once, outside the executor
 
 
 class JobContext:
@@ -63,7 +67,11 @@ class JobContext:
 
 class JobRunner:
     """Accepts jobs, runs them one at a time in FIFO order on a single thread, stores their assets
-    and sends their callbacks."""
+    and sends their callbacks.
+
+    A job with reference images has them fetched first, on a small pool of its own threads, and enters
+    the executor's queue once they are here: a slow or hostile reference host holds that job alone (for
+    at most FETCH_TIMEOUT_S), never the executor and the jobs behind it; a cancel stops the fetch."""
 
     def __init__(self, worker: str, engine, host, storage, callbacks, journal: JobJournal):
         self.worker = worker
@@ -80,6 +88,9 @@ class JobRunner:
         self._accepting = True
         self._running: str | None = None
         self.idle_hooks: list[Callable[[], None]] = []  # called when the executor may take more work (queue intake)
+        self._fetching: dict[str, threading.Event] = {}   # job id -> its fetch's cancel event
+        self._references: dict[str, dict] = {}            # job id -> fetched images, until it runs
+        self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix=f"{worker}-fetch")
         self._recover()
         self._thread = threading.Thread(target=self._loop, name=f"{worker}-executor", daemon=True)
         self._thread.start()
@@ -87,10 +98,13 @@ class JobRunner:
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, job_id: str | None, job_type: str, user_id: str, params: dict, metadata: dict,
                send_callback: bool = True) -> tuple[JobRecord, bool]:
-        """Queue a job. Returns (record, created); a known job id returns the existing job, uncreated."""
+        """Queue a job. Returns (record, created); the same caller repeating a job id gets the existing job,
+        uncreated; an id that names another user's job, or one submitted the other way (directly vs routed
+        by the orchestrator, which sends the callback itself), is JobIdConflict."""
         with self._lock:
-            if job_id and job_id in self._jobs:
-                return self._jobs[job_id], False
+            existing = self._claim(job_id, user_id, send_callback)
+            if existing is not None:
+                return existing, False
             if not self._accepting:
                 raise RuntimeError("shutting down")
             record = JobRecord(job_id=job_id or uuid.uuid4().hex, type=job_type, user_id=user_id,
@@ -99,8 +113,30 @@ class JobRunner:
             self._jobs[record.job_id] = record
             self._done[record.job_id] = threading.Event()
             self.journal.write(record)
-            self._queue.put(record.job_id)
+            urls = self.engine.reference_urls(params)
+            if urls:
+                record.progress["stage"] = "fetching"
+                self._fetching[record.job_id] = threading.Event()
+                self._fetch_pool.submit(self._prefetch, record, urls, self._fetching[record.job_id])
+            else:
+                self._queue.put(record.job_id)
             return record, True
+
+    def check_id(self, job_id: str | None, user_id: str, send_callback: bool = True) -> None:
+        """JobIdConflict when `submit` would refuse this id (a dry run checks it too)."""
+        with self._lock:
+            self._claim(job_id, user_id, send_callback)
+
+    def _claim(self, job_id: str | None, user_id: str, send_callback: bool) -> JobRecord | None:
+        record = self._jobs.get(job_id) if job_id else None
+        if record is None:
+            return None
+        if record.user_id != user_id:
+            raise JobIdConflict(f"job id {job_id!r} is already in use; choose another")
+        if record.send_callback != send_callback:
+            how = "directly to this worker" if record.send_callback else "through the orchestrator"
+            raise JobIdConflict(f"job id {job_id!r} is already in use by a job submitted {how}")
+        return record
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -117,7 +153,9 @@ class JobRunner:
             if record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {record.status}")
             if record.status == "queued":
-                self._finish(record, "cancelled", error={"code": errors.CANCELLED, "message": "cancelled before it started"})
+                self._stop_fetch(job_id)
+                self._finish(record, "cancelled",
+                             error={"code": errors.CANCELLED, "message": "cancelled before it started"})
             else:
                 self._contexts[job_id].cancel_requested.set()
             return record
@@ -132,6 +170,7 @@ class JobRunner:
         with self._lock:
             for record in self._jobs.values():
                 if record.status == "queued":
+                    self._stop_fetch(record.job_id)
                     self._finish(record, "failed", error={"code": errors.WORKER_STOPPED, "message": reason})
                     failed.append(record.job_id)
                 elif record.status == "processing" and record.job_id in self._contexts:
@@ -140,7 +179,7 @@ class JobRunner:
 
     def idle(self) -> bool:
         with self._lock:
-            return self._running is None and self._queue.empty()
+            return self._running is None and self._queue.empty() and not self._fetching
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -169,6 +208,39 @@ class JobRunner:
         """The optional start notice: one attempt, so it can never arrive after the terminal callback."""
         if record.send_callback and self.callbacks.enabled and self.callbacks.processing:
             self.callbacks.send(processing_payload(record), max_attempts=1)
+
+    # -- reference images ------------------------------------------------------------------------
+    def _prefetch(self, record: JobRecord, urls: dict[str, str], cancelled: threading.Event) -> None:
+        """On a fetch thread: the job's references, then the job into the executor's queue; a reference
+        that cannot be used fails the job here, without it ever holding the executor."""
+        error: dict | None = None
+        references: dict = {}
+        try:
+            for role, url in urls.items():
+                references[role] = fetch_image(url, self.engine.settings, cancelled=cancelled)
+        except JobCancelled:
+            pass  # cancel() or fail_unfinished() has ended the job
+        except JobFailed as exc:
+            error = {"code": exc.code, "message": exc.message}
+        except Exception as exc:  # a fetch thread must end the job whatever happens
+            log.exception("job %s: fetching its references failed", record.job_id)
+            error = {"code": errors.INTERNAL_ERROR, "message": f"fetching the references failed: {type(exc).__name__}"}
+        with self._lock:
+            self._fetching.pop(record.job_id, None)
+            if record.status != "queued":
+                return
+            if error is not None:
+                self._finish(record, "failed", error=error)
+                return
+            self._references[record.job_id] = references
+            record.progress = dict(record.progress, stage="queued")
+            self._queue.put(record.job_id)
+
+    def _stop_fetch(self, job_id: str) -> None:
+        """Called with the lock held: a fetch in progress for the job stops within a read."""
+        cancelled = self._fetching.get(job_id)
+        if cancelled is not None:
+            cancelled.set()
 
     # -- execution --------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -203,8 +275,8 @@ class JobRunner:
         stored: list[str] = []
         try:
             context.stage("loading")
-            context.references = {role: fetch_image(url, self.engine.settings)  # a bad reference fails here
-                                  for role, url in self.engine.reference_urls(params).items()}
+            with self._lock:
+                context.references = self._references.pop(record.job_id, {})  # fetched before it was queued
             models = self.engine.required_models(params)
             with self.host.use(models, working_bytes=self.engine.working_bytes(params)):
                 context.check_cancelled()
@@ -217,7 +289,7 @@ class JobRunner:
             assets = []
             for files, asset in encoded:
                 for name, data, content_type in files:
-                    stored.append(self.storage.put(self._path(record, name), data, content_type))
+                    stored.append(self._store(self._path(record, name), data, content_type))
                 asset["url"] = self._path(record, files[0][0])
                 asset["thumbnail_url"] = self._path(record, files[1][0])
                 assets.append(asset)
@@ -278,6 +350,17 @@ class JobRunner:
         metadata = dict(output.metadata, format=fmt, file_size_bytes=len(data), asset_index=index)
         thumb = (f"{index}.thumb.webp", media.encode_thumbnail(thumb_source), "image/webp")
         return [main, thumb], {"type": output.kind, "metadata": metadata}
+
+    def _store(self, path: str, data: bytes, content_type: str) -> str:
+        """storage.put; a storage that cannot take the file fails the job with a reason (no server paths)."""
+        try:
+            return self.storage.put(path, data, content_type)
+        except StorageError as exc:
+            raise JobFailed(f"storing the outputs failed: {exc}", code=errors.STORAGE_FAILED) from None
+        except OSError as exc:
+            log.error("storing %s failed: %s", path, exc)
+            raise JobFailed(f"storing the outputs failed: {type(exc).__name__} ({exc.strerror or 'I/O error'})",
+                            code=errors.STORAGE_FAILED) from None
 
     @staticmethod
     def _path(record: JobRecord, name: str) -> str:
