@@ -20,8 +20,11 @@ def main() -> int:
     settings = settings_for_command()
     if settings is None:
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s orchestrator %(levelname)s %(name)s: %(message)s")
+    from common.logging import configure_logging
+    from common.metrics import configure_metrics
+
+    configure_logging("orchestrator", settings.log_level, settings.log_format)
+    configure_metrics("orchestrator", settings.model_profile)
     import waitress
 
     from orchestrator.api import create_app

@@ -18,6 +18,7 @@ import time
 
 from common.errors import MemoryUnavailable
 from common.http import iso_time
+from common.metrics import process_metrics
 from configuration.settings import Settings
 from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, plan_lease, pressure
 
@@ -76,6 +77,13 @@ class MemoryBroker:
         entry = {"at": iso_time(self._wall()), "event": event, "worker": worker, "model": model, **detail}
         self.history.append(entry)
         self.counters[event] += 1
+        metrics = process_metrics()
+        if event == "evicted":
+            metrics.memory_evictions.labels(worker, model or "").inc()
+        elif event == "wait":
+            metrics.memory_lease_waits.labels(worker, model or "").inc()
+        elif event in ("too_big", "timeout"):
+            metrics.memory_refusals.labels(event).inc()
         level = logging.INFO if event in ("evicted", "too_big", "timeout", "worker_gone", "evict_refused") else logging.DEBUG
         log.log(level, "memory %s %s/%s %s", event, worker, model or "-", detail or "")
 
@@ -83,7 +91,8 @@ class MemoryBroker:
     def lease(self, request: Request, timeout_s: float) -> None:
         """Block until `request` is granted (evicting idle models, waiting for busy ones); raise
         MemoryUnavailable when it can never fit (too_big) or the timeout passes."""
-        deadline = self._clock() + timeout_s
+        started = self._clock()
+        deadline = started + timeout_s
         ticket = next(self._tickets)
         with self._cond:
             try:
@@ -113,7 +122,8 @@ class MemoryBroker:
                         self._event("wait", request.worker, request.model, **decision.numbers())
                     self._cond.wait(min(remaining, RECHECK_S))
             finally:
-                self._waiting.pop(ticket, None)
+                if self._waiting.pop(ticket, None) is not None:  # it waited: granted or refused now
+                    process_metrics().memory_lease_wait.labels(request.worker).observe(self._clock() - started)
                 self._requests.pop(ticket, None)
 
     def wait_turn(self, worker: str, timeout_s: float) -> None:

@@ -21,6 +21,8 @@ import time
 import requests
 
 from common.http import local_url, now_iso
+from common.logging import Progress
+from common.metrics import process_metrics
 from common.serve import gunicorn_command
 from configuration.settings import Settings
 
@@ -155,6 +157,7 @@ class WorkerSupervisor:
             if self._stop.wait(delay):
                 break
             self.restarts += 1
+            process_metrics().worker_restarts.labels(self.name).inc()
         with self._lock:
             if self.state != "failed":
                 self.state = "stopped"
@@ -184,10 +187,14 @@ class WorkerSupervisor:
     def _wait_ready(self, proc: subprocess.Popen) -> float | None:
         """Poll /ready until 200; None if the process exits, the timeout passes (it is then killed) or a
         stop is requested first."""
-        deadline = time.monotonic() + self.settings.worker_ready_timeout_s
+        started = time.monotonic()
+        deadline = started + self.settings.worker_ready_timeout_s
         self._not_ready = False
         session = requests.Session()
+        waiting = Progress(log, f"waiting for the {self.name} worker's /ready", self.settings.worker_ready_timeout_s,
+                           "s", every_s=10.0)
         while not self._stop.is_set() and proc.poll() is None:
+            waiting.update(round(time.monotonic() - started))
             try:
                 if session.get(self.ready_url, timeout=2).status_code == 200:
                     with self._lock:
