@@ -42,14 +42,24 @@ class JobRecord:
     finished_at: str | None = None
     send_callback: bool = True
     callback: dict = field(default_factory=lambda: {"status": "not_sent", "attempts": 0})
+    request_id: str | None = None  # of the request that submitted it (X-Request-ID; in every log line of the job)
 
     def public(self) -> dict:
         return {
             "job_id": self.job_id, "type": self.type, "user_id": self.user_id, "status": self.status,
             "progress": dict(self.progress), "assets": list(self.assets), "error": self.error,
             "metadata": self.metadata, "created_at": self.created_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "callback": dict(self.callback),
+            "finished_at": self.finished_at, "callback": dict(self.callback), "request_id": self.request_id,
         }
+
+    def summary(self, worker: str) -> dict:
+        """What the ops page shows of a job: no prompt, no parameters, no user."""
+        progress = self.progress or {}
+        return {"job_id": self.job_id, "type": self.type, "worker": worker, "status": self.status,
+                "stage": progress.get("stage"), "step": progress.get("step"), "total_steps": progress.get("total_steps"),
+                "percent": 100.0 if self.status == "completed" else progress.get("percent"),
+                "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+                "error_code": (self.error or {}).get("code") if self.status != "completed" else None}
 
     def to_json(self) -> dict:
         data = self.public()
@@ -63,7 +73,17 @@ class JobRecord:
                    status=data["status"], progress=data["progress"], assets=data["assets"], error=data["error"],
                    metadata=data["metadata"], created_at=data["created_at"], started_at=data["started_at"],
                    finished_at=data["finished_at"], send_callback=data.get("send_callback", True),
-                   callback=data.get("callback", {"status": "not_sent", "attempts": 0}))
+                   callback=data.get("callback", {"status": "not_sent", "attempts": 0}),
+                   request_id=data.get("request_id"))
+
+
+def recent_summaries(records: list[tuple[JobRecord, str]], limit: int) -> list[dict]:
+    """Summaries of (record, worker) pairs: every unfinished job (oldest first), then the `limit` most
+    recently finished."""
+    active = sorted((r for r in records if r[0].status not in TERMINAL), key=lambda r: r[0].created_at)
+    finished = sorted((r for r in records if r[0].status in TERMINAL), key=lambda r: r[0].finished_at or "",
+                      reverse=True)[:limit]
+    return [record.summary(worker) for record, worker in active + finished]
 
 
 def callback_payload(record: JobRecord) -> dict:
