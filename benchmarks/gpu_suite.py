@@ -42,7 +42,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -216,7 +215,8 @@ class Suite:
         (self.out / "suite.json").write_text(json.dumps(data, indent=2) + "\n")
         md = [f"# GPU suite ({self.scale})", "", "| key | value |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in environment.items()]
-        md += ["", "| section | measure | ours | unit | baseline | baseline / ours | note |", "|---|---|---|---|---|---|---|"]
+        md += ["", "| section | measure | ours | unit | baseline | baseline / ours | note |",
+               "|---|---|---|---|---|---|---|"]
         md += [f"| {r['section']} | {r['measure']} | {_fmt(r['value'])} | {r['unit']} | {_fmt(r['baseline'])} | "
                f"{_fmt(r['baseline_over_ours'])} | {r['note']} |" for r in self.rows]
         md += ["", "## Notes (skipped or failed parts, CUDA-only lines)", ""] + [f"- {line}" for line in self.lines]
@@ -319,7 +319,8 @@ def record_memory(suite: Suite, section: str, what: str, estimate_bytes: int, ru
     suite.add(section, f"reserved but unallocated after {what}", (snap["reserved"] - snap["allocated"]) / 2**20, "MiB")
     torch.cuda.empty_cache()
     after = memory_snapshot()
-    suite.add(section, f"reserved but unallocated after {what}, after empty_cache", (after["reserved"] - after["allocated"]) / 2**20, "MiB")
+    suite.add(section, f"reserved but unallocated after {what}, after empty_cache",
+              (after["reserved"] - after["allocated"]) / 2**20, "MiB")
     nvml = nvml_reading()
     if nvml and "used" in nvml:
         suite.add(section, "NVML used vs torch.cuda.mem_get_info used", nvml["used"] / 2**20, "MiB",
@@ -413,7 +414,8 @@ def worker_env(suite: Suite, root: Path) -> dict:
 
     env = base_env(root, Path(os.environ.get("PLACEHOLDER_MODELS_DIR", REPO / ".cache" / "placeholder-models")),
                    WORKER_API_KEY=API_KEY, MODEL_PROFILE=suite.cfg["profile"], LOG_LEVEL="WARNING",
-                   SYNTHETIC_MODELS_DIR=os.environ.get("SYNTHETIC_MODELS_DIR", str(REPO / ".cache" / "synthetic-models")))
+                   SYNTHETIC_MODELS_DIR=os.environ.get("SYNTHETIC_MODELS_DIR",
+                                                       str(REPO / ".cache" / "synthetic-models")))
     return env
 
 
@@ -462,7 +464,6 @@ def _base_body(job_id: str, job_type: str, config: dict, metadata: dict | None =
 # ---- sdxl ----------------------------------------------------------------------------------------------
 
 def part_sdxl(suite: Suite) -> None:
-    import torch
 
     cfg = suite.cfg["sdxl"]
     ensure_models(suite, ("sdxl",))
@@ -488,12 +489,17 @@ def part_sdxl(suite: Suite) -> None:
             runs = []
             for r in range(cfg["repeats"]):
                 body_r = dict(body, id=f"sdxl-b{batch}-{r}")
-                seconds, record = timed(lambda b=body_r: record_memory(
-                    suite, "sdxl", f"a batch-{batch} job", estimate, lambda: worker.job(b)) if r == 0 else worker.job(b))
+                if r == 0:
+                    what = f"a batch-{batch} job"
+                    seconds, record = timed(record_memory, suite, "sdxl", what, estimate,
+                                            lambda b=body_r: worker.job(b))
+                else:
+                    seconds, record = timed(worker.job, body_r)
                 runs.append(seconds)
             ours[batch] = statistics.median(runs) / batch
             suite.add("sdxl", f"ours: {cfg['width']}x{cfg['height']} {cfg['steps']} steps batch {batch} (job path)",
-                      ours[batch], "s/image", note=f"gpu settings {record['assets'][0]['metadata'].get('gpu_settings')}")
+                      ours[batch], "s/image",
+                      note=f"gpu settings {record['assets'][0]['metadata'].get('gpu_settings')}")
         baseline_sdxl(suite, worker, cfg, ours)
         nan_check_vae(suite, engine)
     finally:
@@ -557,25 +563,28 @@ def baseline_sdxl(suite: Suite, worker: InProcessWorker, cfg: dict, ours: dict) 
             from diffusers import AutoencoderKL
 
             original = pipe.vae
-            effect("fp16-fix VAE (no upcast)", lambda: setattr(pipe, "vae", AutoencoderKL.from_pretrained(
-                fix, dtype=dtype, local_files_only=True).to(worker.engine.device)), lambda: setattr(pipe, "vae", original))
+            fixed = AutoencoderKL.from_pretrained(fix, dtype=dtype, local_files_only=True).to(worker.engine.device)
+            effect("fp16-fix VAE (no upcast)", lambda: setattr(pipe, "vae", fixed),
+                   lambda: setattr(pipe, "vae", original))
         else:
             suite.note("sdxl: fp16-fix VAE: skipped: no fp16-fix VAE folder configured")
     else:
         suite.note("sdxl: VAE upcast vs fp16-fix VAE: skipped: CUDA only (fp32 on CPU)")
-    if suite.cuda and suite.fits("sdxl torch.compile (dynamic=False)", suite.cfg.get("extra", {}).get("sdxl_compile", 120)):
+    compile_estimate = suite.cfg.get("extra", {}).get("sdxl_compile", 120)
+    if suite.cuda and suite.fits("sdxl torch.compile (dynamic=False)", compile_estimate):
         original = pipe.unet
         compile_started = time.perf_counter()
         pipe.unet = torch.compile(original, dynamic=False)
         call(1, 2)  # compilation happens here
-        suite.add("sdxl", "torch.compile(unet, dynamic=False): compile + first call", time.perf_counter() - compile_started, "s")
+        suite.add("sdxl", "torch.compile(unet, dynamic=False): compile + first call",
+                  time.perf_counter() - compile_started, "s")
         seconds, _ = timed(call)
         suite.add("sdxl", "setting alone on the plain pipeline: torch.compile(dynamic=False)", seconds, "s/image",
                   baseline=plain, note="baseline column: the plain pipeline")
         pipe.unet = original
     elif not suite.cuda:
         suite.note("sdxl: torch.compile: skipped: CUDA only")
-    del pipe
+    pipe = None  # dropped before the device's cache is freed
     _free_device()
 
 
@@ -603,7 +612,6 @@ def nan_check_vae(suite: Suite, engine) -> None:
 # ---- wan -----------------------------------------------------------------------------------------------
 
 def part_wan(suite: Suite) -> None:
-    import torch
 
     cfg = suite.cfg["wan"]
     families = ("wan", "wan_vace") if suite.cfg["profile"] == "synthetic" else ("wan",)
@@ -623,8 +631,8 @@ def part_wan(suite: Suite) -> None:
         estimate = worker.engine.working_bytes(params)
         seconds, assets = timed(lambda: record_memory(suite, "wan", f"a {cfg['type']} job", estimate,
                                                       lambda: worker.run_engine(params)))
-        suite.add("wan", f"ours: {params['width']}x{params['height']} {params['frames']} frames {params['steps']} steps "
-                         f"({cfg['type']})", seconds, "s/video",
+        shape = f"{params['width']}x{params['height']} {params['frames']} frames {params['steps']} steps"
+        suite.add("wan", f"ours: {shape} ({cfg['type']})", seconds, "s/video",
                   note=f"text encoder on {assets[0].metadata.get('text_encoder_device')}, "
                        f"gpu settings {assets[0].metadata.get('gpu_settings')}")
         encode_mp4(suite, assets[0])
@@ -650,13 +658,13 @@ def encode_mp4(suite: Suite, asset) -> None:
 
 def umt5_cpu_vs_gpu(suite: Suite, loaded) -> None:
     """One 512-token umT5 encode where the engine keeps the encoder, then on the other device."""
-    import torch
 
     prompts = loaded.prompts
     target = str(loaded.pipe._execution_device)
     prompts.encode(PROMPT, target)
     seconds, _ = timed(prompts.encode, PROMPT, target)
-    suite.add("wan", f"umT5 encode, encoder on {prompts.device} ({str(prompts.dtype).replace('torch.', '')})", seconds, "s")
+    dtype = str(prompts.dtype).replace("torch.", "")
+    suite.add("wan", f"umT5 encode, encoder on {prompts.device} ({dtype})", seconds, "s")
     if not suite.cuda_only("wan", "umT5 encode on the other device"):
         return
     encoder = prompts.text_encoder
@@ -689,7 +697,7 @@ def baseline_wan(suite: Suite, worker: InProcessWorker, params: dict, ours_s: fl
                                     generator=torch.Generator().manual_seed(7), output_type="pil"))
     suite.add("wan", "plain diffusers WanPipeline, same job", seconds, "s/video", baseline=ours_s,
               note="baseline column: ours")
-    del pipe, vae
+    pipe = vae = None
     _free_device()
 
 
@@ -701,8 +709,8 @@ def reference_mode(suite: Suite, worker: InProcessWorker, config: dict, tmp: Pat
 
     from tests.support import StaticServer
 
-    image = Image.fromarray(np.tile(np.linspace(0, 255, config["width"], dtype=np.uint8), (config["height"], 1))[..., None]
-                            .repeat(3, 2))
+    ramp = np.tile(np.linspace(0, 255, config["width"], dtype=np.uint8), (config["height"], 1))
+    image = Image.fromarray(ramp[..., None].repeat(3, 2))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     server = StaticServer({"/first.png": (200, "image/png", buf.getvalue())})
@@ -711,8 +719,9 @@ def reference_mode(suite: Suite, worker: InProcessWorker, config: dict, tmp: Pat
                           metadata={"start_reference_url": f"{server.url}/first.png"})
         params = worker.params(body)
         suite.add("wan", "load wan_vace", worker.load("wan_vace"), "s")
-        seconds, _ = timed(lambda: record_memory(suite, "wan", "a reference-mode job", worker.engine.working_bytes(params),
-                                                 lambda: worker.run_engine(params)))
+        estimate = worker.engine.working_bytes(params)
+        seconds, _ = timed(record_memory, suite, "wan", "a reference-mode job", estimate,
+                           lambda: worker.run_engine(params))
         suite.add("wan", f"ours: reference mode {params['reference']['mode']} (VACE)", seconds, "s/video")
     finally:
         server.close()
@@ -761,7 +770,7 @@ def part_chat(suite: Suite) -> None:
             for t in threads:
                 t.join()
 
-        wall, _ = timed(lambda: record_memory(suite, "chat", f"{cfg['clients']} concurrent requests", estimate, clients))
+        wall, _ = timed(record_memory, suite, "chat", f"{cfg['clients']} concurrent requests", estimate, clients)
         if errors:
             raise errors[0]
         suite.add("chat", f"ours: {cfg['clients']} concurrent clients, aggregate", sum(results) / wall, "tok/s")
@@ -782,7 +791,8 @@ def baseline_chat(suite: Suite, worker: InProcessWorker, model: str, prompt: str
     dtype = torch.bfloat16 if suite.cuda else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(worker.engine.device).eval()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
     inputs = tokenizer(text, return_tensors="pt").to(worker.engine.device)
 
     def generate():
@@ -796,8 +806,8 @@ def baseline_chat(suite: Suite, worker: InProcessWorker, model: str, prompt: str
     suite.add("chat", "plain transformers generate: single stream", plain, "tok/s", baseline=single,
               note="baseline column: ours")
     seconds, _ = timed(lambda: [generate() for _ in range(cfg["clients"])])
-    suite.add("chat", f"plain generate: {cfg['clients']} clients one after another", cfg["clients"] * cfg["max_tokens"] / seconds,
-              "tok/s", baseline=aggregate, note="baseline column: ours")
+    suite.add("chat", f"plain generate: {cfg['clients']} clients one after another",
+              cfg["clients"] * cfg["max_tokens"] / seconds, "tok/s", baseline=aggregate, note="baseline column: ours")
     tokenizer.padding_side = "left"
     texts = [text] + [tokenizer.apply_chat_template([{"role": "user", "content": "hi " * (i + 1)}], tokenize=False,
                                                     add_generation_prompt=True) for i in range(cfg["clients"] - 1)]
@@ -805,7 +815,7 @@ def baseline_chat(suite: Suite, worker: InProcessWorker, model: str, prompt: str
     with torch.no_grad():
         logits = lm(**batch).logits
     suite.add("chat", f"padded batch of {len(texts)}: non-finite logits", int((~torch.isfinite(logits)).sum()))
-    del lm
+    lm = None
     _free_device()
 
 
@@ -879,8 +889,8 @@ def http_overhead(suite: Suite, process, env: dict) -> None:
 def environment(device: str, bootstrap_notes: list[str]) -> dict:
     import torch
 
-    env = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(), "torch": torch.__version__,
-           "device": device}
+    env = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
+           "torch": torch.__version__, "device": device}
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         env[name] = _installed(name) or "missing"
     if device == "cuda":
@@ -907,7 +917,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: benchmarks/results/gpu-suite-<scale>-<time>)")
     parser.add_argument("--budget-s", type=float, default=None, help="default: 480 (full), 120 (tiny)")
     parser.add_argument("--only", action="append", choices=sorted(PARTS), help="repeatable; default: all parts")
-    parser.add_argument("--wheels", type=Path, default=None, help="wheels to install for missing/other-version packages")
+    parser.add_argument("--wheels", type=Path, default=None,
+                        help="wheels to install for missing/other-version packages")
     parser.add_argument("--fetch-wheels", type=Path, default=None, help="download the wheels into this folder and exit")
     args = parser.parse_args(argv)
     if args.fetch_wheels:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -47,7 +46,8 @@ class LocalHub:
                 self.send_response(status)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)) if "Content-Length" not in (headers or {}) else headers["Content-Length"])
+                length = (headers or {}).get("Content-Length", str(len(body)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if not head:
                     self.wfile.write(body)
@@ -55,10 +55,10 @@ class LocalHub:
             def _json(self, data, status=200):
                 self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
-            def do_HEAD(self):  # noqa: N802
+            def do_HEAD(self):
                 self._route(head=True)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self._route(head=False)
 
             def _route(self, head):
@@ -162,7 +162,8 @@ def hub():
 def checkpoints(**overrides) -> dict:
     data = {
         "image": {"repo": "acme/image-model", "revision": COMMIT, "dir": "image",
-                  "include": ["model_index.json", "unet/*", "*.safetensors"], "settings": {"IMAGE_PATH": "model.safetensors"}},
+                  "include": ["model_index.json", "unet/*", "*.safetensors"],
+                  "settings": {"IMAGE_PATH": "model.safetensors"}},
         "chat": {"repo": "acme/chat-model", "revision": COMMIT, "dir": "chat", "include": ["*.json", "*.safetensors"],
                  "settings": {"CHAT_PATH": "."}},
         "later": {"repo": "acme/chat-model", "revision": None, "optional": True, "dir": "later", "include": ["*"]},
@@ -214,11 +215,12 @@ def test_download_resumes_an_interrupted_file_then_verifies_and_records(hub, tmp
     with open(tmp_path / "image" / "model.safetensors", "r+b") as fh:
         fh.seek(100)
         fh.write(b"\0\1\2")
+    damaged = hashlib.sha256((tmp_path / "image" / "model.safetensors").read_bytes()).hexdigest()
     assert download.verify(["image"], checkpoints(), tmp_path) == [
-        f"image: model.safetensors: sha256 {hashlib.sha256((tmp_path / 'image' / 'model.safetensors').read_bytes()).hexdigest()[:16]}..., "
-        f"expected {hashlib.sha256(WEIGHTS).hexdigest()[:16]}..."]
+        f"image: model.safetensors: sha256 {damaged[:16]}..., expected {hashlib.sha256(WEIGHTS).hexdigest()[:16]}..."]
     # a new download run finds the damage and fetches the file again
-    download.download(["image"], checkpoints(), tmp_path, hub.url, out=type("W", (), {"write": lambda self, s: lines.append(s)})())
+    sink = type("W", (), {"write": lambda self, s: lines.append(s)})()
+    download.download(["image"], checkpoints(), tmp_path, hub.url, out=sink)
     assert any("fetching it again" in line for line in lines)
     assert download.verify(["image"], checkpoints(), tmp_path) == []
 

@@ -93,7 +93,8 @@ def test_cuda_backend_flags_per_worker():
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:
         devices.apply_cuda_backend_settings({"tf32": True, "cudnn_benchmark": True})
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
@@ -261,8 +262,12 @@ def test_the_pod_gives_its_workers_the_device_by_uuid(monkeypatch):
 # ---- chat: working memory beyond the KV cache, a refused batch split ------------------------------------
 
 def test_chat_working_memory_counts_prefill_activations_and_the_attention_mask():
-    from workers.engines.chat.plan import (attention_mask_bytes, batch_working_bytes, kv_cache_bytes_per_token,
-                                           prefill_bytes_per_token)
+    from workers.engines.chat.plan import (
+        attention_mask_bytes,
+        batch_working_bytes,
+        kv_cache_bytes_per_token,
+        prefill_bytes_per_token,
+    )
     from workers.placeholders.synthetic import arch_config
 
     qwen = arch_config("qwen2.5-7b-instruct/config.json")

@@ -99,11 +99,13 @@ def test_the_synthetic_profile_points_the_workers_at_the_built_tree_with_product
     production = Settings(model_profile="production")
     sdxl = model_config("sdxl", settings)
     assert sdxl["path"] == str(tmp_path / "sdxl" / synthetic.SDXL_FILE)
-    assert sdxl["config_path"] == str(tmp_path / "sdxl") and sdxl["vae_fp16_fix_path"] == str(tmp_path / "sdxl-vae-fp16-fix")
+    assert sdxl["config_path"] == str(tmp_path / "sdxl")
+    assert sdxl["vae_fp16_fix_path"] == str(tmp_path / "sdxl-vae-fp16-fix")
     for name in ("sdxl", "wan_t2v", "wan_vace", "qwen_base", "qwen_instruct"):
         cfg = model_config(name, settings)
         assert cfg["memory_bytes"] == model_config(name, production)["memory_bytes"]
         assert cfg["limits"] == model_config(name, production)["limits"]
         assert cfg["path"] == str(synthetic.synthetic_paths(tmp_path)[name]["path"])
-        assert Path(cfg["path"]).relative_to(tmp_path).parts[0] in {d for ds in synthetic.FAMILY_DIRS.values() for d in ds}
+        folders = {d for ds in synthetic.FAMILY_DIRS.values() for d in ds}
+        assert Path(cfg["path"]).relative_to(tmp_path).parts[0] in folders
     assert preset_defaults("video_fast", settings) == preset_defaults("video_fast", production)

@@ -3,14 +3,15 @@
     python -m workers.download models --root /workspace/models            # plan, download, verify
     python -m workers.download models --root DIR --plan                    # list files, sizes, disk; fetch nothing
     python -m workers.download verify --root DIR                           # re-check sizes and hashes, offline
-    python -m workers.download pin wan_vace                                # record the current commit of an unpinned entry
+    python -m workers.download pin wan_vace                                # record a commit for an unpinned entry
 
 What is fetched is data (configuration/checkpoints.json): for each checkpoint a hub repository, a pinned
 commit, the file patterns the workers read and the folder under `--root` they go to. The plan is the hub's
 listing of that commit (sizes, sha256 of every LFS file, git blob id of the others); each file is fetched
 from the hub's resolve URL for that commit with huggingface_hub's `http_get` into `<file>.part`, which a
-later run continues with a Range request (an interrupted pod start loses nothing); then every file is checked against the listing (size, and sha256 or git
-blob sha1), a file that fails is fetched again once, and the result is written to
+later run continues with a Range request (an interrupted pod start loses nothing); then every file is
+checked against the listing (size, and sha256 or git blob sha1), a file that fails is fetched again
+once, and the result is written to
 `<folder>/ourvidz-download.json`, which `verify` re-checks without the network. Nothing is fetched at serve
 time: the workers load with `local_files_only=True`, and docs/DEPLOY.md sets HF_HUB_OFFLINE=1 for them.
 
@@ -221,7 +222,8 @@ def verify(names: list[str], checkpoints: dict[str, dict], root: Path) -> list[s
             problems.append(f"{name}: {folder / RECORD} is missing or unreadable (not downloaded?)")
             continue
         if record.get("revision") != entry.get("revision"):
-            problems.append(f"{name}: downloaded at {record.get('revision')}, configuration pins {entry.get('revision')}")
+            problems.append(f"{name}: downloaded at {record.get('revision')}, "
+                            f"configuration pins {entry.get('revision')}")
         for f in record["files"]:
             planned = PlannedFile(name, f["path"], f["bytes"], f["sha256"], f["git_blob"])
             if (why := check_file(folder, planned)):

@@ -38,7 +38,7 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from configuration import CONFIG_DIR, model_configs
@@ -92,25 +92,38 @@ def published_counts() -> dict[str, dict]:
 
 def _modules():
     """name -> (factory(), dtype name as shipped). Factories build the module under the caller's device context."""
-    from diffusers import (AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, WanTransformer3DModel,
-                           WanVACETransformer3DModel)
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, Qwen2Config,
-                              Qwen2ForCausalLM, UMT5Config, UMT5EncoderModel)
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLWan,
+        UNet2DConditionModel,
+        WanTransformer3DModel,
+        WanVACETransformer3DModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
 
+    a = _init_args
     return {
-        "sdxl_unet": (lambda: UNet2DConditionModel.from_config(_init_args("sdxl-base-1.0/unet/config.json")), "float16"),
-        "sdxl_vae": (lambda: AutoencoderKL.from_config(_init_args("sdxl-base-1.0/vae/config.json")), "float16"),
-        "sdxl_text_encoder": (lambda: CLIPTextModel(CLIPTextConfig(**_init_args("sdxl-base-1.0/text_encoder/config.json"))),
+        "sdxl_unet": (lambda: UNet2DConditionModel.from_config(a("sdxl-base-1.0/unet/config.json")), "float16"),
+        "sdxl_vae": (lambda: AutoencoderKL.from_config(a("sdxl-base-1.0/vae/config.json")), "float16"),
+        "sdxl_text_encoder": (lambda: CLIPTextModel(CLIPTextConfig(**a("sdxl-base-1.0/text_encoder/config.json"))),
                               "float16"),
         "sdxl_text_encoder_2": (lambda: CLIPTextModelWithProjection(
-            CLIPTextConfig(**_init_args("sdxl-base-1.0/text_encoder_2/config.json"))), "float16"),
-        "sdxl_vae_fp16_fix": (lambda: AutoencoderKL.from_config(_init_args("sdxl-vae-fp16-fix/config.json")), "float32"),
-        "wan_transformer": (lambda: WanTransformer3DModel.from_config(_init_args("wan2.1-t2v-1.3b/transformer/config.json")),
+            CLIPTextConfig(**a("sdxl-base-1.0/text_encoder_2/config.json"))), "float16"),
+        "sdxl_vae_fp16_fix": (lambda: AutoencoderKL.from_config(a("sdxl-vae-fp16-fix/config.json")), "float32"),
+        "wan_transformer": (lambda: WanTransformer3DModel.from_config(a("wan2.1-t2v-1.3b/transformer/config.json")),
                             "float32"),
         "wan_vace_transformer": (lambda: WanVACETransformer3DModel.from_config(
             _init_args("wan2.1-vace-1.3b/transformer/config.json")), "float32"),
         "wan_vae": (lambda: AutoencoderKLWan.from_config(_init_args("wan2.1-t2v-1.3b/vae/config.json")), "float32"),
-        "umt5_xxl_encoder": (lambda: UMT5EncoderModel(UMT5Config(**_init_args("wan2.1-t2v-1.3b/text_encoder/config.json"))),
+        "umt5_xxl_encoder": (lambda: UMT5EncoderModel(UMT5Config(**a("wan2.1-t2v-1.3b/text_encoder/config.json"))),
                              "float32"),
         "qwen2.5_7b": (lambda: Qwen2ForCausalLM(Qwen2Config(**_init_args("qwen2.5-7b/config.json"))), "bfloat16"),
     }
@@ -309,7 +322,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def build_wan_vace(root: Path, device: str) -> None:
     t2v, target = root / "wan2.1-t2v", root / "wan2.1-vace"
     if not (t2v / "text_encoder").is_dir():
-        raise RuntimeError("the wan_vace family shares the wan family's VAE, text encoder and tokenizer: build wan first")
+        raise RuntimeError("the wan_vace family shares the wan family's VAE, text encoder and tokenizer: "
+                           "build wan first")
     for sub in ("text_encoder", "tokenizer", "vae", "scheduler"):
         for path in (t2v / sub).rglob("*"):
             if path.is_file():
@@ -391,7 +405,7 @@ def build(root: str | os.PathLike, families=FAMILIES, device: str | None = None,
         manifest = read_manifest(root)
         manifest.setdefault("families", {})[family] = {
             "builder_version": BUILDER_VERSION, "versions": installed_versions(), "device": device,
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.monotonic() - started, 1), "bytes": sum(files.values()), "files": files}
         _write_json(root / MANIFEST, manifest)
         log.info("synthetic %s: %.1f GB in %.1f s", family, sum(files.values()) / GB, time.monotonic() - started)
@@ -419,12 +433,15 @@ def counts_report() -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.placeholders.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=None, help="default: $SYNTHETIC_MODELS_DIR or <repo>/.cache/synthetic-models")
+    parser = argparse.ArgumentParser(prog="python -m workers.placeholders.synthetic",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=None,
+                        help="default: $SYNTHETIC_MODELS_DIR or <repo>/.cache/synthetic-models")
     parser.add_argument("--family", action="append", choices=FAMILIES, help="repeatable; default: all")
     parser.add_argument("--device", default=None, help="where to initialise (default: cuda when available)")
     parser.add_argument("--force", action="store_true")
-    parser.add_argument("--counts", action="store_true", help="print parameter counts against the published ones and exit")
+    parser.add_argument("--counts", action="store_true",
+                        help="print parameter counts against the published ones and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.counts:
@@ -432,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
         return 0 if ok else 1
     manifest = build(args.root or default_root(), args.family or FAMILIES, args.device, args.force)
-    print(json.dumps({f: {"bytes": e["bytes"], "seconds": e["seconds"]} for f, e in manifest["families"].items()}, indent=2))
+    built = {f: {"bytes": e["bytes"], "seconds": e["seconds"]} for f, e in manifest["families"].items()}
+    print(json.dumps(built, indent=2))
     return 0
 
 
