@@ -178,6 +178,7 @@ class QueueIntake:
                 self._stop.wait(delay)
             except Exception:  # the intake thread must survive anything a sink or an entry does
                 log.exception("queue %s: unexpected intake error", self.keys.queue)
+                self._reconcile = True  # an entry taken but not handled is handled again
                 self._stop.wait(self.backoff_s)
 
     def _step(self) -> None:
@@ -248,7 +249,13 @@ class QueueIntake:
                              f"the job was delivered {deliveries} times and no worker finished it "
                              f"(each one stopped while holding it); not running it again")
         else:
-            self.sink.submit(job_id, payload)
+            try:
+                self.sink.submit(job_id, payload)
+            except Exception as exc:  # a defect in accepting one job must not strand its entry
+                log.exception("queue %s: job %s could not be accepted", self.keys.queue, job_id)
+                if self.sink.job_status(job_id) is None:
+                    self.sink.reject(job_id, payload, "internal_error",
+                                     f"the worker could not accept the job ({type(exc).__name__})")
 
     def _acknowledge_finished(self) -> None:
         with self._lock:
