@@ -111,26 +111,27 @@ def needed_from_wheels() -> dict[str, tuple[str | None, str]]:
             if name not in NOT_FROM_WHEELS and _installed(name) != version}
 
 
+def _wheel_name_version(path: Path) -> tuple[str, str]:
+    dist, version = path.name.split("-")[:2]
+    return dist.lower().replace("_", "-"), version
+
+
 def bootstrap(wheels: Path | None) -> list[str]:
-    """Install the wheels in `wheels` for requirements this interpreter lacks or has at another version,
-    into a private folder, and re-execute with it first on sys.path. Returns notes for the table."""
+    """Install the carried wheels this interpreter lacks or has at another version (the pinned requirements
+    and their dependencies) into a private folder, and re-execute with it first on sys.path. Returns notes
+    for the table."""
     if os.environ.get("OURVIDZ_GPU_SUITE_BOOTSTRAPPED"):
         return [f"{n}: {have or 'missing'} (pinned {want}; no wheel carried)"
                 for n, (have, want) in needed_from_wheels().items()]
     needed = needed_from_wheels()
-    if not needed:
-        return []
     if wheels is None:
         missing = [n for n, (have, _) in needed.items() if have is None and n not in TOO_LARGE_TO_CARRY]
         if missing:
             raise SystemExit(f"gpu_suite: missing packages {missing}: carry them as wheels (--wheels DIR; "
                              "make them with --fetch-wheels DIR where PyPI is reachable)")
         return [f"{n}: {have or 'missing'} (pinned {want})" for n, (have, want) in needed.items()]
-    files = []
-    for path in sorted(wheels.glob("*.whl")):
-        dist = path.name.split("-")[0].lower().replace("_", "-")
-        if dist in needed:
-            files.append(str(path))
+    files = [str(path) for path in sorted(wheels.glob("*.whl"))
+             if _installed(_wheel_name_version(path)[0]) != _wheel_name_version(path)[1]]
     if files:
         subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                                "--no-cache-dir", "--upgrade", "--target", str(SITE), *files])
@@ -140,10 +141,46 @@ def bootstrap(wheels: Path | None) -> list[str]:
     return []  # not reached
 
 
+# Python packages this workplace's GPU image ships (the device documentation's list, 2026-11): their
+# unpinned use as dependencies is not carried; a pinned requirement always is, at its pin.
+GPU_IMAGE_PACKAGES = set("""
+accelerate aiohttp annotated-doc anyio attrs certifi charset-normalizer click filelock fsspec h11 hf-xet httpcore
+httpx huggingface-hub idna jinja2 markdown-it-py markupsafe mdurl multidict numpy packaging pillow prometheus-client
+propcache psutil pygments pyyaml regex requests rich safetensors sentencepiece shellingham tokenizers tqdm typer
+typing-extensions urllib3 werkzeug yarl zipp""".split())
+
+
+def dependency_closure() -> dict[str, str]:
+    """The pinned requirements (torch and the too-large left out) and everything they need, at the versions
+    installed here (the pinned environment), from the distributions' own metadata."""
+    from packaging.requirements import Requirement
+
+    skip = NOT_FROM_WHEELS | TOO_LARGE_TO_CARRY | {"triton", "setuptools"}
+    found: dict[str, str] = {}
+    stack = list(pinned_requirements())
+    while stack:
+        name = stack.pop().lower().replace("_", "-")
+        if name in found or name in skip or name.startswith("nvidia-"):
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise SystemExit(f"gpu_suite: {name} is needed but not installed here; run --fetch-wheels from the "
+                             "project's bootstrapped environment") from None
+        found[name] = dist.version
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                stack.append(requirement.name)
+    return found
+
+
 def fetch_wheels(target: Path, python_version: str = "3.12") -> int:
-    """Download (here, where PyPI is reachable) the pinned wheels a GPU image may lack, for its Python."""
+    """Download (here, where PyPI is reachable) the wheels a GPU image without network needs: the pinned
+    requirements and the dependencies the image does not ship, for its Python, x86-64 Linux."""
     target.mkdir(parents=True, exist_ok=True)
-    wanted = [f"{n}=={v}" for n, v in pinned_requirements().items() if n not in NOT_FROM_WHEELS | TOO_LARGE_TO_CARRY]
+    pins = pinned_requirements()
+    wanted = [f"{n}=={v}" for n, v in sorted(dependency_closure().items()) if n in pins or n not in GPU_IMAGE_PACKAGES]
     platforms = [a for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
                  for a in ("--platform", p)]
     return subprocess.call([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
