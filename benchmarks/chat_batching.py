@@ -1,12 +1,21 @@
-"""Chat worker throughput with batching on and off, side by side, in one run.
+"""Chat worker: continuous batching vs static batching vs no batching, side by side, in one run.
 
-Starts the chat worker under gunicorn twice (CHAT_BATCH_SIZE=<batch> then CHAT_BATCH_SIZE=1), sends
-the same requests from N concurrent clients to each, and prints requests/s and tokens/s of both and
-their ratio. The requests carry fixed seeds, so both runs generate exactly the same tokens (which the
-script checks): the difference is scheduling only.
+Starts the chat worker under gunicorn three times (CHAT_BATCHING=continuous and static with
+CHAT_BATCH_SIZE=<batch>, then CHAT_BATCH_SIZE=1) and sends each the same seeded requests of mixed
+lengths from N concurrent clients, each client sending its next request when the previous one
+returned. Every client sends each length of --lengths --rounds times, in its own shuffled order, so
+no client's chain of requests is much longer than another's.
+
+Unbatched, every request runs alone (batch size 1): its texts are the baseline of the "texts that
+differ" count (a seeded request's text can change when it is batched: docs/CHAT.md). The short
+requests (the smallest max_tokens) are also sent once more one at a time with nothing else running:
+the baseline of the latency ratio.
+
+Prints tokens/s of each mode and its ratio to no batching, the median latency of the short requests
+against the same requests alone, and how many texts differ from their text alone.
 
     .venv/bin/python benchmarks/chat_batching.py                     # placeholder models
-    .venv/bin/python benchmarks/chat_batching.py --clients 8 --requests-per-client 8 --max-tokens 64
+    .venv/bin/python benchmarks/chat_batching.py --clients 8 --requests-per-client 6 --lengths 16,32,64,128,256
 
 Model profile and paths come from the environment as for the pod (MODEL_PROFILE, QWEN_*_MODEL_PATH).
 """
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -29,68 +39,106 @@ sys.path.insert(0, str(REPO))
 from tests.support import WorkerProcess  # noqa: E402
 
 
-def _bodies(args) -> list[dict]:
-    return [{"model": args.model, "messages": [{"role": "user", "content": f"Describe scene number {i} in detail."}],
-             "max_tokens": args.max_tokens, "temperature": 0.8, "top_p": 0.95, "seed": 1000 + i}
-            for i in range(args.clients * args.requests_per_client)]
+def _bodies(args) -> list[list[dict]]:
+    """Per client, its requests in order: every length `rounds` times, shuffled, fixed seeds."""
+    lengths = [int(n) for n in args.lengths.split(",")] * args.rounds
+    rng = random.Random(7)
+    clients = []
+    for c in range(args.clients):
+        order = rng.sample(lengths, len(lengths))
+        clients.append([{"model": args.model, "max_tokens": n, "temperature": 0.8, "top_p": 0.95,
+                         "seed": 1000 + c * 100 + i,
+                         "messages": [{"role": "user", "content": f"Describe scene {c}-{i} in detail." * (1 + i % 3)}]}
+                        for i, n in enumerate(order)])
+    return clients
 
 
-def _measure(url: str, bodies: list[dict], clients: int) -> dict:
-    session = requests.Session()
-    session.post(url + "/chat", json={**bodies[0], "seed": 1}, timeout=600).raise_for_status()  # loads the model
+def _post(session: requests.Session, url: str, body: dict) -> tuple[dict, float]:
+    started = time.perf_counter()
+    reply = session.post(url + "/chat", json=body, timeout=900)
+    reply.raise_for_status()
+    return reply.json(), time.perf_counter() - started
 
-    def one(body):
-        started = time.perf_counter()
-        reply = requests.post(url + "/chat", json=body, timeout=600)
-        reply.raise_for_status()
-        return reply.json(), time.perf_counter() - started
+
+def _concurrent(url: str, clients: list[list[dict]]) -> dict:
+    def client(bodies: list[dict]) -> list[tuple[dict, dict, float]]:
+        session = requests.Session()
+        return [(body, *_post(session, url, body)) for body in bodies]
 
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one, bodies))
-    elapsed = time.perf_counter() - started
-    replies = [r for r, _ in results]
-    latencies = sorted(t for _, t in results)
-    tokens = sum(r["tokens_generated"] for r in replies)
-    return {"seconds": elapsed, "requests": len(replies), "tokens": tokens,
-            "rps": len(replies) / elapsed, "tps": tokens / elapsed,
-            "mean_batch": statistics.mean(r["model_info"]["batch_size"] for r in replies),
-            "p50": latencies[len(latencies) // 2], "p95": latencies[int(len(latencies) * 0.95) - 1],
-            "texts": [r["response"] for r in replies], "device": replies[0]["model_info"]["device"]}
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        results = [r for rs in pool.map(client, clients) for r in rs]
+    return _summary(results, time.perf_counter() - started)
+
+
+def _alone(url: str, bodies: list[dict]) -> dict:
+    session = requests.Session()
+    started = time.perf_counter()
+    results = [(body, *_post(session, url, body)) for body in bodies]
+    return _summary(results, time.perf_counter() - started)
+
+
+def _summary(results: list[tuple[dict, dict, float]], elapsed: float) -> dict:
+    tokens = sum(reply["tokens_generated"] for _, reply, _ in results)
+    return {"seconds": elapsed, "requests": len(results), "tokens": tokens, "tps": tokens / elapsed,
+            "mean_batch": statistics.mean(reply["model_info"]["batch_size"] for _, reply, _ in results),
+            "texts": {body["seed"]: reply["response"] for body, reply, _ in results},
+            "latency": {body["seed"]: t for body, _, t in results},
+            "max_tokens": {body["seed"]: body["max_tokens"] for body, _, _ in results},
+            "device": results[0][1]["model_info"]["device"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests-per-client", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--lengths", default="16,32,64,128,256", help="max_tokens of the requests")
+    parser.add_argument("--rounds", type=int, default=2, help="how often each client sends each length")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--window-ms", type=int, default=10)
     parser.add_argument("--model", default="qwen_instruct", choices=["qwen_instruct", "qwen_base"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP_NUM_THREADS of the worker (CPU): on a machine shared with other work, more than one "
+                             "intra-op thread makes every small matrix product wait for a descheduled thread")
     args = parser.parse_args()
 
-    bodies = _bodies(args)
-    runs = {}
+    clients = _bodies(args)
+    warmup = {**clients[0][0], "seed": 1, "max_tokens": 4}
+    runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, batch in (("batching on", args.batch_size), ("batching off", 1)):
+        for label, mode, batch in (("continuous", "continuous", args.batch_size), ("static", "static", args.batch_size),
+                                   ("unbatched", "continuous", 1)):
             env = {**os.environ, "PYTHONPATH": str(REPO), "BIND_HOST": "127.0.0.1", "WORKER_API_KEY": "",
-                   "OUTPUT_DIR": str(Path(tmp) / "outputs"), "CHAT_BATCH_SIZE": str(batch),
+                   "OUTPUT_DIR": str(Path(tmp) / "outputs"), "CHAT_BATCH_SIZE": str(batch), "CHAT_BATCHING": mode,
                    "CHAT_BATCH_WINDOW_MS": str(args.window_ms), "GUNICORN_THREADS": str(max(16, args.clients * 2)),
-                   "LOG_LEVEL": "WARNING"}
+                   "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": str(args.threads)}
             with WorkerProcess("chat", env) as worker:
-                runs[label] = _measure(worker.url, bodies, args.clients)
+                _post(requests.Session(), worker.url, warmup)  # loads the model
+                runs[label] = _concurrent(worker.url, clients)
                 runs[label]["batch_size"] = batch
+                if label == "unbatched":
+                    shortest = min(int(n) for n in args.lengths.split(","))
+                    runs["alone"] = _alone(worker.url, [b for bodies in clients for b in bodies
+                                                        if b["max_tokens"] == shortest])
 
-    on, off = runs["batching on"], runs["batching off"]
-    print(f"chat worker, {args.model}, device {on['device']}: {args.clients} concurrent clients x "
-          f"{args.requests_per_client} requests, max_tokens {args.max_tokens}, window {args.window_ms} ms")
-    print(f"{'mode':<14}{'CHAT_BATCH_SIZE':>16}{'requests':>10}{'tokens':>8}{'seconds':>9}{'req/s':>8}"
-          f"{'tok/s':>9}{'mean batch':>12}{'p50 s':>8}{'p95 s':>8}")
-    for label, r in runs.items():
-        print(f"{label:<14}{r['batch_size']:>16}{r['requests']:>10}{r['tokens']:>8}{r['seconds']:>9.2f}"
-              f"{r['rps']:>8.2f}{r['tps']:>9.1f}{r['mean_batch']:>12.2f}{r['p50']:>8.2f}{r['p95']:>8.2f}")
-    print(f"on/off: requests/s x{on['rps'] / off['rps']:.2f}, tokens/s x{on['tps'] / off['tps']:.2f}; "
-          f"identical texts in both runs: {'yes' if on['texts'] == off['texts'] else 'NO'}")
+    alone, unbatched = runs["alone"], runs["unbatched"]
+    short = list(alone["latency"])
+    shortest = min(int(n) for n in args.lengths.split(","))
+    alone_short = statistics.median(alone["latency"].values())
+    total = len(unbatched["texts"])
+    print(f"chat worker, {args.model}, device {alone['device']}: {args.clients} concurrent clients x "
+          f"{total // args.clients} requests (max_tokens {args.lengths}, each {args.rounds}x per client), "
+          f"window {args.window_ms} ms, OMP_NUM_THREADS {args.threads}")
+    print(f"{'mode':<12}{'batch':>6}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x unbatched':>13}{'mean batch':>12}"
+          f"{f'short p50 s (max_tokens {shortest})':>32}{'x alone':>9}{'texts differing from alone':>28}")
+    for label in ("continuous", "static", "unbatched", "alone"):
+        r = runs[label]
+        p50 = statistics.median(r["latency"][s] for s in short)
+        differ = sum(r["texts"][seed] != unbatched["texts"][seed] for seed in r["texts"])
+        print(f"{label:<12}{r.get('batch_size', 1):>6}{r['tokens']:>8}{r['seconds']:>9.2f}{r['tps']:>9.1f}"
+              f"{r['tps'] / unbatched['tps']:>13.2f}{r['mean_batch']:>12.2f}{p50:>32.3f}{p50 / alone_short:>9.2f}"
+              f"{str(differ) + ' of ' + str(len(r['texts'])):>28}")
+    print("unbatched: every request alone in its batch (the texts' baseline); alone: the short requests one at a "
+          "time with nothing else running (the latency baseline).")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ from workers import devices
 from workers.engines.base import Engine
 from workers.engines.chat.batcher import Batcher
 from workers.engines.chat.generation import Generation
-from workers.engines.chat.plan import (batch_working_bytes, gpu_plan, kv_cache_bytes_per_token,
-                                       prefill_bytes_per_token)
+from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_bytes_per_token, prefill_bytes_per_token
 from workers.engines.chat.prompts import prompt_text
 from workers.engines.chat.running import RunningBatch
 

@@ -32,27 +32,33 @@ def penalise(scores: torch.Tensor, seen: torch.Tensor, repetition: torch.Tensor 
 
 
 def sample_rows(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                uniforms: torch.Tensor) -> torch.Tensor:
+                uniforms: torch.Tensor, *, any_greedy: bool = True, all_greedy: bool = False, any_top_k: bool = True,
+                any_top_p: bool = True) -> torch.Tensor:
     """One token per row from (B, V) float logits (penalties applied). Each row uses only its own values:
     temperature (0: argmax), top-k (0: off), top-p, and its uniform number u in [0, 1) for inverse-CDF
-    sampling over the kept tokens sorted by probability."""
+    sampling over the kept tokens sorted by probability. The keyword flags say what no row uses (work
+    skipped for the whole batch; every row's token is the same either way)."""
     batch, vocab = scores.shape
-    greedy = scores.argmax(dim=-1)
+    greedy = scores.argmax(dim=-1) if any_greedy or all_greedy else None
+    if all_greedy and greedy is not None:
+        return greedy
     logits = scores / temperature.clamp(min=1e-5)[:, None]
     sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
-    ranks = torch.arange(vocab, device=scores.device)[None, :]
-    k = torch.where(top_k > 0, top_k, vocab)[:, None]
-    sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
+    if any_top_k:
+        ranks = torch.arange(vocab, device=scores.device)[None, :]
+        k = torch.where(top_k > 0, top_k, vocab)[:, None]
+        sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs
-    probs = probs.masked_fill((before >= top_p[:, None]) & (top_p[:, None] < 1.0), 0.0)
+    if any_top_p:
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill((before >= top_p[:, None]) & (top_p[:, None] < 1.0), 0.0)
     cumulative = probs.cumsum(dim=-1)
     target = uniforms.to(cumulative.dtype)[:, None] * cumulative[:, -1:]
     position = torch.searchsorted(cumulative, target, right=True)
     last_kept = (probs > 0).sum(dim=-1, keepdim=True) - 1  # kept tokens are a prefix of the sorted order
     position = torch.minimum(position, last_kept.clamp(min=0))
     sampled = order.gather(1, position).squeeze(1)
-    return torch.where(temperature == 0, greedy, sampled)
+    return sampled if greedy is None else torch.where(temperature == 0, greedy, sampled)
 
 
 class BatchSampling:
@@ -62,6 +68,7 @@ class BatchSampling:
         self.vocab, self.device = vocab, device
         self.generators: list[torch.Generator] = []
         self.sampled: list[bool] = []
+        self.values: list[tuple[float, int, float, float, float, float]] = []  # python copies, for the flags
         empty = torch.zeros(0, device=device)
         self.temperature = self.top_p = self.repetition = self.frequency = self.presence = empty
         self.top_k = torch.zeros(0, dtype=torch.long, device=device)
@@ -81,6 +88,8 @@ class BatchSampling:
             seen[i, torch.tensor(ids, dtype=torch.long, device=self.device)] = True
         self.generators += [torch.Generator(device="cpu").manual_seed(int(p["seed"])) for p in params]
         self.sampled += [p["temperature"] > 0 for p in params]
+        self.values += [(p["temperature"], p["top_k"], p["top_p"], p["repetition_penalty"], p["frequency_penalty"],
+                         p["presence_penalty"]) for p in params]
         self.temperature = torch.cat([self.temperature, column("temperature")])
         self.top_p = torch.cat([self.top_p, column("top_p")])
         self.top_k = torch.cat([self.top_k, column("top_k", torch.long)])
@@ -95,27 +104,28 @@ class BatchSampling:
         index = torch.tensor(indices, dtype=torch.long, device=self.device)
         self.generators = [self.generators[i] for i in indices]
         self.sampled = [self.sampled[i] for i in indices]
+        self.values = [self.values[i] for i in indices]
         for name in ("temperature", "top_p", "top_k", "repetition", "frequency", "presence", "seen", "counts"):
             setattr(self, name, getattr(self, name).index_select(0, index))
 
     def next_tokens(self, logits: torch.Tensor, start: int = 0) -> list[int]:
         """The next token of rows start.. from their (B - start, V) logits; the tokens join their histories."""
         rows = slice(start, len(self))
-        generators, sampled = self.generators[rows], self.sampled[rows]
+        values = self.values[rows]
+        temperature, top_k, top_p, repetition, frequency, presence = (list(c) for c in zip(*values, strict=True))
         # One draw per sampled row per step, from the row's own generator, whatever the batch holds.
         uniforms = torch.tensor([float(torch.rand((), generator=g, dtype=torch.float64)) if s else 0.0
-                                 for g, s in zip(generators, sampled, strict=True)], dtype=torch.float64)
+                                 for g, s in zip(self.generators[rows], self.sampled[rows], strict=True)],
+                                dtype=torch.float64)
         seen, counts = self.seen[rows], self.counts[rows]
-        scores = penalise(logits.float(), seen, self._unless_all(self.repetition[rows], 1.0), counts,
-                          self._unless_all(self.frequency[rows], 0.0), self._unless_all(self.presence[rows], 0.0))
-        tokens = sample_rows(scores, self.temperature[rows], self.top_k[rows], self.top_p[rows],
-                             uniforms.to(scores.device))
+        penalised = penalise(logits.float(), seen, self.repetition[rows] if any(v != 1.0 for v in repetition) else None,
+                             counts, self.frequency[rows] if any(v != 0.0 for v in frequency) else None,
+                             self.presence[rows] if any(v != 0.0 for v in presence) else None)
+        tokens = sample_rows(penalised, self.temperature[rows], self.top_k[rows], self.top_p[rows],
+                             uniforms.to(self.device), any_greedy=any(t == 0 for t in temperature),
+                             all_greedy=all(t == 0 for t in temperature), any_top_k=any(k > 0 for k in top_k),
+                             any_top_p=any(p < 1.0 for p in top_p))
         index = torch.arange(len(tokens), device=self.device)
         seen[index, tokens] = True      # views: the batch's own tensors are updated
         counts[index, tokens] += 1
         return tokens.tolist()
-
-    @staticmethod
-    def _unless_all(values: torch.Tensor, neutral: float) -> torch.Tensor | None:
-        """None when every row has the neutral value (the penalty is skipped for the whole batch)."""
-        return None if bool((values == neutral).all()) else values
