@@ -97,6 +97,7 @@ class Row:
         self.started = started
         self.batch_size = 1
         self.tokens = 0
+        self.first_token_at: float | None = None
         self.text = ""
         self.emitted = 0
         self.done = False
@@ -104,6 +105,8 @@ class Row:
 
     def step(self, token: int, now: float) -> None:
         self.tokens += 1
+        if self.first_token_at is None:
+            self.first_token_at = now
         if token in self.eos:
             self.finish("stop", now)
             return
@@ -151,4 +154,5 @@ class Row:
         g.finish(GenerationResult(
             text=self.text, finish_reason=reason, prompt_tokens=len(self.prompt_ids), completion_tokens=self.tokens,
             queue_time=self.started - g.submitted, generation_time=now - self.started, batch_size=self.batch_size,
-            special_tokens=tuple(self.special_tokens)))
+            special_tokens=tuple(self.special_tokens),
+            first_token_time=None if self.first_token_at is None else self.first_token_at - g.submitted))
