@@ -3,14 +3,21 @@
 Every accepted job is written to the journal (one JSON file per job under STATE_DIR) before the
 caller hears 202, so a process that dies cannot lose it silently: on the next start, jobs the journal
 shows as unfinished are marked failed with a reason and their callbacks sent. A finished job's one
-terminal callback goes through `send_terminal_callback`, which keeps its delivery state in the journal.
+terminal callback goes through `send_terminal_callback`, which keeps its delivery state in the journal:
+the journal is the callback outbox (attempts, last error, next attempt; a restart resumes them).
+
+One live process per journal: a process holds an exclusive lock on the journal's directory for its whole
+life, and a second one (a restart while the old process still drains its jobs) waits for it before it
+reads anything. Finished jobs older than JOB_RETENTION_DAYS leave memory and the journal (`sweep`).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import strict_json
 from common.callbacks import CallbackSender
-from common.http import now_iso
+from common.http import iso_time, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +141,63 @@ def app_fields(record: JobRecord) -> dict:
     return fields
 
 
-class JobJournal:
-    """One JSON file per job, replaced atomically on every state change."""
+LOCK_FILE = ".lock"
+LOCK_WAIT_LOG_S = 10.0
+_HELD_LOCKS: dict[str, int] = {}          # journal directory -> lock fd held by this process
+_HELD_LOCKS_GUARD = threading.Lock()
 
-    def __init__(self, directory: Path):
+
+def _lock_directory(directory: Path) -> None:
+    """Hold `directory`'s journal lock for the life of this process; wait (logging who holds it) while
+    another live process does. Within one process the lock is taken once (tests reopen journals)."""
+    key = str(directory.resolve())
+    with _HELD_LOCKS_GUARD:
+        if key in _HELD_LOCKS:
+            return
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited % LOCK_WAIT_LOG_S == 0:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    log.warning("journal %s is in use by process %s (still finishing its jobs); waiting for it",
+                                directory, holder)
+                time.sleep(0.5)
+                waited += 0.5
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD_LOCKS[key] = fd
+
+
+class JobJournal:
+    """One JSON file per job, replaced atomically on every state change; one live process per journal."""
+
+    def __init__(self, directory: Path, retention_days: float = 0.0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.retention_days = retention_days
+        _lock_directory(self.directory)
 
     def write(self, record: JobRecord) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record.to_json(), fh)
+            fh.write(strict_json.dumps(record.to_json()))  # never a bare NaN: the record is read back as JSON
         os.replace(tmp, self.directory / f"{record.job_id}.json")
+
+    def delete(self, job_id: str) -> None:
+        (self.directory / f"{job_id}.json").unlink(missing_ok=True)
+
+    def expired(self, record: JobRecord, now: float | None = None) -> bool:
+        """A finished job past the retention period whose callback is not still to be delivered."""
+        if not self.retention_days or record.status not in TERMINAL or not record.finished_at:
+            return False
+        if record.callback.get("status") == "pending":
+            return False
+        cutoff = iso_time((time.time() if now is None else now) - self.retention_days * 86400)
+        return record.finished_at < cutoff
 
     def load_all(self) -> list[JobRecord]:
         records = []
@@ -158,21 +211,70 @@ class JobJournal:
 
 def send_terminal_callback(record: JobRecord, callbacks: CallbackSender, journal: JobJournal,
                            lock: AbstractContextManager[Any]) -> None:
-    """Queue a finished job's one callback and keep its delivery state in the journal
-    (workers and the orchestrator both end jobs through this)."""
+    """Queue a finished job's one callback and keep its delivery state in the journal (workers and the
+    orchestrator both end jobs through this). A record whose callback is already `pending` (a restart)
+    resumes it: the attempts so far and the start of its retry horizon come from the journal."""
     if not record.send_callback or not callbacks.enabled:
         record.callback = {"status": "disabled", "attempts": 0}
         journal.write(record)
         return
-    record.callback = {"status": "pending", "attempts": 0}
+    previous = record.callback if record.callback.get("status") == "pending" else {}
+    attempts = int(previous.get("attempts", 0))
+    since = previous.get("since") or now_iso()
+    record.callback = {**previous, "status": "pending", "attempts": attempts, "since": since}
     journal.write(record)
 
-    def done(delivered: bool, attempts: int) -> None:
+    def attempted(count: int, error: str, retry_in_s: float) -> None:
         with lock:
-            record.callback = {"status": "delivered" if delivered else "failed", "attempts": attempts}
+            record.callback = {"status": "pending", "attempts": count, "since": since, "last_error": error,
+                               "next_attempt_at": iso_time(time.time() + retry_in_s)}
             journal.write(record)
 
-    callbacks.send(callback_payload(record), on_result=done)
+    def done(delivered: bool, count: int) -> None:
+        with lock:
+            record.callback = {"status": "delivered" if delivered else "failed", "attempts": count, "since": since,
+                               **({} if delivered else {"last_error": record.callback.get("last_error")})}
+            journal.write(record)
+
+    callbacks.send(callback_payload(record), on_result=done, attempts=attempts,
+                   since=_epoch(since), on_attempt=attempted)
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def sweep(jobs: dict[str, Any], record_of: Callable[[Any], JobRecord], journal: JobJournal,
+          lock: AbstractContextManager[Any]) -> list[str]:
+    """Forget every finished job of `jobs` (id -> entry) past the journal's retention: out of memory and
+    off the disk. Returns their ids."""
+    with lock:
+        gone = [job_id for job_id, entry in jobs.items() if journal.expired(record_of(entry))]
+        for job_id in gone:
+            del jobs[job_id]
+            journal.delete(job_id)
+    if gone:
+        log.info("retention: %d finished job(s) older than %g days removed", len(gone), journal.retention_days)
+    return gone
+
+
+def start_sweeper(name: str, run: Callable[[], Any], interval_s: float = 3600.0) -> threading.Thread:
+    """A daemon thread running `run` (a sweep) every `interval_s`."""
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                run()
+            except Exception:  # the sweep must never stop for good
+                log.exception("retention sweep failed")
+
+    thread = threading.Thread(target=loop, name=f"{name}-retention", daemon=True)
+    thread.start()
+    return thread
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> bool:

@@ -85,8 +85,11 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "QUEUE_REAP_INTERVAL_S": ("queue_reap_interval_s", _float, "How often a consumer looks for consumers without a heartbeat."),
     "QUEUE_BLOCK_S": ("queue_block_s", _float, "How long one BLMOVE waits for an entry."),
     "QUEUE_MAX_DELIVERIES": ("queue_max_deliveries", _int, "Takes of one queued job (its takers died) before it is failed instead of run again."),
-    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, "Delivery attempts per callback."),
-    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, "First retry delay; doubles per attempt (capped at 60 s)."),
+    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, "Cap on delivery attempts per callback; 0: none, CALLBACK_RETRY_HORIZON_S decides."),
+    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, "First retry delay; doubles per attempt up to CALLBACK_BACKOFF_MAX_S."),
+    "CALLBACK_BACKOFF_MAX_S": ("callback_backoff_max_s", _float, "Longest delay between two attempts of one callback."),
+    "CALLBACK_RETRY_HORIZON_S": ("callback_retry_horizon_s", _float, "How long a callback is retried after the job ended (across restarts: the journal keeps it) before it is given up."),
+    "JOB_RETENTION_DAYS": ("job_retention_days", _float, "Finished jobs older than this are removed from memory and the journal (0: kept forever)."),
     "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, "Timeout of one callback POST."),
     "MAX_BODY_MB": ("max_body_mb", _float, "Request body cap; larger bodies get 413."),
     "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, "Allow reference URLs on loopback/private/link-local addresses (tests only)."),
@@ -97,6 +100,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "VRAM_BUDGET_MB": ("vram_budget_mb", _int, "Memory budget on a machine without a GPU (0: 48 GB nominal)."),
     "VRAM_RESERVE_MB": ("vram_reserve_mb", _int, "Memory kept free for activations."),
     "LEASE_TIMEOUT_S": ("lease_timeout_s", _float, "How long a lease request waits for busy workers."),
+    "LEASE_LOAD_TIMEOUT_S": ("lease_load_timeout_s", _float, "A lease granted for a load that has not finished after this long is dropped."),
+    "BROKER_TOKEN": ("broker_token", str, "Set by the orchestrator for its workers: their credential on its internal memory-broker port (never the public key)."),
     "SHUTDOWN_GRACE_S": ("shutdown_grace_s", _float, "How long running jobs may finish after SIGTERM."),
     "WORKER_READY_TIMEOUT_S": ("worker_ready_timeout_s", _float, "How long the orchestrator waits for a worker's /ready."),
     "RESTART_LIMIT": ("restart_limit", _int, "Restarts of a dying worker before it is marked failed."),
@@ -158,8 +163,11 @@ class Settings:
     queue_reap_interval_s: float = 15.0
     queue_block_s: float = 1.0
     queue_max_deliveries: int = 3
-    callback_max_attempts: int = 6
+    callback_max_attempts: int = 0
     callback_backoff_s: float = 1.0
+    callback_backoff_max_s: float = 60.0
+    callback_retry_horizon_s: float = 86400.0
+    job_retention_days: float = 14.0
     callback_timeout_s: float = 10.0
     max_body_mb: float = 10.0
     fetch_allow_private: bool = False
@@ -170,6 +178,8 @@ class Settings:
     vram_budget_mb: int = 0
     vram_reserve_mb: int = 2048
     lease_timeout_s: float = 120.0
+    lease_load_timeout_s: float = 1800.0
+    broker_token: str = field(default="", repr=False)
     shutdown_grace_s: float = 60.0
     worker_ready_timeout_s: float = 300.0
     restart_limit: int = 5
@@ -229,6 +239,11 @@ class Settings:
             raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:
             raise SettingsError(f"SAFETY_THRESHOLD must be between 0 and 1, got {self.safety_threshold}")
+        if not 0 < self.callback_backoff_s <= self.callback_backoff_max_s or self.callback_retry_horizon_s <= 0:
+            raise SettingsError("CALLBACK_BACKOFF_S must be > 0 and <= CALLBACK_BACKOFF_MAX_S, "
+                                "CALLBACK_RETRY_HORIZON_S > 0")
+        if self.job_retention_days < 0 or self.lease_load_timeout_s <= 0:
+            raise SettingsError("JOB_RETENTION_DAYS must be >= 0 and LEASE_LOAD_TIMEOUT_S > 0")
         if self.api_key != self.api_key.strip():
             # A key of spaces would pass "is set" and match a bearer header of spaces; surrounding
             # whitespace can never be sent in a header (it is trimmed), so such a key is a mistake.

@@ -2,7 +2,8 @@
 
 Public: `POST /jobs`, `GET /jobs/<id>`, `POST /jobs/<id>/cancel`, `GET /workers`, `GET /memory/status`,
 `POST /memory/load|unload` (a worker's models, through the broker), `GET /health`, `GET /ready`,
-`GET /openapi.json`. Internal (the workers' memory client, workers/runtime/broker_client.py): `POST /broker/*`.
+`GET /openapi.json`. The memory broker (`POST /broker/*`) is not here: orchestrator/broker_api.py serves it
+on a loopback port of its own, to the pod's workers only.
 Errors, auth and body parsing are common/ (the same as the workers'); ROUTES below is what
 `/openapi.json` describes.
 """
@@ -14,7 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 
 from common import auth, errors
 from common.body import install_body_cap, json_body, query_float
-from common.errors import ApiError, Unavailable
+from common.errors import Unavailable
 from common.job_routes import add_job_routes, submission_response
 from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
@@ -103,39 +104,6 @@ def openapi():
     return jsonify(openapi_document("orchestrator", pod().settings, ROUTES))
 
 
-# ---- the memory broker (called by the workers' BrokerMemory) -------------------------------------------
-
-def _broker_body(action: str) -> dict:
-    body = json_body()
-    validate_request(f"orchestrator.broker_{action}", body, pod().settings)
-    if body["worker"] not in pod().supervisors:
-        raise ApiError(400, errors.VALIDATION_ERROR, f"unknown worker {body['worker']!r}",
-                       [{"path": "/worker", "message": f"must be one of {sorted(pod().supervisors)}"}])
-    return body
-
-
-@bp.post("/broker/<action>")
-def broker(action: str):
-    broker = pod().broker
-    timeout_s = pod().settings.lease_timeout_s
-    handlers = {
-        "hello": lambda b: broker.hello(b["worker"], b["pid"]),
-        "acquire": lambda b: broker.acquire(b["worker"], b["model"], b["estimate_bytes"], b.get("working_bytes", 0), timeout_s),
-        "admit": lambda b: broker.admit(b["worker"], b["need_bytes"]),
-        "loaded": lambda b: broker.loaded(b["worker"], b["model"], b["resident_bytes"]),
-        "release": lambda b: broker.release(b["worker"], b["model"]),
-        "job_started": lambda b: broker.job_started(b["worker"], b.get("working_bytes", 0), timeout_s),
-        "working": lambda b: broker.grow_working(b["worker"], b["working_bytes"], timeout_s),
-        "job_finished": lambda b: broker.job_finished(b["worker"]),
-        "touch": lambda b: broker.touch(b["worker"], b["models"]),
-        "turn": lambda b: broker.wait_turn(b["worker"], timeout_s),
-    }
-    if action not in handlers:
-        raise ApiError(404, errors.NOT_FOUND, f"no broker action {action!r}")
-    handlers[action](_broker_body(action))  # MemoryUnavailable: 409 with the numbers (common/errors.py)
-    return jsonify({"ok": True})
-
-
 def create_app(the_pod) -> Flask:
     app = Flask("ourvidz-orchestrator")
     app.json.sort_keys = False
@@ -160,17 +128,4 @@ ROUTES: RouteTable = {
     "/memory/load": {"post": ("Load a worker's models (through the broker).", "orchestrator.memory_action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a worker's models; 409 while they run a job.", "orchestrator.memory_action", (400, 401, 409, 503))},
     "/openapi.json": {"get": ("This document.", None, (401,))},
-    "/broker/hello": {"post": ("Broker (workers): a worker process started.", "orchestrator.broker_hello", (400, 401))},
-    "/broker/acquire": {"post": ("Broker (workers): lease memory for a model; waits for busy workers, 409 with numbers when it cannot fit.",
-                                 "orchestrator.broker_acquire", (400, 401, 409))},
-    "/broker/admit": {"post": ("Broker (workers): 409 when a job could never fit.", "orchestrator.broker_admit", (400, 401, 409))},
-    "/broker/loaded": {"post": ("Broker (workers): a model's measured size.", "orchestrator.broker_loaded", (400, 401))},
-    "/broker/release": {"post": ("Broker (workers): a model was unloaded.", "orchestrator.broker_release", (400, 401))},
-    "/broker/job_started": {"post": ("Broker (workers): a job starts; leases its working memory.", "orchestrator.broker_job_started", (400, 401, 409))},
-    "/broker/working": {"post": ("Broker (workers): a running job needs more working memory (the lease grows).",
-                                 "orchestrator.broker_working", (400, 401, 409))},
-    "/broker/job_finished": {"post": ("Broker (workers): a job ended.", "orchestrator.broker_job_finished", (400, 401))},
-    "/broker/turn": {"post": ("Broker (workers): a job is about to start; answered once no older request needs this worker's memory.",
-                              "orchestrator.broker_turn", (400, 401))},
-    "/broker/touch": {"post": ("Broker (workers): models were used (LRU).", "orchestrator.broker_touch", (400, 401))},
 }

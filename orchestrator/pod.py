@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 
 import requests
@@ -16,6 +17,7 @@ from common.http import bearer_session, error_of, iso_time, local_url, refusal
 from common.jobs import JobJournal
 from configuration import ConfigurationError, worker_config, worker_configs
 from configuration.settings import Settings
+from orchestrator.broker_api import broker_socket
 from orchestrator.broker_service import MemoryBroker
 from orchestrator.device_memory import DeviceMemory
 from orchestrator.registration import Registrar
@@ -41,7 +43,13 @@ class Pod:
         self.shutting_down = False
         self.url = local_url(settings, settings.orchestrator_port)
         env = dict(os.environ if environ is None else environ)
-        env["ORCHESTRATOR_URL"] = self.url
+        # The memory broker listens on a loopback port of its own and answers only the token drawn here,
+        # which only the workers get (orchestrator/broker_api.py); the public key does not reach it.
+        self.broker_token = secrets.token_urlsafe(32)
+        self.broker_socket = broker_socket()
+        self.broker_url = f"http://127.0.0.1:{self.broker_socket.getsockname()[1]}"
+        env["ORCHESTRATOR_URL"] = self.broker_url
+        env["BROKER_TOKEN"] = self.broker_token
         self.device = DeviceMemory(settings)
         if self.device.uuid:  # the workers' CUDA and the broker's NVML readings name the same device (or MIG slice)
             env["CUDA_VISIBLE_DEVICES"] = self.device.uuid
@@ -52,7 +60,7 @@ class Pod:
         self.broker = MemoryBroker(settings, self.device, self._unload)
         self.callbacks = CallbackSender(settings)
         self.router = Router(settings, self.supervisors, self.callbacks,
-                             JobJournal(settings.effective_state_dir / "orchestrator"))
+                             JobJournal(settings.effective_state_dir / "orchestrator", settings.job_retention_days))
         self._session = bearer_session(settings.api_key)
 
     def start(self) -> None:

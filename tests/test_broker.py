@@ -197,9 +197,9 @@ def load(broker, worker, model, mb, working=0, timeout=1.0):
 
 def test_service_evicts_idle_lru_and_records_it():
     broker, workers = make_broker(10)
-    load(broker, "chat", "qwen", 1)
+    load(broker, "chat", "qwen_base", 1)
     load(broker, "sdxl", "sdxl", 8)
-    broker.touch("chat", ["qwen"])
+    broker.touch("chat", ["qwen_base"])
     load(broker, "wan", "wan_t2v", 4)
     assert workers.unloads == [("sdxl", "sdxl")]
     status = broker.status()
@@ -258,12 +258,12 @@ def test_service_too_big_fails_at_once():
 
 def test_service_refused_unload_is_not_retried_in_a_loop():
     broker, workers = make_broker(10)
-    load(broker, "chat", "qwen", 8)
-    workers.busy.add(("chat", "qwen"))  # the worker says it is in use (a race the broker cannot see)
+    load(broker, "chat", "qwen_base", 8)
+    workers.busy.add(("chat", "qwen_base"))  # the worker says it is in use (a race the broker cannot see)
     with pytest.raises(MemoryUnavailable):
         broker.acquire("sdxl", "sdxl", 8 * MB, 0, 0.5)
-    assert workers.unloads == [("chat", "qwen")]
-    assert broker.status()["workers"]["chat"]["models"]["qwen"]["state"] == LOADED
+    assert workers.unloads == [("chat", "qwen_base")]
+    assert broker.status()["workers"]["chat"]["models"]["qwen_base"]["state"] == LOADED
 
 
 def test_service_gpu_counts_memory_no_lease_explains():
@@ -352,7 +352,7 @@ def test_a_worker_between_jobs_yields_to_an_older_request_for_its_memory():
 
 def test_a_turn_does_not_wait_for_requests_that_need_other_workers():
     broker, _ = make_broker(10)
-    load(broker, "chat", "qwen", 8)
+    load(broker, "chat", "qwen_base", 8)
     broker.job_started("chat", 0, 1.0)  # busy: the waiter needs chat's memory, not sdxl's
     load(broker, "sdxl", "sdxl", 1)
     t = threading.Thread(target=lambda: _swallow(lambda: broker.acquire("wan", "wan_t2v", 4 * MB, 0, 1.0)))

@@ -225,21 +225,25 @@ def test_route_plans():
 
 @pytest.fixture
 def broker_api(tmp_path):
-    """The orchestrator's real API (waitress) with its broker; no worker processes are started."""
+    """The orchestrator's real broker API (waitress, on the pod's own loopback socket, as __main__ serves it)
+    and its public API; no worker processes are started."""
     import waitress
 
     from orchestrator.api import create_app
+    from orchestrator.broker_api import create_broker_app
     from orchestrator.pod import Pod
 
     port = free_port()
     settings = Settings(orchestrator_port=port, enabled_workers="sdxl,wan", vram_budget_mb=10, vram_reserve_mb=1,
                         lease_timeout_s=0.5, api_key=API_KEY, output_dir=tmp_path)
     pod = Pod(settings, environ={})
-    server = waitress.create_server(create_app(pod), host="127.0.0.1", port=port, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    yield pod, settings.replace(orchestrator_url=f"http://127.0.0.1:{port}")
-    server.trigger.pull_trigger(server.close)  # closed by the server's own thread, not under its select()
+    servers = [waitress.create_server(create_broker_app(pod), sockets=[pod.broker_socket], threads=8),
+               waitress.create_server(create_app(pod), host="127.0.0.1", port=port, threads=8)]
+    for server in servers:
+        threading.Thread(target=server.run, daemon=True).start()
+    yield pod, settings.replace(orchestrator_url=pod.broker_url, broker_token=pod.broker_token)
+    for server in servers:
+        server.trigger.pull_trigger(server.close)  # closed by the server's own thread, not under its select()
 
 
 def test_broker_memory_client_against_the_api(broker_api):
@@ -263,9 +267,14 @@ def test_broker_memory_client_against_the_api(broker_api):
     assert sdxl.status() == {"mode": "broker", "broker_url": settings.orchestrator_url, "held_bytes": {"sdxl": 7 * MB}}
     # an unknown worker or a malformed report is a 400, not a crash
     anon = requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "ghost", "models": []},
-                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5)
+                         headers={"Authorization": f"Bearer {pod.broker_token}"}, timeout=5)
     assert anon.status_code == 400 and anon.json()["error"]["details"][0]["path"] == "/worker"
+    # only the pod's own workers: no token, or the public API key, is a 401; the public port has no broker
     assert requests.post(settings.orchestrator_url + "/broker/acquire", json={"worker": "sdxl"}, timeout=5).status_code == 401
+    assert requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "sdxl", "models": []},
+                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).status_code == 401
+    assert requests.post(f"http://127.0.0.1:{settings.orchestrator_port}/broker/touch", json={"worker": "sdxl", "models": []},
+                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).status_code == 404
 
 
 def test_broker_client_refuses_when_the_broker_is_unreachable():
