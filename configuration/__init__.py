@@ -34,6 +34,16 @@ def worker_configs() -> dict[str, dict]:
     return copy.deepcopy(_load("workers.json"))
 
 
+def enabled_workers(settings: Settings) -> list[str]:
+    """The workers ENABLED_WORKERS names, in order; an unknown name is a ConfigurationError."""
+    names = [w.strip() for w in settings.enabled_workers.split(",") if w.strip()]
+    known = _load("workers.json")
+    unknown = [w for w in names if w not in known]
+    if unknown:
+        raise ConfigurationError(f"ENABLED_WORKERS names unknown workers {unknown}; known: {sorted(known)}")
+    return names
+
+
 def worker_config(worker: str) -> dict:
     configs = _load("workers.json")
     if worker not in configs:
@@ -71,6 +81,19 @@ def model_config(model: str, settings: Settings) -> dict:
     return cfg
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def single_file_config_dir(cfg: dict) -> str:
+    """The local diffusers config directory a single-file checkpoint (`cfg["path"]`) is loaded with: the
+    configured one (`config_path`), else a `config/` folder next to the file that holds model_index.json;
+    "" when there is none (hub lookups are disabled, so such a checkpoint cannot be loaded)."""
+    if cfg["config_path"]:
+        return cfg["config_path"]
+    sibling = Path(cfg["path"]).parent / "config"
+    return str(sibling) if (sibling / "model_index.json").exists() else ""
+
+
 def chat_config() -> dict:
     """The chat worker's configuration data (configuration/chat.json): rendering, defaults, cleaning."""
     return copy.deepcopy(_load("chat.json"))
@@ -99,6 +122,7 @@ def preset_defaults(job_type: str, settings: Settings) -> dict:
 
 
 __all__ = [
-    "CONFIG_DIR", "ConfigurationError", "Settings", "SettingsError", "chat_config", "job_types", "model_config",
-    "model_configs", "preset_defaults", "worker_config", "worker_configs",
+    "CONFIG_DIR", "SINGLE_FILE_SUFFIXES", "ConfigurationError", "Settings", "SettingsError", "chat_config",
+    "enabled_workers", "job_types", "model_config", "model_configs", "preset_defaults", "single_file_config_dir",
+    "worker_config", "worker_configs",
 ]

@@ -1,23 +1,35 @@
 """`python -m configuration.check`: validate settings and model paths before anything starts.
 
-Production requires every model of every enabled worker to exist on disk (WAN's VACE model is
-optional: without it, reference-frame modes are refused at validation)."""
+ENABLED_WORKERS must name known workers. Production requires every model of every enabled worker to
+exist on disk (WAN's VACE model is optional: without it, reference-frame modes are refused at
+validation), and a single-file checkpoint needs a local diffusers config directory."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from configuration import model_config, worker_config
+from configuration import (
+    SINGLE_FILE_SUFFIXES,
+    ConfigurationError,
+    enabled_workers,
+    model_config,
+    single_file_config_dir,
+    worker_config,
+)
 from configuration.settings import Settings, settings_for_command
 
 OPTIONAL_MODELS = {"wan_vace"}
 
 
 def problems(settings: Settings) -> list[str]:
-    found = []
+    found: list[str] = []
+    try:
+        workers = enabled_workers(settings)
+    except ConfigurationError as exc:
+        return [str(exc)]
     if settings.model_profile != "production":
         return found
-    for worker in [w.strip() for w in settings.enabled_workers.split(",") if w.strip()]:
+    for worker in workers:
         for model in worker_config(worker)["models"]:
             cfg = model_config(model, settings)
             if not cfg["path"]:
@@ -26,8 +38,14 @@ def problems(settings: Settings) -> list[str]:
                 continue
             if not Path(cfg["path"]).exists():
                 found.append(f"{model}: {cfg['path']} does not exist")
-            if cfg["path"].endswith(".safetensors") and cfg.get("config_path") and not Path(cfg["config_path"], "model_index.json").exists():
-                found.append(f"{model}: config directory {cfg['config_path']} has no model_index.json")
+            if cfg["path"].endswith(SINGLE_FILE_SUFFIXES):
+                config_dir = single_file_config_dir(cfg)
+                setting = cfg["paths"]["production"].get("config_setting", "config_setting").upper()
+                if not config_dir:
+                    found.append(f"{model}: {cfg['path']} is a single-file checkpoint and needs {setting}, a local "
+                                 "diffusers config directory (or one in a config/ folder next to the file)")
+                elif not Path(config_dir, "model_index.json").exists():
+                    found.append(f"{model}: config directory {config_dir} has no model_index.json")
     return found
 
 

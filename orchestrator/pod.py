@@ -15,7 +15,7 @@ from common.callbacks import CallbackSender
 from common.errors import WorkerUnavailable
 from common.http import bearer_session, error_of, iso_time, local_url, refusal
 from common.jobs import JobJournal
-from configuration import ConfigurationError, worker_config, worker_configs
+from configuration import enabled_workers, worker_config
 from configuration.settings import Settings
 from orchestrator.broker_api import broker_socket
 from orchestrator.broker_service import MemoryBroker
@@ -27,14 +27,6 @@ from orchestrator.supervisor import WorkerSupervisor
 log = logging.getLogger(__name__)
 
 CHILD_EXIT_MARGIN_S = 30.0
-
-
-def enabled_workers(settings: Settings) -> list[str]:
-    names = [w.strip() for w in settings.enabled_workers.split(",") if w.strip()]
-    unknown = [w for w in names if w not in worker_configs()]
-    if unknown:
-        raise ConfigurationError(f"ENABLED_WORKERS names unknown workers {unknown}; known: {sorted(worker_configs())}")
-    return names
 
 
 class Pod:

@@ -60,6 +60,25 @@ def test_every_setting_is_documented():
         assert f"`{name}`" in doc, f"{name} missing from docs/CONFIGURATION.md"
 
 
+def test_check_refuses_unknown_workers_and_single_files_without_a_config_dir(tmp_path):
+    from configuration.check import problems
+
+    assert problems(Settings(enabled_workers="sdxl,foo")) == [
+        "ENABLED_WORKERS names unknown workers ['foo']; known: ['chat', 'sdxl', 'wan']"]
+    checkpoint = tmp_path / "sdxl.safetensors"
+    checkpoint.write_bytes(b"")
+    production = {"model_profile": "production", "enabled_workers": "sdxl", "sdxl_model_path": str(checkpoint)}
+    assert [p.split(" is ")[1] for p in problems(Settings(**production))] == [
+        "a single-file checkpoint and needs SDXL_CONFIG_DIR, a local diffusers config directory "
+        "(or one in a config/ folder next to the file)"]
+    missing = tmp_path / "nothing"
+    assert problems(Settings(**production, sdxl_config_dir=str(missing))) == [
+        f"sdxl: config directory {missing} has no model_index.json"]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "model_index.json").write_text("{}")
+    assert problems(Settings(**production)) == []  # the config/ folder next to the checkpoint
+
+
 FAMILIES = {"sdxl", "wan", "chat", "memory", "orchestrator"}
 
 

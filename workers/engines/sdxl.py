@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import re
-from pathlib import Path
 
 import torch
 
 from common.errors import MODEL_NOT_CONFIGURED, JobFailed
+from configuration import SINGLE_FILE_SUFFIXES, single_file_config_dir
 from configuration.params.sdxl import SDXLParams
 from workers import devices
 from workers.engines.base import Engine, GeneratedAsset, step_callback
@@ -92,8 +92,8 @@ class SDXLEngine(Engine):
         path, dtype = cfg["path"], self.dtype(MODEL)
         if not path:
             raise JobFailed("no SDXL model path configured (SDXL_MODEL_PATH)", code=MODEL_NOT_CONFIGURED)
-        if path.endswith((".safetensors", ".ckpt")):
-            config_dir = cfg["config_path"] or self._sibling_config(path)
+        if path.endswith(SINGLE_FILE_SUFFIXES):
+            config_dir = single_file_config_dir(cfg)
             if not config_dir:
                 raise JobFailed("single-file SDXL checkpoints need SDXL_CONFIG_DIR (a local diffusers SDXL "
                                 "config directory); hub lookups are disabled", code=MODEL_NOT_CONFIGURED)
@@ -125,11 +125,6 @@ class SDXLEngine(Engine):
             self.txt2img(prompt="", width=size["width"], height=size["height"], num_inference_steps=2,
                          guidance_scale=size["guidance_scale"], output_type="pil")
         devices.release_cached_memory(self.device)
-
-    @staticmethod
-    def _sibling_config(path: str) -> str:
-        candidate = Path(path).parent / "config"
-        return str(candidate) if (candidate / "model_index.json").exists() else ""
 
     def unload(self, model: str) -> None:
         self.txt2img = self.img2img = self._compel = None
