@@ -72,6 +72,11 @@ def workers():
     return jsonify({"workers": pod().workers_info()})
 
 
+@bp.get("/queues")
+def queues():
+    return jsonify(pod().queues.status())
+
+
 @bp.get("/memory/status")
 def memory_status():
     requested = query_float("history", 0, 500)
@@ -124,6 +129,8 @@ ROUTES: RouteTable = {
     "/jobs/{job_id}": {"get": ("The routed job's record.", None, (401, 404))},
     "/jobs/{job_id}/cancel": {"post": ("Cancel a routed job.", None, (401, 404, 409, 503))},
     "/workers": {"get": ("Each worker's state, pid, restarts, URL.", None, (401,))},
+    "/queues": {"get": ("The app's Redis queues this pod consumes: depth, dead letters, every consumer (this pod's "
+                        "or another's, alive or not) and the jobs it holds (docs/QUEUE.md).", None, (401,))},
     "/memory/status": {"get": ("The pod's memory: device, budget, each worker's models, pressure, history.", None, (401,))},
     "/memory/load": {"post": ("Load a worker's models (through the broker).", "orchestrator.memory_action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a worker's models; 409 while they run a job.", "orchestrator.memory_action", (400, 401, 409, 503))},

@@ -20,6 +20,7 @@ from configuration.settings import Settings
 from orchestrator.broker_api import broker_socket
 from orchestrator.broker_service import MemoryBroker
 from orchestrator.device_memory import DeviceMemory
+from orchestrator.queues import QueueStatus
 from orchestrator.registration import Registrar
 from orchestrator.routing import Router
 from orchestrator.supervisor import WorkerSupervisor
@@ -46,6 +47,7 @@ class Pod:
         if self.device.uuid:  # the workers' CUDA and the broker's NVML readings name the same device (or MIG slice)
             env["CUDA_VISIBLE_DEVICES"] = self.device.uuid
         self.registrar = Registrar(settings)
+        self.queues = QueueStatus(settings, list(enabled_workers(settings)))  # the app's Redis lists
         self.supervisors = {
             name: WorkerSupervisor(name, settings, env, on_ready=self.registrar.worker_ready, on_exit=self._worker_exited)
             for name in enabled_workers(settings)}

@@ -1,0 +1,70 @@
+"""`python -m orchestrator.queue_cli status`: the app's Redis queues as this pod sees them.
+
+    python -m orchestrator.queue_cli status [--json]
+
+Talks to the running orchestrator (ORCHESTRATOR_URL, else 127.0.0.1:ORCHESTRATOR_PORT) with
+WORKER_API_KEY, like `python -m orchestrator.memory_cli`. Prints each queue's depth and dead
+letters, and every consumer on it: alive or not, this pod's or another's, and the jobs it holds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import requests
+
+from common.http import bearer_session
+from configuration.settings import Settings, SettingsError
+from orchestrator.memory_cli import _base_url, _table
+
+
+def render_status(status: dict) -> str:
+    if status.get("redis") is None:
+        return status.get("message", "no queues")
+    redis_info = status["redis"]
+    lines = [f"redis  {redis_info['url']}  " + ("connected" if redis_info["connected"]
+                                                else f"UNREACHABLE ({redis_info['error']})"), ""]
+    rows = [["QUEUE", "WORKER", "DEPTH", "DEAD", "CONSUMER", "ALIVE", "THIS POD", "IN FLIGHT"]]
+    for queue in status["queues"]:
+        consumers = queue["consumers"] or [None]
+        for i, consumer in enumerate(consumers):
+            head = [queue["queue"], queue["worker"], str(queue["depth"]), str(queue["dead_letters"])] if i == 0 \
+                else ["", "", "", ""]
+            if consumer is None:
+                rows.append(head + ["-", "", "", ""])
+                continue
+            rows.append(head + [consumer["consumer_id"], "yes" if consumer["alive"] else "NO",
+                                "yes" if consumer["this_pod"] else "no", ", ".join(consumer["in_flight"]) or "-"])
+    return "\n".join(lines + _table(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.queue_cli",
+                                     description="The app's Redis queues as this pod sees them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    status_p = sub.add_parser("status", help="depth, dead letters, consumers and their in-flight jobs")
+    status_p.add_argument("--json", action="store_true", help="print the raw GET /queues document")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    base = _base_url(settings)
+    try:
+        response = bearer_session(settings.api_key).get(f"{base}/queues", timeout=10)
+    except requests.RequestException as exc:
+        print(f"cannot reach the orchestrator at {base}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    payload = response.json()
+    if response.status_code != 200:
+        error = payload.get("error", {})
+        print(f"error {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        return 1
+    print(json.dumps(payload, indent=2) if args.json else render_status(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
