@@ -12,9 +12,8 @@ import logging
 import threading
 import time
 
-import requests
-
-from common.http import bearer_session, now_iso
+from common import supabase
+from common.http import now_iso
 from configuration import worker_config
 from configuration.settings import Settings
 
@@ -49,13 +48,18 @@ class Registrar:
         self.enabled = bool(settings.register_with_supabase and settings.supabase_url)
         self.results: dict[str, dict] = {}
         self._lock = threading.Lock()
-        self._session = bearer_session(settings.supabase_service_key)
+        self._client = (supabase.make_client(settings.supabase_url, settings.supabase_service_key, timeout_s=15)
+                        if self.enabled and settings.supabase_service_key else None)
 
     def worker_ready(self, worker: str) -> None:
         """Called by the supervisor each time a worker becomes ready (a restarted worker registers again)."""
         if not self.enabled or not worker_config(worker).get("registration"):
             return
         url = public_url(self.settings, worker)
+        if self._client is None:
+            self._result(worker, "skipped", "SUPABASE_SERVICE_KEY is not set: the app's functions need it")
+            log.warning("not registering the %s worker with Supabase: SUPABASE_SERVICE_KEY is not set", worker)
+            return
         if url is None:
             self._result(worker, "skipped", "RUNPOD_POD_ID is not set: no public URL to register")
             log.warning("not registering the %s worker with Supabase: RUNPOD_POD_ID is not set", worker)
@@ -64,15 +68,16 @@ class Registrar:
 
     def _register(self, worker: str, url: str) -> None:
         function, body = registration_body(worker, url, now_iso())
-        endpoint = f"{self.settings.supabase_url.rstrip('/')}/functions/v1/{function}"
         reason = ""
+        assert self._client is not None
         for attempt in range(1, ATTEMPTS + 1):
+            # Any failure is retried: the app's function answers 400 while the worker's public URL does not
+            # answer /health yet (RunPod's proxy can lag the worker's own readiness).
             try:
-                response = self._session.post(endpoint, json=body, timeout=15)
-                ok = response.status_code == 200 and _success(response)
-                reason = "" if ok else f"HTTP {response.status_code}"
-            except requests.RequestException as exc:
-                ok, reason = False, type(exc).__name__
+                ok = bool(supabase.invoke(self._client, function, body).get("success"))
+                reason = "" if ok else "answered without success: true"
+            except supabase.SupabaseError as exc:
+                ok, reason = False, exc.message + (f" (HTTP {exc.status})" if exc.status else "")
             if ok:
                 self._result(worker, "registered", f"{function}: {url}")
                 log.info("registered the %s worker with Supabase (%s): %s", worker, function, url)
@@ -90,9 +95,3 @@ class Registrar:
         with self._lock:
             return self.results.get(worker)
 
-
-def _success(response) -> bool:
-    try:
-        return bool(response.json().get("success"))
-    except (ValueError, AttributeError):
-        return False

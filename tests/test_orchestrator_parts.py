@@ -319,11 +319,12 @@ def test_registration_retries_then_reports_failure_and_needs_a_pod_id():
     receiver = CallbackReceiver(status=500)
     try:
         base = receiver.url.rsplit("/functions/", 1)[0]
-        registrar = Registrar(Settings(supabase_url=base, runpod_pod_id="pod42"), backoff_s=0.01)
+        registrar = Registrar(Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42"),
+                              backoff_s=0.01)
         registrar.worker_ready("wan")
         assert _wait(lambda: (registrar.status("wan") or {}).get("status") == "failed")
         assert len(receiver.requests) == ATTEMPTS
-        no_id = Registrar(Settings(supabase_url=base))
+        no_id = Registrar(Settings(supabase_url=base, supabase_service_key="svc"))
         no_id.worker_ready("wan")
         assert no_id.status("wan")["status"] == "skipped" and "RUNPOD_POD_ID" in no_id.status("wan")["detail"]
     finally:
