@@ -29,7 +29,7 @@ def submission_response(store: JobStore, record: JobRecord, created: bool,
     if wait_s and store.wait(record.job_id, wait_s):
         return jsonify(record.public()), 200
     return jsonify({"job_id": record.job_id, "status": record.status, "status_url": f"/jobs/{record.job_id}",
-                    "duplicate": not created}), 202 if created else 200
+                    "duplicate": not created, "request_id": record.request_id}), 202 if created else 200
 
 
 def add_job_routes(bp: Blueprint, store: Callable[[], JobStore], where: str) -> None:

@@ -135,6 +135,11 @@ class Metrics:
         self.chat_ttft = histogram("chat_time_to_first_token_seconds",
                                    "Submission to the first generated token.", ("model",), TTFT_BUCKETS)
 
+        # -- content policy (common/policy.py, docs/POLICY.md) -----------------------------------------
+        self.policy_decisions = counter("policy_decisions_total", "Content policy decisions by outcome (allowed, "
+                                        "refused, not_run), category, stage and tier; never the text.",
+                                        ("outcome", "category", "stage", "tier"))
+
         # -- callbacks --------------------------------------------------------------------------------
         self.callback_attempts = counter("callback_attempts_total", "Callback POSTs made, by outcome "
                                          "(delivered, retryable, rejected).", ("outcome",))
@@ -154,15 +159,17 @@ class Metrics:
         self.worker_ready = gauge("worker_ready", "1 when the worker answers /ready.", ("worker",))
 
     # -- scrape ----------------------------------------------------------------------------------------
-    def on_scrape(self, hook) -> None:
-        """`hook(metrics)` runs before every exposition, to refresh gauges mirroring state held elsewhere."""
+    def on_scrape(self, hook, key: str | None = None) -> None:
+        """`hook(metrics)` runs before every exposition, to refresh gauges mirroring state held elsewhere.
+        A hook with the `key` of an earlier one replaces it (an app built again in the same process)."""
         with self._hooks_lock:
-            self._hooks.append(hook)
+            self._hooks = [(k, h) for k, h in self._hooks if key is None or k != key]
+            self._hooks.append((key, hook))
 
     def exposition(self) -> tuple[bytes, str]:
         """(body, content type) of the text exposition format; a failing hook is logged, never fatal."""
         with self._hooks_lock:
-            hooks = list(self._hooks)
+            hooks = [h for _k, h in self._hooks]
         for hook in hooks:
             try:
                 hook(self)
@@ -291,6 +298,14 @@ def build_labels(process: str, profile: str) -> dict[str, str]:
 # ---- HTTP -----------------------------------------------------------------------------------------------
 
 METRICS_PATH = "/metrics"
+# The route's OpenAPI entry (configuration/openapi.py's route table form).
+ROUTES = {METRICS_PATH: {"get": ("Prometheus metrics of this process (text exposition format); without the key "
+                                 "when METRICS_PUBLIC=1.", None, (401,))}}
+
+
+def open_paths(metrics_public: bool) -> tuple[str, ...]:
+    """Paths common.auth serves without the key because of METRICS_PUBLIC."""
+    return (METRICS_PATH,) if metrics_public else ()
 
 
 def metrics_blueprint():

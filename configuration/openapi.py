@@ -56,7 +56,7 @@ def openapi_document(worker: str, settings: Settings, *tables: RouteTable) -> di
                     op["parameters"] = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
                 if method == "post" and path in QUERY_PARAMETERS and schema_name in QUERY_PARAMETERS[path]["for"]:
                     op["parameters"] = QUERY_PARAMETERS[path]["parameters"]
-                if path != "/health" and path != "/ready":
+                if 401 in statuses:  # the open routes (probes, the ops page's HTML) list no 401
                     op["security"] = [{"bearer": []}]
                 if schema_name:
                     ref = schema_name.replace(".", "_")

@@ -1,18 +1,20 @@
 """`python -m orchestrator.memory_cli status|load|unload`: the operator's view of the pod's memory.
 
-    python -m orchestrator.memory_cli status [--history N] [--json]
+    python -m orchestrator.memory_cli status [--history N] [--json] [--watch [SECONDS]]
     python -m orchestrator.memory_cli load WORKER [MODEL]
     python -m orchestrator.memory_cli unload WORKER [MODEL] [--wait SECONDS]
 
 Talks to the running orchestrator (ORCHESTRATOR_URL, else 127.0.0.1:ORCHESTRATOR_PORT) with
 WORKER_API_KEY. `status` prints the device totals, the budget, pressure, each worker's models with
-bytes, busy flag and last use, and the recent broker decisions.
+bytes, busy flag and last use, and the recent broker decisions. `--watch` redraws it every SECONDS
+(default 2) with the running and latest jobs and their progress (from GET /ops/state), until Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from datetime import datetime, timezone
 
 import requests
@@ -82,6 +84,51 @@ def render_status(status: dict, now: datetime | None = None) -> str:
     return "\n".join(lines)
 
 
+def render_jobs(jobs: list[dict], latest: int = 5) -> str:
+    """The running jobs with a progress bar, then the `latest` finished ones."""
+    active = [j for j in jobs if j["status"] in ("queued", "processing")]
+    shown = active + [j for j in jobs if j not in active][:latest]
+    if not shown:
+        return "jobs     none yet"
+    rows = [["JOB", "TYPE", "WORKER", "STATUS", "STAGE", "PROGRESS", "ERROR"]]
+    for job in shown:
+        percent = 100.0 if job["status"] == "completed" else float(job.get("percent") or 0.0)
+        filled = int(round(percent / 10))
+        rows.append([job["job_id"][:12], job["type"], job.get("worker") or "-", job["status"], job.get("stage") or "-",
+                     f"[{'#' * filled}{'.' * (10 - filled)}] {percent:5.1f}%", job.get("error_code") or ""])
+    return "\n".join(_table(rows))
+
+
+def watch(session: requests.Session, base: str, history: int, interval_s: float, iterations: int | None,
+          out=sys.stdout) -> int:
+    """Redraw the memory table and the jobs every `interval_s` (a terminal's screen is cleared each time)."""
+    drawn = 0
+    try:
+        while iterations is None or drawn < iterations:
+            try:
+                memory = session.get(f"{base}/memory/status", params={"history": history}, timeout=10)
+                state = session.get(f"{base}/ops/state", timeout=10)
+            except requests.RequestException as exc:
+                frame = f"cannot reach the orchestrator at {base}: {type(exc).__name__}; retrying"
+            else:
+                if memory.status_code != 200 or state.status_code != 200:
+                    bad = memory if memory.status_code != 200 else state
+                    frame = f"the orchestrator answered HTTP {bad.status_code}: {bad.text[:200]}"
+                else:
+                    frame = render_status(memory.json()) + "\n\n" + render_jobs(state.json()["jobs"])
+            if out.isatty():
+                out.write("\x1b[H\x1b[2J")
+            stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+            out.write(f"{base}  {stamp}  every {interval_s:g}s (Ctrl-C stops)\n\n{frame}\n\n")
+            out.flush()
+            drawn += 1
+            if iterations is None or drawn < iterations:
+                time.sleep(interval_s)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _base_url(settings: Settings) -> str:
     if settings.orchestrator_url:
         return settings.orchestrator_url.rstrip("/")
@@ -94,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     status_p = sub.add_parser("status", help="device totals, each worker's models, pressure, recent decisions")
     status_p.add_argument("--history", type=int, default=15)
     status_p.add_argument("--json", action="store_true", help="print the raw GET /memory/status document")
+    status_p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                          help="redraw every SECONDS (default 2) with the running jobs' progress, until Ctrl-C")
+    status_p.add_argument("--iterations", type=int, default=None, help="with --watch: stop after this many frames")
     for action in ("load", "unload"):
         p = sub.add_parser(action, help=f"{action} a worker's models (default: all of them)")
         p.add_argument("worker")
@@ -106,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     session = bearer_session(settings.api_key)
     base = _base_url(settings)
+    if args.command == "status" and args.iterations is not None and (args.watch is None or args.iterations < 1):
+        parser.error("--iterations needs --watch and is at least 1")
+    if args.command == "status" and args.watch is not None:
+        if args.watch <= 0 or args.json:
+            parser.error("--watch takes a positive number of seconds and does not combine with --json")
+        return watch(session, base, max(0, args.history), args.watch, args.iterations)
     try:
         if args.command == "status":
             response = session.get(f"{base}/memory/status", params={"history": max(0, args.history)}, timeout=10)

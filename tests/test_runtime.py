@@ -27,6 +27,9 @@ from tests.support import CallbackReceiver, StaticServer
 class CountingEngine:
     """Produces solid-colour images; each step waits on an optional gate so tests can hold a job."""
     device = "cpu"
+    worker = "test"
+    # nsfw: its solid-colour outputs skip the sfw output classifier (tests/test_policy_output.py covers it)
+    settings = Settings(content_tier_default="nsfw")
 
     def __init__(self):
         self.loaded = False
@@ -44,6 +47,8 @@ class CountingEngine:
     def required_models(self, params): return ["m"]
     def working_bytes(self, params): return 0
     def reference_urls(self, params): return {}
+    def weight_paths(self, model): return []       # no weight files: provenance lists no models
+    def pipeline_of(self, params): return None
 
     def run(self, params, ctx):
         self.started.set()

@@ -1,7 +1,9 @@
 """gunicorn settings for every worker: one process (the executor and its models live in it), threads
 for HTTP, no --preload (CUDA does not survive a fork), and a graceful stop that lets jobs finish."""
 import os
+import sys
 
+from common.logging import gunicorn_logconfig
 from configuration.settings import Settings
 
 # Before any worker imports torch: the CUDA caching allocator grows segments instead of fragmenting into
@@ -20,6 +22,16 @@ graceful_timeout = int(_settings.shutdown_grace_s + 15)
 keepalive = 5
 accesslog = None
 loglevel = _settings.log_level.lower()
+
+
+def _worker_name(argv: list[str]) -> str:
+    """The worker this gunicorn serves, from its `--name ourvidz-<worker>` (common/serve.py)."""
+    name = argv[argv.index("--name") + 1] if "--name" in argv[:-1] else "gunicorn"
+    return name.removeprefix("ourvidz-")
+
+
+# The master's own lines (booting, signals, worker exits) in the worker's log format.
+logconfig_dict = gunicorn_logconfig(_worker_name(sys.argv), _settings.log_level, _settings.log_format)
 # Every worker would otherwise share one default control socket path ($HOME/.gunicorn/gunicorn.ctl).
 control_socket_disable = True
 

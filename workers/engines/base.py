@@ -93,3 +93,12 @@ class Engine(ABC):
 
     def run(self, params: dict, ctx) -> list[GeneratedAsset]:
         raise NotImplementedError(f"{type(self).__name__} does not run queued jobs")
+
+    def weight_paths(self, model: str) -> list[str]:
+        """The files or folders holding a model's weights (provenance hashes them once at load)."""
+        return [self.configs[model]["path"]]
+
+    def pipeline_of(self, params: dict):
+        """The diffusers pipeline a job's outputs came from, while its models are in use (provenance
+        records its class and scheduler); None for an engine without one."""
+        return None

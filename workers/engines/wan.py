@@ -250,6 +250,9 @@ class WanEngine(Engine):
         gpu = self.configs[self.required_models(params)[0]]["gpu"]
         return working_bytes_estimate(gpu, params["width"], params["height"], params["frames"])
 
+    def pipeline_of(self, params: WanParams):
+        return self._loaded[self.required_models(params)[0]].pipe
+
     # jobs
     def run(self, params: WanParams, ctx) -> list[GeneratedAsset]:
         model = self.required_models(params)[0]

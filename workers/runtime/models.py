@@ -1,7 +1,9 @@
 """ModelHost: the one place where an engine's models are loaded, used and unloaded.
 
 It guarantees that a model is never unloaded while a job is using it (unload waits, then answers
-busy), asks the memory client for a lease before loading, and reports resident bytes.
+busy), asks the memory client for a lease before loading, and reports resident bytes. Each load
+records the SHA-256 of the model's weight files (`fingerprints`, for provenance; cached by path, size
+and mtime, so only a changed file is read again).
 """
 from __future__ import annotations
 
@@ -11,14 +13,18 @@ import threading
 import time
 
 from common.errors import ModelBusy
+from common.metrics import process_metrics
+from workers.runtime.provenance import WeightHashes
 
 log = logging.getLogger(__name__)
 
 
 class ModelHost:
-    def __init__(self, engine, memory):
+    def __init__(self, engine, memory, weights: WeightHashes | None = None):
         self.engine = engine
         self.memory = memory
+        self.weights = weights or WeightHashes()
+        self.fingerprints: dict[str, list[dict]] = {}   # model -> its weight files' hashes, from its last load
         self._cond = threading.Condition()
         self._in_use: dict[str, int] = {m: 0 for m in engine.model_names()}
         self._loading: set[str] = set()
@@ -72,14 +78,21 @@ class ModelHost:
             self.memory.acquire(model, self.engine.memory_estimate(model), working_bytes)
             try:
                 started = time.monotonic()
+                fingerprints = [self.weights.fingerprint(model, path) for path in self.engine.weight_paths(model)]
                 self.engine.load(model)
             except BaseException:
                 self.memory.release(model)
                 raise
+            self.fingerprints[model] = fingerprints
             self.load_counts[model] += 1
+            seconds = time.monotonic() - started
+            metrics = process_metrics()
+            metrics.model_loads.labels(self.engine.worker, model).inc()
+            metrics.model_load_duration.labels(self.engine.worker, model).observe(seconds)
             resident = self.engine.resident_bytes(model)
             self.memory.loaded(model, resident)
-            log.info("loaded %s (%d bytes) in %.2fs", model, resident, time.monotonic() - started)
+            log.info("loaded %s (%d bytes) in %.2fs", model, resident, seconds,
+                     extra={"model": model, "resident_bytes": resident, "weights_sha256": [f["sha256"] for f in fingerprints]})
         finally:
             with self._cond:
                 self._loading.discard(model)

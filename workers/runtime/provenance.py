@@ -158,9 +158,9 @@ def json_safe(value):
 
 
 def pipeline_facts(pipe) -> dict:
-    """The pipeline class and its scheduler (class and configuration) of a diffusers pipeline."""
+    """The pipeline class, its dtype and its scheduler (class and configuration) of a diffusers pipeline."""
     scheduler = getattr(pipe, "scheduler", None)
-    return {"pipeline_class": type(pipe).__name__,
+    return {"pipeline_class": type(pipe).__name__, "dtype": str(pipe.dtype).removeprefix("torch."),
             "scheduler": None if scheduler is None else {
                 "class": type(scheduler).__name__,
                 "config": json_safe({k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")})}}
