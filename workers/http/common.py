@@ -94,7 +94,8 @@ def openapi():
 # What /openapi.json describes: path -> method -> (summary, request schema name or None, error statuses).
 ROUTES: RouteTable = {
     "/health": {"get": ("Process is alive (no auth).", None, ())},
-    "/ready": {"get": ("Able to take work (no auth); 503 while shutting down.", None, (503,))},
+    "/ready": {"get": ("Able to take work (no auth): 200 once the app is built; a stopping worker closes its "
+                       "port at once.", None, ())},
     "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
     "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401, 409))},
