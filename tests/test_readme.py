@@ -1,4 +1,5 @@
-"""The README's "Try it" block, run as written against a started pod.
+"""The README's "Try it" block, run as written against a started pod; README and docs/ cite only what
+is in the repository.
 
 The block (the ```bash block after "Try it" in README.md) runs under bash from the repository root with
 three substitutions, so that it runs on free ports and under this interpreter:
@@ -64,3 +65,25 @@ def test_readme_try_it_block_runs_as_written(tmp_path, placeholder_dir):
     assert len(promised) >= 4
     for fragment in promised:
         assert fragment in done.stdout, f"README promises {fragment}"
+
+
+# `a/b.py`-like paths in backticks (optionally `path:Name`), and relative markdown links
+_CITED = re.compile(r"`([\w.-]+(?:/[\w.-]+)+\.(?:py|md|json|sh|toml|yaml|txt|html))(?::\w+)?`|\]\(([^)#\s]+)")
+# places outside the repository a page might point at (the design notes this project was built from)
+_OUTSIDE = re.compile(r"(?<![\w.-])(?:shared/(?:design|reference)/|/work/|\.\./)")
+
+
+def test_docs_cite_only_files_in_the_repository():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    wrong = []
+    for page in pages:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            where = f"{page.relative_to(REPO)}:{number}"
+            wrong += [f"{where}: {m.group(0)} (outside the repository)" for m in _OUTSIDE.finditer(line)]
+            for match in _CITED.finditer(line):
+                cited = match.group(1) or match.group(2)
+                if cited.startswith(("http://", "https://", "mailto:")):
+                    continue
+                if not ((page.parent / cited).exists() or (REPO / cited).exists()):
+                    wrong.append(f"{where}: {cited} does not exist")
+    assert not wrong, "\n".join(wrong)
