@@ -165,12 +165,11 @@ def configure_logging(process: str, level: str = "INFO", fmt: str = "json", stre
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for name in ("gunicorn.error", "gunicorn.access"):
-        logger = logging.getLogger(name)
-        if logger.handlers:
-            for old in list(logger.handlers):
-                logger.removeHandler(old)
-            logger.addHandler(handler)
+    gunicorn = logging.getLogger("gunicorn.error")
+    if gunicorn.handlers:
+        for old in list(gunicorn.handlers):
+            gunicorn.removeHandler(old)
+        gunicorn.addHandler(handler)
     logging.captureWarnings(True)
 
 
@@ -186,8 +185,9 @@ def gunicorn_logconfig(process: str, level: str = "INFO", fmt: str = "json") -> 
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "filters": ["context"],
                                 "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # No access log (as before): readiness polls would fill it, and the app logs what matters per job.
         "loggers": {"gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
-                    "gunicorn.access": {"level": level.upper(), "handlers": ["stderr"], "propagate": False}},
+                    "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False}},
     }
 
 

@@ -10,19 +10,21 @@ import time
 
 from flask import Flask
 
-from common import auth, body, errors
+from common import auth, body, errors, metrics
 from common.callbacks import CallbackSender
 from common.jobs import JobJournal, wait_until
+from common.logging import Progress, configure_logging, install_request_id
 from configuration import worker_config
 from configuration.openapi import RouteTable
 from configuration.settings import Settings
-from workers.http import common, generation
+from workers.http import common, generation, ops
 from workers.runtime.broker_client import BrokerMemory
 from workers.runtime.jobs import JobRunner
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
 from workers.runtime.queue_intake import QueueIntake
 from workers.runtime.queue_jobs import start_queue_intake
+from workers.runtime.provenance import WeightHashes
 from workers.runtime.storage import make_storage
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class WorkerState:
         engine_cls = getattr(importlib.import_module(module_name), class_name)
         self.engine = engine_cls(settings)
         self.memory = make_memory_client(name, settings, self.engine.device)
-        self.host = ModelHost(self.engine, self.memory)
+        self.host = ModelHost(self.engine, self.memory, WeightHashes(settings.effective_state_dir / "weight-hashes.json"))
         # Only workers that take jobs (POST /generate) have a job runner; the chat worker answers in the request.
         self.runner = (JobRunner(name, self.engine, self.host, make_storage(settings), CallbackSender(settings),
                                  JobJournal(settings.effective_state_dir / name)) if self.request_schema else None)
@@ -107,12 +109,14 @@ def make_memory_client(name: str, settings: Settings, device: str) -> BrokerMemo
     return LocalMemory(settings, device)
 
 
-def _quiet_progress_bars() -> None:
-    # Loading progress bars are noise in a server log.
+def _library_logging() -> None:
+    """diffusers and transformers log through this process's handler (one format), without progress bars."""
     import diffusers.utils.logging
     import transformers.utils.logging
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.disable_progress_bar()
+        library.disable_default_handler()
+        library.enable_propagation()
 
 
 def serve_app(worker: str) -> Flask:
@@ -128,11 +132,14 @@ def serve_app(worker: str) -> Flask:
 
 def create_app(worker: str, settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {worker} %(levelname)s %(name)s: %(message)s")
-    _quiet_progress_bars()
+    configure_logging(worker, settings.log_level, settings.log_format)
+    process_metrics = metrics.configure_metrics(worker, settings.model_profile)
+    startup = Progress(log, f"{worker} worker startup", 3, "steps", every_s=0.0)
+    _library_logging()
     if settings.model_profile == "placeholder":
         from workers.placeholders import ensure_placeholder_models
         ensure_placeholder_models(settings.placeholder_models_dir)
+    startup.advance(note=f"{settings.model_profile} models on disk")
     if not settings.api_key:
         log.warning("WORKER_API_KEY is not set: serving without authentication on loopback %s only", settings.bind_host)
 
@@ -143,11 +150,18 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     _CURRENT = state
     app.extensions["worker_state"] = state
     state.engine.start(state.host)  # background work of the engine (the chat worker's batchers)
+    startup.advance(note=f"engine on {state.engine.device}, job journal and memory client ready")
+    install_request_id(app)
     errors.register_error_handlers(app)
     body.install_body_cap(app, settings.max_body_bytes)
-    auth.install_auth(app, settings.api_keys)
+    auth.install_auth(app, settings.api_keys, open_paths=metrics.open_paths(settings.metrics_public))
     app.register_blueprint(common.bp)
     state.routes.append(common.ROUTES)
+    app.register_blueprint(metrics.metrics_blueprint())
+    state.routes.append(metrics.ROUTES)
+    app.register_blueprint(ops.bp)
+    state.routes.append(ops.ROUTES)
+    process_metrics.on_scrape(lambda m: ops.refresh_metrics(m, state), key="worker")
     if state.request_schema:
         app.register_blueprint(generation.bp)
         state.routes.append(generation.ROUTES[worker])
@@ -158,4 +172,5 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
         app.register_blueprint(getattr(module, attr))
         state.routes.append(module.ROUTES)
     state.intake = start_queue_intake(state)  # SDXL and WAN with REDIS_URL: the app's jobs
+    startup.advance(note="routes registered; answering /ready")
     return app

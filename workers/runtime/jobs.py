@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from common import errors
 from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
-from common.jobs import TERMINAL, JobJournal, JobRecord, processing_payload, send_terminal_callback
+from common.jobs import TERMINAL, JobJournal, JobRecord, processing_payload, recent_summaries, send_terminal_callback
+from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
+from common.metrics import StageTimer, process_metrics
+from configuration.params.common import summarise_data_urls
 from workers import devices
 from workers.engines.base import GeneratedAsset
-from workers.runtime import media
+from workers.runtime import media, provenance
 from workers.runtime.fetch import fetch_image
 from workers.runtime.storage import StorageError
 
@@ -37,6 +41,7 @@ class JobContext:
         self._record = record
         self.cancel_requested = threading.Event()
         self.references: dict = {}
+        self.timer = StageTimer()   # seconds per stage (metrics, provenance)
         # Set for the one retry after a CUDA out-of-memory error: engines then use their memory-saving modes.
         self.memory_saving = False
 
@@ -51,6 +56,9 @@ class JobContext:
             progress = dict(self._record.progress, stage=name)
         else:
             progress = {"stage": name, "step": 0, "total_steps": total_steps, "percent": 0.0}
+        if name != self._record.progress.get("stage"):
+            self.timer.enter(name)
+            set_stage(name)
         self._runner._update(self._record, progress=progress)
 
     def on_step(self, step: int, total_steps: int) -> None:
@@ -91,6 +99,8 @@ class JobRunner:
         self._fetching: dict[str, threading.Event] = {}   # job id -> its fetch's cancel event
         self._references: dict[str, dict] = {}            # job id -> fetched images, until it runs
         self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix=f"{worker}-fetch")
+        self._metrics = process_metrics()
+        self._accepted_at: dict[str, float] = {}          # job id -> monotonic time accepted (queue wait, duration)
         self._recover()
         self._thread = threading.Thread(target=self._loop, name=f"{worker}-executor", daemon=True)
         self._thread.start()
@@ -108,11 +118,17 @@ class JobRunner:
             if not self._accepting:
                 raise RuntimeError("shutting down")
             record = JobRecord(job_id=job_id or uuid.uuid4().hex, type=job_type, user_id=user_id,
-                               params=params, metadata=metadata, send_callback=send_callback)
+                               params=params, metadata=metadata, send_callback=send_callback,
+                               request_id=current_request_id() or new_request_id())
             record.progress["stage"] = "queued"
             self._jobs[record.job_id] = record
             self._done[record.job_id] = threading.Event()
+            self._accepted_at[record.job_id] = time.monotonic()
             self.journal.write(record)
+            self._metrics.job_submitted(self.worker, job_type)
+            with log_context(job_id=record.job_id, request_id=record.request_id, worker=self.worker, stage="queued"):
+                log.info("job accepted: %s, prompt %s", job_type, describe_text(params.get("prompt")),
+                         extra={"job_type": job_type, "queue_depth": self._queue.qsize()})
             urls = self.engine.reference_urls(params)
             if urls:
                 record.progress["stage"] = "fetching"
@@ -152,6 +168,7 @@ class JobRunner:
             record = self._jobs[job_id]
             if record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {record.status}")
+            self._metrics.job_cancellations.labels(self.worker, record.progress.get("stage") or record.status).inc()
             if record.status == "queued":
                 self._stop_fetch(job_id)
                 self._finish(record, "cancelled",
@@ -183,6 +200,15 @@ class JobRunner:
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
+
+    def running_count(self) -> int:
+        with self._lock:
+            return 0 if self._running is None else 1
+
+    def summaries(self, limit: int) -> list[dict]:
+        """The ops page's view: unfinished jobs and the `limit` most recently finished, without prompts."""
+        with self._lock:
+            return recent_summaries([(r, self.worker) for r in self._jobs.values()], limit)
 
     def reject(self, job_id: str, job_type: str, user_id: str, error: dict, metadata: dict) -> JobRecord:
         """A job that cannot run (a queued payload that fails validation, ...) ends `failed` at once,
@@ -257,8 +283,13 @@ class JobRunner:
                 record.started_at = now_iso()
                 self.journal.write(record)
                 self._send_processing(record)
+                accepted = self._accepted_at.get(job_id)
+                if accepted is not None:  # fetching the references counts as waiting
+                    context.timer.add("queue_wait", time.monotonic() - accepted)
+                self._metrics.job_started(self.worker, record.type)
             try:
-                self._execute(record, context)
+                with log_context(job_id=job_id, request_id=record.request_id, worker=self.worker):
+                    self._execute(record, context)
             except Exception:  # the executor thread must survive anything a job does
                 log.exception("job %s crashed the executor", job_id)
                 with self._lock:
@@ -282,16 +313,22 @@ class JobRunner:
                 context.check_cancelled()
                 context.stage("generating", total_steps=params.get("steps"))
                 outputs = self._run_engine(params, context)
+                pipe = self.engine.pipeline_of(params)
+                made_by = {"models": [f for m in models for f in self.host.fingerprints.get(m, [])],
+                           "pipeline": provenance.pipeline_facts(pipe) if pipe is not None else {}}
             context.check_cancelled()
             context.stage("encoding")
             encoded = [self._encode(i, out) for i, out in enumerate(outputs)]
             context.stage("storing")
+            for (files, asset), output in zip(encoded, outputs, strict=True):
+                files.append(self._provenance_file(record, asset, output, made_by, context.timer.timings()))
             assets = []
             for files, asset in encoded:
                 for name, data, content_type in files:
                     stored.append(self._store(self._path(record, name), data, content_type))
                 asset["url"] = self._path(record, files[0][0])
                 asset["thumbnail_url"] = self._path(record, files[1][0])
+                asset["provenance_url"] = self._path(record, files[2][0])
                 assets.append(asset)
             with self._lock:
                 record.assets = assets
@@ -351,6 +388,22 @@ class JobRunner:
         thumb = (f"{index}.thumb.webp", media.encode_thumbnail(thumb_source), "image/webp")
         return [main, thumb], {"type": output.kind, "metadata": metadata}
 
+    def _provenance_file(self, record: JobRecord, asset: dict, output: GeneratedAsset, made_by: dict,
+                         timings: dict) -> tuple[str, bytes, str]:
+        """The asset's provenance: put in its metadata and returned as its JSON sidecar file."""
+        index = asset["metadata"]["asset_index"]
+        params = {k: v for k, v in record.params.items() if k != "caller_metadata"}
+        pipeline = made_by["pipeline"]
+        record_of = provenance.build_provenance(
+            job_id=record.job_id, job_type=record.type, worker=self.worker, asset_index=index,
+            models=made_by["models"], pipeline=pipeline,
+            parameters={"requested": summarise_data_urls(params), "used": output.metadata},
+            seed=output.metadata.get("seed", params.get("seed")), device=self.engine.device,
+            dtype=pipeline.get("dtype"), profile=self.engine.settings.model_profile,
+            timings_s={k: v for k, v in timings.items() if k != "storing"})
+        asset["metadata"]["provenance"] = record_of
+        return provenance.sidecar_name(index), provenance.encode_sidecar(record_of), "application/json"
+
     def _store(self, path: str, data: bytes, content_type: str) -> str:
         """storage.put; a storage that cannot take the file fails the job with a reason (no server paths)."""
         try:
@@ -389,7 +442,24 @@ class JobRunner:
             record.progress = dict(record.progress, stage="storing", percent=100.0)
         self.journal.write(record)
         self._done[record.job_id].set()
+        self._observe_end(record)
         self._send_callback(record)
+
+    def _observe_end(self, record: JobRecord) -> None:
+        """Metrics and the one log line of a job's end (with the time spent in each stage)."""
+        accepted = self._accepted_at.pop(record.job_id, None)
+        duration = time.monotonic() - accepted if accepted is not None else None
+        context = self._contexts.get(record.job_id)
+        stages = context.timer.stop() if context is not None else {}
+        code = (record.error or {}).get("code")
+        self._metrics.job_finished(self.worker, record.type, record.status, duration, code, stages)
+        with log_context(job_id=record.job_id, request_id=record.request_id, worker=self.worker):
+            log.log(logging.WARNING if record.status == "failed" else logging.INFO, "job %s%s in %s", record.status,
+                    f" ({code})" if record.status == "failed" else "",
+                    "unknown time (recovered)" if duration is None else f"{duration:.3f}s",
+                    extra={"job_type": record.type, "status": record.status, "error_code": code,
+                           "duration_s": None if duration is None else round(duration, 4),
+                           "stages_s": {k: round(v, 4) for k, v in stages.items()}})
 
     def _send_callback(self, record: JobRecord) -> None:
         send_terminal_callback(record, self.callbacks, self.journal, self._lock)
