@@ -2,8 +2,9 @@
 
 Public: `POST /jobs`, `GET /jobs/<id>`, `POST /jobs/<id>/cancel`, `GET /workers`, `GET /memory/status`,
 `POST /memory/load|unload` (a worker's models, through the broker), `GET /health`, `GET /ready`,
-`GET /openapi.json`. The memory broker (`POST /broker/*`) is not here: orchestrator/broker_api.py serves it
-on a loopback port of its own, to the pod's workers only.
+`GET /openapi.json`, `GET /metrics`; the ops page `GET /` (its HTML is public, its data `GET /ops/state`
+needs the key). The memory broker (`POST /broker/*`) is not here: orchestrator/broker_api.py serves it on a
+loopback port of its own, to the pod's workers only.
 Errors, auth and body parsing are common/ (the same as the workers'); ROUTES below is what
 `/openapi.json` describes.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from common import auth, errors
+from common import auth, errors, metrics
 from common.body import install_body_cap, json_body, query_float
 from common.errors import Unavailable
 from common.job_routes import add_job_routes, submission_response
+from common.logging import install_request_id
 from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
 
@@ -109,14 +111,39 @@ def openapi():
     return jsonify(openapi_document("orchestrator", pod().settings, ROUTES))
 
 
+# ---- the ops page ------------------------------------------------------------------------------------------
+
+OPS_PAGES = ("/", "/ops")
+
+
+@bp.get("/")
+@bp.get("/ops")
+def ops_page():
+    """The HTML (no data in it: its script asks /ops/state with the key the operator enters)."""
+    return Response(current_app.extensions["ops"].page(), content_type="text/html; charset=utf-8",
+                    headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/ops/state")
+def ops_state():
+    return jsonify(current_app.extensions["ops"].state())
+
+
 def create_app(the_pod) -> Flask:
+    from orchestrator.ops import OpsView
+
     app = Flask("ourvidz-orchestrator")
     app.json.sort_keys = False
     app.extensions["pod"] = the_pod
+    app.extensions["ops"] = ops = OpsView(the_pod)
+    metrics.process_metrics().on_scrape(ops.refresh_metrics, key="orchestrator")
+    install_request_id(app)
     errors.register_error_handlers(app)
     install_body_cap(app, the_pod.settings.max_body_bytes)
-    auth.install_auth(app, the_pod.settings.api_keys)
+    auth.install_auth(app, the_pod.settings.api_keys,
+                      open_paths=OPS_PAGES + metrics.open_paths(the_pod.settings.metrics_public))
     app.register_blueprint(bp)
+    app.register_blueprint(metrics.metrics_blueprint())
     return app
 
 
@@ -135,4 +162,9 @@ ROUTES: RouteTable = {
     "/memory/load": {"post": ("Load a worker's models (through the broker).", "orchestrator.memory_action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a worker's models; 409 while they run a job.", "orchestrator.memory_action", (400, 401, 409, 503))},
     "/openapi.json": {"get": ("This document.", None, (401,))},
+    "/": {"get": ("The ops page (HTML, no auth; its data comes from /ops/state with the key).", None, ())},
+    "/ops": {"get": ("The ops page (same as /).", None, ())},
+    "/ops/state": {"get": ("What the ops page shows: workers, memory, queues, running and last 50 jobs (no prompts), "
+                           "callback backlog.", None, (401,))},
+    **metrics.ROUTES,
 }

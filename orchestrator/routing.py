@@ -22,7 +22,9 @@ from common import errors
 from common.callbacks import CallbackSender
 from common.errors import DomainError, Unavailable, WorkerUnavailable
 from common.http import bearer_session, error_of, now_iso, refusal
-from common.jobs import TERMINAL, JobJournal, JobRecord, send_terminal_callback
+from common.jobs import TERMINAL, JobJournal, JobRecord, recent_summaries, send_terminal_callback
+from common.logging import REQUEST_ID_HEADER, current_request_id, describe_text, log_context, new_request_id
+from common.metrics import process_metrics
 from configuration import chat_config, job_types
 from configuration.params.common import summarise_data_urls
 from configuration.schemas import field_error, validate_request
@@ -75,6 +77,11 @@ class RoutedJob:
     forward: dict
     submitted: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    accepted_at: float | None = None                      # monotonic; None for a job recovered from the journal
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage timed here (enhancing)
+
+    def log_context(self):
+        return log_context(job_id=self.record.job_id, request_id=self.record.request_id, worker=self.target)
 
 
 class Router:
@@ -89,6 +96,7 @@ class Router:
         self._jobs: dict[str, RoutedJob] = {}
         self._accepting = True
         self._session = bearer_session(settings.api_key)
+        self._metrics = process_metrics()
         self._recover()
 
     # -- intake ------------------------------------------------------------------------------------------
@@ -111,7 +119,8 @@ class Router:
                                metadata={"original_prompt": body["prompt"], "enhanced_prompt": None,
                                          "target": target, "enhancement": None, "stages": []})
             record.progress["stage"] = "queued"
-            job = RoutedJob(record, target, enhance, forward)
+            record.request_id = current_request_id() or new_request_id()
+            job = RoutedJob(record, target, enhance, forward, accepted_at=time.monotonic())
             self._jobs[job_id] = job  # reserved: a concurrent repeat of this id gets this job
         try:
             if enhance:
@@ -127,9 +136,19 @@ class Router:
             raise
         with self._lock:
             self.journal.write(record)
+        self._metrics.job_submitted(target, record.type)
+        with job.log_context():
+            log.info("job accepted: %s to %s%s, prompt %s", record.type, target, " after enhancement" if enhance else "",
+                     describe_text(body["prompt"]), extra={"job_type": record.type})
         runner = self._enhance_then_generate if enhance else self._monitor
-        threading.Thread(target=runner, args=(job,), name=f"route-{job_id[:12]}", daemon=True).start()
+        threading.Thread(target=self._route, args=(runner, job), name=f"route-{job_id[:12]}", daemon=True).start()
         return record, True
+
+    @staticmethod
+    def _route(runner, job: RoutedJob) -> None:
+        """A routed job's thread: every line it logs carries the job's id, worker and request id."""
+        with job.log_context():
+            runner(job)
 
     def _require_ready(self, worker: str) -> None:
         supervisor = self.workers.get(worker)
@@ -143,7 +162,7 @@ class Router:
         """POST the body to the target's /generate; a refusal is raised as the worker's own error."""
         url = self.workers[target].url + "/generate" + ("?dry_run=1" if dry_run else "")
         try:
-            response = self._session.post(url, json=forward, headers={"X-Callback-Mode": "none"},
+            response = self._session.post(url, json=forward, headers={"X-Callback-Mode": "none", **_request_id()},
                                           timeout=SUBMIT_TIMEOUT_S)
         except requests.RequestException as exc:
             raise WorkerUnavailable(f"the {target} worker cannot be reached ({type(exc).__name__})",
@@ -167,6 +186,7 @@ class Router:
             job = self._jobs[job_id]
             if job.record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {job.record.status}")
+            self._metrics.job_cancellations.labels(job.target, job.record.progress.get("stage") or "queued").inc()
             if not job.submitted:
                 self._finish(job, "cancelled", {"code": errors.CANCELLED, "message": "cancelled before generation started"})
                 return job.record
@@ -233,7 +253,7 @@ class Router:
         url = f"{self.workers['chat'].url}/enhance/{model}"
         started = time.monotonic()
         try:
-            response = self._session.post(url, json=body, timeout=self.settings.enhance_timeout_s)
+            response = self._session.post(url, json=body, timeout=self.settings.enhance_timeout_s, headers=_request_id())
         except requests.RequestException as exc:
             raise DomainError(f"the chat worker could not be reached or did not answer in time ({type(exc).__name__})",
                               errors.ENHANCEMENT_FAILED) from None
@@ -251,9 +271,11 @@ class Router:
             raise DomainError("the chat worker answered without an enhanced_prompt", errors.ENHANCEMENT_FAILED) from None
         if not isinstance(enhanced, str) or not enhanced.strip():
             raise DomainError("the chat worker returned an empty enhanced prompt", errors.ENHANCEMENT_FAILED)
+        seconds = time.monotonic() - started
+        job.timings["enhancing"] = seconds
         info = {"model": result.get("model", model), "tokens_generated": result.get("tokens_generated"),
                 "generation_time": result.get("generation_time"), "parameters": result.get("parameters"),
-                "seconds": round(time.monotonic() - started, 3)}
+                "seconds": round(seconds, 3)}
         return enhanced, info
 
     def _monitor(self, job: RoutedJob) -> None:
@@ -363,7 +385,29 @@ class Router:
         self.journal.write(record)
         job.done.set()
         self._send_callback(record)
-        log.info("job %s %s%s", record.job_id, status, f" ({error['code']})" if error else "")
+        duration = time.monotonic() - job.accepted_at if job.accepted_at is not None else None
+        code = (error or {}).get("code") if status != "completed" else None
+        self._metrics.job_finished(job.target, record.type, status, duration, code, job.timings)
+        with job.log_context():
+            log.info("job %s %s%s", record.job_id, status, f" ({code})" if code else "",
+                     extra={"job_type": record.type, "status": status, "error_code": code,
+                            "duration_s": None if duration is None else round(duration, 4)})
+
+    # -- the ops page -----------------------------------------------------------------------------------------
+    def summaries(self, limit: int) -> list[dict]:
+        """Unfinished routed jobs and the `limit` most recently finished, without prompts."""
+        with self._lock:
+            return recent_summaries([(job.record, job.target) for job in self._jobs.values()], limit)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(worker, status) -> routed jobs not finished yet."""
+        counts: dict[tuple[str, str], int] = {}
+        with self._lock:
+            for job in self._jobs.values():
+                if job.record.status not in TERMINAL:
+                    key = (job.target, job.record.status)
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def _send_callback(self, record: JobRecord) -> None:
         send_terminal_callback(record, self.callbacks, self.journal, self._lock)
@@ -384,3 +428,9 @@ class Router:
                 job.done.set()
                 if record.callback.get("status") == "pending":
                     self._send_callback(record)
+
+
+def _request_id() -> dict[str, str]:
+    """The request id header for a call to a worker: the job's (its route thread) or the request's."""
+    rid = current_request_id()
+    return {REQUEST_ID_HEADER: rid} if rid else {}

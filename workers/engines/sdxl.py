@@ -159,6 +159,9 @@ class SDXLEngine(Engine):
         return plan
 
     # jobs
+    def pipeline_of(self, params: SDXLParams):
+        return self.img2img if params["reference"] is not None else self.txt2img
+
     def reference_urls(self, params: SDXLParams) -> dict[str, str]:
         return {"image": params["reference"]["url"]} if params["reference"] else {}
 
