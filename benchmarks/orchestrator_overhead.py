@@ -66,7 +66,7 @@ def job_bookkeeping(memory) -> None:
 def bench_bookkeeping(rounds: int) -> tuple[float, float]:
     import waitress
 
-    from orchestrator.api import create_app
+    from orchestrator.broker_api import create_broker_app
     from workers.runtime.broker_client import BrokerMemory
     from orchestrator.pod import Pod
     from workers.runtime.local_memory import LocalMemory
@@ -75,9 +75,11 @@ def bench_bookkeeping(rounds: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(orchestrator_port=port, enabled_workers="sdxl", vram_budget_mb=64, vram_reserve_mb=0,
                             output_dir=Path(tmp))
-        server = waitress.create_server(create_app(Pod(settings, environ={})), host="127.0.0.1", port=port, threads=8)
+        pod = Pod(settings, environ={})
+        server = waitress.create_server(create_broker_app(pod), sockets=[pod.broker_socket], threads=8)
         threading.Thread(target=server.run, daemon=True).start()
-        broker = BrokerMemory("sdxl", settings.replace(orchestrator_url=f"http://127.0.0.1:{port}"), "cpu")
+        broker = BrokerMemory("sdxl", settings.replace(orchestrator_url=pod.broker_url, broker_token=pod.broker_token),
+                              "cpu")
         local = LocalMemory(settings, "cpu")
         results = []
         for memory in (local, broker):

@@ -3,12 +3,19 @@
 Delivery never blocks, delays or fails a job: `send` only enqueues. Each callback carries an
 `Idempotency-Key` stable per job and status, so a receiver can drop the duplicates that retries of
 a slow-but-successful delivery may cause.
+
+A callback is retried with a doubling delay capped at CALLBACK_BACKOFF_MAX_S until it is delivered, the
+receiver refuses it for good (a 4xx other than 408/409/425/429), or CALLBACK_RETRY_HORIZON_S (a day by
+default) has passed since the job ended. The sender itself keeps nothing on disk: the job journal is the
+outbox (common/jobs.py keeps each attempt, its time and error in the record, and a restarted process
+sends every callback the journal shows pending, with the attempts and the horizon it had). Deliveries
+of one job go out in the order they were queued.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import itertools
 import logging
 import queue
 import threading
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 
 import requests
 
+from common import strict_json
 from common.logging import log_context
 from common.metrics import process_metrics
 from configuration.settings import Settings
@@ -29,12 +37,15 @@ _RETRYABLE_4XX = {408, 409, 425, 429}
 @dataclass(order=True)
 class _Delivery:
     due: float
+    seq: int
     body: bytes = field(compare=False)
     key: str = field(compare=False)
     attempt: int = field(compare=False, default=0)
     on_result: Callable[[bool, int], None] | None = field(compare=False, default=None)
     queued_at: float = field(compare=False, default=0.0)
     max_attempts: int = field(compare=False, default=0)  # 0: the sender's CALLBACK_MAX_ATTEMPTS
+    since: float = field(compare=False, default=0.0)     # wall time the first attempt was queued (the horizon)
+    on_attempt: Callable[[int, str, float], None] | None = field(compare=False, default=None)
 
     @property
     def job_id(self) -> str:
@@ -51,8 +62,12 @@ class CallbackSender:
         self.service_key = settings.supabase_service_key
         self.secret = settings.callback_secret
         self.processing = settings.callback_processing  # also notify when a job starts
-        self.max_attempts = max(1, settings.callback_max_attempts)
+        self.max_attempts = max(0, settings.callback_max_attempts)  # 0: no cap, the horizon decides
         self.backoff_s = settings.callback_backoff_s
+        self.backoff_max_s = settings.callback_backoff_max_s
+        self.horizon_s = settings.callback_retry_horizon_s
+        self._seq = itertools.count()
+        self._order: dict[str, list[int]] = {}   # job id -> seqs of its outstanding deliveries, oldest first
         self.timeout_s = settings.callback_timeout_s
         self._queue: queue.PriorityQueue[_Delivery] = queue.PriorityQueue()
         self._session = requests.Session()
@@ -71,19 +86,25 @@ class CallbackSender:
         return bool(self.url)
 
     def send(self, payload: dict, on_result: Callable[[bool, int], None] | None = None,
-             max_attempts: int = 0) -> bool:
-        """Queue `payload` for delivery; `on_result(delivered: bool, attempts: int)` is called at the end.
-        `max_attempts=1` for a notice that must not arrive late (a `processing` callback is never
+             max_attempts: int = 0, attempts: int = 0, since: float | None = None,
+             on_attempt: Callable[[int, str, float], None] | None = None) -> bool:
+        """Queue `payload` for delivery; `on_result(delivered: bool, attempts: int)` is called at the end,
+        `on_attempt(attempts, error, retry_in_s)` after each failed attempt that will be retried.
+        `attempts` and `since` (wall time of the first queueing) carry a delivery over from an earlier
+        process. `max_attempts=1` for a notice that must not arrive late (a `processing` callback is never
         retried, so it can never land after the job's terminal callback)."""
         if not self.url:
             return False
-        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        body = strict_json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         key = f"{payload['job_id']}:{payload['status']}"
         now = time.monotonic()
-        delivery = _Delivery(now, body, key, 0, on_result, queued_at=now, max_attempts=max_attempts)
+        seq = next(self._seq)
+        delivery = _Delivery(now, seq, body, key, attempts, on_result, queued_at=now, max_attempts=max_attempts,
+                             since=time.time() if since is None else since, on_attempt=on_attempt)
         with self._lock:
             self._outstanding += 1
             self._open[id(delivery)] = now
+            self._order.setdefault(delivery.job_id, []).append(seq)
         self._queue.put(delivery)
         return True
 
@@ -129,6 +150,12 @@ class CallbackSender:
                 self._queue.put(delivery)
                 time.sleep(min(wait, 0.2))
                 continue
+            with self._lock:
+                first = self._order.get(delivery.job_id, [delivery.seq])[0]
+            if first != delivery.seq:  # an earlier delivery of this job is still outstanding: it goes first
+                delivery.due = time.monotonic() + 0.05
+                self._queue.put(delivery)
+                continue
             with log_context(job_id=delivery.job_id):
                 self._deliver(delivery)
 
@@ -138,12 +165,16 @@ class CallbackSender:
         ok, retry, reason = self._attempt(delivery)
         metrics = self._metrics
         metrics.callback_attempts.labels("delivered" if ok else "retryable" if retry else "rejected").inc()
-        if ok or not retry or delivery.attempt >= (delivery.max_attempts or self.max_attempts):
+        cap = delivery.max_attempts or self.max_attempts
+        expired = time.time() - delivery.since >= self.horizon_s
+        if ok or not retry or (cap and delivery.attempt >= cap) or expired:
             if ok:
                 metrics.callbacks_delivered.inc()
             else:
                 metrics.callbacks_abandoned.inc()
-                log.error("callback %s abandoned after %d attempt(s): %s", delivery.key, delivery.attempt, reason)
+                why = "the retry horizon passed" if expired and retry else reason
+                log.error("callback %s abandoned after %d attempt(s): %s (%s)", delivery.key, delivery.attempt,
+                          why, reason)
             if delivery.on_result:
                 try:
                     delivery.on_result(ok, delivery.attempt)
@@ -152,14 +183,24 @@ class CallbackSender:
             with self._lock:
                 self._outstanding -= 1
                 self._open.pop(id(delivery), None)
+                order = self._order.get(delivery.job_id, [])
+                if delivery.seq in order:
+                    order.remove(delivery.seq)
+                if not order:
+                    self._order.pop(delivery.job_id, None)
                 if ok:
                     self.delivered += 1
                 else:
                     self.abandoned += 1
             return
         metrics.callback_retries.inc()
-        delay = min(60.0, self.backoff_s * 2 ** (delivery.attempt - 1))
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(delivery.attempt - 1, 62))
         log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason, delay)
+        if delivery.on_attempt:
+            try:
+                delivery.on_attempt(delivery.attempt, reason, delay)
+            except Exception:  # a bookkeeping failure must not stop the delivery
+                log.exception("callback attempt hook failed")
         delivery.due = time.monotonic() + delay
         self._queue.put(delivery)
 

@@ -17,6 +17,7 @@ import threading
 import time
 
 from common.errors import MemoryUnavailable
+from configuration import worker_configs
 from common.http import iso_time
 from common.metrics import process_metrics
 from configuration.settings import Settings
@@ -49,6 +50,8 @@ class MemoryBroker:
         self._waiting: dict[int, dict] = {}          # ticket -> what status() shows
         self._requests: dict[int, Request] = {}      # ticket -> the waiting request
         self._pids: dict[str, int] = {}
+        self._loading_since: dict[tuple[str, str], float] = {}   # clock time of each `loading` lease's grant
+        self._models = {name: set(config["models"]) for name, config in worker_configs().items()}
         self.history: collections.deque = collections.deque(maxlen=HISTORY_LENGTH)
         self.counters = collections.Counter()
 
@@ -57,7 +60,29 @@ class MemoryBroker:
         loading = {w for (w, _m), l in self._leases.items() if l.state == LOADING}
         return frozenset(loading | {w for w, n in self._jobs.items() if n > 0})
 
+    def check_model(self, worker: str, model: str) -> None:
+        """ValueError unless `model` is one the worker is configured with (no lease for made-up models)."""
+        if model not in self._models.get(worker, ()):
+            raise ValueError(f"the {worker} worker has no model {model!r} "
+                             f"(configured: {', '.join(sorted(self._models.get(worker, ()))) or 'none'})")
+
+    def _expire_loads(self) -> None:
+        """Called with the condition held: a `loading` lease whose load has not finished within
+        LEASE_LOAD_TIMEOUT_S is dropped (a hung load, or a worker that died unseen, holds nothing forever)."""
+        now = self._clock()
+        for key, since in list(self._loading_since.items()):
+            if now - since <= self.settings.lease_load_timeout_s:
+                continue
+            del self._loading_since[key]
+            lease = self._leases.get(key)
+            if lease is not None and lease.state == LOADING:
+                del self._leases[key]
+                self._event("load_expired", key[0], key[1], bytes=lease.bytes,
+                            after_s=round(now - since, 1))
+                self._cond.notify_all()
+
     def _pool(self) -> tuple[Pool, object]:
+        self._expire_loads()
         reading = self.device.read()
         leases = tuple(self._leases.values())
         busy = self._busy()
@@ -171,6 +196,7 @@ class MemoryBroker:
         if request.model is not None:
             self._leases[(request.worker, request.model)] = Lease(request.worker, request.model, request.model_bytes,
                                                                   LOADING, now)
+            self._loading_since[(request.worker, request.model)] = self._clock()
         if request.working_bytes:
             self._working[request.worker] = max(self._working.get(request.worker, 0), request.working_bytes)
         self._event("grant", request.worker, request.model, bytes=request.model_bytes,
@@ -221,6 +247,7 @@ class MemoryBroker:
             self._cond.notify_all()
 
     def acquire(self, worker: str, model: str, estimate_bytes: int, working_bytes: int, timeout_s: float) -> None:
+        self.check_model(worker, model)
         self.lease(Request(worker, model, estimate_bytes, working_bytes), timeout_s)
 
     def admit(self, worker: str, need_bytes: int) -> None:
@@ -237,7 +264,9 @@ class MemoryBroker:
                              "capacity_bytes": pool.capacity, "reserve_bytes": pool.reserve})
 
     def loaded(self, worker: str, model: str, resident_bytes: int) -> None:
+        self.check_model(worker, model)
         with self._cond:
+            self._loading_since.pop((worker, model), None)
             self._leases[(worker, model)] = Lease(worker, model, int(resident_bytes), LOADED, self._wall())
             self._pinned.pop((worker, model), None)
             self._event("loaded", worker, model, bytes=int(resident_bytes))
@@ -246,6 +275,7 @@ class MemoryBroker:
     def release(self, worker: str, model: str) -> None:
         with self._cond:
             lease = self._leases.pop((worker, model), None)
+            self._loading_since.pop((worker, model), None)
             self._pinned.pop((worker, model), None)
             if not self._jobs.get(worker) and not any(l.worker == worker and l.state == LOADING
                                                       for l in self._leases.values()):
@@ -297,6 +327,7 @@ class MemoryBroker:
     def _forget(self, worker: str) -> None:
         for key in [k for k in self._leases if k[0] == worker]:
             del self._leases[key]
+            self._loading_since.pop(key, None)
         self._pinned = {k: v for k, v in self._pinned.items() if k[0] != worker}
         self._working.pop(worker, None)
         self._jobs.pop(worker, None)

@@ -51,8 +51,11 @@ class WorkerState:
         self.memory = make_memory_client(name, settings, self.engine.device)
         self.host = ModelHost(self.engine, self.memory, WeightHashes(settings.effective_state_dir / "weight-hashes.json"))
         # Only workers that take jobs (POST /generate) have a job runner; the chat worker answers in the request.
-        self.runner = (JobRunner(name, self.engine, self.host, make_storage(settings), CallbackSender(settings),
-                                 JobJournal(settings.effective_state_dir / name)) if self.request_schema else None)
+        self.runner: JobRunner | None = None
+        if self.request_schema:
+            journal = JobJournal(settings.effective_state_dir / name, settings.job_retention_days)
+            self.runner = JobRunner(name, self.engine, self.host, make_storage(settings), CallbackSender(settings),
+                                    journal)
         self.shutting_down = False
         self._shutdown_lock = threading.Lock()
         self.routes: list[RouteTable] = []  # what /openapi.json describes, added as blueprints are registered

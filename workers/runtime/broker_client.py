@@ -31,7 +31,7 @@ class BrokerMemory:
         self.device = device
         self.url = settings.orchestrator_url.rstrip("/")
         self.timeout_s = settings.lease_timeout_s
-        self._session = bearer_session(settings.api_key)
+        self._session = bearer_session(settings.broker_token)  # the per-start token, not the API key
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
         self._report("hello", {"pid": os.getpid()})

@@ -17,7 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from common import errors
 from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
-from common.jobs import TERMINAL, JobJournal, JobRecord, processing_payload, recent_summaries, send_terminal_callback
+from common.jobs import (
+    TERMINAL,
+    JobJournal,
+    JobRecord,
+    processing_payload,
+    recent_summaries,
+    send_terminal_callback,
+    start_sweeper,
+    sweep,
+)
 from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
 from common.metrics import StageTimer, process_metrics
 from configuration.params.common import summarise_data_urls
@@ -104,6 +113,8 @@ class JobRunner:
         self._recover()
         self._thread = threading.Thread(target=self._loop, name=f"{worker}-executor", daemon=True)
         self._thread.start()
+        if journal.retention_days:
+            start_sweeper(worker, self._sweep)
 
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, job_id: str | None, job_type: str, user_id: str, params: dict, metadata: dict,
@@ -464,9 +475,17 @@ class JobRunner:
     def _send_callback(self, record: JobRecord) -> None:
         send_terminal_callback(record, self.callbacks, self.journal, self._lock)
 
+    def _sweep(self) -> None:
+        """Forget finished jobs past the retention period (memory and journal)."""
+        for job_id in sweep(self._jobs, lambda record: record, self.journal, self._lock):
+            self._done.pop(job_id, None)
+
     def _recover(self) -> None:
         """Load the journal; fail what a previous process left unfinished, resend pending callbacks."""
         for record in self.journal.load_all():
+            if self.journal.expired(record):  # past JOB_RETENTION_DAYS
+                self.journal.delete(record.job_id)
+                continue
             self._jobs[record.job_id] = record
             self._done[record.job_id] = threading.Event()
             if record.status not in TERMINAL:

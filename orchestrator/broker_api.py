@@ -1,0 +1,100 @@
+"""The memory broker's HTTP API, for the pod's own workers only (workers/runtime/broker_client.py).
+
+It is not on the public port: the orchestrator serves it on a loopback port of its own, with its own
+threads, so requests waiting on the public port (`POST /jobs?wait=`) can never take the threads a
+worker's lease request needs, and it answers only the bearer of a token the orchestrator draws at each
+start and hands its workers in their environment (BROKER_TOKEN). A holder of the public API key
+reaches none of it: the public port answers 404 to `/broker/*`.
+
+Every request names a worker of this pod and, where it leases, reports or releases memory for a model,
+a model that worker is configured with (400 otherwise): nobody leases 47 GB for a model that does not
+exist.
+"""
+from __future__ import annotations
+
+import hmac
+import socket
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.wrappers import Response
+
+from common import errors
+from common.auth import bearer_token
+from common.body import install_body_cap, json_body
+from common.errors import ApiError, error_response, register_error_handlers
+from configuration.schemas import validate_request
+
+bp = Blueprint("broker", __name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _pod():
+    return current_app.extensions["pod"]
+
+
+def _broker_body(action: str) -> dict:
+    body = json_body()
+    validate_request(f"orchestrator.broker_{action}", body, _pod().settings)
+    if body["worker"] not in _pod().supervisors:
+        raise ApiError(400, errors.VALIDATION_ERROR, f"unknown worker {body['worker']!r}",
+                       [{"path": "/worker", "message": f"must be one of {sorted(_pod().supervisors)}"}])
+    models = [body["model"]] if "model" in body else list(body.get("models", []))
+    for index, model in enumerate(models):
+        try:
+            _pod().broker.check_model(body["worker"], model)
+        except ValueError as exc:
+            path = "/model" if "model" in body else f"/models/{index}"
+            raise ApiError(400, errors.VALIDATION_ERROR, str(exc), [{"path": path, "message": str(exc)}]) from None
+    return body
+
+
+@bp.post("/broker/<action>")
+def broker(action: str):
+    broker = _pod().broker
+    timeout_s = _pod().settings.lease_timeout_s
+    handlers = {
+        "hello": lambda b: broker.hello(b["worker"], b["pid"]),
+        "acquire": lambda b: broker.acquire(b["worker"], b["model"], b["estimate_bytes"], b.get("working_bytes", 0),
+                                            timeout_s),
+        "admit": lambda b: broker.admit(b["worker"], b["need_bytes"]),
+        "loaded": lambda b: broker.loaded(b["worker"], b["model"], b["resident_bytes"]),
+        "release": lambda b: broker.release(b["worker"], b["model"]),
+        "job_started": lambda b: broker.job_started(b["worker"], b.get("working_bytes", 0), timeout_s),
+        "working": lambda b: broker.grow_working(b["worker"], b["working_bytes"], timeout_s),
+        "job_finished": lambda b: broker.job_finished(b["worker"]),
+        "touch": lambda b: broker.touch(b["worker"], b["models"]),
+        "turn": lambda b: broker.wait_turn(b["worker"], timeout_s),
+    }
+    if action not in handlers:
+        raise ApiError(404, errors.NOT_FOUND, f"no broker action {action!r}")
+    handlers[action](_broker_body(action))  # MemoryUnavailable: 409 with the numbers (common/errors.py)
+    return jsonify({"ok": True})
+
+
+def create_broker_app(pod) -> Flask:
+    """The broker's app: only `/broker/*`, only for the bearer of `pod.broker_token`."""
+    app = Flask("ourvidz-broker")
+    app.json.sort_keys = False
+    app.extensions["pod"] = pod
+    register_error_handlers(app)
+    install_body_cap(app, MAX_BODY_BYTES)
+    expected = pod.broker_token.encode()
+
+    @app.before_request
+    def _require_token() -> Response | None:
+        if not hmac.compare_digest(bearer_token(request.headers.get("Authorization", "")), expected):
+            return error_response(401, errors.UNAUTHORIZED, "the memory broker serves only this pod's workers",
+                                  headers={"WWW-Authenticate": "Bearer"})
+        return None
+
+    app.register_blueprint(bp)
+    return app
+
+
+def broker_socket() -> socket.socket:
+    """A listening socket on a free loopback port for the broker's server (bound before the workers start,
+    so their environment can name it)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
