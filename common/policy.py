@@ -25,6 +25,8 @@ from functools import cache
 from itertools import groupby
 from typing import NamedTuple
 
+from common.errors import ContentPolicyRefused
+from common.metrics import process_metrics
 from configuration import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -417,9 +419,11 @@ def add_listener(listener: Callable[[Decision], None]) -> None:
 
 def record(decision: Decision, job_id: str | None = None) -> Decision:
     """Count a decision and log it (refusals at WARNING) without the text."""
+    labels = (decision.outcome, decision.category or "none", decision.stage, decision.tier)
     with _counts_lock:
-        _counts[(decision.outcome, decision.category or "none", decision.stage, decision.tier)] += 1
+        _counts[labels] += 1
         listeners = list(_listeners)
+    process_metrics().policy_decisions.labels(*labels).inc()
     for listener in listeners:
         try:
             listener(decision)
@@ -447,6 +451,44 @@ def check_text(texts: str | Iterable[str | None], *, tier: str, stage: str, job_
     else:
         text = "\n".join(t for t in texts if t)
     return record(rules().evaluate(text, tier, stage), job_id)
+
+
+def require(decision: Decision) -> Decision:
+    """`decision` when it allows; ContentPolicyRefused (422 at HTTP, a failed job elsewhere) when not."""
+    if not decision.allowed:
+        raise ContentPolicyRefused(decision.category or EXPLICIT, decision.stage, decision.tier, decision.rule)
+    return decision
+
+
+def check_generation_prompt(body: dict, default_tier: str, job_id: str | None = None) -> tuple[str, Decision]:
+    """(tier, decision) for a generation body (POST /generate, a queued job, the orchestrator's POST /jobs):
+    `prompt` and `compel_weights` read together, as the text encoder reads them. Raises ContentPolicyRefused."""
+    tier = resolve_tier(default_tier, content_tier=body.get("content_tier"))
+    decision = check_text([body.get("prompt"), body.get("compel_weights")], tier=tier, stage="prompt", job_id=job_id)
+    return tier, require(decision)
+
+
+def chat_tier(inputs: dict, default_tier: str) -> str:
+    """The tier of a chat request from its policy inputs (`sfw_mode`, `content_tier`, `nsfw_enforce`)."""
+    return resolve_tier(default_tier, content_tier=inputs.get("content_tier"), sfw_mode=inputs.get("sfw_mode"),
+                        nsfw_enforce=inputs.get("nsfw_enforce"))
+
+
+def conversation(messages: list[dict] | None, text: str | None) -> list[str]:
+    """The texts a chat model reads: every message's content (system prompts included), or a raw prompt."""
+    if messages is not None:
+        return [m["content"] for m in messages]
+    return [text or ""]
+
+
+def job_entry(tier: str, *checks: Decision) -> dict:
+    """What a job record notes (`metadata.content_policy`): the tier and each check that ran, with its outcome."""
+    return {"tier": tier, "checks": [c.public() for c in checks]}
+
+
+def prompt_entry(tier: str) -> dict:
+    """The record entry of a generation job admitted past its prompt check (`check_generation_prompt`)."""
+    return job_entry(tier, Decision(True, "prompt", tier))
 
 
 def refusal_text(category: str) -> str:

@@ -80,3 +80,64 @@ def test_the_setting_points_at_any_folder_and_one_without_an_unsafe_label_is_ref
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigurationError, match="no unsafe label"):
         safety.OutputClassifier(str(folder), 0.5).load()
+
+
+class _PictureEngine:
+    """Makes one noise picture per job (the runner's contract: run(params, ctx) -> [GeneratedAsset])."""
+    device = "cpu"
+    worker = "test"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.loaded = False
+
+    def model_names(self): return ["m"]
+    def is_loaded(self, model): return self.loaded
+    def load(self, model): self.loaded = True
+    def unload(self, model): self.loaded = False
+    def memory_estimate(self, model): return 1000
+    def resident_bytes(self, model): return 1000 if self.loaded else 0
+    def required_models(self, params): return ["m"]
+    def working_bytes(self, params): return 0
+    def reference_urls(self, params): return {}
+    def weight_paths(self, model): return []
+    def pipeline_of(self, params): return None
+
+    def run(self, params, ctx):
+        return [GeneratedAsset("image", _images(3, seed=params["seed"])[:1], {"seed": params["seed"]})]
+
+
+def test_a_flagged_sfw_output_is_not_stored_and_the_job_fails_while_nsfw_completes(placeholder_dir, tmp_path):
+    from common.callbacks import CallbackSender
+    from common.jobs import JobJournal
+    from tests.support import CallbackReceiver
+    from workers.runtime.jobs import JobRunner
+    from workers.runtime.local_memory import LocalMemory
+    from workers.runtime.models import ModelHost
+    from workers.runtime.storage import LocalStorage
+
+    receiver = CallbackReceiver()
+    settings = Settings(placeholder_models_dir=placeholder_dir, safety_threshold=0.01, callback_url=receiver.url,
+                        callback_backoff_s=0.05)
+    engine = _PictureEngine(settings)
+    out = tmp_path / "out"
+    runner = JobRunner("test", engine, ModelHost(engine, LocalMemory(settings, "cpu")), LocalStorage(out),
+                       CallbackSender(settings), JobJournal(tmp_path / "journal"))
+    try:
+        for job_id, tier in (("flagged", "sfw"), ("allowed", "nsfw")):
+            runner.submit(job_id, "t", "u1", {"seed": 1, "content_tier": tier},
+                          {"content_policy": policy.prompt_entry(tier)})
+            assert runner.wait(job_id, 60)
+        flagged, allowed = runner.get("flagged"), runner.get("allowed")
+        assert flagged.status == "failed" and allowed.status == "completed"
+        assert flagged.error == {"code": "content_policy", "message": "content policy: sexual_explicit"}
+        assert not (out / "u1" / "flagged").exists() and flagged.assets == []
+        assert (out / "u1" / "allowed" / "0.png").exists()
+        checks = flagged.metadata["content_policy"]["checks"]
+        assert [c["stage"] for c in checks] == ["prompt", "output"] and checks[1]["outcome"] == "refused"
+        assert allowed.metadata["content_policy"] == policy.prompt_entry("nsfw")  # nsfw: no output check
+        [callback] = receiver.wait_for(1, "flagged")
+        assert callback["error_message"] == "content policy: sexual_explicit"
+        assert callback["metadata"]["content_policy"]["checks"][1]["category"] == policy.EXPLICIT
+    finally:
+        receiver.close()

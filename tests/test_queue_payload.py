@@ -25,7 +25,7 @@ def test_txt2img_16_9_every_field_used_or_carried():
     assert job.job_id == payload["id"]
     assert job.body == {
         "id": payload["id"], "type": "sdxl_image_fast", "prompt": payload["prompt"], "user_id": payload["user_id"],
-        "compel_enabled": False, "compel_weights": "",
+        "compel_enabled": False, "compel_weights": "", "content_tier": "nsfw",
         "config": {"num_images": 3, "seed": 0, "width": 256, "height": 144, "negative_prompt": APP_NEGATIVE_PROMPT},
     }
     assert job.size == {"requested": "1024x576", "rendered": "256x144", "scale": 0.25,

@@ -79,6 +79,9 @@ def from_app_payload(worker: str, payload, settings: Settings) -> AppJob:
     for name in ("job_type", "quality", "format", "content_type"):
         if name in payload:
             job.caller_context[name] = payload[name]
+    if "content_type" in payload:  # the content tier (docs/POLICY.md), held at admission as /generate's is
+        job.body["content_tier"] = payload["content_type"]
+        job.paths["/content_tier"] = "/content_type"
 
     preset = job_types().get(payload["type"])
     output = str(preset.get("output", "image")) if preset else None

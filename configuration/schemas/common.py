@@ -18,6 +18,10 @@ REFERENCE_URL = {"type": "string", "minLength": 1, "maxLength": 14000000,
                  "pattern": "^(https?://|data:image/)",
                  "description": "http(s) URL or a `data:image/...` URL."}
 STRENGTH = {"type": "number", "minimum": 0.0, "maximum": 1.0}
+CONTENT_TIER = {"enum": ["sfw", "nsfw"],
+                "description": "Content tier (docs/POLICY.md): sfw also refuses explicit sexual prompts and checks "
+                               "image and video outputs; the floor (no sexual content involving minors) holds in both. "
+                               "Default: CONTENT_TIER_DEFAULT."}
 WHICH = {"type": "string", "description": "Model to load/unload, or `all`."}
 
 

@@ -8,7 +8,7 @@ own enhancement parameters (configuration/schemas/chat.py) plus the model.
 from __future__ import annotations
 
 from configuration import chat_config, job_types, worker_configs
-from configuration.schemas.common import DIALECT, PROMPT, SAFE_ID
+from configuration.schemas.common import CONTENT_TIER, DIALECT, PROMPT, SAFE_ID
 from configuration.settings import Settings
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}
@@ -49,6 +49,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
             "type": {"enum": sorted(job_types())},
             "prompt": PROMPT,
             "user_id": SAFE_ID,
+            "content_tier": CONTENT_TIER,
             "target": {"enum": _generation_workers(), "description": "Inferred from `type` when absent; must agree with it."},
             "enhance": enhance,
             "config": {"type": "object", "properties": {

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from configuration import job_types, model_config
-from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED, STRENGTH,
-                                          size_schemas)
+from configuration.schemas.common import (CONTENT_TIER, DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED,
+                                          STRENGTH, size_schemas)
 from configuration.settings import Settings
 
 
@@ -28,6 +28,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                        "description": "Non-empty text; empty only for an exact copy (metadata.exact_copy_mode with a "
                                       "reference_image_url), where the reference alone is the subject."},
             "user_id": SAFE_ID,
+            "content_tier": CONTENT_TIER,
             "compel_enabled": {"type": "boolean", "description": "Apply compel prompt weighting."},
             "compel_weights": {"type": "string", "maxLength": 20000,
                                "description": "Compel-syntax weighted prompt; used instead of `prompt` for conditioning when compel is enabled."},

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 
 from configuration import job_types, model_config
-from configuration.schemas.common import (DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED, STRENGTH,
-                                          size_schemas)
+from configuration.schemas.common import (CONTENT_TIER, DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED,
+                                          STRENGTH, size_schemas)
 from configuration.settings import Settings
 
 REFERENCE_MODES = ["none", "single", "start", "end", "both"]
@@ -50,6 +50,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                                     "for prompt enhancement, which the orchestrator does: the worker answers 400."},
             "prompt": PROMPT,
             "user_id": SAFE_ID,
+            "content_tier": CONTENT_TIER,
             "config": {
                 "type": "object",
                 "additionalProperties": False,

@@ -4,6 +4,10 @@
   enhancement is a 422, never the original prompt passed off as one).
 - POST /chat, legacy /generate: `messages` -> `response`.
 - POST /v1/chat/completions (plain and `stream: true` server-sent events), GET /v1/models: OpenAI.
+
+The content policy (docs/POLICY.md) reads every request's messages before the model (422
+`content_policy`) and its output after: an enhancement that crosses it answers 422, a chat reply is
+replaced by the refusal text (`finish_reason: content_filter`), a stream sends only words that passed.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import uuid
 
 from flask import Blueprint, Response, jsonify
 
+from common import policy
 from common.body import json_body
 from common.errors import (EMPTY_ENHANCEMENT, GENERATION_FAILED, NOT_FOUND, VALIDATION_ERROR, ApiError, DomainError,
                            http_error)
@@ -45,6 +50,7 @@ def _always_success(response: Response) -> Response:
 def _submit(params: ChatParams) -> Generation:
     """Checks the request against the model (400s), then queues it for its model's batcher (503 when full)."""
     require_ready()
+    _check_input(params)
     try:
         return state().engine.submit(state().engine.prepare(params))
     except Exception as exc:  # noqa: BLE001 - mapped to the contract's error form
@@ -66,6 +72,31 @@ def _run(params: ChatParams) -> GenerationResult:
         return generation.wait()
     except Exception as exc:  # noqa: BLE001 - mapped to the contract's error form
         raise _api_error(exc) from None
+
+
+def _tier(params: ChatParams) -> str:
+    return policy.chat_tier(dict(params["policy"]), state().settings.content_tier_default)
+
+
+def _check_input(params: ChatParams) -> None:
+    """Every message (system prompts too) or the raw prompt, read as one text; 422 content_policy."""
+    stage = "enhance_input" if "original_prompt" in params else "chat_input"
+    policy.require(policy.check_text(policy.conversation(params["messages"], params["text"]), tier=_tier(params),
+                                     stage=stage))
+
+
+def _policy_used(params: ChatParams) -> dict:
+    """The tier the request was held to, next to the caller's own reason for asking nsfw (echoed, never logged)."""
+    reason = params["policy"]["nsfw_reason"]
+    return {"tier": _tier(params), **({"nsfw_reason": reason} if reason is not None else {})}
+
+
+def _reply(params: ChatParams, result: GenerationResult) -> tuple[str, str]:
+    """(text, finish_reason) as sent: the model's, or the refusal text when the reply crossed the policy."""
+    decision = policy.check_text(result.text, tier=_tier(params), stage="chat_output")
+    if decision.allowed:
+        return result.text, result.finish_reason
+    return policy.refusal_text(decision.category or policy.EXPLICIT), "content_filter"
 
 
 def _used(params: ChatParams) -> dict:
@@ -95,6 +126,8 @@ def _enhance(body: dict, model: str):
                        f"the model produced no enhancement (finish_reason {result.finish_reason}, "
                        f"{result.completion_tokens} tokens): its output was empty or only the original prompt",
                        [{"path": "", "message": "retry with other sampling parameters or another seed"}])
+    # An enhancement that crosses the policy is never returned (it would become a generation prompt).
+    policy.require(policy.check_text(enhanced, tier=_tier(params), stage="enhance_output"))
     return jsonify({
         "success": True,
         "enhanced_prompt": enhanced,
@@ -107,6 +140,7 @@ def _enhance(body: dict, model: str):
         "finish_reason": result.finish_reason,
         "target_model": params["target_model"],
         "raw": params["text"] is not None,
+        "content_policy": _policy_used(params),
         "parameters": _used(params),
         "model_info": _model_info(params, result),
     })
@@ -133,15 +167,17 @@ def enhance_legacy():
 def _chat():
     params = chat_params.chat(_validated("chat"), state().settings)
     result = _run(params)
+    text, finish_reason = _reply(params, result)
     return jsonify({
         "success": True,
-        "response": result.text,
+        "response": text,
         "model": params["model"],
         "tokens_generated": result.completion_tokens,
         "prompt_tokens": result.prompt_tokens,
         "generation_time": round(result.generation_time, 4),
         "queue_time": round(result.queue_time, 4),
-        "finish_reason": result.finish_reason,
+        "finish_reason": finish_reason,
+        "content_policy": _policy_used(params),
         "parameters": _used(params),
         "model_info": _model_info(params, result),
     })
@@ -175,10 +211,11 @@ def openai_chat_completions():
     if params["stream"]:
         return _stream(params, head)
     result = _run(params)
+    text, finish_reason = _reply(params, result)
     return jsonify({
         **head, "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": result.finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": finish_reason, "logprobs": None}],
         "usage": _usage(result),
         "seed": params["seed"],
     })
@@ -198,14 +235,35 @@ def _stream(params: ChatParams, head: dict) -> Response:
         return _sse({**head, "object": "chat.completion.chunk",
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]})
 
+    # Only whole words that passed the policy are sent; a reply that crosses it ends with the refusal.
+    guard = policy.StreamGuard(_tier(params), "chat_output")
+
+    def refused():
+        decision = guard.decision
+        yield chunk({"content": policy.refusal_text(decision.category if decision and decision.category
+                                                    else policy.EXPLICIT)})
+        yield chunk({}, "content_filter")
+        yield "data: [DONE]\n\n"
+
     def events():
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
                 kind, payload = generation.next_event()
                 if kind == "delta":
-                    yield chunk({"content": payload})
+                    released = guard.feed(payload)
+                    if released is None:
+                        yield from refused()
+                        return
+                    if released:
+                        yield chunk({"content": released})
                 elif kind == "done":
+                    rest = guard.finish()
+                    if rest is None:
+                        yield from refused()
+                        return
+                    if rest:
+                        yield chunk({"content": rest})
                     yield chunk({}, payload.finish_reason)
                     if params["include_usage"]:
                         yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(payload)})
@@ -230,8 +288,8 @@ ROUTES: RouteTable = {
     "/enhance/base": {"post": ("Enhance a prompt with the base model (system prompt from the caller).", "chat.enhance", (400, 401, 409, 413, 422, 503))},
     "/enhance/instruct": {"post": ("Enhance a prompt with the instruct model.", "chat.enhance", (400, 401, 409, 413, 422, 503))},
     "/enhance": {"post": ("Legacy enhancement; `model`: qwen_base | qwen_instruct.", "chat.enhance_legacy", (400, 401, 409, 413, 422, 503))},
-    "/chat": {"post": ("Chat: `messages` -> `response`.", "chat.chat", (400, 401, 409, 413, 503))},
-    "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", (400, 401, 409, 413, 503))},
-    "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 503))},
+    "/chat": {"post": ("Chat: `messages` -> `response`.", "chat.chat", (400, 401, 409, 413, 422, 503))},
+    "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", (400, 401, 409, 413, 422, 503))},
+    "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 422, 503))},
     "/v1/models": {"get": ("OpenAI-compatible model list.", None, (401,))},
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common import policy
 from configuration.params import normalise_generation
 from configuration.params.common import summarise_data_urls
 from configuration.schemas import validate_request
@@ -17,6 +18,8 @@ def check_generation(worker: str, schema: str, settings: Settings, engine: Any, 
     engine's own refusal."""
     validate_request(schema, body, settings)
     params = normalise_generation(worker, body, settings)
+    # The content policy on the prompt and compel weights (ContentPolicyRefused: 422, or a failed queued job).
+    params["content_tier"], _ = policy.check_generation_prompt(body, settings.content_tier_default, body.get("id"))
     engine.check_request(params)
     return params
 
@@ -34,4 +37,5 @@ def parameters_used(params: dict) -> dict:
 def job_metadata(body: dict, params: dict, **extra: Any) -> dict:
     """The metadata a job record starts with: prompts, parameters as used, the caller's own fields."""
     return {"original_prompt": body["prompt"], "enhanced_prompt": None, "parameters": parameters_used(params),
-            "caller_metadata": summarise_data_urls(params.get("caller_metadata", {})), **extra}
+            "caller_metadata": summarise_data_urls(params.get("caller_metadata", {})),
+            "content_policy": policy.prompt_entry(params["content_tier"]), **extra}

@@ -14,8 +14,8 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from common import errors
-from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
+from common import errors, policy
+from common.errors import ContentPolicyRefused, JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
 from common.jobs import (
     TERMINAL,
@@ -32,7 +32,7 @@ from common.metrics import StageTimer, process_metrics
 from configuration.params.common import summarise_data_urls
 from workers import devices
 from workers.engines.base import GeneratedAsset
-from workers.runtime import media, provenance
+from workers.runtime import media, provenance, safety
 from workers.runtime.fetch import fetch_image
 from workers.runtime.storage import StorageError
 
@@ -328,6 +328,7 @@ class JobRunner:
                 made_by = {"models": [f for m in models for f in self.host.fingerprints.get(m, [])],
                            "pipeline": provenance.pipeline_facts(pipe) if pipe is not None else {}}
             context.check_cancelled()
+            self._check_outputs(record, outputs)  # sfw: a flagged output is never stored (ContentPolicyRefused)
             context.stage("encoding")
             encoded = [self._encode(i, out) for i, out in enumerate(outputs)]
             context.stage("storing")
@@ -362,6 +363,18 @@ class JobRunner:
             with self._lock:
                 self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR,
                                                        "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
+
+    def _check_outputs(self, record: JobRecord, outputs: list[GeneratedAsset]) -> None:
+        """The content policy's output check (workers/runtime/safety.py), noted in the record; raises when flagged."""
+        tier = record.params.get("content_tier", self.engine.settings.content_tier_default)
+        check = safety.check_outputs(self.engine.settings, tier, outputs, record.job_id)
+        if check is None:
+            return
+        with self._lock:
+            noted = record.metadata.setdefault("content_policy", {"tier": tier, "checks": []})
+            noted["checks"] = [*noted["checks"], check.public()]
+        if check.flagged:
+            raise ContentPolicyRefused(policy.EXPLICIT, "output", tier, "classifier")
 
     def _run_engine(self, params: dict, context: JobContext) -> list[GeneratedAsset]:
         """engine.run, after which the device's cached blocks go back to the driver (the broker then sees only
