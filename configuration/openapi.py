@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from configuration import worker_config
 from configuration.schemas import schemas
+from configuration.schemas.app_payload import schema as app_payload_schema
 from configuration.settings import Settings
 
 ERROR = {
@@ -66,10 +67,16 @@ def openapi_document(worker: str, settings: Settings, *tables: RouteTable) -> di
     components = {name.replace(".", "_"): {k: v for k, v in all_schemas[name].items() if k != "$schema"} for name in sorted(used)}
     components["Error"] = ERROR
     role = worker_config(worker)["role"] if worker != "orchestrator" else "orchestrator"
+    description = f"Role: {role}. Profile: {settings.model_profile}."
+    if worker in ("sdxl", "wan"):  # not an HTTP route, but how the app sends every image and video job
+        components["app_payload"] = {k: v for k, v in app_payload_schema().items() if k != "$schema"}
+        description += (" With REDIS_URL this worker also takes the app's jobs from its Redis list (SDXL_QUEUE / "
+                        "WAN_QUEUE): `components.schemas.app_payload` is the queued payload; each job ends in one "
+                        "callback signed with `X-Callback-Signature` (docs/QUEUE.md).")
     return {
         "openapi": "3.1.0",
         "info": {"title": f"OurVidz {worker} worker" if worker != "orchestrator" else "OurVidz orchestrator",
-                 "version": "1.0.0", "description": f"Role: {role}. Profile: {settings.model_profile}."},
+                 "version": "1.0.0", "description": description},
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
         "components": {"schemas": components,

@@ -95,7 +95,9 @@ def openapi():
 ROUTES: RouteTable = {
     "/health": {"get": ("Process is alive (no auth).", None, ())},
     "/ready": {"get": ("Able to take work (no auth): 200 once the app is built; a stopping worker closes its "
-                       "port at once.", None, ())},
+                       "port at once. With REDIS_URL, `queue` is the Redis consumer's state (connected or not, "
+                       "since when, in-flight jobs, counters): Redis down leaves the worker ready for HTTP jobs.",
+                       None, ())},
     "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
     "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401, 409))},
