@@ -3,6 +3,7 @@
 orchestrator's Router)."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,11 +24,30 @@ class JobStore(Protocol):
         ...
 
 
+# Requests that may block on `?wait=` at once. A waiting request holds a server thread; the rest are kept
+# for everything else (health probes, job status, cancels), so waits can never starve them. Past the
+# limit a submission answers at once, as without `?wait=` (202 and where to look).
+WAIT_RESERVED_THREADS = 8
+_wait_slots = threading.BoundedSemaphore(1)
+
+
+def limit_waits(server_threads: int) -> None:
+    """Let at most `server_threads - WAIT_RESERVED_THREADS` requests wait at once (call at app creation)."""
+    global _wait_slots
+    _wait_slots = threading.BoundedSemaphore(max(1, server_threads - WAIT_RESERVED_THREADS))
+
+
 def submission_response(store: JobStore, record: JobRecord, created: bool,
                         wait_s: float | None) -> tuple[Response, int]:
     """200 with the record when it ended within `wait_s`; else 202 (new) or 200 (a known id) with where to look."""
-    if wait_s and store.wait(record.job_id, wait_s):
-        return jsonify(record.public()), 200
+    if wait_s:
+        slots = _wait_slots
+        if slots.acquire(blocking=False):
+            try:
+                if store.wait(record.job_id, wait_s):
+                    return jsonify(record.public()), 200
+            finally:
+                slots.release()
     return jsonify({"job_id": record.job_id, "status": record.status, "status_url": f"/jobs/{record.job_id}",
                     "duplicate": not created, "request_id": record.request_id}), 202 if created else 200
 

@@ -109,8 +109,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "RESTART_BACKOFF_MAX_S": ("restart_backoff_max_s", _float, "Cap on the restart delay."),
     "RESTART_RESET_S": ("restart_reset_s", _float, "A worker that stays ready this long has its count of consecutive failures reset."),
     "ENHANCE_TIMEOUT_S": ("enhance_timeout_s", _float, "How long the orchestrator waits for the chat worker to enhance a prompt."),
-    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, "HTTP threads of the orchestrator (memory lease requests block one each while they wait)."),
-    "GUNICORN_THREADS": ("gunicorn_threads", _int, "HTTP threads per worker process."),
+    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, "HTTP threads of the orchestrator's public port; requests waiting with ?wait= may hold all but 8 (the memory broker has threads of its own)."),
+    "GUNICORN_THREADS": ("gunicorn_threads", _int, "HTTP threads per worker process; requests waiting with ?wait= may hold all but 8."),
     "CHAT_BATCH_SIZE": ("chat_batch_size", _int, "Most chat requests generated together in one batch."),
     "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, "How long the chat batcher waits to fill a batch."),
     "CHAT_MAX_QUEUE": ("chat_max_queue", _int, "Chat requests waiting per model before new ones get 503."),
@@ -187,7 +187,7 @@ class Settings:
     restart_backoff_max_s: float = 30.0
     restart_reset_s: float = 600.0
     enhance_timeout_s: float = 300.0
-    orchestrator_threads: int = 48
+    orchestrator_threads: int = 128
     gunicorn_threads: int = 16
     chat_batch_size: int = 8
     chat_batch_window_ms: int = 10

@@ -15,9 +15,9 @@ import os
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from common import auth, errors, metrics
-from common.body import install_body_cap, json_body, query_float
+from common.body import install_body_cap, json_body, query_bool, query_float
 from common.errors import Unavailable
-from common.job_routes import add_job_routes, submission_response
+from common.job_routes import add_job_routes, limit_waits, submission_response
 from common.logging import install_request_id
 from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
@@ -60,6 +60,8 @@ def submit_job():
         raise Unavailable("the orchestrator is shutting down", retry_after_s=errors.RETRY_AFTER_S)
     body = json_body()
     wait_s = query_float("wait", 0, MAX_WAIT_S)
+    if query_bool("dry_run"):
+        return jsonify(p.router.dry_run(body)), 200
     record, created = p.router.submit(body)
     return submission_response(p.router, record, created, wait_s)
 
@@ -135,6 +137,7 @@ def create_app(the_pod) -> Flask:
     app = Flask("ourvidz-orchestrator")
     app.json.sort_keys = False
     app.extensions["pod"] = the_pod
+    limit_waits(the_pod.settings.orchestrator_threads)  # `?wait=` never takes the last threads (/health, status)
     app.extensions["ops"] = ops = OpsView(the_pod)
     metrics.process_metrics().on_scrape(ops.refresh_metrics, key="orchestrator")
     install_request_id(app)

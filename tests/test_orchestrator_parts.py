@@ -529,10 +529,18 @@ def test_routing_recovers_after_an_orchestrator_restart(routed, tmp_path):
     done = JobRecord("r2", "sdxl_image_fast", "u", {"target": "sdxl"}, status="completed",
                      callback={"status": "pending", "attempts": 1})
     journal.write(done)
-    router, _chat, _sdxl = make({}, {}, journal_dir=tmp_path / "old")
+    # r3 finished on its worker while no orchestrator was there: the restarted one asks and reports what it did
+    journal.write(JobRecord("r3", "sdxl_image_fast", "u", {"target": "sdxl", "enhance": None, "forward": {}},
+                            status="processing", metadata={"original_prompt": "p", "enhanced_prompt": None, "stages": []}))
+    finished = _record("r3", "completed", assets=[{"type": "image", "url": "u/r3/0.png"}])
+    router, _chat, _sdxl = make({}, {("GET", "/jobs/r3"): lambda path, body: (200, finished)},
+                                journal_dir=tmp_path / "old")
+    statuses = {c["job_id"]: c["status"] for c in receiver.wait_for(3)}
+    assert statuses == {"r1": "failed", "r2": "completed", "r3": "completed"}
+    # r1 never reached its worker (404 there): failed, saying so
     assert router.get("r1").status == "failed" and router.get("r1").error["code"] == "orchestrator_restarted"
-    statuses = {c["job_id"]: c["status"] for c in receiver.wait_for(2)}
-    assert statuses == {"r1": "failed", "r2": "completed"}
+    assert "never received it" in router.get("r1").error["message"]
+    assert router.get("r3").assets == [{"type": "image", "url": "u/r3/0.png"}]
 
 
 def test_routing_cancel_during_the_submission_reaches_the_worker(routed):

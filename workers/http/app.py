@@ -12,6 +12,7 @@ from flask import Flask
 
 from common import auth, body, errors, metrics
 from common.callbacks import CallbackSender
+from common.job_routes import limit_waits
 from common.jobs import JobJournal, wait_until
 from common.logging import Progress, configure_logging, install_request_id
 from configuration import worker_config
@@ -155,6 +156,7 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     state.engine.start(state.host)  # background work of the engine (the chat worker's batchers)
     startup.advance(note=f"engine on {state.engine.device}, job journal and memory client ready")
     install_request_id(app)
+    limit_waits(settings.gunicorn_threads)  # `?wait=` never takes the last threads (/health, job status)
     errors.register_error_handlers(app)
     body.install_body_cap(app, settings.max_body_bytes)
     auth.install_auth(app, settings.api_keys, open_paths=metrics.open_paths(settings.metrics_public))
