@@ -20,9 +20,9 @@ import requests
 
 from common import errors, policy
 from common.callbacks import CallbackSender
-from common.errors import ContentPolicyRefused, DomainError, Unavailable, WorkerUnavailable
+from common.errors import ContentPolicyRefused, DomainError, JobIdConflict, Unavailable, WorkerUnavailable
 from common.http import bearer_session, error_of, now_iso, refusal
-from common.jobs import TERMINAL, JobJournal, JobRecord, recent_summaries, send_terminal_callback
+from common.jobs import TERMINAL, JobJournal, JobRecord, recent_summaries, send_terminal_callback, start_sweeper, sweep
 from common.logging import REQUEST_ID_HEADER, current_request_id, describe_text, log_context, new_request_id
 from common.metrics import process_metrics
 from configuration import chat_config, job_types
@@ -78,6 +78,7 @@ class RoutedJob:
     submitted: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     accepted_at: float | None = None                      # monotonic; None for a job recovered from the journal
+    recovered: bool = False                               # unfinished when an earlier orchestrator stopped
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage timed here (enhancing)
 
     def log_context(self):
@@ -98,9 +99,19 @@ class Router:
         self._session = bearer_session(settings.api_key)
         self._metrics = process_metrics()
         self._recover()
+        if journal.retention_days:
+            start_sweeper("router", lambda: sweep(self._jobs, lambda job: job.record, self.journal, self._lock))
 
     # -- intake ------------------------------------------------------------------------------------------
-    def submit(self, body: dict) -> tuple[JobRecord, bool]:
+    def dry_run(self, body: dict) -> dict:
+        """Everything `submit` checks (here and, with its own dry run, on the target worker); nothing routed."""
+        result = self.submit(body, dry_run=True)
+        assert isinstance(result, dict)
+        return result
+
+    def submit(self, body: dict, dry_run: bool = False):
+        """(record, created) of a routed job; the same caller repeating an id gets the existing job, another
+        user's id is JobIdConflict (409). With `dry_run`, the checks' answer and nothing routed."""
         validate_request("orchestrator.jobs", body, self.settings)
         target, enhance, forward = plan_route(body)
         # The content policy before anything runs (422 content_policy); the enhanced prompt is checked again.
@@ -109,9 +120,19 @@ class Router:
             enhance["content_tier"] = tier
         job_id = body.get("id") or uuid.uuid4().hex
         forward["id"] = job_id
+        user_id = body.get("user_id", "anonymous")
+        if dry_run:
+            with self._lock:
+                self._claim(job_id, user_id)
+            self._require_ready(target)
+            if enhance:
+                self._require_ready("chat")
+            checked = self._post_generate(target, forward, dry_run=True)
+            return {"valid": True, "target": target, "enhance": enhance, "parameters": checked.get("parameters")}
         with self._lock:
-            if job_id in self._jobs:
-                return self._jobs[job_id].record, False
+            existing = self._claim(job_id, user_id)
+            if existing is not None:
+                return existing.record, False
             if not self._accepting:
                 raise Unavailable("the orchestrator is shutting down", retry_after_s=30)
             self._require_ready(target)
@@ -154,6 +175,14 @@ class Router:
         """A routed job's thread: every line it logs carries the job's id, worker and request id."""
         with job.log_context():
             runner(job)
+
+    def _claim(self, job_id: str, user_id: str) -> RoutedJob | None:
+        """Called with the lock held: the job of this id when the same user repeats it; JobIdConflict when
+        it is another user's (never answered with their job)."""
+        job = self._jobs.get(job_id)
+        if job is not None and job.record.user_id != user_id:
+            raise JobIdConflict(f"job id {job_id!r} is already in use; choose another")
+        return job
 
     def _require_ready(self, worker: str) -> None:
         supervisor = self.workers.get(worker)
@@ -296,9 +325,13 @@ class Router:
         return enhanced, info
 
     def _monitor(self, job: RoutedJob) -> None:
-        """Mirror the worker's record until it (or this record) is terminal."""
+        """Mirror the worker's record until it (or this record) is terminal. A job recovered from the
+        journal is asked for the same way: the worker says what became of it (it may have finished while
+        no orchestrator was there); only a worker that never had it, or cannot be asked in time, fails it."""
         url = f"{self.workers[job.target].url}/jobs/{job.record.job_id}"
         first_phase_ends = time.monotonic() + POLL_FIRST_PHASE_S
+        # A restarted pod's worker may first wait for its previous process to drain (one process per journal).
+        ask_until = time.monotonic() + self.settings.worker_ready_timeout_s + self.settings.shutdown_grace_s + 60
         while True:
             with self._lock:
                 if job.record.status in TERMINAL:
@@ -306,17 +339,22 @@ class Router:
             try:
                 response = self._session.get(url, timeout=10)
             except requests.RequestException:
-                time.sleep(POLL_QUEUED_S)  # a dead worker is reported by its supervisor (worker_died)
+                response = None  # a dead worker is reported by its supervisor (worker_died)
+            if response is None or response.status_code not in (200, 404):
+                if job.recovered and time.monotonic() > ask_until:
+                    self._fail_recovered(job, f"the {job.target} worker could not be asked what became of it")
+                    return
+                time.sleep(POLL_QUEUED_S)
                 continue
             if response.status_code == 404:
                 with self._lock:
                     if job.record.status not in TERMINAL:
-                        self._finish(job, "failed", {"code": errors.WORKER_LOST_JOB,
-                                                     "message": f"the {job.target} worker no longer knows the job"})
+                        if job.recovered:
+                            self._fail_recovered(job, f"the {job.target} worker never received it")
+                        else:
+                            self._finish(job, "failed", {"code": errors.WORKER_LOST_JOB,
+                                                         "message": f"the {job.target} worker no longer knows the job"})
                 return
-            if response.status_code != 200:
-                time.sleep(POLL_QUEUED_S)
-                continue
             remote = response.json()
             with self._lock:
                 if job.record.status in TERMINAL:
@@ -432,22 +470,39 @@ class Router:
     def _send_callback(self, record: JobRecord) -> None:
         send_terminal_callback(record, self.callbacks, self.journal, self._lock)
 
+    def _fail_recovered(self, job: RoutedJob, why: str) -> None:
+        with self._lock:
+            if job.record.status not in TERMINAL:
+                self._finish(job, "failed", {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
+                    f"the orchestrator stopped while the job was {job.record.status} and {why}; "
+                    "it was not completed")})
+
     def _recover(self) -> None:
-        """Jobs an earlier orchestrator process left unfinished end failed; pending callbacks are resent."""
+        """Jobs an earlier orchestrator process left unfinished are asked for on their worker (`_monitor`);
+        pending callbacks are resent; jobs past the retention period are dropped."""
+        unfinished = []
         for record in self.journal.load_all():
+            if self.journal.expired(record):  # past JOB_RETENTION_DAYS
+                self.journal.delete(record.job_id)
+                continue
             params = record.params or {}
             job = RoutedJob(record, params.get("target", ""), params.get("enhance"), params.get("forward", {}),
-                            submitted=True)
+                            submitted=True, recovered=record.status not in TERMINAL)
             self._jobs[record.job_id] = job
             if record.status not in TERMINAL:
-                log.warning("routed job %s was %s when the orchestrator stopped; marking it failed",
-                            record.job_id, record.status)
-                self._finish(job, "failed", {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
-                    f"the orchestrator stopped while the job was {record.status}; it was not completed")})
+                unfinished.append(job)
             else:
                 job.done.set()
                 if record.callback.get("status") == "pending":
                     self._send_callback(record)
+        for job in unfinished:
+            if job.target not in self.workers:
+                self._fail_recovered(job, f"its worker ({job.target or 'unknown'}) is not enabled now")
+                continue
+            log.warning("routed job %s was %s when the orchestrator stopped; asking the %s worker what became of it",
+                        job.record.job_id, job.record.status, job.target)
+            threading.Thread(target=self._monitor, args=(job,), name=f"recover-{job.record.job_id[:12]}",
+                             daemon=True).start()
 
 
 def _request_id() -> dict[str, str]:
