@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from configuration import model_config, worker_config
 from configuration.settings import Settings
@@ -27,7 +28,11 @@ def step_callback(ctx, total_steps: int):
     return on_step_end
 
 
-class Engine(ABC):
+# An engine's normalised parameters: the TypedDict configuration/params builds for its worker.
+P = TypeVar("P")
+
+
+class Engine(ABC, Generic[P]):
     worker: str = ""
 
     def __init__(self, settings: Settings, device: str | None = None):
@@ -72,18 +77,18 @@ class Engine(ABC):
     @abstractmethod
     def unload(self, model: str) -> None: ...
 
-    def required_models(self, params: dict) -> list[str]:
+    def required_models(self, params: P) -> list[str]:
         return self.model_names()[:1]
 
-    def working_bytes(self, params: dict) -> int:
+    def working_bytes(self, params: P) -> int:
         """Activation memory a job needs beyond the weights (part of the memory lease)."""
         return 0
 
-    def check_request(self, params: dict) -> None:
+    def check_request(self, params: P) -> None:
         """Checks that need this worker's configuration (e.g. a model path that is not set); raise
         ValidationFailed to answer 400. Bounds are the schema's, normalisation is configuration/params'."""
 
-    def reference_urls(self, params: dict) -> dict[str, str]:
+    def reference_urls(self, params: P) -> dict[str, str]:
         """role -> URL of the reference images a job needs; the runtime fetches them before it leases
         memory and hands them to `run` as `ctx.references` (role -> PIL image)."""
         return {}
@@ -91,14 +96,14 @@ class Engine(ABC):
     def start(self, host) -> None:
         """Start the engine's background work, if it has any (the app factory calls this once)."""
 
-    def run(self, params: dict, ctx) -> list[GeneratedAsset]:
+    def run(self, params: P, ctx) -> list[GeneratedAsset]:
         raise NotImplementedError(f"{type(self).__name__} does not run queued jobs")
 
     def weight_paths(self, model: str) -> list[str]:
         """The files or folders holding a model's weights (provenance hashes them once at load)."""
         return [self.configs[model]["path"]]
 
-    def pipeline_of(self, params: dict):
+    def pipeline_of(self, params: P) -> Any:
         """The diffusers pipeline a job's outputs came from, while its models are in use (provenance
         records its class and scheduler); None for an engine without one."""
         return None

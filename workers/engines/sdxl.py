@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from typing import Any
 
 import torch
 
@@ -68,15 +69,16 @@ def gpu_plan(gpu: dict, device: str, batch: int, pixels: int, compile_setting: b
 
 # ---- engine --------------------------------------------------------------------------------------
 
-class SDXLEngine(Engine):
+class SDXLEngine(Engine[SDXLParams]):
     worker = "sdxl"
 
     def __init__(self, settings, device=None):
         super().__init__(settings, device)
-        self.txt2img = None
-        self.img2img = None
-        self._compel = None
-        self.load_source = None
+        # diffusers pipelines once loaded (None when unloaded): StableDiffusionXLPipeline and its img2img twin
+        self.txt2img: Any = None
+        self.img2img: Any = None
+        self._compel: Any = None
+        self.load_source: str | None = None
 
     # model lifecycle
     def modules(self, model: str) -> list:
@@ -97,7 +99,8 @@ class SDXLEngine(Engine):
             if not config_dir:
                 raise JobFailed("single-file SDXL checkpoints need SDXL_CONFIG_DIR (a local diffusers SDXL "
                                 "config directory); hub lookups are disabled", code=MODEL_NOT_CONFIGURED)
-            pipe = StableDiffusionXLPipeline.from_single_file(path, config=config_dir, local_files_only=True, dtype=dtype)
+            pipe = StableDiffusionXLPipeline.from_single_file(path, config=config_dir, local_files_only=True,
+                                                              dtype=dtype)
             self.load_source = "single_file"
         else:
             pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True, dtype=dtype)
@@ -205,7 +208,7 @@ class SDXLEngine(Engine):
                         reference_size=list(source.size))
         if len(images) != params["num_images"]:
             raise JobFailed(f"pipeline returned {len(images)} images for num_images={params['num_images']}")
-        return [GeneratedAsset("image", [img], dict(used, seed=seed)) for img, seed in zip(images, seeds)]
+        return [GeneratedAsset("image", [img], dict(used, seed=seed)) for img, seed in zip(images, seeds, strict=True)]
 
     # prompts
     def _prompt_arguments(self, params: SDXLParams) -> tuple[dict, dict]:

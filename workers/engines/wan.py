@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,8 +23,16 @@ from workers import devices
 from workers.engines.base import Engine, GeneratedAsset, step_callback
 from workers.engines.files import same_files
 from workers.engines.images import resize_reference
-from workers.engines.wan_plan import (conditioned_frame_indices, conditioning_frames, gpu_plan, make_scheduler,
-                                      offload_decision, text_encoder_placement, vae_dtype, working_bytes_estimate)
+from workers.engines.wan_plan import (
+    conditioned_frame_indices,
+    conditioning_frames,
+    gpu_plan,
+    make_scheduler,
+    offload_decision,
+    text_encoder_placement,
+    vae_dtype,
+    working_bytes_estimate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +53,7 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.device = device
-        self._negatives: OrderedDict = OrderedDict()
+        self._negatives: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -84,7 +93,7 @@ class PromptEncoder:
 @dataclass
 class LoadedModel:
     path: str
-    pipe: object
+    pipe: Any  # the configured diffusers pipeline class (WanPipeline or WanVACEPipeline)
     prompts: PromptEncoder
     offload: bool
     scheduler_config: dict
@@ -99,7 +108,7 @@ class LoadedModel:
 
 # ---- engine --------------------------------------------------------------------------------------
 
-class WanEngine(Engine):
+class WanEngine(Engine[WanParams]):
     worker = "wan"
 
     def __init__(self, settings, device=None):
@@ -121,7 +130,7 @@ class WanEngine(Engine):
         """The modules this model holds on the device, minus those it shares with a model loaded before it
         (so shared weights are counted once, by whichever model holds them first)."""
         entries = list(self._loaded.items())
-        earlier = set()
+        earlier: set[int] = set()
         for name, loaded in entries:
             mods = loaded.device_modules(self.device)
             if name == model:
@@ -181,7 +190,8 @@ class WanEngine(Engine):
         pipeline_cls = getattr(diffusers, cfg["pipeline"])
         extra = {"tokenizer": prompts.tokenizer} if prompts else {}
         # text_encoder=None: prompts are encoded by PromptEncoder and passed as embeddings.
-        pipe = pipeline_cls.from_pretrained(path, vae=vae, text_encoder=None, dtype=dtype, local_files_only=True, **extra)
+        pipe = pipeline_cls.from_pretrained(path, vae=vae, text_encoder=None, dtype=dtype, local_files_only=True,
+                                            **extra)
         pipe.set_progress_bar_config(disable=True)
         if prompts is None:
             prompts = PromptEncoder(pipe.tokenizer, text_encoder, te_device)
@@ -235,8 +245,9 @@ class WanEngine(Engine):
             if not cfg["path"]:
                 setting = cfg["paths"]["production"]["path_setting"].upper()
                 if reference:
-                    raise field_error(reference["source_field"], f"reference_mode {reference['mode']} needs the {model} model "
-                                                          f"(Wan VACE), which is not configured: {setting} is empty")
+                    raise field_error(reference["source_field"],
+                                      f"reference_mode {reference['mode']} needs the {model} model "
+                                      f"(Wan VACE), which is not configured: {setting} is empty")
                 raise field_error("/type", f"the {model} model is not configured: {setting} is empty")
 
     def reference_urls(self, params: WanParams) -> dict[str, str]:
@@ -265,12 +276,13 @@ class WanEngine(Engine):
         pipe.vae.enable_tiling() if plan["vae_tiling"] else pipe.vae.disable_tiling()
         pipe.scheduler = make_scheduler(params["sample_solver"], loaded.scheduler_config)
 
-        call = {}
-        used = {"model": model, "pipeline": type(pipe).__name__, "reference_mode": "none"}
+        call: dict[str, Any] = {}
+        used: dict[str, Any] = {"model": model, "pipeline": type(pipe).__name__, "reference_mode": "none"}
         if reference:
             fetched = ctx.references
-            first = resize_reference(fetched["first"], width, height, reference["resize_policy"]) if "first" in fetched else None
-            last = resize_reference(fetched["last"], width, height, reference["resize_policy"]) if "last" in fetched else None
+            policy = reference["resize_policy"]
+            first = resize_reference(fetched["first"], width, height, policy) if "first" in fetched else None
+            last = resize_reference(fetched["last"], width, height, policy) if "last" in fetched else None
             sizes = {role: list(image.size) for role, image in fetched.items()}
             video, mask = conditioning_frames(first, last, frames, width, height)
             call = {"video": video, "mask": mask, "conditioning_scale": reference["conditioning_scale"]}
@@ -281,7 +293,9 @@ class WanEngine(Engine):
         execution_device = str(pipe._execution_device)
         cfg_on = params["guidance_scale"] > 1.0
         prompt_embeds = loaded.prompts.encode(params["prompt"], execution_device)
-        negative_embeds = loaded.prompts.encode_negative(params["negative_prompt"], execution_device) if cfg_on else None
+        negative = params["negative_prompt"]  # a string whenever guidance is on (configuration/params/wan.py)
+        negative_embeds = (loaded.prompts.encode_negative(negative, execution_device)
+                           if cfg_on and negative is not None else None)
         tokens = loaded.prompts.token_count(params["prompt"])
 
         ctx.stage("generating", total_steps=params["steps"])
@@ -302,6 +316,9 @@ class WanEngine(Engine):
                     gpu_settings=[k for k, v in plan.items() if v], memory_saving_retry=memory_saving)
         if params["output"] == "image":
             return [GeneratedAsset("image", output[:1], used)]
-        used.update(fps=params["fps"], duration_seconds=frames / params["fps"])
-        return [GeneratedAsset("video", output, used, fps=params["fps"])]
+        fps = params["fps"]
+        if fps is None:  # normalisation sets fps on every video job
+            raise JobFailed("a video job without a playback rate")
+        used.update(fps=fps, duration_seconds=frames / fps)
+        return [GeneratedAsset("video", output, used, fps=fps)]
 

@@ -58,7 +58,7 @@ def installed_versions() -> dict[str, str]:
     distributions' metadata folder names (no import of torch & co.)."""
     global _versions_cache
     if _versions_cache is None:
-        wanted = {p: None for p in VERSIONED_PACKAGES}
+        wanted: dict[str, str | None] = {p: None for p in VERSIONED_PACKAGES}
         for entry in sys.path:
             if not entry or not os.path.isdir(entry) or all(wanted.values()):
                 continue
@@ -73,15 +73,15 @@ def installed_versions() -> dict[str, str]:
                 dist = dist.lower().replace("-", "_").replace(".", "_")
                 if dist in wanted and wanted[dist] is None:
                     wanted[dist] = version
-        for package, version in wanted.items():
-            if version is None:
+        for package, found in wanted.items():
+            if found is None:
                 from importlib import metadata
 
                 try:
                     wanted[package] = metadata.version(package)
                 except metadata.PackageNotFoundError:
                     wanted[package] = "not-installed"
-        _versions_cache = wanted
+        _versions_cache = {package: found for package, found in wanted.items() if found is not None}
     return dict(_versions_cache)
 
 

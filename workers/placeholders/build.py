@@ -11,10 +11,10 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from . import LOCK_FILE, MANIFEST, _LAYOUT, expected_stamp, is_current
+from . import _LAYOUT, LOCK_FILE, MANIFEST, expected_stamp, is_current
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def _sha256(path: Path) -> str:
 def _hash_and_dedupe(target: Path) -> dict[str, dict]:
     """sha256 and size of every file; byte-identical files (the VAE/text encoder/tokenizer shared by the two
     Wan folders, the SDXL configs copied next to the single file) become hard links to one copy."""
-    files, first_by_hash = {}, {}
+    files: dict[str, dict] = {}
+    first_by_hash: dict[str, Path] = {}
     for path in sorted(p for p in target.rglob("*") if p.is_file()):
         digest = _sha256(path)
         rel = path.relative_to(target).as_posix()
@@ -119,7 +120,7 @@ def build_locked(root: Path, force: bool = False) -> bool:
             build_tree(build_dir)
             files = _hash_and_dedupe(build_dir)
             manifest = dict(expected_stamp(), build_id=uuid.uuid4().hex,
-                            built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
                             build_seconds=round(time.monotonic() - started, 2),
                             paths=dict(_LAYOUT), disk_bytes=_disk_bytes(build_dir), files=files)
             # Swap: manifest out first (concurrent callers then wait on the lock), folders in, manifest last.

@@ -65,7 +65,8 @@ def unet_to_ldm(state_dict: dict, config) -> dict:
             i = b * (lpb + 1) + layer
             m.move(f"up_blocks.{b}.resnets.{layer}", f"output_blocks.{i}.0", _UNET_RESNET)
             m.move(f"up_blocks.{b}.attentions.{layer}", f"output_blocks.{i}.1")
-        m.move(f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{b * (lpb + 1) + lpb}.{2 if has_attention else 1}.conv")
+        upsampler = f"output_blocks.{b * (lpb + 1) + lpb}.{2 if has_attention else 1}.conv"
+        m.move(f"up_blocks.{b}.upsamplers.0.conv", upsampler)
     m.move("mid_block.resnets.0", "middle_block.0", _UNET_RESNET)
     m.move("mid_block.attentions.0", "middle_block.1")
     m.move("mid_block.resnets.1", "middle_block.2", _UNET_RESNET)

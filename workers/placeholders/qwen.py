@@ -5,14 +5,17 @@ The instruct tokenizer carries the ChatML chat template; the base one has none.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .tokenizer_builders import qwen_tokenizer, save_qwen_tokenizer
 
 SEED = 3456
-MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
-             hidden_act="silu", tie_word_embeddings=False, use_sliding_window=False, sliding_window=131072,
-             max_window_layers=28, attention_dropout=0.0, initializer_range=0.02, use_cache=True)
+MODEL: dict[str, Any] = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0, hidden_act="silu",
+    tie_word_embeddings=False, use_sliding_window=False, sliding_window=131072, max_window_layers=28,
+    attention_dropout=0.0, initializer_range=0.02, use_cache=True
+)
 
 
 def build_model(instruct: bool):

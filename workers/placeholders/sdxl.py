@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from . import ldm_convert
 from .common import variance_preserving_init
@@ -17,14 +18,18 @@ SEED = 1234
 NATIVE_SIZE = 64  # pixels: unet sample_size 8 x vae_scale_factor 8
 SINGLE_FILE_NAME = "placeholder_sdxl.safetensors"
 
-TEXT_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    projection_dim=32, hidden_act="quick_gelu")
+TEXT_ENCODER: dict[str, Any] = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+    hidden_act="quick_gelu"
+)
 # >= 10 layers: diffusers recognises an SDXL base checkpoint by
 # conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias.
-TEXT_ENCODER_2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=10, num_attention_heads=4,
-                      projection_dim=32, hidden_act="gelu")
+TEXT_ENCODER_2: dict[str, Any] = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=10, num_attention_heads=4, projection_dim=32,
+    hidden_act="gelu"
+)
 ADDITION_TIME_EMBED_DIM = 8
-UNET = dict(
+UNET: dict[str, Any] = dict(
     sample_size=NATIVE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,
     block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
@@ -34,13 +39,13 @@ UNET = dict(
     projection_class_embeddings_input_dim=6 * ADDITION_TIME_EMBED_DIM + TEXT_ENCODER_2["projection_dim"],
     upcast_attention=None, act_fn="silu", center_input_sample=False,
 )
-VAE = dict(
+VAE: dict[str, Any] = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=8,
     block_out_channels=(16, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, sample_size=NATIVE_SIZE, scaling_factor=0.13025, force_upcast=True,
 )
 # stabilityai/stable-diffusion-xl-base-1.0/scheduler/scheduler_config.json
-SCHEDULER = dict(
+SCHEDULER: dict[str, Any] = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     prediction_type="epsilon", interpolation_type="linear", use_karras_sigmas=False, steps_offset=1,
     timestep_spacing="leading", sample_max_value=1.0, set_alpha_to_one=False, skip_prk_steps=True, clip_sample=False,
@@ -65,7 +70,7 @@ def build_pipeline():
     tokenizer = clip_tokenizer()
     tokenizer_2 = clip_tokenizer(pad_token="!")
     # Token ids as in the real SDXL text encoder configs (eos_token_id 2 = legacy "eos is the highest id").
-    common = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
+    common: dict[str, Any] = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
                   pad_token_id=1, layer_norm_eps=1e-5, attention_dropout=0.0, initializer_factor=1.0,
                   initializer_range=0.02)
     torch.manual_seed(SEED)

@@ -38,8 +38,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from configuration import CONFIG_DIR, model_configs
 
@@ -90,7 +92,7 @@ def published_counts() -> dict[str, dict]:
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
-def _modules():
+def _modules() -> dict[str, tuple[Callable[[], Any], str]]:
     """name -> (factory(), dtype name as shipped). Factories build the module under the caller's device context."""
     from diffusers import (
         AutoencoderKL,
@@ -265,7 +267,7 @@ def qwen_padded_tokenizer(instruct: bool):
         n += 1
     for token in QWEN_SPECIALS:
         vocab[token] = len(vocab)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merges: list[Any] = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     kwargs = {k: v for k, v in small.init_kwargs.items() if k not in ("backend", "vocab", "merges", "chat_template")}
     if instruct:
         kwargs["chat_template"] = QWEN_CHAT_TEMPLATE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 # Prompt-like English text, a few hundred words: enough for BPE/unigram merges that are not just bytes.
 CORPUS = """\
@@ -79,13 +80,14 @@ def _bpe(words, num_merges: int, min_frequency: int) -> list[tuple[str, str]]:
     """Incremental BPE: pair counts kept up to date per merge, a heap ordered by (-count, pair)."""
     import heapq
     from collections import defaultdict
+    from itertools import pairwise
 
     symbols_of = [list(w) for w in words]
     counts = list(words.values())
     pair_count: dict = defaultdict(int)
     where: dict = defaultdict(set)
     for i, symbols in enumerate(symbols_of):
-        for pair in zip(symbols, symbols[1:]):
+        for pair in pairwise(symbols):
             pair_count[pair] += counts[i]
             where[pair].add(i)
     heap = [(-c, pair) for pair, c in pair_count.items()]
@@ -102,7 +104,7 @@ def _bpe(words, num_merges: int, min_frequency: int) -> list[tuple[str, str]]:
         touched = set()
         for i in where.pop(pair, ()):
             symbols, c = symbols_of[i], counts[i]
-            for q in zip(symbols, symbols[1:]):
+            for q in pairwise(symbols):
                 pair_count[q] -= c
                 touched.add(q)
             out, j = [], 0
@@ -113,7 +115,7 @@ def _bpe(words, num_merges: int, min_frequency: int) -> list[tuple[str, str]]:
                 else:
                     out.append(symbols[j])
                     j += 1
-            for q in zip(out, out[1:]):
+            for q in pairwise(out):
                 pair_count[q] += c
                 where[q].add(i)
                 touched.add(q)
@@ -137,7 +139,10 @@ def _byte_symbols() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def _vocab_from_merges(base: list[str], merges: list[tuple[str, str]], specials: list[str]) -> tuple[dict, list]:
+def _vocab_from_merges(base: list[str], merges: list[tuple[str, str]],
+                       specials: list[str]) -> tuple[dict[str, int], list[Any]]:
+    """(vocab, merges kept): merges as (a, b) tuples, which the tokenizers take though transformers annotates
+    them as strings."""
     vocab: dict[str, int] = {}
     for token in base:
         vocab.setdefault(token, len(vocab))
@@ -168,9 +173,9 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
     ])
     merges = _trained_bpe_merges(normalizer, pre_tokenizer, num_merges=1000, end_of_word_suffix="</w>")
     symbols = _byte_symbols()
-    vocab, merges = _vocab_from_merges(symbols + [s + "</w>" for s in symbols], merges,
-                                       ["<|startoftext|>", "<|endoftext|>"])
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=CLIP_MAX_LENGTH)
+    vocab, kept = _vocab_from_merges(symbols + [s + "</w>" for s in symbols], merges,
+                                     ["<|startoftext|>", "<|endoftext|>"])
+    return CLIPTokenizer(vocab=vocab, merges=kept, pad_token=pad_token, model_max_length=CLIP_MAX_LENGTH)
 
 
 def save_clip_tokenizer(tokenizer, directory: Path) -> None:
@@ -205,6 +210,7 @@ def _proto_fields(buf: bytes):
     while pos < len(buf):
         key, pos = _read_varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _read_varint(buf, pos)
         elif wire == 1:
@@ -292,7 +298,7 @@ def qwen_tokenizer(instruct: bool):
     ])
     merges = _trained_bpe_merges(normalizers.NFC(), pre_tokenizer, num_merges=1000)
     vocab, merges = _vocab_from_merges(_byte_symbols(), merges, QWEN_SPECIAL_TOKENS)
-    kwargs = dict(vocab=vocab, merges=merges, eos_token="<|im_end|>" if instruct else "<|endoftext|>",
+    kwargs: dict[str, Any] = dict(vocab=vocab, merges=merges, eos_token="<|im_end|>" if instruct else "<|endoftext|>",
                   pad_token="<|endoftext|>", unk_token=None, bos_token=None, model_max_length=131072,
                   errors="replace", clean_up_tokenization_spaces=False, split_special_tokens=False,
                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])

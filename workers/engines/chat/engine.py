@@ -16,6 +16,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jinja2.exceptions import TemplateError
 
@@ -34,14 +35,14 @@ from workers.engines.chat.running import RunningBatch
 
 @dataclasses.dataclass
 class LoadedModel:
-    model: object
-    tokenizer: object
+    model: Any       # a transformers causal LM (PreTrainedModel)
+    tokenizer: Any   # its tokenizer (PreTrainedTokenizerBase)
     eos_ids: list[int]
     pad_id: int
     special_tokens: list[str]
 
 
-class ChatEngine(Engine):
+class ChatEngine(Engine[ChatParams]):
     worker = "chat"
 
     def __init__(self, settings, device=None):
@@ -49,7 +50,7 @@ class ChatEngine(Engine):
         self.chat = chat_config()
         self._loaded: dict[str, LoadedModel] = {}
         # Tokenizers stay in host memory across model unloads: requests are checked with them before queuing.
-        self._tokenizers: dict[str, object] = {}
+        self._tokenizers: dict[str, Any] = {}
         self._tokenizer_locks = {m: threading.Lock() for m in self.configs}
         self._generate_locks = {m: threading.Lock() for m in self.configs}
         self._batchers: dict[str, Batcher] = {}
@@ -88,8 +89,10 @@ class ChatEngine(Engine):
 
         tokenizer = self.tokenizer(model)
         plan = gpu_plan(self.configs[model]["gpu"])
-        lm = AutoModelForCausalLM.from_pretrained(self._path(model), local_files_only=True, dtype=self.dtype(model),
-                                                  attn_implementation=plan["attn_implementation"])
+        # Any: transformers types PreTrainedModel.to through a decorator mypy cannot read
+        lm: Any = AutoModelForCausalLM.from_pretrained(self._path(model), local_files_only=True,
+                                                       dtype=self.dtype(model),
+                                                       attn_implementation=plan["attn_implementation"])
         lm.eval()
         if self.device != "cpu":
             lm.to(self.device)
@@ -119,10 +122,10 @@ class ChatEngine(Engine):
         self._loaded.pop(model, None)
         devices.empty_cache(self.device)
 
-    def required_models(self, params) -> list[str]:
+    def required_models(self, params: ChatParams) -> list[str]:
         return [params["model"]]
 
-    def working_bytes(self, params) -> int:
+    def working_bytes(self, params: ChatParams) -> int:
         return self.batch_working_bytes([params])
 
     def batch_working_bytes(self, batch: list) -> int:

@@ -43,4 +43,5 @@ def batch_working_bytes(batch: list, per_token: int, prefill_per_token: int = 0,
     prompt = max(prompt_token_bound(p) for p in batch)
     width = prompt + max(p["max_tokens"] for p in batch)
     rows = len(batch)
-    return per_token * rows * width + prefill_per_token * rows * prompt + attention_mask_bytes(rows, width, mask_dtype_bytes)
+    return (per_token * rows * width + prefill_per_token * rows * prompt
+            + attention_mask_bytes(rows, width, mask_dtype_bytes))

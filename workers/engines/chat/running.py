@@ -11,7 +11,7 @@ they were computed, so moving a row inside the cache changes nothing it attends 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class RunningBatch:
         self.loaded = loaded
         self.device = loaded.model.device
         self.rows: list[Row] = []
-        self.cache = None
+        self.cache: Any = None   # the rows' transformers DynamicCache; None while the batch is empty
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self.positions: list[int] = []   # each row's position of its next input token
         self.last: list[int] = []        # each row's last token: its input at the next step
