@@ -273,3 +273,21 @@ def test_missing_redis_server_fails_with_how_to_get_it(monkeypatch):
     monkeypatch.setattr(redis_support.shutil, "which", lambda name: None)
     with pytest.raises(pytest.fail.Exception, match="apt-get install redis-server"):
         redis_support.redis_server_binary()
+
+
+def test_a_job_the_sink_fails_to_accept_ends_failed_and_is_acknowledged(redis_server):
+    class Failing(Sink):
+        def submit(self, job_id, payload):
+            if payload.get("explode"):
+                raise RuntimeError("a defect in accepting this job")
+            super().submit(job_id, payload)
+
+    client, sink = redis_server.client(), Failing()
+    push(client, "q_defect", {"id": "defect-1", "explode": True}, {"id": "fine-1"})
+    intake = start_intake(redis_server, "q_defect", sink)
+    try:
+        assert sink.wait_done(["defect-1", "fine-1"])
+        assert sink.rejected == {"defect-1": "internal_error"} and sink.runs == {"fine-1": 1}
+        assert settled(client, QueueKeys("q_defect"))
+    finally:
+        intake.stop_taking()
