@@ -11,4 +11,15 @@ python -m mypy || echo "test.sh: mypy found problems (not yet enforced, issue 9)
 # The queue tests start their own redis-server (never the shared 6379) and fail without one.
 command -v redis-server >/dev/null || echo "test.sh: redis-server is not installed, so the queue tests will FAIL." \
     "Install it: sudo apt-get install redis-server (Debian/Ubuntu; the service need not run) or brew install redis" >&2
+# The ops page's browser test drives Debian's chromium (tests/test_ops_page.py) and fails without it:
+# installed here when missing and we may (root with apt-get), else said how.
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing chromium for the ops page's browser test" >&2
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+        echo "test.sh: chromium is not installed, so the ops page's browser test will FAIL." \
+            "Install it: sudo apt-get install chromium" >&2
+    fi
+fi
 exec python -m pytest "$@"

@@ -75,7 +75,13 @@ class OpsView:
             return None
 
     def _queues(self) -> list[dict]:
-        return []
+        """The app's Redis queues this pod consumes (orchestrator/queues.py): depth, held, dead letters."""
+        status = self.pod.queues.status()
+        error = (status.get("redis") or {}).get("error")
+        return [{"name": q["queue"], "worker": q["worker"], "depth": q["depth"], "dead_letters": q["dead_letters"],
+                 "in_flight": sum(len(c["in_flight"]) for c in q["consumers"]),
+                 "consumers_alive": sum(1 for c in q["consumers"] if c["alive"]), "error": error}
+                for q in status["queues"]]
 
     # -- metrics ---------------------------------------------------------------------------------------
     def refresh_metrics(self, metrics: Metrics) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.redis_support import RedisServer
 from tests.support import API_KEY, CallbackReceiver, OrchestratorProcess, base_env, free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -24,18 +26,21 @@ REQUEST_ID = "req-observability-1"
 def pod(tmp_path_factory, placeholder_dir):
     tmp = tmp_path_factory.mktemp("observed-pod")
     receiver = CallbackReceiver()
+    redis_server = RedisServer().start()
     env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), WAN_PORT=free_port(),
                    CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat", CALLBACK_URL=receiver.url,
-                   STATE_DIR=tmp / "state", LOG_FORMAT="json")
+                   STATE_DIR=tmp / "state", LOG_FORMAT="json", REDIS_URL=redis_server.url)
     process = OrchestratorProcess(env, tmp / "pod.log").start()
     try:
         process.wait_ready()
         process.outputs = Path(env["OUTPUT_DIR"])
         process.ports = {w: int(env[f"{w.upper()}_PORT"]) for w in ("sdxl", "wan", "chat")}
+        process.redis = redis_server
         yield process
     finally:
         process.stop()
         receiver.close()
+        redis_server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +189,23 @@ def test_every_asset_has_a_provenance_sidecar_with_the_weights_it_was_made_with(
                 recomputed = [p for p in root.rglob("*.safetensors")
                               if not any(x.startswith(".") for x in p.relative_to(root).parts)]
                 assert sorted(e["file"] for e in model["files"]) == sorted(p.relative_to(root).as_posix() for p in recomputed)
+
+
+def test_queue_intake_metrics_and_the_ops_state_show_the_redis_queues(pod):
+    """An unusable entry pushed the way the app pushes (RPUSH) is taken and dead-lettered: counted on the
+    consumer (the SDXL worker) and listed by the orchestrator's ops state."""
+    pod.redis.client().rpush("sdxl_queue", b"not json at all")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not pod.redis.client().llen("sdxl_queue:dead"):
+        time.sleep(0.05)
+    sdxl = scrape(f"http://127.0.0.1:{pod.ports['sdxl']}")
+    assert value(sdxl, "ourvidz_queue_entries_taken_total", queue="sdxl_queue") >= 1
+    assert value(sdxl, "ourvidz_queue_dead_letters_total", queue="sdxl_queue") == 1
+    assert value(sdxl, "ourvidz_queue_depth", queue="sdxl_queue") == 0
+    assert value(sdxl, "ourvidz_queue_in_flight", queue="sdxl_queue") == 0
+    wan = scrape(f"http://127.0.0.1:{pod.ports['wan']}")
+    assert value(wan, "ourvidz_queue_depth", queue="wan_queue") == 0
+    state = pod.client.get("/ops/state").json()
+    queues = {q["name"]: q for q in state["queues"]}
+    assert set(queues) == {"sdxl_queue", "wan_queue"}
+    assert queues["sdxl_queue"]["dead_letters"] == 1 and queues["sdxl_queue"]["consumers_alive"] == 1

@@ -1,8 +1,9 @@
 """What a worker shows the operator beyond its API: `GET /ops/summary` (its recent jobs, executor queue and
-callback backlog, which the orchestrator's ops page merges; no prompts) and the gauges its `GET /metrics`
+callback backlog and Redis queue intake, which the orchestrator's ops page merges; no prompts) and the gauges its `GET /metrics`
 refreshes at each scrape (common/metrics.py serves the route)."""
 from __future__ import annotations
 
+import redis
 from flask import Blueprint, jsonify
 
 from common.body import query_float
@@ -33,6 +34,7 @@ def summary():
         "queue_depth": s.queue_depth(),
         "jobs": runner.summaries(limit) if runner is not None else [],
         "callbacks": runner.callbacks.stats() if runner is not None else None,
+        "queue_intake": s.intake.status() if s.intake is not None else None,
     })
 
 
@@ -58,3 +60,10 @@ def refresh_metrics(metrics: Metrics, s) -> None:
         metrics.device_total.labels(device).set(reading["total_bytes"])
         metrics.device_free.labels(device).set(reading["free_bytes"])
         metrics.device_used.labels(device).set(reading["total_bytes"] - reading["free_bytes"])
+    if s.intake is not None:
+        queue = s.intake.keys.queue
+        metrics.queue_in_flight.labels(queue).set(len(s.intake.status()["in_flight"]))
+        try:
+            metrics.queue_depth.labels(queue).set(s.intake.depth())
+        except redis.RedisError:
+            pass  # Redis is down: the intake reports it (status, log); the last depth stays

@@ -34,6 +34,7 @@ from typing import Protocol
 
 import redis
 
+from common.metrics import process_metrics
 from common.queues import TERMINAL, Entry, QueueKeys, parse_entry
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,10 @@ class QueueIntake:
         """A job ended or the executor went idle: acknowledge and take the next entry now."""
         self._wake.set()
 
+    def depth(self) -> int:
+        """Entries waiting in the queue (LLEN), as this consumer sees it (metrics)."""
+        return int(self.redis.llen(self.keys.queue))
+
     def status(self) -> dict:
         with self._lock:
             in_flight = [t.job_id for t in self._tracked]
@@ -201,6 +206,7 @@ class QueueIntake:
         self._connected()
         if raw is not None:
             self.state.counters.taken += 1
+            process_metrics().queue_taken.labels(self.keys.queue).inc()
             self._handle(raw)
 
     def _can_take(self) -> bool:
@@ -236,6 +242,7 @@ class QueueIntake:
             log.info("queue %s: job %s redelivered but already %s here; acknowledged without running",
                      self.keys.queue, job_id, status)
             self.state.counters.redelivered_finished += 1
+            process_metrics().queue_redeliveries.labels(self.keys.queue).inc()
             self._ack(_Tracked(job_id, raw))
             return
         with self._lock:
@@ -243,6 +250,8 @@ class QueueIntake:
         if status is not None:
             return  # accepted earlier by this worker and still running: acknowledged when it ends
         deliveries = int(self.redis.hincrby(self.keys.deliveries, job_id, 1))
+        if deliveries > 1:  # a consumer died holding it and it came back
+            process_metrics().queue_redeliveries.labels(self.keys.queue).inc()
         if deliveries > self.max_deliveries:
             self.state.counters.rejected_redeliveries += 1
             self.sink.reject(job_id, payload, "redelivery_limit",
@@ -281,6 +290,7 @@ class QueueIntake:
         pipe.lrem(self.keys.processing(self.consumer_id), 1, raw)  # type: ignore[arg-type]
         pipe.execute()
         self.state.counters.dead_lettered += 1
+        process_metrics().queue_dead_letters.labels(self.keys.queue).inc()
         log.warning("queue %s: entry moved to %s: %s", self.keys.queue, self.keys.dead, reason)
 
     def _reconcile_processing(self) -> None:
