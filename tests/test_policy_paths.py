@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,121 @@ def test_orchestrator_fails_a_job_whose_enhancement_the_chat_worker_refused(rout
                                                              "message": "content policy: sexual_minors"}
     [callback] = receiver.wait_for(1, "chat-refused")
     assert "beach" not in json.dumps(callback)
+
+
+# ---- SDXL and WAN workers (gunicorn), HTTP and the app's Redis queue -----------------------------------------
+# SAFETY_THRESHOLD=0.01 makes the placeholder classifier flag every sfw output; nsfw outputs are not classified.
+
+SDXL_QUEUE = "policy_sdxl_queue"
+
+
+@pytest.fixture(scope="module")
+def standin():
+    from tests.supabase_standin import SupabaseStandIn
+
+    with SupabaseStandIn() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory, placeholder_dir, redis_server, standin):
+    from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY
+    from tests.support import WorkerProcess, base_env
+
+    env = base_env(tmp_path_factory.mktemp("policy-sdxl"), placeholder_dir, SAFETY_THRESHOLD="0.01",
+                   REDIS_URL=redis_server.url, SDXL_QUEUE=SDXL_QUEUE, SUPABASE_URL=standin.url,
+                   SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY, JOB_CALLBACK_SECRET=CALLBACK_SECRET, QUEUE_BLOCK_S="0.2")
+    worker = WorkerProcess("sdxl", env).start()  # outputs on local storage, callbacks to the stand-in (signed)
+    worker.outputs = Path(env["OUTPUT_DIR"])
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory, placeholder_dir):
+    from tests.support import WorkerProcess, base_env
+
+    worker = WorkerProcess("wan", base_env(tmp_path_factory.mktemp("policy-wan"), placeholder_dir,
+                                           SAFETY_THRESHOLD="0.01")).start()
+    yield worker
+    worker.stop()
+
+
+def _terminal_callback(standin, job_id: str) -> dict:
+    found = standin.wait_for(lambda: standin.terminal_callbacks(job_id), 120)
+    assert found, standin.callbacks(job_id)
+    return found[0]["body"]
+
+
+SDXL_JOB = {"type": "sdxl_image_fast", "user_id": "u1", "config": {"seed": 3, "steps": 2, "width": 64, "height": 64}}
+WAN_JOB = {"type": "video_fast", "user_id": "u1",
+           "config": {"seed": 3, "steps": 2, "frames": 5, "width": 32, "height": 32}}
+
+
+@pytest.mark.parametrize("extra", [{"prompt": FLOOR_PROMPT, "content_tier": "nsfw"},
+                                   {"prompt": FLOOR_PROMPT, "content_tier": "sfw"},
+                                   {"prompt": "a portrait", "compel_enabled": True,
+                                    "compel_weights": "(naked)1.2 (child)1.1", "content_tier": "nsfw"}])
+def test_sdxl_generate_refuses_a_floor_violation(sdxl, extra):
+    reply = sdxl.client.post("/generate", json={**SDXL_JOB, "id": "refused", **extra})
+    assert_policy_refusal(reply, policy.FLOOR)
+    assert sdxl.client.get("/jobs/refused").status_code == 404  # refused: no job
+
+
+def test_sdxl_generate_refuses_explicit_prompts_in_sfw(sdxl):
+    assert_policy_refusal(sdxl.client.post("/generate", json={**SDXL_JOB, "prompt": EXPLICIT_PROMPT}), policy.EXPLICIT)
+
+
+def test_wan_generate_refuses_a_floor_violation(wan):
+    assert_policy_refusal(wan.client.post("/generate", json={**WAN_JOB, "prompt": FLOOR_PROMPT,
+                                                             "content_tier": "nsfw"}), policy.FLOOR)
+
+
+def test_an_sfw_output_the_classifier_flags_is_not_stored_and_nsfw_completes(sdxl, standin):
+    job = {**SDXL_JOB, "prompt": "a lighthouse at dusk"}
+    assert sdxl.client.post("/generate", json={**job, "id": "out-sfw", "content_tier": "sfw"}).status_code == 202
+    assert sdxl.client.post("/generate", json={**job, "id": "out-nsfw", "content_tier": "nsfw"}).status_code == 202
+    flagged, completed = sdxl.client.wait_job("out-sfw"), sdxl.client.wait_job("out-nsfw")
+    assert flagged["status"] == "failed" and completed["status"] == "completed", (flagged, completed)
+    assert flagged["error"] == {"code": "content_policy", "message": "content policy: sexual_explicit"}
+    assert not (sdxl.outputs / "u1" / "out-sfw").exists()  # nothing stored
+    assert (sdxl.outputs / "u1" / "out-nsfw" / "0.png").exists()
+    checks = flagged["metadata"]["content_policy"]["checks"]
+    assert [(c["stage"], c["outcome"]) for c in checks] == [("prompt", "allowed"), ("output", "refused")]
+    assert [c["stage"] for c in completed["metadata"]["content_policy"]["checks"]] == ["prompt"]
+    callback = _terminal_callback(standin, "out-sfw")
+    assert callback["error_message"] == "content policy: sexual_explicit"
+    assert callback["metadata"]["error_type"] == "content_policy"
+
+
+def test_a_wan_video_flagged_in_sfw_fails_and_completes_in_nsfw(wan):
+    job = {**WAN_JOB, "prompt": "waves on a beach"}
+    assert wan.client.post("/generate", json={**job, "id": "v-sfw"}).status_code == 202  # CONTENT_TIER_DEFAULT
+    assert wan.client.post("/generate", json={**job, "id": "v-nsfw", "content_tier": "nsfw"}).status_code == 202
+    flagged, completed = wan.client.wait_job("v-sfw", timeout_s=300), wan.client.wait_job("v-nsfw", timeout_s=300)
+    assert flagged["status"] == "failed" and flagged["error"]["code"] == "content_policy", flagged
+    assert flagged["assets"] == [] and completed["status"] == "completed", completed
+    output = flagged["metadata"]["content_policy"]["checks"][-1]
+    assert output["stage"] == "output" and output["images"] == 4  # frames sampled, first and last included
+
+
+def test_a_queued_floor_violation_fails_with_a_signed_callback(sdxl, standin, redis_server):
+    from tests.app_client import queue_job_payload, rpush
+
+    payload = queue_job_payload(prompt=FLOOR_PROMPT, content_type="nsfw")
+    payload["metadata"]["originalEnhancedPrompt"] = FLOOR_PROMPT
+    rpush(redis_server.client(), payload, SDXL_QUEUE)
+    callback = _terminal_callback(standin, payload["id"])  # the stand-in accepts only correctly signed callbacks
+    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_minors"
+    assert callback["metadata"]["error_type"] == "content_policy"
+    assert "naked" not in json.dumps({k: v for k, v in callback.items() if k != "metadata"})
+
+
+def test_a_queued_adult_job_in_nsfw_completes(sdxl, standin, redis_server):
+    from tests.app_client import queue_job_payload, rpush
+
+    payload = queue_job_payload(prompt=EXPLICIT_PROMPT, content_type="nsfw")
+    rpush(redis_server.client(), payload, SDXL_QUEUE)
+    callback = _terminal_callback(standin, payload["id"])
+    assert callback["status"] == "completed", callback
+    assert callback["metadata"]["content_policy"]["tier"] == "nsfw"

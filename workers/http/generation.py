@@ -7,10 +7,9 @@ from flask import Blueprint, jsonify, request
 from common.body import json_body, query_bool, query_float
 from common.job_routes import add_job_routes, submission_response
 from configuration.openapi import RouteTable
-from configuration.params import normalise_generation
-from configuration.params.common import summarise_data_urls
-from configuration.schemas import ValidationFailed, validate_request
+from configuration.schemas import ValidationFailed
 from workers.http.common import require_ready, state
+from workers.runtime.admission import admit, check_generation, job_metadata, parameters_used
 from workers.runtime.fetch import FetchRefused, check_reference_url
 from workers.runtime.jobs import JobRunner
 
@@ -24,24 +23,21 @@ def generate():
     require_ready()
     s = state()
     body = json_body()
-    validate_request(s.request_schema, body, s.settings)
+    # The one admission of queued and HTTP jobs (workers/runtime/admission.py): schema, normalisation, the
+    # content policy (422 content_policy), the engine's checks.
+    params = check_generation(s.name, s.request_schema, s.settings, s.engine, body)
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     dry_run = query_bool("dry_run")
-    params = normalise_generation(s.name, body, s.settings)
-    s.engine.check_request(params)
     _check_references(body, s.engine.reference_urls(params))
     # MemoryUnavailable: 409 for a job that can never fit, 503 when the broker cannot be asked (common/errors.py)
-    s.host.admit(s.engine.required_models(params), s.engine.working_bytes(params))
+    admit(s.engine, s.host, params)
     # The orchestrator sends the one terminal callback for jobs it routes.
     send_callback = request.headers.get("X-Callback-Mode", "send") != "none"
     _runner().check_id(body.get("id"), body.get("user_id", "anonymous"), send_callback)
     if dry_run:
         # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
-        return jsonify({"valid": True, "parameters": summarise_data_urls(
-            {k: v for k, v in params.items() if k != "caller_metadata"})}), 200
-    metadata = {"original_prompt": body["prompt"], "enhanced_prompt": None,
-                "parameters": summarise_data_urls({k: v for k, v in params.items() if k != "caller_metadata"}),
-                "caller_metadata": summarise_data_urls(params.get("caller_metadata", {}))}
+        return jsonify({"valid": True, "parameters": parameters_used(params)}), 200
+    metadata = job_metadata(body, params)
     runner = _runner()
     record, created = runner.submit(body.get("id"), body["type"], body.get("user_id", "anonymous"),
                                     params, metadata, send_callback=send_callback)
@@ -80,7 +76,7 @@ add_job_routes(bp, _runner, "on this worker")
 
 def _generate_route(what: str, schema: str) -> RouteTable:
     return {"/generate": {"post": (f"Queue {what} job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks "
-                                   "and queues nothing).", schema, (400, 401, 409, 413, 503))},
+                                   "and queues nothing).", schema, (400, 401, 409, 413, 422, 503))},
             "/jobs/{job_id}": {"get": ("The job record.", None, (401, 404))},
             "/jobs/{job_id}/cancel": {"post": ("Cancel a queued or running job.", None, (401, 404, 409))}}
 
