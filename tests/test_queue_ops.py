@@ -58,3 +58,47 @@ def test_every_configured_key_works_and_no_other():
     assert client.post("/chat", headers={"Authorization": f"bearer {keys[1]}"}).status_code == 200
     for bad in ("Bearer unknown-key-00000000", f"Bearer {keys[0]}x", "", f"Basic {keys[0]}"):
         assert client.post("/chat", headers={"Authorization": bad} if bad else {}).status_code == 401
+
+
+def _runner(tmp_path, receiver, **settings_changes):
+    from common.callbacks import CallbackSender
+    from common.jobs import JobJournal
+    from tests.test_runtime import CountingEngine
+    from workers.runtime.jobs import JobRunner
+    from workers.runtime.local_memory import LocalMemory
+    from workers.runtime.models import ModelHost
+    from workers.runtime.storage import LocalStorage
+
+    settings = Settings(callback_url=receiver.url, callback_backoff_s=0.05, output_dir=tmp_path / "out",
+                        **settings_changes)
+    engine = CountingEngine()
+    return JobRunner("test", engine, ModelHost(engine, LocalMemory(settings, "cpu")), LocalStorage(tmp_path / "out"),
+                     CallbackSender(settings), JobJournal(tmp_path / "journal"))
+
+
+def test_processing_callback_is_a_setting_and_comes_before_the_terminal_one(tmp_path, receiver):
+    runner = _runner(tmp_path, receiver, callback_processing=True)
+    runner.submit("p1", "t", "u", {"steps": 2, "v": 1}, {"parameters": {"steps": 2, "guidance_scale": 5.0}})
+    bodies = receiver.wait_for(2, "p1")
+    assert [b["status"] for b in bodies] == ["processing", "completed"]
+    assert bodies[1]["metadata"]["steps"] == bodies[1]["metadata"]["num_inference_steps"] == 2
+    quiet = _runner(tmp_path / "quiet", receiver)
+    quiet.submit("p2", "t", "u", {"steps": 1, "v": 2}, {})
+    assert [b["status"] for b in receiver.wait_for(1, "p2")] == ["completed"]
+    import time
+    time.sleep(0.3)
+    assert len(receiver.bodies("p2")) == 1
+
+
+def test_a_rejected_job_is_journaled_failed_with_its_callback(tmp_path, receiver):
+    from common.jobs import JobJournal
+
+    runner = _runner(tmp_path, receiver)
+    record = runner.reject("r1", "sdxl_image_fast", "u1", {"code": "validation_error", "message": "/quality: no"},
+                           {"source": {"queue": "q"}})
+    assert record.status == "failed" and runner.get("r1") is record
+    [body] = receiver.wait_for(1, "r1")
+    assert body["status"] == "failed" and body["error_message"] == "/quality: no"
+    assert body["metadata"]["error_type"] == "validation_error" and body["assets"] == []
+    assert [r.status for r in JobJournal(tmp_path / "journal").load_all()] == ["failed"]
+    assert runner.reject("r1", "x", "y", {"code": "c", "message": "m"}, {}) is record  # known id: the same job
