@@ -14,6 +14,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.logging import Progress
+
 from . import _LAYOUT, LOCK_FILE, MANIFEST, expected_stamp, is_current
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,16 @@ def build_tree(target: Path) -> None:
 
     from . import qwen, safety, sdxl, wan
 
+    progress = Progress(log, "building placeholder models", 4, "families", every_s=0.0)
     with _quiet_libraries(), torch.random.fork_rng(devices=[]):
         sdxl.build(target / "sdxl", target / "sdxl-single" / sdxl.SINGLE_FILE_NAME, target / "sdxl-single" / "config")
+        progress.advance(note="SDXL (folder and single file)")
         wan.build(target / "wan2.1-t2v", target / "wan2.1-vace")
+        progress.advance(note="Wan2.1 T2V and VACE")
         qwen.build(target / "qwen2.5-base", target / "qwen2.5-instruct")
+        progress.advance(note="Qwen2.5 base and instruct")
         safety.build(target / "safety-classifier")
+        progress.advance(note="output safety classifier")
 
 
 def _sha256(path: Path) -> str:

@@ -17,6 +17,7 @@ import base64
 import binascii
 import io
 import ipaddress
+import logging
 import re
 import socket
 import threading
@@ -31,6 +32,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from common.errors import REFERENCE_FETCH_FAILED, REFERENCE_INVALID, REFERENCE_REFUSED, JobCancelled, JobFailed
 from configuration.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 MAX_PIXELS = 64 * 1024 * 1024
@@ -313,10 +316,17 @@ def fetch_image(url: str, settings: Settings, cancelled: threading.Event | None 
         return _decode(_data_url(url, max_bytes), "data URL")
     fetch = _Fetch(settings, cancelled)
     current = parse_reference_url(url)
-    for _ in range(MAX_REDIRECTS + 1):
+    started = time.monotonic()
+    log.info("fetching a reference image from %s", current.host)
+    for redirects in range(MAX_REDIRECTS + 1):
         result = _get(current, settings, fetch, max_bytes)
         if isinstance(result, bytes):
-            return _decode(result, current.host)
+            image = _decode(result, current.host)
+            # The host only: a signed URL's path and query are credentials.
+            log.info("reference image from %s: %d bytes, %dx%d, in %.2fs%s", current.host, len(result), *image.size,
+                     time.monotonic() - started, f" after {redirects} redirect(s)" if redirects else "",
+                     extra={"reference_bytes": len(result), "seconds": round(time.monotonic() - started, 3)})
+            return image
         # A redirect: the joined URL is only a candidate string; what is checked and requested is what
         # the one parser reads from it.
         current = parse_reference_url(urljoin(current.url, result))
