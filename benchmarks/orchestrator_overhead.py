@@ -147,7 +147,8 @@ def main() -> int:
     print(f"broker decision (plan_lease, 4 leases, evict):        {bench_decisions():8.1f} us")
     local_ms, broker_ms = bench_bookkeeping(args.rounds)
     print(f"memory bookkeeping of one job, LocalMemory in-process: {local_ms:8.3f} ms")
-    print(f"memory bookkeeping of one job, broker over HTTP:       {broker_ms:8.3f} ms   ratio {broker_ms / local_ms:8.1f}x")
+    print(f"memory bookkeeping of one job, broker over HTTP:       {broker_ms:8.3f} ms   ratio "
+          f"{broker_ms / local_ms:8.1f}x")
     direct, routed = bench_jobs(args.jobs, args.steps)
     d, r = statistics.median(direct), statistics.median(routed)
     print(f"SDXL job ({args.steps} steps, placeholder), median of {args.jobs}:")

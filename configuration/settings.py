@@ -56,74 +56,117 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "SDXL_PORT": ("sdxl_port", _int, "SDXL worker port."),
     "WAN_PORT": ("wan_port", _int, "WAN worker port."),
     "CHAT_PORT": ("chat_port", _int, "Chat worker port."),
-    "WORKER_API_KEY": ("api_key", str, "Bearer token required on every endpoint but /health and /ready (the pod's own processes send it)."),
-    "WORKER_API_KEYS": ("api_keys_extra", str, "Comma-separated further keys for callers holding different keys; any configured key works on every process. On a public BIND_HOST every key must be at least 16 characters."),
-    "MODEL_PROFILE": ("model_profile", str, "`placeholder`, `synthetic` (full-size random weights, for benchmarks; docs/PERFORMANCE.md) or `production`; default: placeholder unless a production model path is set. Production refuses to start without a usable CUDA device."),
+    "WORKER_API_KEY": ("api_key", str, "Bearer token required on every endpoint but /health and /ready (the pod's own "
+                                       "processes send it)."),
+    "WORKER_API_KEYS": ("api_keys_extra", str, "Comma-separated further keys for callers holding different keys; any "
+                                               "configured key works on every process. On a public BIND_HOST every key "
+                                               "must be at least 16 characters."),
+    "MODEL_PROFILE": ("model_profile", str, "`placeholder`, `synthetic` (full-size random weights, for benchmarks; "
+                                            "docs/PERFORMANCE.md) or `production`; default: placeholder unless a "
+                                            "production model path is set. Production refuses to start without a "
+                                            "usable CUDA device."),
     "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, "Where placeholder models are built and cached."),
-    "SYNTHETIC_MODELS_DIR": ("synthetic_models_dir", Path, "Where `python -m workers.placeholders.synthetic` writes the synthetic full-size models (MODEL_PROFILE=synthetic)."),
-    "SDXL_MODEL_PATH": ("sdxl_model_path", str, "Production SDXL checkpoint: a diffusers directory or a single .safetensors file."),
-    "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "Local diffusers SDXL config directory used by single-file checkpoints (never a hub lookup)."),
-    "SDXL_VAE_FP16_FIX_PATH": ("sdxl_vae_fp16_fix_path", str, "Production: a local fp16-fix SDXL VAE folder (madebyollin/sdxl-vae-fp16-fix); with it the VAE decodes in fp16 without the fp32 upcast."),
+    "SYNTHETIC_MODELS_DIR": ("synthetic_models_dir", Path, "Where `python -m workers.placeholders.synthetic` writes "
+                                                           "the synthetic full-size models (MODEL_PROFILE=synthetic)."),
+    "SDXL_MODEL_PATH": ("sdxl_model_path", str, "Production SDXL checkpoint: a diffusers directory or a single "
+                                                ".safetensors file."),
+    "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "Local diffusers SDXL config directory used by single-file checkpoints "
+                                                "(never a hub lookup)."),
+    "SDXL_VAE_FP16_FIX_PATH": ("sdxl_vae_fp16_fix_path", str, "Production: a local fp16-fix SDXL VAE folder "
+                                                              "(madebyollin/sdxl-vae-fp16-fix); with it the VAE "
+                                                              "decodes in fp16 without the fp32 upcast."),
     "WAN_T2V_MODEL_PATH": ("wan_t2v_model_path", str, "Production Wan2.1 text-to-video diffusers directory."),
-    "WAN_VACE_MODEL_PATH": ("wan_vace_model_path", str, "Production Wan2.1 VACE diffusers directory (reference-frame modes)."),
+    "WAN_VACE_MODEL_PATH": ("wan_vace_model_path", str, "Production Wan2.1 VACE diffusers directory (reference-frame "
+                                                        "modes)."),
     "QWEN_BASE_MODEL_PATH": ("qwen_base_model_path", str, "Production Qwen2.5 base model directory."),
     "QWEN_INSTRUCT_MODEL_PATH": ("qwen_instruct_model_path", str, "Production Qwen2.5 instruct model directory."),
     "OUTPUT_DIR": ("output_dir", Path, "Root of the local storage backend."),
     "STATE_DIR": ("state_dir", Path, "Job journal directory (default: OUTPUT_DIR/.jobs)."),
     "STORAGE_BACKEND": ("storage_backend", str, "`local` (files under OUTPUT_DIR) or `supabase` (Supabase Storage)."),
     "SUPABASE_URL": ("supabase_url", str, "Supabase project URL (storage, callbacks, registration)."),
-    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage, callbacks and registration (alias `SUPABASE_SERVICE_ROLE_KEY`)."),
+    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage, callbacks and registration "
+                                                          "(alias `SUPABASE_SERVICE_ROLE_KEY`)."),
     "SUPABASE_BUCKET": ("supabase_bucket", str, "Storage bucket for outputs."),
     "CALLBACK_URL": ("callback_url", str, "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
-    "JOB_CALLBACK_SECRET": ("callback_secret", str, "The app's callback secret: callbacks carry X-Callback-Signature: sha256=<hex HMAC-SHA256 of the body> (alias `CALLBACK_SECRET`)."),
-    "CALLBACK_PROCESSING": ("callback_processing", _bool, "Also send a `processing` callback when a job starts (one attempt, never after the terminal one)."),
-    "REDIS_URL": ("redis_url", str, "`redis://` or `rediss://` (TLS) with the password: the SDXL and WAN workers take the app's jobs from Redis (docs/QUEUE.md)."),
+    "JOB_CALLBACK_SECRET": ("callback_secret", str, "The app's callback secret: callbacks carry X-Callback-Signature: "
+                                                    "sha256=<hex HMAC-SHA256 of the body> (alias `CALLBACK_SECRET`)."),
+    "CALLBACK_PROCESSING": ("callback_processing", _bool, "Also send a `processing` callback when a job starts (one "
+                                                          "attempt, never after the terminal one)."),
+    "REDIS_URL": ("redis_url", str, "`redis://` or `rediss://` (TLS) with the password: the SDXL and WAN workers take "
+                                    "the app's jobs from Redis (docs/QUEUE.md)."),
     "SDXL_QUEUE": ("sdxl_queue", str, "Redis list of the SDXL worker's jobs."),
     "WAN_QUEUE": ("wan_queue", str, "Redis list of the WAN worker's jobs."),
-    "QUEUE_CONSUMER_ID": ("queue_consumer_id", str, "Prefix of this pod's queue consumer ids (default RUNPOD_POD_ID, else the hostname)."),
-    "QUEUE_HEARTBEAT_TTL_S": ("queue_heartbeat_ttl_s", _float, "Lifetime of a consumer's heartbeat; the entries of a consumer silent this long go back to the queue."),
-    "QUEUE_REAP_INTERVAL_S": ("queue_reap_interval_s", _float, "How often a consumer looks for consumers without a heartbeat."),
+    "QUEUE_CONSUMER_ID": ("queue_consumer_id", str, "Prefix of this pod's queue consumer ids (default RUNPOD_POD_ID, "
+                                                    "else the hostname)."),
+    "QUEUE_HEARTBEAT_TTL_S": ("queue_heartbeat_ttl_s", _float, "Lifetime of a consumer's heartbeat; the entries of a "
+                                                               "consumer silent this long go back to the queue."),
+    "QUEUE_REAP_INTERVAL_S": ("queue_reap_interval_s", _float, "How often a consumer looks for consumers without a "
+                                                               "heartbeat."),
     "QUEUE_BLOCK_S": ("queue_block_s", _float, "How long one BLMOVE waits for an entry."),
-    "QUEUE_MAX_DELIVERIES": ("queue_max_deliveries", _int, "Takes of one queued job (its takers died) before it is failed instead of run again."),
-    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, "Cap on delivery attempts per callback; 0: none, CALLBACK_RETRY_HORIZON_S decides."),
-    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, "First retry delay; doubles per attempt up to CALLBACK_BACKOFF_MAX_S."),
+    "QUEUE_MAX_DELIVERIES": ("queue_max_deliveries", _int, "Takes of one queued job (its takers died) before it is "
+                                                           "failed instead of run again."),
+    "CALLBACK_MAX_ATTEMPTS": ("callback_max_attempts", _int, "Cap on delivery attempts per callback; 0: none, "
+                                                             "CALLBACK_RETRY_HORIZON_S decides."),
+    "CALLBACK_BACKOFF_S": ("callback_backoff_s", _float, "First retry delay; doubles per attempt up to "
+                                                         "CALLBACK_BACKOFF_MAX_S."),
     "CALLBACK_BACKOFF_MAX_S": ("callback_backoff_max_s", _float, "Longest delay between two attempts of one callback."),
-    "CALLBACK_RETRY_HORIZON_S": ("callback_retry_horizon_s", _float, "How long a callback is retried after the job ended (across restarts: the journal keeps it) before it is given up."),
-    "JOB_RETENTION_DAYS": ("job_retention_days", _float, "Finished jobs older than this are removed from memory and the journal (0: kept forever)."),
+    "CALLBACK_RETRY_HORIZON_S": ("callback_retry_horizon_s", _float, "How long a callback is retried after the job "
+                                                                     "ended (across restarts: the journal keeps it) "
+                                                                     "before it is given up."),
+    "JOB_RETENTION_DAYS": ("job_retention_days", _float, "Finished jobs older than this are removed from memory and "
+                                                         "the journal (0: kept forever)."),
     "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, "Timeout of one callback POST."),
     "MAX_BODY_MB": ("max_body_mb", _float, "Request body cap; larger bodies get 413."),
-    "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, "Allow reference URLs on loopback/private/link-local addresses (tests only)."),
+    "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, "Allow reference URLs on loopback/private/link-local "
+                                                          "addresses (tests only)."),
     "FETCH_MAX_MB": ("fetch_max_mb", _float, "Size cap of a fetched reference image."),
     "FETCH_TIMEOUT_S": ("fetch_timeout_s", _float, "Total time allowed to fetch a reference image."),
     "ENABLED_WORKERS": ("enabled_workers", str, "Workers the orchestrator starts."),
-    "ORCHESTRATOR_URL": ("orchestrator_url", str, "Memory broker a worker leases from (set by the orchestrator for its children)."),
+    "ORCHESTRATOR_URL": ("orchestrator_url", str, "Memory broker a worker leases from (set by the orchestrator for its "
+                                                  "children)."),
     "VRAM_BUDGET_MB": ("vram_budget_mb", _int, "Memory budget on a machine without a GPU (0: 48 GB nominal)."),
     "VRAM_RESERVE_MB": ("vram_reserve_mb", _int, "Memory kept free for activations."),
     "LEASE_TIMEOUT_S": ("lease_timeout_s", _float, "How long a lease request waits for busy workers."),
-    "LEASE_LOAD_TIMEOUT_S": ("lease_load_timeout_s", _float, "A lease granted for a load that has not finished after this long is dropped."),
-    "BROKER_TOKEN": ("broker_token", str, "Set by the orchestrator for its workers: their credential on its internal memory-broker port (never the public key)."),
+    "LEASE_LOAD_TIMEOUT_S": ("lease_load_timeout_s", _float, "A lease granted for a load that has not finished after "
+                                                             "this long is dropped."),
+    "BROKER_TOKEN": ("broker_token", str, "Set by the orchestrator for its workers: their credential on its internal "
+                                          "memory-broker port (never the public key)."),
     "SHUTDOWN_GRACE_S": ("shutdown_grace_s", _float, "How long running jobs may finish after SIGTERM."),
-    "WORKER_READY_TIMEOUT_S": ("worker_ready_timeout_s", _float, "How long the orchestrator waits for a worker's /ready."),
+    "WORKER_READY_TIMEOUT_S": ("worker_ready_timeout_s", _float, "How long the orchestrator waits for a worker's "
+                                                                 "/ready."),
     "RESTART_LIMIT": ("restart_limit", _int, "Restarts of a dying worker before it is marked failed."),
     "RESTART_BACKOFF_S": ("restart_backoff_s", _float, "First restart delay; doubles per restart."),
     "RESTART_BACKOFF_MAX_S": ("restart_backoff_max_s", _float, "Cap on the restart delay."),
-    "RESTART_RESET_S": ("restart_reset_s", _float, "A worker that stays ready this long has its count of consecutive failures reset."),
-    "ENHANCE_TIMEOUT_S": ("enhance_timeout_s", _float, "How long the orchestrator waits for the chat worker to enhance a prompt."),
-    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, "HTTP threads of the orchestrator's public port; requests waiting with ?wait= may hold all but 8 (the memory broker has threads of its own)."),
-    "GUNICORN_THREADS": ("gunicorn_threads", _int, "HTTP threads per worker process; requests waiting with ?wait= may hold all but 8."),
+    "RESTART_RESET_S": ("restart_reset_s", _float, "A worker that stays ready this long has its count of consecutive "
+                                                   "failures reset."),
+    "ENHANCE_TIMEOUT_S": ("enhance_timeout_s", _float, "How long the orchestrator waits for the chat worker to enhance "
+                                                       "a prompt."),
+    "ORCHESTRATOR_THREADS": ("orchestrator_threads", _int, "HTTP threads of the orchestrator's public port; requests "
+                                                           "waiting with ?wait= may hold all but 8 (the memory broker "
+                                                           "has threads of its own)."),
+    "GUNICORN_THREADS": ("gunicorn_threads", _int, "HTTP threads per worker process; requests waiting with ?wait= may "
+                                                   "hold all but 8."),
     "CHAT_BATCH_SIZE": ("chat_batch_size", _int, "Most chat requests generated together in one batch."),
     "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, "How long the chat batcher waits to fill a batch."),
     "CHAT_MAX_QUEUE": ("chat_max_queue", _int, "Chat requests waiting per model before new ones get 503."),
-    "CHAT_BATCHING": ("chat_batching", str, "`continuous` (requests join a running batch as rows finish) or `static` (a batch runs until its longest row ends)."),
+    "CHAT_BATCHING": ("chat_batching", str, "`continuous` (requests join a running batch as rows finish) or `static` "
+                                            "(a batch runs until its longest row ends)."),
     "TORCH_COMPILE": ("torch_compile", _bool, "torch.compile the UNet/transformer on CUDA."),
-    "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL is set."),
+    "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL "
+                                                                "is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
     "LOG_LEVEL": ("log_level", str, "Python log level."),
-    "LOG_FORMAT": ("log_format", str, "`json` (one JSON object per line: time, level, logger, process, worker, job_id, stage, request_id) or `text` (the same, readable in a terminal)."),
-    "METRICS_PUBLIC": ("metrics_public", _bool, "Serve `GET /metrics` without the bearer key (a Prometheus scraper inside the pod's network); every other route keeps it."),
-    "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none (docs/POLICY.md); the hard floor applies in both."),
-    "SAFETY_CLASSIFIER_PATH": ("safety_classifier_path", str, "Output image classifier (a transformers image-classification folder) for sfw image and video jobs; placeholder profile: the built placeholder."),
-    "SAFETY_THRESHOLD": ("safety_threshold", _float, "An sfw output whose unsafe-label probability exceeds this is not stored; the job fails (0-1)."),
+    "LOG_FORMAT": ("log_format", str, "`json` (one JSON object per line: time, level, logger, process, worker, job_id, "
+                                      "stage, request_id) or `text` (the same, readable in a terminal)."),
+    "METRICS_PUBLIC": ("metrics_public", _bool, "Serve `GET /metrics` without the bearer key (a Prometheus scraper "
+                                                "inside the pod's network); every other route keeps it."),
+    "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none "
+                                                          "(docs/POLICY.md); the hard floor applies in both."),
+    "SAFETY_CLASSIFIER_PATH": ("safety_classifier_path", str, "Output image classifier (a transformers "
+                                                              "image-classification folder) for sfw image and video "
+                                                              "jobs; placeholder profile: the built placeholder."),
+    "SAFETY_THRESHOLD": ("safety_threshold", _float, "An sfw output whose unsafe-label probability exceeds this is not "
+                                                     "stored; the job fails (0-1)."),
 }
 
 
@@ -204,9 +247,9 @@ class Settings:
     safety_threshold: float = 0.5
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = _resolve_aliases(os.environ if environ is None else environ)
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for name, (attr, parse, _doc) in _ENV.items():
             raw = env.get(name)
             if raw is None or (raw == "" and parse is not str):
@@ -219,12 +262,13 @@ class Settings:
         settings.check()
         return settings
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
         if self.model_profile not in ("placeholder", "synthetic", "production"):
-            raise SettingsError(f"MODEL_PROFILE must be 'placeholder', 'synthetic' or 'production', got {self.model_profile!r}")
+            raise SettingsError(f"MODEL_PROFILE must be 'placeholder', 'synthetic' or 'production', got "
+                                f"{self.model_profile!r}")
         if self.storage_backend not in ("local", "supabase"):
             raise SettingsError(f"STORAGE_BACKEND must be 'local' or 'supabase', got {self.storage_backend!r}")
         if self.storage_backend == "supabase" and not (self.supabase_url and self.supabase_service_key):

@@ -80,7 +80,8 @@ def render_status(status: dict, now: datetime | None = None) -> str:
             extra = {k: v for k, v in event.items() if k not in ("at", "event", "worker", "model")}
             detail = " ".join(f"{k}={human_bytes(v) if k.endswith('bytes') and isinstance(v, int) else v}"
                               for k, v in extra.items())
-            lines.append(f"  {event['at'][11:23]}  {event['event']:<16} {event['worker']}/{event['model'] or '-'}  {detail}".rstrip())
+            lines.append(f"  {event['at'][11:23]}  {event['event']:<16} {event['worker']}/{event['model'] or '-'}  "
+                         f"{detail}".rstrip())
     return "\n".join(lines)
 
 
@@ -136,7 +137,8 @@ def _base_url(settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.memory_cli", description="The pod's memory, as the broker sees it.")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.memory_cli", description="The pod's memory, as the "
+                                                                                           "broker sees it.")
     sub = parser.add_subparsers(dest="command", required=True)
     status_p = sub.add_parser("status", help="device totals, each worker's models, pressure, recent decisions")
     status_p.add_argument("--history", type=int, default=15)

@@ -222,7 +222,8 @@ class Router:
                 raise ValueError(f"job {job_id} already {job.record.status}")
             self._metrics.job_cancellations.labels(job.target, job.record.progress.get("stage") or "queued").inc()
             if not job.submitted:
-                self._finish(job, "cancelled", {"code": errors.CANCELLED, "message": "cancelled before generation started"})
+                self._finish(job, "cancelled", {"code": errors.CANCELLED, "message": "cancelled before generation "
+                                                                                     "started"})
                 return job.record
         try:
             response = self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=10)

@@ -47,7 +47,8 @@ def reverse_imports(root: Path = REPO) -> list[str]:
             for line, imported in project_imports(path):
                 if imported != package and imported not in ALLOWED[package]:
                     problems.append(f"{path.relative_to(root)}:{line} imports {imported} "
-                                    f"({package} may import only {sorted(ALLOWED[package]) or 'nothing of the project'})")
+                                    f"({package} may import only "
+                                    f"{sorted(ALLOWED[package]) or 'nothing of the project'})")
     return problems
 
 
@@ -82,7 +83,8 @@ def test_allowed_imports_pass(tmp_path):
     for name in LAYERS:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("")
-    (tmp_path / "workers" / "a.py").write_text("from common.jobs import JobRecord\nimport configuration\nfrom . import b\n")
+    (tmp_path / "workers" / "a.py").write_text("from common.jobs import JobRecord\nimport configuration\nfrom . import "
+                                               "b\n")
     (tmp_path / "orchestrator" / "a.py").write_text("from common import errors\nimport requests\n")
     (tmp_path / "common" / "a.py").write_text("from configuration.settings import Settings\n")
     assert reverse_imports(tmp_path) == []

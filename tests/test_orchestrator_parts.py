@@ -338,7 +338,8 @@ def test_memory_table_renders_the_status():
 
     from orchestrator.memory_cli import human_bytes, render_status
 
-    assert (human_bytes(512), human_bytes(9 * MB + MB // 2), human_bytes(80 * 1024**3)) == ("512 B", "9.5 MiB", "80.0 GiB")
+    assert (human_bytes(512), human_bytes(9 * MB + MB // 2), human_bytes(80 * 1024**3)) == ("512 B", "9.5 MiB", "80.0 "
+                                                                                                                "GiB")
     status = {
         "devices": [{"index": 0, "kind": "cuda", "source": "nvml", "total_bytes": 80 * 1024**3,
                      "used_bytes": 30 * 1024**3, "free_bytes": 50 * 1024**3}],

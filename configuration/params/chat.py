@@ -100,7 +100,8 @@ def enhance(body: dict, model: str, settings: Settings) -> ChatParams:
         messages.append({"role": "user", "content": body["prompt"]})
         text, original = None, body["prompt"]
     params = _request(body, model, defaults, settings, messages, text)
-    params.update(original_prompt=original, target_model=target)
+    params["original_prompt"] = original
+    params["target_model"] = target
     return params
 
 
@@ -122,8 +123,8 @@ def completion(body: dict, settings: Settings) -> ChatParams:
         raise field_error("/stream_options", "is only used with stream: true")
     params = _request(body, body["model"], chat_config()["defaults"]["openai"], settings,
                       _messages(body["messages"]), None)
-    params.update(stream=bool(body.get("stream", False)),
-                  include_usage=bool(body.get("stream_options", {}).get("include_usage", False)))
+    params["stream"] = bool(body.get("stream", False))
+    params["include_usage"] = bool(body.get("stream_options", {}).get("include_usage", False))
     return params
 
 

@@ -9,7 +9,6 @@ from configuration.schemas.common import field_error
 from configuration.settings import Settings
 
 
-
 class SDXLReference(TypedDict):
     url: str
     mode: str                   # modify | exact_copy
@@ -82,7 +81,8 @@ def _reference(metadata: dict, preset: dict) -> SDXLReference | None:
     exact_copy = bool(metadata.get("exact_copy_mode", False))
     if "denoise_strength" in metadata and "reference_strength" in metadata:
         if abs(metadata["denoise_strength"] - (1 - metadata["reference_strength"])) > 1e-6:
-            raise field_error("/metadata/reference_strength", "conflicts with denoise_strength (denoise = 1 - reference_strength)")
+            raise field_error("/metadata/reference_strength", "conflicts with denoise_strength (denoise = 1 - "
+                                                              "reference_strength)")
     if "denoise_strength" in metadata:
         strength, source = float(metadata["denoise_strength"]), "denoise_strength"
     elif "reference_strength" in metadata:

@@ -131,13 +131,14 @@ def _fps(config: dict, defaults: dict, output: str):
 
 def _urls(config: dict, metadata: dict) -> dict[str, tuple[str, str]]:
     """role -> (url, field path) for every reference given, legacy config fields folded in."""
-    urls = {}
+    urls: dict[str, tuple[str, str]] = {}
     for role, (canonical, legacy) in _URL_FIELDS.items():
         new, old = metadata.get(canonical), config.get(legacy)
         if new and old and new != old:
             raise field_error(f"/config/{legacy}", f"conflicts with metadata.{canonical}")
-        if new or old:
-            urls[role] = (new or old, f"/metadata/{canonical}" if new else f"/config/{legacy}")
+        url = new or old
+        if url:
+            urls[role] = (url, f"/metadata/{canonical}" if new else f"/config/{legacy}")
     return urls
 
 
@@ -201,7 +202,8 @@ def _pick(urls: dict, roles: tuple[str, ...], mode: str) -> tuple[str, str]:
     found = [urls[r] for r in roles if r in urls]
     if not found:
         canonical = [f"metadata.{_URL_FIELDS[r][0]}" for r in roles]
-        raise field_error(f"/metadata/{_URL_FIELDS[roles[0]][0]}", f"reference_mode {mode} needs {' or '.join(canonical)}")
+        raise field_error(f"/metadata/{_URL_FIELDS[roles[0]][0]}", f"reference_mode {mode} needs "
+                                                                   f"{' or '.join(canonical)}")
     for url, path in found[1:]:
         if url != found[0][0]:
             raise field_error(path, f"conflicts with {found[0][1]} for reference_mode {mode}")
@@ -212,7 +214,8 @@ def _conditioning_scale(metadata: dict, preset: dict) -> tuple[float, str]:
     """VACE conditioning_scale: reference_strength itself, or 1 - denoise_strength (legacy), else the preset."""
     if "reference_strength" in metadata and "denoise_strength" in metadata:
         if abs(metadata["reference_strength"] - (1 - metadata["denoise_strength"])) > 1e-6:
-            raise field_error("/metadata/denoise_strength", "conflicts with reference_strength (reference = 1 - denoise)")
+            raise field_error("/metadata/denoise_strength", "conflicts with reference_strength (reference = 1 - "
+                                                            "denoise)")
     if "reference_strength" in metadata:
         return float(metadata["reference_strength"]), "reference_strength"
     if "denoise_strength" in metadata:

@@ -41,7 +41,8 @@ def _sampling(max_tokens: int) -> dict:
         "top_k": {"type": "integer", "minimum": 0, "maximum": 1000,
                   "description": "Sample among the k most likely tokens; 0 means no limit."},
         "repetition_penalty": {"type": "number", "exclusiveMinimum": 0.0, "maximum": 3.0,
-                               "description": "Divides positive (multiplies negative) logits of tokens already in the prompt or output; 1 is off."},
+                               "description": "Divides positive (multiplies negative) logits of tokens already in the "
+                                              "prompt or output; 1 is off."},
         "frequency_penalty": {"type": "number", "minimum": -2.0, "maximum": 2.0,
                               "description": "OpenAI's: subtracts (times this) how often a token already appears in "
                                              "the output from its logit; 0 is off."},
@@ -63,7 +64,8 @@ POLICY = {
     "sfw_mode": {"type": "boolean", "description": "Content-policy input: true asks for sfw, false for nsfw."},
     "content_tier": {"enum": ["sfw", "nsfw"], "description": "Content-policy input: the tier the caller asks for."},
     "nsfw_enforce": {"type": "boolean", "description": "Content-policy input: the caller insists on the nsfw tier."},
-    "nsfw_reason": {"type": "string", "maxLength": 1000, "description": "Content-policy input: why (the caller's words)."},
+    "nsfw_reason": {"type": "string", "maxLength": 1000, "description": "Content-policy input: why (the caller's "
+                                                                        "words)."},
 }
 CONTEXT = {
     "conversation_id": {"type": "string", "maxLength": 200, "description": "Caller context; never logged."},
@@ -90,7 +92,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "raw": {"type": "boolean", "description": "Send `prompt` to the model verbatim: no system prompt, no template."},
         **sampling,
         "target_model": {"enum": sorted(chat_config()["enhance_targets"]),
-                         "description": "The generator the prompt is for; selects configured defaults (chat.json enhance_targets)."},
+                         "description": "The generator the prompt is for; selects configured defaults (chat.json "
+                                        "enhance_targets)."},
         **POLICY,
         **CONTEXT,
     }

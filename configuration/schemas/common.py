@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jsonschema
 
@@ -57,20 +58,22 @@ def _pointer(parts) -> str:
 def _detail(error: jsonschema.ValidationError) -> dict:
     path = list(error.absolute_path)
     message = error.message
+    # (the stubs allow a bool or an unset schema; the keywords read here only occur in object schemas)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
     # Point at the missing / unexpected field itself rather than at its parent object.
-    if error.validator == "required":
+    if error.validator == "required" and isinstance(error.validator_value, list):
         missing = [p for p in error.validator_value if isinstance(error.instance, dict) and p not in error.instance]
         if missing:
             path.append(missing[0])
             message = "is required"
     elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(error.schema.get("properties", {}))
+        allowed = set(schema.get("properties", {}))
         extra = sorted(k for k in error.instance if k not in allowed)
         if extra:
             path.append(extra[0])
             message = "is not an accepted field"
-    elif error.validator == "pattern" and "description" in error.schema:
-        message = f"{error.instance!r} is not of the form {error.schema['description']}"
+    elif error.validator == "pattern" and "description" in schema:
+        message = f"{error.instance!r} is not of the form {schema['description']}"
     if len(message) > 300:
         message = message[:300] + "..."
     return {"path": _pointer(path), "message": message}

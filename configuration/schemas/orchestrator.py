@@ -34,7 +34,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "type": "object", "additionalProperties": False,
         "description": "Enhance the prompt on the chat worker first; the generation uses the enhanced prompt. "
                        "Parameters are the chat worker's /enhance/<model> parameters.",
-        "properties": {"model": {"enum": short_names, "description": "Chat model (default: the chat worker's legacy default)."},
+        "properties": {"model": {"enum": short_names, "description": "Chat model (default: the chat worker's legacy "
+                                                                     "default)."},
                        **{k: chat_enhance[k] for k in _ENHANCE_FROM_CHAT}},
     }
     jobs = {
@@ -50,10 +51,12 @@ def schemas(settings: Settings) -> dict[str, dict]:
             "prompt": PROMPT,
             "user_id": SAFE_ID,
             "content_tier": CONTENT_TIER,
-            "target": {"enum": _generation_workers(), "description": "Inferred from `type` when absent; must agree with it."},
+            "target": {"enum": _generation_workers(), "description": "Inferred from `type` when absent; must agree "
+                                                                     "with it."},
             "enhance": enhance,
             "config": {"type": "object", "properties": {
-                "enhance_prompt": {"type": "boolean", "description": "Legacy: true asks for enhancement with default parameters."}}},
+                "enhance_prompt": {"type": "boolean", "description": "Legacy: true asks for enhancement with default "
+                                                                     "parameters."}}},
             "metadata": {"type": "object"},
         },
     }

@@ -290,6 +290,7 @@ ROUTES: RouteTable = {
     "/enhance": {"post": ("Legacy enhancement; `model`: qwen_base | qwen_instruct.", "chat.enhance_legacy", (400, 401, 409, 413, 422, 503))},
     "/chat": {"post": ("Chat: `messages` -> `response`.", "chat.chat", (400, 401, 409, 413, 422, 503))},
     "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", (400, 401, 409, 413, 422, 503))},
-    "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 422, 503))},
+    "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events "
+                                      "ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 422, 503))},
     "/v1/models": {"get": ("OpenAI-compatible model list.", None, (401,))},
 }

@@ -75,7 +75,8 @@ add_job_routes(bp, _runner, "on this worker")
 
 
 def _generate_route(what: str, schema: str) -> RouteTable:
-    return {"/generate": {"post": (f"Queue {what} job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` checks "
+    return {"/generate": {"post": (f"Queue {what} job (202; `?wait=` blocks up to that many seconds; `?dry_run=1` "
+                                   f"checks "
                                    "and queues nothing).", schema, (400, 401, 409, 413, 422, 503))},
             "/jobs/{job_id}": {"get": ("The job record.", None, (401, 404))},
             "/jobs/{job_id}/cancel": {"post": ("Cancel a queued or running job.", None, (401, 404, 409))}}

@@ -305,7 +305,8 @@ class JobRunner:
                 log.exception("job %s crashed the executor", job_id)
                 with self._lock:
                     if record.status not in TERMINAL:
-                        self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR, "message": "unexpected executor error"})
+                        self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR, "message": "unexpected "
+                                                                                                        "executor error"})
             finally:
                 with self._lock:
                     self._running = None
