@@ -67,8 +67,8 @@ def bench_bookkeeping(rounds: int) -> tuple[float, float]:
     import waitress
 
     from orchestrator.broker_api import create_broker_app
-    from workers.runtime.broker_client import BrokerMemory
     from orchestrator.pod import Pod
+    from workers.runtime.broker_client import BrokerMemory
     from workers.runtime.local_memory import LocalMemory
 
     port = free_port()

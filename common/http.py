@@ -3,7 +3,7 @@ requests session that carries the pod's bearer token, and reading another servic
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -14,7 +14,7 @@ from configuration.settings import Settings
 
 def iso_time(epoch: float | None = None) -> str:
     """UTC ISO 8601 with milliseconds, of `epoch` (seconds) or of now."""
-    return datetime.fromtimestamp(time.time() if epoch is None else epoch, timezone.utc).isoformat(
+    return datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC).isoformat(
         timespec="milliseconds")
 
 

@@ -76,7 +76,7 @@ class JobRecord:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "JobRecord":
+    def from_json(cls, data: dict) -> JobRecord:
         return cls(job_id=data["job_id"], type=data["type"], user_id=data["user_id"], params=data["params"],
                    status=data["status"], progress=data["progress"], assets=data["assets"], error=data["error"],
                    metadata=data["metadata"], created_at=data["created_at"], started_at=data["started_at"],

@@ -112,7 +112,7 @@ class JsonLineFormatter(JsonFormatter):
                          rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                          datefmt="%Y-%m-%dT%H:%M:%S")
 
-    def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's name
+    def formatTime(self, record, datefmt=None):
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
     def add_fields(self, log_record, record, message_dict):

@@ -18,8 +18,19 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, Gauge, Histogram, Info,
-                               PlatformCollector, ProcessCollector, disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import threading
 import time
 
 from common.errors import MemoryUnavailable
-from configuration import worker_configs
 from common.http import iso_time
 from common.metrics import process_metrics
+from configuration import worker_configs
 from configuration.settings import Settings
 from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, plan_lease, pressure
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import requests
 
@@ -37,7 +37,7 @@ def human_bytes(n: int | None) -> str:
 def ago(iso: str | None, now: datetime | None = None) -> str:
     if not iso:
         return "never"
-    seconds = ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(iso)).total_seconds()
+    seconds = ((now or datetime.now(UTC)) - datetime.fromisoformat(iso)).total_seconds()
     if seconds < 120:
         return f"{seconds:.0f}s ago"
     if seconds < 7200:
@@ -119,7 +119,7 @@ def watch(session: requests.Session, base: str, history: int, interval_s: float,
                     frame = render_status(memory.json()) + "\n\n" + render_jobs(state.json()["jobs"])
             if out.isatty():
                 out.write("\x1b[H\x1b[2J")
-            stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
             out.write(f"{base}  {stamp}  every {interval_s:g}s (Ctrl-C stops)\n\n{frame}\n\n")
             out.flush()
             drawn += 1

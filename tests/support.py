@@ -36,7 +36,7 @@ class CallbackReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 raw = self.rfile.read(length)
                 try:
@@ -91,7 +91,7 @@ class StaticServer:
         server_self = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 server_self.requested.append(self.path)
                 status, ctype, data = server_self.routes.get(self.path, (404, "text/plain", b""))
                 self.send_response(status)
@@ -163,8 +163,8 @@ class WorkerProcess:
     """A worker under gunicorn on a free port, exactly as the orchestrator starts it."""
 
     def __init__(self, worker: str, env: dict, port: int | None = None):
-        from configuration.settings import Settings
         from common.serve import gunicorn_command
+        from configuration.settings import Settings
 
         self.worker = worker
         self.port = port or free_port()
@@ -176,7 +176,7 @@ class WorkerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = Client(self.url, env.get("WORKER_API_KEY") or None)
 
-    def start(self, timeout_s: float = 120) -> "WorkerProcess":
+    def start(self, timeout_s: float = 120) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,

@@ -7,13 +7,25 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from configuration.settings import Settings
-from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, eviction_candidates, plan_lease, pressure
-from orchestrator.device_memory import DeviceReading
-from orchestrator.broker_service import MemoryBroker
 from common.errors import MemoryUnavailable
+from configuration.settings import Settings
+from orchestrator.broker_policy import (
+    EVICTING,
+    LOADED,
+    LOADING,
+    Lease,
+    Pool,
+    Request,
+    eviction_candidates,
+    plan_lease,
+    pressure,
+)
+from orchestrator.broker_service import MemoryBroker
+from orchestrator.device_memory import DeviceReading
 
 MB = 1024 * 1024
 

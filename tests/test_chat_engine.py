@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from common.errors import ModelBusy
 from configuration import chat_config
 from configuration.params import chat as chat_params
 from configuration.schemas import ValidationFailed
@@ -19,7 +20,6 @@ from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_by
 from workers.engines.chat.prompts import TEMPLATE_TOKENS_PER_MESSAGE, render_template
 from workers.engines.chat.running import RunningBatch
 from workers.engines.chat.sampling import penalise, sample_rows
-from common.errors import ModelBusy
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
 

@@ -2,7 +2,9 @@
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from configuration import job_types, model_config, preset_defaults
 from configuration.params import normalise_generation
@@ -87,6 +89,7 @@ def test_all_schemas_are_valid_draft_2020_12(profile):
     """Every family's schemas are there (none skipped), declare draft 2020-12, are valid against its
     metaschema in both profiles, and refuse a body that is not an object with the root path."""
     import jsonschema
+
     from configuration.schemas.common import DIALECT
 
     built = schemas(Settings(model_profile=profile))

@@ -10,8 +10,15 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.logging import (Progress, configure_logging, describe_text, in_current_context, install_request_id,
-                            log_context, set_stage)
+from common.logging import (
+    Progress,
+    configure_logging,
+    describe_text,
+    in_current_context,
+    install_request_id,
+    log_context,
+    set_stage,
+)
 from common.metrics import Metrics, StageTimer
 
 # Label names a metric may use: all bounded by the configuration (never a prompt, user or job id).

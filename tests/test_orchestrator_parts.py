@@ -10,18 +10,19 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import UTC
 from types import SimpleNamespace
 
 import pytest
 import requests
 
+from common.errors import MemoryUnavailable
 from configuration.schemas import ValidationFailed
 from configuration.settings import Settings
 from orchestrator import device_memory as gpu
 from orchestrator.routing import default_enhance_model, plan_route
 from orchestrator.supervisor import WorkerSupervisor, backoff_delay, describe_exit
 from tests.support import API_KEY, CallbackReceiver, free_port
-from common.errors import MemoryUnavailable
 
 pytestmark = pytest.mark.timeout(120)
 MB = 1024 * 1024
@@ -334,7 +335,7 @@ def test_registration_retries_then_reports_failure_and_needs_a_pod_id():
 # ---- the operator's table ---------------------------------------------------------------------------------------------
 
 def test_memory_table_renders_the_status():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from orchestrator.memory_cli import human_bytes, render_status
 
@@ -353,7 +354,7 @@ def test_memory_table_renders_the_status():
         "history": [{"at": "2026-01-01T00:00:00.000+00:00", "event": "evicted", "worker": "wan", "model": "wan_t2v",
                      "bytes": 3 * 1024**3}],
     }
-    text = render_status(status, now=datetime(2026, 1, 1, 0, 0, 30, tzinfo=timezone.utc))
+    text = render_status(status, now=datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC))
     assert "device   cuda (nvml)  total 80.0 GiB  used 30.0 GiB  free 50.0 GiB" in text
     assert "pressure low" in text
     row = next(line for line in text.splitlines() if line.startswith("sdxl"))
@@ -388,10 +389,10 @@ class StubWorker:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self._answer("GET")
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 self._answer("POST")
 
             def log_message(self, *a):
@@ -419,9 +420,9 @@ def _record(job_id, status, **extra):
 @pytest.fixture
 def routed(tmp_path):
     """A Router with scripted chat and SDXL workers and a real callback receiver."""
-    from orchestrator.routing import Router
     from common.callbacks import CallbackSender
     from common.jobs import JobJournal
+    from orchestrator.routing import Router
 
     receiver = CallbackReceiver()
     made = []

@@ -15,8 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.placeholders import (BUILDER_VERSION, ensure_placeholder_models, installed_versions, is_current,
-                                  placeholder_paths, read_manifest)
+from workers.placeholders import (
+    BUILDER_VERSION,
+    ensure_placeholder_models,
+    installed_versions,
+    is_current,
+    placeholder_paths,
+    read_manifest,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDED = dict(num_inference_steps=2, output_type="np")

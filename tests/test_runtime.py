@@ -10,18 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from configuration.settings import Settings
-from workers import devices
-from workers.runtime import media
 from common.callbacks import CallbackSender, sign
 from common.errors import JobFailed, ModelBusy
-from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage, address_allowed, fetch_image
 from common.jobs import JobJournal
+from configuration.settings import Settings
+from tests.support import CallbackReceiver, StaticServer
+from workers import devices
+from workers.runtime import media
+from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage, address_allowed, fetch_image
 from workers.runtime.jobs import GeneratedAsset, JobRunner
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
 from workers.runtime.storage import LocalStorage, StorageError
-from tests.support import CallbackReceiver, StaticServer
 
 
 class CountingEngine:

@@ -5,13 +5,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
+from tests.support import API_KEY, StaticServer
 from workers.engines.images import resize_reference
 from workers.engines.sdxl import batch_seeds, compel_prompt, gpu_plan, img2img_steps
 from workers.http.app import create_app
-from tests.support import API_KEY, StaticServer
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -199,9 +200,9 @@ def test_single_file_checkpoint_matches_directory(worker, placeholder_dir):
 
 
 def test_single_file_without_local_config_fails_loudly(tmp_path):
+    from common.errors import JobFailed
     from configuration.settings import Settings
     from workers.engines.sdxl import SDXLEngine
-    from common.errors import JobFailed
 
     lonely = tmp_path / "model.safetensors"
     lonely.write_bytes(b"")

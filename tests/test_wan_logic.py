@@ -1,7 +1,9 @@
 """WAN request normalisation and the engine's device/memory decisions: pure logic, no models."""
 import pytest
 import torch
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from PIL import Image
 
 from configuration import model_config
@@ -10,8 +12,15 @@ from configuration.params.wan import normalise_frames
 from configuration.schemas import ValidationFailed, validate_request
 from configuration.schemas.wan import SAMPLE_SOLVERS, max_requested_frames
 from configuration.settings import Settings
-from workers.engines.wan_plan import (conditioning_frames, gpu_plan, make_scheduler, offload_decision,
-                                      text_encoder_placement, vae_dtype, working_bytes_estimate)
+from workers.engines.wan_plan import (
+    conditioning_frames,
+    gpu_plan,
+    make_scheduler,
+    offload_decision,
+    text_encoder_placement,
+    vae_dtype,
+    working_bytes_estimate,
+)
 
 A, B, C = "https://cdn.example/a.png", "https://cdn.example/b.png", "https://cdn.example/c.png"
 GPU = model_config("wan_t2v", Settings(model_profile="production"))["gpu"]

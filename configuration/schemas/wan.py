@@ -4,8 +4,17 @@ from __future__ import annotations
 import math
 
 from configuration import job_types, model_config
-from configuration.schemas.common import (CONTENT_TIER, DIALECT, NEGATIVE_PROMPT, PROMPT, REFERENCE_URL, SAFE_ID, SEED,
-                                          STRENGTH, size_schemas)
+from configuration.schemas.common import (
+    CONTENT_TIER,
+    DIALECT,
+    NEGATIVE_PROMPT,
+    PROMPT,
+    REFERENCE_URL,
+    SAFE_ID,
+    SEED,
+    STRENGTH,
+    size_schemas,
+)
 from configuration.settings import Settings
 
 REFERENCE_MODES = ["none", "single", "start", "end", "both"]

@@ -23,16 +23,16 @@ from workers.runtime.broker_client import BrokerMemory
 from workers.runtime.jobs import JobRunner
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
+from workers.runtime.provenance import WeightHashes
 from workers.runtime.queue_intake import QueueIntake
 from workers.runtime.queue_jobs import start_queue_intake
-from workers.runtime.provenance import WeightHashes
 from workers.runtime.storage import make_storage
 
 log = logging.getLogger(__name__)
-_CURRENT: "WorkerState | None" = None
+_CURRENT: WorkerState | None = None
 
 
-def current_state() -> "WorkerState | None":
+def current_state() -> WorkerState | None:
     """The state of the worker app built in this process (for gunicorn's exit hook)."""
     return _CURRENT
 

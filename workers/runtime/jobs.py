@@ -45,7 +45,7 @@ class JobContext:
     """Handed to an engine's run(): progress reporting, the cancellation check at step boundaries, and
     the job's reference images (`references`, role -> PIL image), fetched before memory was leased."""
 
-    def __init__(self, runner: "JobRunner", record: JobRecord):
+    def __init__(self, runner: JobRunner, record: JobRecord):
         self._runner = runner
         self._record = record
         self.cancel_requested = threading.Event()
@@ -385,7 +385,7 @@ class JobRunner:
         for attempt in (1, 2):
             try:
                 return self.engine.run(params, context)
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+            except Exception as exc:
                 if not devices.is_out_of_memory(exc):
                     raise
                 message = str(exc).splitlines()[0][:300]

@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -176,7 +176,7 @@ def build_provenance(*, job_id: str, job_type: str, worker: str, asset_index: in
         "job_type": job_type,
         "worker": worker,
         "asset_index": asset_index,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "models": models,
         "pipeline_class": pipeline.get("pipeline_class"),
         "scheduler": pipeline.get("scheduler"),
