@@ -19,11 +19,11 @@ import re
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import groupby
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from common.errors import ContentPolicyRefused
 from common.metrics import process_metrics
@@ -474,7 +474,7 @@ def chat_tier(inputs: dict, default_tier: str) -> str:
                         nsfw_enforce=inputs.get("nsfw_enforce"))
 
 
-def conversation(messages: list[dict] | None, text: str | None) -> list[str]:
+def conversation(messages: Sequence[Mapping[str, Any]] | None, text: str | None) -> list[str]:
     """The texts a chat model reads: every message's content (system prompts included), or a raw prompt."""
     if messages is not None:
         return [m["content"] for m in messages]

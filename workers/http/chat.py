@@ -251,7 +251,7 @@ def _stream(params: ChatParams, head: dict) -> Response:
             while True:
                 kind, payload = generation.next_event()
                 if kind == "delta":
-                    released = guard.feed(payload)
+                    released = guard.feed(str(payload))
                     if released is None:
                         yield from refused()
                         return
