@@ -44,7 +44,7 @@ class Pool:
 
     @property
     def held(self) -> int:
-        return sum(l.bytes for l in self.leases) + sum(self.working.values())
+        return sum(lease.bytes for lease in self.leases) + sum(self.working.values())
 
     @property
     def free(self) -> int:
@@ -81,7 +81,7 @@ class Decision:
 
     def numbers(self) -> dict:
         return {"need_bytes": self.need, "free_bytes": self.free, "usable_bytes": self.usable,
-                "evict": [f"{l.worker}/{l.model}" for l in self.evict]}
+                "evict": [f"{lease.worker}/{lease.model}" for lease in self.evict]}
 
 
 def additional_bytes(pool: Pool, request: Request) -> int:
@@ -98,26 +98,25 @@ def eviction_candidates(pool: Pool, request: Request) -> list[Lease]:
     busy worker are never candidates, except, for a model request, the requester's own other models:
     the requester knows which of them its job uses and refuses those (409), so asking it is safe. A
     working-memory request comes from a job about to run on the requester's loaded models: those stay."""
-    def allowed(l: Lease) -> bool:
-        if l.worker == request.worker:
-            return request.model is not None and l.model != request.model
-        return l.worker not in pool.busy
-    candidates = [l for l in pool.leases if l.state == LOADED and allowed(l)]
-    return sorted(candidates, key=lambda l: (l.last_used, l.worker, l.model))
+    def allowed(lease: Lease) -> bool:
+        if lease.worker == request.worker:
+            return request.model is not None and lease.model != request.model
+        return lease.worker not in pool.busy
+    candidates = [lease for lease in pool.leases if lease.state == LOADED and allowed(lease)]
+    return sorted(candidates, key=lambda x: (x.last_used, x.worker, x.model))
 
 
 def plan_lease(pool: Pool, request: Request) -> Decision:
     need = additional_bytes(pool, request)
     free = pool.free
-    base = dict(need=need, free=free, usable=pool.usable)
     if request.total > pool.usable:
-        return Decision("too_big", **base, message=(
+        return Decision("too_big", need, free, pool.usable, message=(
             f"{request.worker}/{request.model or 'working memory'} needs {request.total} bytes "
             f"(model {request.model_bytes} + working {request.working_bytes}) but the device offers "
             f"{pool.usable} bytes ({pool.capacity} capacity - {pool.reserve} reserve) even with every "
             "other model unloaded"))
     if need <= free:
-        return Decision("grant", **base)
+        return Decision("grant", need, free, pool.usable)
     shortfall = need - free
     chosen: list[Lease] = []
     freed = 0
@@ -127,19 +126,19 @@ def plan_lease(pool: Pool, request: Request) -> Decision:
         chosen.append(lease)
         freed += lease.bytes
     if freed < shortfall:
-        return Decision("wait", **base, message=(
+        return Decision("wait", need, free, pool.usable, message=(
             f"{request.worker}/{request.model or 'working memory'} needs {need} more bytes, {free} are "
             f"free and idle models hold only {freed}; waiting for busy workers to finish"))
     # The LRU prefix may include models that turn out not to be needed (a small old one before a big
     # one): spare those, most recently used first.
-    for lease in sorted(chosen, key=lambda l: (l.last_used, l.worker, l.model), reverse=True):
+    for lease in sorted(chosen, key=lambda x: (x.last_used, x.worker, x.model), reverse=True):
         if freed - lease.bytes >= shortfall:
             chosen.remove(lease)
             freed -= lease.bytes
-    chosen.sort(key=lambda l: (l.last_used, l.worker, l.model))
-    return Decision("evict", **base, evict=tuple(chosen), message=(
+    chosen.sort(key=lambda x: (x.last_used, x.worker, x.model))
+    return Decision("evict", need, free, pool.usable, evict=tuple(chosen), message=(
         f"{request.worker}/{request.model or 'working memory'} needs {need} bytes, {free} are free: "
-        f"unloading {', '.join(f'{l.worker}/{l.model} ({l.bytes})' for l in chosen)}"))
+        f"unloading {', '.join(f'{lease.worker}/{lease.model} ({lease.bytes})' for lease in chosen)}"))
 
 
 def pressure(pool: Pool, waiting: int) -> str:

@@ -22,6 +22,7 @@ from common.metrics import process_metrics
 from configuration import worker_configs
 from configuration.settings import Settings
 from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, plan_lease, pressure
+from orchestrator.device_memory import DeviceReading
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ class MemoryBroker:
         self._pids: dict[str, int] = {}
         self._loading_since: dict[tuple[str, str], float] = {}   # clock time of each `loading` lease's grant
         self._models = {name: set(config["models"]) for name, config in worker_configs().items()}
-        self.history: collections.deque = collections.deque(maxlen=HISTORY_LENGTH)
-        self.counters = collections.Counter()
+        self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY_LENGTH)
+        self.counters: collections.Counter[str] = collections.Counter()
 
     # -- snapshot ---------------------------------------------------------------------------------
     def _busy(self) -> frozenset:
-        loading = {w for (w, _m), l in self._leases.items() if l.state == LOADING}
+        loading = {w for (w, _m), lease in self._leases.items() if lease.state == LOADING}
         return frozenset(loading | {w for w, n in self._jobs.items() if n > 0})
 
     def check_model(self, worker: str, model: str) -> None:
@@ -81,19 +82,19 @@ class MemoryBroker:
                             after_s=round(now - since, 1))
                 self._cond.notify_all()
 
-    def _pool(self) -> tuple[Pool, object]:
+    def _pool(self) -> tuple[Pool, DeviceReading]:
         self._expire_loads()
         reading = self.device.read()
         leases = tuple(self._leases.values())
         busy = self._busy()
         external = 0
         if reading.used_bytes is not None:
-            explained = sum(l.bytes for l in leases) + sum(v for w, v in self._working.items() if w in busy)
+            explained = sum(lease.bytes for lease in leases) + sum(v for w, v in self._working.items() if w in busy)
             external = max(0, reading.used_bytes - explained)
         now = self._clock()
         self._pinned = {k: until for k, until in self._pinned.items() if until > now}
-        pinned = tuple(dataclasses.replace(l, state=EVICTING) if (l.worker, l.model) in self._pinned else l
-                       for l in leases)
+        pinned = tuple(dataclasses.replace(lease, state=EVICTING) if (lease.worker, lease.model) in self._pinned
+                       else lease for lease in leases)
         pool = Pool(capacity=reading.total_bytes, reserve=self.reserve, leases=pinned,
                     working=dict(self._working), busy=busy, external=external)
         return pool, reading
@@ -109,7 +110,8 @@ class MemoryBroker:
             metrics.memory_lease_waits.labels(worker, model or "").inc()
         elif event in ("too_big", "timeout"):
             metrics.memory_refusals.labels(event).inc()
-        level = logging.INFO if event in ("evicted", "too_big", "timeout", "worker_gone", "evict_refused") else logging.DEBUG
+        notable = ("evicted", "too_big", "timeout", "worker_gone", "evict_refused")
+        level = logging.INFO if event in notable else logging.DEBUG
         log.log(level, "memory %s %s/%s %s", event, worker, model or "-", detail or "")
 
     # -- leasing ----------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class MemoryBroker:
             if ticket > before or request.worker == worker:
                 continue
             decision = plan_lease(pool, request)
-            if decision.action == "evict" and any(l.worker == worker for l in decision.evict):
+            if decision.action == "evict" and any(lease.worker == worker for lease in decision.evict):
                 return f"{request.worker}/{request.model or 'working memory'}"
         return None
 
@@ -230,7 +232,8 @@ class MemoryBroker:
         self._cond.notify_all()
 
     def _busy_summary(self, pool: Pool) -> str:
-        held = [f"{l.worker}/{l.model} ({l.bytes} bytes)" for l in pool.leases if l.worker in pool.busy]
+        held = [f"{lease.worker}/{lease.model} ({lease.bytes} bytes)"
+                for lease in pool.leases if lease.worker in pool.busy]
         return ", ".join(held) or "none"
 
     def _details(self, request: Request, decision) -> dict:
@@ -277,8 +280,8 @@ class MemoryBroker:
             lease = self._leases.pop((worker, model), None)
             self._loading_since.pop((worker, model), None)
             self._pinned.pop((worker, model), None)
-            if not self._jobs.get(worker) and not any(l.worker == worker and l.state == LOADING
-                                                      for l in self._leases.values()):
+            if not self._jobs.get(worker) and not any(lease.worker == worker and lease.state == LOADING
+                                                      for lease in self._leases.values()):
                 self._working.pop(worker, None)
             self._event("release", worker, model, bytes=lease.bytes if lease else 0)
             self._cond.notify_all()
@@ -337,7 +340,7 @@ class MemoryBroker:
         with self._cond:
             pool, reading = self._pool()
             workers: dict[str, dict] = {}
-            for lease in sorted(pool.leases, key=lambda l: (l.worker, l.model)):
+            for lease in sorted(pool.leases, key=lambda x: (x.worker, x.model)):
                 entry = workers.setdefault(lease.worker, {"models": {}})
                 entry["models"][lease.model] = {
                     "bytes": lease.bytes, "state": self._leases[(lease.worker, lease.model)].state,
@@ -348,7 +351,7 @@ class MemoryBroker:
                 entry.update(busy=worker in pool.busy, jobs_running=self._jobs.get(worker, 0),
                              working_bytes=self._working.get(worker, 0), pid=self._pids.get(worker),
                              leased_bytes=sum(m["bytes"] for m in entry["models"].values()))
-            leased = sum(l.bytes for l in pool.leases)
+            leased = sum(lease.bytes for lease in pool.leases)
             working = sum(pool.working.values())
             used = reading.used_bytes if reading.used_bytes is not None else leased + working
             return {

@@ -53,15 +53,15 @@ def test_evicts_least_recently_used_first():
               Lease("chat", "qwen_instruct", 30, last_used=2)]
     d = plan_lease(pool(100, leases=leases), Request("wan", "wan_t2v", 40))
     assert d.action == "evict"
-    assert [(l.worker, l.model) for l in d.evict] == [("sdxl", "sdxl")]
+    assert [(lease.worker, lease.model) for lease in d.evict] == [("sdxl", "sdxl")]
     d = plan_lease(pool(100, leases=leases), Request("wan", "wan_t2v", 70))
-    assert [(l.worker, l.model) for l in d.evict] == [("sdxl", "sdxl"), ("chat", "qwen_instruct")]
+    assert [(lease.worker, lease.model) for lease in d.evict] == [("sdxl", "sdxl"), ("chat", "qwen_instruct")]
 
 
 def test_spares_an_old_model_that_is_not_needed():
     leases = [Lease("chat", "qwen", 5, last_used=1), Lease("sdxl", "sdxl", 60, last_used=2)]
     d = plan_lease(pool(100, leases=leases), Request("wan", "wan_t2v", 90))
-    assert [(l.worker, l.model) for l in d.evict] == [("sdxl", "sdxl")]
+    assert [(lease.worker, lease.model) for lease in d.evict] == [("sdxl", "sdxl")]
 
 
 def test_busy_worker_is_never_evicted_so_the_request_waits():
@@ -139,7 +139,7 @@ def test_decisions_are_sound(scenario):
         assert d.need > p.free
     candidates = eviction_candidates(p, request)
     if d.action == "evict":
-        freed = sum(l.bytes for l in d.evict)
+        freed = sum(lease.bytes for lease in d.evict)
         assert freed >= d.need - d.free, "evicting must make it fit"
         for lease in d.evict:
             assert lease in candidates
@@ -147,7 +147,7 @@ def test_decisions_are_sound(scenario):
             assert lease.worker not in p.busy or lease.worker == request.worker, "busy workers are never evicted"
             assert (lease.worker, lease.model) != (request.worker, request.model)
             assert freed - lease.bytes < d.need - d.free, "no model is unloaded that is not needed"
-        assert list(d.evict) == sorted(d.evict, key=lambda l: (l.last_used, l.worker, l.model))
+        assert list(d.evict) == sorted(d.evict, key=lambda x: (x.last_used, x.worker, x.model))
         # all evicted models come from the shortest least-recently-used prefix that suffices
         prefix, total = [], 0
         for lease in candidates:
@@ -157,7 +157,7 @@ def test_decisions_are_sound(scenario):
             total += lease.bytes
         assert set(d.evict) <= set(prefix)
     if d.action == "wait":
-        assert sum(l.bytes for l in candidates) < d.need - d.free, "waits only when idle models cannot make room"
+        assert sum(x.bytes for x in candidates) < d.need - d.free, "waits only when idle models cannot make room"
 
 
 @hsettings(max_examples=200, deadline=None)
