@@ -49,7 +49,9 @@ def start_queue_intake(state: WorkerState) -> QueueIntake | None:
 
 class QueueJobSink:
     def __init__(self, state: WorkerState, queue: str):
+        assert state.runner is not None  # start_queue_intake only builds a sink for workers with a job runner
         self.state = state
+        self.runner = state.runner
         self.queue = queue
         settings = state.settings
         self._supabase = (make_client(settings.supabase_url, settings.supabase_service_key, settings.fetch_timeout_s)
@@ -57,11 +59,10 @@ class QueueJobSink:
 
     # -- JobSink ----------------------------------------------------------------------------------
     def can_take(self) -> bool:
-        runner = self.state.runner
-        return runner is not None and not self.state.shutting_down and runner.idle()
+        return not self.state.shutting_down and self.runner.idle()
 
     def job_status(self, job_id: str) -> str | None:
-        record = self.state.runner.get(job_id) if self.state.runner else None
+        record = self.runner.get(job_id)
         return record.status if record else None
 
     def submit(self, job_id: str, payload: dict) -> None:
@@ -90,7 +91,7 @@ class QueueJobSink:
             self._reject(job_id, payload, job, exc.code or errors.JOB_FAILED, exc.message)
             return
         metadata = job_metadata(job.body, params, **self._context(job), references_from_storage=fetched or None)
-        s.runner.submit(job_id, job.body["type"], job.body.get("user_id", "anonymous"), params,
+        self.runner.submit(job_id, job.body["type"], job.body.get("user_id", "anonymous"), params,
                         {k: v for k, v in metadata.items() if v is not None})
 
     def reject(self, job_id: str, payload: dict, code: str, message: str) -> None:
@@ -104,9 +105,9 @@ class QueueJobSink:
     def _reject(self, job_id: str, payload: dict, job: AppJob | None, code: str, message: str, **extra: Any) -> None:
         log.warning("queued job %s refused (%s)", job_id, code)
         metadata = {k: v for k, v in {**self._context(job), **extra}.items() if v is not None}
-        job_type = payload.get("type") if isinstance(payload.get("type"), str) else "unknown"
-        user_id = payload.get("user_id") if isinstance(payload.get("user_id"), str) else "anonymous"
-        self.state.runner.reject(job_id, job_type, user_id, {"code": code, "message": message}, metadata)
+        job_type = str(payload["type"]) if isinstance(payload.get("type"), str) else "unknown"
+        user_id = str(payload["user_id"]) if isinstance(payload.get("user_id"), str) else "anonymous"
+        self.runner.reject(job_id, job_type, user_id, {"code": code, "message": message}, metadata)
 
     def _resolve_storage_references(self, job: AppJob) -> dict[str, str]:
         """Download storage-path references (checked to lie in the job's own folder) with the service key
