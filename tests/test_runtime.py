@@ -338,7 +338,6 @@ def test_supabase_storage_uploads_with_exact_content_type_and_upsert():
         assert standin.objects[("workspace-temp", "u1/j1/0.png")] == (b"\x89PNG2", "image/png")
         with pytest.raises(StorageError, match="HTTP 415"):
             storage.put("u1/j1/1.png", b"x", "application/octet-stream")
-        standin.fail_functions = {}
         storage.delete("u1/j1/0.png")
         assert ("workspace-temp", "u1/j1/0.png") not in standin.objects
         wrong_key = SupabaseStorage(standin.url, "not-the-service-key", "workspace-temp", backoff_s=0.01)
