@@ -7,9 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from flask.json.provider import DefaultJSONProvider
 
 from common.errors import WORKER_ERROR, WorkerRefused
 from configuration.settings import Settings
+
+
+class InsertionOrderJSON(DefaultJSONProvider):
+    """Flask's JSON answers with their keys in the order the code builds them (`job_id` first), not sorted:
+    `app.json = InsertionOrderJSON(app)` in every app."""
+    sort_keys = False
 
 
 def iso_time(epoch: float | None = None) -> str:

@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from common import auth, errors, metrics
 from common.body import install_body_cap, json_body, query_bool, query_float
 from common.errors import Unavailable
+from common.http import InsertionOrderJSON
 from common.job_routes import add_job_routes, limit_waits, submission_response
 from common.logging import install_request_id
 from configuration.openapi import RouteTable, openapi_document
@@ -135,7 +136,7 @@ def create_app(the_pod) -> Flask:
     from orchestrator.ops import OpsView
 
     app = Flask("ourvidz-orchestrator")
-    app.json.sort_keys = False
+    app.json = InsertionOrderJSON(app)
     app.extensions["pod"] = the_pod
     limit_waits(the_pod.settings.orchestrator_threads)  # `?wait=` never takes the last threads (/health, status)
     app.extensions["ops"] = ops = OpsView(the_pod)
@@ -153,7 +154,8 @@ def create_app(the_pod) -> Flask:
 # What /openapi.json describes: path -> method -> (summary, request schema name or None, error statuses).
 ROUTES: RouteTable = {
     "/health": {"get": ("Process is alive (no auth).", None, ())},
-    "/ready": {"get": ("Every enabled worker is ready and the orchestrator takes jobs (no auth); 503 otherwise.", None, (503,))},
+    "/ready": {"get": ("Every enabled worker is ready and the orchestrator takes jobs (no auth); 503 otherwise.",
+                       None, (503,))},
     "/jobs": {"post": ("Route a job: optional enhancement on the chat worker, then SDXL or WAN (202; `?wait=` blocks).",
                        "orchestrator.jobs", (400, 401, 409, 413, 503))},
     "/jobs/{job_id}": {"get": ("The routed job's record.", None, (401, 404))},
@@ -161,9 +163,12 @@ ROUTES: RouteTable = {
     "/workers": {"get": ("Each worker's state, pid, restarts, URL.", None, (401,))},
     "/queues": {"get": ("The app's Redis queues this pod consumes: depth, dead letters, every consumer (this pod's "
                         "or another's, alive or not) and the jobs it holds (docs/QUEUE.md).", None, (401,))},
-    "/memory/status": {"get": ("The pod's memory: device, budget, each worker's models, pressure, history.", None, (401,))},
-    "/memory/load": {"post": ("Load a worker's models (through the broker).", "orchestrator.memory_action", (400, 401, 409, 503))},
-    "/memory/unload": {"post": ("Unload a worker's models; 409 while they run a job.", "orchestrator.memory_action", (400, 401, 409, 503))},
+    "/memory/status": {"get": ("The pod's memory: device, budget, each worker's models, pressure, history.", None,
+                               (401,))},
+    "/memory/load": {"post": ("Load a worker's models (through the broker).", "orchestrator.memory_action",
+                              (400, 401, 409, 503))},
+    "/memory/unload": {"post": ("Unload a worker's models; 409 while they run a job.", "orchestrator.memory_action",
+                                (400, 401, 409, 503))},
     "/openapi.json": {"get": ("This document.", None, (401,))},
     "/": {"get": ("The ops page (HTML, no auth; its data comes from /ops/state with the key).", None, ())},
     "/ops": {"get": ("The ops page (same as /).", None, ())},

@@ -22,6 +22,7 @@ from common import errors
 from common.auth import bearer_token
 from common.body import install_body_cap, json_body
 from common.errors import ApiError, error_response, register_error_handlers
+from common.http import InsertionOrderJSON
 from configuration.schemas import validate_request
 
 bp = Blueprint("broker", __name__)
@@ -75,7 +76,7 @@ def broker(action: str):
 def create_broker_app(pod) -> Flask:
     """The broker's app: only `/broker/*`, only for the bearer of `pod.broker_token`."""
     app = Flask("ourvidz-broker")
-    app.json.sort_keys = False
+    app.json = InsertionOrderJSON(app)
     app.extensions["pod"] = pod
     register_error_handlers(app)
     install_body_cap(app, MAX_BODY_BYTES)

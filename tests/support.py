@@ -240,8 +240,9 @@ class OrchestratorProcess:
         """Poll GET /ready (the readiness gate; no fixed sleeps)."""
         deadline = time.monotonic() + timeout_s
         last = None
+        proc = self.started()
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"orchestrator exited {self.proc.returncode}:\n{self.log()}"
+            assert proc.poll() is None, f"orchestrator exited {proc.returncode}:\n{self.log()}"
             try:
                 last = requests.get(self.url + "/ready", timeout=2)
                 if last.status_code == 200:
@@ -251,6 +252,10 @@ class OrchestratorProcess:
             time.sleep(0.1)
         raise AssertionError(f"not ready in {timeout_s}s: {last and last.text}\n{self.log()}")
 
+    def started(self) -> subprocess.Popen:
+        assert self.proc is not None, "start() the orchestrator first"
+        return self.proc
+
     def workers(self) -> dict:
         return {w["name"]: w for w in self.client.get("/workers").json()["workers"]}
 
@@ -258,12 +263,13 @@ class OrchestratorProcess:
         return self.log_path.read_text(errors="replace")[-8000:]
 
     def stop(self, timeout_s: float = 90) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        proc = self.started()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout_s)
+                proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                proc.kill()
+                proc.wait(10)
         self._log.close()
-        return self.proc.returncode
+        return proc.returncode

@@ -12,6 +12,7 @@ from flask import Flask
 
 from common import auth, body, errors, metrics
 from common.callbacks import CallbackSender
+from common.http import InsertionOrderJSON
 from common.job_routes import limit_waits
 from common.jobs import JobJournal, wait_until
 from common.logging import Progress, configure_logging, install_request_id
@@ -50,7 +51,8 @@ class WorkerState:
         engine_cls = getattr(importlib.import_module(module_name), class_name)
         self.engine = engine_cls(settings)
         self.memory = make_memory_client(name, settings, self.engine.device)
-        self.host = ModelHost(self.engine, self.memory, WeightHashes(settings.effective_state_dir / "weight-hashes.json"))
+        hashes = WeightHashes(settings.effective_state_dir / "weight-hashes.json")
+        self.host = ModelHost(self.engine, self.memory, hashes)
         # Only workers that take jobs (POST /generate) have a job runner; the chat worker answers in the request.
         self.runner: JobRunner | None = None
         if self.request_schema:
@@ -148,7 +150,7 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
         log.warning("WORKER_API_KEY is not set: serving without authentication on loopback %s only", settings.bind_host)
 
     app = Flask(f"ourvidz-{worker}")
-    app.json.sort_keys = False
+    app.json = InsertionOrderJSON(app)
     global _CURRENT
     state = WorkerState(worker, settings)
     _CURRENT = state

@@ -1,6 +1,6 @@
 """What a worker shows the operator beyond its API: `GET /ops/summary` (its recent jobs, executor queue and
-callback backlog and Redis queue intake, which the orchestrator's ops page merges; no prompts) and the gauges its `GET /metrics`
-refreshes at each scrape (common/metrics.py serves the route)."""
+callback backlog and Redis queue intake, which the orchestrator's ops page merges; no prompts) and the gauges
+its `GET /metrics` refreshes at each scrape (common/metrics.py serves the route)."""
 from __future__ import annotations
 
 import redis
@@ -8,6 +8,7 @@ from flask import Blueprint, jsonify
 
 from common.body import query_float
 from common.metrics import Metrics
+from configuration.openapi import RouteTable
 from workers import devices
 from workers.http.common import state
 
@@ -16,7 +17,7 @@ bp = Blueprint("ops", __name__)
 RECENT_JOBS = 50
 MAX_JOBS = 200
 
-ROUTES = {
+ROUTES: RouteTable = {
     "/ops/summary": {"get": ("Recent jobs (no prompts), executor queue, callback backlog; "
                              "`?limit=` (default 50, at most 200).", None, (401,))},
 }

@@ -21,6 +21,7 @@ import threading
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 from common.logging import Progress
 
@@ -46,7 +47,13 @@ def weight_files(path: str | Path) -> list[Path]:
     return found
 
 
-def file_sha256(path: Path, progress: Progress | None = None) -> str:
+class BytesProgress(Protocol):
+    """What hashing reports to: the bytes read since the last call (a Progress counting bytes, or _MiBProgress)."""
+
+    def advance(self, nbytes: int, /) -> None: ...
+
+
+def file_sha256(path: Path, progress: BytesProgress | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK_BYTES):
@@ -92,7 +99,7 @@ class WeightHashes:
             json.dump(self._cache, fh)
         os.replace(tmp, self.cache_file)
 
-    def sha256(self, path: Path, progress: Progress | None = None) -> str:
+    def sha256(self, path: Path, progress: BytesProgress | None = None) -> str:
         path = Path(path).resolve()
         stat = path.stat()
         key = str(path)
