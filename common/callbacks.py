@@ -164,7 +164,7 @@ class CallbackSender:
         delivery.attempt += 1
         ok, retry, reason = self._attempt(delivery)
         metrics = self._metrics
-        metrics.callback_attempts.labels("delivered" if ok else "retryable" if retry else "rejected").inc()
+        metrics.child(metrics.callback_attempts, "delivered" if ok else "retryable" if retry else "rejected").inc()
         cap = delivery.max_attempts or self.max_attempts
         expired = time.time() - delivery.since >= self.horizon_s
         if ok or not retry or (cap and delivery.attempt >= cap) or expired:

@@ -63,6 +63,7 @@ class Metrics:
         PlatformCollector(registry=r)     # python_info
         self._hooks: list = []
         self._hooks_lock = threading.Lock()
+        self._children: dict = {}   # (metric, label values) -> its child: labels() validates on every call
 
         def counter(name, doc, labels=()):
             return Counter(f"{PREFIX}_{name}", doc, labels, registry=r)
@@ -189,21 +190,29 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     # -- recording helpers used on a job's path --------------------------------------------------------
+    def child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, looked up once per label set (a dict lookup afterwards)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def job_submitted(self, worker: str, job_type: str) -> None:
-        self.jobs_submitted.labels(worker, job_type).inc()
+        self.child(self.jobs_submitted, worker, job_type).inc()
 
     def job_started(self, worker: str, job_type: str) -> None:
-        self.jobs_started.labels(worker, job_type).inc()
+        self.child(self.jobs_started, worker, job_type).inc()
 
     def job_finished(self, worker: str, job_type: str, status: str, duration_s: float | None,
                      error_code: str | None = None, stages: dict | None = None) -> None:
-        self.jobs_finished.labels(worker, job_type, status).inc()
+        self.child(self.jobs_finished, worker, job_type, status).inc()
         if status == "failed":
-            self.job_failures.labels(worker, job_type, error_code or "unknown").inc()
+            self.child(self.job_failures, worker, job_type, error_code or "unknown").inc()
         if duration_s is not None:
-            self.job_duration.labels(worker, job_type, status).observe(duration_s)
+            self.child(self.job_duration, worker, job_type, status).observe(duration_s)
         for stage, seconds in (stages or {}).items():
-            self.stage_duration.labels(worker, job_type, stage).observe(seconds)
+            self.child(self.stage_duration, worker, job_type, stage).observe(seconds)
 
 
 class StageTimer:
