@@ -224,3 +224,15 @@ def test_callbacks_count_attempts_retries_deliveries_and_show_the_backlog_age(tm
                                   "abandoned": 0}
     finally:
         receiver.close()
+
+
+def test_docs_list_every_metric():
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from tests.support import REPO
+    doc = (REPO / "docs" / "OPERATIONS.md").read_text()
+    metrics = Metrics("sdxl")
+    for obj in vars(metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            name = obj._name + {"counter": "_total", "info": "_info"}.get(obj._type, "")
+            assert f"`{name}`" in doc, f"{name} is not listed in docs/OPERATIONS.md"

@@ -51,7 +51,8 @@ class WorkerState:
         engine_cls = getattr(importlib.import_module(module_name), class_name)
         self.engine = engine_cls(settings)
         self.memory = make_memory_client(name, settings, self.engine.device)
-        hashes = WeightHashes(settings.effective_state_dir / "weight-hashes.json")
+        # One cache file per worker (processes never overwrite each other's), beside the journals.
+        hashes = WeightHashes(settings.effective_state_dir / f"weight-hashes-{name}.json")
         self.host = ModelHost(self.engine, self.memory, hashes)
         # Only workers that take jobs (POST /generate) have a job runner; the chat worker answers in the request.
         self.runner: JobRunner | None = None
