@@ -27,7 +27,7 @@ def main() -> int:
 
     configure_logging("orchestrator", settings.log_level, settings.log_format)
     configure_metrics("orchestrator", settings.model_profile)
-    import waitress
+    from waitress.server import create_server
 
     from orchestrator.api import create_app
     from orchestrator.broker_api import create_broker_app
@@ -41,19 +41,19 @@ def main() -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        server = waitress.create_server(create_app(pod), host=settings.bind_host, port=settings.orchestrator_port,
-                                        threads=settings.orchestrator_threads, ident="ourvidz-orchestrator",
-                                        # waitress buffers a body before the app sees it: past the cap the app
-                                        # answers 413, past this waitress does (no 1 GB default buffer)
-                                        max_request_body_size=settings.max_body_bytes + 64 * 1024 * 1024)
+        server = create_server(create_app(pod), host=settings.bind_host, port=settings.orchestrator_port,
+                               threads=settings.orchestrator_threads, ident="ourvidz-orchestrator",
+                               # waitress buffers a body before the app sees it: past the cap the app
+                               # answers 413, past this waitress does (no 1 GB default buffer)
+                               max_request_body_size=settings.max_body_bytes + 64 * 1024 * 1024)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.bind_host, settings.orchestrator_port, exc)
         return 1
     threading.Thread(target=server.run, name="http", daemon=True).start()
     # The memory broker: its own loopback port and threads (a worker's lease request never waits for a
     # public thread), bound by the pod before its workers were given its URL and token.
-    broker_server = waitress.create_server(create_broker_app(pod), sockets=[pod.broker_socket],
-                                           threads=BROKER_THREADS, ident="ourvidz-broker")
+    broker_server = create_server(create_broker_app(pod), sockets=[pod.broker_socket],
+                                  threads=BROKER_THREADS, ident="ourvidz-broker")
     threading.Thread(target=broker_server.run, name="broker-http", daemon=True).start()
     log.info("orchestrator listening on %s:%d; device memory from %s; workers: %s", settings.bind_host,
              settings.orchestrator_port, pod.device.source, ", ".join(pod.supervisors) or "none")

@@ -94,7 +94,7 @@ class DeviceMemory:
         return torch.cuda.is_available()
 
     def read(self) -> DeviceReading:
-        if self.source == "nvml":
+        if self.source == "nvml" and self.uuid is not None:  # NVML's source always names its device
             total, used = read_nvml(self._nvml, self.uuid)
             return DeviceReading("cuda", "nvml", total, used)
         if self.source == "torch":

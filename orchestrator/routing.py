@@ -164,8 +164,9 @@ class Router:
             self.journal.write(record)
         self._metrics.job_submitted(target, record.type)
         with job.log_context():
-            log.info("job accepted: %s to %s%s, prompt %s", record.type, target, " after enhancement" if enhance else "",
-                     describe_text(body["prompt"]), extra={"job_type": record.type})
+            log.info("job accepted: %s to %s%s, prompt %s", record.type, target,
+                     " after enhancement" if enhance else "", describe_text(body["prompt"]),
+                     extra={"job_type": record.type})
         runner = self._enhance_then_generate if enhance else self._monitor
         threading.Thread(target=self._route, args=(runner, job), name=f"route-{job_id[:12]}", daemon=True).start()
         return record, True
@@ -289,13 +290,15 @@ class Router:
                           job.target, type(exc).__name__)
 
     def _enhance(self, job: RoutedJob) -> tuple[str, dict]:
+        assert job.enhance is not None, "only a job that asked for enhancement is enhanced"
         spec = dict(job.enhance)
         model = spec.pop("model")
         body = {"prompt": job.record.metadata["original_prompt"], "target_model": job.target, **spec}
         url = f"{self.workers['chat'].url}/enhance/{model}"
         started = time.monotonic()
         try:
-            response = self._session.post(url, json=body, timeout=self.settings.enhance_timeout_s, headers=_request_id())
+            response = self._session.post(url, json=body, timeout=self.settings.enhance_timeout_s,
+                                          headers=_request_id())
         except requests.RequestException as exc:
             raise DomainError(f"the chat worker could not be reached or did not answer in time ({type(exc).__name__})",
                               errors.ENHANCEMENT_FAILED) from None
@@ -308,14 +311,15 @@ class Router:
                                            job.record.metadata["content_policy"]["tier"], found.get("rule"))
             details = "; ".join(f"{d.get('path') or '/'}: {d.get('message')}" for d in error.get("details") or []
                                 if isinstance(d, dict) and d.get("message"))
-            raise DomainError(f"the chat worker refused the enhancement (HTTP {response.status_code} "
-                              f"{error.get('code', '')}): {error.get('message', '')}" + (f" ({details})" if details else ""),
+            reason = f"{error.get('code', '')}): {error.get('message', '')}" + (f" ({details})" if details else "")
+            raise DomainError(f"the chat worker refused the enhancement (HTTP {response.status_code} {reason}",
                               errors.ENHANCEMENT_FAILED)
         try:
             result = response.json()
             enhanced = result["enhanced_prompt"]
         except (ValueError, KeyError, TypeError):
-            raise DomainError("the chat worker answered without an enhanced_prompt", errors.ENHANCEMENT_FAILED) from None
+            raise DomainError("the chat worker answered without an enhanced_prompt",
+                              errors.ENHANCEMENT_FAILED) from None
         if not isinstance(enhanced, str) or not enhanced.strip():
             raise DomainError("the chat worker returned an empty enhanced prompt", errors.ENHANCEMENT_FAILED)
         seconds = time.monotonic() - started

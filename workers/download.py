@@ -97,7 +97,7 @@ def plan(names: list[str], checkpoints: dict[str, dict], endpoint: str | None = 
                        if hasattr(f, "blob_id")]
         except Exception as exc:  # huggingface_hub's HTTP/network errors, reported with the checkpoint's name
             raise DownloadError(f"{name}: cannot list {entry['repo']}@{revision[:12]}: {exc}") from exc
-        matched = set()
+        matched: set[str] = set()
         for pattern in entry["include"]:
             hits = [f for f in listing if fnmatch.fnmatchcase(f.path, pattern)]
             if not hits:

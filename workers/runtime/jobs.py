@@ -101,7 +101,7 @@ class JobRunner:
         self._jobs: dict[str, JobRecord] = {}
         self._done: dict[str, threading.Event] = {}
         self._contexts: dict[str, JobContext] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[str] = queue.Queue()
         self._accepting = True
         self._running: str | None = None
         self.idle_hooks: list[Callable[[], None]] = []  # called when the executor may take more work (queue intake)
@@ -305,8 +305,8 @@ class JobRunner:
                 log.exception("job %s crashed the executor", job_id)
                 with self._lock:
                     if record.status not in TERMINAL:
-                        self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR, "message": "unexpected "
-                                                                                                        "executor error"})
+                        error = {"code": errors.INTERNAL_ERROR, "message": "unexpected executor error"}
+                        self._finish(record, "failed", error=error)
             finally:
                 with self._lock:
                     self._running = None
@@ -349,7 +349,8 @@ class JobRunner:
         except JobCancelled:
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "cancelled", error={"code": errors.CANCELLED, "message": "cancelled while running"})
+                self._finish(record, "cancelled",
+                             error={"code": errors.CANCELLED, "message": "cancelled while running"})
         except JobFailed as exc:
             self._cleanup(stored)
             with self._lock:
@@ -395,11 +396,13 @@ class JobRunner:
                 log.warning("job %s: CUDA out of memory (%s); retrying once with memory-saving modes",
                             context.job_id, message)
                 context.memory_saving = True
-        raise MemoryUnavailable(f"the device ran out of memory during the job, also with memory-saving modes: {message}",
-                                {"device": self.engine.device})
+        raise MemoryUnavailable("the device ran out of memory during the job, also with memory-saving modes: "
+                                f"{message}", {"device": self.engine.device})
 
     def _encode(self, index: int, output: GeneratedAsset) -> tuple[list[tuple[str, bytes, str]], dict]:
         if output.kind == "video":
+            if output.fps is None:
+                raise JobFailed("the engine returned a video without a playback rate")
             data = media.encode_mp4(output.frames, output.fps)
             main = (f"{index}.mp4", data, "video/mp4")
             thumb_source = output.frames[len(output.frames) // 2]
