@@ -32,6 +32,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from configuration.openapi import RouteTable
+
 log = logging.getLogger(__name__)
 
 PREFIX = "ourvidz"
@@ -319,7 +321,7 @@ def build_labels(process: str, profile: str) -> dict[str, str]:
 
 METRICS_PATH = "/metrics"
 # The route's OpenAPI entry (configuration/openapi.py's route table form).
-ROUTES = {METRICS_PATH: {"get": ("Prometheus metrics of this process (text exposition format); without the key "
+ROUTES: RouteTable = {METRICS_PATH: {"get": ("Prometheus metrics of this process (text exposition format); without the key "
                                  "when METRICS_PUBLIC=1.", None, (401,))}}
 
 
