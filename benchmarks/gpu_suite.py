@@ -50,6 +50,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -63,7 +64,7 @@ NOT_FROM_WHEELS = {"torch"}
 TOO_LARGE_TO_CARRY = {"imageio-ffmpeg"}
 
 # ---- scales ------------------------------------------------------------------------------------------
-SCALES = {
+SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
         "profile": "placeholder", "budget_s": 120,
         "sdxl": {"width": 64, "height": 64, "steps": 2, "batches": (1, 3), "repeats": 1},
@@ -442,7 +443,7 @@ class InProcessWorker:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.state.host.unload(None, wait_s=5)
-        self.app = self.state = self.engine = None
+        del self.app, self.state, self.engine  # the references that keep the models alive
         _free_device()
 
 
@@ -926,7 +927,7 @@ def http_overhead(suite: Suite, process, env: dict) -> None:
 def environment(device: str, bootstrap_notes: list[str]) -> dict:
     import torch
 
-    env = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
+    env: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
            "torch": torch.__version__, "device": device}
     for name in ("diffusers", "transformers", "accelerate", "huggingface_hub"):
         env[name] = _installed(name) or "missing"
