@@ -65,7 +65,7 @@ def observability(on: bool, log_file: Path):
     metrics and logging disabled."""
     saved = metrics_module._PROCESS
     if on:
-        configure_logging("benchmark", "INFO", "json", stream=open(log_file, "a", encoding="utf-8"))  # noqa: SIM115
+        configure_logging("benchmark", "INFO", "json", stream=open(log_file, "a", encoding="utf-8"))
         metrics_module._PROCESS = None
         configure_metrics("benchmark", "placeholder")
         logging.disable(logging.NOTSET)

@@ -85,7 +85,8 @@ def main() -> int:
     steps = args.steps or defaults["steps"]
     frames = args.frames or defaults["frames"]
     spec = {"prompt": PROMPT, "negative_prompt": defaults["negative_prompt"], "width": defaults["width"],
-            "height": defaults["height"], "frames": frames, "steps": steps, "guidance_scale": defaults["guidance_scale"],
+            "height": defaults["height"], "frames": frames, "steps": steps,
+            "guidance_scale": defaults["guidance_scale"],
             "fps": defaults["fps"]}
     print(f"profile={settings.model_profile} jobs={args.jobs} video_fast {spec['width']}x{spec['height']} "
           f"frames={frames} steps={steps}")
@@ -101,22 +102,25 @@ def main() -> int:
             if record.get("status") != "completed":
                 raise RuntimeError(f"resident job failed: {record}")
             resident_files.append(Path(env["OUTPUT_DIR"]) / record["assets"][0]["url"])
-        load_count = worker.client.session.get(worker.url + "/memory/status", timeout=30).json()["models"]["wan_t2v"]["load_count"]
+        load_count = worker.client.session.get(worker.url + "/memory/status",
+                                               timeout=30).json()["models"]["wan_t2v"]["load_count"]
 
     reload, breakdown, same = [], [], []
     for i in range(args.jobs):
         output = tmp / f"reload-{i}.mp4"
         started = time.monotonic()
-        done = subprocess.run([sys.executable, __file__, "--one-shot", json.dumps({**spec, "seed": 100 + i, "output": str(output)})],
+        done = subprocess.run([sys.executable, __file__, "--one-shot", json.dumps({**spec, "seed": 100 + i,
+                                                                                   "output": str(output)})],
                               env=env, cwd=REPO, capture_output=True, text=True, check=True)
         reload.append(time.monotonic() - started)
         breakdown.append(json.loads(done.stdout.strip().splitlines()[-1]))
         same.append(all((a == b).all() for a, b in zip(decode_mp4(output.read_bytes())[0],
-                                                       decode_mp4(resident_files[i].read_bytes())[0])))
+                                                       decode_mp4(resident_files[i].read_bytes())[0], strict=False)))
 
     def row(name, times):
+        later = statistics.mean(times[1:]) if len(times) > 1 else float("nan")
         return f"{name:<34} total {sum(times):7.2f} s   per job {statistics.mean(times):6.2f} s   " \
-               f"first {times[0]:6.2f} s   later {statistics.mean(times[1:]) if len(times) > 1 else float('nan'):6.2f} s"
+               f"first {times[0]:6.2f} s   later {later:6.2f} s"
 
     print(row("resident worker (loads once)", resident))
     print(row("reload from disk per job (old)", reload))

@@ -121,7 +121,8 @@ class CallbackSender:
         """The backlog for the ops page and the metrics: pending, oldest age, delivered, abandoned."""
         with self._lock:
             pending, delivered, abandoned = self._outstanding, self.delivered, self.abandoned
-        return {"enabled": self.enabled, "pending": pending, "oldest_pending_age_s": round(self.oldest_pending_age_s(), 3),
+        return {"enabled": self.enabled, "pending": pending, "oldest_pending_age_s": round(self.oldest_pending_age_s(),
+                                                                                           3),
                 "delivered": delivered, "abandoned": abandoned}
 
     def flush(self, timeout_s: float) -> bool:
@@ -195,7 +196,8 @@ class CallbackSender:
             return
         metrics.callback_retries.inc()
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(delivery.attempt - 1, 62))
-        log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason, delay)
+        log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason,
+                    delay)
         if delivery.on_attempt:
             try:
                 delivery.on_attempt(delivery.attempt, reason, delay)

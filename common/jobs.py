@@ -64,7 +64,8 @@ class JobRecord:
         """What the ops page shows of a job: no prompt, no parameters, no user."""
         progress = self.progress or {}
         return {"job_id": self.job_id, "type": self.type, "worker": worker, "status": self.status,
-                "stage": progress.get("stage"), "step": progress.get("step"), "total_steps": progress.get("total_steps"),
+                "stage": progress.get("stage"), "step": progress.get("step"),
+                "total_steps": progress.get("total_steps"),
                 "percent": 100.0 if self.status == "completed" else progress.get("percent"),
                 "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
                 "error_code": (self.error or {}).get("code") if self.status != "completed" else None}

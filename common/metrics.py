@@ -107,7 +107,8 @@ class Metrics:
         self.queue_redeliveries = counter("queue_redeliveries_total",
                                           "Entries taken again after a consumer died holding them.", ("queue",))
         self.queue_dead_letters = counter("queue_dead_letters_total",
-                                          "Entries moved to the dead-letter list (unreadable or redelivered too often).",
+                                          "Entries moved to the dead-letter list (unreadable or redelivered too "
+                                          "often).",
                                           ("queue",))
 
         # -- memory ---------------------------------------------------------------------------------
@@ -321,7 +322,8 @@ def build_labels(process: str, profile: str) -> dict[str, str]:
 
 METRICS_PATH = "/metrics"
 # The route's OpenAPI entry (configuration/openapi.py's route table form).
-ROUTES: RouteTable = {METRICS_PATH: {"get": ("Prometheus metrics of this process (text exposition format); without the key "
+ROUTES: RouteTable = {METRICS_PATH: {"get": ("Prometheus metrics of this process (text exposition format); without the "
+                                             "key "
                                  "when METRICS_PUBLIC=1.", None, (401,))}}
 
 

@@ -256,7 +256,8 @@ class Settings:
                 continue
             values[attr] = parse(raw, name) if parse not in (str, Path) else parse(raw)
         if not values.get("model_profile"):
-            production_paths = ("sdxl_model_path", "wan_t2v_model_path", "qwen_base_model_path", "qwen_instruct_model_path")
+            production_paths = ("sdxl_model_path", "wan_t2v_model_path", "qwen_base_model_path",
+                                "qwen_instruct_model_path")
             values["model_profile"] = "production" if any(values.get(p) for p in production_paths) else "placeholder"
         settings = cls(**values)
         settings.check()

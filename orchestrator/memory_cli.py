@@ -47,7 +47,7 @@ def ago(iso: str | None, now: datetime | None = None) -> str:
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def render_status(status: dict, now: datetime | None = None) -> str:
@@ -58,14 +58,16 @@ def render_status(status: dict, now: datetime | None = None) -> str:
         f"budget   capacity {human_bytes(budget['capacity_bytes'])}  reserve {human_bytes(budget['reserve_bytes'])}  "
         f"leased {human_bytes(budget['leased_bytes'])}  working {human_bytes(budget['working_bytes'])}  "
         f"other {human_bytes(budget['external_bytes'])}  available {human_bytes(budget['available_bytes'])}",
-        f"pressure {status['pressure']}" + (f"  ({len(status['waiting'])} request(s) waiting)" if status["waiting"] else ""),
+        f"pressure {status['pressure']}"
+        + (f"  ({len(status['waiting'])} request(s) waiting)" if status["waiting"] else ""),
         "",
     ]
     rows = [["WORKER", "STATE", "PID", "MODEL", "LOADED", "BYTES", "BUSY", "LAST USE"]]
     for name, worker in status["workers"].items():
         first = True
         for model, info in worker["models"].items():
-            rows.append([name if first else "", worker["state"] if first else "", str(worker["pid"] or "-") if first else "",
+            rows.append([name if first else "", worker["state"] if first else "",
+                         str(worker["pid"] or "-") if first else "",
                          model, info["state"], human_bytes(info["bytes"]), "yes" if info["busy"] else "no",
                          ago(info["last_used"], now)])
             first = False

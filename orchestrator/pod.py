@@ -49,7 +49,8 @@ class Pod:
         self.registrar = Registrar(settings)
         self.queues = QueueStatus(settings, list(enabled_workers(settings)))  # the app's Redis lists
         self.supervisors = {
-            name: WorkerSupervisor(name, settings, env, on_ready=self.registrar.worker_ready, on_exit=self._worker_exited)
+            name: WorkerSupervisor(name, settings, env, on_ready=self.registrar.worker_ready,
+                                   on_exit=self._worker_exited)
             for name in enabled_workers(settings)}
         self.broker = MemoryBroker(settings, self.device, self._unload)
         self.callbacks = CallbackSender(settings)

@@ -208,7 +208,8 @@ class WorkerSupervisor:
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                log.error("%s worker not ready after %.0fs; killing it", self.name, self.settings.worker_ready_timeout_s)
+                log.error("%s worker not ready after %.0fs; killing it", self.name,
+                          self.settings.worker_ready_timeout_s)
                 self._not_ready = True
                 kill_group(proc.pid, signal.SIGKILL)
                 return None

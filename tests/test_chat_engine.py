@@ -292,7 +292,8 @@ def test_policy_inputs_and_caller_context_ride_along(chat_settings):
 
 
 def test_max_tokens_and_stop_strings(engine, chat_settings):
-    short, longer = run(engine, params(chat_settings, max_tokens=3, seed=5), params(chat_settings, max_tokens=15, seed=5))
+    short, longer = run(engine, params(chat_settings, max_tokens=3, seed=5), params(chat_settings, max_tokens=15,
+                                                                                    seed=5))
     assert (short.completion_tokens, short.finish_reason) == (3, "length")
     assert longer.completion_tokens <= 15 and longer.text.startswith(short.text)
     stop = longer.text[6:8]

@@ -222,7 +222,8 @@ def test_v1_models_and_plain_completion_over_http(worker):
 
 
 def test_streaming_sse(worker):
-    body = {"model": "qwen_instruct", **CHAT, "max_tokens": 12, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"model": "qwen_instruct", **CHAT, "max_tokens": 12, "stream": True,
+            "stream_options": {"include_usage": True}}
     reply = worker.client.post("/v1/chat/completions", json=body, stream=True)
     assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
     events = [line[len("data: "):] for line in reply.iter_lines(decode_unicode=True) if line.startswith("data: ")]

@@ -37,7 +37,8 @@ def test_settings_defaults_and_profile_detection():
     assert Settings.from_env({"SDXL_MODEL_PATH": "/m/x.safetensors"}).model_profile == "production"
     assert Settings.from_env({"SUPABASE_URL": "https://p.supabase.co"}).effective_callback_url == \
         "https://p.supabase.co/functions/v1/job-callback"
-    assert Settings.from_env({"SUPABASE_URL": "https://p", "CALLBACK_URL": "http://x/cb"}).effective_callback_url == "http://x/cb"
+    assert Settings.from_env({"SUPABASE_URL": "https://p",
+                              "CALLBACK_URL": "http://x/cb"}).effective_callback_url == "http://x/cb"
     assert Settings.from_env({}).effective_callback_url == ""
 
 
@@ -52,7 +53,8 @@ def test_settings_refuse_public_bind_without_key_and_bad_values():
 
 
 def test_secrets_not_in_settings_repr():
-    s = Settings.from_env({"WORKER_API_KEY": "sekrit-1", "SUPABASE_SERVICE_KEY": "sekrit-2", "CALLBACK_SECRET": "sekrit-3"})
+    s = Settings.from_env({"WORKER_API_KEY": "sekrit-1", "SUPABASE_SERVICE_KEY": "sekrit-2",
+                           "CALLBACK_SECRET": "sekrit-3"})
     assert "sekrit" not in repr(s)
 
 
@@ -121,14 +123,16 @@ def test_seed_zero_is_a_seed_and_missing_seed_is_random_and_reported(settings):
 
 def test_legacy_sdxl_fields(settings):
     p = normalise_generation("sdxl", body(config={"num_inference_steps": 12, "resolution": "128x64"},
-                                          metadata={"reference_image_url": "https://x/y.png", "reference_strength": 0.7}), settings)
+                                          metadata={"reference_image_url": "https://x/y.png",
+                                                    "reference_strength": 0.7}), settings)
     assert (p["steps"], p["width"], p["height"]) == (12, 128, 64)
     assert p["reference"]["denoise_strength"] == pytest.approx(0.3)
     assert p["reference"]["strength_source"] == "reference_strength"
 
 
 def test_exact_copy_takes_preset_strength_and_guidance(settings):
-    p = normalise_generation("sdxl", body(metadata={"reference_image_url": "https://x/y.png", "exact_copy_mode": True}), settings)
+    p = normalise_generation("sdxl", body(metadata={"reference_image_url": "https://x/y.png", "exact_copy_mode": True}),
+                             settings)
     assert p["reference"]["mode"] == "exact_copy"
     assert p["reference"]["denoise_strength"] == job_types()["sdxl_image_fast"]["exact_copy"]["denoise_strength"]
     assert p["guidance_scale"] == 1.0
@@ -222,7 +226,8 @@ def _expected_sdxl_errors(config: dict) -> set[str]:
 
 
 @hsettings(max_examples=150, deadline=None)
-@given(steps=st.one_of(st.integers(-5, 130), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3), st.none()),
+@given(steps=st.one_of(st.integers(-5, 130), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3),
+                       st.none()),
        num_images=st.one_of(st.integers(0, 8), st.none()),
        width=st.one_of(st.integers(0, 300), st.none()),
        seed=st.one_of(st.integers(-2, 2**32 + 2), st.none()),

@@ -188,7 +188,8 @@ def test_every_asset_has_a_provenance_sidecar_with_the_weights_it_was_made_with(
                     assert _sha256(root / entry["file"]) == entry["sha256"], entry["file"]
                 recomputed = [p for p in root.rglob("*.safetensors")
                               if not any(x.startswith(".") for x in p.relative_to(root).parts)]
-                assert sorted(e["file"] for e in model["files"]) == sorted(p.relative_to(root).as_posix() for p in recomputed)
+                assert sorted(e["file"] for e in model["files"]) == sorted(p.relative_to(root).as_posix()
+                                                                          for p in recomputed)
 
 
 def test_queue_intake_metrics_and_the_ops_state_show_the_redis_queues(pod):

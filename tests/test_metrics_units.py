@@ -154,7 +154,8 @@ def test_text_format_is_readable_and_names_the_context(captured):
         logging.getLogger("ourvidz.test").info("routed")
     line = captured.getvalue().strip()
     assert not line.startswith("{")
-    assert re.search(r" orchestrator INFO ourvidz.test \[worker=wan job_id=job-2 request_id=req-2\]: routed$", line), line
+    assert re.search(r" orchestrator INFO ourvidz.test \[worker=wan job_id=job-2 request_id=req-2\]: routed$",
+                     line), line
 
 
 def test_describe_text_gives_length_and_hash_never_the_text():
@@ -166,7 +167,8 @@ def test_describe_text_gives_length_and_hash_never_the_text():
 def test_progress_logs_first_last_and_at_most_one_line_per_interval(caplog):
     now = [0.0]
     caplog.set_level(logging.INFO)
-    progress = Progress(logging.getLogger("ourvidz.progress"), "building", 10, "models", every_s=5, clock=lambda: now[0])
+    progress = Progress(logging.getLogger("ourvidz.progress"), "building", 10, "models", every_s=5,
+                        clock=lambda: now[0])
     for i in range(10):
         now[0] = i * 1.0
         progress.advance()

@@ -73,7 +73,8 @@ def _wait(predicate, timeout_s=20):
 def test_supervisor_restarts_with_backoff_then_marks_failed():
     settings = _settings()
     events = []
-    sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=[sys.executable, "-c", "import sys; sys.exit(3)"],
+    sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=[sys.executable, "-c",
+                                                                        "import sys; sys.exit(3)"],
                            on_exit=lambda name, reason, unexpected: events.append((name, reason, unexpected)))
     sup.start()
     assert _wait(lambda: sup.state == "failed")
@@ -190,7 +191,8 @@ def test_gpu_device_choice_and_reading_logic():
     assert gpu.resolve_device_uuid(nvml, None) == "GPU-only"  # more cases: tests/test_gpu_suite_defects.py
     device = gpu.DeviceMemory(Settings(), nvml=nvml, nvidia_present=True)
     reading = device.read()
-    assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cuda", "nvml", 80 * 1024**3, 3 * 1024**3)
+    assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cuda", "nvml", 80 * 1024**3,
+                                                                                       3 * 1024**3)
     assert gpu.read_nvml(nvml, "MIG-abc") == (80 * 1024**3, 3 * 1024**3) and nvml.asked[-1] == ("uuid", "MIG-abc")
 
 
@@ -204,12 +206,14 @@ def test_without_a_gpu_the_budget_is_the_capacity():
 
 def test_route_plans():
     target, enhance, forward = plan_route({"type": "sdxl_image_fast", "prompt": "p", "config": {"steps": 3}})
-    assert (target, enhance) == ("sdxl", None) and forward == {"type": "sdxl_image_fast", "prompt": "p", "config": {"steps": 3}}
+    assert (target, enhance) == ("sdxl", None) and forward == {"type": "sdxl_image_fast", "prompt": "p",
+                                                               "config": {"steps": 3}}
     target, enhance, forward = plan_route({"type": "video7b_fast_enhanced", "prompt": "p"})
     assert target == "wan" and enhance == {"model": default_enhance_model()} and forward["type"] == "video_fast"
     target, enhance, forward = plan_route({"type": "image_fast", "prompt": "p", "target": "wan",
                                            "config": {"enhance_prompt": True, "frames": 1}})
-    assert enhance == {"model": "instruct"} and forward == {"type": "image_fast", "prompt": "p", "config": {"frames": 1}}
+    assert enhance == {"model": "instruct"} and forward == {"type": "image_fast", "prompt": "p",
+                                                            "config": {"frames": 1}}
     _t, enhance, _f = plan_route({"type": "sdxl_image_fast", "prompt": "p", "enhance": {"model": "base", "seed": 4}})
     assert enhance == {"model": "base", "seed": 4}
     _t, enhance, forward = plan_route({"type": "image_fast", "prompt": "p", "config": {"enhance_prompt": False}})
@@ -271,10 +275,12 @@ def test_broker_memory_client_against_the_api(broker_api):
                          headers={"Authorization": f"Bearer {pod.broker_token}"}, timeout=5)
     assert anon.status_code == 400 and anon.json()["error"]["details"][0]["path"] == "/worker"
     # only the pod's own workers: no token, or the public API key, is a 401; the public port has no broker
-    assert requests.post(settings.orchestrator_url + "/broker/acquire", json={"worker": "sdxl"}, timeout=5).status_code == 401
+    assert requests.post(settings.orchestrator_url + "/broker/acquire", json={"worker": "sdxl"},
+                         timeout=5).status_code == 401
     assert requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "sdxl", "models": []},
                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).status_code == 401
-    assert requests.post(f"http://127.0.0.1:{settings.orchestrator_port}/broker/touch", json={"worker": "sdxl", "models": []},
+    assert requests.post(f"http://127.0.0.1:{settings.orchestrator_port}/broker/touch", json={"worker": "sdxl",
+                                                                                              "models": []},
                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).status_code == 404
 
 
@@ -287,7 +293,7 @@ def test_broker_client_refuses_when_the_broker_is_unreachable():
     assert "cannot be reached" in err.value.message
 
 
-# ---- registration ------------------------------------------------------------------------------------------------------
+# ---- registration ----------------------------------------------------------------------------------------------
 
 def test_registration_posts_the_previous_pods_bodies():
     from orchestrator.registration import Registrar
@@ -295,7 +301,8 @@ def test_registration_posts_the_previous_pods_bodies():
     receiver = CallbackReceiver()
     try:
         base = receiver.url.rsplit("/functions/", 1)[0]
-        settings = Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42", wan_port=7860, chat_port=7861)
+        settings = Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42", wan_port=7860,
+                            chat_port=7861)
         registrar = Registrar(settings, backoff_s=0.05)
         registrar.worker_ready("wan")
         registrar.worker_ready("chat")
@@ -332,7 +339,7 @@ def test_registration_retries_then_reports_failure_and_needs_a_pod_id():
         receiver.close()
 
 
-# ---- the operator's table ---------------------------------------------------------------------------------------------
+# ---- the operator's table -----------------------------------------------------------------------------------
 
 def test_memory_table_renders_the_status():
     from datetime import datetime
@@ -527,13 +534,15 @@ def test_routing_recovers_after_an_orchestrator_restart(routed, tmp_path):
     make, receiver = routed
     journal = JobJournal(tmp_path / "old")
     journal.write(JobRecord("r1", "sdxl_image_fast", "u", {"target": "sdxl", "enhance": None, "forward": {}},
-                            status="processing", metadata={"original_prompt": "p", "enhanced_prompt": None, "stages": []}))
+                            status="processing", metadata={"original_prompt": "p", "enhanced_prompt": None,
+                                                           "stages": []}))
     done = JobRecord("r2", "sdxl_image_fast", "u", {"target": "sdxl"}, status="completed",
                      callback={"status": "pending", "attempts": 1})
     journal.write(done)
     # r3 finished on its worker while no orchestrator was there: the restarted one asks and reports what it did
     journal.write(JobRecord("r3", "sdxl_image_fast", "u", {"target": "sdxl", "enhance": None, "forward": {}},
-                            status="processing", metadata={"original_prompt": "p", "enhanced_prompt": None, "stages": []}))
+                            status="processing", metadata={"original_prompt": "p", "enhanced_prompt": None,
+                                                           "stages": []}))
     finished = _record("r3", "completed", assets=[{"type": "image", "url": "u/r3/0.png"}])
     router, _chat, _sdxl = make({}, {("GET", "/jobs/r3"): lambda path, body: (200, finished)},
                                 journal_dir=tmp_path / "old")

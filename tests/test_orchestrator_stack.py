@@ -89,7 +89,7 @@ def test_all_workers_ready_through_readiness_polling(stack):
     ready = stack.wait_ready()
     assert ready["workers"] == {"sdxl": "ready", "wan": "ready", "chat": "ready"}
     workers = stack.workers()
-    for name, info in workers.items():
+    for info in workers.values():
         assert info["state"] == "ready" and info["restarts"] == 0 and psutil.pid_exists(info["pid"])
         # each worker leads its own session: a terminal's Ctrl-C reaches only the orchestrator
         assert os.getsid(info["pid"]) == info["pid"] != os.getsid(stack.proc.pid)
@@ -142,10 +142,11 @@ def test_enhanced_wan_jobs_legacy_type_and_flag(stack, receiver):
     flagged = job("image_fast", "a lighthouse")
     flagged["config"]["enhance_prompt"] = True
     ids = [submit(stack, legacy), submit(stack, flagged)]
-    for job_id, kind, name in zip(ids, ("video", "image"), ("0.mp4", "0.png")):
+    for job_id, kind, name in zip(ids, ("video", "image"), ("0.mp4", "0.png"), strict=True):
         record = stack.client.wait_job(job_id, 120)
         assert record["status"] == "completed", record
-        assert record["metadata"]["enhanced_prompt"] and record["metadata"]["original_prompt"] in ("a boat at dawn", "a lighthouse")
+        assert record["metadata"]["enhanced_prompt"] and record["metadata"]["original_prompt"] in ("a boat at dawn",
+                                                                                                   "a lighthouse")
         assert record["metadata"]["enhancement"]["model"] == "instruct"  # the chat worker's legacy default
         assert record["metadata"]["stages"][0] == "enhancing"
         assert record["assets"][0]["type"] == kind and record["assets"][0]["url"].endswith(name)
@@ -222,7 +223,8 @@ def test_operator_command_line(stack):
     env = dict(stack.env, ORCHESTRATOR_URL=stack.url)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "orchestrator.memory_cli", *args], env=env, cwd=REPO, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "orchestrator.memory_cli", *args], env=env, cwd=REPO,
+                              capture_output=True,
                               text=True, timeout=120)
 
     loaded = cli("load", "chat", "qwen_instruct")

@@ -69,7 +69,7 @@ def concurrent_root(tmp_path_factory):
             f"r = ensure_placeholder_models({str(root)!r}); print(json.dumps(read_manifest(r)['build_id']))")
     procs = [_python(code) for _ in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     return root, [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
 
@@ -285,7 +285,8 @@ def test_ldm_conversion_round_trips_through_diffusers_loader():
     unet = UNet2DConditionModel(**dict(
         sdxl.UNET, layers_per_block=2, block_out_channels=(32, 32, 64), attention_head_dim=(2, 2, 4),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1, 2)))
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1,
+                                                                                                                2)))
     vae = AutoencoderKL(**dict(sdxl.VAE, block_out_channels=(8, 16, 16, 32), layers_per_block=1))
     for model, to_ldm, back in ((unet, ldm_convert.unet_to_ldm, convert_ldm_unet_checkpoint),
                                 (vae, ldm_convert.vae_to_ldm, convert_ldm_vae_checkpoint)):

@@ -200,7 +200,8 @@ def test_callbacks_retry_with_idempotency_key_signature_and_bearer(tmp_path):
         sender = CallbackSender(Settings(callback_url=receiver.url, callback_backoff_s=0.05,
                                          supabase_service_key="svc", callback_secret="shh"))
         results = []
-        sender.send({"job_id": "j9", "status": "completed", "assets": []}, on_result=lambda ok, n: results.append((ok, n)))
+        sender.send({"job_id": "j9", "status": "completed", "assets": []}, on_result=lambda ok, n: results.append((ok,
+                                                                                                                   n)))
         deadline = time.monotonic() + 10
         while not results and time.monotonic() < deadline:
             time.sleep(0.02)

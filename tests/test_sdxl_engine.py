@@ -101,7 +101,8 @@ def test_img2img_modify_differs_from_text_and_from_reference(worker):
     client, _, _, out = worker
     ref = REFERENCE.resize((64, 64))
     txt = run(client, "t2i", config={"steps": 10})
-    i2i = run(client, "i2i", config={"steps": 10}, metadata={"reference_image_url": data_url(ref), "denoise_strength": 0.3})
+    i2i = run(client, "i2i", config={"steps": 10}, metadata={"reference_image_url": data_url(ref),
+                                                             "denoise_strength": 0.3})
     meta = i2i["assets"][0]["metadata"]
     assert meta["pipeline"] == "StableDiffusionXLImg2ImgPipeline" and meta["effective_steps"] == 3
     assert meta["resize_policy"] == "center_crop" and meta["reference_size"] == [64, 64]
@@ -122,7 +123,8 @@ def test_exact_copy_runs_at_least_one_step_and_reports_both_counts(worker):
 
 def test_letterbox_policy_is_reported(worker):
     client, _, _, _ = worker
-    record = run(client, "letterbox", metadata={"reference_image_url": data_url(REFERENCE), "resize_policy": "letterbox"})
+    record = run(client, "letterbox", metadata={"reference_image_url": data_url(REFERENCE),
+                                                "resize_policy": "letterbox"})
     assert record["assets"][0]["metadata"]["resize_policy"] == "letterbox"
 
 

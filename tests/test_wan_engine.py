@@ -24,7 +24,8 @@ def data_url(image: Image.Image) -> str:
 
 
 _ramp = np.linspace(0, 255, 48, dtype=np.uint8)
-FIRST = Image.fromarray(np.stack([np.tile(_ramp, (48, 1)), np.tile(_ramp[:, None], (1, 48)), np.full((48, 48), 40, np.uint8)], -1))
+FIRST = Image.fromarray(np.stack([np.tile(_ramp, (48, 1)), np.tile(_ramp[:, None], (1, 48)), np.full((48, 48), 40,
+                                                                                                     np.uint8)], -1))
 LAST = Image.fromarray(((np.indices((48, 48)).sum(0) // 8) % 2 * 255).astype(np.uint8)).convert("RGB")
 
 
@@ -97,7 +98,7 @@ def test_video_job_is_an_mp4_with_the_reported_frames_size_fps_and_step_progress
     assert record["status"] == "completed", record
     [asset] = record["assets"]
     meta = asset["metadata"]
-    assert asset["type"] == "video" and asset["url"] == "u/video/0.mp4" and asset["thumbnail_url"] == "u/video/0.thumb.webp"
+    assert (asset["type"], asset["url"], asset["thumbnail_url"]) == ("video", "u/video/0.mp4", "u/video/0.thumb.webp")
     assert (meta["frames_requested"], meta["frames"], meta["fps"]) == (10, 9, 8)
     assert meta["duration_seconds"] == 9 / 8
     assert (meta["width"], meta["height"], meta["seed"], meta["steps"]) == (48, 32, 11, STEPS)
@@ -119,7 +120,7 @@ def test_image_job_is_one_png_of_type_image(worker):
     client, _, _, out = worker
     record = submit(client, "image", type="image_fast", config={"width": 48, "height": 64})
     [asset] = record["assets"]
-    assert asset["type"] == "image" and asset["url"] == "u/image/0.png" and asset["thumbnail_url"] == "u/image/0.thumb.webp"
+    assert (asset["type"], asset["url"], asset["thumbnail_url"]) == ("image", "u/image/0.png", "u/image/0.thumb.webp")
     png = Image.open(out / "u/image/0.png")
     assert png.format == "PNG" and png.size == (48, 64)
     meta = asset["metadata"]

@@ -53,7 +53,8 @@ def test_presets_fill_what_is_missing_and_placeholder_sizes_apply():
     assert (p["steps"], p["guidance_scale"], p["frames"], p["fps"], p["sample_solver"]) == (25, 6.5, 9, 16, "unipc")
     assert (p["width"], p["height"], p["output"], p["reference"]) == (32, 32, "video", None)
     image = normalise(body("image_high"))
-    assert (image["steps"], image["guidance_scale"], image["frames"], image["fps"], image["output"]) == (50, 7.5, 1, None, "image")
+    assert (image["steps"], image["guidance_scale"], image["frames"], image["fps"], image["output"]) == (50, 7.5, 1,
+                                                                                                         None, "image")
     production = Settings(model_profile="production")
     assert normalise(body("video_high", {"width": 832, "height": 480, "frames": 81}), production)["frames"] == 81
 
@@ -116,9 +117,11 @@ def test_guidance_off_uses_no_negative_prompt():
     (body(metadata={"reference_image_url": A, "reference_strength": 0.0}), "/metadata/reference_strength"),
     (body(metadata={"reference_image_url": A, "reference_strength": 0.7, "denoise_strength": 0.5}),
      "/metadata/denoise_strength"),
-    (body(config={"image": B}, metadata={"reference_image_url": A}), "/config/image"),                 # legacy alias conflicts
+    (body(config={"image": B}, metadata={"reference_image_url": A}), "/config/image"),
+    # legacy alias conflicts
     (body(config={"reference_mode": "none"}, metadata={"reference_image_url": A}), "/metadata/reference_image_url"),
-    (body(config={"reference_mode": "start"}, metadata={"end_reference_url": B, "start_reference_url": A}), "/metadata/end_reference_url"),
+    (body(config={"reference_mode": "start"}, metadata={"end_reference_url": B, "start_reference_url": A}),
+     "/metadata/end_reference_url"),
     (body(config={"reference_mode": "both"}, metadata={"start_reference_url": A}), "/metadata/end_reference_url"),
     (body(config={"reference_mode": "single"}), "/metadata/reference_image_url"),
     (body(metadata={"reference_image_url": C, "start_reference_url": A}), "/metadata/reference_image_url"),
@@ -203,7 +206,8 @@ def test_vae_dtype():
 
 def test_offload_is_decided_from_the_lease_not_from_free_memory():
     assert offload_decision("cpu", 10 * GB, 1 * GB) is False
-    assert offload_decision("cuda", 10 * GB, 10 * GB) is False  # the lease covers the footprint, whatever else is cached
+    assert offload_decision("cuda", 10 * GB,
+                            10 * GB) is False  # the lease covers the footprint, whatever else is cached
     assert offload_decision("cuda", 10 * GB, 80 * GB) is False
     assert offload_decision("cuda", 10 * GB, 6 * GB) is True  # memory_mb set to the offloaded size
 

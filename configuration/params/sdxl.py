@@ -35,7 +35,8 @@ class SDXLParams(TypedDict):
     caller_metadata: dict
 
 
-_REFERENCE_FIELDS = {"reference_image_url", "denoise_strength", "reference_strength", "exact_copy_mode", "resize_policy"}
+_REFERENCE_FIELDS = {"reference_image_url", "denoise_strength", "reference_strength", "exact_copy_mode",
+                     "resize_policy"}
 
 
 def normalise(body: dict, settings: Settings) -> SDXLParams:

@@ -86,10 +86,12 @@ def schemas(settings: Settings) -> dict[str, dict]:
     enhance_properties = {
         "prompt": {**PROMPT, "description": "The prompt to enhance; reported back as original_prompt."},
         "system_prompt": {"type": "string", "maxLength": 100000,
-                          "description": "Instructions for the model, from the caller (the worker has none of its own)."},
+                          "description": "Instructions for the model, from the caller (the worker has none of its "
+                                         "own)."},
         "messages": {**MESSAGES, "description": "A full conversation instead of system_prompt + prompt; "
                                                 "original_prompt is then `prompt`, else the last user message."},
-        "raw": {"type": "boolean", "description": "Send `prompt` to the model verbatim: no system prompt, no template."},
+        "raw": {"type": "boolean",
+                "description": "Send `prompt` to the model verbatim: no system prompt, no template."},
         **sampling,
         "target_model": {"enum": sorted(chat_config()["enhance_targets"]),
                          "description": "The generator the prompt is for; selects configured defaults (chat.json "

@@ -31,7 +31,8 @@ def size_schemas(limits: dict) -> tuple[dict, dict]:
     configuration/models.json): the one place these bounds are checked."""
     low, high, step = limits["min_size"], limits["max_size"], limits["multiple"]
     allowed = f"a multiple of {step} in [{low}, {high}]"
-    size = {"type": "integer", "minimum": low, "maximum": high, "multipleOf": step, "description": f"Pixels; {allowed}."}
+    size = {"type": "integer", "minimum": low, "maximum": high, "multipleOf": step,
+            "description": f"Pixels; {allowed}."}
     first = -(-low // step) * step
     values = "|".join(str(v) for v in range(first, high + 1, step))
     resolution = {"type": "string", "pattern": f"^({values})x({values})$",

@@ -13,7 +13,8 @@ from configuration.settings import Settings
 
 _NAME = {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}
 _BYTES = {"type": "integer", "minimum": 0, "maximum": 2**50}
-_ENHANCE_FROM_CHAT = ("system_prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
+_ENHANCE_FROM_CHAT = ("system_prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop",
+                      "seed")
 
 
 def _generation_workers() -> list[str]:
@@ -83,7 +84,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
         "broker_job_started": _broker("a job starts; its working memory", [], working_bytes=_BYTES),
         "broker_working": _broker("a running job needs more working memory", ["working_bytes"], working_bytes=_BYTES),
         "broker_job_finished": _broker("a job ended", []),
-        "broker_touch": _broker("models were used", ["models"], models={"type": "array", "items": model, "maxItems": 16}),
+        "broker_touch": _broker("models were used", ["models"], models={"type": "array", "items": model,
+                                                                        "maxItems": 16}),
         "broker_turn": _broker("a job is about to start on these models", ["models"],
                                models={"type": "array", "items": model, "maxItems": 16}),
     }

@@ -40,7 +40,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
             "content_tier": CONTENT_TIER,
             "compel_enabled": {"type": "boolean", "description": "Apply compel prompt weighting."},
             "compel_weights": {"type": "string", "maxLength": 20000,
-                               "description": "Compel-syntax weighted prompt; used instead of `prompt` for conditioning when compel is enabled."},
+                               "description": "Compel-syntax weighted prompt; used instead of `prompt` for "
+                                              "conditioning when compel is enabled."},
             "config": {
                 "type": "object",
                 "additionalProperties": False,
@@ -58,7 +59,8 @@ def schemas(settings: Settings) -> dict[str, dict]:
             },
             "metadata": {
                 "type": "object",
-                "description": "Reference-image parameters. Other keys are the caller's own and are echoed back in the job metadata.",
+                "description": "Reference-image parameters. Other keys are the caller's own and are echoed back in the "
+                               "job metadata.",
                 "properties": {
                     "reference_image_url": REFERENCE_URL,
                     "denoise_strength": {**STRENGTH, "exclusiveMinimum": 0.0},

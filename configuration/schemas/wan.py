@@ -78,10 +78,12 @@ def schemas(settings: Settings) -> dict[str, dict]:
                     "fps": {"type": "number", "minimum": 1, "maximum": 60,
                             "description": "Playback rate of the MP4; duration_seconds = frames / fps."},
                     "sample_solver": {"enum": SAMPLE_SOLVERS,
-                                      "description": "`unipc` (UniPC multistep, the default) or `dpm++` (DPM-Solver++)."},
+                                      "description": "`unipc` (UniPC multistep, the default) or `dpm++` "
+                                                     "(DPM-Solver++)."},
                     "reference_mode": {"enum": REFERENCE_MODES,
                                        "description": "Derived from the references given when absent: start + end "
-                                                      "-> both, start -> start, end -> end, reference_image_url -> single."},
+                                                      "-> both, start -> start, end -> end, reference_image_url -> "
+                                                      "single."},
                     "image": {**REFERENCE_URL, "description": "Legacy alias of metadata.reference_image_url."},
                     "first_frame": {**REFERENCE_URL, "description": "Legacy alias of metadata.start_reference_url."},
                     "last_frame": {**REFERENCE_URL, "description": "Legacy alias of metadata.end_reference_url."},
@@ -94,9 +96,11 @@ def schemas(settings: Settings) -> dict[str, dict]:
             },
             "metadata": {
                 "type": "object",
-                "description": "Reference-frame parameters. Other keys are the caller's own and are echoed back in the job metadata.",
+                "description": "Reference-frame parameters. Other keys are the caller's own and are echoed back in the "
+                               "job metadata.",
                 "properties": {
-                    "reference_image_url": {**REFERENCE_URL, "description": "The one reference of `single` (first frame)."},
+                    "reference_image_url": {**REFERENCE_URL, "description": "The one reference of `single` (first "
+                                                                            "frame)."},
                     "start_reference_url": {**REFERENCE_URL, "description": "First-frame reference (`start`, `both`)."},
                     "end_reference_url": {**REFERENCE_URL, "description": "Last-frame reference (`end`, `both`)."},
                     "reference_strength": {**STRENGTH, "exclusiveMinimum": 0.0,

@@ -63,7 +63,8 @@ def _models(which: str | None) -> str | None:
         state().host.resolve(which)
     except KeyError:
         raise ApiError(400, errors.VALIDATION_ERROR, f"unknown model {which!r}",
-                       [{"path": "/which", "message": f"must be one of {state().host.model_names() + ['all']}"}]) from None
+                       [{"path": "/which",
+                         "message": f"must be one of {state().host.model_names() + ['all']}"}]) from None
     return which
 
 
@@ -100,6 +101,7 @@ ROUTES: RouteTable = {
                        None, ())},
     "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
     "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
-    "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401, 409))},
+    "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401,
+                                                                                                        409))},
     "/openapi.json": {"get": ("This document.", None, (401,))},
 }

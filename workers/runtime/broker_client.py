@@ -38,7 +38,8 @@ class BrokerMemory:
 
     # -- requests that may be refused ---------------------------------------------------------------
     def acquire(self, model: str, estimate_bytes: int, working_bytes: int) -> None:
-        self._ask("acquire", {"model": model, "estimate_bytes": int(estimate_bytes), "working_bytes": int(working_bytes)})
+        self._ask("acquire", {"model": model, "estimate_bytes": int(estimate_bytes),
+                              "working_bytes": int(working_bytes)})
         with self._lock:
             self._held[model] = int(estimate_bytes)
 
@@ -57,7 +58,8 @@ class BrokerMemory:
         worker needs this worker's memory (fairness). A courtesy: if the broker cannot answer, the job
         goes ahead and its own lease requests decide."""
         try:
-            response = self._session.post(f"{self.url}/broker/turn", json={"worker": self.worker, "models": list(models)},
+            response = self._session.post(f"{self.url}/broker/turn", json={"worker": self.worker,
+                                                                           "models": list(models)},
                                           timeout=self.timeout_s + 30)
             if response.status_code != 200:
                 log.warning("memory broker turn answered HTTP %d; going ahead", response.status_code)

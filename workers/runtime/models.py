@@ -92,7 +92,8 @@ class ModelHost:
             resident = self.engine.resident_bytes(model)
             self.memory.loaded(model, resident)
             log.info("loaded %s (%d bytes) in %.2fs", model, resident, seconds,
-                     extra={"model": model, "resident_bytes": resident, "weights_sha256": [f["sha256"] for f in fingerprints]})
+                     extra={"model": model, "resident_bytes": resident,
+                            "weights_sha256": [f["sha256"] for f in fingerprints]})
         finally:
             with self._cond:
                 self._loading.discard(model)
