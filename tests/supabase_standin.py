@@ -33,7 +33,8 @@ import requests
 SERVICE_KEY = "test-service-role-key"
 CALLBACK_SECRET = "test-job-callback-secret"
 IMAGE_AND_VIDEO = ("image/png", "image/jpeg", "image/webp", "video/mp4")
-DEFAULT_BUCKETS = {"workspace-temp": IMAGE_AND_VIDEO, "user-library": IMAGE_AND_VIDEO}
+# The outputs bucket also takes each asset's provenance sidecar (docs/MIGRATION.md: allow application/json).
+DEFAULT_BUCKETS = {"workspace-temp": (*IMAGE_AND_VIDEO, "application/json"), "user-library": IMAGE_AND_VIDEO}
 TERMINAL_SKIPPED = ("completed", "cancelled")  # the app skips callbacks for jobs already in these states
 
 

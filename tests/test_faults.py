@@ -101,7 +101,8 @@ def files_of(pod: OrchestratorProcess, user: str, job_id: str) -> list[str]:
 def assert_says_what_the_files_say(pod: OrchestratorProcess, callback: dict, user: str = "u1") -> None:
     files = files_of(pod, user, callback["job_id"])
     if callback["status"] == "completed":
-        named = sorted(Path(u).name for a in callback["assets"] for u in (a["url"], a["thumbnail_url"]))
+        named = sorted(Path(u).name for a in callback["assets"]
+                       for u in (a["url"], a["thumbnail_url"], a["provenance_url"]))
         assert named and named == files, (callback, files)
     else:
         assert not callback["assets"] and not files, (callback, files)

@@ -26,7 +26,8 @@ def test_text_to_image_end_to_end(stack):
     worker, receiver, out = stack
     reply = worker.client.post("/generate", json=JOB)
     assert reply.status_code == 202, reply.text
-    assert reply.json() == {"job_id": "j1", "status": "queued", "status_url": "/jobs/j1", "duplicate": False}
+    assert reply.json() == {"job_id": "j1", "status": "queued", "status_url": "/jobs/j1", "duplicate": False,
+                            "request_id": reply.headers["X-Request-ID"]}
     record = worker.client.wait_job("j1")
     assert record["status"] == "completed", record
     [asset] = record["assets"]
