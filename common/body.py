@@ -45,6 +45,26 @@ def query_float(name: str, minimum: float, maximum: float) -> float | None:
     return value
 
 
+def body_with_query(body: dict, text: tuple[str, ...], numbers: dict[str, tuple[float, float]]) -> dict:
+    """`body` with the query's values of the same fields (`text` as given, `numbers` as query_float in
+    their range). A field given twice in the query, or differently in the query and the body, is a 400:
+    no value is read and silently ignored."""
+    merged = dict(body)
+    for name in (*text, *numbers):
+        values = request.args.getlist(name)
+        if not values:
+            continue
+        if len(values) > 1:
+            raise ApiError(400, VALIDATION_ERROR, f"query parameter {name} given more than once",
+                           [{"path": f"?{name}", "message": "give it once"}])
+        value = query_float(name, *numbers[name]) if name in numbers else values[0]
+        if name in merged and merged[name] != value:
+            raise ApiError(400, VALIDATION_ERROR, f"{name} differs between the query and the body",
+                           [{"path": f"?{name}", "message": f"the body says {merged[name]!r}"}])
+        merged[name] = value
+    return merged
+
+
 def query_bool(name: str) -> bool:
     """A flag in the query: 1/true or 0/false, exactly; absent is false. Anything else is a 400, never
     read as one or the other (`?dry_run=True` once queued a real job)."""

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from common import auth, errors, metrics
-from common.body import install_body_cap, json_body, query_bool, query_float
+from common.body import body_with_query, install_body_cap, json_body, query_bool, query_float
 from common.errors import Unavailable
 from common.http import InsertionOrderJSON
 from common.job_routes import add_job_routes, limit_waits, submission_response
@@ -89,12 +89,7 @@ def memory_status():
 
 
 def _memory_action(action: str):
-    body = json_body(optional=True)
-    for key in ("worker", "which"):
-        if key in request.args:
-            body.setdefault(key, request.args[key])
-    if "wait_s" in request.args:
-        body.setdefault("wait_s", query_float("wait_s", 0, 600))
+    body = body_with_query(json_body(optional=True), ("worker", "which"), {"wait_s": (0, 600)})
     validate_request("orchestrator.memory_action", body, pod().settings)
     return jsonify(pod().memory_action(action, body))
 

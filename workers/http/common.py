@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
 from common import errors
-from common.body import json_body, query_float
+from common.body import body_with_query, json_body
 from common.errors import ApiError, Unavailable
 from configuration.openapi import RouteTable, openapi_document
 from configuration.schemas import validate_request
@@ -49,11 +49,7 @@ def memory_status():
 
 
 def _memory_args() -> dict:
-    body = json_body(optional=True)
-    if "which" in request.args:
-        body.setdefault("which", request.args["which"])
-    if "wait_s" in request.args:
-        body.setdefault("wait_s", query_float("wait_s", 0, 600))
+    body = body_with_query(json_body(optional=True), ("which",), {"wait_s": (0, 600)})
     validate_request("memory.action", body, state().settings)
     return body
 
