@@ -55,7 +55,7 @@ def schema() -> dict:
                                                                    "else `txt2img` (images) or `video`."},
                     "num_images": {"type": "integer"},
                     "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference."},
-                    "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}$"},
+                    "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}\\Z"},
                     "image": APP_REFERENCE,
                     "first_frame": APP_REFERENCE,
                     "last_frame": APP_REFERENCE,

@@ -8,7 +8,7 @@ import jsonschema
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-SAFE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+SAFE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\\Z",
            "description": "Letters, digits, `_`, `-`, `.`; used in storage paths, so no slashes."}
 PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": "\\S",
           "description": "Non-empty text."}
@@ -35,7 +35,7 @@ def size_schemas(limits: dict) -> tuple[dict, dict]:
             "description": f"Pixels; {allowed}."}
     first = -(-low // step) * step
     values = "|".join(str(v) for v in range(first, high + 1, step))
-    resolution = {"type": "string", "pattern": f"^({values})x({values})$",
+    resolution = {"type": "string", "pattern": f"^({values})x({values})\\Z",
                   "description": f"`WIDTHxHEIGHT`, each {allowed}, e.g. `{first}x{first}`."}
     return size, resolution
 
