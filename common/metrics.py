@@ -129,7 +129,8 @@ class Metrics:
                                            "Time a lease request waited before it was granted or refused.",
                                            ("worker",), WAIT_BUCKETS)
         self.memory_refusals = counter("memory_refusals_total",
-                                       "Memory requests answered 409, by reason (too_big, timeout).", ("reason",))
+                                       "Memory requests answered 409, by reason (too_big; timeout under the broker; "
+                                       "occupied for a worker alone).", ("reason",))
         self.model_loads = counter("model_loads_total", "Models loaded.", ("worker", "model"))
         self.model_load_duration = histogram("model_load_duration_seconds", "Time to load a model.",
                                              ("worker", "model"), STAGE_BUCKETS)

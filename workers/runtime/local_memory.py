@@ -10,6 +10,7 @@ import threading
 import time
 
 from common.errors import MemoryUnavailable
+from common.metrics import process_metrics
 from configuration.settings import Settings
 from workers import devices
 
@@ -33,11 +34,13 @@ class LocalMemory:
             held = sum(v for k, v in self._held.items() if k != model)
             need = estimate_bytes + working_bytes + self.reserve
             if need > self.budget:
+                process_metrics().memory_refusals.labels("too_big").inc()
                 raise MemoryUnavailable(
                     f"{model} needs {need} bytes (model {estimate_bytes} + working {working_bytes} + reserve "
                     f"{self.reserve}) but the budget is {self.budget}", too_big=True,
                     details={"model": model, "need_bytes": need, "budget_bytes": self.budget})
             if held + need > self.budget:
+                process_metrics().memory_refusals.labels("occupied").inc()
                 raise MemoryUnavailable(
                     f"{model} needs {need} bytes but only {self.budget - held} of {self.budget} are free; "
                     "unload another model first",
@@ -47,6 +50,7 @@ class LocalMemory:
     def admit(self, need_bytes: int) -> None:
         """Refuse at once a job that could never fit in the budget (its submission answers 409)."""
         if need_bytes + self.reserve > self.budget:
+            process_metrics().memory_refusals.labels("too_big").inc()
             raise MemoryUnavailable(
                 f"the job needs {need_bytes} bytes (models + working memory) plus the {self.reserve} byte reserve "
                 f"but the budget is {self.budget}", too_big=True,
