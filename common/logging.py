@@ -151,6 +151,7 @@ def make_handler(fmt: str = "json", stream=None) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(make_formatter(fmt))
     handler.addFilter(ContextFilter())
+    handler._ourvidz = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -162,7 +163,9 @@ def configure_logging(process: str, level: str = "INFO", fmt: str = "json", stre
     handler = make_handler(fmt, stream)
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        # ours from an earlier call, and plain stream handlers (basicConfig's); a test runner's capture stays
+        if getattr(old, "_ourvidz", False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     gunicorn = logging.getLogger("gunicorn.error")
