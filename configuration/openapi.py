@@ -16,7 +16,8 @@ ERROR = {
 
 
 def _errors(*statuses: int) -> dict:
-    return {str(s): {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    ref = "#/components/schemas/Error"
+    return {str(s): {"description": "error", "content": {"application/json": {"schema": {"$ref": ref}}}}
             for s in statuses}
 
 
@@ -146,7 +147,8 @@ def openapi_document(worker: str, settings: Settings, *tables: RouteTable) -> di
                     op["requestBody"] = _body(ref, required=schema_name not in OPTIONAL_BODIES)
                     used.add(schema_name)
                 paths.setdefault(path, {})[method] = op
-    components = {name.replace(".", "_"): {k: v for k, v in all_schemas[name].items() if k != "$schema"} for name in sorted(used)}
+    components = {name.replace(".", "_"): {k: v for k, v in all_schemas[name].items() if k != "$schema"}
+                  for name in sorted(used)}
     for name in OPTIONAL_BODIES & used:  # `which`: exactly the models this process can name
         component = components[name.replace(".", "_")]
         properties = dict(component["properties"])
