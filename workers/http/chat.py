@@ -14,13 +14,21 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import cast
 
 from flask import Blueprint, Response, jsonify
 
 from common import policy
 from common.body import json_body
-from common.errors import (EMPTY_ENHANCEMENT, GENERATION_FAILED, NOT_FOUND, VALIDATION_ERROR, ApiError, DomainError,
-                           http_error)
+from common.errors import (
+    EMPTY_ENHANCEMENT,
+    GENERATION_FAILED,
+    NOT_FOUND,
+    VALIDATION_ERROR,
+    ApiError,
+    DomainError,
+    http_error,
+)
 from configuration import chat_config
 from configuration.openapi import RouteTable
 from configuration.params import chat as chat_params
@@ -53,12 +61,12 @@ def _submit(params: ChatParams) -> Generation:
     _check_input(params)
     try:
         return state().engine.submit(state().engine.prepare(params))
-    except Exception as exc:  # noqa: BLE001 - mapped to the contract's error form
+    except Exception as exc:  # mapped to the contract's error form
         raise _api_error(exc) from None
 
 
-def _api_error(exc: BaseException) -> Exception:
-    """How a failed generation is answered."""
+def _api_error(exc: object) -> ApiError | ValidationFailed:
+    """How a failed generation is answered (`exc`: what the generation failed with)."""
     if isinstance(exc, (ValidationFailed, ApiError)):
         return exc
     if isinstance(exc, DomainError):
@@ -70,7 +78,7 @@ def _run(params: ChatParams) -> GenerationResult:
     generation = _submit(params)
     try:
         return generation.wait()
-    except Exception as exc:  # noqa: BLE001 - mapped to the contract's error form
+    except Exception as exc:  # mapped to the contract's error form
         raise _api_error(exc) from None
 
 
@@ -258,15 +266,17 @@ def _stream(params: ChatParams, head: dict) -> Response:
                     if released:
                         yield chunk({"content": released})
                 elif kind == "done":
+                    result = cast(GenerationResult, payload)
                     rest = guard.finish()
                     if rest is None:
                         yield from refused()
                         return
                     if rest:
                         yield chunk({"content": rest})
-                    yield chunk({}, payload.finish_reason)
+                    yield chunk({}, result.finish_reason)
                     if params["include_usage"]:
-                        yield _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": _usage(payload)})
+                        yield _sse({**head, "object": "chat.completion.chunk", "choices": [],
+                                    "usage": _usage(result)})
                     yield "data: [DONE]\n\n"
                     return
                 elif kind == "error":
@@ -284,13 +294,16 @@ def _stream(params: ChatParams, head: dict) -> Response:
 
 
 # What /openapi.json describes for the chat worker.
+_REFUSALS = (400, 401, 409, 413, 422, 503)
 ROUTES: RouteTable = {
-    "/enhance/base": {"post": ("Enhance a prompt with the base model (system prompt from the caller).", "chat.enhance", (400, 401, 409, 413, 422, 503))},
-    "/enhance/instruct": {"post": ("Enhance a prompt with the instruct model.", "chat.enhance", (400, 401, 409, 413, 422, 503))},
-    "/enhance": {"post": ("Legacy enhancement; `model`: qwen_base | qwen_instruct.", "chat.enhance_legacy", (400, 401, 409, 413, 422, 503))},
-    "/chat": {"post": ("Chat: `messages` -> `response`.", "chat.chat", (400, 401, 409, 413, 422, 503))},
-    "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", (400, 401, 409, 413, 422, 503))},
+    "/enhance/base": {"post": ("Enhance a prompt with the base model (system prompt from the caller).", "chat.enhance",
+                               _REFUSALS)},
+    "/enhance/instruct": {"post": ("Enhance a prompt with the instruct model.", "chat.enhance", _REFUSALS)},
+    "/enhance": {"post": ("Legacy enhancement; `model`: qwen_base | qwen_instruct.", "chat.enhance_legacy",
+                          _REFUSALS)},
+    "/chat": {"post": ("Chat: `messages` -> `response`.", "chat.chat", _REFUSALS)},
+    "/generate": {"post": ("Legacy alias of /chat.", "chat.chat", _REFUSALS)},
     "/v1/chat/completions": {"post": ("OpenAI-compatible chat completion; `stream: true` answers server-sent events "
-                                      "ending with `data: [DONE]`.", "chat.completions", (400, 401, 409, 413, 422, 503))},
+                                      "ending with `data: [DONE]`.", "chat.completions", _REFUSALS)},
     "/v1/models": {"get": ("OpenAI-compatible model list.", None, (401,))},
 }
