@@ -31,7 +31,7 @@ CLOCK_SCALE = 50
 OUTAGE_S = 600 / CLOCK_SCALE  # a 10-minute outage
 SDXL = {"type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1",
         "config": {"steps": 1, "width": 32, "height": 32}}
-SLOW_SDXL = {**SDXL, "config": {"steps": 40, "width": 64, "height": 64}}
+SLOW_SDXL = {**SDXL, "config": {"steps": 20, "width": 64, "height": 64}}
 
 
 class Receiver(CallbackReceiver):
@@ -72,13 +72,21 @@ def pod(tmp_path_factory, placeholder_dir, receiver):
     env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
                    WAN_PORT=free_port(), CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat",
                    CALLBACK_URL=receiver.url, STATE_DIR=tmp / "state", CALLBACK_BACKOFF_S=1 / CLOCK_SCALE,
-                   CALLBACK_BACKOFF_MAX_S=60 / CLOCK_SCALE, SHUTDOWN_GRACE_S=30, RESTART_BACKOFF_S=0.2)
+                   CALLBACK_BACKOFF_MAX_S=60 / CLOCK_SCALE, SHUTDOWN_GRACE_S=60, RESTART_BACKOFF_S=0.2)
     orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
     orchestrator.wait_ready()
     orchestrator.output_dir = Path(env["OUTPUT_DIR"])
     yield orchestrator
     if orchestrator.proc.poll() is None:
         orchestrator.stop()
+
+
+@pytest.fixture
+def serving(pod):
+    """The module's pod, started again if an earlier test left it stopped."""
+    if pod.proc.poll() is not None:
+        restart(pod)
+    return pod
 
 
 def restart(pod: OrchestratorProcess) -> None:
@@ -124,7 +132,8 @@ def stage_of(client: Client, job_id: str) -> tuple[str, str | None]:
 
 # ---- storage failing ----------------------------------------------------------------------------------
 
-def test_local_storage_not_writable_fails_the_job_with_a_reason(pod, receiver):
+def test_local_storage_not_writable_fails_the_job_with_a_reason(serving, receiver):
+    pod = serving
     sdxl = worker(pod, "sdxl")
     pod.output_dir.mkdir(parents=True, exist_ok=True)
     (pod.output_dir / "blocked").write_text("a file where the user's folder would go")
@@ -194,7 +203,8 @@ def test_supabase_storage_answering_500_fails_the_job_with_a_reason(tmp_path, pl
 
 # ---- kill -9 of each process type mid-job -----------------------------------------------------------
 
-def test_kill_9_of_the_wan_worker_mid_job(pod, receiver):
+def test_kill_9_of_the_wan_worker_mid_job(serving, receiver):
+    pod = serving
     before = pod.workers()["wan"]
     body = {"type": "video_fast", "prompt": "a boat", "user_id": "u1", "config": {"steps": 30, "frames": 17}}
     job_id = pod.client.post("/jobs", json=body).json()["job_id"]
@@ -211,7 +221,8 @@ def test_kill_9_of_the_wan_worker_mid_job(pod, receiver):
     assert again.json()["status"] == "completed", again.text
 
 
-def test_kill_9_of_the_chat_worker_mid_enhancement(pod, receiver):
+def test_kill_9_of_the_chat_worker_mid_enhancement(serving, receiver):
+    pod = serving
     before = pod.workers()["chat"]
     body = {**SDXL, "enhance": {"model": "instruct", "max_tokens": 512, "seed": 1}}
     job_id = pod.client.post("/jobs", json=body).json()["job_id"]
@@ -227,7 +238,8 @@ def test_kill_9_of_the_chat_worker_mid_enhancement(pod, receiver):
     assert again.json()["status"] == "completed", again.text
 
 
-def test_orchestrator_restarted_after_its_workers_finished_reports_what_they_did(pod, receiver):
+def test_orchestrator_restarted_after_its_workers_finished_reports_what_they_did(serving, receiver):
+    pod = serving
     """The orchestrator dies (kill -9) with a routed job running; its worker (SIGTERM from the kernel on
     parent death) finishes the job and exits. Started again, the orchestrator asks the worker what became
     of the job instead of declaring it failed: one callback, and it says what the files say."""
@@ -246,7 +258,8 @@ def test_orchestrator_restarted_after_its_workers_finished_reports_what_they_did
     assert pod.client.get(f"/jobs/{routed}").json()["status"] == "completed"
 
 
-def test_kill_9_of_the_orchestrator_mid_job_then_an_immediate_restart(pod, receiver):
+def test_kill_9_of_the_orchestrator_mid_job_then_an_immediate_restart(serving, receiver):
+    pod = serving
     """A routed job running and a direct job queued behind it when the orchestrator dies; the workers
     get SIGTERM from the kernel (parent death) and drain while the orchestrator is started again at
     once on the same ports and storage. Each job ends with exactly one callback, saying what the files say."""
@@ -269,7 +282,8 @@ def test_kill_9_of_the_orchestrator_mid_job_then_an_immediate_restart(pod, recei
 
 # ---- the receiver down for 10 (shortened) minutes, the pod restarted in the middle ---------------------
 
-def test_a_receiver_outage_across_a_pod_restart_loses_no_callback(pod, receiver):
+def test_a_receiver_outage_across_a_pod_restart_loses_no_callback(serving, receiver):
+    pod = serving
     receiver.down()
     outage_started = time.monotonic()
     routed = [pod.client.post("/jobs", json={**SDXL, "id": f"out-routed-{i}"}).json()["job_id"] for i in range(2)]
