@@ -258,7 +258,7 @@ def _connect(target: ReferenceUrl, addresses: list[str], fetch: _Fetch) -> HTTPC
             conn.close()
             last = exc
     fetch.check()
-    raise FetchFailed(f"could not connect to the reference host ({type(last).__name__})")
+    raise FetchFailed(f"could not fetch the reference image: could not connect to its host ({type(last).__name__})")
 
 
 def _get(target: ReferenceUrl, settings: Settings, fetch: _Fetch, max_bytes: int) -> bytes | str:
