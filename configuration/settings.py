@@ -160,6 +160,9 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                       "stage, request_id) or `text` (the same, readable in a terminal)."),
     "METRICS_PUBLIC": ("metrics_public", _bool, "Serve `GET /metrics` without the bearer key (a Prometheus scraper "
                                                 "inside the pod's network); every other route keeps it."),
+    "PROVENANCE_SIDECAR": ("provenance_sidecar", _bool, "Store each asset's provenance as a `{i}.json` file next to "
+                                                        "it (`application/json`); off, the provenance is only in the "
+                                                        "asset's `metadata.provenance` and `provenance_url` is null."),
     "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none "
                                                           "(docs/POLICY.md); the hard floor applies in both."),
     "SAFETY_CLASSIFIER_PATH": ("safety_classifier_path", str, "Output image classifier (a transformers "
@@ -242,6 +245,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_public: bool = False
+    provenance_sidecar: bool = True
     content_tier_default: str = "sfw"
     safety_classifier_path: str = ""
     safety_threshold: float = 0.5

@@ -3,6 +3,7 @@ callbacks, storage, media, fetching and device decisions. A small arithmetic eng
 a model here so these tests are about the runtime; the real pipelines run in the worker tests."""
 import base64
 import io
+import json
 import threading
 import time
 
@@ -94,6 +95,24 @@ def test_jobs_run_fifo_and_store_assets_with_thumbnails(tmp_path):
         assert thumb.format == "WEBP" and thumb.size == (256, 128)
         assert asset["metadata"]["file_size_bytes"] == (tmp_path / "out" / asset["url"]).stat().st_size
     assert engine.ran == ["j0", "j1", "j2"]
+
+
+def test_provenance_sidecar_stored_unless_switched_off(tmp_path):
+    runner, _, _ = make_runner(tmp_path)
+    runner.submit("on", "t", "u1", {"steps": 1, "v": 1}, {})
+    asset = wait_status(runner, "on").assets[0]
+    assert asset["provenance_url"] == "u1/on/0.json"
+    assert json.loads((tmp_path / "out" / "u1/on/0.json").read_text()) == asset["metadata"]["provenance"]
+
+    engine = CountingEngine()
+    engine.settings = Settings(content_tier_default="nsfw", provenance_sidecar=False)
+    runner, _, _ = make_runner(tmp_path / "off", engine)
+    runner.submit("off", "t", "u1", {"steps": 1, "v": 1}, {})
+    record = wait_status(runner, "off")
+    asset = record.assets[0]
+    assert record.status == "completed" and asset["provenance_url"] is None
+    assert asset["metadata"]["provenance"]["asset_index"] == 0
+    assert sorted(p.name for p in (tmp_path / "off" / "out" / "u1" / "off").iterdir()) == ["0.png", "0.thumb.webp"]
 
 
 def test_completed_record_keeps_the_steps_it_ran(tmp_path):

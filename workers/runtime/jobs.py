@@ -333,15 +333,18 @@ class JobRunner:
             context.stage("encoding")
             encoded = [self._encode(i, out) for i, out in enumerate(outputs)]
             context.stage("storing")
+            sidecars = self.engine.settings.provenance_sidecar  # PROVENANCE_SIDECAR: the bucket must take JSON
             for (files, asset), output in zip(encoded, outputs, strict=True):
-                files.append(self._provenance_file(record, asset, output, made_by, context.timer.timings()))
+                sidecar = self._provenance_file(record, asset, output, made_by, context.timer.timings())
+                if sidecars:
+                    files.append(sidecar)
             assets = []
             for files, asset in encoded:
                 for name, data, content_type in files:
                     stored.append(self._store(self._path(record, name), data, content_type))
                 asset["url"] = self._path(record, files[0][0])
                 asset["thumbnail_url"] = self._path(record, files[1][0])
-                asset["provenance_url"] = self._path(record, files[2][0])
+                asset["provenance_url"] = self._path(record, files[2][0]) if sidecars else None
                 assets.append(asset)
             with self._lock:
                 record.assets = assets
