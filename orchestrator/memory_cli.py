@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import requests
@@ -138,6 +139,21 @@ def _base_url(settings: Settings) -> str:
     return local_url(settings, settings.orchestrator_port)
 
 
+def call_orchestrator(send: Callable[[], requests.Response], base: str) -> dict | None:
+    """One request of an operator command: its JSON answer, or None after printing why there is none."""
+    try:
+        response = send()
+    except requests.RequestException as exc:
+        print(f"cannot reach the orchestrator at {base}: {type(exc).__name__}", file=sys.stderr)
+        return None
+    payload = response.json()
+    if response.status_code != 200:
+        error = payload.get("error", {})
+        print(f"error {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        return None
+    return payload
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.memory_cli", description="The pod's memory, as the "
                                                                                            "broker sees it.")
@@ -166,21 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.watch <= 0 or args.json:
             parser.error("--watch takes a positive number of seconds and does not combine with --json")
         return watch(session, base, max(0, args.history), args.watch, args.iterations)
-    try:
-        if args.command == "status":
-            response = session.get(f"{base}/memory/status", params={"history": max(0, args.history)}, timeout=10)
-        else:
-            body = {"worker": args.worker, "which": args.model}
-            if args.command == "unload":
-                body["wait_s"] = args.wait
-            response = session.post(f"{base}/memory/{args.command}", json=body, timeout=settings.lease_timeout_s + 90)
-    except requests.RequestException as exc:
-        print(f"cannot reach the orchestrator at {base}: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    payload = response.json()
-    if response.status_code != 200:
-        error = payload.get("error", {})
-        print(f"error {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    if args.command == "status":
+        payload = call_orchestrator(lambda: session.get(f"{base}/memory/status",
+                                                        params={"history": max(0, args.history)}, timeout=10), base)
+    else:
+        body = {"worker": args.worker, "which": args.model}
+        if args.command == "unload":
+            body["wait_s"] = args.wait
+        payload = call_orchestrator(lambda: session.post(f"{base}/memory/{args.command}", json=body,
+                                                         timeout=settings.lease_timeout_s + 90), base)
+    if payload is None:
         return 1
     if args.command == "status":
         print(json.dumps(payload, indent=2) if args.json else render_status(payload))

@@ -12,11 +12,9 @@ import argparse
 import json
 import sys
 
-import requests
-
 from common.http import bearer_session
-from configuration.settings import Settings, SettingsError
-from orchestrator.memory_cli import _base_url, _table
+from configuration.settings import settings_for_command
+from orchestrator.memory_cli import _base_url, _table, call_orchestrator
 
 
 def render_status(status: dict) -> str:
@@ -46,21 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     status_p = sub.add_parser("status", help="depth, dead letters, consumers and their in-flight jobs")
     status_p.add_argument("--json", action="store_true", help="print the raw GET /queues document")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    settings = settings_for_command()
+    if settings is None:
         return 2
     base = _base_url(settings)
-    try:
-        response = bearer_session(settings.api_key).get(f"{base}/queues", timeout=10)
-    except requests.RequestException as exc:
-        print(f"cannot reach the orchestrator at {base}: {type(exc).__name__}", file=sys.stderr)
-        return 1
-    payload = response.json()
-    if response.status_code != 200:
-        error = payload.get("error", {})
-        print(f"error {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    session = bearer_session(settings.api_key)
+    payload = call_orchestrator(lambda: session.get(f"{base}/queues", timeout=10), base)
+    if payload is None:
         return 1
     print(json.dumps(payload, indent=2) if args.json else render_status(payload))
     return 0
