@@ -63,6 +63,7 @@ def stack(tmp_path_factory, placeholder_dir, receiver):
                    LEASE_TIMEOUT_S=90, CALLBACK_URL=receiver.url, RESTART_BACKOFF_S=0.2, RESTART_LIMIT=3,
                    SHUTDOWN_GRACE_S=60, STATE_DIR=tmp / "state")
     pod = OrchestratorProcess(env, tmp / "orchestrator.log").start()
+    pod.wait_ready()  # every test may run alone (-k), not only after the readiness test
     yield pod
     if pod.proc.poll() is None:  # a test failed before the SIGTERM test: stop it all the same
         groups = [w["pid"] for w in (_workers_or_none(pod) or {}).values() if w.get("pid")]
