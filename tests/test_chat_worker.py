@@ -17,7 +17,8 @@ CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "se
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, placeholder_dir):
-    env = base_env(tmp_path_factory.mktemp("chat"), placeholder_dir, CHAT_BATCH_SIZE="4", CHAT_BATCH_WINDOW_MS="50")
+    env = base_env(tmp_path_factory.mktemp("chat"), placeholder_dir, CHAT_BATCH_SIZE="4", CHAT_BATCH_WINDOW_MS="50",
+                   WORKER_API_KEYS=",".join(APP_KEYS.values()))
     worker = WorkerProcess("chat", env).start()
     yield worker
     worker.stop()
@@ -180,10 +181,24 @@ APP_BODIES = {
 }
 
 
+# The key each caller holds (real-client.md): the app's CHAT_WORKER_API_KEY and WAN_WORKER_API_KEY, and one to be
+# given to the two functions that send none today; WORKER_API_KEYS adds them to WORKER_API_KEY.
+APP_KEYS = {"CHAT_WORKER_API_KEY": "app-chat-worker-key-0001", "WAN_WORKER_API_KEY": "app-wan-worker-key-00002",
+            "new key for scene-narrative and enhance-prompt": "app-functions-key-000003"}
+CALLER_KEY = {"roleplay-chat": "CHAT_WORKER_API_KEY", "playground-chat": "WAN_WORKER_API_KEY",
+              "playground-chat, no project": "WAN_WORKER_API_KEY",
+              "scene-narrative": "new key for scene-narrative and enhance-prompt",
+              "enhance-prompt": "new key for scene-narrative and enhance-prompt"}
+
+
 @pytest.mark.parametrize("caller", list(APP_BODIES))
 def test_the_apps_chat_bodies_are_answered(worker, caller):
     path, body = APP_BODIES[caller]
-    answer = ok(post(worker, path, body))
+    key = APP_KEYS[CALLER_KEY[caller]]
+    answer = ok(requests.post(worker.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120))
+    unknown = requests.post(worker.url + path, json=body, headers={"Authorization": "Bearer not-a-key-of-the-pod-01"},
+                            timeout=10)
+    assert unknown.status_code == 401 and unknown.json()["success"] is False
     assert answer["success"] is True
     assert isinstance(answer["enhanced_prompt" if path == "/enhance" else "response"], str)
     used = answer["parameters"]
