@@ -5,6 +5,18 @@
 # runs even after a lint or type failure, so one run shows everything.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
+# The ops-page browser test drives Debian's chromium; redis-server is needed by the queue tests.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing Debian's chromium for the browser test" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "test.sh: could not install chromium; the browser test will fail saying how to get it" >&2
+  else
+    echo "test.sh: chromium missing: apt-get install chromium (the browser test fails without it)" >&2
+  fi
+fi
+command -v redis-server >/dev/null 2>&1 \
+  || echo "test.sh: redis-server missing: apt-get install redis-server (the queue tests fail without it)" >&2
 set +e
 failed=()
 echo "test.sh: ruff check ." >&2
