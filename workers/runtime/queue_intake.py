@@ -29,11 +29,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 import redis
 
+from common.http import now_iso
 from common.metrics import process_metrics
 from common.queues import TERMINAL, Entry, QueueKeys, parse_entry
 
@@ -57,10 +57,6 @@ class JobSink(Protocol):
 
     def reject(self, job_id: str, payload: dict, code: str, message: str) -> None:
         """End the job `failed` without running it (journal and callback), e.g. too many deliveries."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -103,7 +99,7 @@ class QueueIntake:
         self.keys = QueueKeys(queue)
         self.consumer_id = consumer_id
         self.sink = sink
-        self.info = dict(info or {}, host=socket.gethostname(), since=_now())
+        self.info = dict(info or {}, host=socket.gethostname(), since=now_iso())
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.reap_interval_s = reap_interval_s
         self.block_s = block_s
@@ -225,7 +221,7 @@ class QueueIntake:
             log.warning("queue %s: Redis unavailable (%s); HTTP keeps serving, retrying with backoff",
                         self.keys.queue, reason)
         if self.state.connected or self.state.disconnected_since is None:
-            self.state.disconnected_since = _now()
+            self.state.disconnected_since = now_iso()
         self.state.connected = False
         self.state.last_error = reason
         self._reconcile = True
@@ -284,7 +280,7 @@ class QueueIntake:
     def _dead_letter(self, raw: bytes | str, reason: str) -> None:
         text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
         record = {"reason": reason, "entry": text[:DEAD_ENTRY_MAX_CHARS], "truncated": len(text) > DEAD_ENTRY_MAX_CHARS,
-                  "consumer": self.consumer_id, "at": _now()}
+                  "consumer": self.consumer_id, "at": now_iso()}
         pipe = self.redis.pipeline(transaction=True)
         pipe.rpush(self.keys.dead, json.dumps(record))
         pipe.lrem(self.keys.processing(self.consumer_id), 1, raw)  # type: ignore[arg-type]
