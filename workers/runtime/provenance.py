@@ -18,11 +18,11 @@ import logging
 import os
 import tempfile
 import threading
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
+from common.http import now_iso
 from common.logging import Progress
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def build_provenance(*, job_id: str, job_type: str, worker: str, asset_index: in
         "job_type": job_type,
         "worker": worker,
         "asset_index": asset_index,
-        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "created_at": now_iso(),
         "models": models,
         "pipeline_class": pipeline.get("pipeline_class"),
         "scheduler": pipeline.get("scheduler"),
