@@ -453,6 +453,25 @@ def check_text(texts: str | Iterable[str | None], *, tier: str, stage: str, job_
     return record(rules().evaluate(text, tier, stage), job_id)
 
 
+def minor_indicated(text: str, stage: str) -> bool:
+    """Whether the rules see a minor in `text` as read at `stage` (a minor word or a written age under 18;
+    negation counts where the stage's reader counts it). The text classifier pairs its sexual score with
+    this (workers/runtime/text_safety.py)."""
+    r = rules()
+    chunks, words = r.scan(text)
+    minors = r.ages(chunks, words) + [pos for kind, pos in r.matches(chunks, words) if kind == _MINOR]
+    if minors and r.contexts[r.stages[stage]]["negation"]:
+        primaries = [w.primary for w in words]
+        minors = [pos for pos in minors if not r._negated(primaries, pos)]
+    return bool(minors)
+
+
+def window_words(stage: str) -> int:
+    """The co-occurrence window, in words, of the reader of `stage` (image: a whole prompt; language: shorter)."""
+    r = rules()
+    return int(r.contexts[r.stages[stage]]["window_words"])
+
+
 def require(decision: Decision) -> Decision:
     """`decision` when it allows; ContentPolicyRefused (422 at HTTP, a failed job elsewhere) when not."""
     if not decision.allowed:
