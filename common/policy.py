@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from itertools import groupby
+from itertools import accumulate, groupby
 from typing import Any, NamedTuple
 
 from common.errors import ContentPolicyRefused
@@ -116,63 +116,116 @@ def _runs(word: str) -> tuple[str, ...]:
 class _Word(NamedTuple):
     """What one whitespace-separated chunk of normalised text contributes (cached per chunk)."""
     primary: str            # its skeleton, punctuation removed: what joins, negation and phrases compare
-    kinds: frozenset        # the term kinds it matches on its own
-    joinable: bool          # it can start a join with the next words ("ch ild")
-    number: bool            # a part of it is a number word ("fifteen", "f1fteen-year-old")
+    kinds: frozenset        # the term kinds it matches on its own ("minor@de": only with German evidence)
+    joinable: bool          # it can start a join with the next words ("ch ild", or the characters of "子供")
+    number: bool            # a part of it is a number word ("fifteen", "f1fteen-year-old", "quince", "十")
     digit: bool             # it contains a digit
+    spread: bool            # a single letter of a spaced script ("c h i l d" read as one word)
+    weight: float           # how far it moves the window: 1 a word, less a character of an unspaced script
+    clause_end: bool        # it ends with sentence punctuation (a negation does not reach past it)
 
 
 _DOUBLE = re.compile(r"(.)\1")
 _TENS = re.compile(r"[2-9]0")
 _UNIT = re.compile(r"[1-9](?!\d)")
-_HAS_LETTER = re.compile(r"[a-z]")
+_HAS_LETTER = re.compile(r"[^\W\d_]")
 _HAS_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\S+")
+_CLAUSE_END = re.compile(r"[.;:!?。！？؟।]$")
 _WORD_CACHE_SIZE = 1 << 16
+
+# Scripts written without spaces between words (Han, kana, Thai): each character becomes a chunk of its
+# own, terms are found by joining consecutive chunks, and a character moves the window by less than a word.
+_UNSPACED = re.compile("([\u0e00-\u0e7f\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
+_UNSPACED_WEIGHT = {"thai": 0.25, "cjk": 0.5}
+# Combining marks removed (accents of Latin, Greek, Cyrillic, Vietnamese; Arabic vowel signs and hamza
+# carriers); the marks of other scripts (Devanagari, Thai, kana voicing) are letters' parts and stay.
+_DROPPED_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+                            "\u064b-\u065f\u0670\u06d6-\u06ed]")
+_DIGIT_ZEROS = (0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+                0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x17E0, 0x1810)
+_DIGITS = {zero + i: str(i) for zero in _DIGIT_ZEROS for i in range(10)}
+_CJK_NUMERALS = {"〇": 0, "零": 0, "一": 1, "二": 2, "两": 2, "兩": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7,
+                 "八": 8, "九": 9, "十": 10}
+_CJK_NUMBER = re.compile("(?<![^\\W_])(?:([一二两兩三四五六七八九]) )?十(?: ([一二三四五六七八九]))?(?![^\\W_])"
+                         "|(?<![^\\W_])([〇零一二两兩三四五六七八九])(?![^\\W_])")
+
+
+def _script(char: str) -> str:
+    code = ord(char)
+    if 0x0400 <= code <= 0x052F:
+        return "cyrillic"
+    if 0x0370 <= code <= 0x03FF or 0x1F00 <= code <= 0x1FFF:
+        return "greek"
+    return "latin" if "a" <= char <= "z" else "other"
 
 
 class Rules:
-    """configuration/policy.json compiled for matching."""
+    """configuration/policy.json (the language-independent parts and English) and configuration/policy/
+    <lang>.json (each other language's words and age expressions), compiled for matching. Every language's
+    words apply to every text: a text in several languages is judged as a whole."""
 
-    def __init__(self, data: dict):
+    def __init__(self, data: dict, languages: Sequence[dict] = ()):
         norm = data["normalisation"]
+        self.languages = ("en", *(lang["language"] for lang in languages))
         self._invisible = {ord(c): None for c in norm["invisible"]}
-        self._confusables = str.maketrans(norm["confusables"])
+        confusables = dict(norm["confusables"])
+        letters: dict[str, str] = {}
+        for lang in languages:
+            letters.update(lang.get("letter_fold", {}))
+        self._letters = str.maketrans({**_DIGITS, **letters})
+        # Look-alikes: Latin-script look-alikes (small capitals, ø, ł) always read as Latin; Cyrillic and
+        # Greek letters are letters of their languages and read as Latin only inside a mostly Latin word
+        # ("сhild"); Latin look-alikes inside a mostly Cyrillic or Greek word read as that script ("пoрнo").
+        own = {c for c in confusables if _script(c) in ("cyrillic", "greek")}
+        self._to_latin = str.maketrans(confusables)
+        self._latin_only = str.maketrans({c: v for c, v in confusables.items() if c not in own})
+        self._to_script = {"cyrillic": str.maketrans(norm["to_cyrillic"]), "greek": str.maketrans(norm["to_greek"])}
         self._leet_chars = "".join(norm["leet"])
         self._skeleton = str.maketrans({**norm["leet"], **norm["fold"]})
-        escaped = re.escape(self._leet_chars)
-        self._drop_all = re.compile(r"[^a-z0-9]")
-        self._drop_keep_leet = re.compile(f"[^a-z0-9{escaped}]")
-        self._split_parts = re.compile(f"[^a-z0-9{escaped}]+")
         self.contexts = data["contexts"]
         self.stages = data["stages"]
         self.tiers = tuple(data["tiers"])
 
+        sources = [("en", data), *((lang["language"], lang) for lang in languages)]
         self.terms: dict[str, set[str]] = {}
+        self.stems: dict[str, set[str]] = {}
+        self.evidence: dict[str, set[str]] = {}
         longest = 1
-        for kind, key in ((_FLOOR_TERM, "floor_terms"), (_MINOR, "minor_terms"), (_EXPLICIT, "explicit_terms"),
-                          (_SUGGESTIVE, "suggestive_terms")):
-            for term in data[key]:
-                longest = max(longest, len(term.split()))
-                self.terms.setdefault(self.word(term.replace(" ", "")), set()).add(kind)
+        for code, source in sources:
+            for kind, key in ((_FLOOR_TERM, "floor_terms"), (_MINOR, "minor_terms"), (_EXPLICIT, "explicit_terms"),
+                              (_SUGGESTIVE, "suggestive_terms"), (f"{_MINOR}@{code}", "minor_terms_with_evidence")):
+                for term in source.get(key, ()):
+                    stem = term.endswith("*")
+                    pieces = self.normalise(term.rstrip("*")).split()
+                    longest = max(longest, len(pieces))
+                    skeleton = self.word("".join(pieces))
+                    (self.stems if stem else self.terms).setdefault(skeleton, set()).add(kind)
+                    if "@" not in kind and code != "en":
+                        self.evidence.setdefault(skeleton, set()).add(code)
+            for marker in source.get("markers", ()):
+                self.evidence.setdefault(self.word(self.normalise(marker)), set()).add(code)
         self.max_join = max(3, longest)
+        self._stem_lengths = sorted({len(s) for s in self.stems})
         # Every beginning of a term (also with stretched letters collapsed): a join of words that is not
         # one cannot become a term, so the join stops there.
         self._prefixes = {form[:i] for term in self.terms for form in _runs(term) for i in range(1, len(form) + 1)}
         self._word_cache: dict[str, _Word] = {}
-        self.join_stopwords = {self.word(w) for w in data["join_stopwords"]}
-        self.allow_phrases: dict[str, list[tuple[str, ...]]] = {}
-        for phrase in data["allow_phrases"]:
-            words = tuple(self.word(w) for w in phrase.split())
-            self.allow_phrases.setdefault(words[0], []).append(words)
+
+        number_words: dict[str, int] = {}
+        for _code, source in sources:
+            number_words.update({self.word(self.normalise(w)): v for w, v in source.get("number_words", {}).items()})
+        self._number_values = number_words
+        self._number_parts = {part for w in number_words for part in w.split()}
+        self.join_stopwords = self._words(w for _c, s in sources for w in s.get("join_stopwords", ()))
+        self.allow_phrases = self._phrases(p for _c, s in sources for p in s.get("allow_phrases", ()))
+        self.not_terms = self._phrases(p for _c, s in sources for p in s.get("not_terms", ()))
         neg = data["negation"]
-        self.negators = {self.word(w) for w in neg["negators"]}
-        self.fillers = {self.word(w) for w in neg["fillers"]}
+        self.negators = self._words([*neg["negators"], *(w for lang in languages for w in lang.get("negators", ()))])
+        self.fillers = self._words([*neg["fillers"], *(w for lang in languages for w in lang.get("fillers", ()))])
         self.negation_gap = int(neg["max_gap"])
 
-        self.age_patterns = [(p["name"], re.compile(p["regex"]), p.get("below"), p.get("number_words", True),
-                              tuple(p.get("requires", ()))) for p in data["age_patterns"]]
-        self._number_values = {self.word(w): v for w, v in data["number_words"].items()}
+        self.age_patterns = [self._age_pattern(p) for _c, s in sources for p in s.get("age_patterns", ())]
         self._numbers = self._number_pattern(self._number_values, {**norm["leet"], **norm["fold"]})
         # Letters and symbols that stand for 0 and 1 next to digits ("l5" is 15, "1o" is 10).
         as_digit = {"o": "0", "i": "1", "l": "1"}
@@ -188,15 +241,66 @@ class Rules:
         self._own_refusal = re.compile(r"content\s+policy\W{0,3}(?:" + categories + ")")
         self.classifier = data["classifier"]
 
+    def _words(self, words: Iterable[str]) -> set[str]:
+        """Single words as the text's words are compared (their primaries)."""
+        return {self._forms(chunk)[0] for w in words for chunk in self.normalise(w).split()[:1]}
+
+    def _phrases(self, phrases: Iterable[str]) -> dict[str, list[tuple[str, ...]]]:
+        """Phrases as tuples of primaries, keyed by their first word."""
+        found: dict[str, list[tuple[str, ...]]] = {}
+        for phrase in phrases:
+            words = tuple(self._forms(chunk)[0] for chunk in self.normalise(phrase).split())
+            found.setdefault(words[0], []).append(words)
+        return found
+
+    def _age_pattern(self, spec: dict) -> tuple:
+        """(name, regex, below, number_words, requires) from a pattern: a `regex`, or the words an age is
+        written with (`after`: "12 años"; `before`: "edad: 12"), with the words that make it a duration
+        instead (`not_preceded_by`: "hace 12 años", `not_followed_by`: "12 años después")."""
+        requires = tuple(spec.get("requires", ()))
+        if "regex" not in spec:
+            def alternatives(words: Iterable[str]) -> list[str]:
+                return [" ".join(self.normalise(w).split()) for w in words]
+            after, before = alternatives(spec.get("after", ())), alternatives(spec.get("before", ()))
+            number = r"(?<![\d.,])(?P<age>\d{1,2})(?!\d|[.,]\d)"
+            end = r"(?![^\W_])"
+            if after:
+                regex = number + r"\s*-?\s*(?:" + "|".join(map(re.escape, after)) + ")" + end
+            else:
+                regex = r"(?<![^\W_])(?:" + "|".join(map(re.escape, before)) + r")\s*[:=]?\s*" + number
+            regex = "".join(f"(?<!{re.escape(w)} )" for w in alternatives(spec.get("not_preceded_by", ()))) + regex
+            not_followed = alternatives(spec.get("not_followed_by", ()))
+            if not_followed:
+                regex += r"(?!\s*(?:" + "|".join(map(re.escape, not_followed)) + r")(?![^\W_]))"
+            requires = tuple(w.split()[0] for w in after or before)
+        return (spec["name"], re.compile(spec["regex"] if "regex" in spec else regex), spec.get("below"),
+                spec.get("number_words", True), requires)
+
     # -- normalisation ------------------------------------------------------------------------------------
     def normalise(self, text: str) -> str:
-        """NFKC, case folding, invisible characters removed; outside ASCII, accents stripped and look-alike
-        letters mapped to Latin. Whitespace is kept, so word positions survive."""
+        """NFKC, case folding, invisible characters removed. Outside ASCII also: digits of every script as
+        ASCII digits, accents stripped (Latin, Greek, Cyrillic, Arabic vowel signs), letters folded
+        (Arabic ة/ى), look-alikes read in the script of the word they stand in, and each character of a
+        script written without spaces (Han, kana, Thai) set apart as a chunk. Whitespace is kept, so word
+        positions survive."""
         text = unicodedata.normalize("NFKC", text).casefold().translate(self._invisible)
         if not text.isascii():
-            text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-            text = text.translate(self._confusables)
+            text = unicodedata.normalize("NFC", _DROPPED_MARKS.sub("", unicodedata.normalize("NFKD", text)))
+            text = _WORD.sub(self._read_chunk, text.translate(self._letters))
+            text = _UNSPACED.sub(r" \1 ", text)
         return text
+
+    def _read_chunk(self, m: re.Match) -> str:
+        chunk = m.group()
+        if chunk.isascii():
+            return chunk
+        counts = Counter(_script(c) for c in chunk if c.isalpha())
+        script = max(("cyrillic", "greek"), key=lambda s: counts[s])
+        if not counts[script]:
+            return chunk.translate(self._to_latin)
+        if counts["latin"] > counts["cyrillic"] + counts["greek"]:
+            return chunk.translate(self._to_latin)
+        return chunk.translate(self._latin_only).translate(self._to_script[script])
 
     def word(self, token: str) -> str:
         """The skeleton a word is compared by: digits and symbols read as letters, l and i as one."""
@@ -205,7 +309,7 @@ class Rules:
     @staticmethod
     def _number_pattern(number_words: dict, leet: dict) -> re.Pattern:
         """Number words (as skeletons), with digits/symbols standing for their letters, as one regex: tens
-        optionally followed by a unit ("twenty-one"), or one word ("f1fteen", "eleven")."""
+        optionally followed by a unit ("twenty-one"), or one word ("f1fteen", "eleven", "quince")."""
         letters: dict[str, set[str]] = {}
         for char, letter in leet.items():
             letters.setdefault(letter, set()).add(char)
@@ -213,69 +317,96 @@ class Rules:
         def fuzzy(word: str) -> str:
             return "".join(f"[{re.escape(ch + ''.join(sorted(letters.get(ch, ()))))}]" for ch in word)
 
-        tens = sorted((w for w, v in number_words.items() if v >= 20), key=len, reverse=True)
-        units = sorted((w for w, v in number_words.items() if 1 <= v <= 9), key=len, reverse=True)
+        tens = sorted((w for w, v in number_words.items() if v >= 20 and w.isascii()), key=len, reverse=True)
+        units = sorted((w for w, v in number_words.items() if 1 <= v <= 9 and w.isascii()), key=len, reverse=True)
         single = sorted(number_words, key=len, reverse=True)
         return re.compile(
-            f"(?<![a-z0-9])(?:(?P<tens>{'|'.join(map(fuzzy, tens))})[\\s_-]*(?P<unit>{'|'.join(map(fuzzy, units))})"
-            f"|(?P<single>{'|'.join(map(fuzzy, single))}))(?![a-z0-9])")
+            f"(?<![^\\W_])(?:(?P<tens>{'|'.join(map(fuzzy, tens))})[\\s_-]*(?P<unit>{'|'.join(map(fuzzy, units))})"
+            f"|(?P<single>{'|'.join(map(fuzzy, single))}))(?![^\\W_])")
 
     def age_views(self, chunks: list[str], words: list[_Word]) -> tuple[str, str]:
         """(digits as written, numbers as digits): the words with "l5" read as 15, then also with number
-        words as digits ("fifteen" -> "15", "twenty one" -> "_ 21"), joined by spaces. Each keeps the
-        number of words, so a match's position is a word position."""
+        words as digits ("fifteen" -> "15", "twenty one" -> "_ 21", "十 五" -> "_ 15"), joined by spaces.
+        Each keeps the number of words, so a match's position is a word position."""
         if any(w.digit for w in words):
             fix = self._leet_digits.sub
-            chunks = [fix(self._as_digits, c) if w.digit else c for c, w in zip(chunks, words, strict=True)]
+            chunks = [fix(self._as_digits, c) if w.digit and c.isascii() else c
+                      for c, w in zip(chunks, words, strict=True)]
         digits = " ".join(chunks)
         if not any(w.number for w in words):
             return digits, digits
-        numbers = [self._numbers.sub(self._number, c) if w.number else c for c, w in zip(chunks, words, strict=True)]
+        numbers = [self._numbers.sub(self._number, c) if w.number and len(c) > 1 else c
+                   for c, w in zip(chunks, words, strict=True)]
         for i in range(len(numbers) - 1):  # "twenty one" written as two words
             if words[i].number and words[i + 1].number and _TENS.fullmatch(numbers[i]) and _UNIT.match(numbers[i + 1]):
                 numbers[i], numbers[i + 1] = "_", str(int(numbers[i]) + int(numbers[i + 1][0])) + numbers[i + 1][1:]
-        return digits, " ".join(numbers)
+        view = " ".join(numbers)
+        if any(c in _CJK_NUMERALS for c in chunks):
+            view = _CJK_NUMBER.sub(self._cjk_number, view)
+        if len(chunks) > 1 and any(" " in w for w in self._number_values):
+            view = self._numbers.sub(self._number, view)  # number words of two words ("dua belas")
+        return digits, view
+
+    @staticmethod
+    def _cjk_number(m: re.Match) -> str:
+        if m.group(3):
+            return str(_CJK_NUMERALS[m.group(3)])
+        tens, unit = m.group(1), m.group(2)
+        value = (_CJK_NUMERALS[tens] if tens else 1) * 10 + (_CJK_NUMERALS[unit] if unit else 0)
+        return "_ " * (len(m.group().split()) - 1) + str(value)
 
     def _as_digits(self, m: re.Match) -> str:
         return m.group().translate(self._digit_of)
 
     def _number(self, m: re.Match) -> str:
         if m.group("single"):
-            return str(self._number_values[self.word(m.group("single"))])
+            return "_ " * (len(m.group().split()) - 1) + str(self._number_values[self.word(m.group("single"))])
         value = self._number_values[self.word(m.group("tens"))] + self._number_values[self.word(m.group("unit"))]
         return "_ " * (len(m.group().split()) - 1) + str(value)
 
     # -- matching -------------------------------------------------------------------------------------------
+    def _forms(self, chunk: str, unspaced: bool = False) -> tuple[str, tuple[str, ...], list[str]]:
+        """(primary, the skeletons looked up, the parts between punctuation) of one chunk."""
+        if chunk.isalpha() and chunk.isascii():
+            primary = self.word(chunk)
+            return primary, _runs(primary), [primary]
+        leet = self._leet_chars
+        kept = "".join(c for c in chunk if c in leet or _is_letter(c))
+        stripped = kept.strip(leet)
+        plain = "".join(c for c in chunk if _is_letter(c))
+        split = [chunk] if unspaced else [p for p in _split(chunk, leet) if p]
+        forms = {plain, kept, stripped, *split}
+        looked = tuple(v for form in forms if form and _HAS_LETTER.search(form) for v in _runs(self.word(form)))
+        return self.word(stripped or plain), looked, [self.word(p) for p in split]
+
     def _word(self, chunk: str) -> _Word:
         """One chunk's skeletons looked up. Cached: the same words come back in prompt after prompt."""
         cached = self._word_cache.get(chunk)
         if cached is not None:
             return cached
-        if chunk.isalpha() and chunk.isascii():
-            primary = self.word(chunk)
-            looked: tuple[str, ...] = _runs(primary)
-            parts = [primary]
-        else:
-            kept = self._drop_keep_leet.sub("", chunk)
-            stripped = kept.strip(self._leet_chars)
-            split = self._split_parts.split(chunk)
-            forms = {self._drop_all.sub("", chunk), kept, stripped, *split}
-            looked = tuple(v for form in forms if form and _HAS_LETTER.search(form) for v in _runs(self.word(form)))
-            primary = self.word(stripped or self._drop_all.sub("", chunk))
-            parts = [self.word(p) for p in split]
-        kinds = frozenset(kind for form in looked for kind in self.terms.get(form, ()))
+        unspaced = len(chunk) == 1 and _UNSPACED.match(chunk) is not None
+        primary, looked, parts = self._forms(chunk, unspaced)
+        kinds = set(kind for form in looked for kind in self.terms.get(form, ()))
+        if self.stems:
+            for form in looked:
+                for n in self._stem_lengths:
+                    if n > len(form):
+                        break
+                    kinds.update(self.stems.get(form[:n], ()))
         joinable = bool(primary) and primary not in self.join_stopwords and (
             primary in self._prefixes or _runs(primary)[-1] in self._prefixes)
-        number = any(p in self._number_values for p in parts)
-        word = _Word(primary, kinds, joinable, number, _HAS_DIGIT.search(chunk) is not None)
+        number = any(p in self._number_values or p in self._number_parts for p in parts) or chunk in _CJK_NUMERALS
+        weight = _UNSPACED_WEIGHT["thai" if "\u0e00" <= chunk <= "\u0e7f" else "cjk"] if unspaced else 1.0
+        word = _Word(primary, frozenset(kinds), joinable, number, _HAS_DIGIT.search(chunk) is not None,
+                     len(primary) == 1 and not unspaced, weight, _CLAUSE_END.search(chunk) is not None)
         if len(self._word_cache) >= _WORD_CACHE_SIZE:
             self._word_cache.clear()
         self._word_cache[chunk] = word
         return word
 
     def matches(self, chunks: list[str], words: list[_Word]) -> list[tuple[str, int]]:
-        """[(kind, word position)] of every term found in the words, alone, joined ("ch ild") or spelled
-        out ("c h i l d")."""
+        """[(kind, word position)] of every term found in the words, alone, joined ("ch ild", the characters
+        of "子供") or spelled out ("c h i l d")."""
         found = [(kind, pos) for pos, w in enumerate(words) for kind in w.kinds]
         primaries = [w.primary for w in words]
         n = len(primaries)
@@ -299,7 +430,7 @@ class Rules:
         pos = 0
         while pos < n:
             end = pos
-            while end < n and len(primaries[end]) == 1:
+            while end < n and words[end].spread:
                 end += 1
             if end - pos >= 2:
                 for start in range(pos, end - 1):
@@ -338,21 +469,24 @@ class Rules:
         cached = self._word_cache.get
         return chunks, [cached(c) or self._word(c) for c in chunks]
 
-    def _allowed_positions(self, primaries: list[str]) -> set[int]:
-        """Positions of words inside an allow phrase."""
+    @staticmethod
+    def _covered(primaries: list[str], phrases: dict[str, list[tuple[str, ...]]]) -> set[int]:
+        """Positions of words inside one of `phrases`."""
         covered: set[int] = set()
         for pos, word in enumerate(primaries):
-            for phrase in self.allow_phrases.get(word, ()):
+            for phrase in phrases.get(word, ()):
                 if tuple(primaries[pos:pos + len(phrase)]) == phrase:
                     covered.update(range(pos, pos + len(phrase)))
         return covered
 
-    def _negated(self, primaries: list[str], pos: int) -> bool:
+    def _negated(self, words: list[_Word], pos: int) -> bool:
         for back in range(pos - 1, max(-1, pos - 2 - self.negation_gap), -1):
-            word = primaries[back]
-            if word in self.negators:
+            word = words[back]
+            if word.clause_end:  # "No. The child ..."
+                return False
+            if word.primary in self.negators:
                 return True
-            if word not in self.fillers:
+            if word.primary not in self.fillers:
                 return False
         return False
 
@@ -368,11 +502,17 @@ class Rules:
         found = self.matches(chunks, words)
         minors = self.ages(chunks, words)
         primaries = [w.primary for w in words]
+        if any("@" in kind for kind, _ in found):  # a word that is a minor only in some language ("Kind")
+            evident = {code for p in primaries for code in self.evidence.get(p, ())}
+            found = [(k.partition("@")[0], pos) for k, pos in found if "@" not in k or k.partition("@")[2] in evident]
+        if found and self.not_terms:  # a longer word that contains a term ("裸足", barefoot)
+            excluded = self._covered(primaries, self.not_terms)
+            found = [(kind, pos) for kind, pos in found if pos not in excluded]
         sexual_found = any(kind in (_EXPLICIT, _SUGGESTIVE) for kind, _ in found)
-        allowed_at = self._allowed_positions(primaries) if sexual_found else set()
+        allowed_at = self._covered(primaries, self.allow_phrases) if sexual_found else set()
         sexual, explicit, floor_term = [], False, False
         for kind, pos in found:
-            if context["negation"] and self._negated(primaries, pos):
+            if context["negation"] and self._negated(words, pos):
                 continue
             if kind == _FLOOR_TERM:
                 floor_term = True
@@ -385,12 +525,18 @@ class Rules:
                 if kind == _EXPLICIT and not phrase:
                     explicit = True
         if context["negation"]:
-            minors = [pos for pos in minors if not self._negated(primaries, pos)]
+            minors = [pos for pos in minors if not self._negated(words, pos)]
         if floor_term:
             return Decision(False, stage, tier, FLOOR, "floor_term")
         window = context["window_words"]
-        if minors and sexual and any(abs(m - s) <= window for m in minors for s in sexual):
-            return Decision(False, stage, tier, FLOOR, "cooccurrence")
+        if minors and sexual:
+            at = list(accumulate(w.weight for w in words)) if any(w.weight != 1.0 for w in words) else None
+            if at is None:
+                scene = any(abs(m - s) <= window for m in minors for s in sexual)
+            else:
+                scene = any(abs(at[m] - at[s]) <= window for m in minors for s in sexual)
+            if scene:
+                return Decision(False, stage, tier, FLOOR, "cooccurrence")
         if tier == "sfw" and explicit:
             return Decision(False, stage, tier, EXPLICIT, "explicit_term")
         return Decision(True, stage, tier)
@@ -399,10 +545,37 @@ class Rules:
         return self.refusal_text.format(category=category)
 
 
+def _split(chunk: str, keep: str) -> list[str]:
+    """The parts of a chunk between characters that are neither letters, digits, marks nor in `keep`."""
+    parts, part = [], []
+    for c in chunk:
+        if c in keep or _is_letter(c):
+            part.append(c)
+        elif part:
+            parts.append("".join(part))
+            part = []
+    if part:
+        parts.append("".join(part))
+    return parts
+
+
+def _is_letter(char: str) -> bool:
+    """A letter, a digit or a letter's mark, of any script."""
+    return char.isalnum() or unicodedata.category(char)[0] == "M"
+
+
+LANGUAGE_DIR = CONFIG_DIR / "policy"
+
+
 @cache
 def rules() -> Rules:
     with open(CONFIG_DIR / "policy.json", encoding="utf-8") as fh:
-        return Rules(json.load(fh))
+        data = json.load(fh)
+    languages = []
+    for path in sorted(LANGUAGE_DIR.glob("*.json")):
+        with open(path, encoding="utf-8") as fh:
+            languages.append(json.load(fh))
+    return Rules(data, languages)
 
 
 # ---- recording ---------------------------------------------------------------------------------------------
