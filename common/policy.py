@@ -144,7 +144,7 @@ _DROPPED_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20
                             "\u064b-\u065f\u0670\u06d6-\u06ed]")
 _DIGIT_ZEROS = (0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
                 0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x17E0, 0x1810)
-_DIGITS = {zero + i: str(i) for zero in _DIGIT_ZEROS for i in range(10)}
+_DIGITS: dict[int | str, str] = {zero + i: str(i) for zero in _DIGIT_ZEROS for i in range(10)}
 _CJK_NUMERALS = {"〇": 0, "零": 0, "一": 1, "二": 2, "两": 2, "兩": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7,
                  "八": 8, "九": 9, "十": 10}
 _CJK_NUMBER = re.compile("(?<![^\\W_])(?:([一二两兩三四五六七八九]) )?十(?: ([一二三四五六七八九]))?(?![^\\W_])"
@@ -173,7 +173,8 @@ class Rules:
         letters: dict[str, str] = {}
         for lang in languages:
             letters.update(lang.get("letter_fold", {}))
-        self._letters = str.maketrans({**_DIGITS, **letters})
+        fold: dict[int | str, str] = {**_DIGITS, **letters}
+        self._letters = str.maketrans(fold)
         # Look-alikes: Latin-script look-alikes (small capitals, ø, ł) always read as Latin; Cyrillic and
         # Greek letters are letters of their languages and read as Latin only inside a mostly Latin word
         # ("сhild"); Latin look-alikes inside a mostly Cyrillic or Greek word read as that script ("пoрнo").
@@ -294,7 +295,7 @@ class Rules:
         chunk = m.group()
         if chunk.isascii():
             return chunk
-        counts = Counter(_script(c) for c in chunk if c.isalpha())
+        counts: Counter[str] = Counter(_script(c) for c in chunk if c.isalpha())
         script = max(("cyrillic", "greek"), key=lambda s: counts[s])
         if not counts[script]:
             return chunk.translate(self._to_latin)
@@ -440,6 +441,18 @@ class Rules:
             pos = end + 1
         return found
 
+    def found(self, chunks: list[str], words: list[_Word]) -> list[tuple[str, int]]:
+        """`matches` without the words that do not count in this text: a word that is a minor only in some
+        languages ("Kind") without any word of those languages, a term inside a longer word ("裸足")."""
+        found = self.matches(chunks, words)
+        if any("@" in kind for kind, _ in found):
+            evident = {code for w in words for code in self.evidence.get(w.primary, ())}
+            found = [(k.partition("@")[0], pos) for k, pos in found if "@" not in k or k.partition("@")[2] in evident]
+        if found and self.not_terms:
+            excluded = self._covered([w.primary for w in words], self.not_terms)
+            found = [(kind, pos) for kind, pos in found if pos not in excluded]
+        return found
+
     def ages(self, chunks: list[str], words: list[_Word]) -> list[int]:
         """Word positions of every written age that indicates a minor."""
         views = self.age_views(chunks, words)
@@ -499,15 +512,9 @@ class Rules:
         if "policy" in text:
             text = self._own_refusal.sub(" ", text)
         chunks, words = self.scan(text)
-        found = self.matches(chunks, words)
+        found = self.found(chunks, words)
         minors = self.ages(chunks, words)
         primaries = [w.primary for w in words]
-        if any("@" in kind for kind, _ in found):  # a word that is a minor only in some language ("Kind")
-            evident = {code for p in primaries for code in self.evidence.get(p, ())}
-            found = [(k.partition("@")[0], pos) for k, pos in found if "@" not in k or k.partition("@")[2] in evident]
-        if found and self.not_terms:  # a longer word that contains a term ("裸足", barefoot)
-            excluded = self._covered(primaries, self.not_terms)
-            found = [(kind, pos) for kind, pos in found if pos not in excluded]
         sexual_found = any(kind in (_EXPLICIT, _SUGGESTIVE) for kind, _ in found)
         allowed_at = self._covered(primaries, self.allow_phrases) if sexual_found else set()
         sexual, explicit, floor_term = [], False, False
@@ -632,10 +639,9 @@ def minor_indicated(text: str, stage: str) -> bool:
     this (workers/runtime/text_safety.py)."""
     r = rules()
     chunks, words = r.scan(text)
-    minors = r.ages(chunks, words) + [pos for kind, pos in r.matches(chunks, words) if kind == _MINOR]
+    minors = r.ages(chunks, words) + [pos for kind, pos in r.found(chunks, words) if kind == _MINOR]
     if minors and r.contexts[r.stages[stage]]["negation"]:
-        primaries = [w.primary for w in words]
-        minors = [pos for pos in minors if not r._negated(primaries, pos)]
+        minors = [pos for pos in minors if not r._negated(words, pos)]
     return bool(minors)
 
 
