@@ -32,6 +32,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from common import errors
+from configuration import job_types
 from configuration.openapi import RouteTable
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,39 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STAGES = ("queue_wait", "enhancing", "loading", "generating", "encoding", "storing")
 WORKER_STATES = ("starting", "ready", "restarting", "failed", "stopping", "stopped")
 
+# ---- label values: closed sets -------------------------------------------------------------------------
+# A job's type, error code and stage reach these labels from what a caller sent (a queued entry's `type`
+# is recorded on the job it is refused as): every value outside its closed set counts as "other", so junk
+# adds one series, never one per value (1,950 junk types once took /metrics from 36 KB to 1 MB, issue 19).
+OTHER = "other"
+# The stage a job was cancelled in (its progress stage, else its status) besides the timed ones.
+JOB_STAGES = (*STAGES, "queued", "fetching", "running")
+
+
+def error_codes() -> frozenset[str]:
+    """Every error code common/errors.py defines (its upper-case string constants), and "unknown"."""
+    return frozenset({value for name, value in vars(errors).items() if name.isupper() and isinstance(value, str)}
+                     | {"unknown"})
+
+
+class ClosedLabels:
+    """The closed sets of the job labels: `type` (configured job types, "unknown" for a refused entry
+    without one), `code` (error codes) and `stage` (job stages). Read once per process."""
+
+    def __init__(self) -> None:
+        self.types = frozenset(job_types()) | {"unknown"}
+        self.codes = error_codes()
+        self.stages = frozenset(JOB_STAGES)
+
+    def job_type(self, value: str) -> str:
+        return value if value in self.types else OTHER
+
+    def code(self, value: str) -> str:
+        return value if value in self.codes else OTHER
+
+    def stage(self, value: str) -> str:
+        return value if value in self.stages else OTHER
+
 
 class Metrics:
     """The metrics of one process. `process`: "sdxl", "wan", "chat" or "orchestrator"."""
@@ -66,6 +101,7 @@ class Metrics:
         self._hooks: list = []
         self._hooks_lock = threading.Lock()
         self._children: dict = {}   # (metric, label values) -> its child: labels() validates on every call
+        self.closed = ClosedLabels()
 
         def counter(name, doc, labels=()):
             return Counter(f"{PREFIX}_{name}", doc, labels, registry=r)
@@ -203,20 +239,24 @@ class Metrics:
         return found
 
     def job_submitted(self, worker: str, job_type: str) -> None:
-        self.child(self.jobs_submitted, worker, job_type).inc()
+        self.child(self.jobs_submitted, worker, self.closed.job_type(job_type)).inc()
 
     def job_started(self, worker: str, job_type: str) -> None:
-        self.child(self.jobs_started, worker, job_type).inc()
+        self.child(self.jobs_started, worker, self.closed.job_type(job_type)).inc()
+
+    def job_cancelled(self, worker: str, stage: str) -> None:
+        self.child(self.job_cancellations, worker, self.closed.stage(stage)).inc()
 
     def job_finished(self, worker: str, job_type: str, status: str, duration_s: float | None,
                      error_code: str | None = None, stages: dict | None = None) -> None:
+        job_type = self.closed.job_type(job_type)
         self.child(self.jobs_finished, worker, job_type, status).inc()
         if status == "failed":
-            self.child(self.job_failures, worker, job_type, error_code or "unknown").inc()
+            self.child(self.job_failures, worker, job_type, self.closed.code(error_code or "unknown")).inc()
         if duration_s is not None:
             self.child(self.job_duration, worker, job_type, status).observe(duration_s)
         for stage, seconds in (stages or {}).items():
-            self.child(self.stage_duration, worker, job_type, stage).observe(seconds)
+            self.child(self.stage_duration, worker, job_type, self.closed.stage(stage)).observe(seconds)
 
 
 class StageTimer:

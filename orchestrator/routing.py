@@ -221,7 +221,7 @@ class Router:
             job = self._jobs[job_id]
             if job.record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {job.record.status}")
-            self._metrics.job_cancellations.labels(job.target, job.record.progress.get("stage") or "queued").inc()
+            self._metrics.job_cancelled(job.target, job.record.progress.get("stage") or "queued")
             if not job.submitted:
                 self._finish(job, "cancelled", {"code": errors.CANCELLED, "message": "cancelled before generation "
                                                                                      "started"})

@@ -238,3 +238,35 @@ def test_docs_list_every_metric():
         if isinstance(obj, MetricWrapperBase):
             name = obj._name + {"counter": "_total", "info": "_info"}.get(obj._type, "")
             assert f"`{name}`" in doc, f"{name} is not listed in docs/OPERATIONS.md"
+
+
+def test_junk_types_codes_and_stages_add_one_other_series_not_one_per_value():
+    """Issue 19: a queued entry's `type` became a label (1,950 junk types took /metrics from 36 KB to
+    1 MB). Every type, code and stage outside its closed set counts as "other"."""
+    metrics = Metrics("sdxl")
+    metrics.job_finished("sdxl", "sdxl_image_fast", "failed", 1.0, "validation_error", {"generating": 0.5})
+
+    def series() -> int:
+        """Label sets of the job metrics (a histogram's buckets, _count and _sum are one series)."""
+        return len({(f.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")))
+                    for f in metrics.registry.collect() if f.name.startswith("ourvidz_job") for s in f.samples})
+
+    before = series()
+    for i in range(200):
+        junk = f"junk-{i}-\u202e\n{'x' * i}"
+        metrics.job_submitted("sdxl", junk)
+        metrics.job_started("sdxl", junk)
+        metrics.job_cancelled("sdxl", junk)
+        metrics.job_finished("sdxl", junk, "failed", 1.0, junk, {junk: 0.1, "generating": 0.2})
+    families = scrape(metrics)
+    assert {s.labels["type"] for s in families["ourvidz_jobs_submitted"].samples} == {"other"}
+    assert {s.labels["code"] for s in families["ourvidz_job_failures"].samples} == {"validation_error", "other"}
+    assert {s.labels["stage"] for s in families["ourvidz_job_cancellations"].samples} == {"other"}
+    stages = {(s.labels["type"], s.labels["stage"]) for s in families["ourvidz_job_stage_duration_seconds"].samples}
+    assert stages == {("sdxl_image_fast", "generating"), ("other", "other"), ("other", "generating")}
+    # one "other" series in submitted, started, finished, failures, cancellations and duration; two in
+    # the stage histogram (a junk stage, and a known stage of a junk type)
+    added = series() - before
+    assert added == 8, f"{added} series added by 200 junk values"
+    assert metrics.closed.job_type("sdxl_image_fast") == "sdxl_image_fast"
+    assert metrics.closed.code("content_policy") == "content_policy" and metrics.closed.code("unknown") == "unknown"

@@ -179,7 +179,7 @@ class JobRunner:
             record = self._jobs[job_id]
             if record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {record.status}")
-            self._metrics.job_cancellations.labels(self.worker, record.progress.get("stage") or record.status).inc()
+            self._metrics.job_cancelled(self.worker, record.progress.get("stage") or record.status)
             if record.status == "queued":
                 self._stop_fetch(job_id)
                 self._finish(record, "cancelled",
