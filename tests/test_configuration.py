@@ -149,8 +149,9 @@ def test_exact_copy_takes_preset_strength_and_guidance(settings):
     ({"config": {"width": 65}}, "/config/width"),
     ({"config": {"resolution": "4096x4096"}}, "/config/resolution"),    # bounds of the profile, in the schema
     ({"config": {"resolution": "100x64"}}, "/config/resolution"),
-    ({"config": {"seed": -1}}, "/config/seed"),
-    ({"config": {"seed": 2**32}}, "/config/seed"),
+    ({"config": {"seed": -(2**53)}}, "/config/seed"),               # beyond what a JavaScript number holds exactly
+    ({"config": {"seed": 2**53}}, "/config/seed"),
+    ({"config": {"seed": 1.5}}, "/config/seed"),
     ({"config": {"bogus": 1}}, "/config/bogus"),
     ({"metadata": {"denoise_strength": 1.5, "reference_image_url": "https://x"}}, "/metadata/denoise_strength"),
     ({"metadata": {"reference_image_url": "ftp://x/y.png"}}, "/metadata/reference_image_url"),
@@ -221,7 +222,7 @@ def _expected_sdxl_errors(config: dict) -> set[str]:
     return (bad("steps", lambda v: _integral(v) and 1 <= v <= 100)
             | bad("num_images", lambda v: v in (1, 3, 6))
             | bad("width", lambda v: _limits["min_size"] <= v <= _limits["max_size"] and v % _limits["multiple"] == 0)
-            | bad("seed", lambda v: 0 <= v < 2**32)
+            | bad("seed", lambda v: _integral(v) and -(2**53 - 1) <= v <= 2**53 - 1)
             | bad("guidance_scale", lambda v: 0 <= v <= 30))
 
 
@@ -230,7 +231,7 @@ def _expected_sdxl_errors(config: dict) -> set[str]:
                        st.none()),
        num_images=st.one_of(st.integers(0, 8), st.none()),
        width=st.one_of(st.integers(0, 300), st.none()),
-       seed=st.one_of(st.integers(-2, 2**32 + 2), st.none()),
+       seed=st.one_of(st.integers(-2, 2**32 + 2), st.integers(-(2**53) - 2, 2**53 + 2), st.none()),
        guidance=st.one_of(st.floats(-1, 40, allow_nan=False), st.none()))
 def test_property_accepted_bodies_normalise_within_bounds(steps, num_images, width, seed, guidance):
     """A body is accepted exactly when every field is inside its documented range, and then normalises to
@@ -253,4 +254,6 @@ def test_property_accepted_bodies_normalise_within_bounds(steps, num_images, wid
     assert p["num_images"] in (1, 3, 6)
     assert _limits["min_size"] <= p["width"] <= _limits["max_size"] and p["width"] % _limits["multiple"] == 0
     assert 0 <= p["seed"] < 2**32
+    if seed is not None:  # reduced to the generators' range, deterministically; the sent seed reported when it differs
+        assert p["seed"] == seed % 2**32 and p.get("seed_requested", seed) == seed
     assert 0 <= p["guidance_scale"] <= 30

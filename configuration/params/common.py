@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 
-from configuration.schemas.common import field_error
+from configuration.schemas.common import SEED_RANGE, field_error
 
 _MISSING = object()
 
@@ -38,10 +38,23 @@ def resolve_size(config: dict, defaults: dict) -> tuple[int, int]:
 
 
 def resolve_seed(config: dict) -> tuple[int, str]:
-    """(seed, source): the caller's seed (0 included) or a fresh random one, reported either way."""
+    """(seed, source): the caller's seed (0 included) reduced to the generators' range (`reduce_seed`), or a
+    fresh random one, reported either way."""
     if "seed" in config and config["seed"] is not None:
-        return int(config["seed"]), "request"
-    return secrets.randbelow(2**32), "random"
+        return reduce_seed(int(config["seed"])), "request"
+    return secrets.randbelow(SEED_RANGE), "random"
+
+
+def reduce_seed(seed: int) -> int:
+    """The generator seed for any integer the caller may send: `seed mod 2^32` (Python's modulo, so a negative
+    seed maps into [0, 2^32) too). Deterministic, and the identity on every seed already in range."""
+    return seed % SEED_RANGE
+
+
+def requested_seed(config: dict, used: int) -> dict:
+    """{"seed_requested": n} when the caller's seed was reduced to `used`, else {} (for the parameters)."""
+    sent = config.get("seed")
+    return {"seed_requested": int(sent)} if sent is not None and int(sent) != used else {}
 
 
 def caller_metadata(metadata: dict, known: set[str]) -> dict:

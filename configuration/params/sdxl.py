@@ -1,10 +1,10 @@
 """SDXL request body -> internal parameters."""
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from configuration import job_types, preset_defaults
-from configuration.params.common import aliased, caller_metadata, given, resolve_seed, resolve_size
+from configuration.params.common import aliased, caller_metadata, given, requested_seed, resolve_seed, resolve_size
 from configuration.schemas.common import field_error
 from configuration.settings import Settings
 
@@ -29,6 +29,7 @@ class SDXLParams(TypedDict):
     height: int
     seed: int
     seed_source: str
+    seed_requested: NotRequired[int]   # the caller's seed when it was reduced to the generators' range
     compel_enabled: bool
     compel_weights: str | None
     reference: SDXLReference | None
@@ -65,8 +66,14 @@ def normalise(body: dict, settings: Settings) -> SDXLParams:
         "reference": _reference(metadata, preset),
         "caller_metadata": caller_metadata(metadata, _REFERENCE_FIELDS),
     }
-    if params["reference"] and params["reference"]["mode"] == "exact_copy" and "guidance_scale" not in config:
-        params["guidance_scale"] = float(preset["exact_copy"]["guidance_scale"])
+    params.update(requested_seed(config, seed))  # type: ignore[typeddict-item]
+    if params["reference"] and params["reference"]["mode"] == "exact_copy":
+        if "guidance_scale" not in config:
+            params["guidance_scale"] = float(preset["exact_copy"]["guidance_scale"])
+        if "negative_prompt" not in config:
+            # An exact copy reproduces the reference: no negative prompt unless the caller sends one (the
+            # app leaves it out on purpose).
+            params["negative_prompt"] = ""
     if params["compel_weights"] and not params["compel_enabled"]:
         raise field_error("/compel_weights", "is only used when compel_enabled is true")
     return params

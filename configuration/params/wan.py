@@ -6,10 +6,10 @@ Frames are rounded to 4k+1 (the Wan VAE's temporal stride) and both counts are k
 """
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from configuration import job_types, preset_defaults
-from configuration.params.common import aliased, caller_metadata, given, resolve_seed, resolve_size
+from configuration.params.common import aliased, caller_metadata, given, requested_seed, resolve_seed, resolve_size
 from configuration.schemas.common import field_error
 from configuration.settings import Settings
 
@@ -48,6 +48,7 @@ class WanParams(TypedDict):
     sample_solver: str
     seed: int
     seed_source: str
+    seed_requested: NotRequired[int]   # the caller's seed when it was reduced to the generators' range
     reference: WanReference | None
     caller_metadata: dict
 
@@ -87,7 +88,7 @@ def normalise(body: dict, settings: Settings) -> WanParams:
             raise field_error("/config/negative_prompt", "has no effect when guidance_scale <= 1 (guidance is off)")
         negative_prompt = None
 
-    return {
+    params: WanParams = {
         "job_type": job_type,
         "output": output,
         "prompt": body["prompt"],
@@ -105,6 +106,8 @@ def normalise(body: dict, settings: Settings) -> WanParams:
         "reference": _reference(config, metadata, preset, frames),
         "caller_metadata": caller_metadata(metadata, _REFERENCE_FIELDS),
     }
+    params.update(requested_seed(config, seed))  # type: ignore[typeddict-item]
+    return params
 
 
 def _frames(config: dict, defaults: dict, output: str) -> tuple[int, int]:

@@ -1,10 +1,11 @@
 """The schema of the job payload the OurVidz app pushes onto `sdxl_queue` / `wan_queue`
 (the app's `queue-job` function; field by field in docs/QUEUE.md).
 
-It checks the fields only the app sends (`job_id`, `job_type`, `quality`, `format`, `content_type`,
-top-level `negative_prompt`, `config.pipeline`, `config.denoise_strength`, the metadata flags) and
-their agreement is checked in configuration/params/app_payload.py. Generation parameters proper are
-checked afterwards by the worker's own `generate` schema, on the body the payload maps to.
+It checks the kind and range of the fields only the app sends (`job_id`, `job_type`, `quality`, `format`,
+`content_type`, top-level `negative_prompt`, `config.pipeline`, `config.denoise_strength`, the metadata
+flags); `null` fields were removed before (they mean absent) and fields it does not know are the caller's
+context (configuration/params/app_payload.py). Generation parameters proper are checked afterwards by the
+worker's own `generate` schema, on the body the payload maps to.
 """
 from __future__ import annotations
 
@@ -27,9 +28,8 @@ def schema() -> dict:
         "$schema": DIALECT,
         "title": "Queued job payload of the OurVidz app",
         "type": "object",
-        "required": ["type", "prompt"],
+        "required": ["type"],
         "anyOf": [{"required": ["id"]}, {"required": ["job_id"]}],
-        "additionalProperties": False,
         "properties": {
             "id": SAFE_ID,
             "job_id": {**SAFE_ID, "description": "Must equal `id` when both are sent."},
@@ -38,23 +38,27 @@ def schema() -> dict:
             "job_type": {"type": "string", "maxLength": 200,
                          "description": "The raw type the browser chose (e.g. `wan_video_fast`); caller context."},
             "prompt": {"type": "string", "maxLength": 20000,
-                       "description": "The final prompt; empty only for an exact copy of a reference image."},
+                       "description": "The final prompt; empty (or absent) only for an exact copy of a reference "
+                                      "image."},
             "user_id": SAFE_ID,
             "negative_prompt": NEGATIVE_PROMPT,
             "compel_enabled": {"type": "boolean"},
             "compel_weights": {"type": "string", "maxLength": 20000},
-            "quality": {"enum": ["fast", "high"], "description": "Must agree with the type's `_fast` / `_high`."},
-            "format": {"enum": ["image", "video"], "description": "Must agree with what the type produces."},
+            "quality": {"enum": ["fast", "high"],
+                        "description": "A label; the type decides (a disagreement is noted)."},
+            "format": {"enum": ["image", "video"],
+                       "description": "A label; the type decides (a disagreement is noted)."},
             "content_type": {"enum": ["sfw", "nsfw"],
                              "description": "Content tier: a policy input, carried as caller context."},
             "config": {
                 "type": "object",
                 "description": "Generation parameters; what is not listed here is checked by the worker's schema.",
                 "properties": {
-                    "pipeline": {"enum": PIPELINES, "description": "`img2img` when a reference is given, "
-                                                                   "else `txt2img` (images) or `video`."},
+                    "pipeline": {"enum": PIPELINES, "description": "A label: what runs follows from the references "
+                                                                   "present (recorded with whether it agreed)."},
                     "num_images": {"type": "integer"},
-                    "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference."},
+                    "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference; "
+                                                                          "context when there is no reference."},
                     "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}\\Z"},
                     "image": APP_REFERENCE,
                     "first_frame": APP_REFERENCE,

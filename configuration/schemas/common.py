@@ -15,6 +15,15 @@ PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": "\\S"
 NEGATIVE_PROMPT = {"type": "string", "maxLength": 20000}
 SEED = {"type": "integer", "minimum": 0, "maximum": 4294967295,
         "description": "Any unsigned 32-bit integer; 0 is a seed like any other. Random (and reported) when absent."}
+# The generators' seed range (configuration/params/common.py `resolve_seed`) and what the app can send: any
+# integer a JavaScript number holds exactly.
+SEED_RANGE = 2**32
+MAX_SAFE_INTEGER = 2**53 - 1
+GENERATION_SEED = {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER,
+                   "description": "Any integer up to 2^53-1 in magnitude (what a JavaScript number holds exactly); 0 "
+                                  "is a seed like any other. The generators take 32-bit seeds: the seed used is "
+                                  "`seed mod 2^32` (reported as `seed`, the one sent as `seed_requested` when they "
+                                  "differ). Random (and reported) when absent."}
 REFERENCE_URL = {"type": "string", "minLength": 1, "maxLength": 14000000,
                  "pattern": "^(https?://|data:image/)",
                  "description": "http(s) URL or a `data:image/...` URL."}

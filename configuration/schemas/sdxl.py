@@ -5,11 +5,11 @@ from configuration import job_types, model_config
 from configuration.schemas.common import (
     CONTENT_TIER,
     DIALECT,
+    GENERATION_SEED,
     NEGATIVE_PROMPT,
     PROMPT,
     REFERENCE_URL,
     SAFE_ID,
-    SEED,
     STRENGTH,
     size_schemas,
 )
@@ -53,7 +53,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                     "width": size,
                     "height": size,
                     "resolution": resolution,
-                    "seed": SEED,
+                    "seed": GENERATION_SEED,
                     "negative_prompt": NEGATIVE_PROMPT,
                 },
             },

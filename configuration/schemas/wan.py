@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import math
 
-from configuration import job_types, model_config
+from configuration import ConfigurationError, job_types, model_config
 from configuration.schemas.common import (
     CONTENT_TIER,
     DIALECT,
+    GENERATION_SEED,
     NEGATIVE_PROMPT,
     PROMPT,
     REFERENCE_URL,
     SAFE_ID,
-    SEED,
     STRENGTH,
     size_schemas,
 )
@@ -26,8 +26,12 @@ def limits(settings: Settings) -> dict:
     """What every WAN model of this profile accepts: a job may run on wan_t2v or wan_vace."""
     each = [model_config(m, settings)["limits"] for m in ("wan_t2v", "wan_vace")]
     multiple = math.lcm(*(lim["multiple"] for lim in each))
+    native = {tuple(lim["native_size"]) for lim in each}
+    if len(native) != 1:  # one family, trained at one size: the app's sizes must not depend on the model picked
+        raise ConfigurationError(f"wan_t2v and wan_vace disagree on native_size in configuration/models.json: {native}")
     return {"min_size": max(lim["min_size"] for lim in each), "max_size": min(lim["max_size"] for lim in each),
-            "multiple": multiple, "max_frames": min(lim["max_frames"] for lim in each)}
+            "multiple": multiple, "max_frames": min(lim["max_frames"] for lim in each),
+            "native_size": list(native.pop())}
 
 
 def max_requested_frames(max_frames: int) -> int:
@@ -73,7 +77,7 @@ def schemas(settings: Settings) -> dict[str, dict]:
                     "width": size,
                     "height": size,
                     "resolution": resolution,
-                    "seed": SEED,
+                    "seed": GENERATION_SEED,
                     "negative_prompt": NEGATIVE_PROMPT,
                     "fps": {"type": "number", "minimum": 1, "maximum": 60,
                             "description": "Playback rate of the MP4; duration_seconds = frames / fps."},
