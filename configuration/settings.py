@@ -117,6 +117,12 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                                          "the journal (0: kept forever)."),
     "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, "Timeout of one callback POST."),
     "MAX_BODY_MB": ("max_body_mb", _float, "Request body cap; larger bodies get 413."),
+    "APP_VIDEO_SIZE": ("app_video_size", str, "`native`: the app's video `resolution` (1024x576, 576x1024, "
+                                              "1024x1024) is an aspect request, rendered at the WAN checkpoint's "
+                                              "native size class (configuration/models.json `native_size`: 832x480, "
+                                              "480x832, 624x624 in production); `requested`: rendered at the "
+                                              "requested size (scaled down by 4 on the placeholder profile). Both "
+                                              "sizes are reported (docs/QUEUE.md)."),
     "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, "Allow reference URLs on loopback/private/link-local "
                                                           "addresses (tests only)."),
     "FETCH_MAX_MB": ("fetch_max_mb", _float, "Size cap of a fetched reference image."),
@@ -216,6 +222,7 @@ class Settings:
     job_retention_days: float = 14.0
     callback_timeout_s: float = 10.0
     max_body_mb: float = 10.0
+    app_video_size: str = "native"
     fetch_allow_private: bool = False
     fetch_max_mb: float = 20.0
     fetch_timeout_s: float = 15.0
@@ -284,6 +291,8 @@ class Settings:
             raise SettingsError(f"CHAT_BATCHING must be 'continuous' or 'static', got {self.chat_batching!r}")
         if self.log_format not in ("json", "text"):
             raise SettingsError(f"LOG_FORMAT must be 'json' or 'text', got {self.log_format!r}")
+        if self.app_video_size not in ("native", "requested"):
+            raise SettingsError(f"APP_VIDEO_SIZE must be 'native' or 'requested', got {self.app_video_size!r}")
         if self.content_tier_default not in ("sfw", "nsfw"):
             raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:

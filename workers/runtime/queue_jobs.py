@@ -100,7 +100,7 @@ class QueueJobSink:
     # -- helpers ----------------------------------------------------------------------------------
     def _context(self, job: AppJob | None) -> dict[str, Any]:
         return {"source": {"queue": self.queue}, "caller_context": job.caller_context if job else None,
-                "size": job.size if job else None}
+                "size": job.size if job else None, "intake": (job.notes or None) if job else None}
 
     def _reject(self, job_id: str, payload: dict, job: AppJob | None, code: str, message: str, **extra: Any) -> None:
         log.warning("queued job %s refused (%s)", job_id, code)
