@@ -123,6 +123,7 @@ class _Word(NamedTuple):
     spread: bool            # a single letter of a spaced script ("c h i l d" read as one word)
     weight: float           # how far it moves the window: 1 a word, less a character of an unspaced script
     clause_end: bool        # it ends with sentence punctuation (a negation does not reach past it)
+    comma: bool             # it ends with a comma ("No, the child ..." is no negation)
 
 
 _DOUBLE = re.compile(r"(.)\1")
@@ -170,10 +171,9 @@ class Rules:
         self.languages = ("en", *(lang["language"] for lang in languages))
         self._invisible = {ord(c): None for c in norm["invisible"]}
         confusables = dict(norm["confusables"])
-        letters: dict[str, str] = {}
+        fold: dict[int | str, str] = dict(_DIGITS)
         for lang in languages:
-            letters.update(lang.get("letter_fold", {}))
-        fold: dict[int | str, str] = {**_DIGITS, **letters}
+            fold.update(lang.get("letter_fold", {}))
         self._letters = str.maketrans(fold)
         # Look-alikes: Latin-script look-alikes (small capitals, ø, ł) always read as Latin; Cyrillic and
         # Greek letters are letters of their languages and read as Latin only inside a mostly Latin word
@@ -191,17 +191,23 @@ class Rules:
         sources = [("en", data), *((lang["language"], lang) for lang in languages)]
         self.terms: dict[str, set[str]] = {}
         self.stems: dict[str, set[str]] = {}
+        self._join_stems: set[str] = set()
         self.evidence: dict[str, set[str]] = {}
         longest = 1
         for code, source in sources:
-            for kind, key in ((_FLOOR_TERM, "floor_terms"), (_MINOR, "minor_terms"), (_EXPLICIT, "explicit_terms"),
-                              (_SUGGESTIVE, "suggestive_terms"), (f"{_MINOR}@{code}", "minor_terms_with_evidence")):
+            kinds = ((_FLOOR_TERM, "floor_terms"), (_MINOR, "minor_terms"), (_EXPLICIT, "explicit_terms"),
+                     (_SUGGESTIVE, "suggestive_terms"))
+            # "<key>_with_evidence": a word that is this kind only in this language ("Kind", "nu"): it counts
+            # only in a text that also holds a marker or another term of the language.
+            for kind, key in (*kinds, *((f"{k}@{code}", f"{key}_with_evidence") for k, key in kinds)):
                 for term in source.get(key, ()):
                     stem = term.endswith("*")
                     pieces = self.normalise(term.rstrip("*")).split()
                     longest = max(longest, len(pieces))
-                    skeleton = self.word("".join(pieces))
+                    skeleton = "".join(self._forms(piece)[0] for piece in pieces)
                     (self.stems if stem else self.terms).setdefault(skeleton, set()).add(kind)
+                    if stem and len(pieces) > 1:  # "küçük kız*": found by joining words, like a phrase
+                        self._join_stems.add(skeleton)
                     if "@" not in kind and code != "en":
                         self.evidence.setdefault(skeleton, set()).add(code)
             for marker in source.get("markers", ()):
@@ -210,7 +216,9 @@ class Rules:
         self._stem_lengths = sorted({len(s) for s in self.stems})
         # Every beginning of a term (also with stretched letters collapsed): a join of words that is not
         # one cannot become a term, so the join stops there.
-        self._prefixes = {form[:i] for term in self.terms for form in _runs(term) for i in range(1, len(form) + 1)}
+        self._prefixes = {form[:i] for term in (*self.terms, *self._join_stems) for form in _runs(term)
+                          for i in range(1, len(form) + 1)}
+        self._join_stem_lengths = sorted({len(s) for s in self._join_stems})
         self._word_cache: dict[str, _Word] = {}
 
         number_words: dict[str, int] = {}
@@ -244,7 +252,13 @@ class Rules:
 
     def _words(self, words: Iterable[str]) -> set[str]:
         """Single words as the text's words are compared (their primaries)."""
-        return {self._forms(chunk)[0] for w in words for chunk in self.normalise(w).split()[:1]}
+        found = set()
+        for w in words:
+            chunks = self.normalise(w).split()
+            if len(chunks) != 1:
+                raise ValueError(f"policy word list: {w!r} is not one word")
+            found.add(self._forms(chunks[0])[0])
+        return found
 
     def _phrases(self, phrases: Iterable[str]) -> dict[str, list[tuple[str, ...]]]:
         """Phrases as tuples of primaries, keyed by their first word."""
@@ -399,7 +413,8 @@ class Rules:
         number = any(p in self._number_values or p in self._number_parts for p in parts) or chunk in _CJK_NUMERALS
         weight = _UNSPACED_WEIGHT["thai" if "\u0e00" <= chunk <= "\u0e7f" else "cjk"] if unspaced else 1.0
         word = _Word(primary, frozenset(kinds), joinable, number, _HAS_DIGIT.search(chunk) is not None,
-                     len(primary) == 1 and not unspaced, weight, _CLAUSE_END.search(chunk) is not None)
+                     len(primary) == 1 and not unspaced, weight, _CLAUSE_END.search(chunk) is not None,
+                     chunk.endswith(","))
         if len(self._word_cache) >= _WORD_CACHE_SIZE:
             self._word_cache.clear()
         self._word_cache[chunk] = word
@@ -425,6 +440,9 @@ class Rules:
                 for form in forms:
                     if form in terms:
                         found.extend((kind, pos) for kind in terms[form])
+                    for length in self._join_stem_lengths:
+                        if form[:length] in self._join_stems:
+                            found.extend((kind, pos) for kind in self.stems[form[:length]])
                 if not any(form in prefixes for form in forms):
                     break
         # ... and letters spread out: "c h i l d", "s.e.x" written with spaces.
@@ -498,7 +516,7 @@ class Rules:
             if word.clause_end:  # "No. The child ..."
                 return False
             if word.primary in self.negators:
-                return True
+                return not word.comma
             if word.primary not in self.fillers:
                 return False
         return False
