@@ -176,6 +176,15 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                                               "jobs; placeholder profile: the built placeholder."),
     "SAFETY_THRESHOLD": ("safety_threshold", _float, "An sfw output whose unsafe-label probability exceeds this is not "
                                                      "stored; the job fails (0-1)."),
+    "TEXT_SAFETY_CLASSIFIER_PATH": ("text_safety_classifier_path", str, "Text classifier (a transformers "
+                                                                        "sequence-classification folder) that reads "
+                                                                        "prompts and chat text next to the word "
+                                                                        "rules; placeholder profile: the built "
+                                                                        "placeholder; empty in production: checks "
+                                                                        "are recorded as not_run."),
+    "TEXT_SAFETY_THRESHOLD": ("text_safety_threshold", _float, "A text whose sexual-label probability exceeds this "
+                                                               "is refused: as the floor where the rules see a "
+                                                               "minor, in sfw also alone (0-1)."),
 }
 
 
@@ -256,6 +265,8 @@ class Settings:
     content_tier_default: str = "sfw"
     safety_classifier_path: str = ""
     safety_threshold: float = 0.5
+    text_safety_classifier_path: str = ""
+    text_safety_threshold: float = 0.5
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -297,6 +308,8 @@ class Settings:
             raise SettingsError(f"CONTENT_TIER_DEFAULT must be 'sfw' or 'nsfw', got {self.content_tier_default!r}")
         if not 0.0 <= self.safety_threshold <= 1.0:
             raise SettingsError(f"SAFETY_THRESHOLD must be between 0 and 1, got {self.safety_threshold}")
+        if not 0.0 <= self.text_safety_threshold <= 1.0:
+            raise SettingsError(f"TEXT_SAFETY_THRESHOLD must be between 0 and 1, got {self.text_safety_threshold}")
         if not 0 < self.callback_backoff_s <= self.callback_backoff_max_s or self.callback_retry_horizon_s <= 0:
             raise SettingsError("CALLBACK_BACKOFF_S must be > 0 and <= CALLBACK_BACKOFF_MAX_S, "
                                 "CALLBACK_RETRY_HORIZON_S > 0")

@@ -267,3 +267,86 @@ def test_the_production_table_pins_every_required_checkpoint():
     for name in download.selected(table, None):
         assert len(table[name]["revision"]) == 40, name
     assert {"sdxl", "wan_t2v", "qwen_base", "qwen_instruct"} <= set(download.selected(table, None))
+
+
+def test_the_production_table_pins_both_content_classifiers():
+    table = download.load_checkpoints()
+    required = download.selected(table, None)
+    assert {"safety_classifier", "text_safety_classifier"} <= set(required)  # fetched with the models
+    assert table["safety_classifier"]["settings"] == {"SAFETY_CLASSIFIER_PATH": "."}
+    assert table["text_safety_classifier"]["settings"] == {"TEXT_SAFETY_CLASSIFIER_PATH": "."}
+
+
+def _classifier_repos(placeholder_dir) -> dict[str, dict[str, bytes]]:
+    """The two classifier repositories with the file names their pinned commits list on the hub, holding the
+    placeholder classifiers' bytes (the text one as pytorch_model.bin, as the production repository has it)."""
+    import io
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from workers.placeholders import placeholder_paths
+
+    paths = placeholder_paths(placeholder_dir)
+    image, text = paths["safety_classifier"], paths["text_safety_classifier"]
+    weights = io.BytesIO()  # transformers writes only safetensors now; the pinned commit has a torch pickle
+    torch.save(AutoModelForSequenceClassification.from_pretrained(text, local_files_only=True).state_dict(), weights)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
+                "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    return {
+        "Falconsai/nsfw_image_detection": {
+            ".gitattributes": b"*.bin filter=lfs\n", "README.md": b"# model card\n", "optimizer.pt": b"not wanted",
+            "pytorch_model.bin": b"not wanted", "config.json": (image / "config.json").read_bytes(),
+            "model.safetensors": (image / "model.safetensors").read_bytes(),
+            "preprocessor_config.json": (image / "preprocessor_config.json").read_bytes()},
+        "bstrai/multilingual-toxic-xlm-roberta": {
+            ".gitattributes": b"*.bin filter=lfs\n", "config.json": (text / "config.json").read_bytes(),
+            "pytorch_model.bin": weights.getvalue(),
+            "tokenizer.json": (text / "tokenizer.json").read_bytes(),
+            "tokenizer_config.json": (text / "tokenizer_config.json").read_bytes(),
+            "special_tokens_map.json": json.dumps(specials).encode()},
+    }
+
+
+def test_the_classifiers_download_and_load_from_the_settings_the_download_prints(placeholder_dir, tmp_path):
+    """Plan, fetch and verify the two classifier entries as configured (their pins replaced by the local hub's
+    commit), then load each from the path the printed settings name, with the workers' own loading code."""
+    from configuration.settings import Settings
+    from workers.engines.base import GeneratedAsset
+    from workers.runtime import safety, text_safety
+
+    hub = LocalHub(_classifier_repos(placeholder_dir))
+    try:
+        table = download.load_checkpoints()
+        names = ["safety_classifier", "text_safety_classifier"]
+        local = {name: dict(table[name], revision=COMMIT) for name in names}
+        files = download.plan(names, local, hub.url)
+        assert sorted((f.checkpoint, f.path) for f in files) == [
+            ("safety_classifier", "config.json"), ("safety_classifier", "model.safetensors"),
+            ("safety_classifier", "preprocessor_config.json"),
+            ("text_safety_classifier", "config.json"), ("text_safety_classifier", "pytorch_model.bin"),
+            ("text_safety_classifier", "special_tokens_map.json"), ("text_safety_classifier", "tokenizer.json"),
+            ("text_safety_classifier", "tokenizer_config.json")]
+        download.download(names, local, tmp_path / "models", hub.url, out=open(os.devnull, "w"))
+        assert download.verify(names, local, tmp_path / "models") == []
+    finally:
+        hub.close()
+    lines = dict(line.split("=", 1) for line in download.settings_lines(names, local, tmp_path / "models"))
+    settings = Settings(model_profile="production", safety_classifier_path=lines["SAFETY_CLASSIFIER_PATH"],
+                        text_safety_classifier_path=lines["TEXT_SAFETY_CLASSIFIER_PATH"])
+    from PIL import Image
+
+    image_check = safety.check_outputs(settings, "sfw", [GeneratedAsset("image", [Image.new("RGB", (40, 40))], {})])
+    assert image_check is not None and image_check.outcome == "allowed"
+    text_check = text_safety.check_text(settings, "un faro al atardecer", tier="sfw", stage="prompt")
+    assert text_check.outcome == "allowed" and text_check.scores
+
+
+def test_the_classifier_pins_are_refused_when_missing(tmp_path):
+    table = download.load_checkpoints()
+    unpinned = {"text_safety_classifier": dict(table["text_safety_classifier"], revision=None)}
+    with pytest.raises(download.DownloadError, match="no pinned commit.*pin text_safety_classifier"):
+        download.plan(["text_safety_classifier"], unpinned, "http://127.0.0.1:9")
+    short = {"safety_classifier": dict(table["safety_classifier"], revision="63e0a06")}  # a short id is no pin
+    with pytest.raises(download.DownloadError, match="no pinned commit"):
+        download.plan(["safety_classifier"], short, "http://127.0.0.1:9")

@@ -109,7 +109,10 @@ def test_the_sfw_tier_refuses_explicit_chat_input_and_nsfw_answers_it(chat_app, 
     answer = _post(chat_app, "/chat", {"messages": messages, "content_tier": "nsfw", "nsfw_enforce": True,
                                        "nsfw_reason": "the user opted in"}).get_json()
     assert answer["response"] == "They kiss." and answer["finish_reason"] == "stop"
-    assert answer["content_policy"] == {"tier": "nsfw", "nsfw_reason": "the user opted in"}
+    used = answer["content_policy"]
+    assert {k: v for k, v in used.items() if k != "checks"} == {"tier": "nsfw", "nsfw_reason": "the user opted in"}
+    assert [(c["check"], c["stage"], c["outcome"]) for c in used["checks"]] == [  # the text classifier's checks
+        ("text_classifier", "chat_input", "allowed"), ("text_classifier", "chat_output", "allowed")]
 
 
 def test_an_adult_system_prompt_disclaimer_is_not_a_minor_in_the_scene(chat_app, scripted):
@@ -351,8 +354,10 @@ def test_an_sfw_output_the_classifier_flags_is_not_stored_and_nsfw_completes(sdx
     assert not (sdxl.outputs / "u1" / "out-sfw").exists()  # nothing stored
     assert (sdxl.outputs / "u1" / "out-nsfw" / "0.png").exists()
     checks = flagged["metadata"]["content_policy"]["checks"]
-    assert [(c["stage"], c["outcome"]) for c in checks] == [("prompt", "allowed"), ("output", "refused")]
-    assert [c["stage"] for c in completed["metadata"]["content_policy"]["checks"]] == ["prompt"]
+    assert [(c["check"], c["stage"], c["outcome"]) for c in checks] == [("text", "prompt", "allowed"),
+                                                                        ("text_classifier", "prompt", "allowed"),
+                                                                        ("output_classifier", "output", "refused")]
+    assert [c["check"] for c in completed["metadata"]["content_policy"]["checks"]] == ["text", "text_classifier"]
     callback = _terminal_callback(standin, "out-sfw")
     assert callback["error_message"] == "content policy: sexual_explicit"
     assert callback["metadata"]["error_type"] == "content_policy"

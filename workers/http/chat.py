@@ -8,6 +8,8 @@
 The content policy (docs/POLICY.md) reads every request's messages before the model (422
 `content_policy`) and its output after: an enhancement that crosses it answers 422, a chat reply is
 replaced by the refusal text (`finish_reason: content_filter`), a stream sends only words that passed.
+The text classifier (workers/runtime/text_safety.py) reads the same texts after the word rules; its
+checks are listed in the answer's `content_policy.checks` (a stream's output is judged by it at the end).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 import uuid
 from typing import cast
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, g, jsonify
 
 from common import policy
 from common.body import json_body
@@ -36,6 +38,7 @@ from configuration.params.chat import ChatParams
 from configuration.schemas import ValidationFailed, validate_request
 from workers.engines.chat import Generation, GenerationResult, clean_enhancement
 from workers.http.common import require_ready, state
+from workers.runtime import text_safety
 
 bp = Blueprint("chat", __name__)
 _STARTED_AT = int(time.time())
@@ -89,21 +92,33 @@ def _tier(params: ChatParams) -> str:
 def _check_input(params: ChatParams) -> None:
     """Every message (system prompts too) or the raw prompt, read as one text; 422 content_policy."""
     stage = "enhance_input" if "original_prompt" in params else "chat_input"
-    policy.require(policy.check_text(policy.conversation(params["messages"], params["text"]), tier=_tier(params),
-                                     stage=stage))
+    texts = policy.conversation(params["messages"], params["text"])
+    policy.require(policy.check_text(texts, tier=_tier(params), stage=stage))
+    text_safety.require(_classified(texts, params, stage))
+
+
+def _classified(texts, params: ChatParams, stage: str) -> text_safety.TextCheck:
+    """The text classifier's check of `texts`, noted for the answer's `content_policy.checks`."""
+    check = text_safety.check_text(state().settings, texts, tier=_tier(params), stage=stage)
+    g.setdefault("content_checks", []).append(check.public())
+    return check
 
 
 def _policy_used(params: ChatParams) -> dict:
     """The tier the request was held to, next to the caller's own reason for asking nsfw (echoed, never logged)."""
     reason = params["policy"]["nsfw_reason"]
-    return {"tier": _tier(params), **({"nsfw_reason": reason} if reason is not None else {})}
+    return {"tier": _tier(params), **({"nsfw_reason": reason} if reason is not None else {}),
+            "checks": list(g.get("content_checks", []))}
 
 
 def _reply(params: ChatParams, result: GenerationResult) -> tuple[str, str]:
     """(text, finish_reason) as sent: the model's, or the refusal text when the reply crossed the policy."""
     decision = policy.check_text(result.text, tier=_tier(params), stage="chat_output")
     if decision.allowed:
-        return result.text, result.finish_reason
+        classified = _classified(result.text, params, "chat_output")
+        if not classified.flagged:
+            return result.text, result.finish_reason
+        decision = classified.decision()
     return policy.refusal_text(decision.category or policy.EXPLICIT), "content_filter"
 
 
@@ -119,7 +134,7 @@ def _model_info(params: ChatParams, result: GenerationResult) -> dict:
 def _validated(schema: str) -> dict:
     body = json_body()
     validate_request(f"chat.{schema}", body, state().settings)
-    return body
+    return chat_params.without_nulls(body)  # null means absent (the app's bodies pass project_context: null)
 
 
 # ---- enhancement ---------------------------------------------------------------------------------
@@ -136,6 +151,7 @@ def _enhance(body: dict, model: str):
                        [{"path": "", "message": "retry with other sampling parameters or another seed"}])
     # An enhancement that crosses the policy is never returned (it would become a generation prompt).
     policy.require(policy.check_text(enhanced, tier=_tier(params), stage="enhance_output"))
+    text_safety.require(_classified(enhanced, params, "enhance_output"))
     return jsonify({
         "success": True,
         "enhanced_prompt": enhanced,
@@ -245,11 +261,12 @@ def _stream(params: ChatParams, head: dict) -> Response:
 
     # Only whole words that passed the policy are sent; a reply that crosses it ends with the refusal.
     guard = policy.StreamGuard(_tier(params), "chat_output")
+    settings, tier, sent = state().settings, _tier(params), []
 
-    def refused():
+    def refused(category: str | None = None):
         decision = guard.decision
-        yield chunk({"content": policy.refusal_text(decision.category if decision and decision.category
-                                                    else policy.EXPLICIT)})
+        category = category or (decision.category if decision and decision.category else policy.EXPLICIT)
+        yield chunk({"content": policy.refusal_text(category)})
         yield chunk({}, "content_filter")
         yield "data: [DONE]\n\n"
 
@@ -264,12 +281,20 @@ def _stream(params: ChatParams, head: dict) -> Response:
                         yield from refused()
                         return
                     if released:
+                        sent.append(released)
                         yield chunk({"content": released})
                 elif kind == "done":
                     result = cast(GenerationResult, payload)
                     rest = guard.finish()
                     if rest is None:
                         yield from refused()
+                        return
+                    # The classifier reads the whole reply once it is complete: what it flags ends the stream
+                    # with the refusal (the words before were sent; only the rules can stop a word earlier).
+                    classified = text_safety.check_text(settings, "".join(sent) + rest, tier=tier,
+                                                        stage="chat_output")
+                    if classified.flagged:
+                        yield from refused(classified.category)
                         return
                     if rest:
                         yield chunk({"content": rest})

@@ -12,6 +12,7 @@ seconds, into `root`, and rebuilt only when the libraries that write them change
     root/wan2.1-vace/                             WanVACEPipeline folder (same VAE/text encoder as t2v)
     root/qwen2.5-base/, root/qwen2.5-instruct/    Qwen2ForCausalLM folders
     root/safety-classifier/                       ViTForImageClassification folder (output safety check)
+    root/text-safety-classifier/                  XLMRobertaForSequenceClassification folder (text classifier)
 
 This module imports nothing heavy: checking a cached tree takes about a millisecond.
 """
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 # Bump when anything a builder writes changes (shapes, tokenizer recipe, layout).
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "tokenizers", "sentencepiece")
 MANIFEST = "manifest.json"
 LOCK_FILE = ".lock"
@@ -37,6 +38,7 @@ _LAYOUT = {
     "qwen_base": "qwen2.5-base",
     "qwen_instruct": "qwen2.5-instruct",
     "safety_classifier": "safety-classifier",
+    "text_safety_classifier": "text-safety-classifier",
 }
 
 _versions_cache: dict[str, str] | None = None

@@ -57,9 +57,9 @@ def build_tree(target: Path) -> None:
     torch RNG state is left as it was."""
     import torch
 
-    from . import qwen, safety, sdxl, wan
+    from . import qwen, safety, sdxl, text_safety, wan
 
-    progress = Progress(log, "building placeholder models", 4, "families", every_s=0.0)
+    progress = Progress(log, "building placeholder models", 5, "families", every_s=0.0)
     with _quiet_libraries(), torch.random.fork_rng(devices=[]):
         sdxl.build(target / "sdxl", target / "sdxl-single" / sdxl.SINGLE_FILE_NAME, target / "sdxl-single" / "config")
         progress.advance(note="SDXL (folder and single file)")
@@ -69,6 +69,8 @@ def build_tree(target: Path) -> None:
         progress.advance(note="Qwen2.5 base and instruct")
         safety.build(target / "safety-classifier")
         progress.advance(note="output safety classifier")
+        text_safety.build(target / "text-safety-classifier")
+        progress.advance(note="text safety classifier")
 
 
 def _sha256(path: Path) -> str:

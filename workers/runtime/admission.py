@@ -11,6 +11,10 @@ from configuration.params import normalise_generation
 from configuration.params.common import summarise_data_urls
 from configuration.schemas import validate_request
 from configuration.settings import Settings
+from workers.runtime import text_safety
+
+# Where check_generation leaves the admission's content-policy checks for job_metadata (not a parameter).
+CONTENT_CHECKS = "content_policy_checks"
 
 
 def check_generation(worker: str, schema: str, settings: Settings, engine: Any, body: dict) -> dict:
@@ -18,8 +22,13 @@ def check_generation(worker: str, schema: str, settings: Settings, engine: Any, 
     engine's own refusal."""
     validate_request(schema, body, settings)
     params = normalise_generation(worker, body, settings)
-    # The content policy on the prompt and compel weights (ContentPolicyRefused: 422, or a failed queued job).
-    params["content_tier"], _ = policy.check_generation_prompt(body, settings.content_tier_default, body.get("id"))
+    # The content policy on the prompt and compel weights (ContentPolicyRefused: 422, or a failed queued job):
+    # the word rules, then the text classifier (workers/runtime/text_safety.py) on the same text.
+    tier, rules_check = policy.check_generation_prompt(body, settings.content_tier_default, body.get("id"))
+    classifier_check = text_safety.require(text_safety.check_text(
+        settings, [body.get("prompt"), body.get("compel_weights")], tier=tier, stage="prompt", job_id=body.get("id")))
+    params["content_tier"] = tier
+    params[CONTENT_CHECKS] = [rules_check.public(), classifier_check.public()]
     engine.check_request(params)
     return params
 
@@ -31,11 +40,14 @@ def admit(engine: Any, host: Any, params: dict) -> None:
 
 def parameters_used(params: dict) -> dict:
     """The parameters as reported (job records, callbacks): data: URLs summarised, caller fields apart."""
-    return summarise_data_urls({k: v for k, v in params.items() if k != "caller_metadata"})
+    return summarise_data_urls({k: v for k, v in params.items() if k not in ("caller_metadata", CONTENT_CHECKS)})
 
 
 def job_metadata(body: dict, params: dict, **extra: Any) -> dict:
-    """The metadata a job record starts with: prompts, parameters as used, the caller's own fields."""
+    """The metadata a job record starts with: prompts, parameters as used, the caller's own fields, the
+    admission's content-policy checks (taken out of `params`, so the job's parameters and provenance do not
+    carry them)."""
+    checks = params.pop(CONTENT_CHECKS)
     return {"original_prompt": body["prompt"], "enhanced_prompt": None, "parameters": parameters_used(params),
             "caller_metadata": summarise_data_urls(params.get("caller_metadata", {})),
-            "content_policy": policy.prompt_entry(params["content_tier"]), **extra}
+            "content_policy": {"tier": params["content_tier"], "checks": checks}, **extra}
