@@ -3,8 +3,10 @@ normalisation, and the pure decisions (GPU plan, cleaning, sampling) on hand-mad
 import contextlib
 import copy
 import dataclasses
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from configuration.settings import Settings
 from workers.engines.chat import Batcher, ChatEngine, Overloaded, clean_enhancement
 from workers.engines.chat.decoding import Detokenizer, find_stop, held_back
 from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_bytes_per_token
-from workers.engines.chat.prompts import TEMPLATE_TOKENS_PER_MESSAGE, render_template
+from workers.engines.chat.prompts import render_template
 from workers.engines.chat.running import RunningBatch
 from workers.engines.chat.sampling import penalise, sample_rows
 from workers.runtime.local_memory import LocalMemory
@@ -63,22 +65,21 @@ def test_gpu_plan_is_the_attention_kernel():
 def test_kv_cache_working_memory():
     qwen7b = {"hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4, "num_hidden_layers": 28}
     assert kv_cache_bytes_per_token(qwen7b, dtype_bytes=2) == 2 * 28 * 4 * 128 * 2  # 56 KiB per token in bf16
-    short = {"text": "abc", "messages": None, "max_tokens": 10}
-    long = {"text": None, "messages": [{"role": "user", "content": "é" * 50}], "max_tokens": 4}
-    # two rows, each as wide as the longest prompt bound (100 bytes + markers) plus the largest max_tokens
-    assert batch_working_bytes([short, long], per_token=1) == 2 * (100 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 10)
+    # two rows (prompt tokens, max_tokens), each as wide as the longest prompt plus the largest max_tokens;
+    # prompts of different lengths are padded: the boolean mask rows x longest^2 counts
+    assert batch_working_bytes([(3, 10), (100, 4)], per_token=1) == 2 * (100 + 10) + 2 * 100 * 100
+    # one length: no padding, no mask
+    assert batch_working_bytes([(100, 10), (100, 4)], per_token=1) == 2 * (100 + 10)
 
 
 def test_engine_working_bytes_from_the_model_config(engine, chat_settings):
     p = params(chat_settings, messages=[{"role": "user", "content": "x" * 10}], max_tokens=6)
     per_token = 2 * 2 * 2 * 16 * 4  # placeholder: 2 layers, 2 KV heads of 16, float32 on CPU
     prefill = 4 * (4 * 64 + 2 * 2 * 16 + 3 * 128)  # hidden 64, intermediate 128 (issue 14: activations count)
-    prompt, width = 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE, 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE + 6
-    assert engine.working_bytes(p) == per_token * width + prefill * prompt + width * width * 4
-    # the bound holds for the real tokenisation
-    assert len(engine.prompt_ids(p)) <= 10 + 2 * TEMPLATE_TOKENS_PER_MESSAGE
-
-
+    vocab = json.loads((Path(engine.configs["qwen_instruct"]["path"]) / "config.json").read_text())["vocab_size"]
+    sampling = vocab * 9  # float32 logits, bool seen flags, float32 counts per row
+    prompt = len(engine.prompt_ids(p))  # the real token count, not a bound from UTF-8 bytes (issue 20)
+    assert engine.working_bytes(p) == per_token * (prompt + 6) + prefill * prompt + sampling
 def test_base_template_rendering_is_configuration():
     template = chat_config()["models"]["qwen_base"]["template"]
     text = render_template([{"role": "system", "content": "SYS"}, {"role": "user", "content": "a fox"}], template)

@@ -272,12 +272,16 @@ def test_chat_working_memory_counts_prefill_activations_and_the_attention_mask()
 
     qwen = arch_config("qwen2.5-7b-instruct/config.json")
     kv, prefill = kv_cache_bytes_per_token(qwen, 2), prefill_bytes_per_token(qwen, 2)
-    assert kv == 57344 and 2 * kv < prefill < 3 * kv  # 56 KiB of KV cache, about 134 KiB of activations
-    rows = [{"text": "x" * 8000, "messages": None, "max_tokens": 256}] * 8
+    assert kv == 57344 and prefill == 144384  # 56 KiB of KV cache, 141 KiB of prefill activations per token
+    rows = [(8000, 256)] * 8
     kv_only = batch_working_bytes(rows, kv)
-    full = batch_working_bytes(rows, kv, prefill, 2)
-    assert full - kv_only == prefill * 8 * 8000 + attention_mask_bytes(8, 8256, 2)
-    assert full > 3 * kv_only  # 8 rows of 8k tokens: 14.1 GB, the KV cache alone 3.8 GB
+    full = batch_working_bytes(rows, kv, prefill)
+    assert full - kv_only == prefill * 8 * 8000  # one prompt length: no padding, no mask
+    assert full > 3 * kv_only  # 8 rows of 8k tokens: 13.0 GB, the KV cache alone 3.8 GB
+    mixed = [(8000, 256)] + [(4000, 256)] * 7
+    assert batch_working_bytes(mixed, kv, prefill) - full == attention_mask_bytes([8000] + [4000] * 7) == 8 * 8000**2
+    # issue 20: a 28k-token prompt is leased its token count's memory (5.4 GiB), not 44.6 GiB from UTF-8 bytes
+    assert batch_working_bytes([(28672, 256)], kv, prefill) < 5.5 * 2**30
 
 
 def test_a_batch_refused_for_memory_is_split_and_every_request_answered(placeholder_dir, tmp_path):
@@ -292,7 +296,8 @@ def test_a_batch_refused_for_memory_is_split_and_every_request_answered(placehol
     probe = ChatEngine(settings)
     requests = [chat_params.chat({"model": "qwen_instruct", "messages": [{"role": "user", "content": "y" * 1500}],
                                   "max_tokens": 4, "seed": i}, settings) for i in range(4)]
-    one, four = probe.batch_working_bytes(requests[:1]), probe.batch_working_bytes(requests)
+    rows = [(len(probe.prompt_ids(p)), p["max_tokens"]) for p in requests]
+    one, four = probe.batch_working_bytes("qwen_instruct", rows[:1]), probe.batch_working_bytes("qwen_instruct", rows)
     weights = probe.memory_estimate("qwen_instruct")
     budget_mb = (weights + one + (four - one) // 4) // 2**20 + 1  # one row fits, four do not
     assert weights + four > budget_mb * 2**20 >= weights + one
@@ -330,4 +335,4 @@ def test_every_engine_warms_up_at_load_on_cuda_only_and_its_warm_up_runs(placeho
         engine = cls(settings)
         assert engine.warm_up_at_load is False
         engine.load(model)
-        engine._warm_up(model) if cls is not SDXLEngine else engine._warm_up()
+        engine.warm_up(model)

@@ -107,11 +107,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
 
 
-def release_cached_memory(device: str) -> None:
-    """After a job on CUDA: unreferenced tensors collected and the allocator's cached blocks returned, so
-    device-wide readings (NVML, mem_get_info, the broker) show what is really held. Nothing on CPU."""
-    if device == "cuda":
-        import gc
+def release_cached_memory(device: str, empty_cache=None) -> bool:
+    """After a job on CUDA: unreferenced tensors collected and the allocator's cached blocks returned
+    (`empty_cache`, torch.cuda.empty_cache unless given), so device-wide readings (NVML, mem_get_info, the
+    broker) show what is really held. Nothing on CPU. Returns whether it released."""
+    if device != "cuda":
+        return False
+    import gc
 
-        gc.collect()
-        torch.cuda.empty_cache()
+    gc.collect()
+    (empty_cache or torch.cuda.empty_cache)()
+    return True

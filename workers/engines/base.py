@@ -45,8 +45,16 @@ class Engine(ABC, Generic[P]):
     @property
     def warm_up_at_load(self) -> bool:
         """Run one small generation right after a load (lazy CUDA init, kernel and cuDNN plan selection and,
-        with torch.compile, the compilation), so the first request does not pay for it: on CUDA only."""
+        with torch.compile, the compilation), so the first request does not pay for it: on CUDA only.
+        ModelHost runs it (`warm_up`) inside the model's lease, with `warm_up_working_bytes` leased as a job's."""
         return self.device == "cuda"
+
+    def warm_up(self, model: str) -> None:
+        """One small generation on a model just loaded (an engine without one does nothing)."""
+
+    def warm_up_working_bytes(self, model: str) -> int:
+        """Activation memory the warm-up needs beyond the weights (leased like a job's)."""
+        return 0
 
     def model_names(self) -> list[str]:
         return list(self.configs)

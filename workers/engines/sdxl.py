@@ -115,12 +115,11 @@ class SDXLEngine(Engine[SDXLParams]):
         self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipe, dtype=dtype)
         self.img2img.set_progress_bar_config(disable=True)
         self._compel = None
-        if self.warm_up_at_load:
-            self._warm_up()
 
-    def _warm_up(self) -> None:
+    def warm_up(self, model: str) -> None:
         """One 2-step image at the preset size right after the load (kernel selection, lazy CUDA init and,
-        with torch.compile, the compilation for this shape), so the first request does not pay for it."""
+        with torch.compile, the compilation for this shape), so the first request does not pay for it.
+        ModelHost runs it inside the model's lease, with `warm_up_working_bytes` leased."""
         from configuration import preset_defaults
 
         size = preset_defaults("sdxl_image_fast", self.settings)
@@ -128,6 +127,12 @@ class SDXLEngine(Engine[SDXLParams]):
             self.txt2img(prompt="", width=size["width"], height=size["height"], num_inference_steps=2,
                          guidance_scale=size["guidance_scale"], output_type="pil")
         devices.release_cached_memory(self.device)
+
+    def warm_up_working_bytes(self, model: str) -> int:
+        from configuration import preset_defaults
+
+        size = preset_defaults("sdxl_image_fast", self.settings)
+        return self._activation_bytes(1, size["width"], size["height"])
 
     def unload(self, model: str) -> None:
         self.txt2img = self.img2img = self._compel = None
@@ -169,10 +174,13 @@ class SDXLEngine(Engine[SDXLParams]):
         return {"image": params["reference"]["url"]} if params["reference"] else {}
 
     def working_bytes(self, params: SDXLParams) -> int:
+        return self._activation_bytes(params["num_images"], params["width"], params["height"])
+
+    def _activation_bytes(self, images: int, width: int, height: int) -> int:
         # Activations scale with batch x pixels; about 1.2 GB per 1024x1024 image in fp16 with CFG.
         if self.settings.model_profile == "placeholder":
             return 0
-        return int(1.2 * 1024**3 * params["num_images"] * params["width"] * params["height"] / (1024 * 1024))
+        return int(1.2 * 1024**3 * images * width * height / (1024 * 1024))
 
     def run(self, params: SDXLParams, ctx) -> list[GeneratedAsset]:
         memory_saving = bool(getattr(ctx, "memory_saving", False))

@@ -210,24 +210,34 @@ class WanEngine(Engine[WanParams]):
             self._footprint[model] = devices.module_bytes(*self.modules(model))
         log.info("loaded %s from %s (text encoder on %s, offload %s, shared with the other model: %s)",
                  model, path, te_device, offload, shared or "nothing")
-        if self.warm_up_at_load and model == T2V:
-            self._warm_up(model)
 
-    def _warm_up(self, model: str) -> None:
-        """One step of the video_fast preset right after the load (cuDNN's plans for the VAE's 3D convolutions,
-        lazy CUDA init and, with torch.compile, the compilation for this shape); the negative prompt's
-        embeddings land in the cache on the way."""
-        from configuration import preset_defaults
-
-        preset = preset_defaults("video_fast", self.settings)
+    def warm_up(self, model: str) -> None:
+        """One step of the video_fast preset and its VAE decode right after the load (cuDNN's plans for the
+        VAE's 3D convolutions, lazy CUDA init and, with torch.compile, the compilation for this shape); the
+        negative prompt's embeddings land in the cache on the way. ModelHost runs it inside the model's
+        lease, with `warm_up_working_bytes` leased. Only text-to-video warms up: VACE runs the same kernels."""
+        if model != T2V:
+            return
+        preset = self._warm_up_preset()
         loaded = self._loaded[model]
         target = str(loaded.pipe._execution_device)
         with torch.no_grad():
             loaded.pipe(prompt_embeds=loaded.prompts.encode("", target),
                         negative_prompt_embeds=loaded.prompts.encode_negative(preset["negative_prompt"], target),
                         height=preset["height"], width=preset["width"], num_frames=preset["frames"],
-                        num_inference_steps=1, guidance_scale=preset["guidance_scale"], output_type="latent")
+                        num_inference_steps=1, guidance_scale=preset["guidance_scale"], output_type="np")
         devices.release_cached_memory(self.device)
+
+    def _warm_up_preset(self) -> dict:
+        from configuration import preset_defaults
+
+        return preset_defaults("video_fast", self.settings)
+
+    def warm_up_working_bytes(self, model: str) -> int:
+        if model != T2V:
+            return 0
+        preset = self._warm_up_preset()
+        return working_bytes_estimate(self.configs[model]["gpu"], preset["width"], preset["height"], preset["frames"])
 
     def unload(self, model: str) -> None:
         self._loaded.pop(model, None)

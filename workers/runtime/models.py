@@ -1,7 +1,9 @@
 """ModelHost: the one place where an engine's models are loaded, used and unloaded.
 
 It guarantees that a model is never unloaded while a job is using it (unload waits, then answers
-busy), asks the memory client for a lease before loading, and reports resident bytes. Each load
+busy), asks the memory client for a lease before loading, and reports resident bytes. On CUDA a load ends
+with the engine's warm-up, inside the lease; a warm-up that fails unloads the model and releases its lease
+(the load fails with the reason), so no model is ever resident outside a lease. Each load
 records the SHA-256 of the model's weight files (`fingerprints`, for provenance; cached by path, size
 and mtime, so only a changed file is read again).
 """
@@ -12,8 +14,9 @@ import logging
 import threading
 import time
 
-from common.errors import ModelBusy
+from common.errors import JobFailed, MemoryUnavailable, ModelBusy
 from common.metrics import process_metrics
+from workers import devices
 from workers.runtime.provenance import WeightHashes
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,21 @@ class ModelHost:
                 return
             self._loading.add(model)
         try:
-            self.memory.acquire(model, self.engine.memory_estimate(model), working_bytes)
+            # An engine that does not derive from Engine (the runtime's test doubles) declares no warm-up.
+            warm_up = bool(getattr(self.engine, "warm_up_at_load", False))
+            warm_bytes = self.engine.warm_up_working_bytes(model) if warm_up else 0
+            self.memory.acquire(model, self.engine.memory_estimate(model), max(working_bytes, warm_bytes))
             try:
                 started = time.monotonic()
                 fingerprints = [self.weights.fingerprint(model, path) for path in self.engine.weight_paths(model)]
                 self.engine.load(model)
+                if warm_up:
+                    self._warm_up(model, warm_bytes)
             except BaseException:
+                # Nothing stays resident outside a lease: a load or warm-up that fails half-way unloads
+                # what it loaded before the lease goes.
+                if self.engine.is_loaded(model):
+                    self.engine.unload(model)
                 self.memory.release(model)
                 raise
             self.fingerprints[model] = fingerprints
@@ -98,6 +110,23 @@ class ModelHost:
             with self._cond:
                 self._loading.discard(model)
                 self._cond.notify_all()
+
+    def _warm_up(self, model: str, working_bytes: int) -> None:
+        """The engine's warm-up, its activations leased like a job's. A failure fails the load with the
+        reason (the caller unloads the model); running out of memory is a memory refusal."""
+        self.memory.job_started(working_bytes)
+        try:
+            self.engine.warm_up(model)
+        except (MemoryUnavailable, JobFailed):
+            raise
+        except Exception as exc:
+            if devices.is_out_of_memory(exc):
+                raise MemoryUnavailable(f"{model} loaded but ran out of device memory in its warm-up; unloaded",
+                                        details={"model": model, "working_bytes": working_bytes}) from exc
+            raise JobFailed(f"{model} loaded but its warm-up failed ({type(exc).__name__}: {exc}); "
+                            "unloaded") from exc
+        finally:
+            self.memory.job_finished()
 
     def admit(self, models: list[str], working_bytes: int) -> None:
         """Raise MemoryUnavailable (too_big) before queueing a job that could never fit in memory."""

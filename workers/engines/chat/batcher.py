@@ -8,9 +8,17 @@ wait for the next batch. Either way the first request waits up to `window_s` for
 requests behind it wait (first come, first served).
 
 Memory: a busy period (from the first admitted request until the batch is empty again) holds the model
-in use (`ModelHost.use`) with the KV-cache bound of its rows as working memory; when rows join, the
-lease is grown to the bound of the rows then running, and a refusal keeps the newcomers waiting until
-the batch drains.
+in use (`ModelHost.use`) with the working-memory bound of its rows (plan.batch_working_bytes). When rows
+would join and need more, the lease is grown on a thread of its own (`Growth`: under the orchestrator the
+broker answers only when it can grant, up to LEASE_TIMEOUT_S) while the running rows keep decoding; the
+newcomers join at the first step after the grant. A refusal sends them back to the front of the queue,
+and for the rest of the busy period rows join only within the lease already held. A busy period ends by
+returning the allocator's cached blocks to the device (`ChatEngine.release_cached_memory`).
+
+A CUDA out-of-memory error never fails the batch as a whole: the cache is freed and the step is retried;
+if it fails again, the most recently admitted half of the rows is refused (`insufficient_memory`) and the
+rest retried, down to one row. A prefill that runs out of memory is retried in halves, and only a request
+that cannot be prefilled alone is refused.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import threading
 import time
 
 from common.errors import CANCELLED, OVERLOADED, JobFailed, MemoryUnavailable, Unavailable
+from workers import devices
 from workers.engines.chat.generation import Generation
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,34 @@ class Overloaded(Unavailable):
         super().__init__(message, retry_after_s=1)
 
 
+class Growth:
+    """One request to grow the working-memory lease to `need` bytes for `joining`, asked on its own thread
+    so the batch keeps decoding while the memory client waits for an answer."""
+
+    def __init__(self, memory, need: int, joining: list[Generation]):
+        self.need, self.joining = need, joining
+        self.error: MemoryUnavailable | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._ask, args=(memory,), name="chat-lease-growth", daemon=True)
+        self._thread.start()
+
+    def _ask(self, memory) -> None:
+        try:
+            memory.grow_working(self.need)
+        except MemoryUnavailable as exc:
+            self.error = exc
+        except Exception as exc:  # the memory client failed in a way it does not name: a refusal, said so
+            log.exception("growing the working-memory lease failed")
+            self.error = MemoryUnavailable(f"the working-memory lease could not be grown ({type(exc).__name__})")
+        finally:
+            self.done.set()
+
+
+def out_of_memory_refusal(rows: int) -> MemoryUnavailable:
+    return MemoryUnavailable(f"the device ran out of memory for this request in a batch of {rows} (CUDA out of "
+                             "memory after freeing the cache and retrying with fewer rows)", details={"rows": rows})
+
+
 class Batcher:
     """Generations arrive validated (`ChatEngine.prepare`): what can still fail here is the model or the
     memory, never the request, and every admitted generation is answered either way."""
@@ -45,6 +82,7 @@ class Batcher:
         self._waiting: collections.deque[Generation] = collections.deque()
         self._cond = threading.Condition()
         self.batches = self.rows = 0    # busy periods, generations admitted
+        self.out_of_memory = 0          # out-of-memory errors recovered from (steps and prefills)
         self._thread = threading.Thread(target=self._loop, name=f"chat-batcher-{model}", daemon=True)
         self._thread.start()
 
@@ -77,6 +115,11 @@ class Batcher:
                 taken.append(self._waiting.popleft())
         return taken
 
+    def _requeue(self, generations: list[Generation]) -> None:
+        with self._cond:
+            self._waiting.extendleft(reversed(generations))
+            self._cond.notify_all()
+
     def _first(self) -> list[Generation]:
         """Block until a generation waits, then give it `window_s` to find company."""
         with self._cond:
@@ -87,6 +130,10 @@ class Batcher:
                 if remaining <= 0 or not self._cond.wait(remaining):
                     break
         return self._take(self.batch_size, running=0, exclusive=False)
+
+    def _bound(self, generations: list[Generation]) -> int:
+        return self.engine.batch_working_bytes(self.model, [(len(g.prompt_ids), g.params["max_tokens"])
+                                                            for g in generations])
 
     # ---- the loop -----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -99,14 +146,25 @@ class Batcher:
         self.batches += 1
         self.rows += len(admitted)
         batch = None
+        growth: Growth | None = None
         try:
-            leased = self.engine.batch_working_bytes([g.params for g in admitted])
+            leased = self._bound(admitted)
             with self.host.use([self.model], leased), self.engine.running(self.model) as batch:
-                batch.admit(admitted)
-                while len(batch):
-                    batch.step()
-                    if self.continuous and len(batch) < self.batch_size:
-                        leased = self._join(batch, leased)
+                self._admit(batch, admitted)
+                may_grow = True
+                while True:
+                    if len(batch):
+                        self._step(batch)
+                    if growth is not None and (growth.done.is_set() or not len(batch)):
+                        # An empty batch waits for the answer (nothing runs whose pace it could slow): a grant
+                        # arriving after this busy period ended would hold memory no job uses.
+                        growth.done.wait()
+                        leased, may_grow = self._settle(batch, growth, leased, may_grow)
+                        growth = None
+                    if growth is None and self.continuous and len(batch) < self.batch_size:
+                        leased, growth = self._join(batch, leased, may_grow)
+                    if not len(batch) and growth is None:
+                        break
         except MemoryUnavailable as exc:
             if batch is None and len(admitted) > 1:
                 # Refused before it ran: the batch is split, not failed. The second half goes back to the
@@ -117,47 +175,108 @@ class Batcher:
                          exc.message)
                 self.batches -= 1
                 self.rows -= len(admitted)
-                with self._cond:
-                    self._waiting.extendleft(reversed(admitted[half:]))
+                self._requeue(admitted[half:])
                 self._busy_period(admitted[:half])
                 return
             log.warning("chat batch on %s failed: %s", self.model, exc)
-            self._fail(admitted, batch, exc)
+            self._fail(admitted, batch, exc, growth)
         except JobFailed as exc:
             log.warning("chat batch on %s failed: %s", self.model, exc)
-            self._fail(admitted, batch, exc)
+            self._fail(admitted, batch, exc, growth)
         except Exception as exc:  # every admitted request must get an answer
             log.exception("chat batch on %s failed", self.model)
-            self._fail(admitted, batch, exc)
+            self._fail(admitted, batch, exc, growth)
+        finally:
+            self.engine.release_cached_memory()
 
-    def _join(self, batch, leased: int) -> int:
-        """Admit waiting generations into the running batch; returns the working memory now leased."""
+    def _join(self, batch, leased: int, may_grow: bool) -> tuple[int, Growth | None]:
+        """Admit waiting generations that fit in the lease held; ask for more on a Growth thread when they
+        do not (at most one at a time, none after a refusal in this busy period)."""
         exclusive = any(row.generation.params["reproducible"] for row in batch.rows)
         joining = self._take(self.batch_size - len(batch), running=len(batch), exclusive=exclusive)
         if not joining:
-            return leased
-        need = self.engine.batch_working_bytes([r.generation.params for r in batch.rows] + [g.params for g in joining])
-        if need > leased:
-            try:
-                self.host.memory.grow_working(need)  # grows this worker's working-memory lease
-            except MemoryUnavailable as exc:
-                log.info("no memory for %d more rows on %s now (%s); they wait for the batch to drain",
-                         len(joining), self.model, exc.message)
-                with self._cond:
-                    self._waiting.extendleft(reversed(joining))
-                return leased
+            return leased, None
+        need = self._bound([row.generation for row in batch.rows] + joining)
+        if need <= leased:
+            self._enter(batch, joining)
+            return leased, None
+        if not may_grow:
+            self._requeue(joining)
+            return leased, None
+        return leased, Growth(self.host.memory, need, joining)
+
+    def _settle(self, batch, growth: Growth, leased: int, may_grow: bool) -> tuple[int, bool]:
+        """The answer to a Growth: the newcomers join, or they go back to the front of the queue."""
+        if growth.error is not None:
+            log.info("no memory for %d more rows on %s now (%s); they wait for the batch to drain",
+                     len(growth.joining), self.model, growth.error.message)
+            self._requeue(growth.joining)
+            return leased, False
+        self._enter(batch, growth.joining)
+        return max(leased, growth.need), may_grow
+
+    def _enter(self, batch, joining: list[Generation]) -> None:
         self.rows += len(joining)
         try:
-            batch.admit(joining)
+            self._admit(batch, joining)
         except BaseException as exc:  # the batch fails as a whole (_busy_period); these were not in it yet
             for g in joining:
                 g.fail(exc)
             raise
-        return max(need, leased)
+
+    # ---- out of memory ------------------------------------------------------------------------------
+    def _admit(self, batch, generations: list[Generation]) -> None:
+        """Prefill `generations` into the batch; after an out-of-memory error, free the cache and try them in
+        halves; a generation that cannot be prefilled alone is refused with insufficient_memory."""
+        try:
+            batch.admit(generations)
+            return
+        except Exception as exc:
+            if not devices.is_out_of_memory(exc):
+                raise
+        self.out_of_memory += 1
+        self.engine.release_cached_memory()
+        if len(generations) == 1:
+            log.warning("out of device memory prefilling one request on %s (batch of %d); refused", self.model,
+                        len(batch) + 1)
+            generations[0].fail(out_of_memory_refusal(len(batch) + 1))
+            return
+        half = len(generations) // 2
+        log.warning("out of device memory prefilling %d requests on %s; retrying them in halves", len(generations),
+                    self.model)
+        self._admit(batch, generations[:half])
+        self._admit(batch, generations[half:])
+
+    def _step(self, batch) -> None:
+        """One decode step; after an out-of-memory error, free the cache and retry, then refuse the most
+        recently admitted half of the rows and retry with the rest, down to one row."""
+        try:
+            batch.step()
+            return
+        except Exception as exc:
+            if not devices.is_out_of_memory(exc):
+                raise
+        self.out_of_memory += 1
+        self.engine.release_cached_memory()
+        while True:
+            try:
+                batch.step()
+                return
+            except Exception as exc:
+                if not devices.is_out_of_memory(exc):
+                    raise
+            self.engine.release_cached_memory()
+            rows = len(batch)
+            refused = max(1, rows // 2)
+            log.warning("out of device memory decoding %d rows on %s after freeing the cache; refusing the %d "
+                        "admitted last", rows, self.model, refused)
+            batch.evict(refused, out_of_memory_refusal(rows))
+            if not len(batch):
+                return
 
     @staticmethod
-    def _fail(admitted: list[Generation], batch, exc: BaseException) -> None:
+    def _fail(admitted: list[Generation], batch, exc: BaseException, growth: Growth | None = None) -> None:
         if batch is not None:
             batch.fail_all(exc)
-        for g in admitted:  # those that never made it into the batch (finished ones ignore this)
-            g.fail(exc)
+        for g in admitted + (growth.joining if growth is not None else []):
+            g.fail(exc)  # those that never made it into the batch (finished ones ignore this)

@@ -28,7 +28,13 @@ from workers import devices
 from workers.engines.base import Engine
 from workers.engines.chat.batcher import Batcher
 from workers.engines.chat.generation import Generation
-from workers.engines.chat.plan import batch_working_bytes, gpu_plan, kv_cache_bytes_per_token, prefill_bytes_per_token
+from workers.engines.chat.plan import (
+    batch_working_bytes,
+    gpu_plan,
+    kv_cache_bytes_per_token,
+    prefill_bytes_per_token,
+    sampling_bytes_per_row,
+)
 from workers.engines.chat.prompts import prompt_text
 from workers.engines.chat.running import RunningBatch
 
@@ -54,8 +60,8 @@ class ChatEngine(Engine[ChatParams]):
         self._tokenizer_locks = {m: threading.Lock() for m in self.configs}
         self._generate_locks = {m: threading.Lock() for m in self.configs}
         self._batchers: dict[str, Batcher] = {}
-        self._kv_per_token: dict[str, int] = {}
-        self._prefill_per_token: dict[str, int] = {}
+        self._memory_terms: dict[str, tuple[int, int, int]] = {}  # model -> KV, prefill per token, per row
+        self.cache_releases = 0  # busy periods and out-of-memory errors after which the cache was released
 
     # model lifecycle
     def modules(self, model: str) -> list:
@@ -103,45 +109,53 @@ class ChatEngine(Engine[ChatParams]):
         lm.generation_config = GenerationConfig(bos_token_id=lm.generation_config.bos_token_id,
                                                 eos_token_id=eos_ids, pad_token_id=pad_id)
         self._loaded[model] = LoadedModel(lm, tokenizer, eos_ids, pad_id, list(tokenizer.all_special_tokens))
-        if self.warm_up_at_load:
-            self._warm_up(model)
 
-    def _warm_up(self, model: str) -> None:
+    def warm_up(self, model: str) -> None:
         """A 4-token answer right after the load (lazy CUDA init, cuBLAS and attention kernel selection), so
-        the first request does not pay for it."""
-        from configuration.params import chat as chat_params
-
-        generation = self.prepare(chat_params.chat({"model": model, "max_tokens": 4, "seed": 0,
-                                                    "messages": [{"role": "user", "content": "hello"}]},
-                                                   self.settings))
+        the first request does not pay for it. ModelHost runs it inside the model's lease."""
+        generation = self.prepare(self._warm_up_params(model))
         self.generate([generation])
         generation.wait(0)
         devices.release_cached_memory(self.device)
+
+    def _warm_up_params(self, model: str) -> ChatParams:
+        from configuration.params import chat as chat_params
+
+        return chat_params.chat({"model": model, "max_tokens": 4, "seed": 0,
+                                 "messages": [{"role": "user", "content": "hello"}]}, self.settings)
+
+    def warm_up_working_bytes(self, model: str) -> int:
+        return self.working_bytes(self._warm_up_params(model))
 
     def unload(self, model: str) -> None:
         self._loaded.pop(model, None)
         devices.empty_cache(self.device)
 
+    def release_cached_memory(self) -> None:
+        """After a busy period or an out-of-memory error: the allocator's cached blocks go back to the
+        device (CUDA only; devices.release_cached_memory)."""
+        self.cache_releases += 1
+        devices.release_cached_memory(self.device)
+
     def required_models(self, params: ChatParams) -> list[str]:
         return [params["model"]]
 
     def working_bytes(self, params: ChatParams) -> int:
-        return self.batch_working_bytes([params])
+        return self.batch_working_bytes(params["model"], [(len(self.prompt_ids(params)), params["max_tokens"])])
 
-    def batch_working_bytes(self, batch: list) -> int:
-        """Memory a batch needs beyond the weights (its KV cache), part of the memory lease."""
-        model = batch[0]["model"]
-        if model not in self._kv_per_token:
+    def batch_working_bytes(self, model: str, rows: list[tuple[int, int]]) -> int:
+        """Memory a batch needs beyond the weights, from each row's (prompt tokens, max_tokens): KV cache,
+        prefill activations, the padded prefill's mask, sampling state (plan.batch_working_bytes)."""
+        if model not in self._memory_terms:
             config_file = Path(self._path(model)) / "config.json"
             try:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise JobFailed(f"cannot read {config_file}: {exc}", code=MODEL_NOT_CONFIGURED) from None
             itemsize = self.dtype(model).itemsize
-            self._kv_per_token[model] = kv_cache_bytes_per_token(config, itemsize)
-            self._prefill_per_token[model] = prefill_bytes_per_token(config, itemsize)
-        return batch_working_bytes(batch, self._kv_per_token[model], self._prefill_per_token[model],
-                                   self.dtype(model).itemsize)
+            self._memory_terms[model] = (kv_cache_bytes_per_token(config, itemsize),
+                                         prefill_bytes_per_token(config, itemsize), sampling_bytes_per_row(config))
+        return batch_working_bytes(rows, *self._memory_terms[model])
 
     def model_info(self, model: str) -> dict:
         plan = gpu_plan(self.configs[model]["gpu"])

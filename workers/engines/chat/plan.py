@@ -1,8 +1,6 @@
 """Pure decisions about running a chat model: device settings and KV-cache memory (unit-tested on CPU)."""
 from __future__ import annotations
 
-from workers.engines.chat.prompts import prompt_token_bound
-
 
 def gpu_plan(gpu: dict) -> dict:
     """How a chat model runs on the device: its attention kernel (SDPA unless configured otherwise). There is
@@ -22,7 +20,8 @@ def prefill_bytes_per_token(model_config: dict, dtype_bytes: int) -> int:
     """Activation bytes one prompt token holds at the prefill's widest point (one decoder layer at a time):
     the residual, normalised hidden states and attention output (3 x hidden), q/k/v (hidden + 2 x the KV
     width), and the SwiGLU MLP's gate, up and activated intermediate (3 x intermediate). Qwen2.5-7B in bf16:
-    about 134 KiB a token, more than twice its 56 KiB of KV cache."""
+    141 KiB a token (144,384 bytes), two and a half times its 56 KiB of KV cache; the accounting of every
+    tensor a prefill allocates (benchmarks/chat_memory_bound.py) measures 139.5-140.5 KiB."""
     heads = model_config["num_attention_heads"]
     kv_heads = model_config.get("num_key_value_heads") or heads
     head_dim = model_config.get("head_dim") or model_config["hidden_size"] // heads
@@ -30,18 +29,30 @@ def prefill_bytes_per_token(model_config: dict, dtype_bytes: int) -> int:
     return dtype_bytes * (3 * hidden + hidden + 2 * kv_heads * head_dim + 3 * intermediate)
 
 
-def attention_mask_bytes(rows: int, width: int, dtype_bytes: int) -> int:
-    """The 4D mask a left-padded batch carries into attention: rows x 1 x width x width (8 rows of 8k
-    tokens: 1 GiB in bf16)."""
-    return rows * width * width * dtype_bytes
+def sampling_bytes_per_row(model_config: dict) -> int:
+    """Per-row state beside the model: the last position's logits in float32, the row's seen-token flags
+    (bool) and generated-token counts (float32) over the vocabulary (sampling.BatchSampling)."""
+    return model_config["vocab_size"] * (4 + 1 + 4)
 
 
-def batch_working_bytes(batch: list, per_token: int, prefill_per_token: int = 0, mask_dtype_bytes: int = 0) -> int:
-    """Working memory of a left-padded batch: its KV cache (every row as wide as the longest prompt plus the
-    largest max_tokens), the prefill's activations over every row's prompt, and the batch's attention mask.
-    At long prompts the last two are several times the KV cache."""
-    prompt = max(prompt_token_bound(p) for p in batch)
-    width = prompt + max(p["max_tokens"] for p in batch)
-    rows = len(batch)
-    return (per_token * rows * width + prefill_per_token * rows * prompt
-            + attention_mask_bytes(rows, width, mask_dtype_bytes))
+def attention_mask_bytes(prompts: list[int]) -> int:
+    """The boolean 4D mask transformers builds for SDPA when a prefill has padding (prompts of different
+    lengths): rows x 1 x longest x longest, one byte each, alive through the whole forward. Rows of one
+    length are prefilled without a mask (SDPA's is_causal; RunningBatch.admit passes none), and the mask's
+    transient copies at its creation come before any activation exists, so they never make the peak."""
+    if len(set(prompts)) <= 1:
+        return 0
+    return len(prompts) * max(prompts) ** 2
+
+
+def batch_working_bytes(rows: list[tuple[int, int]], per_token: int, prefill_per_token: int = 0,
+                        per_row: int = 0) -> int:
+    """Working memory of a left-padded batch, from each row's (prompt tokens, max_tokens): its KV cache (every
+    row as wide as the longest prompt plus the largest max_tokens), the prefill's activations over every
+    row's prompt at the widest (prefill_per_token x rows x longest prompt), the padded prefill's attention
+    mask, and each row's sampling state."""
+    prompt = max(p for p, _ in rows)
+    width = prompt + max(m for _, m in rows)
+    count = len(rows)
+    return (per_token * count * width + prefill_per_token * count * prompt
+            + attention_mask_bytes([p for p, _ in rows]) + per_row * count)

@@ -48,7 +48,9 @@ class RunningBatch:
         return len(self.rows)
 
     def admit(self, generations: list[Generation]) -> None:
-        """Prefill the prompts of new generations together, pick each one's first token, and append them."""
+        """Prefill the prompts of new generations together, pick each one's first token, and append them.
+        Nothing of the running rows changes until the prefill has succeeded: an out-of-memory error here
+        leaves the batch as it was (the batcher then retries the newcomers in smaller groups)."""
         loaded, count = self.loaded, len(generations)
         started = time.monotonic()
         rows = [Row(g, loaded.tokenizer, loaded.eos_ids, loaded.special_tokens, started) for g in generations]
@@ -62,33 +64,54 @@ class RunningBatch:
 
         cache = DynamicCache(config=loaded.model.config)
         mask = mask.to(self.device)
+        # Prompts of one length have no padding: no mask, so transformers builds no rows x width x width mask
+        # and SDPA runs causal (plan.attention_mask_bytes counts the mask only for mixed lengths).
+        padded = len({len(r.prompt_ids) for r in rows}) > 1
         with torch.inference_mode():
-            out = loaded.model(input_ids=ids.to(self.device), attention_mask=mask,
+            out = loaded.model(input_ids=ids.to(self.device), attention_mask=mask if padded else None,
                                position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
                                use_cache=True, logits_to_keep=1)
+        sampling = self.sampling.adding([g.params for g in generations], [r.prompt_ids for r in rows])
+        tokens = sampling.next_tokens(out.logits[:, -1, :], len(self.rows))
         self._merge(out.past_key_values, mask)
+        self.sampling = sampling
         start = len(self.rows)
         self.rows += rows
         self.positions += [len(r.prompt_ids) for r in rows]
         self.last += [0] * count
-        self.sampling.add([g.params for g in generations], [r.prompt_ids for r in rows])
         for g in generations:
             g.started()
-        self._advance(start, self.sampling.next_tokens(out.logits[:, -1, :], start))
+        self._advance(start, tokens)
         self._drop_finished()
 
     def step(self) -> None:
-        """One token for every row."""
+        """One token for every row. A failure in the forward pass or the sampling (an out-of-memory error)
+        leaves the batch as it was before the step: layers that already appended this step's keys drop them."""
         count = len(self.rows)
-        self.mask = torch.cat([self.mask, self.mask.new_ones((count, 1))], dim=1)
+        lengths = [layer.keys.shape[-2] for layer in self.cache.layers]
+        mask = torch.cat([self.mask, self.mask.new_ones((count, 1))], dim=1)
         ids = torch.tensor(self.last, dtype=torch.long, device=self.device).view(count, 1)
         positions = torch.tensor(self.positions, dtype=torch.long, device=self.device).view(count, 1)
-        with torch.inference_mode():
-            out = self.loaded.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                                    past_key_values=self.cache, use_cache=True)
+        try:
+            with torch.inference_mode():
+                out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                        past_key_values=self.cache, use_cache=True)
+            tokens = self.sampling.next_tokens(out.logits[:, -1, :])
+        except BaseException:
+            for layer, length in zip(self.cache.layers, lengths, strict=True):
+                layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+            raise
+        self.mask = mask
         self.positions = [p + 1 for p in self.positions]
-        self._advance(0, self.sampling.next_tokens(out.logits[:, -1, :]))
+        self._advance(0, tokens)
         self._drop_finished()
+
+    def evict(self, count: int, error: BaseException) -> None:
+        """Take the `count` most recently admitted rows out of the batch, failing their generations with
+        `error` (the rows that no longer fit after an out-of-memory error)."""
+        for row in self.rows[len(self.rows) - count:]:
+            row.generation.fail(error)
+        self._keep(list(range(len(self.rows) - count)))
 
     def finish_all(self, reason: str) -> None:
         now = time.monotonic()
@@ -117,15 +140,21 @@ class RunningBatch:
             self.cache, self.mask = cache, mask
             return
         width = max(self.mask.shape[1], mask.shape[1])
-        for mine, new in zip(self.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([pad_left(mine.keys, width, -2), pad_left(new.keys, width, -2)])
-            mine.values = torch.cat([pad_left(mine.values, width, -2), pad_left(new.values, width, -2)])
-        self.mask = torch.cat([pad_left(self.mask, width, -1), pad_left(mask, width, -1)])
+        # Every new tensor is made before any is assigned, so an allocation failure changes nothing.
+        merged = [(torch.cat([pad_left(mine.keys, width, -2), pad_left(new.keys, width, -2)]),
+                   torch.cat([pad_left(mine.values, width, -2), pad_left(new.values, width, -2)]))
+                  for mine, new in zip(self.cache.layers, cache.layers, strict=True)]
+        merged_mask = torch.cat([pad_left(self.mask, width, -1), pad_left(mask, width, -1)])
+        for layer, (keys, values) in zip(self.cache.layers, merged, strict=True):
+            layer.keys, layer.values = keys, values
+        self.mask = merged_mask
 
     def _drop_finished(self) -> None:
         keep = [i for i, row in enumerate(self.rows) if not row.done]
-        if len(keep) == len(self.rows):
-            return
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+
+    def _keep(self, keep: list[int]) -> None:
         if not keep:
             self.rows = []
             self._reset()

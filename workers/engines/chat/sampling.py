@@ -78,26 +78,29 @@ class BatchSampling:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def add(self, params: list[ChatParams], prompts: list[list[int]]) -> None:
-        """Append rows (their parameters and prompt tokens) after the current ones."""
+    def adding(self, params: list[ChatParams], prompts: list[list[int]]) -> BatchSampling:
+        """A new state with rows (their parameters and prompt tokens) after the current ones; this one is
+        left unchanged (a prefill that fails leaves the running rows' state as it was)."""
         def column(name: str, dtype=torch.float32) -> torch.Tensor:
             return torch.tensor([p[name] for p in params], dtype=dtype, device=self.device)  # type: ignore[literal-required]
 
         seen = torch.zeros((len(params), self.vocab), dtype=torch.bool, device=self.device)
         for i, ids in enumerate(prompts):
             seen[i, torch.tensor(ids, dtype=torch.long, device=self.device)] = True
-        self.generators += [torch.Generator(device="cpu").manual_seed(int(p["seed"])) for p in params]
-        self.sampled += [p["temperature"] > 0 for p in params]
-        self.values += [(p["temperature"], p["top_k"], p["top_p"], p["repetition_penalty"], p["frequency_penalty"],
-                         p["presence_penalty"]) for p in params]
-        self.temperature = torch.cat([self.temperature, column("temperature")])
-        self.top_p = torch.cat([self.top_p, column("top_p")])
-        self.top_k = torch.cat([self.top_k, column("top_k", torch.long)])
-        self.repetition = torch.cat([self.repetition, column("repetition_penalty")])
-        self.frequency = torch.cat([self.frequency, column("frequency_penalty")])
-        self.presence = torch.cat([self.presence, column("presence_penalty")])
-        self.seen = torch.cat([self.seen, seen])
-        self.counts = torch.cat([self.counts, torch.zeros((len(params), self.vocab), device=self.device)])
+        new = BatchSampling(self.vocab, self.device)
+        new.generators = self.generators + [torch.Generator(device="cpu").manual_seed(int(p["seed"])) for p in params]
+        new.sampled = self.sampled + [p["temperature"] > 0 for p in params]
+        new.values = self.values + [(p["temperature"], p["top_k"], p["top_p"], p["repetition_penalty"],
+                                     p["frequency_penalty"], p["presence_penalty"]) for p in params]
+        new.temperature = torch.cat([self.temperature, column("temperature")])
+        new.top_p = torch.cat([self.top_p, column("top_p")])
+        new.top_k = torch.cat([self.top_k, column("top_k", torch.long)])
+        new.repetition = torch.cat([self.repetition, column("repetition_penalty")])
+        new.frequency = torch.cat([self.frequency, column("frequency_penalty")])
+        new.presence = torch.cat([self.presence, column("presence_penalty")])
+        new.seen = torch.cat([self.seen, seen])
+        new.counts = torch.cat([self.counts, torch.zeros((len(params), self.vocab), device=self.device)])
+        return new
 
     def keep(self, indices: list[int]) -> None:
         """Keep only these rows, in this order (finished rows leave the batch)."""
