@@ -5,11 +5,15 @@ Delivery never blocks, delays or fails a job: `send` only enqueues. Each callbac
 a slow-but-successful delivery may cause.
 
 A callback is retried with a doubling delay capped at CALLBACK_BACKOFF_MAX_S until it is delivered, the
-receiver refuses it for good (a 4xx other than 408/409/425/429), or CALLBACK_RETRY_HORIZON_S (a day by
-default) has passed since the job ended. The sender itself keeps nothing on disk: the job journal is the
-outbox (common/jobs.py keeps each attempt, its time and error in the record, and a restarted process
-sends every callback the journal shows pending, with the attempts and the horizon it had). Deliveries
-of one job go out in the order they were queued.
+receiver refuses it for good (a 4xx other than 401/403/408/409/425/429), or CALLBACK_RETRY_HORIZON_S (a day
+by default) has passed since the job ended. A 401/403 is retried like a 5xx: it means the receiver does not
+accept our signature or key (JOB_CALLBACK_SECRET differs between the pod and the app), which an operator
+fixes, and the results are kept until then; while the receiver's latest answer is such a refusal,
+`refusal_warning()` says so (the process's /ready, the ops page, `ourvidz_callbacks_refused_by_receiver`).
+The sender itself keeps nothing on disk: the job journal is the outbox (common/jobs.py keeps each
+attempt, its time and error in the record, and a restarted process sends every callback the journal
+shows pending, with the attempts and the horizon it had). Deliveries of one job go out in the order they
+were queued.
 """
 from __future__ import annotations
 
@@ -26,12 +30,15 @@ from dataclasses import dataclass, field
 import requests
 
 from common import strict_json
+from common.http import now_iso
 from common.logging import log_context
 from common.metrics import process_metrics
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
 _RETRYABLE_4XX = {408, 409, 425, 429}
+_REFUSED = {401, 403}  # the receiver refuses our credentials: retried, and shown as a warning
+REFUSED_WARNING = "callbacks refused by the receiver: check JOB_CALLBACK_SECRET"
 
 
 @dataclass(order=True)
@@ -76,6 +83,8 @@ class CallbackSender:
         self._open: dict[int, float] = {}   # id(delivery) -> when it was queued (the backlog's age)
         self.delivered = 0
         self.abandoned = 0
+        self.refused = 0  # attempts answered 401/403
+        self._refusal: dict | None = None  # the current streak of refusals (cleared by an accepted callback)
         self._metrics = process_metrics()
         self._thread = threading.Thread(target=self._loop, name="callbacks", daemon=True)
         if self.url:
@@ -118,12 +127,37 @@ class CallbackSender:
             return time.monotonic() - min(self._open.values()) if self._open else 0.0
 
     def stats(self) -> dict:
-        """The backlog for the ops page and the metrics: pending, oldest age, delivered, abandoned."""
+        """The backlog for the ops page and the metrics: pending, oldest age, delivered, abandoned, refused
+        attempts and the refusal warning (None unless the receiver's latest answer was a 401/403)."""
         with self._lock:
-            pending, delivered, abandoned = self._outstanding, self.delivered, self.abandoned
+            pending, delivered, abandoned, refused = self._outstanding, self.delivered, self.abandoned, self.refused
         return {"enabled": self.enabled, "pending": pending, "oldest_pending_age_s": round(self.oldest_pending_age_s(),
                                                                                            3),
-                "delivered": delivered, "abandoned": abandoned}
+                "delivered": delivered, "abandoned": abandoned, "refused": refused, "warning": self.refusal_warning()}
+
+    def refusal_warning(self) -> dict | None:
+        """While the receiver's latest answer was a 401/403: what /ready and the ops page show."""
+        with self._lock:
+            return dict(self._refusal) if self._refusal else None
+
+    def _note_answer(self, status: int | None, ok: bool) -> None:
+        """Keep the refusal streak: a 401/403 starts or extends it, an accepted callback ends it."""
+        refused = status in _REFUSED
+        if not refused and not ok:
+            return  # no answer or a 5xx says nothing about our credentials
+        with self._lock:
+            if refused:
+                self.refused += 1
+                if self._refusal is None:
+                    self._refusal = {"code": "callbacks_refused", "message": REFUSED_WARNING, "since": now_iso(),
+                                     "refused_attempts": 0}
+                self._refusal.update(status=status, last_at=now_iso(),
+                                     refused_attempts=self._refusal["refused_attempts"] + 1)
+            else:
+                self._refusal = None
+        if refused:
+            self._metrics.callbacks_refused.inc()
+        self._metrics.callbacks_refused_by_receiver.set(1 if refused else 0)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every queued callback is delivered or abandoned. Ones still pending at exit stay
@@ -163,9 +197,11 @@ class CallbackSender:
     def _deliver(self, delivery: _Delivery) -> None:
         """One attempt; then the end of the delivery (delivered or abandoned) or its next try."""
         delivery.attempt += 1
-        ok, retry, reason = self._attempt(delivery)
+        ok, retry, reason, status = self._attempt(delivery)
+        self._note_answer(status, ok)
         metrics = self._metrics
-        metrics.child(metrics.callback_attempts, "delivered" if ok else "retryable" if retry else "rejected").inc()
+        outcome = ("delivered" if ok else "refused" if status in _REFUSED else "retryable" if retry else "rejected")
+        metrics.child(metrics.callback_attempts, outcome).inc()
         cap = delivery.max_attempts or self.max_attempts
         expired = time.time() - delivery.since >= self.horizon_s
         if ok or not retry or (cap and delivery.attempt >= cap) or expired:
@@ -206,13 +242,17 @@ class CallbackSender:
         delivery.due = time.monotonic() + delay
         self._queue.put(delivery)
 
-    def _attempt(self, delivery: _Delivery) -> tuple[bool, bool, str]:
+    def _attempt(self, delivery: _Delivery) -> tuple[bool, bool, str, int | None]:
+        """(delivered, worth retrying, reason, HTTP status or None without an answer)."""
         try:
             response = self._session.post(self.url, data=delivery.body, headers=self._headers(delivery),
                                           timeout=self.timeout_s)
         except requests.RequestException as exc:
-            return False, True, type(exc).__name__
-        if 200 <= response.status_code < 300:
-            return True, False, ""
-        retry = response.status_code >= 500 or response.status_code in _RETRYABLE_4XX
-        return False, retry, f"HTTP {response.status_code}"
+            return False, True, type(exc).__name__, None
+        status = response.status_code
+        if 200 <= status < 300:
+            return True, False, "", status
+        if status in _REFUSED:
+            return False, True, f"HTTP {status}: {REFUSED_WARNING}", status
+        retry = status >= 500 or status in _RETRYABLE_4XX
+        return False, retry, f"HTTP {status}", status

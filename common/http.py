@@ -1,5 +1,6 @@
 """Small helpers both sides use to talk HTTP: timestamps, the loopback URL of a local service, a
-requests session that carries the pod's bearer token, and reading another service's error body."""
+requests session that carries the pod's bearer token, reading another service's error body, and the
+`OPTIONS` answer every app gives."""
 from __future__ import annotations
 
 import time
@@ -7,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 
-from common.errors import WORKER_ERROR, WorkerRefused
+from common.errors import NOT_FOUND, WORKER_ERROR, WorkerRefused, error_response
 from configuration.settings import Settings
 
 
@@ -58,3 +60,20 @@ def refusal(response: requests.Response, who: str) -> WorkerRefused:
     return WorkerRefused(response.status_code, error.get("code", WORKER_ERROR),
                          error.get("message", f"{who} answered HTTP {response.status_code}"),
                          error.get("details", []))
+
+
+def install_options(app: Flask) -> None:
+    """`OPTIONS` on any route answers 204 with the route's `Allow` header, without a key and without running
+    its handler: the app's endpoint discovery probes OPTIONS with no key and counts a 2xx as "present". An
+    unknown path stays a 404. Install after the body cap (an oversized body is drained and refused first)
+    and before authentication."""
+
+    @app.before_request
+    def _answer_options() -> Response | None:
+        if request.method != "OPTIONS":
+            return None
+        adapter = app.create_url_adapter(request)
+        allowed = sorted(adapter.allowed_methods()) if adapter is not None else []
+        if not allowed:
+            return error_response(404, NOT_FOUND, "no such route")
+        return Response(status=204, headers={"Allow": ", ".join(allowed)})

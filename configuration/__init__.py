@@ -51,6 +51,13 @@ def worker_config(worker: str) -> dict:
     return copy.deepcopy(configs[worker])
 
 
+def worker_capabilities(worker: str) -> dict:
+    """What a worker can do, as GET /health and the chat worker's registration show it: role, models and the
+    `capabilities` of configuration/workers.json."""
+    config = worker_config(worker)
+    return {"role": config["role"], "models": config["models"], **config["capabilities"]}
+
+
 # paths.production keys -> the resolved config keys they fill
 _PRODUCTION_PATH_SETTINGS = {"path_setting": "path", "config_setting": "config_path",
                              "vae_fp16_fix_setting": "vae_fp16_fix_path"}

@@ -87,6 +87,15 @@ def _success(path: str, schema_name: str | None) -> dict:
 RouteTable = dict[str, dict[str, tuple[str, str | None, tuple[int, ...]]]]
 
 
+def route_endpoints(*tables: RouteTable) -> dict[str, list[str]]:
+    """path -> its methods (upper case), of the routes a process serves: `/health`'s `endpoints`."""
+    endpoints: dict[str, list[str]] = {}
+    for table in tables:
+        for path, methods in table.items():
+            endpoints.setdefault(path, []).extend(m.upper() for m in methods)
+    return endpoints
+
+
 _WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": 600},
          "description": "Block up to this many seconds; 200 with the job record if it ended in time (when the "
                         "server has no thread to spare for waiting, it answers at once, as without `wait`)."}

@@ -17,10 +17,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from common import auth, errors, metrics
 from common.body import body_with_query, install_body_cap, json_body, query_bool, query_float
 from common.errors import Unavailable
-from common.http import InsertionOrderJSON
+from common.http import InsertionOrderJSON, install_options
 from common.job_routes import add_job_routes, limit_waits, submission_response
 from common.logging import install_request_id
-from configuration.openapi import RouteTable, openapi_document
+from configuration.openapi import RouteTable, openapi_document, route_endpoints
 from configuration.schemas import validate_request
 
 MAX_WAIT_S = 600.0
@@ -36,7 +36,9 @@ def pod():
 
 @bp.get("/health")
 def health():
-    return jsonify({"status": "ok", "worker": "orchestrator", "pid": os.getpid()})
+    capabilities = {"role": "orchestrator", "workers": list(pod().supervisors), "routing": True}
+    return jsonify({"status": "ok", "worker": "orchestrator", "pid": os.getpid(), "capabilities": capabilities,
+                    "endpoints": route_endpoints(ROUTES)})
 
 
 @bp.get("/ready")
@@ -49,7 +51,11 @@ def ready():
         waiting = ", ".join(f"{n} {s}" for n, s in workers.items() if s != "ready")
         raise Unavailable(f"not every worker is ready: {waiting}", details=[{"path": "", "message": waiting}],
                           retry_after_s=errors.RETRY_AFTER_S)
-    return jsonify({"ready": True, "worker": "orchestrator", "workers": workers})
+    answer: dict = {"ready": True, "worker": "orchestrator", "workers": workers}
+    refused = p.callbacks.refusal_warning()
+    if refused:  # a warning, not unreadiness: routed jobs still run and their callbacks are retried
+        answer["warnings"] = [refused]
+    return jsonify(answer)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------
@@ -139,6 +145,7 @@ def create_app(the_pod) -> Flask:
     install_request_id(app)
     errors.register_error_handlers(app)
     install_body_cap(app, the_pod.settings.max_body_bytes)
+    install_options(app)  # OPTIONS: 204 with Allow, before auth (the app's endpoint discovery sends no key)
     auth.install_auth(app, the_pod.settings.api_keys,
                       open_paths=OPS_PAGES + metrics.open_paths(the_pod.settings.metrics_public))
     app.register_blueprint(bp)
@@ -148,9 +155,11 @@ def create_app(the_pod) -> Flask:
 
 # What /openapi.json describes: path -> method -> (summary, request schema name or None, error statuses).
 ROUTES: RouteTable = {
-    "/health": {"get": ("Process is alive (no auth).", None, ())},
-    "/ready": {"get": ("Every enabled worker is ready and the orchestrator takes jobs (no auth); 503 otherwise.",
-                       None, (503,))},
+    "/health": {"get": ("Process is alive (no auth), with `capabilities` (role, enabled workers) and `endpoints` "
+                        "(path -> methods).", None, ())},
+    "/ready": {"get": ("Every enabled worker is ready and the orchestrator takes jobs (no auth); 503 otherwise. "
+                       "`warnings` (when present): callbacks refused by the receiver (401/403, retried): check "
+                       "JOB_CALLBACK_SECRET.", None, (503,))},
     "/jobs": {"post": ("Route a job: optional enhancement on the chat worker, then SDXL or WAN (202; `?wait=` blocks).",
                        "orchestrator.jobs", (400, 401, 409, 413, 503))},
     "/jobs/{job_id}": {"get": ("The routed job's record.", None, (401, 404))},

@@ -22,7 +22,7 @@ from common import errors
 from common.auth import bearer_token
 from common.body import install_body_cap, json_body
 from common.errors import ApiError, error_response, register_error_handlers
-from common.http import InsertionOrderJSON
+from common.http import InsertionOrderJSON, install_options
 from configuration.schemas import validate_request
 
 bp = Blueprint("broker", __name__)
@@ -80,6 +80,7 @@ def create_broker_app(pod) -> Flask:
     app.extensions["pod"] = pod
     register_error_handlers(app)
     install_body_cap(app, MAX_BODY_BYTES)
+    install_options(app)  # as on every port of the pod: 204 with Allow, no token needed, no handler run
     expected = pod.broker_token.encode()
 
     @app.before_request

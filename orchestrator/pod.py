@@ -153,6 +153,7 @@ class Pod:
         own running job finish); kill what is still there after the grace; deliver pending callbacks."""
         grace = self.settings.shutdown_grace_s
         self.shutting_down = True
+        self.registrar.stop()
         self.router.stop_accepting()
         deadline = time.monotonic() + grace
         log.info("shutting down: waiting up to %.0fs for %d routed job(s)", grace, len(self.router.unfinished()))

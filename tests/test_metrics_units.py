@@ -223,7 +223,7 @@ def test_callbacks_count_attempts_retries_deliveries_and_show_the_backlog_age(tm
         after = [value(name, **labels) for name, labels in series]
         assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
         assert sender.stats() == {"enabled": True, "pending": 0, "oldest_pending_age_s": 0.0, "delivered": 1,
-                                  "abandoned": 0}
+                                  "abandoned": 0, "refused": 0, "warning": None}
     finally:
         receiver.close()
 

@@ -302,8 +302,8 @@ def test_registration_posts_the_previous_pods_bodies():
     try:
         base = receiver.url.rsplit("/functions/", 1)[0]
         settings = Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42", wan_port=7860,
-                            chat_port=7861)
-        registrar = Registrar(settings, backoff_s=0.05)
+                            chat_port=7861, health_check_workers_s=0)  # tests/test_registration.py has those
+        registrar = Registrar(settings)
         registrar.worker_ready("wan")
         registrar.worker_ready("chat")
         registrar.worker_ready("sdxl")  # no registration function configured for it
@@ -321,20 +321,21 @@ def test_registration_posts_the_previous_pods_bodies():
         receiver.close()
 
 
-def test_registration_retries_then_reports_failure_and_needs_a_pod_id():
-    from orchestrator.registration import ATTEMPTS, Registrar
+def test_registration_retries_without_giving_up_and_needs_a_public_url():
+    from orchestrator.registration import Registrar
 
     receiver = CallbackReceiver(status=500)
     try:
         base = receiver.url.rsplit("/functions/", 1)[0]
-        registrar = Registrar(Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42"),
-                              backoff_s=0.01)
+        registrar = Registrar(Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42",
+                                       registration_backoff_s=0.01, registration_backoff_max_s=0.05))
         registrar.worker_ready("wan")
-        assert _wait(lambda: (registrar.status("wan") or {}).get("status") == "failed")
-        assert len(receiver.requests) == ATTEMPTS
+        assert _wait(lambda: len(receiver.requests) >= 12)  # the previous registrar stopped after 4
+        assert registrar.status("wan")["status"] == "retrying" and "HTTP 500" in registrar.status("wan")["detail"]
+        registrar.stop()
         no_id = Registrar(Settings(supabase_url=base, supabase_service_key="svc"))
         no_id.worker_ready("wan")
-        assert no_id.status("wan")["status"] == "skipped" and "RUNPOD_POD_ID" in no_id.status("wan")["detail"]
+        assert no_id.status("wan")["status"] == "skipped" and "PUBLIC_URL_TEMPLATE" in no_id.status("wan")["detail"]
     finally:
         receiver.close()
 

@@ -12,7 +12,7 @@ from flask import Flask
 
 from common import auth, body, errors, metrics
 from common.callbacks import CallbackSender
-from common.http import InsertionOrderJSON
+from common.http import InsertionOrderJSON, install_options
 from common.job_routes import limit_waits
 from common.jobs import JobJournal, wait_until
 from common.logging import Progress, configure_logging, install_request_id
@@ -162,6 +162,7 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     limit_waits(settings.gunicorn_threads)  # `?wait=` never takes the last threads (/health, job status)
     errors.register_error_handlers(app)
     body.install_body_cap(app, settings.max_body_bytes)
+    install_options(app)  # OPTIONS: 204 with Allow, before auth (the app's endpoint discovery sends no key)
     auth.install_auth(app, settings.api_keys, open_paths=metrics.open_paths(settings.metrics_public))
     app.register_blueprint(common.bp)
     state.routes.append(common.ROUTES)

@@ -1,10 +1,11 @@
 """Provenance of every output: what made it, recorded next to it.
 
-For each asset the job runtime stores a JSON sidecar (`{i}.json` next to `{i}.png` / `{i}.mp4`) and puts
-the same object in the asset's metadata (`metadata.provenance`): the model and the SHA-256 of each of
-its weight files, the pipeline class, the scheduler and its configuration, every parameter as used,
-the seed, the torch / diffusers / transformers versions, device and dtype, the model profile and the
-time spent in each stage up to encoding.
+For each asset the job runtime puts an object in the asset's metadata (`metadata.provenance`): the model
+and the SHA-256 of each of its weight files, the pipeline class, the scheduler and its configuration,
+every parameter as used, the seed, the torch / diffusers / transformers versions, device and dtype, the
+model profile and the time spent in each stage up to encoding. With PROVENANCE_SIDECAR (unset: on for
+local storage, off for Supabase, whose `workspace-temp` bucket refuses JSON) the same object is stored as
+a sidecar (`{i}.json` next to `{i}.png` / `{i}.mp4`); one the storage refuses is skipped with a warning.
 
 Weight hashes are computed when a model is loaded (`WeightHashes.fingerprint`), once per file path,
 size and modification time, and kept in a small JSON cache under the state directory so a restarted
@@ -24,12 +25,14 @@ from typing import Protocol
 
 from common.http import now_iso
 from common.logging import Progress
+from workers.runtime.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "ourvidz.provenance/1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 CHUNK_BYTES = 8 * 1024 * 1024
+SIDECAR_MIME = "application/json"
 
 
 def weight_files(path: str | Path) -> list[Path]:
@@ -203,3 +206,15 @@ def sidecar_name(asset_index: int) -> str:
 
 def encode_sidecar(provenance: dict) -> bytes:
     return json.dumps(provenance, indent=2, sort_keys=False).encode("utf-8")
+
+
+def store_sidecar(storage: Storage, path: str, data: bytes) -> str | None:
+    """Store a sidecar as `application/json`; its URL, or None when the storage refuses it (the app's
+    `workspace-temp` bucket takes images and videos only). The image or video is stored already and the
+    provenance stays in the asset's metadata, so a refused sidecar is a warning, never a failed job."""
+    try:
+        return storage.put(path, data, SIDECAR_MIME)
+    except (StorageError, OSError) as exc:
+        log.warning("provenance sidecar %s not stored (%s); the provenance stays in the asset's metadata "
+                    "(PROVENANCE_SIDECAR=0 stops trying)", path.rpartition("/")[2], str(exc)[:300])
+        return None
