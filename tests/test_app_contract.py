@@ -8,12 +8,14 @@ import io
 import json
 import math
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from PIL import Image
 
 from common.queues import QueueKeys
-from tests.app_client import queue_job_payload, rpush
+from tests.app_client import entry_points, queue_job, queue_job_payload, rpush, workspace_request
 from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
 from tests.support import WorkerProcess, base_env
 from workers.runtime.media import decode_mp4
@@ -70,25 +72,36 @@ def settled(redis_client, *queues, timeout_s: float = 10) -> bool:
     return False
 
 
-def test_replay_of_the_apps_payloads(stack, standin, redis_server):
+NATIVE = {"1024x576": "112x64", "576x1024": "64x112", "1024x1024": "80x80"}  # placeholder WAN native_size class
+
+
+def test_replay_of_every_entry_point_of_the_app(stack, standin, redis_server):
+    """Each row of real-client.md's entry-point table, built as the app's queue-job builds it (nulls, denoise
+    without a reference, `pipeline: video` with frames, reference_profile objects, an exact copy without a
+    prompt or negative prompt), pushed with RPUSH: one signed callback each, the right assets, video at the
+    model's native size class."""
     client = redis_server.client()
     user = "6f1c2a52-8f1e-4d7e-9a57-0c6c1b0f1a11"
     standin.put_object("user-library", f"{user}/ref.png", reference_png(), "image/png")
-    signed = standin.signed_url("user-library", f"{user}/ref.png")
-    payloads = {
-        "txt2img_16_9": queue_job_payload(user_id=user, aspect_ratio="16:9", seed=0),
-        "exact_copy": queue_job_payload(user_id=user, reference_url=f"user-library/{user}/ref.png",
-                                        reference_mode="copy", seed=7),
-        "img2img_modify": queue_job_payload(user_id=user, reference_url=signed, num_images=3),
-        "wan_video": queue_job_payload(user_id=user, fmt="video", aspect_ratio="16:9", seed=11),
-        "wan_first_frame": queue_job_payload(user_id=user, fmt="video", start_url=signed, aspect_ratio="9:16"),
-    }
-    assert payloads["exact_copy"]["prompt"] == ""
+    standin.put_object("workspace-temp", f"{user}/frame.png", reference_png((20, 160, 40), (64, 96)), "image/png")
+    reference = standin.signed_url("user-library", f"{user}/ref.png")
+    other = standin.signed_url("workspace-temp", f"{user}/frame.png")
+    payloads = entry_points(user, reference, other, steps=3)
+    # Another origin than SUPABASE_URL: fetched as a URL, with its token (the project's own are read by path).
+    payloads["workspace modify a reference"] = queue_job(workspace_request(
+        reference_url=standin.signed_url("user-library", f"{user}/ref.png").replace("127.0.0.1", "localhost"),
+        steps=3), user_id=user)
+    copy_row = payloads["workspace exact copy"]
+    assert copy_row["prompt"] == "" and "negative_prompt" not in copy_row
+    assert payloads["workspace text to image"]["config"]["denoise_strength"] == 0.2
+    assert payloads["workspace text to video"]["metadata"]["start_reference_url"] is None
+    assert payloads["workspace start and end keyframes"]["config"]["pipeline"] == "video"
+    assert isinstance(payloads["workspace modify a reference"]["metadata"]["reference_profile"], dict)
     for payload in payloads.values():
         rpush(client, payload, SDXL_QUEUE if payload["format"] == "image" else WAN_QUEUE)
 
     for name, payload in payloads.items():
-        call = one_terminal_callback(standin, payload["id"])
+        call = one_terminal_callback(standin, payload["id"], timeout_s=300)
         body, headers = call["body"], call["headers"]
         assert body["status"] == "completed", (name, body.get("error_message"))
         assert headers["Authorization"] == f"Bearer {SERVICE_KEY}"
@@ -98,12 +111,14 @@ def test_replay_of_the_apps_payloads(stack, standin, redis_server):
         assert metadata["guidance_scale"] == params["guidance_scale"]
         assert metadata["caller_context"]["job_type"] == payload["job_type"]
         assert metadata["caller_context"]["content_type"] == payload["content_type"]
-        requested = payload["config"]["resolution"]
-        w, h = (int(v) // 4 for v in requested.split("x"))
-        assert metadata["size"] == {"requested": requested, "rendered": f"{w}x{h}", "scale": 0.25,
-                                    "reason": "the placeholder profile renders the app's sizes scaled down by 4, "
-                                              "aspect kept"}
         video = payload["format"] == "video"
+        requested = payload["config"]["resolution"]
+        expected = NATIVE[requested] if video else "x".join(str(int(v) // 4) for v in requested.split("x"))
+        assert metadata["size"]["requested"] == requested and metadata["size"]["rendered"] == expected, name
+        w, h = (int(v) for v in expected.split("x"))
+        pipeline = metadata["intake"]["pipeline"]
+        assert pipeline["label"] == payload["config"]["pipeline"]
+        assert pipeline["ran"] == ("img2img" if params.get("reference") else "video" if video else "txt2img"), name
         assert len(body["assets"]) == payload["config"]["num_images"]
         for index, asset in enumerate(body["assets"]):
             main = f"{payload['user_id']}/{payload['id']}/{index}.{'mp4' if video else 'png'}"
@@ -112,7 +127,7 @@ def test_replay_of_the_apps_payloads(stack, standin, redis_server):
             data, mime = standin.objects[("workspace-temp", main)]
             assert mime == ("video/mp4" if video else "image/png")
             assert standin.objects[("workspace-temp", asset["thumbnail_url"])][1] == "image/webp"
-            assert isinstance(asset["metadata"]["seed"], int)
+            assert isinstance(asset["metadata"]["seed"], int) and 0 <= asset["metadata"]["seed"] < 2**32
             assert (asset["metadata"]["width"], asset["metadata"]["height"]) == (w, h)
             if video:
                 frames, info = decode_mp4(data)
@@ -121,25 +136,64 @@ def test_replay_of_the_apps_payloads(stack, standin, redis_server):
             else:
                 assert Image.open(io.BytesIO(data)).size == (w, h)
         if "seed" in payload["config"]:
-            assert body["assets"][0]["metadata"]["seed"] == payload["config"]["seed"]
-        if payload["config"]["pipeline"] == "img2img":
+            assert body["assets"][0]["metadata"]["seed"] == payload["config"]["seed"] % 2**32
+        if params.get("reference"):
             assert metadata["denoise_strength"] == pytest.approx(payload["config"]["denoise_strength"])
-    copy_meta = standin.terminal_callbacks(payloads["exact_copy"]["id"])[0]["body"]["metadata"]
+
+    def meta(row: str) -> dict:
+        return standin.terminal_callbacks(payloads[row]["id"])[0]["body"]["metadata"]
+
+    copy_meta = meta("workspace exact copy")
     assert copy_meta["exact_copy_mode"] is True and copy_meta["reference_mode"] == "copy"
-    assert copy_meta["original_prompt"] == ""
+    assert copy_meta["original_prompt"] == "" and copy_meta["parameters"]["negative_prompt"] == ""
     assert copy_meta["references_from_storage"] == {"/metadata/reference_image_url": f"user-library/{user}/ref.png"}
-    modify_meta = standin.terminal_callbacks(payloads["img2img_modify"]["id"])[0]["body"]["metadata"]
+    modify_meta = meta("workspace modify a reference")
     assert modify_meta["exact_copy_mode"] is False and modify_meta["reference_mode"] == "modify"
-    video_meta = standin.terminal_callbacks(payloads["wan_video"]["id"])[0]["body"]["metadata"]
+    assert "references_from_storage" not in modify_meta  # another origin: fetched as the URL it is
+    assert modify_meta["caller_context"]["metadata"]["reference_profile"]["type"] == "character"
+    txt_meta = meta("workspace text to image")
+    assert txt_meta["caller_context"]["config"]["denoise_strength"] == 0.2
+    assert txt_meta["intake"]["not_applied"]["/config/denoise_strength"] == "no reference image to apply it to"
+    keyframes = meta("workspace start and end keyframes")
+    assert keyframes["intake"]["pipeline"] == {"label": "video", "ran": "img2img", "label_agrees": False,
+                                               "what": "video conditioned on reference frames"}
+    assert keyframes["parameters"]["reference"]["mode"] == "both"
+    both = meta("workspace reference plus a different start frame")
+    assert both["parameters"]["reference"]["mode"] == "start"
+    assert both["caller_context"]["metadata"]["reference_image_url"] == reference
+    assert "/metadata/reference_image_url" in both["intake"]["not_applied"]
+    assert meta("generation service video from one image")["parameters"]["reference"]["mode"] == "single"
+    seeded = meta("generation service image")
+    assert seeded["parameters"]["seed"] == (2**53 - 1) % 2**32 and seeded["parameters"]["seed_requested"] == 2**53 - 1
+    for row in ("workspace text to video", "workspace video from a start frame"):
+        assert "native size class" in meta(row)["size"]["reason"]
+    video_meta = meta("workspace text to video")
     assert math.ceil(video_meta["frame_num"] / 16) >= 1
     assert settled(client, SDXL_QUEUE, WAN_QUEUE)
+
+
+def test_a_reference_url_that_expired_in_the_queue_is_read_from_its_storage_path(stack, standin, redis_server):
+    client = redis_server.client()
+    user = "0b7e8d7e-3f55-4a55-9d59-3f2f5d7b8a01"
+    standin.put_object("user-library", f"{user}/old.png", reference_png((10, 10, 200)), "image/png")
+    expired = standin.signed_url("user-library", f"{user}/old.png", expires_in=-10)
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the URL itself no longer works
+        urllib.request.urlopen(expired, timeout=10)
+    assert refused.value.code == 400
+    payload = queue_job(workspace_request(reference_url=expired, steps=2), user_id=user)
+    rpush(client, payload, SDXL_QUEUE)
+    body = one_terminal_callback(standin, payload["id"])["body"]
+    assert body["status"] == "completed", body.get("error_message")
+    assert body["metadata"]["references_from_storage"] == {
+        "/metadata/reference_image_url": f"user-library/{user}/old.png"}
+    assert settled(client, SDXL_QUEUE)
 
 
 def test_push_order_and_nothing_blocks_the_queue(stack, standin, redis_server):
     client = redis_server.client()
     jobs = [queue_job_payload(seed=i) for i in range(3)]
     invalid = queue_job_payload()
-    invalid["quality"] = "high"  # contradicts sdxl_image_fast
+    invalid["type"] = "sdxl_image_ultra"  # no such type: cannot run (a contradicting label would only be noted)
     other_user = queue_job_payload(reference_url="user-library/someone-else/ref.png")
     client.rpush(SDXL_QUEUE, b"{this is not json")
     rpush(client, jobs[0], SDXL_QUEUE)
@@ -157,7 +211,7 @@ def test_push_order_and_nothing_blocks_the_queue(stack, standin, redis_server):
 
     refused = one_terminal_callback(standin, invalid["id"])["body"]
     assert refused["status"] == "failed" and refused["assets"] == []
-    assert "/quality" in refused["error_message"] and refused["metadata"]["error_type"] == "validation_error"
+    assert "/type" in refused["error_message"] and refused["metadata"]["error_type"] == "validation_error"
     outside = one_terminal_callback(standin, other_user["id"])["body"]
     assert outside["status"] == "failed" and "/metadata/reference_image_url" in outside["error_message"]
 

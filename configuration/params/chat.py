@@ -14,6 +14,7 @@ from typing import NotRequired, TypedDict
 from configuration import chat_config, model_config
 from configuration.params.common import resolve_seed
 from configuration.schemas.common import field_error
+from configuration.schemas.common import without_nulls as without_nulls
 from configuration.settings import Settings
 
 

@@ -1,12 +1,14 @@
 """Chat worker request schemas: enhancement, legacy chat, and the OpenAI-compatible chat completion.
 
 Every sampling parameter is validated here, with bounds from configuration/models.json (`max_tokens`
-per profile). What each one does is in docs/CHAT.md.
+per profile). What each one does is in docs/CHAT.md. Every optional field also accepts `null`, which
+means absent (the app's browser-built bodies pass `project_context: null` and the like); the routes
+drop such fields (`configuration.params.chat.without_nulls`) before reading the body.
 """
 from __future__ import annotations
 
 from configuration import chat_config, model_config
-from configuration.schemas.common import DIALECT, PROMPT, SEED
+from configuration.schemas.common import DIALECT, PROMPT, SEED, nullable
 from configuration.settings import Settings
 
 TEXT = {"type": "string", "maxLength": 100000}
@@ -76,6 +78,11 @@ CONTEXT = {
 }
 
 
+def _optional(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    """Every property but the required ones also accepts `null` (absent)."""
+    return {name: prop if name in required else nullable(prop) for name, prop in properties.items()}
+
+
 def _model_enum() -> list[str]:
     return sorted(chat_config()["models"])
 
@@ -99,30 +106,32 @@ def schemas(settings: Settings) -> dict[str, dict]:
         **POLICY,
         **CONTEXT,
     }
-    needs_text = {"anyOf": [{"required": ["prompt"]}, {"required": ["messages"]}]}
+    # `null` is absent: a prompt or messages that are null do not count.
+    needs_text = {"anyOf": [{"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                            {"required": ["messages"], "properties": {"messages": {"type": "array"}}}]}
     enhance = {
         "$schema": DIALECT, "title": "Prompt enhancement", "type": "object", "additionalProperties": False,
-        "properties": enhance_properties, **needs_text,
+        "properties": _optional(enhance_properties), **needs_text,
     }
     enhance_legacy = {
         "$schema": DIALECT, "title": "Prompt enhancement (legacy /enhance)", "type": "object",
         "additionalProperties": False, **needs_text,
-        "properties": {**enhance_properties,
-                       "model": {"enum": _model_enum(),
-                                 "description": f"Default {chat_config()['legacy_default_model']}."}},
+        "properties": _optional({**enhance_properties,
+                                 "model": {"enum": _model_enum(),
+                                           "description": f"Default {chat_config()['legacy_default_model']}."}}),
     }
     chat = {
         "$schema": DIALECT, "title": "Chat (legacy /chat and /generate)", "type": "object",
         "additionalProperties": False, "required": ["messages"],
-        "properties": {"messages": MESSAGES, **sampling,
-                       "model": {"enum": _model_enum(),
-                                 "description": f"Default {chat_config()['legacy_default_model']}."},
-                       **POLICY, **CONTEXT},
+        "properties": _optional({"messages": MESSAGES, **sampling,
+                                 "model": {"enum": _model_enum(),
+                                           "description": f"Default {chat_config()['legacy_default_model']}."},
+                                 **POLICY, **CONTEXT}, required=("messages",)),
     }
     completions = {
         "$schema": DIALECT, "title": "OpenAI-compatible chat completion", "type": "object",
         "additionalProperties": False, "required": ["model", "messages"],
-        "properties": {
+        "properties": _optional({
             "model": {"enum": _model_enum(), "description": "An id from GET /v1/models."},
             "messages": MESSAGES,
             **sampling,
@@ -132,6 +141,6 @@ def schemas(settings: Settings) -> dict[str, dict]:
                                "properties": {"include_usage": {"type": "boolean"}}},
             "n": {"const": 1, "description": "One choice per request (the only value served)."},
             "logprobs": {"const": False, "description": "Not implemented; only false is accepted."},
-        },
+        }, required=("model", "messages")),
     }
     return {"enhance": enhance, "enhance_legacy": enhance_legacy, "chat": chat, "completions": completions}

@@ -35,6 +35,27 @@ CONTENT_TIER = {"enum": ["sfw", "nsfw"],
 WHICH = {"type": "string", "description": "Model to load/unload, or `all`."}
 
 
+def nullable(prop: dict) -> dict:
+    """`prop` also accepting JSON `null`, which callers send for an absent optional value (the app's browser-built
+    bodies pass `project_context: null`, `conversation_id: null`); the route drops such fields before reading."""
+    result = dict(prop)
+    if "enum" in result:
+        result["enum"] = [*result["enum"], None]
+    elif "const" in result:
+        result["enum"] = [result.pop("const"), None]
+    elif "type" in result:
+        types = result["type"] if isinstance(result["type"], list) else [result["type"]]
+        result["type"] = [*types, "null"] if "null" not in types else types
+    else:
+        raise ValueError(f"nullable() needs a type, enum or const: {prop}")
+    return result
+
+
+def without_nulls(body: dict) -> dict:
+    """`body` without its top-level `null` fields: null means absent."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
 def size_schemas(limits: dict) -> tuple[dict, dict]:
     """The `width`/`height` and `resolution` schemas of a model's size limits (per profile, from
     configuration/models.json): the one place these bounds are checked."""
