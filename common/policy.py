@@ -124,6 +124,7 @@ class _Word(NamedTuple):
     weight: float           # how far it moves the window: 1 a word, less a character of an unspaced script
     clause_end: bool        # it ends with sentence punctuation (a negation does not reach past it)
     comma: bool             # it ends with a comma ("No, the child ..." is no negation)
+    forms: frozenset        # every skeleton it was looked up as ("b3" as "be"): what phrases compare
 
 
 _DOUBLE = re.compile(r"(.)\1")
@@ -134,6 +135,7 @@ _HAS_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\S+")
 _CLAUSE_END = re.compile(r"[.;:!?。！？؟।]$")
 _WORD_CACHE_SIZE = 1 << 16
+_LONE_ZERO = re.compile(r"(?<!\d)0(?!\d)")  # "п0рн0": a zero between letters stands for o
 
 # Scripts written without spaces between words (Han, kana, Thai): each character becomes a chunk of its
 # own, terms are found by joining consecutive chunks, and a character moves the window by less than a word.
@@ -192,6 +194,8 @@ class Rules:
         self.terms: dict[str, set[str]] = {}
         self.stems: dict[str, set[str]] = {}
         self._join_stems: set[str] = set()
+        self.infixes: dict[str, set[str]] = {}      # "*누드*": inside a word (Korean writes compounds as one)
+        self.phrase_terms: dict[str, list[tuple[tuple[str, ...], frozenset]]] = {}
         self.evidence: dict[str, set[str]] = {}
         longest = 1
         for code, source in sources:
@@ -201,15 +205,19 @@ class Rules:
             # only in a text that also holds a marker or another term of the language.
             for kind, key in (*kinds, *((f"{k}@{code}", f"{key}_with_evidence") for k, key in kinds)):
                 for term in source.get(key, ()):
-                    stem = term.endswith("*")
-                    pieces = self.normalise(term.rstrip("*")).split()
+                    infix, stem = term.startswith("*"), term.endswith("*")
+                    pieces = self.normalise(term.strip("*")).split()
                     longest = max(longest, len(pieces))
                     skeleton = "".join(self._forms(piece)[0] for piece in pieces)
-                    (self.stems if stem else self.terms).setdefault(skeleton, set()).add(kind)
+                    # A term of another language is also evidence of it ("@de"): "Kind" counts next to "nackt".
+                    marks = {kind} if "@" in kind or code == "en" else {kind, f"@{code}"}
+                    table = self.infixes if infix else self.stems if stem else self.terms
+                    table.setdefault(skeleton, set()).update(marks)
                     if stem and len(pieces) > 1:  # "küçük kız*": found by joining words, like a phrase
                         self._join_stems.add(skeleton)
-                    if "@" not in kind and code != "en":
-                        self.evidence.setdefault(skeleton, set()).add(code)
+                    if len(pieces) > 1 and not stem:  # also as words in a row ("à poil", "bé gái")
+                        words = tuple(self._forms(piece)[0] for piece in pieces)
+                        self.phrase_terms.setdefault(words[0], []).append((words, frozenset(marks)))
             for marker in source.get("markers", ()):
                 self.evidence.setdefault(self.word(self.normalise(marker)), set()).add(code)
         self.max_join = max(3, longest)
@@ -283,7 +291,7 @@ class Rules:
                 regex = number + r"\s*-?\s*(?:" + "|".join(map(re.escape, after)) + ")" + end
             else:
                 regex = r"(?<![^\W_])(?:" + "|".join(map(re.escape, before)) + r")\s*[:=]?\s*" + number
-            regex = "".join(f"(?<!{re.escape(w)} )" for w in alternatives(spec.get("not_preceded_by", ()))) + regex
+            regex = "".join(f"(?<!\\b{re.escape(w)} )" for w in alternatives(spec.get("not_preceded_by", ()))) + regex
             not_followed = alternatives(spec.get("not_followed_by", ()))
             if not_followed:
                 regex += r"(?!\s*(?:" + "|".join(map(re.escape, not_followed)) + r")(?![^\W_]))"
@@ -315,7 +323,8 @@ class Rules:
             return chunk.translate(self._to_latin)
         if counts["latin"] > counts["cyrillic"] + counts["greek"]:
             return chunk.translate(self._to_latin)
-        return chunk.translate(self._latin_only).translate(self._to_script[script])
+        native = chunk.translate(self._latin_only).translate(self._to_script[script])
+        return _LONE_ZERO.sub(self._to_script[script][ord("o")], native) if "0" in native else native
 
     def word(self, token: str) -> str:
         """The skeleton a word is compared by: digits and symbols read as letters, l and i as one."""
@@ -394,6 +403,15 @@ class Rules:
         looked = tuple(v for form in forms if form and _HAS_LETTER.search(form) for v in _runs(self.word(form)))
         return self.word(stripped or plain), looked, [self.word(p) for p in split]
 
+    def _stem_kinds(self, form: str) -> set[str]:
+        """The kinds of every stem `form` starts with."""
+        kinds: set[str] = set()
+        for n in self._stem_lengths:
+            if n > len(form):
+                break
+            kinds.update(self.stems.get(form[:n], ()))
+        return kinds
+
     def _word(self, chunk: str) -> _Word:
         """One chunk's skeletons looked up. Cached: the same words come back in prompt after prompt."""
         cached = self._word_cache.get(chunk)
@@ -402,19 +420,18 @@ class Rules:
         unspaced = len(chunk) == 1 and _UNSPACED.match(chunk) is not None
         primary, looked, parts = self._forms(chunk, unspaced)
         kinds = set(kind for form in looked for kind in self.terms.get(form, ()))
-        if self.stems:
-            for form in looked:
-                for n in self._stem_lengths:
-                    if n > len(form):
-                        break
-                    kinds.update(self.stems.get(form[:n], ()))
+        for form in looked:
+            kinds.update(self._stem_kinds(form))
+            for infix, marks in self.infixes.items():
+                if infix in form:
+                    kinds.update(marks)
         joinable = bool(primary) and primary not in self.join_stopwords and (
             primary in self._prefixes or _runs(primary)[-1] in self._prefixes)
         number = any(p in self._number_values or p in self._number_parts for p in parts) or chunk in _CJK_NUMERALS
         weight = _UNSPACED_WEIGHT["thai" if "\u0e00" <= chunk <= "\u0e7f" else "cjk"] if unspaced else 1.0
         word = _Word(primary, frozenset(kinds), joinable, number, _HAS_DIGIT.search(chunk) is not None,
                      len(primary) == 1 and not unspaced, weight, _CLAUSE_END.search(chunk) is not None,
-                     chunk.endswith(","))
+                     chunk.endswith(","), frozenset((primary, *looked)))
         if len(self._word_cache) >= _WORD_CACHE_SIZE:
             self._word_cache.clear()
         self._word_cache[chunk] = word
@@ -426,6 +443,11 @@ class Rules:
         found = [(kind, pos) for pos, w in enumerate(words) for kind in w.kinds]
         primaries = [w.primary for w in words]
         n = len(primaries)
+        for pos in range(n):  # terms of several words, stop words included ("à poil")
+            for first in words[pos].forms:
+                for phrase, marks in self.phrase_terms.get(first, ()):
+                    if pos + len(phrase) <= n and all(p in words[pos + i].forms for i, p in enumerate(phrase)):
+                        found.extend((kind, pos) for kind in marks)
         prefixes, stop, terms = self._prefixes, self.join_stopwords, self.terms
         # Words split by spaces: "ch ild", "nu de" (no stop word inside, so "pen is" stays two words) ...
         for pos in range(n - 1):
@@ -456,6 +478,7 @@ class Rules:
                     for stop_at in range(start + 2, end + 1):
                         for form in _runs("".join(primaries[start:stop_at])):
                             found.extend((kind, start) for kind in terms.get(form, ()))
+                            found.extend((kind, start) for kind in self._stem_kinds(form))
             pos = end + 1
         return found
 
@@ -465,7 +488,9 @@ class Rules:
         found = self.matches(chunks, words)
         if any("@" in kind for kind, _ in found):
             evident = {code for w in words for code in self.evidence.get(w.primary, ())}
-            found = [(k.partition("@")[0], pos) for k, pos in found if "@" not in k or k.partition("@")[2] in evident]
+            evident.update(kind[1:] for kind, _ in found if kind[0] == "@")
+            found = [(k.partition("@")[0], pos) for k, pos in found
+                     if "@" not in k or (k[0] != "@" and k.partition("@")[2] in evident)]
         if found and self.not_terms:
             excluded = self._covered([w.primary for w in words], self.not_terms)
             found = [(kind, pos) for kind, pos in found if pos not in excluded]
