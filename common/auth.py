@@ -10,6 +10,7 @@ from werkzeug.wrappers import Response
 from common.errors import UNAUTHORIZED, error_response
 
 OPEN_PATHS = {"/health", "/ready"}
+_AUTHENTICATED = "ourvidz.authenticated"  # request.environ: the request carried a valid key (or none is configured)
 
 
 def bearer_token(authorization: str) -> bytes:
@@ -28,14 +29,17 @@ def install_auth(app: Flask, api_keys: str | Iterable[str], open_paths: Iterable
     keys = [api_keys] if isinstance(api_keys, str) else list(api_keys)
     expected = [k.encode() for k in keys if k]
     if not expected:
+        app.before_request(lambda: request.environ.__setitem__(_AUTHENTICATED, True))
         return  # only allowed on a loopback bind (Settings.check refuses otherwise)
     public = OPEN_PATHS | set(open_paths)
 
     @app.before_request
     def _require_bearer() -> Response | None:
+        matched = _matches_any(bearer_token(request.headers.get("Authorization", "")), expected)
+        request.environ[_AUTHENTICATED] = matched
         if request.path in public and request.method in ("GET", "HEAD"):
             return None
-        if not _matches_any(bearer_token(request.headers.get("Authorization", "")), expected):
+        if not matched:
             return error_response(401, UNAUTHORIZED, "missing or invalid bearer token",
                                   headers={"WWW-Authenticate": "Bearer"})
         return None
@@ -47,3 +51,8 @@ def _matches_any(token: bytes, expected: list[bytes]) -> bool:
     for key in expected:
         matched |= hmac.compare_digest(token, key)
     return matched
+
+
+def authenticated() -> bool:
+    """Whether this request carried a valid key: an open path (`/ready`) shows its details only then."""
+    return bool(request.environ.get(_AUTHENTICATED, False))

@@ -110,6 +110,14 @@ def processing_payload(record: JobRecord) -> dict:
             "metadata": {"job_type": record.type, "user_id": record.user_id, "started_at": record.started_at}}
 
 
+def send_processing_callback(record: JobRecord, callbacks: CallbackSender) -> None:
+    """The optional start notice (CALLBACK_PROCESSING), for a job that sends its own callbacks (a worker's
+    direct or queued job, a routed job on the orchestrator): one attempt, so it can never arrive after the
+    terminal callback."""
+    if record.send_callback and callbacks.enabled and callbacks.processing:
+        callbacks.send(processing_payload(record), max_attempts=1)
+
+
 def app_fields(record: JobRecord) -> dict:
     """The `metadata` keys the app's job-callback reads (docs/QUEUE.md), from the parameters as used:
     `frame_num` (frames in the video file: the app's duration is ceil(frame_num / 16) s), `steps` and

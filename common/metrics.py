@@ -146,6 +146,9 @@ class Metrics:
                                           "Entries moved to the dead-letter list (unreadable or redelivered too "
                                           "often).",
                                           ("queue",))
+        self.queue_redis_up = gauge("queue_redis_up", "1 while the queue consumer reaches Redis; 0 while Redis is "
+                                    "unreachable or refuses the password (the consumer's /ready says which).",
+                                    ("queue",))
 
         # -- memory ---------------------------------------------------------------------------------
         self.device_total = gauge("device_memory_total_bytes", "Device memory capacity.", ("device",))

@@ -1,24 +1,35 @@
 """The Redis job queues the app fills (`sdxl_queue`, `wan_queue`): key names, the client, how an entry
 is read, and the operator's overview. Workers consume (workers/runtime/queue_intake.py); the
 orchestrator only reads (GET /queues, `python -m orchestrator.queue_cli status`).
+
+An entry is read as an HTTP body is (common/strict_json.py: UTF-8, no NaN/Infinity, bounded numbers and
+depth; the MAX_BODY_MB cap) and its job id must match the API's `id` pattern; whatever else it holds is
+data, so the overview shows what it finds (an unreadable heartbeat, an oversized or broken entry) as such
+and never fails on it.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from common import strict_json
 from common.jobs import TERMINAL
+from common.redact import redacted_url
+from configuration.schemas.common import SAFE_ID
 from configuration.settings import Settings
 
-# A job id names a journal file and storage paths: the same rule as the HTTP API's `id`.
-SAFE_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A job id names a journal file and storage paths: the HTTP API's `id` pattern (ends with \Z, not $).
+SAFE_JOB_ID = re.compile(SAFE_ID["pattern"])
+OVERVIEW_HELD_MAX = 100           # entries of one processing list the overview reads
+OVERVIEW_TEXT_MAX = 200           # characters of an unreadable heartbeat or an odd consumer name shown
+HEARTBEAT_MAX_BYTES = 4096        # a consumer's heartbeat (worker, pid, host, since) is far smaller
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,27 @@ def consumer_id(worker: str, settings: Settings) -> str:
 
 def connect(url: str, block_s: float = 0.0) -> redis.Redis:
     """A client for `redis://` or `rediss://` (TLS) URLs, password in the URL. No silent retries inside
-    the client: the intake's own loop reconnects and reconciles, so a lost reply is never retried blind."""
-    return redis.Redis.from_url(url, socket_timeout=block_s + 10.0, socket_connect_timeout=5.0,
-                                health_check_interval=30, retry=Retry(NoBackoff(), 0))
+    the client: the intake's own loop reconnects and reconciles, so a lost reply is never retried blind.
+    A URL the client cannot parse is a ValueError that does not repeat the URL (the parser's own message
+    can quote part of a password: `redis://:pa#ss@host` has the "port" `pa`); so is one with a `#`, which
+    the client reads as the end of the address (`redis://u:12#x@host` would connect to host `u`, port 12,
+    and every connection error would then quote that part of the password)."""
+    if "#" in url:
+        raise ValueError(f"REDIS_URL ({redacted_url(url)}) contains `#`: percent-encode it (%23) in the password")
+    try:
+        return redis.Redis.from_url(url, socket_timeout=block_s + 10.0, socket_connect_timeout=5.0,
+                                    health_check_interval=30, retry=Retry(NoBackoff(), 0))
+    except ValueError:
+        raise ValueError(f"REDIS_URL ({redacted_url(url)}) cannot be parsed; percent-encode `#`, `/`, `?` and `@` "
+                         "in the password") from None
+
+
+def redis_state(exc: Exception) -> str:
+    """What a Redis error means for an operator or a probe, without its text: `password_refused` (Redis
+    answered but refused the credentials) or `unreachable` (no answer, TLS failure, timeout)."""
+    refused = isinstance(exc, redis.AuthenticationError) or any(
+        word in str(exc) for word in ("WRONGPASS", "NOAUTH", "invalid password"))
+    return "password_refused" if refused else "unreachable"
 
 
 @dataclass(frozen=True)
@@ -74,12 +103,18 @@ class Entry:
     job_id: str
 
 
-def parse_entry(raw: bytes | str) -> Entry | str:
-    """The entry, or the reason it goes to the dead-letter list."""
+def parse_entry(raw: bytes | str, max_bytes: int) -> Entry | str:
+    """The entry, or the reason it goes to the dead-letter list. Never raises: a hostile entry (any
+    depth, size or encoding) is a reason like any other."""
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return f"the entry is {size} bytes; at most {max_bytes} are accepted (MAX_BODY_MB)"
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return f"not valid JSON: {str(exc)[:200]}"
+        payload = strict_json.loads(raw)
+    except strict_json.InvalidJson as exc:
+        return f"not valid JSON: {exc.reason[:200]}"
+    except Exception as exc:  # strict_json turns every parser failure into InvalidJson; this is the last net
+        return f"not valid JSON: {type(exc).__name__}"
     if not isinstance(payload, dict):
         return f"not a JSON object (a {type(payload).__name__})"
     job_id = payload.get("id") or payload.get("job_id")
@@ -90,23 +125,65 @@ def parse_entry(raw: bytes | str) -> Entry | str:
     return Entry(payload, job_id)
 
 
-def queue_overview(client: redis.Redis, queue: str) -> dict:
-    """Depth, dead letters, consumers (alive or not) and what each holds: for operators (/queues, CLI)."""
+def queue_overview(client: redis.Redis, queue: str, max_entry_bytes: int) -> dict:
+    """Depth, dead letters, consumers (alive or not) and what each holds: for operators (/queues, CLI).
+    What is in Redis is shown as found: a key of the wrong type is an `error` on that queue, a heartbeat
+    that is not a JSON object is `{"unreadable": ...}`, an entry that is not usable is named with the reason.
+    Only connection failures (redis.ConnectionError, TimeoutError) raise."""
     keys = QueueKeys(queue)
-    consumers = []
-    for member in sorted(client.smembers(keys.consumers)):
-        consumer = member.decode() if isinstance(member, bytes) else member
-        heartbeat = client.get(keys.heartbeat(consumer))
-        held = client.lrange(keys.processing(consumer), 0, -1)
+    overview: dict[str, Any] = {"queue": queue, "depth": None, "dead_letters": None, "consumers": [], "errors": []}
+
+    def read(what: str, command, *args):
+        try:
+            return command(*args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.RedisError as exc:  # WRONGTYPE and the like: the key holds something else
+            overview["errors"].append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+            return None
+
+    overview["depth"] = read(queue, client.llen, queue)
+    overview["dead_letters"] = read(keys.dead, client.llen, keys.dead)
+    for member in sorted(read(keys.consumers, client.smembers, keys.consumers) or ()):
+        consumer = _text(member)
+        heartbeat = read(keys.heartbeat(consumer), client.get, keys.heartbeat(consumer))
+        held = read(keys.processing(consumer), client.lrange, keys.processing(consumer), -OVERVIEW_HELD_MAX, -1)
+        held_count = read(keys.processing(consumer), client.llen, keys.processing(consumer))
         in_flight = []
-        for raw in reversed(held):
-            entry = parse_entry(raw)
+        for raw in reversed(held or []):
+            entry = parse_entry(raw, max_entry_bytes)
             in_flight.append(entry.job_id if isinstance(entry, Entry) else f"<unusable entry: {entry}>")
-        consumers.append({"consumer_id": consumer, "alive": heartbeat is not None,
-                          "info": json.loads(heartbeat) if heartbeat else None, "in_flight": in_flight})
-    return {"queue": queue, "depth": client.llen(queue), "dead_letters": client.llen(keys.dead),
-            "consumers": consumers}
+        if held_count and held_count > len(in_flight):
+            in_flight.append(f"<{held_count - len(in_flight)} more not shown>")
+        overview["consumers"].append({"consumer_id": _shown(consumer), "alive": heartbeat is not None,
+                                      "info": _heartbeat_info(heartbeat), "held": held_count or 0,
+                                      "in_flight": in_flight})
+    return overview
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= OVERVIEW_TEXT_MAX else f"{text[:OVERVIEW_TEXT_MAX]}...<{len(text)} characters>"
+
+
+def _heartbeat_info(heartbeat: bytes | str | None) -> dict | None:
+    """What a consumer says about itself (worker, pid, host, since), or what was found instead."""
+    if heartbeat is None:
+        return None
+    info = None
+    if len(heartbeat) <= HEARTBEAT_MAX_BYTES:
+        try:
+            info = strict_json.loads(heartbeat)
+        except ValueError:
+            pass
+    if isinstance(info, dict):
+        return info
+    text = _text(heartbeat)
+    return {"unreadable": text[:OVERVIEW_TEXT_MAX], "truncated": len(text) > OVERVIEW_TEXT_MAX}
 
 
 __all__ = ["SAFE_JOB_ID", "TERMINAL", "Entry", "QueueKeys", "connect", "consumer_id", "parse_entry", "queue_name",
-           "queue_overview"]
+           "queue_overview", "redis_state"]

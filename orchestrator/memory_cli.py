@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +45,18 @@ def ago(iso: str | None, now: datetime | None = None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m ago"
     return f"{seconds / 3600:.1f}h ago"
+
+
+# C0 and C1 controls but the newline, DEL, and the bidirectional overrides that reorder what follows them.
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character that a terminal would act on (escape sequences, carriage returns,
+    bidirectional overrides) written as an escape: job types, consumer names and reasons come from queue
+    entries and Redis, which anyone who can push to the queue controls."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
+                       text)
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -123,7 +136,7 @@ def watch(session: requests.Session, base: str, history: int, interval_s: float,
             if out.isatty():
                 out.write("\x1b[H\x1b[2J")
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            out.write(f"{base}  {stamp}  every {interval_s:g}s (Ctrl-C stops)\n\n{frame}\n\n")
+            out.write(f"{base}  {stamp}  every {interval_s:g}s (Ctrl-C stops)\n\n{terminal_safe(frame)}\n\n")
             out.flush()
             drawn += 1
             if iterations is None or drawn < iterations:
@@ -146,10 +159,15 @@ def call_orchestrator(send: Callable[[], requests.Response], base: str) -> dict 
     except requests.RequestException as exc:
         print(f"cannot reach the orchestrator at {base}: {type(exc).__name__}", file=sys.stderr)
         return None
-    payload = response.json()
+    try:
+        payload = response.json()
+    except ValueError:
+        print(f"the orchestrator answered HTTP {response.status_code} without JSON", file=sys.stderr)
+        return None
     if response.status_code != 200:
-        error = payload.get("error", {})
-        print(f"error {response.status_code} {error.get('code')}: {error.get('message')}", file=sys.stderr)
+        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+        print(terminal_safe(f"error {response.status_code} {error.get('code')}: {error.get('message')}"),
+              file=sys.stderr)
         return None
     return payload
 
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if payload is None:
         return 1
     if args.command == "status":
-        print(json.dumps(payload, indent=2) if args.json else render_status(payload))
+        print(json.dumps(payload, indent=2) if args.json else terminal_safe(render_status(payload)))
     else:
         done = payload.get("loaded", payload.get("unloaded", []))
         print(f"{args.worker}: {args.command}ed {', '.join(done) or 'nothing'}")

@@ -57,7 +57,7 @@ class OpsView:
             "generated_at": now_iso(),
             "workers": workers,
             "memory": pod.memory_status(history=100),
-            "queues": self._queues(),
+            **self._queues(),
             "jobs": merge_jobs(routed + direct, limit),
             "callbacks": callbacks,
         }
@@ -74,14 +74,24 @@ class OpsView:
             log.debug("ops summary of %s unavailable: %s", name, type(exc).__name__)
             return None
 
-    def _queues(self) -> list[dict]:
-        """The app's Redis queues this pod consumes (orchestrator/queues.py): depth, held, dead letters."""
-        status = self.pod.queues.status()
-        error = (status.get("redis") or {}).get("error")
-        return [{"name": q["queue"], "worker": q["worker"], "depth": q["depth"], "dead_letters": q["dead_letters"],
-                 "in_flight": sum(len(c["in_flight"]) for c in q["consumers"]),
-                 "consumers_alive": sum(1 for c in q["consumers"] if c["alive"]), "error": error}
-                for q in status["queues"]]
+    def _queues(self) -> dict:
+        """`redis` (null without REDIS_URL; else its state: connected, unreachable or password_refused, and
+        the error) and `queues`, the app's Redis queues this pod consumes (orchestrator/queues.py): depth,
+        held, dead letters; a number that could not be read is null, never a failed page."""
+        try:
+            status = self.pod.queues.status()
+        except Exception as exc:  # the page must answer whatever the queue view meets
+            log.exception("the queue view failed")
+            return {"redis": {"state": "unknown", "connected": False, "error": f"the queue view failed: "
+                                                                                 f"{type(exc).__name__}"}, "queues": []}
+        redis_info = status.get("redis")
+        queues = [{"name": q["queue"], "worker": q["worker"], "depth": q["depth"], "dead_letters": q["dead_letters"],
+                   "in_flight": sum(c.get("held", len(c["in_flight"])) for c in q["consumers"]),
+                   "consumers_alive": sum(1 for c in q["consumers"] if c["alive"]),
+                   "error": (redis_info or {}).get("error") or "; ".join(q.get("errors") or []) or None}
+                  for q in status["queues"]]
+        shown = None if redis_info is None else {k: redis_info[k] for k in ("state", "connected", "error")}
+        return {"redis": shown, "queues": queues}
 
     # -- metrics ---------------------------------------------------------------------------------------
     def refresh_metrics(self, metrics: Metrics) -> None:

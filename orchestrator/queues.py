@@ -1,24 +1,20 @@
-"""The pod's view of the app's Redis queues (GET /queues, `python -m orchestrator.queue_cli status`):
-depth and dead letters of each queue a worker of this pod consumes, every consumer registered on it
-(this pod's and other pods'), whether its heartbeat is alive, and the jobs each holds."""
+"""The pod's view of the app's Redis queues (GET /queues, `python -m orchestrator.queue_cli status`, the ops
+page): depth and dead letters of each queue a worker of this pod consumes, every consumer registered on it
+(this pod's and other pods'), whether its heartbeat is alive, and the jobs each holds.
+
+It never fails on what it finds: Redis unreachable or refusing the password is `redis.state` with the error
+(every queue is still listed, its numbers unknown); a key of the wrong type, an unreadable heartbeat or a
+broken entry is shown as such (common/queues.py). The URL is shown without credentials (common/redact.py).
+"""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from common.queues import connect, consumer_id, queue_name, queue_overview
+from common.queues import connect, consumer_id, queue_name, queue_overview, redis_state
+from common.redact import redacted_url
 from configuration.settings import Settings
-
-
-def redacted(url: str) -> str:
-    """The Redis URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class QueueStatus:
@@ -32,14 +28,31 @@ class QueueStatus:
         if self._client is None:
             return {"redis": None, "queues": [],
                     "message": "REDIS_URL is not set: the workers take jobs over HTTP only"}
-        redis_info: dict[str, Any] = {"url": redacted(self.settings.redis_url), "connected": True, "error": None}
+        redis_info: dict[str, Any] = {"url": redacted_url(self.settings.redis_url), "connected": True,
+                                      "state": "connected", "error": None}
         queues = []
-        try:
-            for worker, queue in self.queues.items():
-                overview = queue_overview(self._client, queue)
+        for worker, queue in self.queues.items():
+            try:
+                if not redis_info["connected"]:
+                    raise _Skipped()
+                overview = queue_overview(self._client, queue, self.settings.max_body_bytes)
                 for consumer in overview["consumers"]:
                     consumer["this_pod"] = consumer["consumer_id"] in self.ours
-                queues.append({"worker": worker, **overview})
-        except redis.RedisError as exc:
-            redis_info.update(connected=False, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            except _Skipped:
+                overview = _unknown(queue)
+            except redis.RedisError as exc:
+                redis_info.update(connected=False, state=redis_state(exc),
+                                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                overview = _unknown(queue)
+            except Exception as exc:  # a view must answer: what could not be read is said, not raised
+                overview = _unknown(queue, f"could not be read: {type(exc).__name__}")
+            queues.append({"worker": worker, **overview})
         return {"redis": redis_info, "queues": queues}
+
+
+class _Skipped(Exception):
+    """Redis already failed for an earlier queue of this answer: do not wait for it again."""
+
+
+def _unknown(queue: str, error: str | None = None) -> dict[str, Any]:
+    return {"queue": queue, "depth": None, "dead_letters": None, "consumers": [], "errors": [error] if error else []}

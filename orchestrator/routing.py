@@ -22,7 +22,16 @@ from common import errors, policy
 from common.callbacks import CallbackSender
 from common.errors import ContentPolicyRefused, DomainError, JobIdConflict, Unavailable, WorkerUnavailable
 from common.http import bearer_session, error_of, now_iso, refusal
-from common.jobs import TERMINAL, JobJournal, JobRecord, recent_summaries, send_terminal_callback, start_sweeper, sweep
+from common.jobs import (
+    TERMINAL,
+    JobJournal,
+    JobRecord,
+    recent_summaries,
+    send_processing_callback,
+    send_terminal_callback,
+    start_sweeper,
+    sweep,
+)
 from common.logging import REQUEST_ID_HEADER, current_request_id, describe_text, log_context, new_request_id
 from common.metrics import process_metrics
 from configuration import chat_config, job_types
@@ -245,6 +254,7 @@ class Router:
             job.record.status = "processing"
             job.record.started_at = now_iso()
             self._stage(job, {"stage": "enhancing", "step": 0, "total_steps": 0, "percent": 0.0})
+            send_processing_callback(job.record, self.callbacks)
         try:
             enhanced, info = self._enhance(job)
             # The enhanced prompt is what the generation worker would read: checked before it gets there.
@@ -377,6 +387,7 @@ class Router:
         if remote["status"] == "processing" and record.status == "queued":
             record.status = "processing"
             record.started_at = remote.get("started_at") or now_iso()
+            send_processing_callback(record, self.callbacks)
         if record.status == "processing" and remote.get("progress", {}).get("stage") not in (None, "queued"):
             self._stage(job, dict(remote["progress"]), journal=False)
         if remote["status"] in TERMINAL:

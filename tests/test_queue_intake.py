@@ -12,6 +12,8 @@ from common.queues import Entry, QueueKeys, connect, parse_entry, queue_overview
 from tests.redis_support import RedisServer
 from workers.runtime.queue_intake import QueueIntake
 
+MAX_BYTES = 10 * 1024 * 1024
+
 
 class Sink:
     """A one-thread executor like the worker's: FIFO, one job at a time, a journal of statuses."""
@@ -23,6 +25,7 @@ class Sink:
         self.runs: dict[str, int] = {}
         self.rejected: dict[str, str] = {}
         self.payloads: dict[str, dict] = {}
+        self.owners: dict[str, str | None] = {}
         self._queue: list[str] = []
         self._running = False
         self._lock = threading.Lock()
@@ -37,8 +40,14 @@ class Sink:
         with self._lock:
             return self.status.get(job_id)
 
+    def conflict(self, job_id, payload):
+        with self._lock:
+            owner = self.owners.get(job_id)
+        return None if owner is None or owner == payload.get("user_id") else "another user's job has it"
+
     def submit(self, job_id, payload):
         with self._lock:
+            self.owners[job_id] = payload.get("user_id")
             self.status[job_id] = "queued"
             self.payloads[job_id] = payload
             self._queue.append(job_id)
@@ -216,7 +225,7 @@ def test_an_idle_consumer_gets_the_next_job_rather_than_a_busy_one(redis_server)
         assert sorted(done) == sorted(ids) and len(done) == len(ids)  # each exactly once
         assert all(len(s.order) >= 5 for s in sinks), [len(s.order) for s in sinks]
         assert settled(client, QueueKeys("q_share"), consumers=("c0", "c1"))
-        overview = queue_overview(client, "q_share")
+        overview = queue_overview(client, "q_share", MAX_BYTES)
         assert overview["depth"] == 0 and {c["consumer_id"] for c in overview["consumers"]} == {"c0", "c1"}
     finally:
         for intake in intakes:
@@ -257,15 +266,26 @@ def test_tls_with_a_password_and_a_clean_exit_deregisters():
         assert settled(client, QueueKeys("q_tls"))
         intake.stop_taking()
         intake.close()
-        assert queue_overview(client, "q_tls")["consumers"] == []
+        assert queue_overview(client, "q_tls", MAX_BYTES)["consumers"] == []
 
 
 def test_parse_entry_reasons():
-    assert parse_entry(b'{"id": "a", "job_id": "a"}') == Entry({"id": "a", "job_id": "a"}, "a")
-    assert parse_entry(b'{"job_id": "b"}') == Entry({"job_id": "b"}, "b")
-    assert str(parse_entry(b'{"id": 5}')).startswith("job id is not")
-    assert parse_entry(b'"text"') == "not a JSON object (a str)"
-    assert str(parse_entry(b"")).startswith("not valid JSON")
+    assert parse_entry(b'{"id": "a", "job_id": "a"}', MAX_BYTES) == Entry({"id": "a", "job_id": "a"}, "a")
+    assert parse_entry(b'{"job_id": "b"}', MAX_BYTES) == Entry({"job_id": "b"}, "b")
+    assert str(parse_entry(b'{"id": 5}', MAX_BYTES)).startswith("job id is not")
+    assert parse_entry(b'"text"', MAX_BYTES) == "not a JSON object (a str)"
+    assert str(parse_entry(b"", MAX_BYTES)).startswith("not valid JSON")
+    # The HTTP body rules (common/strict_json.py, the id pattern, the size cap), never an exception.
+    deep = "[" * 3000 + "]" * 3000
+    assert "nested more than 64 deep" in parse_entry(f'{{"id": "d", "x": {deep}}}', MAX_BYTES)
+    assert "nested more than 64 deep" in parse_entry('{"id": "d", "x": ' + "[" * 900 + "]" * 900 + "}", MAX_BYTES)
+    assert "NaN is not a JSON value" in parse_entry(b'{"id": "n", "guidance_scale": NaN}', MAX_BYTES)
+    assert "out of range" in parse_entry(b'{"id": "n", "guidance_scale": 1e999}', MAX_BYTES)
+    assert str(parse_entry(b'{"id": "newline\\n"}', MAX_BYTES)).startswith("job id is not")
+    assert str(parse_entry(json.dumps({"id": "newline\n"}), MAX_BYTES)).startswith("job id is not")
+    big = b'{"id": "big", "m": "' + b"x" * 100 + b'"}'
+    assert parse_entry(big, 64).startswith("the entry is 122 bytes; at most 64")
+    assert parse_entry(b'{"id": "\\ud800x"}', MAX_BYTES).startswith("not valid JSON: the string at /id contains a lone")
 
 
 def test_missing_redis_server_fails_with_how_to_get_it(monkeypatch):
@@ -291,3 +311,120 @@ def test_a_job_the_sink_fails_to_accept_ends_failed_and_is_acknowledged(redis_se
         assert settled(client, QueueKeys("q_defect"))
     finally:
         intake.stop_taking()
+
+
+def test_hostile_entries_are_dead_lettered_once_with_the_reason_and_the_queue_moves_on(redis_server):
+    """Each ends in the dead-letter list exactly once (a 3,000-deep entry used to raise RecursionError and be
+    handled again forever), and the job behind each runs."""
+    client, sink = redis_server.client(), Sink()
+    sink.owners["taken-1"], sink.status["taken-1"] = "alice", "completed"
+    hostile = {
+        "deep": '{"id": "deep-1", "m": ' + "[" * 3000 + "]" * 3000 + "}",
+        "nan": '{"id": "nan-1", "guidance_scale": NaN}',
+        "newline": json.dumps({"id": "newline-1\n"}),
+        "big": json.dumps({"id": "big-1", "metadata": "x" * 9000}),
+        "other user": json.dumps({"id": "taken-1", "user_id": "mallory"}),
+    }
+    entries = []
+    for i, entry in enumerate(hostile.values()):
+        entries += [entry, {"id": f"behind-{i}"}]
+    push(client, "q_hostile", *entries)
+    intake = start_intake(redis_server, "q_hostile", sink, max_entry_bytes=8192)
+    try:
+        assert sink.wait_done([f"behind-{i}" for i in range(len(hostile))])
+        assert settled(client, QueueKeys("q_hostile"))
+        time.sleep(0.5)  # nothing is handled again after the queue has settled
+        dead = [json.loads(d) for d in client.lrange("q_hostile:dead", 0, -1)]
+        reasons = [d["reason"] for d in dead]
+        assert len(dead) == len(hostile), reasons
+        assert "nested more than 64 deep" in reasons[0]
+        assert "NaN is not a JSON value" in reasons[1]
+        assert reasons[2].startswith("job id is not")
+        assert reasons[3].startswith("the entry is") and dead[3]["bytes"] > 8192
+        assert reasons[4] == "job id taken-1 is already in use: another user's job has it"
+        assert sink.status["taken-1"] == "completed" and "taken-1" not in sink.runs  # the other job untouched
+        status = intake.status()
+        assert status["dead_lettered"] == 5 and status["id_conflicts"] == 1 and status["taken"] == 10
+    finally:
+        intake.stop_taking()
+
+
+def test_an_exception_while_handling_an_entry_dead_letters_it_once(redis_server):
+    class Broken(Sink):
+        def conflict(self, job_id, payload):
+            if payload.get("break"):
+                raise RecursionError("maximum recursion depth exceeded")
+            return super().conflict(job_id, payload)
+
+    client, sink = redis_server.client(), Broken()
+    push(client, "q_broken", {"id": "broken-1", "break": True}, {"id": "after-1"})
+    intake = start_intake(redis_server, "q_broken", sink)
+    try:
+        assert sink.wait_done(["after-1"])
+        assert settled(client, QueueKeys("q_broken"))
+        time.sleep(0.5)
+        [dead] = [json.loads(d) for d in client.lrange("q_broken:dead", 0, -1)]
+        assert dead["reason"] == "handling the entry failed: RecursionError"
+        assert intake.status()["taken"] == 2 and intake.status()["dead_lettered"] == 1
+    finally:
+        intake.stop_taking()
+
+
+def test_the_overview_shows_what_it_finds_and_never_fails(redis_server):
+    client, keys = redis_server.client(), QueueKeys("q_odd")
+    client.sadd(keys.consumers, "plain-text-heartbeat", "no-heartbeat", "\x1b[31mred")
+    client.set(keys.heartbeat("plain-text-heartbeat"), b"not json \xff")
+    client.lpush(keys.processing("plain-text-heartbeat"), b'{"id": "x", "v": NaN}', json.dumps({"id": "ok-1"}))
+    client.lpush(keys.processing("plain-text-heartbeat"), json.dumps({"id": "huge", "m": "x" * 5000}))
+    client.set(keys.dead, "a string where a list should be")
+    overview = queue_overview(client, "q_odd", 4096)
+    assert overview["depth"] == 0 and overview["dead_letters"] is None
+    assert overview["errors"] and overview["errors"][0].startswith("q_odd:dead: ResponseError: WRONGTYPE")
+    by_id = {c["consumer_id"]: c for c in overview["consumers"]}
+    odd = by_id["plain-text-heartbeat"]
+    assert odd["alive"] and odd["info"] == {"unreadable": "not json \ufffd", "truncated": False}
+    assert odd["held"] == 3
+    assert odd["in_flight"][0].startswith("<unusable entry: not valid JSON: NaN")
+    assert odd["in_flight"][1] == "ok-1"
+    assert odd["in_flight"][2].startswith("<unusable entry: the entry is")
+    assert not by_id["no-heartbeat"]["alive"] and by_id["no-heartbeat"]["info"] is None
+    assert "\x1b[31mred" in by_id
+
+
+def test_the_heartbeat_reports_an_outage_while_the_intake_loop_is_quiet():
+    """A long job keeps the intake loop from touching Redis: the heartbeat thread still notices."""
+    with RedisServer() as server:
+        sink = Sink()
+        sink._running = True  # the executor is busy: the loop never takes and never blocks on Redis
+        intake = start_intake(server, "q_quiet", sink, heartbeat_ttl_s=30)
+        try:
+            deadline = time.monotonic() + 10
+            while not intake.status()["connected"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert intake.status()["redis"] == "connected"
+            server.stop()
+            stopped = time.monotonic()
+            while intake.status()["connected"] and time.monotonic() < stopped + 20:
+                time.sleep(0.05)
+            took = time.monotonic() - stopped
+            assert intake.status()["redis"] == "unreachable", intake.status()
+            assert took < 10, f"the outage showed after {took:.1f}s"  # LIVENESS_S is 2 s; margin for a loaded box
+        finally:
+            intake.stop_taking()
+
+
+def test_a_wrong_password_is_reported_as_refused():
+    with RedisServer(password="the-right-one") as server:
+        url = server.url.replace("the-right-one", "a-wrong-one")
+        sink = Sink()
+        intake = QueueIntake(connect(url, 0.2), "q_auth", "c1", sink, block_s=0.2, backoff_s=0.05, backoff_max_s=0.5)
+        intake.start()
+        try:
+            deadline = time.monotonic() + 10
+            while intake.status()["last_error"] is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            status = intake.status()
+            assert status["redis"] == "password_refused" and not status["connected"], status
+            assert "a-wrong-one" not in json.dumps(status)
+        finally:
+            intake.stop_taking()

@@ -7,9 +7,11 @@ from flask import Flask
 
 from common.auth import install_auth
 from common.queues import QueueKeys, consumer_id
+from common.redact import redacted_url
 from configuration.settings import Settings
+from orchestrator.memory_cli import terminal_safe
 from orchestrator.queue_cli import render_status
-from orchestrator.queues import QueueStatus, redacted
+from orchestrator.queues import QueueStatus
 from tests.support import free_port
 
 
@@ -25,7 +27,7 @@ def test_queue_status_shows_depth_dead_letters_and_every_consumer(redis_server, 
     client.lpush(keys.processing("other-pod-sdxl-1"), json.dumps({"id": "held-by-a-dead-pod"}))
 
     status = QueueStatus(settings, ["sdxl", "wan", "chat"]).status()
-    assert status["redis"] == {"url": redis_server.url, "connected": True, "error": None}
+    assert status["redis"] == {"url": redis_server.url, "connected": True, "state": "connected", "error": None}
     sdxl, wan = status["queues"]
     assert (sdxl["worker"], sdxl["depth"], sdxl["dead_letters"], wan["depth"]) == ("sdxl", 2, 1, 0)
     by_id = {c["consumer_id"]: c for c in sdxl["consumers"]}
@@ -41,8 +43,78 @@ def test_queue_status_without_redis_and_with_redis_unreachable(tmp_path):
     down = Settings(redis_url=f"redis://:pw@127.0.0.1:{free_port()}/0", output_dir=tmp_path)
     status = QueueStatus(down, ["sdxl"]).status()
     assert status["redis"]["connected"] is False and status["redis"]["error"]
-    assert status["redis"]["url"] == redacted(down.redis_url) and "pw" not in status["redis"]["url"]
-    assert "UNREACHABLE" in render_status(status)
+    assert status["redis"]["url"] == redacted_url(down.redis_url) and "pw" not in status["redis"]["url"]
+    assert status["redis"]["state"] == "unreachable" and "UNREACHABLE" in render_status(status)
+    assert [q["queue"] for q in status["queues"]] == ["sdxl_queue"] and status["queues"][0]["depth"] is None
+
+
+CANARY = "Canary-S3cret"
+
+
+def test_credentials_never_show_in_any_url_form_the_client_accepts():
+    forms = [
+        f"redis://:{CANARY}@redis.example:6379/0",
+        f"redis://default:{CANARY}@redis.example:6379/0",
+        f"rediss://{CANARY}@redis.example:6380",
+        f"redis://redis.example:6379/0?password={CANARY}",
+        f"redis://redis.example:6379/0?db=1&password={CANARY}&ssl_cert_reqs=required",
+        f"redis://redis.example:6379/0?username=u&PASSWORD={CANARY}",
+        f"redis://redis.example:6379/0?x={CANARY}",
+        f"redis://:pa#ss{CANARY}@redis.example:6379/0",
+        f"redis://:pa/ss?{CANARY}@redis.example:6379/0",
+        f"redis://:p@ss{CANARY}@redis.example:6379/0",
+        f"redis://redis.example:6379/0#{CANARY}",
+        f"redis://redis.example:6379/0?password={CANARY}#{CANARY}",
+        f"{CANARY}",
+    ]
+    for url in forms:
+        shown = redacted_url(url)
+        assert CANARY not in shown and CANARY.lower() not in shown.lower(), (url, shown)
+    assert redacted_url("redis://default:pw@redis.example:6379/0?db=1&ssl_cert_reqs=required") == \
+        "redis://***@redis.example:6379/0?db=1&ssl_cert_reqs=required"
+    assert redacted_url("redis://redis.example:6379/0?password=pw") == "redis://redis.example:6379/0?password=***"
+    assert redacted_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_a_url_the_client_would_misread_is_refused_without_quoting_it():
+    from common.queues import connect
+
+    for url in (f"redis://:pa#{CANARY}@127.0.0.1:6379/0", f"redis://u:12#{CANARY}@127.0.0.1/0"):
+        try:
+            connect(url)
+        except ValueError as exc:
+            assert CANARY not in str(exc) and "percent-encode" in str(exc)
+        else:
+            raise AssertionError(f"{url} was accepted")
+
+
+def test_query_form_credentials_never_appear_in_the_queue_views(redis_server, tmp_path):
+    """REDIS_URL with ?password= (accepted by redis-py) against a real password-protected Redis."""
+    from tests.redis_support import RedisServer
+
+    with RedisServer(password=CANARY) as server:
+        url = f"redis://127.0.0.1:{server.port}/0?password={CANARY}"
+        settings = Settings(redis_url=url, sdxl_queue="canary_q", output_dir=tmp_path)
+        server.client().rpush("canary_q", json.dumps({"id": "j1"}))
+        status = QueueStatus(settings, ["sdxl"]).status()
+        assert status["redis"]["connected"] and status["queues"][0]["depth"] == 1, status
+        shown = json.dumps(status) + render_status(status)
+        assert CANARY not in shown and "password=***" in shown
+        wrong = Settings(redis_url=url.replace(CANARY, CANARY + "-wrong"), sdxl_queue="canary_q", output_dir=tmp_path)
+        refused = QueueStatus(wrong, ["sdxl"]).status()
+        assert refused["redis"]["state"] == "password_refused", refused
+        shown = json.dumps(refused) + render_status(refused)
+        assert CANARY not in shown and "REFUSES THE PASSWORD" in shown
+
+
+def test_operator_tables_print_untrusted_strings_escaped():
+    from orchestrator.memory_cli import render_jobs
+
+    hostile = "\x1b]0;owned\x07\x1b[2J\rtype\u202e"
+    table = terminal_safe(render_jobs([{"job_id": "j1", "type": hostile, "status": "failed", "worker": "sdxl",
+                                        "error_code": "\x9b31m"}]))
+    assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in table), repr(table)
+    assert "\\x1b]0;owned\\x07" in table and "\\u202e" in table and "\\x9b" in table
 
 
 def test_every_configured_key_works_and_no_other():

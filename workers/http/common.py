@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, current_app, jsonify
 
-from common import errors
+from common import auth, errors
 from common.body import body_with_query, json_body
 from common.errors import ApiError, Unavailable
 from configuration.openapi import RouteTable, openapi_document
@@ -37,9 +37,14 @@ def health():
 def ready():
     s = state()
     require_ready()
-    answer = {"ready": True, "worker": s.name, "queue_depth": s.queue_depth()}
+    answer: dict = {"ready": True, "worker": s.name}
     if s.intake is not None:  # Redis down leaves the worker ready for HTTP jobs; this says so
-        answer["queue"] = s.intake.status()
+        intake = s.intake.status()
+        # Without a key, what a load balancer needs: no job ids, no Redis error text (docs/SECURITY.md).
+        answer["queue"] = intake if auth.authenticated() else {"connected": intake["connected"],
+                                                               "redis": intake["redis"]}
+    if auth.authenticated():
+        answer["queue_depth"] = s.queue_depth()
     return jsonify(answer)
 
 
@@ -92,9 +97,10 @@ def openapi():
 ROUTES: RouteTable = {
     "/health": {"get": ("Process is alive (no auth).", None, ())},
     "/ready": {"get": ("Able to take work (no auth): 200 once the app is built; a stopping worker closes its "
-                       "port at once. With REDIS_URL, `queue` is the Redis consumer's state (connected or not, "
-                       "since when, in-flight jobs, counters): Redis down leaves the worker ready for HTTP jobs.",
-                       None, ())},
+                       "port at once. With REDIS_URL, `queue.redis` says whether the Redis queue intake is "
+                       "`connected`, `unreachable` or `password_refused` (Redis down leaves the worker ready for "
+                       "HTTP jobs). With a key, also `queue_depth` and the consumer's whole state (since when, the "
+                       "error, in-flight jobs, counters).", None, ())},
     "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
     "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401,

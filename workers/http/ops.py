@@ -63,7 +63,9 @@ def refresh_metrics(metrics: Metrics, s) -> None:
         metrics.device_used.labels(device).set(reading["total_bytes"] - reading["free_bytes"])
     if s.intake is not None:
         queue = s.intake.keys.queue
-        metrics.queue_in_flight.labels(queue).set(len(s.intake.status()["in_flight"]))
+        intake = s.intake.status()
+        metrics.queue_in_flight.labels(queue).set(len(intake["in_flight"]))
+        metrics.queue_redis_up.labels(queue).set(1 if intake["connected"] else 0)
         try:
             metrics.queue_depth.labels(queue).set(s.intake.depth())
         except redis.RedisError:

@@ -49,6 +49,9 @@ class JobContext:
         self._runner = runner
         self._record = record
         self.cancel_requested = threading.Event()
+        # Set with cancel_requested when the worker stops the job (shutdown grace over): it ends `failed`
+        # (worker_stopped) with this reason, not `cancelled`: nobody cancelled it.
+        self.stop_reason: str | None = None
         self.references: dict = {}
         self.timer = StageTimer()   # seconds per stage (metrics, provenance)
         # Set for the one retry after a CUDA out-of-memory error: engines then use their memory-saving modes.
@@ -202,12 +205,20 @@ class JobRunner:
                     self._finish(record, "failed", error={"code": errors.WORKER_STOPPED, "message": reason})
                     failed.append(record.job_id)
                 elif record.status == "processing" and record.job_id in self._contexts:
+                    self._contexts[record.job_id].stop_reason = reason
                     self._contexts[record.job_id].cancel_requested.set()
         return failed
 
     def idle(self) -> bool:
         with self._lock:
             return self._running is None and self._queue.empty() and not self._fetching
+
+    def can_start(self) -> bool:
+        """One more job would start now: nothing running or waiting for the executor, and a fetch thread
+        free. Jobs fetching their references do not count (the queue intake takes the next entry while a
+        slow reference host holds one job), but at most FETCH_THREADS of them."""
+        with self._lock:
+            return self._running is None and self._queue.empty() and len(self._fetching) < FETCH_THREADS
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -352,8 +363,12 @@ class JobRunner:
         except JobCancelled:
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "cancelled",
-                             error={"code": errors.CANCELLED, "message": "cancelled while running"})
+                if context.stop_reason is not None:
+                    self._finish(record, "failed",
+                                 error={"code": errors.WORKER_STOPPED, "message": context.stop_reason})
+                else:
+                    self._finish(record, "cancelled",
+                                 error={"code": errors.CANCELLED, "message": "cancelled while running"})
         except JobFailed as exc:
             self._cleanup(stored)
             with self._lock:

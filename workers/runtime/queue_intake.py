@@ -2,8 +2,9 @@
 shared by every pod on the same Redis.
 
 The app pushes each job with RPUSH, so the oldest entry is on the left. A consumer:
-- takes an entry only when its executor would start it now (idle), so an idle pod gets the next job
-  rather than a busy one hoarding it;
+- takes an entry only when its runtime would start it now (the executor idle; a job still fetching its
+  reference images does not count, up to a bound), so an idle pod gets the next job rather than a busy
+  one hoarding it, and a slow reference host holds only its own job;
 - takes it with one atomic `BLMOVE <queue> <queue>:processing:<consumer> LEFT LEFT`, so an entry is
   always in the queue or in exactly one consumer's processing list, never only in a process's memory;
 - removes it from its processing list (LREM) only once the job's terminal state is in the job journal;
@@ -13,9 +14,13 @@ The app pushes each job with RPUSH, so the oldest entry is on the left. A consum
 - acknowledges without running an entry whose job id its journal already shows finished (a
   redelivery), and fails a job delivered more than `max_deliveries` times without finishing (a job
   that kills every worker that takes it must not circle forever);
-- moves an entry that is not a JSON object with a usable job id to `<queue>:dead` with the reason;
-- survives Redis being down: it reconnects with backoff, reports the outage in `status()`, and
-  after every reconnect reconciles its processing list with what it tracks (a reply lost with the
+- moves an entry that is not a JSON object with a usable job id to `<queue>:dead` with the reason: read
+  as an HTTP body is (strict JSON, the body size cap, the API's id pattern); so is an entry whose job id
+  is held here by another job (another user's, or one submitted over HTTP or through the orchestrator),
+  and one whose handling raised anything at all: no entry is handled twice for the same cause;
+- survives Redis being down: it reconnects with backoff, reports the outage in `status()` within
+  LIVENESS_S (the heartbeat thread notices it too, also while a long job keeps the intake loop quiet),
+  and after every reconnect reconciles its processing list with what it tracks (a reply lost with the
   connection cannot strand an entry).
 
 What a job is, how it is validated and run, is the `JobSink`'s business (the worker's runtime); this
@@ -35,21 +40,27 @@ import redis
 
 from common.http import now_iso
 from common.metrics import process_metrics
-from common.queues import TERMINAL, Entry, QueueKeys, parse_entry
+from common.queues import TERMINAL, Entry, QueueKeys, parse_entry, redis_state
 
 log = logging.getLogger(__name__)
 
 DEAD_ENTRY_MAX_CHARS = 65536
+LIVENESS_S = 2.0      # the heartbeat thread touches Redis at least this often: status() is this fresh
 
 
 class JobSink(Protocol):
     """What the intake needs from the worker's runtime."""
 
     def can_take(self) -> bool:
-        """True when the executor would start a job now (nothing running, nothing waiting)."""
+        """True when the runtime would start one more job now (nothing running or waiting for the executor;
+        jobs fetching their references do not count, up to the runtime's bound)."""
 
     def job_status(self, job_id: str) -> str | None:
         """The job's status in the journal, None when this worker has never accepted it."""
+
+    def conflict(self, job_id: str, payload: dict) -> str | None:
+        """Why `payload` may not use `job_id` here (another user's job, a job submitted over HTTP or through
+        the orchestrator has it), or None: the id is free or names this same queued job (a redelivery)."""
 
     def submit(self, job_id: str, payload: dict) -> None:
         """Validate and accept the job, or end it `failed` with the reason (a field path for a bad field).
@@ -73,6 +84,7 @@ class IntakeCounters:
     dead_lettered: int = 0
     reaped: int = 0
     rejected_redeliveries: int = 0
+    id_conflicts: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -83,6 +95,7 @@ class IntakeState:
     connected: bool = False
     last_error: str | None = None
     disconnected_since: str | None = None
+    problem: str = "unreachable"    # while not connected: common.queues.redis_state of the last error
     reconnects: int = 0
     counters: IntakeCounters = field(default_factory=IntakeCounters)
 
@@ -92,7 +105,8 @@ class QueueIntake:
 
     def __init__(self, client: redis.Redis, queue: str, consumer_id: str, sink: JobSink, *,
                  info: dict | None = None, heartbeat_ttl_s: float = 30.0, reap_interval_s: float = 15.0,
-                 block_s: float = 1.0, max_deliveries: int = 3, backoff_s: float = 0.5, backoff_max_s: float = 30.0):
+                 block_s: float = 1.0, max_deliveries: int = 3, backoff_s: float = 0.5, backoff_max_s: float = 30.0,
+                 max_entry_bytes: int = 10 * 1024 * 1024):
         if heartbeat_ttl_s <= 0 or block_s <= 0:
             raise ValueError("heartbeat_ttl_s and block_s must be positive")
         self.redis = client
@@ -106,6 +120,7 @@ class QueueIntake:
         self.max_deliveries = max_deliveries
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
+        self.max_entry_bytes = max_entry_bytes
         self.state = IntakeState()
         self._tracked: list[_Tracked] = []  # entries held in the processing list, oldest first
         self._lock = threading.Lock()
@@ -159,8 +174,13 @@ class QueueIntake:
             in_flight = [t.job_id for t in self._tracked]
         s = self.state
         return {"queue": self.keys.queue, "consumer_id": self.consumer_id, "connected": s.connected,
-                "last_error": s.last_error, "disconnected_since": s.disconnected_since,
+                "redis": self.redis_state(), "last_error": s.last_error, "disconnected_since": s.disconnected_since,
                 "reconnects": s.reconnects, "in_flight": in_flight, **s.counters.as_dict()}
+
+    def redis_state(self) -> str:
+        """`connected`, `password_refused` (Redis answers but refuses the credentials) or `unreachable`:
+        what /ready, the ops page and the `queue_redis_up` metric say without the error text."""
+        return "connected" if self.state.connected else self.state.problem
 
     # -- the loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -206,9 +226,7 @@ class QueueIntake:
             self._handle(raw)
 
     def _can_take(self) -> bool:
-        with self._lock:
-            waiting = any(self.sink.job_status(t.job_id) not in TERMINAL for t in self._tracked)
-        return not waiting and self.sink.can_take()
+        return self.sink.can_take()
 
     def _connected(self) -> None:
         if not self.state.connected:
@@ -217,6 +235,7 @@ class QueueIntake:
 
     def _disconnected(self, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.state.problem = redis_state(exc)
         if self.state.connected or self.state.last_error != reason:
             log.warning("queue %s: Redis unavailable (%s); HTTP keeps serving, retrying with backoff",
                         self.keys.queue, reason)
@@ -228,11 +247,30 @@ class QueueIntake:
 
     # -- entries ----------------------------------------------------------------------------------
     def _handle(self, raw: bytes | str) -> None:
-        entry = parse_entry(raw)
+        """One entry, handled once: accepted, acknowledged as a redelivery, or dead-lettered with the reason.
+        Anything it raises but a Redis error (the loop reconnects and reconciles) dead-letters the entry."""
+        try:
+            self._handle_entry(raw)
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # a hostile entry or a defect must not wedge the queue on this entry
+            log.exception("queue %s: handling an entry failed; moving it to %s", self.keys.queue, self.keys.dead)
+            with self._lock:
+                self._tracked = [t for t in self._tracked if t.raw != raw]
+            self._dead_letter(raw, f"handling the entry failed: {type(exc).__name__}")  # no text of the entry
+
+    def _handle_entry(self, raw: bytes | str) -> None:
+        entry = parse_entry(raw, self.max_entry_bytes)
         if not isinstance(entry, Entry):
             self._dead_letter(raw, entry)
             return
         payload, job_id = entry.payload, entry.job_id
+        conflict = self.sink.conflict(job_id, payload)
+        if conflict is not None:
+            # No callback: the app knows a job by its id alone, so one would report on the other job.
+            self.state.counters.id_conflicts += 1
+            self._dead_letter(raw, f"job id {job_id} is already in use: {conflict}")
+            return
         status = self.sink.job_status(job_id)
         if status in TERMINAL:
             log.info("queue %s: job %s redelivered but already %s here; acknowledged without running",
@@ -258,7 +296,13 @@ class QueueIntake:
                 self.sink.submit(job_id, payload)
             except Exception as exc:  # a defect in accepting one job must not strand its entry
                 log.exception("queue %s: job %s could not be accepted", self.keys.queue, job_id)
-                if self.sink.job_status(job_id) is None:
+                conflict = self.sink.conflict(job_id, payload)
+                if conflict is not None:  # another job took the id meanwhile (HTTP, between the check and now)
+                    with self._lock:
+                        self._tracked = [t for t in self._tracked if t.raw != raw]
+                    self.state.counters.id_conflicts += 1
+                    self._dead_letter(raw, f"job id {job_id} is already in use: {conflict}")
+                elif self.sink.job_status(job_id) is None:
                     self.sink.reject(job_id, payload, "internal_error",
                                      f"the worker could not accept the job ({type(exc).__name__})")
 
@@ -278,8 +322,10 @@ class QueueIntake:
         self.state.counters.acknowledged += 1
 
     def _dead_letter(self, raw: bytes | str, reason: str) -> None:
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        record = {"reason": reason, "entry": text[:DEAD_ENTRY_MAX_CHARS], "truncated": len(text) > DEAD_ENTRY_MAX_CHARS,
+        head = raw[:DEAD_ENTRY_MAX_CHARS * 4]  # a 50 MB entry is not decoded whole to keep its first 64 K
+        text = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+        record = {"reason": reason, "entry": text[:DEAD_ENTRY_MAX_CHARS],
+                  "truncated": len(head) < len(raw) or len(text) > DEAD_ENTRY_MAX_CHARS, "bytes": len(raw),
                   "consumer": self.consumer_id, "at": now_iso()}
         pipe = self.redis.pipeline(transaction=True)
         pipe.rpush(self.keys.dead, json.dumps(record))
@@ -311,12 +357,16 @@ class QueueIntake:
         pipe.execute()
 
     def _heartbeat_loop(self) -> None:
-        interval = self.heartbeat_ttl_s / 3
+        """Renew the heartbeat; it is also how an outage shows in status() while a long job keeps the intake
+        loop from touching Redis (the loop itself reconnects and reconciles)."""
+        interval = min(self.heartbeat_ttl_s / 3, LIVENESS_S)
         while not self._stop.wait(interval):
             try:
                 self._register()
-            except redis.RedisError:
-                pass  # the intake loop reports the outage and reconnects
+            except redis.RedisError as exc:
+                self._disconnected(exc)
+            else:
+                self._connected()
 
     def _reap(self) -> None:
         """Hand entries of consumers without a heartbeat back to the head of the queue, oldest first."""

@@ -41,7 +41,8 @@ def start_queue_intake(state: WorkerState) -> QueueIntake | None:
     intake = QueueIntake(connect(settings.redis_url, settings.queue_block_s), queue, consumer_id(state.name, settings),
                          sink, info={"worker": state.name, "pid": state.pid},
                          heartbeat_ttl_s=settings.queue_heartbeat_ttl_s, reap_interval_s=settings.queue_reap_interval_s,
-                         block_s=settings.queue_block_s, max_deliveries=settings.queue_max_deliveries)
+                         block_s=settings.queue_block_s, max_deliveries=settings.queue_max_deliveries,
+                         max_entry_bytes=settings.max_body_bytes)
     state.runner.idle_hooks.append(intake.notify)
     log.info("taking jobs from Redis list %s as consumer %s", queue, intake.consumer_id)
     return intake.start()
@@ -59,15 +60,37 @@ class QueueJobSink:
 
     # -- JobSink ----------------------------------------------------------------------------------
     def can_take(self) -> bool:
-        return not self.state.shutting_down and self.runner.idle()
+        # A job fetching its references does not make the worker busy (up to the runner's fetch threads):
+        # a dripping reference host holds its own job only, not the queue behind it.
+        return not self.state.shutting_down and self.runner.can_start()
 
     def job_status(self, job_id: str) -> str | None:
         record = self.runner.get(job_id)
         return record.status if record else None
 
+    def conflict(self, job_id: str, payload: dict) -> str | None:
+        """The per-user id ownership of POST /generate (409 there), for queued entries: only the same
+        user's job from this same queue may come back under its id (a redelivery)."""
+        record = self.runner.get(job_id)
+        if record is None:
+            return None
+        if (record.metadata.get("source") or {}).get("queue") != self.queue:
+            how = "over HTTP" if record.send_callback else "through the orchestrator"
+            return f"a job submitted {how} has it"
+        if record.user_id != _user_of(payload):
+            return "another user's job has it"
+        return None
+
     def submit(self, job_id: str, payload: dict) -> None:
         s = self.state
         job: AppJob | None = None
+        if self.runner.cancelled_in_app(job_id):  # the start check (APP_CANCEL_CHECK): nothing fetched or run
+            log.info("queued job %s was cancelled in the app before it started; not running it", job_id)
+            job_type = str(payload["type"]) if isinstance(payload.get("type"), str) else "unknown"
+            self.runner.reject(job_id, job_type, _user_of(payload),
+                               {"code": errors.CANCELLED, "message": "cancelled in the app before it started"},
+                               {"source": {"queue": self.queue}}, status="cancelled")
+            return
         try:
             job = from_app_payload(s.name, payload, s.settings)
             fetched = self._resolve_storage_references(job)
@@ -91,8 +114,8 @@ class QueueJobSink:
             self._reject(job_id, payload, job, exc.code or errors.JOB_FAILED, exc.message)
             return
         metadata = job_metadata(job.body, params, **self._context(job), references_from_storage=fetched or None)
-        self.runner.submit(job_id, job.body["type"], job.body.get("user_id", "anonymous"), params,
-                        {k: v for k, v in metadata.items() if v is not None})
+        self.runner.submit(job_id, job.body["type"], _user_of(payload), params,
+                           {k: v for k, v in metadata.items() if v is not None}, app_job=True)
 
     def reject(self, job_id: str, payload: dict, code: str, message: str) -> None:
         self._reject(job_id, payload, None, code, message)
@@ -106,8 +129,7 @@ class QueueJobSink:
         log.warning("queued job %s refused (%s)", job_id, code)
         metadata = {k: v for k, v in {**self._context(job), **extra}.items() if v is not None}
         job_type = str(payload["type"]) if isinstance(payload.get("type"), str) else "unknown"
-        user_id = str(payload["user_id"]) if isinstance(payload.get("user_id"), str) else "anonymous"
-        self.runner.reject(job_id, job_type, user_id, {"code": code, "message": message}, metadata)
+        self.runner.reject(job_id, job_type, _user_of(payload), {"code": code, "message": message}, metadata)
 
     def _resolve_storage_references(self, job: AppJob) -> dict[str, str]:
         """Download storage-path references (checked to lie in the job's own folder) with the service key
@@ -126,6 +148,11 @@ class QueueJobSink:
             job.body[section][name] = _data_url(data, app_field)
             fetched[app_field] = f"{bucket}/{path}"
         return fetched
+
+
+def _user_of(payload: dict) -> str:
+    """The user a queued job is recorded under (the record, storage paths, id ownership)."""
+    return payload["user_id"] if isinstance(payload.get("user_id"), str) else "anonymous"
 
 
 def _data_url(data: bytes, app_field: str) -> str:

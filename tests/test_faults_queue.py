@@ -1,0 +1,316 @@
+"""The fault suite of the Redis queue path (issue 19): one pod (orchestrator + SDXL worker, placeholder
+profile) consuming a real redis-server that has a password, given in the query form the client accepts
+(`?password=`). Hostile entries each end as a dead letter with the reason and the valid job pushed behind
+each completes; the operator views answer 200 throughout (a watcher polls them from the first test to the
+last, also while a non-JSON heartbeat key sits in Redis); a dripping reference host holds only its own job;
+the password never appears in any view or log; Redis down or refusing the password is said by /ready, the
+ops page and a metric; routed jobs send `processing` callbacks; a queued job cut off by a pod stop ends
+`failed`, never `cancelled`.
+
+The tests run in order and share the pod; the last one stops it.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.app_client import queue_job_payload
+from tests.redis_support import RedisServer
+from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
+from tests.test_hardening_fetch import DripServer
+
+pytestmark = pytest.mark.timeout(600)
+
+CANARY = "Canary-Redis-S3cret"
+QUEUE = "faults_sdxl_queue"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def small_job(user: str = "u-faults", **kw) -> dict:
+    """An app payload at the placeholder's native size, two steps."""
+    payload = queue_job_payload(user_id=user, job_id=f"q-{uuid.uuid4().hex[:12]}", **kw)
+    del payload["config"]["resolution"]
+    payload["config"]["num_inference_steps"] = 2
+    return payload
+
+
+class ViewWatcher:
+    """Polls GET /queues and /ops/state on the orchestrator for the whole module; every answer must be 200."""
+
+    def __init__(self, pod: OrchestratorProcess):
+        self.pod = pod
+        self.answers: list[tuple[str, int]] = []
+        self.texts: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {API_KEY}"
+        while not self._stop.wait(0.25):
+            for path in ("/queues", "/ops/state"):
+                try:
+                    response = session.get(self.pod.url + path, timeout=30)
+                except requests.RequestException as exc:
+                    if self.pod.proc is not None and self.pod.proc.poll() is None:
+                        self.answers.append((path, -1))
+                        self.texts.append(f"{type(exc).__name__}")
+                    continue
+                self.answers.append((path, response.status_code))
+                self.texts.append(response.text[:20000])
+
+    def failures(self) -> list[tuple[str, int]]:
+        return [a for a in self.answers if a[1] != 200]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(40)
+
+
+@pytest.fixture(scope="module")
+def redis():
+    with RedisServer(password=CANARY) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = CallbackReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory, placeholder_dir, redis, receiver):
+    tmp = tmp_path_factory.mktemp("queue-faults")
+    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), ENABLED_WORKERS="sdxl",
+                   REDIS_URL=f"redis://127.0.0.1:{redis.port}/0?password={CANARY}", SDXL_QUEUE=QUEUE,
+                   CALLBACK_URL=receiver.url, CALLBACK_PROCESSING="true", STATE_DIR=tmp / "state",
+                   QUEUE_BLOCK_S="0.2", QUEUE_HEARTBEAT_TTL_S="6", QUEUE_REAP_INTERVAL_S="1",
+                   FETCH_TIMEOUT_S="90", SHUTDOWN_GRACE_S="3", RESTART_BACKOFF_S="0.2")
+    orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
+    orchestrator.wait_ready()
+    orchestrator.state_dir = Path(env["STATE_DIR"])
+    orchestrator.watcher = ViewWatcher(orchestrator)
+    yield orchestrator
+    orchestrator.watcher.stop()
+    if orchestrator.proc.poll() is None:
+        orchestrator.stop()
+
+
+def sdxl(pod: OrchestratorProcess) -> Client:
+    return Client(pod.workers()["sdxl"]["url"], API_KEY)
+
+
+def terminal(receiver: CallbackReceiver, job_id: str) -> list[dict]:
+    return [b for b in receiver.bodies(job_id) if b["status"] in TERMINAL]
+
+
+def wait_terminal(receiver: CallbackReceiver, job_id: str, timeout_s: float = 180) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = terminal(receiver, job_id)
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no terminal callback for {job_id}")
+
+
+def dead_letters(redis: RedisServer) -> list[dict]:
+    return [json.loads(d) for d in redis.client().lrange(f"{QUEUE}:dead", 0, -1)]
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- tests, in order: the last one stops the pod -------------------------------------------------------
+
+def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod, redis, receiver):
+    client = redis.client()
+    # A non-JSON heartbeat key of a consumer that is registered: the views must show it, not fail on it.
+    client.sadd(f"{QUEUE}:consumers", "ghost-consumer")
+    client.set(f"{QUEUE}:consumer:ghost-consumer", b"\x1b[2J not json \xff", ex=3600)
+    worker = sdxl(pod)
+    owned = small_job(user="alice")
+    client.rpush(QUEUE, json.dumps(owned))
+    assert wait_terminal(receiver, owned["id"])["status"] == "completed"
+    http_id = f"http-{uuid.uuid4().hex[:8]}"
+    assert worker.post("/generate", json={"id": http_id, "type": "sdxl_image_fast", "prompt": "a fox", "user_id": "bob",
+                                          "config": {"steps": 1}}).status_code == 202
+    routed = pod.client.post("/jobs", json={"type": "sdxl_image_fast", "prompt": "a fox", "user_id": "carol",
+                                            "config": {"steps": 1, "seed": 3}})
+    assert routed.status_code == 202, routed.text
+    routed_id = routed.json()["job_id"]
+    wait_until(lambda: worker.get(f"/jobs/{routed_id}").status_code == 200, 60, "the routed job on the worker")
+
+    nan = json.dumps(small_job()).replace('"guidance_scale": 7.5', '"guidance_scale": NaN')
+    assert "NaN" in nan
+    hostile = {
+        "3,000 deep": '{"id": "deep-1", "type": "sdxl_image_fast", "m": ' + "[" * 3000 + "]" * 3000 + "}",
+        "NaN": nan,
+        "newline id": json.dumps({**small_job(), "id": "newline-1\n"}),
+        "12 MB caller context": json.dumps({**small_job(), "metadata": {"caller": "x" * (12 * 1024 * 1024)}}),
+        "another user's id": json.dumps({**small_job(user="mallory"), "id": owned["id"]}),
+        "an HTTP job's id": json.dumps({**small_job(user="bob"), "id": http_id}),
+        "a routed job's id": json.dumps({**small_job(user="carol"), "id": routed_id}),
+    }
+    behind = []
+    for entry in hostile.values():
+        job = small_job()
+        behind.append(job["id"])
+        client.rpush(QUEUE, entry, json.dumps(job))
+    for job_id in behind:
+        assert wait_terminal(receiver, job_id)["status"] == "completed", job_id
+    wait_until(lambda: len(dead_letters(redis)) >= len(hostile), 30, "the dead letters")
+    dead = dead_letters(redis)
+    reasons = [d["reason"] for d in dead]
+    assert len(dead) == len(hostile), reasons
+    assert "nested more than 64 deep" in reasons[0]
+    assert "NaN is not a JSON value" in reasons[1]
+    assert reasons[2].startswith("job id is not a string")
+    assert reasons[3].startswith("the entry is") and "at most 10485760" in reasons[3] and dead[3]["truncated"]
+    assert reasons[4] == f"job id {owned['id']} is already in use: another user's job has it"
+    assert reasons[5] == f"job id {http_id} is already in use: a job submitted over HTTP has it"
+    assert reasons[6] == f"job id {routed_id} is already in use: a job submitted through the orchestrator has it"
+    # The other jobs were not touched: one terminal callback each, their own.
+    assert [b["status"] for b in terminal(receiver, owned["id"])] == ["completed"]
+    assert worker.get(f"/jobs/{owned['id']}").json()["user_id"] == "alice"
+    assert "deep-1" not in json.dumps(receiver.bodies()) and not any(
+        (b or {}).get("job_id", "").startswith("newline-1") for b in receiver.bodies())
+    ready = worker.get("/ready").json()["queue"]
+    assert ready["dead_lettered"] == len(hostile) and ready["id_conflicts"] == 3, ready
+    time.sleep(1.0)  # nothing is handled again once the queue is empty
+    assert worker.get("/ready").json()["queue"]["taken"] == ready["taken"]
+
+    queues = pod.client.get("/queues").json()
+    [queue] = queues["queues"]
+    ghost = next(c for c in queue["consumers"] if c["consumer_id"] == "ghost-consumer")
+    assert ghost["alive"] and ghost["info"]["unreadable"].startswith("\x1b[2J not json")
+    assert queue["dead_letters"] == len(hostile)
+    assert pod.client.get("/ops/state").json()["queues"][0]["dead_letters"] == len(hostile)
+    assert pod.watcher.answers and not pod.watcher.failures(), pod.watcher.failures()[:5]
+
+
+def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_on(pod, redis, receiver):
+    drip = DripServer(total_bytes=200_000, interval_s=0.5, duration_s=120)
+    client = redis.client()
+    try:
+        slow = small_job(reference_url=drip.url + "/ref.png")
+        fast = small_job()
+        client.rpush(QUEUE, json.dumps(slow), json.dumps(fast))
+        started = time.monotonic()
+        done = wait_terminal(receiver, fast["id"], timeout_s=110)
+        assert done["status"] == "completed"
+        assert drip.requests == 1 and not drip.closed and time.monotonic() - started < 120
+        record = sdxl(pod).get(f"/jobs/{slow['id']}").json()
+        assert record["status"] == "queued" and record["progress"]["stage"] == "fetching", record
+        assert not terminal(receiver, slow["id"])
+    finally:
+        drip.close()
+    failed = wait_terminal(receiver, slow["id"], timeout_s=120)
+    assert failed["status"] == "failed", failed
+
+
+def test_routed_jobs_send_a_processing_callback_first(pod, receiver):
+    routed = pod.client.post("/jobs", json={"type": "sdxl_image_fast", "prompt": "a heron", "user_id": "u1",
+                                            "config": {"steps": 2, "seed": 4}})
+    assert routed.status_code == 202, routed.text
+    job_id = routed.json()["job_id"]
+    assert wait_terminal(receiver, job_id)["status"] == "completed"
+    assert [b["status"] for b in receiver.bodies(job_id)] == ["processing", "completed"]
+
+
+def test_the_password_in_the_query_form_never_appears_in_any_view_or_log(pod, redis):
+    worker = sdxl(pod)
+    seen = [pod.client.get("/queues").text, pod.client.get("/ops/state").text,
+            requests.get(pod.url + "/ready", timeout=10).text, pod.client.get("/ready").text,
+            requests.get(worker.base_url + "/ready", timeout=10).text, worker.get("/ready").text,
+            worker.get("/ops/summary").text, worker.get("/metrics").text, pod.client.get("/metrics").text,
+            *pod.watcher.texts]
+    assert "password=***" in seen[0]
+    from orchestrator.queue_cli import render_status
+    seen.append(render_status(pod.client.get("/queues").json()))
+    logs = [p.read_text(errors="replace") for p in pod.log_path.parent.rglob("*.log")]
+    assert logs
+    for text in seen + logs:
+        assert CANARY not in text
+
+
+def test_ready_shows_only_what_a_load_balancer_needs_without_a_key(pod):
+    worker = sdxl(pod)
+    public = requests.get(worker.base_url + "/ready", timeout=10)
+    assert public.status_code == 200
+    assert public.json()["queue"] == {"connected": True, "redis": "connected"}
+    assert "queue_depth" not in public.json()
+    detailed = worker.get("/ready").json()
+    assert "in_flight" in detailed["queue"] and "queue_depth" in detailed
+
+
+def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_metric(pod, redis):
+    worker = sdxl(pod)
+
+    def redis_state() -> str:
+        return requests.get(worker.base_url + "/ready", timeout=10).json()["queue"]["redis"]
+
+    def metric() -> str:
+        return next(line for line in worker.get("/metrics").text.splitlines()
+                    if line.startswith("ourvidz_queue_redis_up{"))
+
+    assert metric().endswith(" 1.0")
+    admin = redis.client()
+    admin.config_set("requirepass", CANARY + "-rotated")
+    admin.client_kill_filter(_type="normal", skipme=True)  # the pod's connections must log in again
+    try:
+        wait_until(lambda: redis_state() == "password_refused", 30, "/ready to say the password is refused")
+        state = pod.client.get("/ops/state").json()
+        assert state["redis"]["state"] == "password_refused" and state["redis"]["connected"] is False, state["redis"]
+        assert metric().endswith(" 0.0")
+        assert CANARY not in json.dumps(state)
+    finally:
+        admin.config_set("requirepass", CANARY)  # its own connection stayed logged in
+    wait_until(lambda: redis_state() == "connected", 30, "/ready to say connected again")
+    redis.stop()
+    try:
+        wait_until(lambda: redis_state() == "unreachable", 20, "/ready to say Redis is unreachable")
+        state = pod.client.get("/ops/state").json()
+        assert state["redis"]["state"] == "unreachable", state["redis"]
+        assert [q["depth"] for q in state["queues"]] == [None]
+        assert metric().endswith(" 0.0")
+    finally:
+        redis.start()
+    wait_until(lambda: redis_state() == "connected", 30, "/ready to say connected again")
+    assert not pod.watcher.failures(), pod.watcher.failures()[:5]
+
+
+def test_a_queued_job_cut_off_by_a_pod_stop_ends_failed_not_cancelled(pod, redis, receiver):
+    """SIGTERM to the orchestrator with a 3 s grace while a long queued job runs: it ends `failed`
+    (worker_stopped), never `cancelled`: nobody cancelled it."""
+    job = small_job()
+    job["config"]["num_inference_steps"] = 60
+    job["config"]["num_images"] = 6
+    redis.client().rpush(QUEUE, json.dumps(job))
+    worker = sdxl(pod)
+    wait_until(lambda: worker.get(f"/jobs/{job['id']}").json().get("status") not in (None, "queued"), 120,
+               "the long job to start")
+    record = worker.get(f"/jobs/{job['id']}").json()
+    assert record["status"] == "processing", record
+    pod.watcher.stop()
+    pod.stop()
+    ended = wait_terminal(receiver, job["id"], timeout_s=60)
+    assert ended["status"] == "failed", ended
+    assert ended["metadata"]["error_type"] == "worker_stopped", ended
+    assert ended["error_message"] == "the worker was stopped before the job finished"
