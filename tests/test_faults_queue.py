@@ -98,6 +98,7 @@ def pod(tmp_path_factory, placeholder_dir, redis, receiver):
     orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
     orchestrator.wait_ready()
     orchestrator.state_dir = Path(env["STATE_DIR"])
+    orchestrator.output_dir = Path(env["OUTPUT_DIR"])
     orchestrator.watcher = ViewWatcher(orchestrator)
     yield orchestrator
     orchestrator.watcher.stop()
@@ -223,6 +224,33 @@ def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_
         drip.close()
     failed = wait_terminal(receiver, slow["id"], timeout_s=120)
     assert failed["status"] == "failed", failed
+
+
+def test_signed_url_tokens_are_not_kept_in_the_record_the_callback_or_the_provenance(pod, redis, receiver):
+    import io
+
+    from PIL import Image
+
+    from tests.support import StaticServer
+
+    token = "Signed-Url-T0ken"
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(png, format="PNG")
+    host = StaticServer({f"/ref.png?token={token}&expires=3600": (200, "image/png", png.getvalue())})
+    try:
+        job = small_job(reference_url=f"{host.url}/ref.png?token={token}&expires=3600")
+        redis.client().rpush(QUEUE, json.dumps(job))
+        done = wait_terminal(receiver, job["id"])
+        assert done["status"] == "completed", done
+    finally:
+        host.close()
+    assert host.requested == [f"/ref.png?token={token}&expires=3600"]  # the fetch itself used the whole URL
+    record = sdxl(pod).get(f"/jobs/{job['id']}").json()
+    assert f"{host.url}/ref.png" in json.dumps(record)
+    sidecars = [p for p in (pod.output_dir / job["user_id"] / job["id"]).iterdir() if p.suffix == ".json"]
+    assert sidecars
+    for text in (json.dumps(record), json.dumps(receiver.bodies(job["id"])), *(p.read_text() for p in sidecars)):
+        assert token not in text
 
 
 def test_routed_jobs_send_a_processing_callback_first(pod, receiver):

@@ -63,8 +63,10 @@ def caller_metadata(metadata: dict, known: set[str]) -> dict:
 
 
 def summarise_data_urls(value):
-    """A copy of `value` with every `data:` URL replaced by a short summary (media type, size, hash),
-    so job records, journals and callbacks report which reference was used without carrying it."""
+    """A copy of `value` as job records, journals, callbacks and provenance report it: every `data:` URL
+    replaced by a short summary (media type, size, hash), so they say which reference was used without
+    carrying it; and every http(s) URL without its query string and fragment, where signed URLs carry
+    their access token (`?token=...`, `X-Amz-Signature=...`), which must not be stored with the outputs."""
     import hashlib
 
     if isinstance(value, dict):
@@ -75,4 +77,6 @@ def summarise_data_urls(value):
         header, _, payload = value.partition(",")
         digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
         return f"{header},<{len(payload)} chars, sha256 {digest}>"
+    if isinstance(value, str) and value.startswith(("http://", "https://")) and ("?" in value or "#" in value):
+        return value.split("?", 1)[0].split("#", 1)[0]
     return value
