@@ -29,14 +29,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.engines.chat.plan import (  # noqa: E402
+from workers.engines.chat.plan import (
     attention_mask_bytes,
     batch_working_bytes,
     kv_cache_bytes_per_token,
     prefill_bytes_per_token,
     sampling_bytes_per_row,
 )
-from workers.placeholders.synthetic import arch_config  # noqa: E402
+from workers.placeholders.synthetic import arch_config
 
 CONFIG = "qwen2.5-7b-instruct/config.json"
 
