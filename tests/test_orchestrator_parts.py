@@ -277,6 +277,8 @@ def test_broker_memory_client_against_the_api(broker_api):
     # only the pod's own workers: no token, or the public API key, is a 401; the public port has no broker
     assert requests.post(settings.orchestrator_url + "/broker/acquire", json={"worker": "sdxl"},
                          timeout=5).status_code == 401
+    probe = requests.options(settings.orchestrator_url + "/broker/acquire", timeout=5)  # as on every port: 204
+    assert probe.status_code == 204 and "POST" in probe.headers["Allow"]
     assert requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "sdxl", "models": []},
                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).status_code == 401
     assert requests.post(f"http://127.0.0.1:{settings.orchestrator_port}/broker/touch", json={"worker": "sdxl",

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.support import REPO, CallbackReceiver, OrchestratorProcess, base_env, free_port
+from tests.support import REPO, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -104,6 +104,41 @@ def test_all_workers_ready_through_readiness_polling(stack):
     assert stack.client.get("/ready").status_code == 200
     assert requests.get(stack.url + "/workers", timeout=5).status_code == 401  # bearer required
     assert stack.client.get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]
+
+
+def test_options_is_204_with_allow_on_every_process_without_a_key_and_runs_no_handler(stack):
+    """The app's endpoint discovery probes OPTIONS on /chat, /enhance, /api/chat, /generate with no key and
+    reads `capabilities` and `endpoints` from /health (issue 17 item 6)."""
+    urls = {"orchestrator": stack.url, **{name: info["url"] for name, info in stack.workers().items()}}
+    probes = {"orchestrator": {"/jobs": "POST", "/health": "GET", "/memory/unload": "POST", "/jobs/x1": "GET"},
+              "sdxl": {"/generate": "POST", "/memory/load": "POST", "/jobs/x1/cancel": "POST"},
+              "wan": {"/generate": "POST", "/ready": "GET"},
+              "chat": {"/chat": "POST", "/enhance": "POST", "/v1/chat/completions": "POST", "/metrics": "GET"}}
+    for process, routes in probes.items():
+        for path, method in routes.items():
+            answer = requests.options(urls[process] + path, timeout=10)  # no Authorization header
+            assert answer.status_code == 204, (process, path, answer.status_code, answer.text)
+            allowed = {m.strip() for m in answer.headers["Allow"].split(",")}
+            assert {method, "OPTIONS"} <= allowed, (process, path, allowed)
+            assert answer.content == b""
+        unknown = requests.options(urls[process] + "/api/chat", timeout=10)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found", unknown.text
+        health = requests.get(urls[process] + "/health", timeout=10).json()
+        assert health["status"] == "ok" and health["capabilities"]["role"]
+        assert all(path.split("/x1")[0] in str(health["endpoints"]) for path in routes), health["endpoints"]
+    # a job body sent with OPTIONS is not a job: no handler ran
+    body = {**job("sdxl_image_fast"), "id": "options-probe"}
+    assert requests.options(urls["sdxl"] + "/generate", json=body, timeout=10).status_code == 204
+    assert requests.options(stack.url + "/jobs", json=body, timeout=10).status_code == 204
+    assert Client(urls["sdxl"]).get("/jobs/options-probe").status_code == 404
+    assert stack.client.get("/jobs/options-probe").status_code == 404
+    chat = requests.get(urls["chat"] + "/health", timeout=10).json()
+    assert chat["capabilities"]["chat"] is True and chat["capabilities"]["models"] == ["qwen_base", "qwen_instruct"]
+    assert chat["endpoints"]["/chat"] == ["POST"] and chat["endpoints"]["/enhance"] == ["POST"]
+    assert requests.get(urls["sdxl"] + "/health", timeout=10).json()["capabilities"]["generate"] is True
+    # everything else still needs the key
+    assert requests.post(stack.url + "/jobs", json=body, timeout=10).status_code == 401
+    assert requests.get(urls["chat"] + "/openapi.json", timeout=10).status_code == 401
 
 
 def test_enhanced_sdxl_job_one_id_both_prompts_one_callback(stack, receiver):
