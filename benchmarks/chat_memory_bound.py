@@ -54,6 +54,11 @@ class LiveBytes(TorchDispatchMode):
         self.live -= nbytes
         self._refs.pop(key, None)
 
+    def _on_free(self, key: int, nbytes: int):
+        def freed(_ref) -> None:
+            self._freed(key, nbytes)
+        return freed
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in pytree.tree_leaves(out):
@@ -65,7 +70,7 @@ class LiveBytes(TorchDispatchMode):
                 continue
             nbytes = storage.nbytes()
             self.live += nbytes
-            self._refs[key] = weakref.ref(storage, lambda _ref, k=key, n=nbytes: self._freed(k, n))
+            self._refs[key] = weakref.ref(storage, self._on_free(key, nbytes))
             self.peak = max(self.peak, self.live)
         return out
 
