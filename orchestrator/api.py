@@ -52,6 +52,9 @@ def ready():
         raise Unavailable(f"not every worker is ready: {waiting}", details=[{"path": "", "message": waiting}],
                           retry_after_s=errors.RETRY_AFTER_S)
     answer: dict = {"ready": True, "worker": "orchestrator", "workers": workers}
+    redis_state = p.queues.probe_redis()
+    if redis_state is not None:  # the workers still serve HTTP jobs without Redis: said, not unready
+        answer["redis"] = redis_state
     refused = p.callbacks.refusal_warning()
     if refused:  # a warning, not unreadiness: routed jobs still run and their callbacks are retried
         answer["warnings"] = [refused]
@@ -158,6 +161,8 @@ ROUTES: RouteTable = {
     "/health": {"get": ("Process is alive (no auth), with `capabilities` (role, enabled workers) and `endpoints` "
                         "(path -> methods).", None, ())},
     "/ready": {"get": ("Every enabled worker is ready and the orchestrator takes jobs (no auth); 503 otherwise. "
+                       "With REDIS_URL, `redis`: `connected`, `unreachable` or `password_refused` (checked at most "
+                       "every 2 s; the workers still take HTTP jobs without Redis, so it does not make /ready 503). "
                        "`warnings` (when present): callbacks refused by the receiver (401/403, retried): check "
                        "JOB_CALLBACK_SECRET.", None, (503,))},
     "/jobs": {"post": ("Route a job: optional enhancement on the chat worker, then SDXL or WAN (202; `?wait=` blocks).",

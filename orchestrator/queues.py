@@ -8,6 +8,8 @@ broken entry is shown as such (common/queues.py). The URL is shown without crede
 """
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import redis
@@ -16,6 +18,8 @@ from common.queues import connect, consumer_id, queue_name, queue_overview, redi
 from common.redact import redacted_url
 from configuration.settings import Settings
 
+PROBE_MAX_AGE_S = 2.0
+
 
 class QueueStatus:
     def __init__(self, settings: Settings, workers: list[str]):
@@ -23,6 +27,26 @@ class QueueStatus:
         self.queues = {w: q for w in workers if (q := queue_name(w, settings))}
         self.ours = {consumer_id(w, settings): w for w in self.queues}
         self._client = connect(settings.redis_url) if self.queues else None
+        self._probe_lock = threading.Lock()
+        self._probed: tuple[float, str] = (float("-inf"), "unreachable")
+
+    def probe_redis(self, max_age_s: float = PROBE_MAX_AGE_S) -> str | None:
+        """What the orchestrator's public /ready says about Redis: `connected`, `unreachable` or
+        `password_refused` (None without REDIS_URL). One PING at most every `max_age_s`, however often
+        /ready is asked (it needs no key)."""
+        if self._client is None:
+            return None
+        with self._probe_lock:
+            at, state = self._probed
+            if time.monotonic() - at < max_age_s:
+                return state
+            try:
+                self._client.ping()
+                state = "connected"
+            except redis.RedisError as exc:
+                state = redis_state(exc)
+            self._probed = (time.monotonic(), state)
+            return state
 
     def status(self) -> dict[str, Any]:
         if self._client is None:

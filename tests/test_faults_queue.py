@@ -292,7 +292,9 @@ def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_
     worker = sdxl(pod)
 
     def redis_state() -> str:
-        return requests.get(worker.base_url + "/ready", timeout=10).json()["queue"]["redis"]
+        said = requests.get(worker.base_url + "/ready", timeout=10).json()["queue"]["redis"]
+        pod_says = requests.get(pod.url + "/ready", timeout=10).json()["redis"]
+        return said if said == pod_says else f"worker {said}, orchestrator {pod_says}"
 
     def metric() -> str:
         return next(line for line in worker.get("/metrics").text.splitlines()
