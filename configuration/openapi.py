@@ -167,7 +167,8 @@ def openapi_document(worker: str, settings: Settings, *tables: RouteTable) -> di
     components["JobSubmission"] = JOB_SUBMISSION
     components["JobRecord"] = JOB_RECORD
     role = worker_config(worker)["role"] if worker != "orchestrator" else "orchestrator"
-    description = f"Role: {role}. Profile: {settings.model_profile}."
+    description = (f"Role: {role}. Profile: {settings.model_profile}. `OPTIONS` on any path below answers 204 with "
+                   "an `Allow` header, without auth and without running the operation (an unknown path: 404).")
     if worker in ("sdxl", "wan"):  # not an HTTP route, but how the app sends every image and video job
         components["app_payload"] = {k: v for k, v in app_payload_schema().items() if k != "$schema"}
         description += (" With REDIS_URL this worker also takes the app's jobs from its Redis list (SDXL_QUEUE / "

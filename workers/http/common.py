@@ -8,7 +8,8 @@ from flask import Blueprint, current_app, jsonify
 from common import auth, errors
 from common.body import body_with_query, json_body
 from common.errors import ApiError, Unavailable
-from configuration.openapi import RouteTable, openapi_document
+from configuration import worker_capabilities
+from configuration.openapi import RouteTable, openapi_document, route_endpoints
 from configuration.schemas import validate_request
 
 if TYPE_CHECKING:
@@ -30,7 +31,9 @@ bp = Blueprint("common", __name__)
 @bp.get("/health")
 def health():
     s = state()
-    return jsonify({"status": "ok", "worker": s.name, "pid": s.pid})
+    # capabilities and endpoints: what the app's worker discovery reads from this JSON
+    return jsonify({"status": "ok", "worker": s.name, "pid": s.pid, "capabilities": worker_capabilities(s.name),
+                    "endpoints": route_endpoints(*s.routes)})
 
 
 @bp.get("/ready")
@@ -45,6 +48,9 @@ def ready():
                                                                "redis": intake["redis"]}
     if auth.authenticated():
         answer["queue_depth"] = s.queue_depth()
+    refused = s.runner.callbacks.refusal_warning() if s.runner is not None else None
+    if refused:  # a warning, not unreadiness: jobs still run and their callbacks are kept and retried
+        answer["warnings"] = [refused]
     return jsonify(answer)
 
 
@@ -95,12 +101,15 @@ def openapi():
 
 # What /openapi.json describes: path -> method -> (summary, request schema name or None, error statuses).
 ROUTES: RouteTable = {
-    "/health": {"get": ("Process is alive (no auth).", None, ())},
+    "/health": {"get": ("Process is alive (no auth), with `capabilities` (role, models, what it can do) and "
+                        "`endpoints` (path -> methods), which the app's worker discovery reads.", None, ())},
     "/ready": {"get": ("Able to take work (no auth): 200 once the app is built; a stopping worker closes its "
                        "port at once. With REDIS_URL, `queue.redis` says whether the Redis queue intake is "
                        "`connected`, `unreachable` or `password_refused` (Redis down leaves the worker ready for "
                        "HTTP jobs). With a key, also `queue_depth` and the consumer's whole state (since when, the "
-                       "error, in-flight jobs, counters).", None, ())},
+                       "error, in-flight jobs, counters). "
+                       "`warnings` (when present): callbacks refused by the receiver (401/403, retried): check "
+                       "JOB_CALLBACK_SECRET.", None, ())},
     "/memory/status": {"get": ("Models loaded, resident bytes, device, busy.", None, (401,))},
     "/memory/load": {"post": ("Load a model (`which`).", "memory.action", (400, 401, 409, 503))},
     "/memory/unload": {"post": ("Unload a model (`which`); 409 while it runs a job.", "memory.action", (400, 401,
