@@ -37,6 +37,7 @@ JOB_FAILED = "job_failed"
 JOB_FINISHED = "job_finished"
 JOB_ID_CONFLICT = "job_id_conflict"
 CANCELLED = "cancelled"
+TIMEOUT = "timeout"  # past its execution deadline (JOB_DEADLINE_*_S)
 WORKER_RESTARTED = "worker_restarted"
 WORKER_STOPPED = "worker_stopped"
 STORAGE_FAILED = "storage_failed"

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase import Client, create_client
 from supabase.lib.client_options import SyncClientOptions
@@ -72,6 +73,24 @@ def download(client: Client, bucket: str, path: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise SupabaseError(f"{bucket}/{path} is {len(data)} bytes, over the {max_bytes} byte cap", 413)
     return data
+
+
+def job_status(client: Client, job_id: str) -> str | None:
+    """The `status` of the app's `jobs` row `job_id` (PostgREST: `GET /rest/v1/jobs?id=eq.<id>&select=status`),
+    None when there is no such row."""
+    try:
+        # No client-side retries (they back off up to 30 s): a caller that reads again later decides.
+        rows = client.table("jobs").select("status").eq("id", job_id).retry(False).execute().data
+    except APIError as exc:
+        raise SupabaseError(f"reading jobs/{job_id} refused: {exc.message}", _status(exc.code)) from None
+    except httpx.HTTPError as exc:
+        raise SupabaseError(f"reading jobs/{job_id} failed: {type(exc).__name__}") from None
+    except ValueError:  # an answer that is not JSON
+        raise SupabaseError(f"reading jobs/{job_id}: the answer is not JSON") from None
+    if not rows:
+        return None
+    status = rows[0].get("status") if isinstance(rows[0], dict) else None
+    return status if isinstance(status, str) else None
 
 
 def invoke(client: Client, function: str, body: dict) -> dict:

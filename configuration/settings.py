@@ -16,6 +16,10 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOMINAL_BUDGET_BYTES = 48 * 1024**3  # the memory budget without a GPU and without VRAM_BUDGET_MB
+# JOB_DEADLINE_*_S left at 0: production sizes near the previous worker's limits (180 s image, 500 s video);
+# placeholder jobs take seconds, but tests run them on loaded 2-core machines.
+DEADLINE_DEFAULTS_S = {"production": {"image": 180.0, "video": 500.0},
+                       "placeholder": {"image": 120.0, "video": 240.0}}
 MIN_PUBLIC_KEY_CHARS = 16  # every API key on a public BIND_HOST: a short key is guessable
 # Other names of a setting (what the app and the previous pod call it) -> the name read below.
 ALIASES = {"CALLBACK_SECRET": "JOB_CALLBACK_SECRET", "SUPABASE_SERVICE_ROLE_KEY": "SUPABASE_SERVICE_KEY"}
@@ -116,6 +120,25 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "JOB_RETENTION_DAYS": ("job_retention_days", _float, "Finished jobs older than this are removed from memory and "
                                                          "the journal (0: kept forever)."),
     "CALLBACK_TIMEOUT_S": ("callback_timeout_s", _float, "Timeout of one callback POST."),
+    "JOB_DEADLINE_IMAGE_S": ("job_deadline_image_s", _float, "Execution deadline of an image job, from its start "
+                                                             "(memory lease and model load included): past it the "
+                                                             "job is stopped at the next step and fails `timeout`. "
+                                                             "0: the profile's default (production and synthetic "
+                                                             "180, placeholder 120)."),
+    "JOB_DEADLINE_VIDEO_S": ("job_deadline_video_s", _float, "Execution deadline of a video job, as "
+                                                             "JOB_DEADLINE_IMAGE_S. 0: the profile's default "
+                                                             "(production and synthetic 500, placeholder 240)."),
+    "JOB_DEADLINE_GRACE_S": ("job_deadline_grace_s", _float, "How long an engine may take to stop after its job's "
+                                                             "deadline; past it the job fails `timeout` and the "
+                                                             "worker's process exits so that gunicorn starts a "
+                                                             "fresh one (docs/OPERATIONS.md)."),
+    "APP_CANCEL_CHECK": ("app_cancel_check", _bool, "Read each queued job's status in the app's `jobs` table "
+                                                    "(SUPABASE_URL, service key) before it starts and while it "
+                                                    "runs: a job the app marked `cancelled` is not run or is "
+                                                    "stopped. Off, or without SUPABASE_URL and the service key: "
+                                                    "never read."),
+    "APP_CANCEL_CHECK_INTERVAL_S": ("app_cancel_check_interval_s", _float, "Seconds between two reads of a "
+                                                                           "running job's status (at least 1)."),
     "MAX_BODY_MB": ("max_body_mb", _float, "Request body cap; larger bodies get 413."),
     "APP_VIDEO_SIZE": ("app_video_size", str, "`native`: the app's video `resolution` (1024x576, 576x1024, "
                                               "1024x1024) is an aspect request, rendered at the WAN checkpoint's "
@@ -230,6 +253,11 @@ class Settings:
     callback_retry_horizon_s: float = 86400.0
     job_retention_days: float = 14.0
     callback_timeout_s: float = 10.0
+    job_deadline_image_s: float = 0.0   # 0: DEADLINE_DEFAULTS_S of the profile
+    job_deadline_video_s: float = 0.0
+    job_deadline_grace_s: float = 30.0
+    app_cancel_check: bool = True
+    app_cancel_check_interval_s: float = 5.0
     max_body_mb: float = 10.0
     app_video_size: str = "native"
     fetch_allow_private: bool = False
@@ -333,12 +361,31 @@ class Settings:
             raise SettingsError("QUEUE_HEARTBEAT_TTL_S, QUEUE_REAP_INTERVAL_S and QUEUE_BLOCK_S must be > 0")
         if self.queue_max_deliveries < 1:
             raise SettingsError("QUEUE_MAX_DELIVERIES must be >= 1")
+        if self.job_deadline_image_s < 0 or self.job_deadline_video_s < 0 or self.job_deadline_grace_s <= 0:
+            raise SettingsError("JOB_DEADLINE_IMAGE_S and JOB_DEADLINE_VIDEO_S must be >= 0 (0: the profile's "
+                                "default) and JOB_DEADLINE_GRACE_S > 0")
+        if self.app_cancel_check_interval_s < 1.0:
+            raise SettingsError("APP_CANCEL_CHECK_INTERVAL_S must be at least 1 (the app's database is read at "
+                                "most that often per running job)")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
             raise SettingsError("REDIS_URL must be a redis:// or rediss:// URL")
         if not self.api_key and not self.bind_is_loopback:
             raise SettingsError(
                 f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "
                 "refusing to serve unauthenticated endpoints on a public interface")
+
+    def job_deadline_s(self, output: str) -> float:
+        """The execution deadline of a job whose output is `output` ("image" or "video"): its setting, or
+        the profile's default when that is 0."""
+        configured = self.job_deadline_video_s if output == "video" else self.job_deadline_image_s
+        if configured > 0:
+            return configured
+        return DEADLINE_DEFAULTS_S["placeholder" if self.model_profile == "placeholder" else "production"][output]
+
+    @property
+    def reads_app_job_status(self) -> bool:
+        """APP_CANCEL_CHECK with the means to read the app's `jobs` table (SUPABASE_URL and the service key)."""
+        return self.app_cancel_check and bool(self.supabase_url and self.supabase_service_key)
 
     @property
     def api_keys(self) -> tuple[str, ...]:

@@ -14,6 +14,11 @@ Edge functions (`POST /functions/v1/<name>`): every call is recorded (raw body a
   for jobs already `completed` or `cancelled` (200), as the app's function does.
 - `update-worker-url` GETs `{worker_url}/health` with a 5 s timeout and answers 400 when that fails,
   then stores `workerUrl` in `system_config`; `register-chat-worker` does the same for `chatWorkerUrl`.
+
+REST (`GET /rest/v1/jobs`, PostgREST's form): the app's `jobs` table as `job_status` (id -> status; what
+job-callback stores, and what a test sets with `set_job_status`, e.g. `cancelled` as the app's cancel
+does). Filters `id=eq.<id>`, `select=<columns>` (`id`, `status`); the service key as bearer (401
+otherwise); `fail_rest` answers 500 to that many reads first. Every read is in `rest_reads`.
 """
 from __future__ import annotations
 
@@ -60,6 +65,8 @@ class SupabaseStandIn:
         self.job_status: dict[str, str] = {}   # what job-callback stored per job
         self.system_config: dict = {}          # row 1's `config` of the app's system_config table
         self.fail_functions: dict[str, int] = {}  # name -> answer 503 this many times first
+        self.fail_rest = 0                     # answer 500 to this many REST reads first
+        self.rest_reads: list[str] = []        # job id of every REST read of `jobs`
         self._signed: dict[str, tuple[str, str, float]] = {}  # token -> (bucket, path, expiry)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -101,6 +108,15 @@ class SupabaseStandIn:
                 return result
             time.sleep(interval_s)
         return predicate()
+
+    def set_job_status(self, job_id: str, status: str) -> None:
+        """A row of the app's `jobs` table (the app cancels by setting `cancelled`)."""
+        with self._lock:
+            self.job_status[job_id] = status
+
+    def reads_of(self, job_id: str) -> int:
+        with self._lock:
+            return self.rest_reads.count(job_id)
 
     def function_calls(self, name: str) -> list[dict]:
         with self._lock:
@@ -165,6 +181,8 @@ class SupabaseStandIn:
                 raw = self._body()
                 if path.startswith("/functions/v1/") and method == "POST":
                     return standin._function(self, path[len("/functions/v1/"):], raw)
+                if path.startswith("/rest/v1/") and method == "GET":
+                    return standin._rest(self, path[len("/rest/v1/"):], parse_qs(parts.query))
                 if path.startswith("/storage/v1/object/"):
                     return standin._storage(self, method, path[len("/storage/v1/object/"):], parse_qs(parts.query), raw)
                 self._answer(404, {"message": f"no route {method} {path}"})
@@ -240,6 +258,29 @@ class SupabaseStandIn:
         if not found:
             return h._storage_error(404, "not_found", "Object not found")
         h._answer(200, data=found[0], mime=found[1])
+
+    # -- REST (PostgREST) ------------------------------------------------------------------------
+    def _rest(self, h, table: str, query: dict) -> None:
+        if not h._authorised():
+            return h._answer(401, {"code": "PGRST301", "message": "JWT invalid", "details": None, "hint": None})
+        if table != "jobs":
+            return h._answer(404, {"code": "42P01", "message": f'relation "public.{table}" does not exist',
+                                   "details": None, "hint": None})
+        wanted = (query.get("id") or [""])[0]
+        columns = [c for c in (query.get("select") or ["*"])[0].split(",") if c]
+        with self._lock:
+            if wanted.startswith("eq."):
+                self.rest_reads.append(wanted[3:])
+            failing = self.fail_rest > 0
+            if failing:
+                self.fail_rest -= 1
+            rows = [{"id": job_id, "status": status} for job_id, status in self.job_status.items()
+                    if not wanted or wanted == f"eq.{job_id}"]
+        if failing:
+            return h._answer(500, {"code": "XX000", "message": "internal error", "details": None, "hint": None})
+        if columns != ["*"]:
+            rows = [{c: row.get(c) for c in columns} for row in rows]
+        h._answer(200, rows)
 
     # -- edge functions ----------------------------------------------------------------------------
     def _function(self, h, name: str, raw: bytes) -> None:

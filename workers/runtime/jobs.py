@@ -7,6 +7,7 @@ its previous process left unfinished, with a reason, and sends the callbacks.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -29,16 +30,21 @@ from common.jobs import (
 )
 from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
 from common.metrics import StageTimer, process_metrics
+from configuration import job_types
 from configuration.params.common import summarise_data_urls
 from workers import devices
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media, provenance, safety
 from workers.runtime.fetch import fetch_image
+from workers.runtime.job_watch import JobWatch
 from workers.runtime.storage import StorageError
 
 log = logging.getLogger(__name__)
 
 FETCH_THREADS = 4  # reference images fetched at once, outside the executor
+# A stuck engine's process exits with this status (not gunicorn's 3 or 4, which stop the master instead).
+STUCK_EXIT_STATUS = 75
+STUCK_CALLBACK_FLUSH_S = 5.0
 
 
 class JobContext:
@@ -52,6 +58,9 @@ class JobContext:
         # Set with cancel_requested when the worker stops the job (shutdown grace over): it ends `failed`
         # (worker_stopped) with this reason, not `cancelled`: nobody cancelled it.
         self.stop_reason: str | None = None
+        # "timeout" (past its deadline) or "app_cancel" (cancelled in the app's jobs table), set with
+        # cancel_requested by the job watch (workers/runtime/job_watch.py) unless a stop was asked first.
+        self.ended_by: str | None = None
         self.references: dict = {}
         self.timer = StageTimer()   # seconds per stage (metrics, provenance)
         # Set for the one retry after a CUDA out-of-memory error: engines then use their memory-saving modes.
@@ -80,6 +89,13 @@ class JobContext:
         self._runner._update(self._record, progress=progress, journal=False)
         self.check_cancelled()
 
+    def stop(self, ended_by: str) -> None:
+        """Stop the job at its next step boundary because of `ended_by` (a stop asked earlier wins)."""
+        with self._runner._lock:
+            if not self.cancel_requested.is_set():
+                self.ended_by = ended_by
+                self.cancel_requested.set()
+
     def check_cancelled(self) -> None:
         if self.cancel_requested.is_set():
             raise JobCancelled()
@@ -93,7 +109,8 @@ class JobRunner:
     the executor's queue once they are here: a slow or hostile reference host holds that job alone (for
     at most FETCH_TIMEOUT_S), never the executor and the jobs behind it; a cancel stops the fetch."""
 
-    def __init__(self, worker: str, engine, host, storage, callbacks, journal: JobJournal):
+    def __init__(self, worker: str, engine, host, storage, callbacks, journal: JobJournal,
+                 exit_process: Callable[[int], object] = os._exit):
         self.worker = worker
         self.engine = engine
         self.host = host
@@ -113,6 +130,9 @@ class JobRunner:
         self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix=f"{worker}-fetch")
         self._metrics = process_metrics()
         self._accepted_at: dict[str, float] = {}          # job id -> monotonic time accepted (queue wait, duration)
+        self._app_jobs: set[str] = set()                  # the app's queued jobs (its cancel is read while they run)
+        self._exit_process = exit_process                 # how a stuck engine's process ends (tests record it)
+        self._watch = JobWatch(worker, engine.settings, self._replace_stuck)
         self._recover()
         self._thread = threading.Thread(target=self._loop, name=f"{worker}-executor", daemon=True)
         self._thread.start()
@@ -121,10 +141,11 @@ class JobRunner:
 
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, job_id: str | None, job_type: str, user_id: str, params: dict, metadata: dict,
-               send_callback: bool = True) -> tuple[JobRecord, bool]:
+               send_callback: bool = True, app_job: bool = False) -> tuple[JobRecord, bool]:
         """Queue a job. Returns (record, created); the same caller repeating a job id gets the existing job,
         uncreated; an id that names another user's job, or one submitted the other way (directly vs routed
-        by the orchestrator, which sends the callback itself), is JobIdConflict."""
+        by the orchestrator, which sends the callback itself), is JobIdConflict. `app_job`: one of the app's
+        queued jobs, whose status in the app's `jobs` table is read while it runs (APP_CANCEL_CHECK)."""
         with self._lock:
             existing = self._claim(job_id, user_id, send_callback)
             if existing is not None:
@@ -138,6 +159,8 @@ class JobRunner:
             self._jobs[record.job_id] = record
             self._done[record.job_id] = threading.Event()
             self._accepted_at[record.job_id] = time.monotonic()
+            if app_job:
+                self._app_jobs.add(record.job_id)
             self.journal.write(record)
             self._metrics.job_submitted(self.worker, job_type)
             with log_context(job_id=record.job_id, request_id=record.request_id, worker=self.worker, stage="queued"):
@@ -232,18 +255,24 @@ class JobRunner:
         with self._lock:
             return recent_summaries([(r, self.worker) for r in self._jobs.values()], limit)
 
-    def reject(self, job_id: str, job_type: str, user_id: str, error: dict, metadata: dict) -> JobRecord:
+    def reject(self, job_id: str, job_type: str, user_id: str, error: dict, metadata: dict,
+               status: str = "failed") -> JobRecord:
         """A job that cannot run (a queued payload that fails validation, ...) ends `failed` at once,
-        journaled and with its one callback like any other job, so its caller hears why. A known job id
-        returns the existing job."""
+        journaled and with its one callback like any other job, so its caller hears why; one the app
+        cancelled before it started ends `status="cancelled"` the same way. A known job id returns the
+        existing job."""
         with self._lock:
             if job_id in self._jobs:
                 return self._jobs[job_id]
             record = JobRecord(job_id=job_id, type=job_type, user_id=user_id, params={}, metadata=metadata)
             self._jobs[job_id] = record
             self._done[job_id] = threading.Event()
-            self._finish(record, "failed", error=error)
+            self._finish(record, status, error=error)
             return record
+
+    def cancelled_in_app(self, job_id: str) -> bool:
+        """The app's cancel, read before one of its queued jobs is accepted (APP_CANCEL_CHECK)."""
+        return self._watch.cancelled_in_app(job_id)
 
     def _notify_idle(self) -> None:
         for hook in self.idle_hooks:
@@ -309,6 +338,7 @@ class JobRunner:
                 if accepted is not None:  # fetching the references counts as waiting
                     context.timer.add("queue_wait", time.monotonic() - accepted)
                 self._metrics.job_started(self.worker, record.type)
+                self._watch.start(job_id, context.stop, self._deadline_s(record), job_id in self._app_jobs)
             try:
                 with log_context(job_id=job_id, request_id=record.request_id, worker=self.worker):
                     self._execute(record, context)
@@ -319,9 +349,11 @@ class JobRunner:
                         error = {"code": errors.INTERNAL_ERROR, "message": "unexpected executor error"}
                         self._finish(record, "failed", error=error)
             finally:
+                self._watch.finished(job_id)
                 with self._lock:
                     self._running = None
                     self._contexts.pop(job_id, None)
+                    self._app_jobs.discard(job_id)
                 self._notify_idle()
 
     def _execute(self, record: JobRecord, context: JobContext) -> None:
@@ -363,7 +395,15 @@ class JobRunner:
         except JobCancelled:
             self._cleanup(stored)
             with self._lock:
-                if context.stop_reason is not None:
+                if context.ended_by == "timeout":
+                    self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
+                    self._finish(record, "failed", error={
+                        "code": errors.TIMEOUT, "message": f"the job ran past its deadline of "
+                                                           f"{self._deadline_s(record):.0f}s and was stopped"})
+                elif context.ended_by == "app_cancel":
+                    self._finish(record, "cancelled",
+                                 error={"code": errors.CANCELLED, "message": "cancelled in the app"})
+                elif context.stop_reason is not None:
                     self._finish(record, "failed",
                                  error={"code": errors.WORKER_STOPPED, "message": context.stop_reason})
                 else:
@@ -480,7 +520,11 @@ class JobRunner:
                 self.journal.write(record)
 
     def _finish(self, record: JobRecord, status: str, error: dict | None = None) -> None:
-        """Called with the lock held. Terminal state, journal, waiters, then the one callback."""
+        """Called with the lock held. Terminal state, journal, waiters, then the one callback. A job ends once:
+        an engine that comes back after its stuck job was ended (`_replace_stuck`) changes nothing."""
+        if record.status in TERMINAL:
+            log.warning("job %s already ended %s; not ending it %s", record.job_id, record.status, status)
+            return
         record.status = status
         record.error = error
         record.finished_at = now_iso()
@@ -512,6 +556,32 @@ class JobRunner:
 
     def _sweep(self) -> None:
         """Forget finished jobs past the retention period (memory and journal)."""
+    # -- deadlines ---------------------------------------------------------------------------------
+    def _deadline_s(self, record: JobRecord) -> float:
+        """JOB_DEADLINE_IMAGE_S or JOB_DEADLINE_VIDEO_S, by what the job type makes."""
+        output = job_types().get(record.type, {}).get("output", "image")
+        return self.engine.settings.job_deadline_s(output)
+
+    def _replace_stuck(self, job_id: str, deadline_s: float) -> None:
+        """The job's engine did not stop within JOB_DEADLINE_GRACE_S of its deadline: nothing in this process
+        can stop it. The job ends `failed` (timeout) in the journal, its callback gets a few seconds to go out
+        (a pending one is sent again by the next process), and the process exits with STUCK_EXIT_STATUS:
+        gunicorn's master starts a fresh one (a worker alone and under the orchestrator alike), which
+        resumes the journal and the queue."""
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.status in TERMINAL:
+                return
+            self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
+            grace = self.engine.settings.job_deadline_grace_s
+            self._finish(record, "failed", error={
+                "code": errors.TIMEOUT,
+                "message": f"the job ran past its deadline of {deadline_s:.0f}s and the engine did not stop within "
+                           f"{grace:.0f}s; the worker process was replaced"})
+        log.error("job %s: replacing the worker process (the engine is stuck)", job_id)
+        self.callbacks.flush(STUCK_CALLBACK_FLUSH_S)
+        self._exit_process(STUCK_EXIT_STATUS)
+
         for job_id in sweep(self._jobs, lambda record: record, self.journal, self._lock):
             self._done.pop(job_id, None)
 

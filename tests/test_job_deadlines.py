@@ -1,0 +1,399 @@
+"""Job deadlines and the app's cancel (issue 17 items 4 and 5).
+
+In the runtime (a small stepping engine, as in test_runtime.py, so these are about the executor): a job
+past its deadline is stopped at a step and fails `timeout`, the job behind it completes; an engine that
+ignores the stop has its process replaced (recorded here instead of exiting); the app's `jobs` table,
+served by the Supabase stand-in over PostgREST, cancels a job before it starts and while it runs; a
+failing read never fails a job; APP_CANCEL_CHECK=0 never reads.
+
+On the queue path (real redis-server, real gunicorn workers, signed callbacks to the stand-in's
+job-callback): the same, including a real SDXL step that never returns (tests/stuck_engine_app.py),
+after which gunicorn's master starts a fresh worker process and the queue goes on.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from common.callbacks import CallbackSender
+from common.jobs import JobJournal
+from common.metrics import process_metrics
+from configuration.settings import Settings, SettingsError
+from tests.app_client import queue_job_payload, rpush
+from tests.redis_support import RedisServer
+from tests.stuck_engine_app import COMMAND_TARGET, SLOW_PREFIX, STUCK_PREFIX
+from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
+from tests.support import WorkerProcess, base_env
+from workers.engines.base import GeneratedAsset
+from workers.runtime.jobs import STUCK_EXIT_STATUS, JobRunner
+from workers.runtime.local_memory import LocalMemory
+from workers.runtime.models import ModelHost
+from workers.runtime.storage import LocalStorage
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class SteppingEngine:
+    """Steps of `step_s` seconds; a job whose params say `ignore_stop` blocks in its second step until
+    `release` is set, ignoring any stop (a stuck kernel)."""
+    device = "cpu"
+    worker = "test"
+
+    def __init__(self, settings: Settings, step_s: float = 0.02):
+        self.settings = settings
+        self.step_s = step_s
+        self.release = threading.Event()
+        self.in_step = threading.Event()
+
+    def model_names(self): return ["m"]
+    def is_loaded(self, model): return True
+    def load(self, model): pass
+    def unload(self, model): pass
+    def memory_estimate(self, model): return 1000
+    def resident_bytes(self, model): return 1000
+    def required_models(self, params): return ["m"]
+    def working_bytes(self, params): return 0
+    def reference_urls(self, params): return {}
+    def weight_paths(self, model): return []
+    def pipeline_of(self, params): return None
+
+    def run(self, params, ctx):
+        for step in range(params["steps"]):
+            self.in_step.set()
+            if params.get("ignore_stop") and step == 1:
+                self.release.wait(60)
+            time.sleep(self.step_s)
+            ctx.on_step(step + 1, params["steps"])
+        return [GeneratedAsset("image", [Image.new("RGB", (32, 32), (9, 9, 9))], {"seed": 1})]
+
+
+def make_runner(tmp_path, callback_url: str, **changes):
+    settings = Settings(content_tier_default="nsfw", callback_url=callback_url, callback_secret=CALLBACK_SECRET,
+                        callback_backoff_s=0.05, output_dir=tmp_path / "out", **changes)
+    engine = SteppingEngine(settings)
+    exits: list[int] = []
+    runner = JobRunner("test", engine, ModelHost(engine, LocalMemory(settings, "cpu")), LocalStorage(tmp_path / "out"),
+                       CallbackSender(settings), JobJournal(tmp_path / "journal"), exit_process=exits.append)
+    return runner, engine, exits
+
+
+def wait_status(runner, job_id, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = runner.get(job_id)
+        if record is not None and record.status in TERMINAL:
+            return record
+        time.sleep(0.02)
+    raise AssertionError(runner.get(job_id).public())
+
+
+def counter(metric, *labels) -> float:
+    return process_metrics().child(metric, *labels)._value.get()
+
+
+@pytest.fixture
+def standin():
+    with SupabaseStandIn() as server:
+        yield server
+
+
+def callback_url(standin) -> str:
+    return standin.url + "/functions/v1/job-callback"
+
+
+# -- settings --------------------------------------------------------------------------------------------
+def test_deadline_defaults_by_profile_and_settings_checked():
+    assert Settings(model_profile="production").job_deadline_s("image") == 180
+    assert Settings(model_profile="production").job_deadline_s("video") == 500
+    assert Settings(model_profile="synthetic").job_deadline_s("video") == 500
+    assert Settings().job_deadline_s("image") == 120 and Settings().job_deadline_s("video") == 240
+    assert Settings(job_deadline_video_s=7).job_deadline_s("video") == 7
+    with pytest.raises(SettingsError, match="JOB_DEADLINE_GRACE_S"):
+        Settings.from_env({"JOB_DEADLINE_GRACE_S": "0"})
+    with pytest.raises(SettingsError, match="APP_CANCEL_CHECK_INTERVAL_S"):
+        Settings.from_env({"APP_CANCEL_CHECK_INTERVAL_S": "0.2"})
+    assert not Settings(app_cancel_check=True).reads_app_job_status  # no SUPABASE_URL: nothing to read
+    assert Settings(supabase_url="http://x", supabase_service_key="k").reads_app_job_status
+    assert not Settings(supabase_url="http://x", supabase_service_key="k", app_cancel_check=False).reads_app_job_status
+
+
+# -- the runtime -----------------------------------------------------------------------------------------
+def test_past_its_deadline_a_job_stops_at_a_step_fails_timeout_and_the_next_completes(tmp_path, standin):
+    runner, _engine, exits = make_runner(tmp_path, callback_url(standin), job_deadline_image_s=1.0)
+    before = counter(process_metrics().job_timeouts, "test")
+    started = time.monotonic()
+    long, _ = runner.submit("long", "sdxl_image_fast", "u1", {"steps": 100000}, {})
+    short, _ = runner.submit("short", "sdxl_image_fast", "u1", {"steps": 3}, {})
+    ended = wait_status(runner, "long")
+    assert ended.status == "failed" and ended.error["code"] == "timeout", ended.public()
+    assert "deadline of 1s" in ended.error["message"]
+    assert 1.0 <= time.monotonic() - started < 20
+    assert 0 < ended.progress["step"] < 100000 and not ended.assets
+    assert wait_status(runner, "short").status == "completed"
+    assert exits == []
+    assert counter(process_metrics().job_timeouts, "test") == before + 1
+    [callback] = standin.wait_for(lambda: standin.terminal_callbacks("long"), 10)
+    assert callback["body"]["status"] == "failed" and callback["body"]["metadata"]["error_type"] == "timeout"
+    assert not (tmp_path / "out" / "u1" / "long").exists()  # nothing stored
+
+
+def test_an_engine_that_ignores_the_stop_has_its_process_replaced_and_the_job_fails_timeout(tmp_path, standin):
+    runner, engine, exits = make_runner(tmp_path, callback_url(standin), job_deadline_image_s=0.5,
+                                        job_deadline_grace_s=1.0)
+    runner.submit("stuck", "sdxl_image_fast", "u1", {"steps": 5, "ignore_stop": True}, {})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not exits:
+        time.sleep(0.02)
+    assert exits == [STUCK_EXIT_STATUS]
+    record = runner.get("stuck")
+    assert record.status == "failed" and record.error["code"] == "timeout"
+    assert "did not stop within 1s" in record.error["message"] and "replaced" in record.error["message"]
+    [callback] = standin.wait_for(lambda: standin.terminal_callbacks("stuck"), 10)
+    assert callback["body"]["metadata"]["error_type"] == "timeout"
+    assert JobJournal(tmp_path / "journal").load_all()[0].error["code"] == "timeout"
+    # The engine comes back after all (here it can): the job stays as it ended, with one callback.
+    engine.release.set()
+    runner.submit("after", "sdxl_image_fast", "u1", {"steps": 2}, {})
+    assert wait_status(runner, "after").status == "completed"
+    assert runner.get("stuck").status == "failed"
+    time.sleep(0.3)
+    assert len(standin.callbacks("stuck")) == 1
+
+
+def test_the_apps_cancel_stops_a_running_job_and_one_not_started_never_runs(tmp_path, standin):
+    runner, engine, _exits = make_runner(tmp_path, callback_url(standin), supabase_url=standin.url,
+                                         supabase_service_key=SERVICE_KEY, app_cancel_check_interval_s=1.0)
+    before_running = counter(process_metrics().app_cancels, "test", "running")
+    standin.set_job_status("queued-then-cancelled", "cancelled")
+    assert runner.cancelled_in_app("queued-then-cancelled")
+    assert not runner.cancelled_in_app("never-cancelled")
+    runner.submit("running", "sdxl_image_fast", "u1", {"steps": 100000}, {}, app_job=True)
+    runner.submit("behind", "sdxl_image_fast", "u1", {"steps": 3}, {}, app_job=True)
+    assert engine.in_step.wait(10)
+    time.sleep(1.5)
+    assert runner.get("running").status == "processing"
+    standin.set_job_status("running", "cancelled")
+    ended = wait_status(runner, "running")
+    assert ended.status == "cancelled" and ended.error == {"code": "cancelled", "message": "cancelled in the app"}
+    assert not ended.assets and not (tmp_path / "out" / "u1" / "running").exists()
+    assert wait_status(runner, "behind").status == "completed"
+    assert counter(process_metrics().app_cancels, "test", "running") == before_running + 1
+    reads = standin.reads_of("running")
+    assert 2 <= reads <= 30, reads  # every APP_CANCEL_CHECK_INTERVAL_S while it ran, not at every step
+
+
+def test_a_failing_jobs_read_never_fails_the_job_and_is_counted_and_logged_once(tmp_path, standin, caplog):
+    runner, _engine, _exits = make_runner(tmp_path, callback_url(standin), supabase_url=standin.url,
+                                          supabase_service_key=SERVICE_KEY, app_cancel_check_interval_s=1.0)
+    standin.fail_rest = 1000
+    before = counter(process_metrics().app_status_read_failures, "test")
+    caplog.set_level(logging.WARNING, logger="workers.runtime.job_watch")
+    assert not runner.cancelled_in_app("flaky")
+    runner.engine.step_s = 0.1
+    runner.submit("flaky", "sdxl_image_fast", "u1", {"steps": 35}, {}, app_job=True)
+    assert wait_status(runner, "flaky").status == "completed"
+    assert standin.reads_of("flaky") >= 3
+    assert counter(process_metrics().app_status_read_failures, "test") >= before + 3
+    logged = [r for r in caplog.records if "flaky" in r.getMessage() and "could not be read" in r.getMessage()]
+    assert len(logged) == 1
+
+
+def test_app_cancel_check_off_never_reads_the_jobs_table(tmp_path, standin):
+    runner, _engine, _exits = make_runner(tmp_path, callback_url(standin), supabase_url=standin.url,
+                                          supabase_service_key=SERVICE_KEY, app_cancel_check=False,
+                                          app_cancel_check_interval_s=1.0)
+    standin.set_job_status("ignored", "cancelled")
+    assert not runner.cancelled_in_app("ignored")
+    runner.engine.step_s = 0.1
+    runner.submit("ignored", "sdxl_image_fast", "u1", {"steps": 25}, {}, app_job=True)
+    assert wait_status(runner, "ignored").status == "completed"
+    assert standin.rest_reads == []
+
+
+# -- the queue path: real redis-server, real gunicorn workers ----------------------------------------------
+QUEUE = "deadline_test_sdxl_queue"
+
+
+def small_job(steps: int = 2, job_id: str | None = None) -> dict:
+    payload = queue_job_payload(job_id=job_id)
+    del payload["config"]["resolution"]  # the placeholder's native size
+    payload["config"]["num_inference_steps"] = steps
+    return payload
+
+
+def slow_job(steps: int = 100) -> dict:
+    """At least SLOW_STEP_S per step on any machine (tests/stuck_engine_app.py)."""
+    return small_job(steps, job_id=f"{SLOW_PREFIX}{uuid.uuid4()}")
+
+
+def worker_env(tmp_path, placeholder_dir, redis_url: str, standin, queue: str, **extra) -> dict:
+    return base_env(tmp_path, placeholder_dir, REDIS_URL=redis_url, SDXL_QUEUE=queue, SUPABASE_URL=standin.url,
+                    SUPABASE_SERVICE_KEY=SERVICE_KEY, JOB_CALLBACK_SECRET=CALLBACK_SECRET, QUEUE_BLOCK_S="0.2",
+                    QUEUE_HEARTBEAT_TTL_S="3", QUEUE_REAP_INTERVAL_S="1", APP_CANCEL_CHECK_INTERVAL_S="1",
+                    **extra)
+
+
+def start_test_build(env: dict) -> WorkerProcess:
+    """The worker under gunicorn as the orchestrator starts it, serving tests/stuck_engine_app.py's build;
+    its models loaded first (POST /memory/load), so a job's deadline measures its generation."""
+    process = WorkerProcess("sdxl", env)
+    process.command = [*process.command[:-1], COMMAND_TARGET]
+    process.start()
+    assert process.client.post("/memory/load", json={"which": "all"}, timeout=300).status_code == 200
+    return process
+
+
+def terminal(standin, job_id: str) -> list[dict]:
+    return [c["body"] for c in standin.terminal_callbacks(job_id)]
+
+
+def wait_terminal(standin, ids, timeout_s=240.0) -> None:
+    missing = ids
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        missing = [i for i in ids if not terminal(standin, i)]
+        if not missing:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no terminal callback for {missing}")
+
+
+def wait_step(worker, job_id: str, step: int = 1, timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    record: dict = {}
+    while time.monotonic() < deadline:
+        answer = worker.client.get(f"/jobs/{job_id}")
+        if answer.status_code == 200:
+            record = answer.json()
+            if record["status"] in TERMINAL or record["progress"].get("step", 0) >= step:
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach step {step}: {record}")
+
+
+def processing_entries(client, queue: str) -> int:
+    return sum(client.llen(k) for k in client.keys(f"{queue}:processing:*"))
+
+
+@pytest.fixture(scope="module")
+def redis():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def queue_standin():
+    with SupabaseStandIn() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory, placeholder_dir, redis, queue_standin):
+    # A 10 s deadline: a 2-step job completes well within it on a loaded machine; a slow job (>= 30 s) never.
+    env = worker_env(tmp_path_factory.mktemp("deadline-worker"), placeholder_dir, redis.url, queue_standin, QUEUE,
+                     JOB_DEADLINE_IMAGE_S="10")
+    process = start_test_build(env)
+    yield process
+    process.stop()
+
+
+def test_queue_a_job_past_its_deadline_fails_timeout_signed_and_the_job_behind_completes(worker, redis,
+                                                                                         queue_standin):
+    client = redis.client()
+    long, behind = slow_job(), small_job()
+    rpush(client, long, QUEUE)
+    rpush(client, behind, QUEUE)
+    wait_terminal(queue_standin, [long["id"], behind["id"]], timeout_s=120)
+    [ended] = terminal(queue_standin, long["id"])  # the stand-in accepts only correctly signed callbacks
+    assert ended["status"] == "failed" and ended["metadata"]["error_type"] == "timeout", ended
+    assert "deadline of 10s" in ended["error_message"] and ended["assets"] == []
+    [done] = terminal(queue_standin, behind["id"])
+    assert done["status"] == "completed" and len(done["assets"]) == 1
+    record = worker.client.get(f"/jobs/{long['id']}").json()
+    assert record["status"] == "failed" and record["error"]["code"] == "timeout"
+    assert 0 < record["progress"]["step"] < 100
+    assert not list(Path(worker.env["OUTPUT_DIR"]).glob(f"*/{long['id']}/*"))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (client.llen(QUEUE) or processing_entries(client, QUEUE)):
+        time.sleep(0.1)
+    assert client.llen(QUEUE) == 0 and processing_entries(client, QUEUE) == 0
+
+
+def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_complete(worker, redis, queue_standin):
+    client = redis.client()
+    first, cancelled_early, running, last = small_job(), small_job(), slow_job(), small_job()
+    queue_standin.set_job_status(cancelled_early["id"], "cancelled")
+    for job in (first, cancelled_early, running):
+        rpush(client, job, QUEUE)
+    wait_step(worker, running["id"], 2)
+    rpush(client, last, QUEUE)
+    queue_standin.set_job_status(running["id"], "cancelled")
+    wait_terminal(queue_standin, [first["id"], last["id"]])
+    for job in (first, last):
+        [done] = terminal(queue_standin, job["id"])
+        assert done["status"] == "completed"
+    early = worker.client.get(f"/jobs/{cancelled_early['id']}").json()
+    assert early["status"] == "cancelled" and early["started_at"] is None, early
+    assert early["error"]["message"] == "cancelled in the app before it started"
+    stopped = worker.client.wait_job(running["id"], timeout_s=60)
+    # Not `timeout`: the app's cancel (read every second) came long before the 10 s deadline.
+    assert stopped["status"] == "cancelled" and stopped["error"]["message"] == "cancelled in the app", stopped
+    assert stopped["assets"] == [] and stopped["progress"]["step"] < 100
+    for job in (cancelled_early, running):
+        assert not list(Path(worker.env["OUTPUT_DIR"]).glob(f"*/{job['id']}/*")), f"{job['id']} stored something"
+
+
+def test_queue_a_failing_jobs_read_does_not_fail_the_job(worker, redis, queue_standin):
+    queue_standin.fail_rest = 10000
+    try:
+        job = small_job(steps=8, job_id=f"{SLOW_PREFIX}{uuid.uuid4()}")  # >= 2.4 s: read at start and while running
+        rpush(redis.client(), job, QUEUE)
+        wait_terminal(queue_standin, [job["id"]])
+        [done] = terminal(queue_standin, job["id"])
+        assert done["status"] == "completed"
+        assert queue_standin.reads_of(job["id"]) >= 2
+        metrics = worker.client.get("/metrics").text
+        [line] = [m for m in metrics.splitlines() if m.startswith("ourvidz_app_status_read_failures_total{")]
+        assert float(line.split()[-1]) >= 2
+    finally:
+        queue_standin.fail_rest = 0
+
+
+def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_path, placeholder_dir, redis,
+                                                                         queue_standin):
+    queue = "stuck_engine_queue"
+    # 30 s: the job behind runs on the fresh process, which loads the model within its deadline.
+    env = worker_env(tmp_path, placeholder_dir, redis.url, queue_standin, queue, JOB_DEADLINE_IMAGE_S="30",
+                     JOB_DEADLINE_GRACE_S="3")
+    process = start_test_build(env)
+    try:
+        client = redis.client()
+        stuck, behind = small_job(steps=10, job_id=f"{STUCK_PREFIX}{uuid.uuid4()}"), small_job()
+        first_pid = process.client.get("/health").json()["pid"]
+        rpush(client, stuck, queue)
+        rpush(client, behind, queue)
+        wait_step(process, stuck["id"], 1)
+        wait_terminal(queue_standin, [stuck["id"], behind["id"]], timeout_s=240)
+        [ended] = terminal(queue_standin, stuck["id"])
+        assert ended["status"] == "failed" and ended["metadata"]["error_type"] == "timeout", ended
+        assert "the worker process was replaced" in ended["error_message"]
+        [done] = terminal(queue_standin, behind["id"])
+        assert done["status"] == "completed"
+        assert process.client.get("/health").json()["pid"] != first_pid
+        assert process.proc is not None and process.proc.poll() is None  # gunicorn's master stayed
+        record = process.client.get(f"/jobs/{stuck['id']}").json()  # the new process has it from its journal
+        assert record["status"] == "failed" and record["error"]["code"] == "timeout"
+        master_log = process.log_path.read_text(errors="replace")
+        assert f"exited with code {STUCK_EXIT_STATUS}" in master_log, process.log()
+        deadline = time.monotonic() + 15  # the new process acknowledged the entry left in its processing list
+        while time.monotonic() < deadline and (client.llen(queue) or processing_entries(client, queue)):
+            time.sleep(0.1)
+        assert client.llen(queue) == 0 and processing_entries(client, queue) == 0
+    finally:
+        process.stop()
