@@ -140,6 +140,23 @@ def wait_until(predicate, timeout_s: float, what: str):
 
 # ---- tests, in order: the last one stops the pod -------------------------------------------------------
 
+def test_encoded_dot_segments_in_a_storage_path_are_a_validation_error():
+    """They ended `internal_error` (the storage client raised ValueError when the job was accepted)."""
+    from configuration.params.app_payload import from_app_payload
+    from configuration.schemas.common import ValidationFailed
+    from configuration.settings import Settings
+
+    settings = Settings(supabase_url="https://project.supabase.co", supabase_service_key="k" * 32)
+    for path in ("%2e%2e/u2/x.png", ".%2E/x.png", "%252e%252e/u2/x.png"):
+        payload = queue_job_payload(user_id="u1", job_id="j1", reference_url=f"workspace-temp/u1/{path}")
+        with pytest.raises(ValidationFailed) as refused:
+            from_app_payload("sdxl", payload, settings)
+        assert refused.value.details[0]["path"] == "/metadata/reference_image_url"
+    own = queue_job_payload(user_id="u1", job_id="j2", reference_url="workspace-temp/u1/a.png")
+    fine = from_app_payload("sdxl", own, settings)
+    assert fine.storage_references == {"/metadata/reference_image_url": ("workspace-temp", "u1/a.png")}
+
+
 def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod, redis, receiver):
     client = redis.client()
     # A non-JSON heartbeat key of a consumer that is registered: the views must show it, not fail on it.

@@ -363,7 +363,7 @@ def _storage_references(user_id: str | None, references: dict, job: AppJob, sett
         match = _STORAGE_PATH.match(value)
         if not match:
             signed = _signed_storage_path(value, settings.supabase_url)
-            if signed and user_id and signed[1].startswith(f"{user_id}/") and ".." not in signed[1].split("/"):
+            if signed and user_id and signed[1].startswith(f"{user_id}/") and not _dot_segments(signed[1]):
                 # A signed URL of the project's own storage expires an hour after enqueue: read the object from
                 # its storage path with the service key (the job's own folder only), whenever the job runs.
                 job.storage_references[pointer] = signed
@@ -371,9 +371,15 @@ def _storage_references(user_id: str | None, references: dict, job: AppJob, sett
         bucket, path = match.groups()
         if not user_id:
             raise field_error(app_field, "a storage path reference needs the job's user_id")
-        if not path.startswith(f"{user_id}/") or ".." in path.split("/"):
+        if not path.startswith(f"{user_id}/") or _dot_segments(path):
             raise field_error(app_field, f"storage path must lie in the job's own folder ({bucket}/{user_id}/...)")
         job.storage_references[pointer] = (bucket, path)
+
+
+def _dot_segments(path: str) -> bool:
+    """`.` or `..` segments, also percent-encoded (`%2e%2e`): the storage client refuses such keys (a
+    ValueError, which was an internal error), and they could leave the job's own folder."""
+    return any(segment in (".", "..") for segment in unquote(unquote(path)).split("/"))
 
 
 def _signed_storage_path(url: str, supabase_url: str) -> tuple[str, str] | None:
