@@ -174,3 +174,30 @@ def test_a_rejected_job_is_journaled_failed_with_its_callback(tmp_path, receiver
     assert body["metadata"]["error_type"] == "validation_error" and body["assets"] == []
     assert [r.status for r in JobJournal(tmp_path / "journal").load_all()] == ["failed"]
     assert runner.reject("r1", "x", "y", {"code": "c", "message": "m"}, {}) is record  # known id: the same job
+
+
+def test_memory_cli_watch_prints_untrusted_strings_escaped():
+    """`memory_cli status --watch` against a real HTTP server whose /ops/state carries escape codes."""
+    import io
+
+    import requests
+
+    from orchestrator.memory_cli import watch
+    from tests.support import StaticServer
+
+    budget = {k: 0 for k in ("capacity_bytes", "reserve_bytes", "leased_bytes", "working_bytes", "external_bytes",
+                             "available_bytes")}
+    memory = {"devices": [], "budget": budget, "pressure": "low", "waiting": [], "counters": {}, "history": [],
+              "workers": {"sdxl": {"state": "ready", "pid": 1, "models": {}}}}
+    hostile = {"jobs": [{"job_id": "job-1", "type": "\x1b]0;owned\x07\x1b[2J", "status": "failed", "worker": "sdxl",
+                         "stage": "\r\u202eevil", "error_code": "\x9b31m"}]}
+    server = StaticServer({"/memory/status?history=15": (200, "application/json", json.dumps(memory).encode()),
+                           "/ops/state": (200, "application/json", json.dumps(hostile).encode())})
+    out = io.StringIO()
+    try:
+        assert watch(requests.Session(), server.url, 15, 0.01, 1, out=out) == 0
+    finally:
+        server.close()
+    printed = out.getvalue()
+    assert "job-1" in printed and "\\x1b]0;owned\\x07" in printed and "\\u202e" in printed, printed
+    assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in printed)
