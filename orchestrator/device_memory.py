@@ -8,6 +8,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from configuration.settings import Settings
 
@@ -26,26 +27,71 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _devices(nvml) -> list[tuple[str, Any, list]]:
+    """(PCI bus id, handle, MIG slice handles) of every GPU NVML sees, in PCI bus order."""
+    gpus = []
+    for i in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(i)
+        gpus.append((_text(nvml.nvmlDeviceGetPciInfo(handle).busId), handle, _mig_slices(nvml, handle)))
+    return sorted(gpus, key=lambda gpu: gpu[0])
+
+
+def _mig_slices(nvml, handle) -> list:
+    try:
+        if not nvml.nvmlDeviceGetMigMode(handle)[0]:
+            return []
+    except Exception:  # NVMLError_NotSupported: a GPU without MIG
+        return []
+    slices = []
+    for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle) if hasattr(nvml, "nvmlDeviceGetMaxMigDeviceCount")
+                   else 1):
+        try:
+            slices.append(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i))
+        except Exception:  # NVMLError_NotFound: no slice at this index
+            continue
+    return slices
+
+
+def _by_uuid(nvml, wanted: str, gpus) -> str:
+    """The device CUDA means by a UUID entry: the full UUID or a unique prefix of one (CUDA accepts both),
+    a GPU in MIG mode read through its first slice, and the older MIG-GPU-<uuid>/<gi>/<ci> form."""
+    legacy = wanted.startswith("MIG-GPU-") and "/" in wanted
+    if legacy:
+        parent, gi = wanted[len("MIG-"):].split("/")[:2]
+    candidates = []
+    for _bus, handle, slices in gpus:
+        uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+        if legacy:
+            if uuid == parent and slices:
+                chosen = next((h for h in slices if hasattr(nvml, "nvmlDeviceGetGpuInstanceId")
+                               and str(nvml.nvmlDeviceGetGpuInstanceId(h)) == gi), slices[0])
+                return _text(nvml.nvmlDeviceGetUUID(chosen))
+            continue
+        if uuid.startswith(wanted):
+            candidates.append(_text(nvml.nvmlDeviceGetUUID(slices[0])) if slices else uuid)
+        candidates += [u for u in (_text(nvml.nvmlDeviceGetUUID(h)) for h in slices) if u.startswith(wanted)]
+    if len(set(candidates)) == 1:
+        return candidates[0]
+    if not candidates:  # NVML's own lookup by UUID decides when the device is read (and says so there)
+        return wanted
+    raise LookupError(f"CUDA_VISIBLE_DEVICES names {wanted}, a prefix of several devices' UUIDs")
+
+
 def resolve_device_uuid(nvml, cuda_visible_devices: str | None) -> str:
     """The UUID (GPU-... or MIG-...) of the device the workers' CUDA uses first. A UUID in
-    CUDA_VISIBLE_DEVICES is taken as it is. A numeric index is not an NVML index (CUDA orders devices fastest
-    first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and NVML promises no order): it is the index-th GPU by PCI bus
-    id, which is CUDA's order under PCI_BUS_ID, and the pod gives its workers that UUID. A GPU in MIG mode is
-    read through its first MIG device (the slice CUDA runs on), never as the parent GPU."""
+    CUDA_VISIBLE_DEVICES is looked up among NVML's devices as CUDA reads it: the full UUID or a unique prefix,
+    the older MIG-GPU-<uuid>/<gi>/<ci> form, and a GPU in MIG mode means its slice. A numeric index is not an
+    NVML index (CUDA orders devices fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID, and NVML promises no
+    order): it is the index-th GPU by PCI bus id, which is CUDA's order under PCI_BUS_ID, and the pod gives its
+    workers that UUID. A GPU in MIG mode is read through its first MIG device (the slice CUDA runs on), never
+    as the parent GPU."""
     first = (cuda_visible_devices or "").split(",")[0].strip()
+    gpus = _devices(nvml)
     if first.startswith(("GPU-", "MIG-")):
-        return first
+        return _by_uuid(nvml, first, gpus)
     index = int(first) if first.isdigit() else 0
-    gpus = sorted((_text(nvml.nvmlDeviceGetPciInfo(h).busId), h)
-                  for h in (nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())))
-    handle = gpus[index][1]
-    try:
-        mig_enabled = bool(nvml.nvmlDeviceGetMigMode(handle)[0])
-    except Exception:  # NVMLError_NotSupported: a GPU without MIG
-        mig_enabled = False
-    if mig_enabled:
-        handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, 0)
-    return _text(nvml.nvmlDeviceGetUUID(handle))
+    _bus, handle, slices = gpus[index]
+    return _text(nvml.nvmlDeviceGetUUID(slices[0] if slices else handle))
 
 
 def read_nvml(nvml, uuid: str) -> tuple[int, int]:

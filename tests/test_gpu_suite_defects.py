@@ -242,8 +242,23 @@ def test_a_numeric_cuda_visible_devices_is_resolved_by_pci_order_and_mig_to_its_
     assert resolve_device_uuid(nvml, "0") == "MIG-slice-of-GPU-aaaa"
     assert resolve_device_uuid(nvml, None) == "MIG-slice-of-GPU-aaaa"
     assert resolve_device_uuid(nvml, "1,0") == "GPU-bbbb"  # bus B1 is NVML index 0
-    assert resolve_device_uuid(nvml, "GPU-cccc") == "GPU-cccc"
-    assert resolve_device_uuid(nvml, "MIG-dddd,GPU-x") == "MIG-dddd"
+
+
+
+def test_a_uuid_in_cuda_visible_devices_is_found_as_cuda_reads_it():
+    """Issue 20: CUDA takes a full UUID, a unique prefix of one, a MIG slice's UUID or the older
+    MIG-GPU-<uuid>/<gi>/<ci> form; NVML's handle lookup takes only a full UUID of what it reads."""
+    from orchestrator.device_memory import resolve_device_uuid
+
+    nvml = TwoGPUsNVML()
+    assert resolve_device_uuid(nvml, "GPU-bbbb") == "GPU-bbbb"
+    assert resolve_device_uuid(nvml, " GPU-bb ,0") == "GPU-bbbb"            # a unique prefix, spaces
+    assert resolve_device_uuid(nvml, "GPU-aaaa") == "MIG-slice-of-GPU-aaaa"  # a GPU in MIG mode: its slice
+    assert resolve_device_uuid(nvml, "MIG-slice-of-GPU-aaaa") == "MIG-slice-of-GPU-aaaa"
+    assert resolve_device_uuid(nvml, "MIG-GPU-aaaa/0/0") == "MIG-slice-of-GPU-aaaa"
+    assert resolve_device_uuid(nvml, "GPU-cccc") == "GPU-cccc"  # not enumerated: NVML's lookup decides at read
+    with pytest.raises(LookupError, match="several"):
+        resolve_device_uuid(nvml, "GPU-")
 
 
 def test_the_pod_gives_its_workers_the_device_by_uuid(monkeypatch):
