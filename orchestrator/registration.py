@@ -161,12 +161,13 @@ class Registrar:
         while not self._stop.is_set():
             ok, reason = self._invoke(HEALTH_CHECK_FUNCTION, {})
             with self._lock:
-                calls = (self.health_check or {}).get("calls", 0) + 1
+                previous = self.health_check or {}
                 self.health_check = {"status": "ok" if ok else "failed", "detail": reason or HEALTH_CHECK_FUNCTION,
-                                     "at": now_iso(), "calls": calls}
-            if not ok:
-                log.warning("invoking %s failed: %s; again in %.0fs", HEALTH_CHECK_FUNCTION, reason,
-                            self.settings.health_check_workers_s)
+                                     "at": now_iso(), "calls": previous.get("calls", 0) + 1}
+            if not ok:  # logged when it starts failing; GET /workers shows every later failure
+                log.log(logging.DEBUG if previous.get("status") == "failed" else logging.WARNING,
+                        "invoking %s failed: %s; again every %.0fs", HEALTH_CHECK_FUNCTION, reason,
+                        self.settings.health_check_workers_s)
             if self._stop.wait(self.settings.health_check_workers_s):
                 return
 
