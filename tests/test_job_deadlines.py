@@ -8,7 +8,8 @@ failing read never fails a job; APP_CANCEL_CHECK=0 never reads.
 
 On the queue path (real redis-server, real gunicorn workers, signed callbacks to the stand-in's
 job-callback): the same, including a real SDXL step that never returns (tests/stuck_engine_app.py),
-after which gunicorn's master starts a fresh worker process and the queue goes on.
+after which gunicorn's master starts a fresh worker process and the queue goes on. Through the
+orchestrator (`POST /jobs`), a routed job past its worker's deadline ends `timeout` as well.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from tests.app_client import queue_job_payload, rpush
 from tests.redis_support import RedisServer
 from tests.stuck_engine_app import COMMAND_TARGET, SLOW_PREFIX, STUCK_PREFIX
 from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
-from tests.support import WorkerProcess, base_env
+from tests.support import OrchestratorProcess, WorkerProcess, base_env, free_port
 from workers.engines.base import GeneratedAsset
 from workers.runtime.jobs import STUCK_EXIT_STATUS, JobRunner
 from workers.runtime.local_memory import LocalMemory
@@ -397,3 +398,29 @@ def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_pat
         assert client.llen(queue) == 0 and processing_entries(client, queue) == 0
     finally:
         process.stop()
+
+
+def test_routed_job_past_its_deadline_ends_timeout_with_one_signed_callback(tmp_path, placeholder_dir,
+                                                                            queue_standin):
+    """POST /jobs on the orchestrator: the orchestrator mirrors its worker's record, so a routed job past the
+    worker's deadline ends `timeout` too, in the one callback the orchestrator sends. 2 s is far below what
+    the model load plus 100 steps of six 256x256 images take on any CPU."""
+    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
+                   ENABLED_WORKERS="sdxl", JOB_DEADLINE_IMAGE_S="2", STATE_DIR=tmp_path / "state",
+                   CALLBACK_URL=queue_standin.url + "/functions/v1/job-callback", JOB_CALLBACK_SECRET=CALLBACK_SECRET)
+    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    try:
+        pod.wait_ready()
+        job_id = f"routed-{uuid.uuid4()}"
+        answer = pod.client.post("/jobs", json={"id": job_id, "type": "sdxl_image_fast", "prompt": "a red fox",
+                                                "user_id": "u1", "config": {"steps": 100, "num_images": 6,
+                                                                            "width": 256, "height": 256}})
+        assert answer.status_code == 202, answer.text
+        record = pod.client.wait_job(job_id, timeout_s=120)
+        assert record["status"] == "failed" and record["error"]["code"] == "timeout", record
+        assert "deadline of 2s" in record["error"]["message"]
+        wait_terminal(queue_standin, [job_id], timeout_s=30)
+        [callback] = terminal(queue_standin, job_id)
+        assert callback["status"] == "failed" and callback["metadata"]["error_type"] == "timeout", callback
+    finally:
+        assert pod.stop() == 0

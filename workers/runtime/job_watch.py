@@ -29,6 +29,8 @@ from configuration.settings import Settings
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 5.0  # one read of the app's `jobs` table
+FORGET_AFTER_JOBS = 1024  # past this many remembered jobs, those last read over FORGET_AFTER_S ago are dropped
+FORGET_AFTER_S = 3600.0
 
 
 class AppJobStatus:
@@ -38,10 +40,16 @@ class AppJobStatus:
         self.worker = worker
         self.client = make_client(settings.supabase_url, settings.supabase_service_key, READ_TIMEOUT_S)
         self._failed_once: set[str] = set()  # job ids whose failed read was logged (once per job)
+        self._read_at: dict[str, float] = {}  # job id -> monotonic time of its latest read
         self._lock = threading.Lock()
 
     def cancelled(self, job_id: str) -> bool:
         """True when the app marked the job `cancelled`; False also when the status cannot be read."""
+        with self._lock:
+            now = self._read_at[job_id] = time.monotonic()
+            if len(self._read_at) > FORGET_AFTER_JOBS:  # jobs read but never run (refused, cancelled early)
+                self._read_at = {k: t for k, t in self._read_at.items() if now - t < FORGET_AFTER_S}
+                self._failed_once &= set(self._read_at)
         try:
             return job_status(self.client, job_id) == "cancelled"
         except SupabaseError as exc:
@@ -54,9 +62,14 @@ class AppJobStatus:
                             "(logged once per job)", job_id, exc.message)
             return False
 
+    def read_at(self, job_id: str) -> float | None:
+        with self._lock:
+            return self._read_at.get(job_id)
+
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._failed_once.discard(job_id)
+            self._read_at.pop(job_id, None)
 
 
 @dataclass
@@ -151,18 +164,20 @@ class JobWatch:
                     self._current = None
 
     def _app_loop(self) -> None:
-        assert self.app_status is not None
-        last_read: dict[str, float] = {}
+        app_status = self.app_status
+        assert app_status is not None
 
         def next_read(w: _Watched) -> float:
-            # The first read comes an interval after the start: the start check has just read it.
-            return last_read.get(w.job_id, w.started) + self.interval_s if w.app_job else float("inf")
+            # An interval after the latest read of the job (the start check's, when it was taken from the
+            # queue); at its start when that was longer ago (it waited for its references or its turn).
+            if not w.app_job:
+                return float("inf")
+            previous = app_status.read_at(w.job_id)
+            return (w.started - self.interval_s if previous is None else previous) + self.interval_s
 
         while True:
             watched = self._next(next_read)
-            last_read.clear()
-            last_read[watched.job_id] = time.monotonic()
-            if self.app_status.cancelled(watched.job_id) and self._still(watched):
+            if app_status.cancelled(watched.job_id) and self._still(watched):
                 log.info("job %s: cancelled in the app; stopping it at the next step", watched.job_id)
                 self._metrics.child(self._metrics.app_cancels, self.worker, "running").inc()
                 watched.stop("app_cancel")
