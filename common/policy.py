@@ -133,7 +133,7 @@ _UNIT = re.compile(r"[1-9](?!\d)")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 _HAS_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\S+")
-_CLAUSE_END = re.compile(r"[.;:!?。！？؟।]$")
+_CLAUSE_END = frozenset(".;:!?。！？؟।")  # a chunk ending with one ends a sentence
 _WORD_CACHE_SIZE = 1 << 16
 _LONE_ZERO = re.compile(r"(?<!\d)0(?!\d)")  # "п0рн0": a zero between letters stands for o
 
@@ -152,6 +152,18 @@ _CJK_NUMERALS = {"〇": 0, "零": 0, "一": 1, "二": 2, "两": 2, "兩": 2, "�
                  "八": 8, "九": 9, "十": 10}
 _CJK_NUMBER = re.compile("(?<![^\\W_])(?:([一二两兩三四五六七八九]) )?十(?: ([一二三四五六七八九]))?(?![^\\W_])"
                          "|(?<![^\\W_])([〇零一二两兩三四五六七八九])(?![^\\W_])")
+
+
+class _Spacer(dict):
+    """A str.translate table that sets each character of an unspaced script apart (" 子 "), built lazily."""
+
+    def __missing__(self, code: int) -> str:
+        self[code] = chr(code) if _UNSPACED.match(chr(code)) is None else f" {chr(code)} "
+        return self[code]
+
+
+_SPACER = _Spacer()
+_CYRILLIC_GREEK = re.compile("[\u0370-\u03ff\u0400-\u052f\u1f00-\u1fff]")
 
 
 def _script(char: str) -> str:
@@ -185,6 +197,10 @@ class Rules:
         self._latin_only = str.maketrans({c: v for c, v in confusables.items() if c not in own})
         self._to_script = {"cyrillic": str.maketrans(norm["to_cyrillic"]), "greek": str.maketrans(norm["to_greek"])}
         self._leet_chars = "".join(norm["leet"])
+        escaped = re.escape(self._leet_chars)
+        self._drop_all = re.compile(r"[^a-z0-9]")
+        self._drop_keep_leet = re.compile(f"[^a-z0-9{escaped}]")
+        self._split_parts = re.compile(f"[^a-z0-9{escaped}]+")
         self._skeleton = str.maketrans({**norm["leet"], **norm["fold"]})
         self.contexts = data["contexts"]
         self.stages = data["stages"]
@@ -222,6 +238,8 @@ class Rules:
                 self.evidence.setdefault(self.word(self.normalise(marker)), set()).add(code)
         self.max_join = max(3, longest)
         self._stem_lengths = sorted({len(s) for s in self.stems})
+        self._stem_heads = {s[:2] for s in self.stems}
+        self._ascii_infixes = {k: v for k, v in self.infixes.items() if k.isascii()}
         # Every beginning of a term (also with stretched letters collapsed): a join of words that is not
         # one cannot become a term, so the join stops there.
         self._prefixes = {form[:i] for term in (*self.terms, *self._join_stems) for form in _runs(term)
@@ -291,7 +309,10 @@ class Rules:
                 regex = number + r"\s*-?\s*(?:" + "|".join(map(re.escape, after)) + ")" + end
             else:
                 regex = r"(?<![^\W_])(?:" + "|".join(map(re.escape, before)) + r")\s*[:=]?\s*" + number
-            regex = "".join(f"(?<!\\b{re.escape(w)} )" for w in alternatives(spec.get("not_preceded_by", ()))) + regex
+            exclusions = "".join(f"(?<!\\b{re.escape(w)} )" for w in alternatives(spec.get("not_preceded_by", ())))
+            # The lookbehinds only where the pattern can start (a digit, or the first letter of a word).
+            starts = "".join(sorted({w[0] for w in before})) if before else ""
+            regex = ("(?=\\d)" if after else f"(?=[{re.escape(starts)}])") + exclusions + regex
             not_followed = alternatives(spec.get("not_followed_by", ()))
             if not_followed:
                 regex += r"(?!\s*(?:" + "|".join(map(re.escape, not_followed)) + r")(?![^\W_]))"
@@ -309,14 +330,18 @@ class Rules:
         text = unicodedata.normalize("NFKC", text).casefold().translate(self._invisible)
         if not text.isascii():
             text = unicodedata.normalize("NFC", _DROPPED_MARKS.sub("", unicodedata.normalize("NFKD", text)))
-            text = _WORD.sub(self._read_chunk, text.translate(self._letters))
-            text = _UNSPACED.sub(r" \1 ", text)
+            text = text.translate(self._letters)
+            if _CYRILLIC_GREEK.search(text) is None:
+                text = text.translate(self._to_latin)
+            else:
+                text = _WORD.sub(self._read_chunk, text)
+            text = text.translate(_SPACER)
         return text
 
     def _read_chunk(self, m: re.Match) -> str:
         chunk = m.group()
-        if chunk.isascii():
-            return chunk
+        if _CYRILLIC_GREEK.search(chunk) is None:
+            return chunk.translate(self._to_latin)
         counts: Counter[str] = Counter(_script(c) for c in chunk if c.isalpha())
         script = max(("cyrillic", "greek"), key=lambda s: counts[s])
         if not counts[script]:
@@ -395,10 +420,14 @@ class Rules:
             primary = self.word(chunk)
             return primary, _runs(primary), [primary]
         leet = self._leet_chars
-        kept = "".join(c for c in chunk if c in leet or _is_letter(c))
+        if chunk.isascii():
+            kept, plain = self._drop_keep_leet.sub("", chunk), self._drop_all.sub("", chunk)
+            split = [p for p in self._split_parts.split(chunk) if p]
+        else:
+            kept = "".join(c for c in chunk if c in leet or _is_letter(c))
+            plain = "".join(c for c in chunk if _is_letter(c))
+            split = [chunk] if unspaced else [p for p in _split(chunk, leet) if p]
         stripped = kept.strip(leet)
-        plain = "".join(c for c in chunk if _is_letter(c))
-        split = [chunk] if unspaced else [p for p in _split(chunk, leet) if p]
         forms = {plain, kept, stripped, *split}
         looked = tuple(v for form in forms if form and _HAS_LETTER.search(form) for v in _runs(self.word(form)))
         return self.word(stripped or plain), looked, [self.word(p) for p in split]
@@ -406,6 +435,8 @@ class Rules:
     def _stem_kinds(self, form: str) -> set[str]:
         """The kinds of every stem `form` starts with."""
         kinds: set[str] = set()
+        if form[:2] not in self._stem_heads:
+            return kinds
         for n in self._stem_lengths:
             if n > len(form):
                 break
@@ -417,21 +448,25 @@ class Rules:
         cached = self._word_cache.get(chunk)
         if cached is not None:
             return cached
-        unspaced = len(chunk) == 1 and _UNSPACED.match(chunk) is not None
+        ascii_chunk = chunk.isascii()
+        unspaced = not ascii_chunk and len(chunk) == 1 and _UNSPACED.match(chunk) is not None
         primary, looked, parts = self._forms(chunk, unspaced)
-        kinds = set(kind for form in looked for kind in self.terms.get(form, ()))
+        terms, kinds = self.terms, set[str]()
         for form in looked:
-            kinds.update(self._stem_kinds(form))
-            for infix, marks in self.infixes.items():
+            kinds.update(terms.get(form, ()))
+            if form[:2] in self._stem_heads:
+                kinds.update(self._stem_kinds(form))
+            for infix, marks in (self._ascii_infixes if form.isascii() else self.infixes).items():
                 if infix in form:
                     kinds.update(marks)
         joinable = bool(primary) and primary not in self.join_stopwords and (
             primary in self._prefixes or _runs(primary)[-1] in self._prefixes)
-        number = any(p in self._number_values or p in self._number_parts for p in parts) or chunk in _CJK_NUMERALS
-        weight = _UNSPACED_WEIGHT["thai" if "\u0e00" <= chunk <= "\u0e7f" else "cjk"] if unspaced else 1.0
-        word = _Word(primary, frozenset(kinds), joinable, number, _HAS_DIGIT.search(chunk) is not None,
-                     len(primary) == 1 and not unspaced, weight, _CLAUSE_END.search(chunk) is not None,
-                     chunk.endswith(","), frozenset((primary, *looked)))
+        number = any(p in self._number_values or p in self._number_parts for p in parts) or (
+            not ascii_chunk and chunk in _CJK_NUMERALS)
+        weight = 1.0 if not unspaced else _UNSPACED_WEIGHT["thai" if "\u0e00" <= chunk <= "\u0e7f" else "cjk"]
+        digit = not chunk.isalpha() and _HAS_DIGIT.search(chunk) is not None
+        word = _Word(primary, frozenset(kinds), joinable, number, digit, len(primary) == 1 and not unspaced, weight,
+                     chunk[-1] in _CLAUSE_END, chunk[-1] == ",", frozenset((primary, *looked)))
         if len(self._word_cache) >= _WORD_CACHE_SIZE:
             self._word_cache.clear()
         self._word_cache[chunk] = word
