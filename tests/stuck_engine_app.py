@@ -38,5 +38,5 @@ def _step_callback(ctx, total_steps: int):
 
 
 def serve_app(worker: str) -> Flask:
-    sdxl.step_callback = _step_callback  # type: ignore[assignment]
+    sdxl.step_callback = _step_callback
     return real_serve_app(worker)

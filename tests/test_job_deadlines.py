@@ -157,7 +157,8 @@ def test_an_engine_that_ignores_the_stop_has_its_process_replaced_and_the_job_fa
     assert "did not stop within 1s" in record.error["message"] and "replaced" in record.error["message"]
     [callback] = standin.wait_for(lambda: standin.terminal_callbacks("stuck"), 10)
     assert callback["body"]["metadata"]["error_type"] == "timeout"
-    assert JobJournal(tmp_path / "journal").load_all()[0].error["code"] == "timeout"
+    [journaled] = JobJournal(tmp_path / "journal").load_all()
+    assert journaled.status == "failed" and (journaled.error or {}).get("code") == "timeout"
     # The engine comes back after all (here it can): the job stays as it ended, with one callback.
     engine.release.set()
     runner.submit("after", "sdxl_image_fast", "u1", {"steps": 2}, {})
