@@ -274,8 +274,9 @@ class SupabaseStandIn:
             failing = self.fail_rest > 0
             if failing:
                 self.fail_rest -= 1
-            rows = [{"id": job_id, "status": status} for job_id, status in self.job_status.items()
-                    if not wanted or wanted == f"eq.{job_id}"]
+            rows: list[dict[str, str | None]] = [{"id": job_id, "status": status}
+                                                 for job_id, status in self.job_status.items()
+                                                 if not wanted or wanted == f"eq.{job_id}"]
         if failing:
             return h._answer(500, {"code": "XX000", "message": "internal error", "details": None, "hint": None})
         if columns != ["*"]:
