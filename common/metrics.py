@@ -204,7 +204,13 @@ class Metrics:
 
         # -- callbacks --------------------------------------------------------------------------------
         self.callback_attempts = counter("callback_attempts_total", "Callback POSTs made, by outcome "
-                                         "(delivered, retryable, rejected).", ("outcome",))
+                                         "(delivered, refused, retryable, rejected).", ("outcome",))
+        self.callbacks_refused = counter("callbacks_refused_total", "Callback attempts the receiver answered "
+                                         "401/403 (retried): callbacks refused by the receiver, check "
+                                         "JOB_CALLBACK_SECRET.")
+        self.callbacks_refused_by_receiver = gauge("callbacks_refused_by_receiver", "1 while the receiver's latest "
+                                                   "answer was a 401/403: callbacks refused by the receiver, check "
+                                                   "JOB_CALLBACK_SECRET; 0 once one is accepted.")
         self.callbacks_delivered = counter("callbacks_delivered_total", "Callbacks the receiver accepted.")
         self.callback_retries = counter("callback_retries_total", "Callback attempts scheduled again after a failure.")
         self.callbacks_abandoned = counter("callbacks_abandoned_total",

@@ -93,7 +93,9 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "SUPABASE_BUCKET": ("supabase_bucket", str, "Storage bucket for outputs."),
     "CALLBACK_URL": ("callback_url", str, "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
     "JOB_CALLBACK_SECRET": ("callback_secret", str, "The app's callback secret: callbacks carry X-Callback-Signature: "
-                                                    "sha256=<hex HMAC-SHA256 of the body> (alias `CALLBACK_SECRET`)."),
+                                                    "sha256=<hex HMAC-SHA256 of the body> (alias `CALLBACK_SECRET`). "
+                                                    "MODEL_PROFILE=production with REDIS_URL or a callback URL "
+                                                    "refuses to start without it."),
     "CALLBACK_PROCESSING": ("callback_processing", _bool, "Also send a `processing` callback when a job starts (one "
                                                           "attempt, never after the terminal one)."),
     "REDIS_URL": ("redis_url", str, "`redis://` or `rediss://` (TLS) with the password: the SDXL and WAN workers take "
@@ -183,7 +185,30 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "TORCH_COMPILE": ("torch_compile", _bool, "torch.compile the UNet/transformer on CUDA."),
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL "
                                                                 "is set."),
-    "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; public URLs are https://{id}-{port}.proxy.runpod.net."),
+    "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; the default public URL of a worker is "
+                                            "https://{pod_id}-{port}.proxy.runpod.net."),
+    "PUBLIC_URL_TEMPLATE": ("public_url_template", str, "Public URL of a registered worker on hosts other than "
+                                                        "RunPod, with `{worker}`, `{port}` and `{pod_id}` "
+                                                        "(RUNPOD_POD_ID) filled in; empty: the RunPod proxy form "
+                                                        "when RUNPOD_POD_ID is set, else none."),
+    "WAN_PUBLIC_URL": ("wan_public_url", str, "The WAN worker's public URL as registered with `update-worker-url` "
+                                              "(wins over PUBLIC_URL_TEMPLATE)."),
+    "CHAT_PUBLIC_URL": ("chat_public_url", str, "The chat worker's public URL as registered with "
+                                                "`register-chat-worker` (wins over PUBLIC_URL_TEMPLATE)."),
+    "REGISTRATION_BACKOFF_S": ("registration_backoff_s", _float, "First delay between two registration attempts; "
+                                                                 "doubles per attempt up to "
+                                                                 "REGISTRATION_BACKOFF_MAX_S. Attempts go on until "
+                                                                 "the worker is registered."),
+    "REGISTRATION_BACKOFF_MAX_S": ("registration_backoff_max_s", _float, "Longest delay between two registration "
+                                                                         "attempts."),
+    "REGISTRATION_REFRESH_S": ("registration_refresh_s", _float, "A registered worker registers again this often "
+                                                                 "(the app's row may be overwritten or lost; 0: "
+                                                                 "only at each worker start)."),
+    "HEALTH_CHECK_WORKERS_S": ("health_check_workers_s", _float, "How often the orchestrator invokes the app's "
+                                                                 "`health-check-workers` function (service key) so "
+                                                                 "the chat worker's health entry stays fresh without "
+                                                                 "a browser; only while a chat worker is registered "
+                                                                 "(0: never)."),
     "LOG_LEVEL": ("log_level", str, "Python log level."),
     "LOG_FORMAT": ("log_format", str, "`json` (one JSON object per line: time, level, logger, process, worker, job_id, "
                                       "stage, request_id) or `text` (the same, readable in a terminal)."),
@@ -191,7 +216,11 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                                 "inside the pod's network); every other route keeps it."),
     "PROVENANCE_SIDECAR": ("provenance_sidecar", _bool, "Store each asset's provenance as a `{i}.json` file next to "
                                                         "it (`application/json`); off, the provenance is only in the "
-                                                        "asset's `metadata.provenance` and `provenance_url` is null."),
+                                                        "asset's `metadata.provenance` and `provenance_url` is null. "
+                                                        "Unset: on with STORAGE_BACKEND=local, off with `supabase` "
+                                                        "(the app's bucket refuses application/json). A sidecar the "
+                                                        "storage refuses is skipped with a warning, never a failed "
+                                                        "job."),
     "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none "
                                                           "(docs/POLICY.md); the hard floor applies in both."),
     "SAFETY_CLASSIFIER_PATH": ("safety_classifier_path", str, "Output image classifier (a transformers "
@@ -286,10 +315,17 @@ class Settings:
     torch_compile: bool = False
     register_with_supabase: bool = True
     runpod_pod_id: str = ""
+    public_url_template: str = ""
+    wan_public_url: str = ""
+    chat_public_url: str = ""
+    registration_backoff_s: float = 2.0
+    registration_backoff_max_s: float = 60.0
+    registration_refresh_s: float = 600.0
+    health_check_workers_s: float = 60.0
     log_level: str = "INFO"
     log_format: str = "json"
     metrics_public: bool = False
-    provenance_sidecar: bool = True
+    provenance_sidecar: bool | None = None  # None: by STORAGE_BACKEND (stores_provenance_sidecar)
     content_tier_default: str = "sfw"
     safety_classifier_path: str = ""
     safety_threshold: float = 0.5
@@ -369,10 +405,56 @@ class Settings:
                                 "most that often per running job)")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://")):
             raise SettingsError("REDIS_URL must be a redis:// or rediss:// URL")
+        if not 0 < self.registration_backoff_s <= self.registration_backoff_max_s:
+            raise SettingsError("REGISTRATION_BACKOFF_S must be > 0 and <= REGISTRATION_BACKOFF_MAX_S")
+        if self.registration_refresh_s < 0 or self.health_check_workers_s < 0:
+            raise SettingsError("REGISTRATION_REFRESH_S and HEALTH_CHECK_WORKERS_S must be >= 0 (0: off)")
+        self._check_public_urls()
+        if (self.model_profile == "production" and not self.callback_secret
+                and (self.redis_url or self.effective_callback_url)):
+            configured = ("REDIS_URL (queue intake)" if self.redis_url
+                          else "a callback URL (SUPABASE_URL or CALLBACK_URL)")
+            raise SettingsError(
+                f"MODEL_PROFILE=production with {configured} needs JOB_CALLBACK_SECRET: the app's job-callback "
+                "refuses unsigned callbacks (401), so every job's result would be lost; refusing to start")
         if not self.api_key and not self.bind_is_loopback:
             raise SettingsError(
                 f"WORKER_API_KEY is not set and BIND_HOST={self.bind_host} is not a loopback address: "
                 "refusing to serve unauthenticated endpoints on a public interface")
+
+    def _check_public_urls(self) -> None:
+        for name, url in (("WAN_PUBLIC_URL", self.wan_public_url), ("CHAT_PUBLIC_URL", self.chat_public_url),
+                          ("PUBLIC_URL_TEMPLATE", self.public_url_template)):
+            if url and not url.startswith(("https://", "http://")):
+                raise SettingsError(f"{name} must be an http:// or https:// URL, got {url!r}")
+        if not self.public_url_template:
+            return
+        try:
+            self.public_url_template.format(worker="wan", port=1, pod_id="pod")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SettingsError(f"PUBLIC_URL_TEMPLATE may use {{worker}}, {{port}} and {{pod_id}} only ({exc!r})"
+                                ) from None
+        if "{pod_id}" in self.public_url_template and not self.runpod_pod_id:
+            raise SettingsError("PUBLIC_URL_TEMPLATE uses {pod_id} and RUNPOD_POD_ID is not set")
+
+    def public_url(self, worker: str) -> str | None:
+        """The worker's public URL (what registration sends the app): its own setting, else
+        PUBLIC_URL_TEMPLATE, else RunPod's proxy form when RUNPOD_POD_ID is set; None without any."""
+        explicit = {"wan": self.wan_public_url, "chat": self.chat_public_url}.get(worker, "")
+        if explicit:
+            return explicit.rstrip("/")
+        template = self.public_url_template or (
+            "https://{pod_id}-{port}.proxy.runpod.net" if self.runpod_pod_id else "")
+        if not template:
+            return None
+        return template.format(worker=worker, port=self.port_of(worker), pod_id=self.runpod_pod_id).rstrip("/")
+
+    @property
+    def stores_provenance_sidecar(self) -> bool:
+        """PROVENANCE_SIDECAR, or by backend when unset: the app's Supabase bucket refuses application/json."""
+        if self.provenance_sidecar is not None:
+            return self.provenance_sidecar
+        return self.storage_backend != "supabase"
 
     def job_deadline_s(self, output: str) -> float:
         """The execution deadline of a job whose output is `output` ("image" or "video"): its setting, or

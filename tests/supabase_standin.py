@@ -13,7 +13,13 @@ Edge functions (`POST /functions/v1/<name>`): every call is recorded (raw body a
   app's `JOB_CALLBACK_SECRET` (401 otherwise), needs `job_id` and `status` (400), skips callbacks
   for jobs already `completed` or `cancelled` (200), as the app's function does.
 - `update-worker-url` GETs `{worker_url}/health` with a 5 s timeout and answers 400 when that fails,
-  then stores `workerUrl` in `system_config`; `register-chat-worker` does the same for `chatWorkerUrl`.
+  then stores `workerUrl` in `system_config`; `register-chat-worker` does the same for `chatWorkerUrl`
+  and writes `workerHealthCache.chatWorker` without `workerUrl`, as the app's function does.
+- `health-check-workers` (service key) GETs `/health` of the registered chat and WAN workers and writes
+  `workerHealthCache.chatWorker` / `wanWorker` (`isHealthy`, `workerUrl`, `lastChecked`); `chat_worker_usable()`
+  is roleplay-chat's gate on that entry (healthy, with a URL, checked under 120 s ago).
+- `unavailable_until[name] = time.monotonic() + s` answers 503 to every call of that function for `s` seconds;
+  `fail_functions[name] = n` to its next `n` calls.
 
 REST (`GET /rest/v1/jobs`, PostgREST's form): the app's `jobs` table as `job_status` (id -> status; what
 job-callback stores, and what a test sets with `set_job_status`, e.g. `cancelled` as the app's cancel
@@ -37,9 +43,11 @@ import requests
 
 SERVICE_KEY = "test-service-role-key"
 CALLBACK_SECRET = "test-job-callback-secret"
-IMAGE_AND_VIDEO = ("image/png", "image/jpeg", "image/webp", "video/mp4")
-# The outputs bucket also takes each asset's provenance sidecar (docs/MIGRATION.md: allow application/json).
-DEFAULT_BUCKETS = {"workspace-temp": (*IMAGE_AND_VIDEO, "application/json"), "user-library": IMAGE_AND_VIDEO}
+IMAGE_AND_VIDEO = ("image/png", "image/jpeg", "image/webp", "image/gif", "video/mp4", "video/webm", "video/quicktime")
+# The app's buckets as they are: images and (since March 2026) video only; no application/json, so the pod's
+# provenance sidecars are refused there (PROVENANCE_SIDECAR is off by default on Supabase; docs/MIGRATION.md).
+DEFAULT_BUCKETS = {"workspace-temp": IMAGE_AND_VIDEO, "user-library": IMAGE_AND_VIDEO}
+CHAT_HEALTH_MAX_AGE_S = 120  # roleplay-chat uses the chat worker only with a health entry younger than this
 TERMINAL_SKIPPED = ("completed", "cancelled")  # the app skips callbacks for jobs already in these states
 
 
@@ -65,6 +73,7 @@ class SupabaseStandIn:
         self.job_status: dict[str, str] = {}   # what job-callback stored per job
         self.system_config: dict = {}          # row 1's `config` of the app's system_config table
         self.fail_functions: dict[str, int] = {}  # name -> answer 503 this many times first
+        self.unavailable_until: dict[str, float] = {}  # name -> answer 503 until this time.monotonic()
         self.fail_rest = 0                     # answer 500 to this many REST reads first
         self.rest_reads: list[str] = []        # job id of every REST read of `jobs`
         self._signed: dict[str, tuple[str, str, float]] = {}  # token -> (bucket, path, expiry)
@@ -117,6 +126,16 @@ class SupabaseStandIn:
     def reads_of(self, job_id: str) -> int:
         with self._lock:
             return self.rest_reads.count(job_id)
+
+    def chat_worker_usable(self) -> bool:
+        """roleplay-chat's gate: `workerHealthCache.chatWorker` healthy, with a `workerUrl`, checked < 120 s ago."""
+        from datetime import datetime
+        with self._lock:
+            entry = dict((self.system_config.get("workerHealthCache") or {}).get("chatWorker") or {})
+        if not (entry.get("isHealthy") and entry.get("workerUrl") and entry.get("lastChecked")):
+            return False
+        age = time.time() - datetime.fromisoformat(entry["lastChecked"]).timestamp()
+        return age < CHAT_HEALTH_MAX_AGE_S
 
     def function_calls(self, name: str) -> list[dict]:
         with self._lock:
@@ -299,12 +318,18 @@ class SupabaseStandIn:
             if self.fail_functions.get(name, 0) > 0:
                 self.fail_functions[name] -= 1
                 return 503, {"error": "temporarily unavailable"}
+            if time.monotonic() < self.unavailable_until.get(name, 0.0):
+                return 503, {"error": "temporarily unavailable"}
         if name == "job-callback":
             return self._job_callback(h, raw, body)
         if name in ("update-worker-url", "register-chat-worker"):
             if not h._authorised():
                 return 401, {"error": "unauthorised"}
             return self._register(name, body)
+        if name == "health-check-workers":
+            if not h._authorised():
+                return 401, {"error": "unauthorised"}
+            return self._health_check_workers()
         return 404, {"error": f"no function {name}"}
 
     def _job_callback(self, h, raw: bytes, body) -> tuple[int, dict]:
@@ -334,7 +359,32 @@ class SupabaseStandIn:
         key = "workerUrl" if name == "update-worker-url" else "chatWorkerUrl"
         with self._lock:
             self.system_config[key] = url
+            if name == "register-chat-worker":  # the app's function leaves workerUrl out of the entry
+                cache = self.system_config.setdefault("workerHealthCache", {})
+                cache["chatWorker"] = {"isHealthy": True, "lastChecked": _now_iso()}
         return 200, {"success": True, "worker_url": url}
+
+    def _health_check_workers(self) -> tuple[int, dict]:
+        with self._lock:
+            urls = {"chatWorker": self.system_config.get("chatWorkerUrl"),
+                    "wanWorker": self.system_config.get("workerUrl")}
+        entries = {}
+        for key, url in urls.items():
+            if not url:
+                continue
+            try:
+                healthy = requests.get(url.rstrip("/") + "/health", timeout=5).ok
+            except requests.RequestException:
+                healthy = False
+            entries[key] = {"isHealthy": healthy, "workerUrl": url, "lastChecked": _now_iso()}
+        with self._lock:
+            self.system_config.setdefault("workerHealthCache", {}).update(entries)
+        return 200, {"success": True, "workers": entries}
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _multipart_file(content_type: str, raw: bytes) -> tuple[bytes | None, str]:

@@ -376,18 +376,20 @@ class JobRunner:
             context.stage("encoding")
             encoded = [self._encode(i, out) for i, out in enumerate(outputs)]
             context.stage("storing")
-            sidecars = self.engine.settings.provenance_sidecar  # PROVENANCE_SIDECAR: the bucket must take JSON
-            for (files, asset), output in zip(encoded, outputs, strict=True):
-                sidecar = self._provenance_file(record, asset, output, made_by, context.timer.timings())
-                if sidecars:
-                    files.append(sidecar)
+            sidecars = self.engine.settings.stores_provenance_sidecar  # PROVENANCE_SIDECAR (default by backend)
+            provenance_files = [self._provenance_file(record, asset, output, made_by, context.timer.timings())
+                                for (_files, asset), output in zip(encoded, outputs, strict=True)]
             assets = []
-            for files, asset in encoded:
+            for (files, asset), (sidecar_name, sidecar) in zip(encoded, provenance_files, strict=True):
                 for name, data, content_type in files:
                     stored.append(self._store(self._path(record, name), data, content_type))
                 asset["url"] = self._path(record, files[0][0])
                 asset["thumbnail_url"] = self._path(record, files[1][0])
-                asset["provenance_url"] = self._path(record, files[2][0]) if sidecars else None
+                # A sidecar the storage refuses (a bucket without application/json) is skipped, never a failed job.
+                asset["provenance_url"] = (provenance.store_sidecar(self.storage, self._path(record, sidecar_name),
+                                                                    sidecar) if sidecars else None)
+                if asset["provenance_url"]:
+                    stored.append(asset["provenance_url"])
                 assets.append(asset)
             with self._lock:
                 record.assets = assets
@@ -475,8 +477,8 @@ class JobRunner:
         return [main, thumb], {"type": output.kind, "metadata": metadata}
 
     def _provenance_file(self, record: JobRecord, asset: dict, output: GeneratedAsset, made_by: dict,
-                         timings: dict) -> tuple[str, bytes, str]:
-        """The asset's provenance: put in its metadata and returned as its JSON sidecar file."""
+                         timings: dict) -> tuple[str, bytes]:
+        """The asset's provenance: put in its metadata and returned as its JSON sidecar file (name, bytes)."""
         index = asset["metadata"]["asset_index"]
         params = {k: v for k, v in record.params.items() if k != "caller_metadata"}
         pipeline = made_by["pipeline"]
@@ -488,7 +490,7 @@ class JobRunner:
             dtype=pipeline.get("dtype"), profile=self.engine.settings.model_profile,
             timings_s={k: v for k, v in timings.items() if k != "storing"})
         asset["metadata"]["provenance"] = record_of
-        return provenance.sidecar_name(index), provenance.encode_sidecar(record_of), "application/json"
+        return provenance.sidecar_name(index), provenance.encode_sidecar(record_of)
 
     def _store(self, path: str, data: bytes, content_type: str) -> str:
         """storage.put; a storage that cannot take the file fails the job with a reason (no server paths)."""
@@ -554,8 +556,6 @@ class JobRunner:
     def _send_callback(self, record: JobRecord) -> None:
         send_terminal_callback(record, self.callbacks, self.journal, self._lock)
 
-    def _sweep(self) -> None:
-        """Forget finished jobs past the retention period (memory and journal)."""
     # -- deadlines ---------------------------------------------------------------------------------
     def _deadline_s(self, record: JobRecord) -> float:
         """JOB_DEADLINE_IMAGE_S or JOB_DEADLINE_VIDEO_S, by what the job type makes."""
@@ -582,6 +582,8 @@ class JobRunner:
         self.callbacks.flush(STUCK_CALLBACK_FLUSH_S)
         self._exit_process(STUCK_EXIT_STATUS)
 
+    def _sweep(self) -> None:
+        """Forget finished jobs past the retention period (memory and journal)."""
         for job_id in sweep(self._jobs, lambda record: record, self.journal, self._lock):
             self._done.pop(job_id, None)
 
