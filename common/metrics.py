@@ -129,8 +129,8 @@ class Metrics:
         self.job_timeouts = counter("job_timeouts_total", "Jobs failed `timeout`: past their execution deadline "
                                     "(JOB_DEADLINE_*_S) and stopped at a step, or ended when the engine did not stop "
                                     "within JOB_DEADLINE_GRACE_S (the process is then replaced).", ("worker",))
-        self.app_cancels = counter("app_cancels_total", "Jobs the app marked cancelled in its `jobs` table, by when "
-                                   "the worker saw it: before_start or running.", ("worker", "when"))
+        self.app_cancels = counter("app_cancels_total", "Jobs the app marked cancelled in its `jobs` table, by the "
+                                   "stage the worker saw it in: before_start or running.", ("worker", "stage"))
         self.app_status_read_failures = counter("app_status_read_failures_total", "Reads of a job's status in the "
                                                 "app's `jobs` table that failed (the job goes on).", ("worker",))
         self.job_duration = histogram("job_duration_seconds", "Submission to terminal status.",
