@@ -135,6 +135,7 @@ _HAS_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\S+")
 _CLAUSE_END = frozenset(".;:!?。！？؟।")  # a chunk ending with one ends a sentence
 _WORD_CACHE_SIZE = 1 << 16
+EVIDENCE_REACH = 4  # words either side (same sentence) in which a language's evidence decides a word of it
 _LONE_ZERO = re.compile(r"(?<!\d)0(?!\d)")  # "п0рн0": a zero between letters stands for o
 
 # Scripts written without spaces between words (Han, kana, Thai): each character becomes a chunk of its
@@ -522,10 +523,26 @@ class Rules:
         languages ("Kind") without any word of those languages, a term inside a longer word ("裸足")."""
         found = self.matches(chunks, words)
         if any("@" in kind for kind, _ in found):
-            evident = {code for w in words for code in self.evidence.get(w.primary, ())}
-            evident.update(kind[1:] for kind, _ in found if kind[0] == "@")
-            found = [(k.partition("@")[0], pos) for k, pos in found
-                     if "@" not in k or (k[0] != "@" and k.partition("@")[2] in evident)]
+            # Evidence of a language: its markers and its other terms, within EVIDENCE_REACH words of the
+            # word it decides (so an English "kind" is not read as German because German follows later).
+            # Letters spelled out ("n a c k t") count as one word here; evidence stays inside its sentence.
+            at = list(accumulate(not (w.spread and i and words[i - 1].spread) for i, w in enumerate(words)))
+            sentence = list(accumulate((i > 0 and words[i - 1].clause_end) for i in range(len(words))))
+            evident: dict[str, list[int]] = {}
+            for pos, w in enumerate(words):
+                for code in self.evidence.get(w.primary, ()):
+                    evident.setdefault(code, []).append(pos)
+            for kind, pos in found:
+                if kind[0] == "@":
+                    evident.setdefault(kind[1:], []).append(pos)
+
+            def counts(kind: str, pos: int) -> bool:
+                if "@" not in kind:
+                    return True
+                base, _, code = kind.partition("@")
+                return bool(base) and any(abs(at[pos] - at[near]) <= EVIDENCE_REACH and sentence[near] == sentence[pos]
+                                          for near in evident.get(code, ()))
+            found = [(k.partition("@")[0], pos) for k, pos in found if counts(k, pos)]
         if found and self.not_terms:
             excluded = self._covered([w.primary for w in words], self.not_terms)
             found = [(kind, pos) for kind, pos in found if pos not in excluded]

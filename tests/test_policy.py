@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from common import policy
 from configuration import CONFIG_DIR
-from tests.policy_labelled import CASES
+from tests.policy_labelled import APP_GUARDRAIL, CASES, ROLEPLAY_TURNS
 
 EXPECTED = {  # label -> tier -> category (None: allowed)
     "benign": {"sfw": None, "nsfw": None},
@@ -247,3 +247,152 @@ def test_a_conversation_carrying_an_earlier_refusal_is_not_refused_for_it():
     history = ["tell me a story", policy.refusal_text(policy.FLOOR), "ok, a story about a lighthouse then",
                "content policy: sexual_explicit"]
     assert policy.rules().evaluate("\n".join(history), "sfw", "chat_input").allowed
+
+
+# ---- languages (configuration/policy/<lang>.json, tests/policy_labelled_data/<lang>.json) ------------------
+
+REQUIRED_LANGUAGES = {"en", "es", "pt", "fr", "de", "it", "nl", "pl", "ru", "uk", "tr", "ar", "hi", "id", "vi", "th",
+                      "zh", "ja", "ko"}
+
+
+def test_the_labelled_set_covers_twenty_languages_with_every_label():
+    languages = {c.language for c in CASES}
+    assert REQUIRED_LANGUAGES <= languages and len(languages) >= 20
+    assert languages == set(policy.rules().languages)  # every language with rules is measured
+    for code in languages:
+        plain = [c for c in CASES if c.language == code and not c.obfuscated]
+        assert sum(c.label == "floor" for c in plain) >= 10, code
+        assert sum(c.label == "benign" for c in plain) >= 10, code
+        assert sum(c.label == "adult" for c in plain) >= 5, code
+        assert sum(c.label == "floor" and c.obfuscated for c in CASES if c.language == code) >= 3, code
+
+
+def test_every_language_file_names_its_sources_and_holds_the_three_ingredients():
+    for path in sorted((CONFIG_DIR / "policy").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert data["language"] == path.stem and data["name"] and len(data["sources"]) > 40, path.name
+        assert data["minor_terms"] and data["age_patterns"], path.name
+        assert data["explicit_terms"] or data.get("explicit_terms_with_evidence"), path.name
+        for pattern in data["age_patterns"]:  # each compiles and names the age it compares
+            assert pattern.get("below") == 18 and ("regex" in pattern or pattern.get("after") or pattern.get("before"))
+
+
+@pytest.mark.parametrize("raw,plain", [
+    ("РЕБЁНОК", "ребенок"),              # Cyrillic stays Cyrillic (ё read as е)
+    ("пoрнo", "порно"),                  # Latin o inside a Russian word read as Cyrillic
+    ("п0рн0", "порно"),                  # a lone zero inside a Cyrillic word
+    ("сhild", "child"),                  # a Cyrillic с inside an English word read as Latin
+    ("Παιδί", "παιδι"),                  # Greek stays Greek, accents stripped
+    ("طفلَةٌ", "طفله"),                   # Arabic vowel signs stripped, ة read as ه
+    ("أطفال", "اطفال"),                  # hamza carriers
+    ("子供", " 子  供 "),                  # characters of unspaced scripts set apart
+    ("١٢ ๑๒ १२", "12 12 12"),            # digits of other scripts
+    ("niño", "nino"),
+])
+def test_normalisation_reads_each_script_as_itself(raw, plain):
+    assert policy.rules().normalise(raw) == plain
+
+
+@pytest.mark.parametrize("text,minor", [
+    ("una niña de 12 años", True), ("tiene quince años", True), ("hace 12 años", False),
+    ("treinta y dos años", False), ("tem 13 anos", True), ("há 13 anos", False), ("elle a 14 ans", True),
+    ("il y a 14 ans", False), ("12 Jahre alt", True), ("die 12-jährige", True), ("vor 12 Jahren", False),
+    ("ha 12 anni", True), ("12 anni fa", False), ("een meisje van 12 jaar", True), ("12 jaar geleden", False),
+    ("ma 12 lat", True), ("12 lat temu", False), ("ей 12 лет", True), ("12 лет назад", False),
+    ("12-летняя", True), ("їй 12 років", True), ("12 років тому", False), ("12 yaşında", True),
+    ("on iki yaşında", True), ("عمرها 12 سنة", True), ("منذ 12 عاما", False), ("خمسة عشر عاما", True),
+    ("12 साल की", True), ("12 साल पहले", False), ("berusia 12 tahun", True), ("dua belas tahun", True),
+    ("12 tahun lalu", False), ("12 tuổi", True), ("mười lăm tuổi", True), ("hai mươi lăm tuổi", False),
+    ("อายุ 12 ปี", True), ("10 ขวบ", True), ("12岁", True), ("十五岁", True), ("二十五岁", False),
+    ("十二歳", True), ("12살", True), ("열두 살", True), ("15세기", False), ("스물다섯 살", False),
+    ("12 χρονών", True), ("πριν από 12 χρόνια", False), ("δεκαπέντε χρονών", True),
+])
+def test_written_ages_in_other_languages(text, minor):
+    rules = policy.rules()
+    assert bool(rules.ages(*rules.scan(text))) is minor
+
+
+def test_a_word_that_is_a_minor_only_in_one_language_needs_that_language():
+    """'kind' is German and Dutch for child and an English adjective: it counts only next to German or Dutch."""
+    rules = policy.rules()
+    assert rules.evaluate("a kind woman, nude", "nsfw", "prompt").allowed
+    assert rules.evaluate("Kind nackt", "nsfw", "prompt").category == policy.FLOOR
+    assert rules.evaluate("een kind, naakt", "nsfw", "prompt").category == policy.FLOOR
+    assert rules.evaluate("K i n d  n a c k t", "nsfw", "prompt").category == policy.FLOOR
+
+
+@pytest.mark.parametrize("text", ["裸足の子供たちが砂浜を走る", "孩子们的裸眼视力检查", "เด็กๆ เดินเปลือยเท้า",
+                                  "los niños juegan descalzos", "die Kinder haben Lust auf Eis",
+                                  "les enfants marchent pieds nus", "anak muda di pantai, bugil"])
+def test_compounds_that_contain_a_term_are_not_that_term(text):
+    """'裸' (naked) inside '裸足' (barefoot); 'Lust' (desire) in 'Lust auf Eis'; 'anak muda' (young people,
+    adults) is not 'anak' (child)."""
+    assert policy.rules().evaluate(text, "nsfw", "prompt").allowed, text
+
+
+# ---- the app's roleplay: negated minor context (issue 17 item 3) ------------------------------------------
+
+@pytest.mark.parametrize("negation", [
+    APP_GUARDRAIL, "No minors.", "Nobody here is underage.", "All characters are adults.",
+    "There are no minors in this story.", "None of the characters are minors.", "No one under 18 appears.",
+    "Sin menores de edad.", "Es gibt keine Minderjährigen.", "Il n'y a aucun mineur.", "Нет несовершеннолетних.",
+    "Tidak ada anak di bawah umur.", "没有任何未成年人。",
+])
+@pytest.mark.parametrize("where", ["system", "middle", "last"])
+def test_negated_minor_context_is_not_a_minor_in_any_message(negation, where):
+    turns = list(ROLEPLAY_TURNS)
+    at = {"system": 0, "middle": 8, "last": len(turns) - 1}[where]
+    turns[at] = turns[at] + " " + negation
+    decision = policy.rules().evaluate("\n".join(turns), "nsfw", "chat_input")
+    assert decision.allowed, (negation, where, decision)
+
+
+@pytest.mark.parametrize("minor", ["She is 15.", "she's 14", "The girl is a 12-year-old.", "Ella tiene 13 años.",
+                                   "Ей 14 лет.", "彼女は14歳。", "A kid watches."])
+def test_a_stated_minor_next_to_sexual_content_is_refused_despite_the_guardrail(minor):
+    turns = list(ROLEPLAY_TURNS)
+    turns.insert(len(turns) - 2, minor)  # next to the explicit turns
+    decision = policy.rules().evaluate("\n".join(turns), "nsfw", "chat_input")
+    assert decision.category == policy.FLOOR, minor
+
+
+# ---- properties across languages --------------------------------------------------------------------------
+
+_FLOOR = [c for c in CASES if c.label == "floor" and "prompt" in c.stages]
+_BENIGN = [c for c in CASES if c.label == "benign" and "prompt" in c.stages]
+_ADULT = [c for c in CASES if c.label == "adult" and "prompt" in c.stages]
+# Benign texts with no sexual term (some benign texts hold one, "a sexy red sports car", and are benign alone).
+_BENIGN_PLAIN = [c for c in _BENIGN
+                 if not {k for k, _ in policy.rules().found(*policy.rules().scan(c.text))} & {"explicit", "suggestive"}]
+_INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\u00ad", "\ufeff"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(floor=st.sampled_from(_FLOOR), other=st.sampled_from(_BENIGN + _ADULT), first=st.booleans())
+def test_a_text_in_several_languages_is_judged_as_a_whole(floor, other, first):
+    """A floor violation stays refused whatever another language's text stands next to it."""
+    text = f"{floor.text}\n{other.text}" if first else f"{other.text}\n{floor.text}"
+    assert policy.rules().evaluate(text, "nsfw", "prompt").category == policy.FLOOR
+
+
+@settings(max_examples=150, deadline=None)
+@given(pair=st.sampled_from(["benign", "adult"]), data=st.data())
+def test_mixing_languages_invents_no_minor_and_no_sexual_term(pair, data):
+    """Two benign sentences side by side (in any two languages) are allowed in both tiers: the word lists do
+    not combine into a sexual term neither holds; two adult sentences are allowed in nsfw: no minor is
+    invented (a word that is a minor only in one language, 'kind', needs that language in its sentence)."""
+    cases = _BENIGN_PLAIN if pair == "benign" else _ADULT
+    a, b = data.draw(st.sampled_from(cases)), data.draw(st.sampled_from(cases))
+    tier = "sfw" if pair == "benign" else "nsfw"
+    assert policy.rules().evaluate(f"{a.text}. {b.text}", tier, "prompt").allowed, (a.text, b.text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=st.sampled_from(_FLOOR), data=st.data())
+def test_invisible_characters_and_case_never_hide_a_floor_violation(case, data):
+    text = case.text
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)), reverse=True)
+    for cut in cuts:
+        text = text[:cut] + data.draw(st.sampled_from(_INVISIBLE)) + text[cut:]
+    text = data.draw(st.sampled_from([str, str.upper, str.title, str.swapcase]))(text)
+    assert policy.rules().evaluate(text, "nsfw", "prompt").category == policy.FLOOR, text
