@@ -27,7 +27,8 @@ ALLOWED_LABELS = {"worker", "type", "status", "stage", "code", "queue", "device"
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_per_second", "_total", "_info")
 UNITLESS = {"ourvidz_jobs_queued", "ourvidz_jobs_running", "ourvidz_queue_depth", "ourvidz_queue_in_flight",
             "ourvidz_queue_redis_up",
-            "ourvidz_callbacks_pending", "ourvidz_chat_batch_size", "ourvidz_worker_state", "ourvidz_worker_ready"}
+            "ourvidz_callbacks_pending", "ourvidz_callbacks_refused_by_receiver", "ourvidz_chat_batch_size",
+            "ourvidz_worker_state", "ourvidz_worker_ready"}
 
 
 def scrape(metrics: Metrics) -> dict:
