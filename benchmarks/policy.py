@@ -8,8 +8,14 @@ of earlier prompts cached), plus a 300-word enhanced prompt and a 16-turn conver
 time of this process (time.process_time), so other load on the machine inflates them less than wall
 time would.
 
+The text classifier (workers/runtime/text_safety.py) is measured on the same texts, side by side with the
+rules: by default the placeholder profile's tiny random XLM-R (the code path, not a production figure),
+or the folder `--text-classifier` names (the production model after `python -m workers.download`); its
+decisions on the labelled set are printed too (meaningful only for a trained model).
+
     .venv/bin/python benchmarks/policy.py
     .venv/bin/python benchmarks/policy.py --rounds 50
+    .venv/bin/python benchmarks/policy.py --text-classifier /workspace/models/multilingual-toxic-xlm-roberta
 """
 from __future__ import annotations
 
@@ -71,6 +77,10 @@ def cost_us(texts: list[str], rounds: int, cold: bool, stage: str = "prompt") ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="timed checks per prompt (median taken)")
+    parser.add_argument("--text-classifier", default="", help="text classifier folder (default: the placeholder)")
+    parser.add_argument("--classifier-rounds", type=int, default=3, help="timed classifier checks per text")
+    parser.add_argument("--classifier-sample", type=int, default=40,
+                        help="labelled prompts the classifier is timed on (spread over the set)")
     args = parser.parse_args(argv)
 
     table, floor_missed, benign_refused = confusion()
@@ -111,7 +121,72 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {len(LONG_PROMPT.split())}-word enhanced prompt, cold:      {long_prompt:7.1f} us")
     print(f"  {len(CONVERSATION)}-message conversation ({sum(len(m.split()) for m in CONVERSATION)} words), cold: "
           f"{conversation:7.1f} us")
+    classifier_section(args, texts, [("labelled prompts (median)", statistics.median(cold)),
+                                     (f"{len(LONG_PROMPT.split())}-word enhanced prompt", long_prompt),
+                                     (f"{len(CONVERSATION)}-message conversation", conversation)])
     return 0 if floor_missed == 0 and benign_refused == 0 else 1
+
+
+def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]) -> None:
+    """The text classifier's cost next to the rules' (CPU time of this process over all torch threads, and
+    wall time), then its decisions on the labelled set."""
+    import torch
+
+    from configuration.settings import Settings
+    from workers.placeholders import ensure_placeholder_models
+    from workers.runtime import text_safety
+
+    if args.text_classifier:
+        settings = Settings(model_profile="production", text_safety_classifier_path=args.text_classifier)
+        what = f"{args.text_classifier} (production figure on this machine)"
+    else:
+        settings = Settings(placeholder_models_dir=ensure_placeholder_models(Settings().placeholder_models_dir))
+        what = ("the placeholder (2 layers, hidden 32): the code path's cost, NOT the production model's; "
+                "XLM-R base (12 layers, hidden 768) is unmeasured here")
+    classifier = text_safety.for_settings(settings)
+    assert classifier is not None
+    started = time.perf_counter()
+    classifier.load()
+    load_s = time.perf_counter() - started
+    print(f"\ntext classifier: {what}")
+    print(f"  scheme {classifier.scheme['name']}, {classifier.max_tokens} tokens per window, threshold "
+          f"{classifier.threshold}, loaded in {load_s:.2f} s; torch threads: {torch.get_num_threads()}")
+
+    def timed(text: str, stage: str) -> tuple[float, float]:
+        cpu, wall = [], []
+        for _ in range(args.classifier_rounds):
+            c, w = time.process_time(), time.perf_counter()
+            classifier.check(text, "sfw", stage)
+            cpu.append((time.process_time() - c) * 1e6)
+            wall.append((time.perf_counter() - w) * 1e6)
+        return statistics.median(cpu), statistics.median(wall)
+
+    sample = texts[::max(1, len(texts) // args.classifier_sample)][:args.classifier_sample]
+    labelled = [timed(t, "prompt") for t in sample]
+    measured = [(statistics.median(c for c, _ in labelled), statistics.median(w for _, w in labelled)),
+                timed(LONG_PROMPT, "prompt"), timed("\n".join(CONVERSATION), "chat_input")]
+    print(f"  {'cost per check (median of ' + str(args.classifier_rounds) + ' rounds)':<44} {'rules CPU':>11} "
+          f"{'classifier CPU':>15} {'wall':>11} {'CPU ratio':>10}")
+    # the rules' figure for the same sample (cold word cache, as above)
+    rules_us = [(f"labelled prompts, {len(sample)} of them (median)", statistics.median(cost_us(sample, args.rounds,
+                                                                                                cold=True))),
+                *rules_us[1:]]
+    for (name, rules_cost), (cpu, wall) in zip(rules_us, measured, strict=True):
+        print(f"  {name:<44} {rules_cost:8.1f} us {cpu / 1000:12.2f} ms {wall / 1000:8.2f} ms {cpu / rules_cost:9.0f}x")
+
+    table: dict[tuple[str, str], Counter] = {}
+    for case in CASES:
+        for stage in case.stages:
+            for tier in policy.TIERS:
+                result = classifier.check(case.text, tier, stage)
+                table.setdefault((case.label, tier), Counter())[result.category or "allowed"] += 1
+    print(f"  classifier decisions on the labelled set (threshold {classifier.threshold}):")
+    print(f"  {'label':<8} {'tier':<5} " + " ".join(f"{o:>16}" for o in OUTCOMES))
+    for label in ("benign", "adult", "floor"):
+        for tier in policy.TIERS:
+            row = table.get((label, tier), Counter())
+            print(f"  {label:<8} {tier:<5} " + " ".join(f"{row[o]:>16}" for o in OUTCOMES))
+
 
 
 if __name__ == "__main__":
