@@ -1,36 +1,43 @@
-"""The GPU suite: one command that measures what matters on a CUDA machine and writes one table.
+"""The GPU suite: what matters on a CUDA machine, measured in parts that each fit one short command.
 
-    python3 benchmarks/gpu_suite.py --scale full --out DIR [--wheels DIR] [--budget-s 480]
-    .venv/bin/python benchmarks/gpu_suite.py --scale tiny --out DIR      # CPU, placeholder models, seconds
+    python3 benchmarks/gpu_suite.py --scale full --only sdxl --only stack --budget-s 230 --out DIR [--wheels DIR]
+    .venv/bin/python benchmarks/gpu_suite.py --scale tiny --out DIR      # CPU, placeholder models, every part
     .venv/bin/python benchmarks/gpu_suite.py --fetch-wheels .whl         # here: the wheels a GPU image lacks
+    .venv/bin/python benchmarks/gpu_suite.py --merge DIR1 DIR2 ... --out DIR   # one table from several calls
 
-`--scale full` needs CUDA. It builds the synthetic full-size models it needs (MODEL_PROFILE=synthetic:
-random weights, real sizes, dtypes and file formats; workers/placeholders/synthetic.py) one family at a
-time, and measures, each beside a plain diffusers/transformers baseline run in the same process:
+`--scale full` needs CUDA. It builds the synthetic full-size models a part needs (MODEL_PROFILE=synthetic:
+random weights, real sizes, dtypes and file formats; workers/placeholders/synthetic.py), checking the disk
+first, and deletes each family when the parts of this call that need it are done. Parts (`--only`,
+repeatable; default sdxl, chat, wan, stack):
 
-  sdxl   1024x1024, 30 steps, batch 1 and 6 (s/image) through the worker's job path; the plain
-         StableDiffusionXLPipeline beside it; each GPU setting alone on the plain pipeline (SDPA,
-         channels_last, torch.compile, VAE upcast vs the fp16-fix VAE); NaN check of an fp16 VAE decode
-  wan    480x832, 81 frames at the video_fast preset (s/video) and one reference mode (VACE, first frame);
-         the plain WanPipeline beside it; one umT5 encode on the CPU and on the GPU
-  chat   Qwen2.5-7B single-stream tok/s and 8 concurrent clients through the worker's HTTP routes; a plain
-         `generate` (one stream, then 8 one after another) beside it; NaN check of a padded batch
-  stack  each worker's start-to-ready under gunicorn, and the HTTP overhead of one job (socket + gunicorn
-         against the same job through the in-process app)
+  sdxl     1024x1024, 30 steps, batch 1 and 6 (s/image) through the worker's job path; the plain
+           StableDiffusionXLPipeline beside it; each GPU setting alone, every one applied to the same plain
+           pipeline (attention without SDPA, channels_last, the fp16-fix VAE against the stock VAE's fp32
+           upcast); NaN check of an fp16 VAE decode
+  chat     Qwen2.5-7B single-stream tok/s and 8 concurrent clients through the worker's HTTP routes; a plain
+           `generate` (one stream, then two one after another) beside it; NaN check of a padded batch
+  wan      480x832, 81 frames at the video_fast preset (s/video); the plain WanPipeline beside it; one umT5
+           encode on the GPU and on the CPU
+  stack    start-to-ready under gunicorn of each worker whose models are on disk in this call, and the HTTP
+           overhead of one job (with the SDXL worker)
+  compile  torch.compile of the plain SDXL UNet (60-150 s cold): not in the default parts
+  vace     one reference-mode (VACE first frame) job: not in the default parts; needs about 9 GB more disk
   every part: the dtype and device of every module after load, the peak device memory of each job against
-         the broker's estimate for it (weights + working bytes), NVML's used memory against
-         torch.cuda.mem_get_info (device identified by UUID), and memory reserved but not allocated after a
-         job, before and after torch.cuda.empty_cache()
+           the broker's estimate for it, NVML's used memory against torch.cuda.mem_get_info (device found
+           by UUID, also when CUDA_VISIBLE_DEVICES names one), reserved-but-unallocated memory after a job
 
-Each part is budgeted: a part whose estimate does not fit in what is left of `--budget-s` (default 480 s,
-so the whole run ends within 8 minutes on one H100/H200) is skipped with a line saying so, and a part that
-fails is reported with its error while the others run. CUDA-only measurements print a "skipped: CUDA
-only" line on a machine without CUDA. The table is written as Markdown (suite.md) and JSON (suite.json)
-in the folder `--out` names (printed at the end). docs/PERFORMANCE.md says what each figure means.
+The budget (`--budget-s`) is enforced inside the parts: before each measurement its estimate is compared
+with what is left, and one that would not finish is skipped with a line saying so. Every row and note is
+written to suite.json and suite.md in `--out` at once (atomically: a temporary file renamed over the old),
+so a call killed by its time limit still returns what it measured; SIGTERM adds a line saying where it was
+stopped. A folder that already holds a suite.json is appended to. docs/PERFORMANCE.md says what each figure
+means and holds the plan for one short GPU rental (which calls, budgets, minutes per part).
 
 The script runs with the machine's own (CUDA) torch: with `--wheels DIR` it installs the wheels there that
 are missing or differ from requirements.txt's pins into a private folder (never torch) and re-executes
-itself with that folder first on the path. `--fetch-wheels DIR`, run where PyPI is reachable, downloads them.
+itself with that folder first on the path; the workers it starts keep that folder on their PYTHONPATH.
+`--fetch-wheels DIR`, run where PyPI is reachable, downloads every pin and the dependencies the GPU image
+lacks (names compared after PEP 503 normalisation).
 """
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ import importlib.util
 import json
 import os
 import platform
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,37 +67,63 @@ sys.path.insert(0, str(REPO))
 
 API_KEY = "gpu-suite-key"
 PROMPT = "a red fox running through deep snow at dawn, cinematic light"
-SITE = Path(tempfile.gettempdir()) / "ourvidz-gpu-suite-site"
+# Where the carried wheels are installed (kept between calls on a machine that stays up).
+SITE = Path(os.environ.get("OURVIDZ_GPU_SUITE_SITE", Path(tempfile.gettempdir()) / "ourvidz-gpu-suite-site"))
 # Requirements never installed from wheels: the machine's own (CUDA) build is the point.
 NOT_FROM_WHEELS = {"torch"}
 # Too large to carry (the device tree travels in 64 MiB); without it MP4 encoding is not measured.
 TOO_LARGE_TO_CARRY = {"imageio-ffmpeg"}
+# Free disk kept beside a family being built.
+DISK_HEADROOM_GB = 3.0
 
 # ---- scales ------------------------------------------------------------------------------------------
+# Estimates: seconds each measurement is expected to take (full: one H100/H200, from the review of the
+# libraries' costs in issue 20 until a GPU run replaces them: parts of SDXL 185-355 s, chat 125-195 s,
+# WAN 260-480 s, stack 30-200 s). The budget check before each measurement reads them.
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "profile": "placeholder", "budget_s": 120,
+        "profile": "placeholder", "budget_s": 600,
         "sdxl": {"width": 64, "height": 64, "steps": 2, "batches": (1, 3), "repeats": 1},
         "wan": {"type": "video_fast", "width": 32, "height": 32, "frames": 5, "steps": 1, "reference": "start"},
         "chat": {"max_tokens": 8, "prompt_words": 16, "clients": 4, "model": "qwen_instruct"},
         "stack": ("sdxl",),
-        # seconds each part is expected to take here (budgeting)
-        "estimates": {"sdxl": 25, "wan": 15, "chat": 15, "stack": 20},
+        "estimates": {
+            "build": 5, "sdxl.load": 5, "sdxl.job": 3, "sdxl.plain": 5, "sdxl.setting": 3, "sdxl.nan": 1,
+            "compile": 5,
+            "chat.load": 3, "chat.single": 3, "chat.clients": 3, "chat.plain": 5, "chat.nan": 1,
+            "wan.load": 5, "wan.job": 5, "wan.mp4": 1, "wan.umt5": 2, "wan.plain": 5,
+            "vace.load": 5, "vace.job": 5,
+            "stack.start": 10, "stack.http": 10,
+        },
     },
     "full": {
-        "profile": "synthetic", "budget_s": 480,
+        "profile": "synthetic", "budget_s": 240,
         "sdxl": {"width": 1024, "height": 1024, "steps": 30, "batches": (1, 6), "repeats": 2},
         "wan": {"type": "video_fast", "width": 832, "height": 480, "frames": 81, "steps": None, "reference": "start"},
         "chat": {"max_tokens": 256, "prompt_words": 400, "clients": 8, "model": "qwen_instruct"},
         "stack": ("sdxl", "chat", "wan"),
-        # one H100/H200, synthetic models built on the GPU (about 7, 29 and 15 GB written)
-        "estimates": {"sdxl": 150, "wan": 200, "chat": 90, "stack": 60},
-        "extra": {"sdxl_compile": 120, "wan_baseline": 90, "wan_reference": 90},
+        "estimates": {
+            # building a family: seconds per GB written (initialised on the GPU, written shard by shard)
+            "build": 4,
+            "sdxl.load": 40, "sdxl.job": 30, "sdxl.plain": 60, "sdxl.setting": 15, "sdxl.nan": 5,
+            "compile": 150,
+            "chat.load": 30, "chat.single": 20, "chat.clients": 20, "chat.plain": 60, "chat.nan": 5,
+            "wan.load": 60, "wan.job": 70, "wan.mp4": 5, "wan.umt5": 30, "wan.plain": 110,
+            "vace.load": 40, "vace.job": 70,
+            "stack.start": 40, "stack.http": 30,
+        },
     },
 }
+# The worker each family serves, for the stack part.
+STACK_FAMILIES = {"sdxl": ("sdxl",), "chat": ("qwen",), "wan": ("wan",)}
 
 
 # ---- bootstrap: the machine's torch, the pinned rest from wheels ------------------------------------
+
+def normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (prometheus_client == prometheus-client)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 def pinned_requirements() -> dict[str, str]:
     pins = {}
@@ -95,7 +131,7 @@ def pinned_requirements() -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if "==" in line:
             name, version = line.split("==", 1)
-            pins[name.strip().lower()] = version.strip()
+            pins[normalise(name.split("[", 1)[0].strip())] = version.strip()
     return pins
 
 
@@ -114,7 +150,14 @@ def needed_from_wheels() -> dict[str, tuple[str | None, str]]:
 
 def _wheel_name_version(path: Path) -> tuple[str, str]:
     dist, version = path.name.split("-")[:2]
-    return dist.lower().replace("_", "-"), version
+    return normalise(dist), version
+
+
+def suite_pythonpath(*first: str) -> str:
+    """`first`, then the PYTHONPATH this process was started with (after the bootstrap: the carried
+    packages' folder), without repeats: what every process the suite starts needs."""
+    entries = [*first, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.pathsep.join(dict.fromkeys(e for e in entries if e))
 
 
 def bootstrap(wheels: Path | None) -> list[str]:
@@ -136,8 +179,7 @@ def bootstrap(wheels: Path | None) -> list[str]:
     if files:
         subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                                "--no-cache-dir", "--upgrade", "--target", str(SITE), *files])
-    env = dict(os.environ, OURVIDZ_GPU_SUITE_BOOTSTRAPPED="1",
-               PYTHONPATH=os.pathsep.join([str(SITE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, OURVIDZ_GPU_SUITE_BOOTSTRAPPED="1", PYTHONPATH=suite_pythonpath(str(SITE), str(REPO)))
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
     return []  # not reached
 
@@ -153,15 +195,17 @@ typing-extensions urllib3 werkzeug yarl zipp""".split())
 
 def dependency_closure() -> dict[str, str]:
     """The pinned requirements (torch and the too-large left out) and everything they need, at the versions
-    installed here (the pinned environment), from the distributions' own metadata."""
+    installed here (the pinned environment), from the distributions' own metadata; PEP 503 names."""
     from packaging.requirements import Requirement
 
     skip = NOT_FROM_WHEELS | TOO_LARGE_TO_CARRY | {"triton", "setuptools"}
+    pins = pinned_requirements()
     found: dict[str, str] = {}
-    stack = list(pinned_requirements())
+    stack = list(pins)
     while stack:
-        name = stack.pop().lower().replace("_", "-")
-        if name in found or name in skip or name.startswith("nvidia-"):
+        name = normalise(stack.pop())
+        # nvidia-* are CUDA's libraries, torch's to bring; a pinned one (nvidia-ml-py, NVML) is ours
+        if name in found or name in skip or (name.startswith("nvidia-") and name not in pins):
             continue
         try:
             dist = importlib.metadata.distribution(name)
@@ -176,12 +220,18 @@ def dependency_closure() -> dict[str, str]:
     return found
 
 
+def carried_requirements() -> dict[str, str]:
+    """name -> version of every wheel carried to the GPU machine: each pin (whatever the image ships) and
+    each dependency the image does not ship."""
+    pins = pinned_requirements()
+    return {n: v for n, v in sorted(dependency_closure().items()) if n in pins or n not in GPU_IMAGE_PACKAGES}
+
+
 def fetch_wheels(target: Path, python_version: str = "3.12") -> int:
     """Download (here, where PyPI is reachable) the wheels a GPU image without network needs: the pinned
     requirements and the dependencies the image does not ship, for its Python, x86-64 Linux."""
     target.mkdir(parents=True, exist_ok=True)
-    pins = pinned_requirements()
-    wanted = [f"{n}=={v}" for n, v in sorted(dependency_closure().items()) if n in pins or n not in GPU_IMAGE_PACKAGES]
+    wanted = [f"{n}=={v}" for n, v in carried_requirements().items()]
     platforms = [a for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
                  for a in ("--platform", p)]
     return subprocess.call([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -189,17 +239,41 @@ def fetch_wheels(target: Path, python_version: str = "3.12") -> int:
                             "-d", str(target), *wanted])
 
 
-# ---- the table -------------------------------------------------------------------------------------
+# ---- the table ---------------------------------------------------------------------------------------
+
+class SkipPart(Exception):
+    """A part cannot run here (not enough disk for its models): skipped with the reason, not failed."""
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """The whole new text or the old file, never half of one (a call killed while writing)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
 
 class Suite:
-    def __init__(self, scale: str, out: Path, budget_s: float, device: str):
+    def __init__(self, scale: str, out: Path, budget_s: float, device: str, environment: dict | None = None,
+                 parts: list[str] | None = None):
         self.scale, self.cfg, self.out, self.device = scale, SCALES[scale], out, device
         self.started = time.monotonic()
         self.deadline = self.started + budget_s
         self.budget_s = budget_s
-        self.rows: list[dict] = []
-        self.lines: list[str] = []   # skipped / failed parts, notes
         self.cuda = device == "cuda"
+        self.parts = list(parts or [])        # the parts of this call, in order
+        self.current: str | None = None       # the part running now
+        self.environment = environment or {}
+        self.rows: list[dict] = []
+        self.lines: list[str] = []   # skipped / failed measurements, notes
+        self.calls: list[dict] = []
+        previous = out / "suite.json"
+        if previous.exists():  # an earlier call into the same folder: its rows stay, this call's follow
+            data = json.loads(previous.read_text())
+            self.rows, self.lines, self.calls = data["rows"], data["notes"], data.get("calls", [])
+        self.call = {"parts": self.parts, "budget_s": budget_s, "scale": scale, "seconds": 0.0, "finished": False,
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.calls.append(self.call)
+        self.write()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -213,10 +287,12 @@ class Suite:
         self.rows.append(row)
         print(f"  {section:6s} {measure:58s} {_fmt(row['value'])} {unit} "
               f"{'(baseline ' + _fmt(row['baseline']) + ')' if baseline is not None else ''} {note}", flush=True)
+        self.write()
 
     def note(self, text: str) -> None:
         self.lines.append(text)
         print(f"  -- {text}", flush=True)
+        self.write()
 
     def cuda_only(self, section: str, what: str) -> bool:
         """False (with a line) on a machine without CUDA."""
@@ -224,43 +300,88 @@ class Suite:
             self.note(f"{section}: {what}: skipped: CUDA only (this run is on {self.device})")
         return self.cuda
 
-    def fits(self, what: str, estimate_s: float) -> bool:
-        if estimate_s > self.left():
-            self.note(f"{what}: skipped: needs about {estimate_s:.0f} s, {max(self.left(), 0):.0f} s left of the "
+    def estimate(self, key: str) -> float:
+        return float(self.cfg["estimates"][key])
+
+    def fits(self, what: str, key_or_seconds: str | float) -> bool:
+        """Whether a measurement expected to take `key_or_seconds` (an estimates key, or seconds) fits in
+        what is left of the budget; if not, a line says it was skipped and why."""
+        seconds = self.estimate(key_or_seconds) if isinstance(key_or_seconds, str) else float(key_or_seconds)
+        if seconds > self.left():
+            self.note(f"{what}: skipped: needs about {seconds:.0f} s, {max(self.left(), 0):.0f} s left of the "
                       f"{self.budget_s:.0f} s budget")
             return False
         return True
 
     def part(self, name: str, fn) -> None:
-        estimate = self.cfg["estimates"][name]
-        if not self.fits(f"part {name}", estimate):
-            return
-        print(f"== {name} (about {estimate} s; {self.left():.0f} s left)", flush=True)
+        print(f"== {name} ({self.left():.0f} s left of the budget)", flush=True)
+        self.current = name
         started = time.monotonic()
         try:
             fn(self)
+        except SkipPart as exc:
+            self.note(f"{name}: skipped: {exc}")
         except Exception as exc:  # one failing part must not lose the others' figures
             self.note(f"{name}: FAILED: {type(exc).__name__}: {exc}")
             traceback.print_exc()
         finally:
             self.add(name, "part wall time", time.monotonic() - started, "s")
+            self.current = None
             _free_device()
 
-    def write(self, environment: dict) -> Path:
+    def later_parts(self) -> list[str]:
+        """The parts of this call still to run after the current one."""
+        if self.current not in self.parts:
+            return []
+        return self.parts[self.parts.index(self.current) + 1:]
+
+    def finish(self, how: str = "") -> None:
+        self.call["seconds"] = round(time.monotonic() - self.started, 1)
+        self.call["finished"] = not how
+        if how:
+            self.lines.append(how)
+        self.write()
+
+    def write(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
-        data = {"scale": self.scale, "environment": environment, "rows": self.rows, "notes": self.lines,
-                "seconds": round(time.monotonic() - self.started, 1)}
-        (self.out / "suite.json").write_text(json.dumps(data, indent=2) + "\n")
-        md = [f"# GPU suite ({self.scale})", "", "| key | value |", "|---|---|"]
-        md += [f"| {k} | {v} |" for k, v in environment.items()]
-        md += ["", "| section | measure | ours | unit | baseline | baseline / ours | note |",
-               "|---|---|---|---|---|---|---|"]
-        md += [f"| {r['section']} | {r['measure']} | {_fmt(r['value'])} | {r['unit']} | {_fmt(r['baseline'])} | "
-               f"{_fmt(r['baseline_over_ours'])} | {r['note']} |" for r in self.rows]
-        md += ["", "## Notes (skipped or failed parts, CUDA-only lines)", ""] + [f"- {line}" for line in self.lines]
-        md += ["", f"Total: {data['seconds']} s.", ""]
-        (self.out / "suite.md").write_text("\n".join(md))
+        self.call["seconds"] = round(time.monotonic() - self.started, 1)
+        data = {"scale": self.scale, "environment": self.environment, "rows": self.rows, "notes": self.lines,
+                "calls": self.calls, "seconds": round(sum(c["seconds"] for c in self.calls), 1)}
+        write_atomically(self.out / "suite.json", json.dumps(data, indent=2) + "\n")
+        write_atomically(self.out / "suite.md", render_markdown(data))
         return self.out
+
+
+def render_markdown(data: dict) -> str:
+    md = [f"# GPU suite ({data['scale']})", "", "| key | value |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in data["environment"].items()]
+    md += ["", "| call | parts | budget s | seconds | finished |", "|---|---|---|---|---|"]
+    md += [f"| {i + 1} | {' '.join(c['parts'])} | {c['budget_s']:.0f} | {c['seconds']} | "
+           f"{'yes' if c['finished'] else 'no'} |" for i, c in enumerate(data.get("calls", []))]
+    md += ["", "| section | measure | ours | unit | baseline | baseline / ours | note |",
+           "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['section']} | {r['measure']} | {_fmt(r['value'])} | {r['unit']} | {_fmt(r['baseline'])} | "
+           f"{_fmt(r['baseline_over_ours'])} | {r['note']} |" for r in data["rows"]]
+    md += ["", "## Notes (skipped or failed measurements, CUDA-only lines)", ""]
+    md += [f"- {line}" for line in data["notes"]]
+    md += ["", f"Total: {data['seconds']} s.", ""]
+    return "\n".join(md)
+
+
+def merge(folders: list[Path], out: Path) -> Path:
+    """One table from the suite.json of several calls (each call's rows in order)."""
+    merged: dict[str, Any] = {"scale": None, "environment": {}, "rows": [], "notes": [], "calls": []}
+    for folder in folders:
+        data = json.loads((folder / "suite.json").read_text())
+        merged["scale"] = merged["scale"] or data["scale"]
+        merged["environment"] = merged["environment"] or data["environment"]
+        for key in ("rows", "notes", "calls"):
+            merged[key] += data.get(key, [])
+    merged["seconds"] = round(sum(c["seconds"] for c in merged["calls"]), 1)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / "suite.json", json.dumps(merged, indent=2) + "\n")
+    write_atomically(out / "suite.md", render_markdown(merged))
+    return out
 
 
 def _round(value):
@@ -303,8 +424,8 @@ def timed(fn, *args, **kwargs):
 # ---- device memory helpers (CUDA-only branches, each small) ------------------------------------------
 
 def nvml_reading() -> dict | None:
-    """NVML's view of this process's device, found by UUID (a numeric CUDA_VISIBLE_DEVICES is not an NVML
-    index, and a MIG slice is not its parent GPU)."""
+    """NVML's view of this process's device, found as the broker finds it (orchestrator/device_memory.py:
+    a UUID in CUDA_VISIBLE_DEVICES, full or a prefix, a MIG slice; a numeric entry by PCI bus order)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -313,18 +434,15 @@ def nvml_reading() -> dict | None:
         import pynvml
     except ImportError:
         return {"error": "nvidia-ml-py not installed"}
-    uuid = str(torch.cuda.get_device_properties(0).uuid)
-    uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    from orchestrator.device_memory import read_nvml, resolve_device_uuid
+
     pynvml.nvmlInit()
     try:
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            found = pynvml.nvmlDeviceGetUUID(handle)
-            found = found.decode() if isinstance(found, bytes) else found
-            if found == uuid:
-                info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                return {"uuid": uuid, "nvml_index": i, "used": int(info.used), "total": int(info.total)}
-        return {"error": f"no NVML device with UUID {uuid}"}
+        uuid = resolve_device_uuid(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        total, used = read_nvml(pynvml, uuid)
+        return {"uuid": uuid, "used": used, "total": total}
+    except Exception as exc:  # pynvml's NVMLError subclasses, an ambiguous UUID prefix
+        return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         pynvml.nvmlShutdown()
 
@@ -362,7 +480,7 @@ def record_memory(suite: Suite, section: str, what: str, estimate_bytes: int, ru
     nvml = nvml_reading()
     if nvml and "used" in nvml:
         suite.add(section, "NVML used vs torch.cuda.mem_get_info used", nvml["used"] / 2**20, "MiB",
-                  baseline=after["used"] / 2**20, note=f"NVML device {nvml['uuid']} (index {nvml['nvml_index']})")
+                  baseline=after["used"] / 2**20, note=f"NVML device {nvml['uuid']}")
     elif nvml:
         suite.note(f"{section}: NVML: {nvml['error']}")
     return result
@@ -450,46 +568,75 @@ class InProcessWorker:
 def worker_env(suite: Suite, root: Path) -> dict:
     from tests.support import base_env
 
-    env = base_env(root, Path(os.environ.get("PLACEHOLDER_MODELS_DIR", REPO / ".cache" / "placeholder-models")),
-                   WORKER_API_KEY=API_KEY, MODEL_PROFILE=suite.cfg["profile"], LOG_LEVEL="WARNING",
-                   SYNTHETIC_MODELS_DIR=os.environ.get("SYNTHETIC_MODELS_DIR",
-                                                       str(REPO / ".cache" / "synthetic-models")))
+    env = base_env(root, placeholder_root(), WORKER_API_KEY=API_KEY, MODEL_PROFILE=suite.cfg["profile"],
+                   LOG_LEVEL="WARNING", SYNTHETIC_MODELS_DIR=str(synthetic_root()))
+    # base_env sets PYTHONPATH to the repository alone; on a GPU machine the carried packages (gunicorn, flask,
+    # diffusers, ...) are importable only through the folder the bootstrap put on this process's PYTHONPATH.
+    env["PYTHONPATH"] = suite_pythonpath(env["PYTHONPATH"])
     return env
 
 
+def placeholder_root() -> Path:
+    return Path(os.environ.get("PLACEHOLDER_MODELS_DIR", REPO / ".cache" / "placeholder-models"))
+
+
+def synthetic_root() -> Path:
+    return Path(os.environ.get("SYNTHETIC_MODELS_DIR", REPO / ".cache" / "synthetic-models"))
+
+
+def family_on_disk(suite: Suite, family: str) -> bool:
+    if suite.cfg["profile"] == "placeholder":
+        return True
+    from workers.placeholders import synthetic
+
+    return synthetic.is_built(synthetic_root(), family)
+
+
 def ensure_models(suite: Suite, families: tuple[str, ...]) -> None:
-    """Placeholder models (tiny) or the synthetic families a part needs (full), with the build time."""
+    """Placeholder models (tiny) or the synthetic families a part needs (full), with the build time. Before
+    each family is built: the disk must hold it with headroom, and the build must fit in the budget;
+    otherwise the part is skipped (SkipPart) saying which."""
     if suite.cfg["profile"] == "placeholder":
         from workers.placeholders import ensure_placeholder_models
 
-        seconds, _ = timed(ensure_placeholder_models, Path(os.environ.get(
-            "PLACEHOLDER_MODELS_DIR", REPO / ".cache" / "placeholder-models")))
+        seconds, _ = timed(ensure_placeholder_models, placeholder_root())
         suite.add("build", "placeholder models ready", seconds, "s")
         return
     from workers.placeholders import synthetic
 
-    root = Path(os.environ.get("SYNTHETIC_MODELS_DIR", REPO / ".cache" / "synthetic-models"))
+    root = synthetic_root()
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = synthetic.family_bytes()
     for family in families:
         if synthetic.is_built(root, family):
             continue
+        gb = sizes[family] / 1e9
+        free = shutil.disk_usage(root).free / 1e9
+        if free < gb + DISK_HEADROOM_GB:
+            raise SkipPart(f"synthetic {family} needs {gb:.1f} GB (+{DISK_HEADROOM_GB:.0f} GB headroom), {root} has "
+                           f"{free:.1f} GB free")
+        if not suite.fits(f"build synthetic {family} ({gb:.1f} GB)", suite.estimate("build") * gb):
+            raise SkipPart(f"synthetic {family} cannot be built in what is left of the budget")
         seconds, manifest = timed(synthetic.build, root, [family], "cuda" if suite.cuda else "cpu")
         suite.add("build", f"synthetic {family} written", seconds, "s",
-                  note=f"{manifest['families'][family]['bytes'] / 1e9:.1f} GB")
+                  note=f"{manifest['families'][family]['bytes'] / 1e9:.1f} GB, {free:.0f} GB free before")
 
 
 def release_models(suite: Suite, families: tuple[str, ...]) -> None:
-    """Full scale: free the disk a family took unless the next ones fit beside it (64 GB machines)."""
+    """Full scale: delete a family's files as soon as no later part of this call needs them (the stack part
+    uses every family on disk); GPU_SUITE_KEEP_MODELS=1 keeps them."""
     if suite.cfg["profile"] != "synthetic" or os.environ.get("GPU_SUITE_KEEP_MODELS"):
+        return
+    if "stack" in suite.later_parts():
         return
     from workers.placeholders import synthetic
 
-    root = Path(os.environ.get("SYNTHETIC_MODELS_DIR", REPO / ".cache" / "synthetic-models"))
-    import shutil
-
-    if shutil.disk_usage(root).free < 40e9:
-        for family in families:
-            synthetic.remove_family(root, family)
-        suite.note(f"build: removed synthetic {', '.join(families)} after use (disk short)")
+    removed = [f for f in families if synthetic.is_built(synthetic_root(), f)]
+    for family in removed:
+        synthetic.remove_family(synthetic_root(), family)
+    if removed:
+        suite.note(f"build: removed synthetic {', '.join(removed)} after use "
+                   f"({shutil.disk_usage(synthetic_root()).free / 1e9:.0f} GB free now)")
 
 
 def _base_body(job_id: str, job_type: str, config: dict, metadata: dict | None = None) -> dict:
@@ -502,47 +649,62 @@ def _base_body(job_id: str, job_type: str, config: dict, metadata: dict | None =
 # ---- sdxl ----------------------------------------------------------------------------------------------
 
 def part_sdxl(suite: Suite) -> None:
-
     cfg = suite.cfg["sdxl"]
     ensure_models(suite, ("sdxl",))
-    tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-sdxl-"))
-    worker = InProcessWorker("sdxl", worker_env(suite, tmp))
     try:
-        suite.add("sdxl", "load (weights to device, settings applied, warm-up on CUDA)", worker.load("sdxl"), "s")
-        engine = worker.engine
-        module_table(suite, "sdxl", {f"txt2img.{k}": v for k, v in engine.txt2img.components.items()})
-        module_table(suite, "sdxl", {f"img2img.{k}": v for k, v in engine.img2img.components.items()
-                                     if k in ("unet", "vae", "text_encoder", "text_encoder_2")})
-        shared = all(engine.img2img.components[k] is engine.txt2img.components[k] for k in ("unet", "vae"))
-        suite.add("sdxl", "img2img shares txt2img's modules", "yes" if shared else "NO")
-
-        config = {"width": cfg["width"], "height": cfg["height"], "steps": cfg["steps"], "seed": 7}
-        warm = _base_body("sdxl-warm", "sdxl_image_fast", dict(config, num_images=1))
-        worker.job(warm)  # first call: cuDNN/cuBLAS autotuning and lazy init outside the figures
-        ours = {}
-        for batch in cfg["batches"]:
-            body = _base_body(f"sdxl-b{batch}", "sdxl_image_fast", dict(config, num_images=batch))
-            params = worker.params(body)
-            estimate = engine.working_bytes(params)
-            runs = []
-            for r in range(cfg["repeats"]):
-                body_r = dict(body, id=f"sdxl-b{batch}-{r}")
-                if r == 0:
-                    what = f"a batch-{batch} job"
-                    seconds, record = timed(record_memory, suite, "sdxl", what, estimate,
-                                            lambda b=body_r: worker.job(b))
-                else:
-                    seconds, record = timed(worker.job, body_r)
-                runs.append(seconds)
-            ours[batch] = statistics.median(runs) / batch
-            suite.add("sdxl", f"ours: {cfg['width']}x{cfg['height']} {cfg['steps']} steps batch {batch} (job path)",
-                      ours[batch], "s/image",
-                      note=f"gpu settings {record['assets'][0]['metadata'].get('gpu_settings')}")
-        baseline_sdxl(suite, worker, cfg, ours)
-        nan_check_vae(suite, engine)
+        if not suite.fits("sdxl load", "sdxl.load"):
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-sdxl-"))
+        worker = InProcessWorker("sdxl", worker_env(suite, tmp))
+        try:
+            ours = sdxl_ours(suite, worker, cfg)
+            if suite.fits("sdxl plain diffusers pipeline", "sdxl.plain"):
+                baseline_sdxl(suite, worker, cfg, ours)
+            if suite.fits("sdxl NaN check of an fp16 VAE decode", "sdxl.nan"):
+                nan_check_vae(suite, worker.engine)
+        finally:
+            worker.close()
     finally:
-        worker.close()
         release_models(suite, ("sdxl",))
+
+
+def sdxl_ours(suite: Suite, worker: InProcessWorker, cfg: dict) -> dict:
+    suite.add("sdxl", "load (weights to device, settings applied, warm-up on CUDA)", worker.load("sdxl"), "s")
+    engine = worker.engine
+    module_table(suite, "sdxl", {f"txt2img.{k}": v for k, v in engine.txt2img.components.items()})
+    module_table(suite, "sdxl", {f"img2img.{k}": v for k, v in engine.img2img.components.items()
+                                 if k in ("unet", "vae", "text_encoder", "text_encoder_2")})
+    shared = all(engine.img2img.components[k] is engine.txt2img.components[k] for k in ("unet", "vae"))
+    suite.add("sdxl", "img2img shares txt2img's modules", "yes" if shared else "NO")
+
+    config = {"width": cfg["width"], "height": cfg["height"], "steps": cfg["steps"], "seed": 7}
+    ours: dict[int, float] = {}
+    if not suite.fits("sdxl first job (outside the figures)", "sdxl.job"):
+        return ours
+    worker.job(_base_body("sdxl-warm", "sdxl_image_fast", dict(config, num_images=1)))  # lazy init, autotuning
+    for batch in cfg["batches"]:
+        body = _base_body(f"sdxl-b{batch}", "sdxl_image_fast", dict(config, num_images=batch))
+        params = worker.params(body)
+        estimate = engine.working_bytes(params)
+        runs = []
+        record: dict = {}
+        for r in range(cfg["repeats"]):
+            if not suite.fits(f"sdxl ours batch {batch} repeat {r + 1}", suite.estimate("sdxl.job") * batch / 2):
+                break
+            body_r = dict(body, id=f"sdxl-b{batch}-{r}")
+            if r == 0:
+                seconds, record = timed(record_memory, suite, "sdxl", f"a batch-{batch} job", estimate,
+                                        lambda b=body_r: worker.job(b))
+            else:
+                seconds, record = timed(worker.job, body_r)
+            runs.append(seconds)
+        if not runs:
+            continue
+        ours[batch] = statistics.median(runs) / batch
+        suite.add("sdxl", f"ours: {cfg['width']}x{cfg['height']} {cfg['steps']} steps batch {batch} (job path)",
+                  ours[batch], "s/image",
+                  note=f"median of {len(runs)}; gpu settings {record['assets'][0]['metadata'].get('gpu_settings')}")
+    return ours
 
 
 def _plain_sdxl(worker: InProcessWorker, dtype):
@@ -560,11 +722,42 @@ def _plain_sdxl(worker: InProcessWorker, dtype):
     return pipe.to(worker.engine.device)
 
 
+class PlainState:
+    """What the settings rows change on the plain pipeline, recorded once, so each row starts from exactly
+    the plain pipeline (and the restore is checked, not assumed)."""
+
+    def __init__(self, pipe):
+        import torch
+
+        self.pipe = pipe
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.processors = dict(pipe.unet.attn_processors)
+        self.force_upcast = pipe.vae.config.force_upcast
+        self.contiguous = torch.contiguous_format
+
+    def restore(self) -> None:
+        pipe = self.pipe
+        pipe.unet, pipe.vae = self.unet, self.vae
+        pipe.unet.set_attn_processor(dict(self.processors))
+        pipe.unet.to(memory_format=self.contiguous)
+        pipe.vae.register_to_config(force_upcast=self.force_upcast)
+        assert self.is_plain(), "the plain SDXL pipeline could not be restored"
+
+    def is_plain(self) -> bool:
+        pipe = self.pipe
+        weight = next(p for p in pipe.unet.parameters() if p.dim() == 4)
+        return (pipe.unet is self.unet and pipe.vae is self.vae and pipe.vae.config.force_upcast == self.force_upcast
+                and {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+                == {k: type(v) for k, v in self.processors.items()}
+                and weight.is_contiguous(memory_format=self.contiguous))
+
+
 def baseline_sdxl(suite: Suite, worker: InProcessWorker, cfg: dict, ours: dict) -> None:
     import torch
 
     dtype = torch.float16 if suite.cuda else torch.float32
     pipe = _plain_sdxl(worker, dtype)
+    plain = PlainState(pipe)
 
     def call(batch=1, steps=cfg["steps"]):
         return pipe(PROMPT, num_inference_steps=steps, width=cfg["width"], height=cfg["height"],
@@ -572,58 +765,87 @@ def baseline_sdxl(suite: Suite, worker: InProcessWorker, cfg: dict, ours: dict) 
 
     call(1, 2)  # warm-up
     for batch in cfg["batches"]:
+        if not suite.fits(f"sdxl plain diffusers batch {batch}", suite.estimate("sdxl.job") * batch / 4):
+            continue
         seconds, _ = timed(call, batch)
         suite.add("sdxl", f"plain diffusers: batch {batch}", seconds / batch, "s/image",
                   baseline=ours.get(batch), note="baseline column: ours (job path)")
-    plain, _ = timed(call)
+    plain_s, _ = timed(call)
+    upcast = "fp32 upcast" if plain.force_upcast else "no upcast"
 
-    def effect(name: str, apply, undo) -> None:
-        apply()
+    def effect(name: str, apply) -> None:
+        if not suite.fits(f"sdxl setting alone: {name}", "sdxl.setting"):
+            return
         try:
+            apply()
             call(1, 2)
             seconds, _ = timed(call)
-            suite.add("sdxl", f"setting alone on the plain pipeline: {name}", seconds, "s/image", baseline=plain,
-                      note="baseline column: the plain pipeline")
+            suite.add("sdxl", f"setting alone on the plain pipeline: {name}", seconds, "s/image", baseline=plain_s,
+                      note=f"baseline column: the plain pipeline (stock VAE config: {upcast} for the decode)")
         finally:
-            undo()
+            plain.restore()
 
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    from diffusers.models.attention_processor import AttnProcessor
 
-    effect("attention without SDPA (AttnProcessor)", lambda: pipe.unet.set_attn_processor(AttnProcessor()),
-           lambda: pipe.unet.set_attn_processor(AttnProcessor2_0()))
-    effect("channels_last UNet", lambda: pipe.unet.to(memory_format=torch.channels_last),
-           lambda: pipe.unet.to(memory_format=torch.contiguous_format))
+    effect("attention without SDPA (AttnProcessor)", lambda: pipe.unet.set_attn_processor(AttnProcessor()))
+    effect("channels_last UNet", lambda: pipe.unet.to(memory_format=torch.channels_last))
     if suite.cuda:
-        effect("VAE upcast to fp32 for the decode", lambda: pipe.vae.register_to_config(force_upcast=True),
-               lambda: pipe.vae.register_to_config(force_upcast=False))
         fix = fp16_fix_vae_path(worker)
         if fix:
             from diffusers import AutoencoderKL
 
-            original = pipe.vae
             fixed = AutoencoderKL.from_pretrained(fix, dtype=dtype, local_files_only=True).to(worker.engine.device)
-            effect("fp16-fix VAE (no upcast)", lambda: setattr(pipe, "vae", fixed),
-                   lambda: setattr(pipe, "vae", original))
+
+            def fp16_fix():
+                pipe.vae = fixed
+                pipe.vae.register_to_config(force_upcast=False)
+
+            # The stock SDXL VAE config upcasts to fp32 for the decode: the plain pipeline is the upcast side.
+            effect(f"fp16-fix VAE without upcast (vs the stock VAE, {upcast})", fp16_fix)
+            fixed = None
         else:
             suite.note("sdxl: fp16-fix VAE: skipped: no fp16-fix VAE folder configured")
     else:
-        suite.note("sdxl: VAE upcast vs fp16-fix VAE: skipped: CUDA only (fp32 on CPU)")
-    compile_estimate = suite.cfg.get("extra", {}).get("sdxl_compile", 120)
-    if suite.cuda and suite.fits("sdxl torch.compile (dynamic=False)", compile_estimate):
-        original = pipe.unet
-        compile_started = time.perf_counter()
-        pipe.unet = torch.compile(original, dynamic=False)
-        call(1, 2)  # compilation happens here
-        suite.add("sdxl", "torch.compile(unet, dynamic=False): compile + first call",
-                  time.perf_counter() - compile_started, "s")
-        seconds, _ = timed(call)
-        suite.add("sdxl", "setting alone on the plain pipeline: torch.compile(dynamic=False)", seconds, "s/image",
-                  baseline=plain, note="baseline column: the plain pipeline")
-        pipe.unet = original
-    elif not suite.cuda:
-        suite.note("sdxl: torch.compile: skipped: CUDA only")
-    pipe = None  # dropped before the device's cache is freed
+        suite.note("sdxl: fp16-fix VAE vs the stock VAE's upcast: skipped: CUDA only (fp32 on CPU)")
+    plain.pipe = pipe = None  # dropped before the device's cache is freed
     _free_device()
+
+
+def part_compile(suite: Suite) -> None:
+    """torch.compile(unet, dynamic=False) on the plain pipeline: compile + first call, then one image."""
+    import torch
+
+    if not suite.cuda_only("compile", "torch.compile of the SDXL UNet"):
+        return
+    cfg = suite.cfg["sdxl"]
+    ensure_models(suite, ("sdxl",))
+    try:
+        if not suite.fits("sdxl torch.compile (dynamic=False)", "compile"):
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-compile-"))
+        worker = InProcessWorker("sdxl", worker_env(suite, tmp))
+        try:
+            pipe = _plain_sdxl(worker, torch.float16)
+
+            def call(steps=cfg["steps"]):
+                return pipe(PROMPT, num_inference_steps=steps, width=cfg["width"], height=cfg["height"],
+                            generator=torch.Generator().manual_seed(7), output_type="pil").images
+
+            call(2)
+            plain_s, _ = timed(call)
+            started = time.perf_counter()
+            pipe.unet = torch.compile(pipe.unet, dynamic=False)
+            call(2)  # compilation happens here
+            suite.add("compile", "torch.compile(unet, dynamic=False): compile + first call",
+                      time.perf_counter() - started, "s")
+            seconds, _ = timed(call)
+            suite.add("compile", "setting alone on the plain pipeline: torch.compile(dynamic=False)", seconds,
+                      "s/image", baseline=plain_s, note="baseline column: the plain pipeline")
+            pipe = None
+        finally:
+            worker.close()
+    finally:
+        release_models(suite, ("sdxl",))
 
 
 def fp16_fix_vae_path(worker: InProcessWorker) -> str:
@@ -650,38 +872,62 @@ def nan_check_vae(suite: Suite, engine) -> None:
 # ---- wan -----------------------------------------------------------------------------------------------
 
 def part_wan(suite: Suite) -> None:
-
     cfg = suite.cfg["wan"]
-    families = ("wan", "wan_vace") if suite.cfg["profile"] == "synthetic" else ("wan",)
-    ensure_models(suite, families)
-    tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-wan-"))
-    worker = InProcessWorker("wan", worker_env(suite, tmp))
+    ensure_models(suite, ("wan",))
     try:
-        suite.add("wan", "load wan_t2v", worker.load("wan_t2v"), "s")
-        loaded = worker.engine.loaded("wan_t2v")
-        module_table(suite, "wan", {"transformer": loaded.pipe.transformer, "vae": loaded.pipe.vae,
-                                    "text_encoder": loaded.prompts.text_encoder})
-        config = {"width": cfg["width"], "height": cfg["height"], "frames": cfg["frames"], "seed": 7}
-        if cfg["steps"]:
-            config["steps"] = cfg["steps"]
-        body = _base_body("wan-t2v", cfg["type"], config)
-        params = worker.params(body)
-        estimate = worker.engine.working_bytes(params)
-        seconds, assets = timed(lambda: record_memory(suite, "wan", f"a {cfg['type']} job", estimate,
-                                                      lambda: worker.run_engine(params)))
-        shape = f"{params['width']}x{params['height']} {params['frames']} frames {params['steps']} steps"
-        suite.add("wan", f"ours: {shape} ({cfg['type']})", seconds, "s/video",
-                  note=f"text encoder on {assets[0].metadata.get('text_encoder_device')}, "
-                       f"gpu settings {assets[0].metadata.get('gpu_settings')}")
-        encode_mp4(suite, assets[0])
-        umt5_cpu_vs_gpu(suite, loaded)
-        if suite.fits("wan plain WanPipeline baseline", suite.cfg.get("extra", {}).get("wan_baseline", 10)):
-            baseline_wan(suite, worker, params, seconds)
-        if suite.fits("wan reference mode", suite.cfg.get("extra", {}).get("wan_reference", 10)):
-            reference_mode(suite, worker, config, tmp)
+        if not suite.fits("wan load wan_t2v", "wan.load"):
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-wan-"))
+        worker = InProcessWorker("wan", worker_env(suite, tmp))
+        try:
+            suite.add("wan", "load wan_t2v (warm-up with the VAE decode on CUDA)", worker.load("wan_t2v"), "s")
+            loaded = worker.engine.loaded("wan_t2v")
+            module_table(suite, "wan", {"transformer": loaded.pipe.transformer, "vae": loaded.pipe.vae,
+                                        "text_encoder": loaded.prompts.text_encoder})
+            params = worker.params(_base_body("wan-t2v", cfg["type"], wan_config(cfg)))
+            if not suite.fits(f"wan ours {cfg['type']}", "wan.job"):
+                return
+            estimate = worker.engine.working_bytes(params)
+            seconds, assets = timed(lambda: record_memory(suite, "wan", f"a {cfg['type']} job", estimate,
+                                                          lambda: worker.run_engine(params)))
+            shape = f"{params['width']}x{params['height']} {params['frames']} frames {params['steps']} steps"
+            suite.add("wan", f"ours: {shape} ({cfg['type']})", seconds, "s/video",
+                      note=f"text encoder on {assets[0].metadata.get('text_encoder_device')}, "
+                           f"gpu settings {assets[0].metadata.get('gpu_settings')}")
+            if suite.fits("wan MP4 encode", "wan.mp4"):
+                encode_mp4(suite, assets[0])
+            if suite.fits("wan plain WanPipeline baseline", "wan.plain"):
+                baseline_wan(suite, worker, params, seconds)
+            if suite.fits("wan umT5 encode on both devices", "wan.umt5"):
+                umt5_cpu_vs_gpu(suite, loaded)
+        finally:
+            worker.close()
     finally:
-        worker.close()
-        release_models(suite, families)
+        release_models(suite, ("wan",))
+
+
+def wan_config(cfg: dict) -> dict:
+    config = {"width": cfg["width"], "height": cfg["height"], "frames": cfg["frames"], "seed": 7}
+    if cfg["steps"]:
+        config["steps"] = cfg["steps"]
+    return config
+
+
+def part_vace(suite: Suite) -> None:
+    """One reference-mode job on the VACE model (optional: its own part, about 9 GB more disk)."""
+    cfg = suite.cfg["wan"]
+    ensure_models(suite, ("wan", "wan_vace"))
+    try:
+        if not suite.fits("vace load wan_vace", "vace.load"):
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-vace-"))
+        worker = InProcessWorker("wan", worker_env(suite, tmp))
+        try:
+            reference_mode(suite, worker, wan_config(cfg))
+        finally:
+            worker.close()
+    finally:
+        release_models(suite, ("wan_vace", "wan"))
 
 
 def encode_mp4(suite: Suite, asset) -> None:
@@ -739,7 +985,7 @@ def baseline_wan(suite: Suite, worker: InProcessWorker, params: dict, ours_s: fl
     _free_device()
 
 
-def reference_mode(suite: Suite, worker: InProcessWorker, config: dict, tmp: Path) -> None:
+def reference_mode(suite: Suite, worker: InProcessWorker, config: dict) -> None:
     import io
 
     import numpy as np
@@ -756,11 +1002,13 @@ def reference_mode(suite: Suite, worker: InProcessWorker, config: dict, tmp: Pat
         body = _base_body("wan-ref", suite.cfg["wan"]["type"], config,
                           metadata={"start_reference_url": f"{server.url}/first.png"})
         params = worker.params(body)
-        suite.add("wan", "load wan_vace", worker.load("wan_vace"), "s")
+        suite.add("vace", "load wan_vace", worker.load("wan_vace"), "s")
+        if not suite.fits("vace reference-mode job", "vace.job"):
+            return
         estimate = worker.engine.working_bytes(params)
-        seconds, _ = timed(record_memory, suite, "wan", "a reference-mode job", estimate,
+        seconds, _ = timed(record_memory, suite, "vace", "a reference-mode job", estimate,
                            lambda: worker.run_engine(params))
-        suite.add("wan", f"ours: reference mode {params['reference']['mode']} (VACE)", seconds, "s/video")
+        suite.add("vace", f"ours: reference mode {params['reference']['mode']} (VACE)", seconds, "s/video")
     finally:
         server.close()
 
@@ -770,24 +1018,39 @@ def reference_mode(suite: Suite, worker: InProcessWorker, config: dict, tmp: Pat
 def part_chat(suite: Suite) -> None:
     cfg = suite.cfg["chat"]
     ensure_models(suite, ("qwen",))
-    tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-chat-"))
-    worker = InProcessWorker("chat", worker_env(suite, tmp))
-    model = cfg["model"]
     try:
-        suite.add("chat", f"load {model}", worker.load(model), "s")
-        module_table(suite, "chat", {model: worker.engine.modules(model)[0]})
-        prompt = " ".join(["describe the snowy forest at dawn"] * max(1, cfg["prompt_words"] // 6))
+        if not suite.fits("chat load", "chat.load"):
+            return
+        tmp = Path(tempfile.mkdtemp(prefix="gpu-suite-chat-"))
+        worker = InProcessWorker("chat", worker_env(suite, tmp))
+        try:
+            chat_ours_and_baseline(suite, worker, cfg)
+        finally:
+            worker.close()
+    finally:
+        release_models(suite, ("qwen",))
 
-        def ask(client=None, seed=1):
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": cfg["max_tokens"],
-                    "temperature": 0.7, "seed": seed}
-            return worker.post("/v1/chat/completions", body, client)
 
-        ask()  # warm-up
-        seconds, answer = timed(ask)
-        single = answer["usage"]["completion_tokens"] / seconds
-        suite.add("chat", f"ours: single stream ({answer['usage']['prompt_tokens']} prompt tokens)", single, "tok/s")
+def chat_ours_and_baseline(suite: Suite, worker: InProcessWorker, cfg: dict) -> None:
+    model = cfg["model"]
+    suite.add("chat", f"load {model}", worker.load(model), "s")
+    module_table(suite, "chat", {model: worker.engine.modules(model)[0]})
+    prompt = " ".join(["describe the snowy forest at dawn"] * max(1, cfg["prompt_words"] // 6))
 
+    def ask(client=None, seed=1):
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": cfg["max_tokens"],
+                "temperature": 0.7, "seed": seed}
+        return worker.post("/v1/chat/completions", body, client)
+
+    if not suite.fits("chat ours single stream", "chat.single"):
+        return
+    ask()  # warm-up
+    seconds, answer = timed(ask)
+    single = answer["usage"]["completion_tokens"] / seconds
+    suite.add("chat", f"ours: single stream ({answer['usage']['prompt_tokens']} prompt tokens)", single, "tok/s")
+
+    aggregate = None
+    if suite.fits(f"chat ours {cfg['clients']} concurrent clients", "chat.clients"):
         results, errors = [], []
 
         def client_loop(i):
@@ -796,10 +1059,9 @@ def part_chat(suite: Suite) -> None:
             except Exception as exc:
                 errors.append(exc)
 
-        from configuration.params import chat as chat_params
-
-        one = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": cfg["max_tokens"]}
-        estimate = worker.engine.batch_working_bytes([chat_params.chat(one, worker.settings)] * cfg["clients"])
+        engine = worker.engine
+        prompt_tokens = answer["usage"]["prompt_tokens"]
+        estimate = engine.batch_working_bytes(model, [(prompt_tokens, cfg["max_tokens"])] * cfg["clients"])
 
         def clients():
             threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(cfg["clients"])]
@@ -811,17 +1073,16 @@ def part_chat(suite: Suite) -> None:
         wall, _ = timed(record_memory, suite, "chat", f"{cfg['clients']} concurrent requests", estimate, clients)
         if errors:
             raise errors[0]
-        suite.add("chat", f"ours: {cfg['clients']} concurrent clients, aggregate", sum(results) / wall, "tok/s")
-        baseline_chat(suite, worker, model, prompt, cfg, single, sum(results) / wall)
-    finally:
-        worker.close()
-        release_models(suite, ("qwen",))
+        aggregate = sum(results) / wall
+        suite.add("chat", f"ours: {cfg['clients']} concurrent clients, aggregate", aggregate, "tok/s")
+    if suite.fits("chat plain transformers generate", "chat.plain"):
+        baseline_chat(suite, worker, model, prompt, cfg, single, aggregate)
 
 
 def baseline_chat(suite: Suite, worker: InProcessWorker, model: str, prompt: str, cfg: dict, single: float,
-                  aggregate: float) -> None:
-    """Plain transformers `generate` on the same folder: one stream, then the clients one after another;
-    and a NaN check of a left-padded batch's logits."""
+                  aggregate: float | None) -> None:
+    """Plain transformers `generate` on the same folder: one stream, then two one after another (what N
+    clients served in turn get, at the rate of two); and a NaN check of a left-padded batch's logits."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -843,16 +1104,17 @@ def baseline_chat(suite: Suite, worker: InProcessWorker, model: str, prompt: str
     plain = (out.shape[1] - inputs["input_ids"].shape[1]) / seconds
     suite.add("chat", "plain transformers generate: single stream", plain, "tok/s", baseline=single,
               note="baseline column: ours")
-    seconds, _ = timed(lambda: [generate() for _ in range(cfg["clients"])])
-    suite.add("chat", f"plain generate: {cfg['clients']} clients one after another",
-              cfg["clients"] * cfg["max_tokens"] / seconds, "tok/s", baseline=aggregate, note="baseline column: ours")
-    tokenizer.padding_side = "left"
-    texts = [text] + [tokenizer.apply_chat_template([{"role": "user", "content": "hi " * (i + 1)}], tokenize=False,
-                                                    add_generation_prompt=True) for i in range(cfg["clients"] - 1)]
-    batch = tokenizer(texts, return_tensors="pt", padding=True).to(worker.engine.device)
-    with torch.no_grad():
-        logits = lm(**batch).logits
-    suite.add("chat", f"padded batch of {len(texts)}: non-finite logits", int((~torch.isfinite(logits)).sum()))
+    seconds, _ = timed(lambda: [generate() for _ in range(2)])
+    suite.add("chat", "plain generate: 2 requests one after another", 2 * cfg["max_tokens"] / seconds, "tok/s",
+              baseline=aggregate, note=f"baseline column: ours, {cfg['clients']} concurrent clients")
+    if suite.fits("chat NaN check of a padded batch", "chat.nan"):
+        tokenizer.padding_side = "left"
+        texts = [text] + [tokenizer.apply_chat_template([{"role": "user", "content": "hi " * (i + 1)}], tokenize=False,
+                                                        add_generation_prompt=True) for i in range(cfg["clients"] - 1)]
+        batch = tokenizer(texts, return_tensors="pt", padding=True).to(worker.engine.device)
+        with torch.no_grad():
+            logits = lm(**batch).logits
+        suite.add("chat", f"padded batch of {len(texts)}: non-finite logits", int((~torch.isfinite(logits)).sum()))
     lm = None
     _free_device()
 
@@ -860,26 +1122,34 @@ def baseline_chat(suite: Suite, worker: InProcessWorker, model: str, prompt: str
 # ---- stack ---------------------------------------------------------------------------------------------
 
 def part_stack(suite: Suite) -> None:
-    """Each worker under gunicorn as the orchestrator starts it: start-to-ready, and one small job over
-    HTTP against the same job through the in-process app (the difference is what HTTP + gunicorn cost)."""
+    """Each worker under gunicorn as the orchestrator starts it (with the environment the suite gives its
+    workers: the carried packages on PYTHONPATH): start-to-ready, and one small SDXL job over HTTP against the
+    same job through the in-process app (the difference is what HTTP + gunicorn cost). At full scale only the
+    workers whose models are on disk in this call are started; their families are deleted afterwards."""
     from tests.support import WorkerProcess
 
+    measured = []
     for name in suite.cfg["stack"]:
-        families = {"sdxl": ("sdxl",), "chat": ("qwen",), "wan": ("wan",)}[name]
-        if not suite.fits(f"stack {name}", 20 if suite.scale == "full" else 5):
+        families = STACK_FAMILIES[name]
+        if not all(family_on_disk(suite, f) for f in families):
+            suite.note(f"stack {name}: not in this call (its models are not on disk: run --only {name} --only stack)")
+            continue
+        if not suite.fits(f"stack {name} start to ready", "stack.start"):
             continue
         ensure_models(suite, families)
         tmp = Path(tempfile.mkdtemp(prefix=f"gpu-suite-stack-{name}-"))
         env = worker_env(suite, tmp)
         process = WorkerProcess(name, env)
-        seconds, _ = timed(process.start, 600)
         try:
+            seconds, _ = timed(process.start, 600)
             suite.add("stack", f"{name}: start to /ready under gunicorn", seconds, "s")
-            if name == "sdxl":
+            if name == "sdxl" and suite.fits("stack HTTP overhead per job", "stack.http"):
                 http_overhead(suite, process, env)
         finally:
             process.stop()
-        release_models(suite, families)
+        measured.append(name)
+    for name in measured:
+        release_models(suite, STACK_FAMILIES[name])
 
 
 def _iso_seconds(value: str) -> float:
@@ -944,23 +1214,44 @@ def environment(device: str, bootstrap_notes: list[str]) -> dict:
     return env
 
 
-# Cheapest and most asked-about first: a budget that runs short skips the stack figures, then WAN.
-PARTS = {"sdxl": part_sdxl, "chat": part_chat, "wan": part_wan, "stack": part_stack}
+# The default parts, in order; `compile` and `vace` run only when asked for (--only).
+PARTS = {"sdxl": part_sdxl, "chat": part_chat, "wan": part_wan, "stack": part_stack, "compile": part_compile,
+         "vace": part_vace}
+DEFAULT_PARTS = ["sdxl", "chat", "wan", "stack"]
+
+
+def on_sigterm(suite: Suite):
+    """A call stopped by its time limit (SIGTERM first): the table says where, then the process ends."""
+    def handler(signum, frame):
+        suite.finish(f"call stopped by SIGTERM during part {suite.current or '(between parts)'} after "
+                     f"{time.monotonic() - suite.started:.0f} s; the rows above were measured before it")
+        print("gpu suite: stopped by SIGTERM; table written", flush=True)
+        os._exit(143)
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
-    parser.add_argument("--out", type=Path, default=None, help="folder for suite.md and suite.json "
-                        "(default: benchmarks/results/gpu-suite-<scale>-<time>)")
-    parser.add_argument("--budget-s", type=float, default=None, help="default: 480 (full), 120 (tiny)")
-    parser.add_argument("--only", action="append", choices=sorted(PARTS), help="repeatable; default: all parts")
+    parser.add_argument("--out", type=Path, default=None, help="folder for suite.md and suite.json, appended to "
+                        "when it holds one (default: benchmarks/results/gpu-suite-<scale>-<time>)")
+    parser.add_argument("--budget-s", type=float, default=None, help="default: 240 (full), 600 (tiny)")
+    parser.add_argument("--only", action="append", choices=sorted(PARTS),
+                        help="repeatable, run in the order given; default: " + " ".join(DEFAULT_PARTS))
     parser.add_argument("--wheels", type=Path, default=None,
                         help="wheels to install for missing/other-version packages")
     parser.add_argument("--fetch-wheels", type=Path, default=None, help="download the wheels into this folder and exit")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="folders of earlier calls: write one table of all their rows into --out and exit")
     args = parser.parse_args(argv)
     if args.fetch_wheels:
         return fetch_wheels(args.fetch_wheels)
+    if args.merge:
+        if args.out is None:
+            parser.error("--merge needs --out")
+        folder = merge(args.merge, args.out)
+        print(f"gpu suite: {len(args.merge)} tables merged into {folder / 'suite.md'}")
+        return 0
     notes = bootstrap(args.wheels)
 
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -972,14 +1263,16 @@ def main(argv: list[str] | None = None) -> int:
               "use --scale tiny on a CPU", file=sys.stderr)
         return 2
     out = args.out or REPO / "benchmarks" / "results" / f"gpu-suite-{args.scale}-{time.strftime('%Y%m%d-%H%M%S')}"
-    suite = Suite(args.scale, out, args.budget_s or SCALES[args.scale]["budget_s"], device)
-    print(f"gpu suite: scale {args.scale} on {device}, budget {suite.budget_s:.0f} s, writing to {out}", flush=True)
-    env = environment(device, notes)
-    for name, fn in PARTS.items():
-        if not args.only or name in args.only:
-            suite.part(name, fn)
-    folder = suite.write(env)
-    print(f"gpu suite: table written to {folder / 'suite.md'} and {folder / 'suite.json'} "
+    parts = list(dict.fromkeys(args.only or DEFAULT_PARTS))
+    suite = Suite(args.scale, out, args.budget_s or SCALES[args.scale]["budget_s"], device,
+                  environment=environment(device, notes), parts=parts)
+    signal.signal(signal.SIGTERM, on_sigterm(suite))
+    print(f"gpu suite: scale {args.scale} on {device}, parts {' '.join(parts)}, budget {suite.budget_s:.0f} s, "
+          f"writing to {out}", flush=True)
+    for name in parts:
+        suite.part(name, PARTS[name])
+    suite.finish()
+    print(f"gpu suite: table written to {out / 'suite.md'} and {out / 'suite.json'} "
           f"({time.monotonic() - suite.started:.0f} s)")
     return 0
 
