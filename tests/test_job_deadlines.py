@@ -32,6 +32,7 @@ from tests.stuck_engine_app import COMMAND_TARGET, SLOW_PREFIX, STUCK_PREFIX
 from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
 from tests.support import OrchestratorProcess, WorkerProcess, base_env, free_port
 from workers.engines.base import GeneratedAsset
+from workers.runtime.job_watch import deadline_of
 from workers.runtime.jobs import STUCK_EXIT_STATUS, JobRunner
 from workers.runtime.local_memory import LocalMemory
 from workers.runtime.models import ModelHost
@@ -124,6 +125,14 @@ def test_deadline_defaults_by_profile_and_settings_checked():
     assert not Settings(supabase_url="http://x", supabase_service_key="k", app_cancel_check=False).reads_app_job_status
 
 
+def test_video_job_types_get_the_video_deadline_and_the_others_the_image_one():
+    settings = Settings(job_deadline_image_s=11, job_deadline_video_s=22)
+    assert deadline_of(settings, "sdxl_image_fast") == deadline_of(settings, "sdxl_image_high") == 11
+    assert deadline_of(settings, "image_fast") == deadline_of(settings, "image7b_high_enhanced") == 11  # WAN frames
+    assert deadline_of(settings, "video_fast") == deadline_of(settings, "video7b_high_enhanced") == 22
+    assert deadline_of(Settings(model_profile="production"), "video_high") == 500
+
+
 # -- the runtime -----------------------------------------------------------------------------------------
 def test_past_its_deadline_a_job_stops_at_a_step_fails_timeout_and_the_next_completes(tmp_path, standin):
     runner, _engine, exits = make_runner(tmp_path, callback_url(standin), job_deadline_image_s=1.0)
@@ -137,6 +146,7 @@ def test_past_its_deadline_a_job_stops_at_a_step_fails_timeout_and_the_next_comp
     assert 1.0 <= time.monotonic() - started < 20
     assert 0 < ended.progress["step"] < 100000 and not ended.assets
     assert wait_status(runner, "short").status == "completed"
+    assert standin.wait_for(lambda: standin.terminal_callbacks("short"), 10)
     assert exits == []
     assert counter(process_metrics().job_timeouts, "test") == before + 1
     [callback] = standin.wait_for(lambda: standin.terminal_callbacks("long"), 10)
@@ -164,7 +174,7 @@ def test_an_engine_that_ignores_the_stop_has_its_process_replaced_and_the_job_fa
     runner.submit("after", "sdxl_image_fast", "u1", {"steps": 2}, {})
     assert wait_status(runner, "after").status == "completed"
     assert runner.get("stuck").status == "failed"
-    time.sleep(0.3)
+    assert standin.wait_for(lambda: standin.terminal_callbacks("after"), 10)
     assert len(standin.callbacks("stuck")) == 1
 
 
@@ -188,6 +198,7 @@ def test_the_apps_cancel_stops_a_running_job_and_one_not_started_never_runs(tmp_
     assert counter(process_metrics().app_cancels, "test", "running") == before_running + 1
     reads = standin.reads_of("running")
     assert 2 <= reads <= 30, reads  # every APP_CANCEL_CHECK_INTERVAL_S while it ran, not at every step
+    assert standin.wait_for(lambda: standin.callbacks("running") and standin.terminal_callbacks("behind"), 10)
 
 
 def test_a_failing_jobs_read_never_fails_the_job_and_is_counted_and_logged_once(tmp_path, standin, caplog):
@@ -204,6 +215,7 @@ def test_a_failing_jobs_read_never_fails_the_job_and_is_counted_and_logged_once(
     assert counter(process_metrics().app_status_read_failures, "test") >= before + 3
     logged = [r for r in caplog.records if "flaky" in r.getMessage() and "could not be read" in r.getMessage()]
     assert len(logged) == 1
+    assert standin.wait_for(lambda: standin.terminal_callbacks("flaky"), 10)
 
 
 def test_app_cancel_check_off_never_reads_the_jobs_table(tmp_path, standin):
@@ -216,6 +228,7 @@ def test_app_cancel_check_off_never_reads_the_jobs_table(tmp_path, standin):
     runner.submit("ignored", "sdxl_image_fast", "u1", {"steps": 25}, {}, app_job=True)
     assert wait_status(runner, "ignored").status == "completed"
     assert standin.rest_reads == []
+    assert standin.wait_for(lambda: standin.terminal_callbacks("ignored"), 10)
 
 
 # -- the queue path: real redis-server, real gunicorn workers ----------------------------------------------

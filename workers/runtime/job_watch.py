@@ -24,6 +24,7 @@ from typing import Any
 
 from common.metrics import process_metrics
 from common.supabase import SupabaseError, job_status, make_client
+from configuration import job_types
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT_S = 5.0  # one read of the app's `jobs` table
 FORGET_AFTER_JOBS = 1024  # past this many remembered jobs, those last read over FORGET_AFTER_S ago are dropped
 FORGET_AFTER_S = 3600.0
+
+
+def deadline_of(settings: Settings, job_type: str) -> float:
+    """A job's execution deadline: JOB_DEADLINE_VIDEO_S for job types that make a video (`output` in
+    configuration/presets.json), JOB_DEADLINE_IMAGE_S for the others (SDXL, WAN single-frame images)."""
+    return settings.job_deadline_s(job_types().get(job_type, {}).get("output", "image"))
 
 
 class AppJobStatus:

@@ -30,13 +30,12 @@ from common.jobs import (
 )
 from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
 from common.metrics import StageTimer, process_metrics
-from configuration import job_types
 from configuration.params.common import summarise_data_urls
 from workers import devices
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media, provenance, safety
 from workers.runtime.fetch import fetch_image
-from workers.runtime.job_watch import JobWatch
+from workers.runtime.job_watch import JobWatch, deadline_of
 from workers.runtime.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -558,9 +557,7 @@ class JobRunner:
 
     # -- deadlines ---------------------------------------------------------------------------------
     def _deadline_s(self, record: JobRecord) -> float:
-        """JOB_DEADLINE_IMAGE_S or JOB_DEADLINE_VIDEO_S, by what the job type makes."""
-        output = job_types().get(record.type, {}).get("output", "image")
-        return self.engine.settings.job_deadline_s(output)
+        return deadline_of(self.engine.settings, record.type)
 
     def _replace_stuck(self, job_id: str, deadline_s: float) -> None:
         """The job's engine did not stop within JOB_DEADLINE_GRACE_S of its deadline: nothing in this process
