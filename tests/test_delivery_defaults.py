@@ -128,3 +128,27 @@ def test_a_bucket_refusing_json_does_not_fail_jobs(pod_against_the_app):
     [callback] = standin.wait_for(lambda: standin.terminal_callbacks("nojson-1"), 30)
     assert callback["body"]["status"] == "completed" and len(callback["body"]["assets"]) == 3
     assert "provenance sidecar 0.json not stored" in worker.log()
+
+
+def test_a_403_is_retried_like_a_401_and_a_400_stays_final():
+    from common.callbacks import REFUSED_WARNING, CallbackSender
+    from tests.support import CallbackReceiver
+
+    receiver = CallbackReceiver(status=403)
+    try:
+        sender = CallbackSender(Settings(callback_url=receiver.url, callback_backoff_s=0.05,
+                                         callback_backoff_max_s=0.1))
+        results: list[tuple[bool, int]] = []
+        sender.send({"job_id": "forbidden-1", "status": "completed"}, on_result=lambda ok, n: results.append((ok, n)))
+        assert receiver.wait_for(4, "forbidden-1", timeout_s=30)
+        stats = sender.stats()
+        assert stats["pending"] == 1 and stats["abandoned"] == 0 and stats["refused"] >= 3
+        assert stats["warning"]["message"] == REFUSED_WARNING and stats["warning"]["status"] == 403
+        receiver.status = 200
+        assert sender.flush(30) and results and results[0][0] is True
+        assert sender.stats()["warning"] is None
+        receiver.status = 400  # a malformed callback is not fixed by waiting: given up at once
+        sender.send({"job_id": "bad-1", "status": "completed"}, on_result=lambda ok, n: results.append((ok, n)))
+        assert sender.flush(30) and results[-1] == (False, 1) and sender.stats()["warning"] is None
+    finally:
+        receiver.close()
