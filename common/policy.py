@@ -135,6 +135,7 @@ _HAS_DIGIT = re.compile(r"\d")
 _WORD = re.compile(r"\S+")
 _CLAUSE_END = frozenset(".;:!?。！？؟।")  # a chunk ending with one ends a sentence
 _WORD_CACHE_SIZE = 1 << 16
+_RELEASE_AFTER = (" ", "\n", "\t", "。", "，", "、", "！", "？", "；", "：")
 EVIDENCE_REACH = 4  # words either side (same sentence) in which a language's evidence decides a word of it
 _LONE_ZERO = re.compile(r"(?<!\d)0(?!\d)")  # "п0рн0": a zero between letters stands for o
 
@@ -793,7 +794,7 @@ class StreamGuard:
     """Checks a streamed reply as it grows and releases only whole words that passed.
 
     `feed(delta)` returns the text that may be sent now (complete words, checked with the words before
-    them) or None once the reply has crossed the policy: the caller then sends `refusal_text(...)` and
+    them; in Chinese and Japanese, up to the last punctuation mark) or None once the reply has crossed the policy: the caller then sends `refusal_text(...)` and
     ends the stream; nothing that crossed was sent. `finish()` checks and releases the rest. Each step
     checks only the tail a new word can form a match with (the co-occurrence window plus the negation
     and join reach), so a long reply costs linear time."""
@@ -827,7 +828,8 @@ class StreamGuard:
         if self.decision is not None:
             return None
         self._text += delta
-        boundary = max(self._text.rfind(" "), self._text.rfind("\n"), self._text.rfind("\t"))
+        # A word ends at whitespace; in scripts written without spaces, at a punctuation mark ("。", "，").
+        boundary = max(self._text.rfind(c) for c in _RELEASE_AFTER)
         if boundary < self._sent:
             return ""
         if not self._check(boundary + 1):

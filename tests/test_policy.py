@@ -396,3 +396,14 @@ def test_invisible_characters_and_case_never_hide_a_floor_violation(case, data):
         text = text[:cut] + data.draw(st.sampled_from(_INVISIBLE)) + text[cut:]
     text = data.draw(st.sampled_from([str, str.upper, str.title, str.swapcase]))(text)
     assert policy.rules().evaluate(text, "nsfw", "prompt").category == policy.FLOOR, text
+
+
+def test_a_stream_without_spaces_is_released_at_punctuation_and_stopped_before_a_crossing():
+    """Chinese and Japanese have no spaces: a streamed reply is released up to its last punctuation mark,
+    checked with what came before, and a crossing sentence is never sent."""
+    guard = policy.StreamGuard("nsfw")
+    assert [guard.feed(p) for p in ["孩子们", "在公园", "里玩。", "然后"]] == ["", "", "孩子们在公园里玩。", ""]
+    assert guard.finish() == "然后"
+    guard = policy.StreamGuard("nsfw")
+    sent = [guard.feed(p) for p in ["从前有一座山。", "一个十二岁", "的女孩", "裸体。"]]
+    assert sent == ["从前有一座山。", "", "", None] and guard.decision.category == policy.FLOOR
