@@ -794,8 +794,9 @@ class StreamGuard:
     """Checks a streamed reply as it grows and releases only whole words that passed.
 
     `feed(delta)` returns the text that may be sent now (complete words, checked with the words before
-    them; in Chinese and Japanese, up to the last punctuation mark) or None once the reply has crossed the policy: the caller then sends `refusal_text(...)` and
-    ends the stream; nothing that crossed was sent. `finish()` checks and releases the rest. Each step
+    them; in Chinese and Japanese, up to the last punctuation mark) or None once the reply has crossed the
+    policy: the caller then sends `refusal_text(...)` and ends the stream; nothing that crossed was sent.
+    `finish()` checks and releases the rest. Each step
     checks only the tail a new word can form a match with (the co-occurrence window plus the negation
     and join reach), so a long reply costs linear time."""
 
