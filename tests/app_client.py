@@ -170,7 +170,7 @@ def queue_job(request: dict, *, user_id: str | None = None, job_id: str | None =
         "num_inference_steps": steps if steps is not None else UNDEFINED,
         "guidance_scale": cfg if cfg is not None else UNDEFINED,
         "denoise_strength": denoise if denoise is not None else UNDEFINED,
-        "resolution": ASPECT_RESOLUTIONS.get(meta.get("aspect_ratio"), "1024x1024"),
+        "resolution": ASPECT_RESOLUTIONS.get(str(meta.get("aspect_ratio")), "1024x1024"),
         "seed": seed, **frames,
         "sample_solver": "dpm++" if video else UNDEFINED,
     })
