@@ -94,7 +94,7 @@ def pod(tmp_path_factory, placeholder_dir, redis, receiver):
                    REDIS_URL=f"redis://127.0.0.1:{redis.port}/0?password={CANARY}", SDXL_QUEUE=QUEUE,
                    CALLBACK_URL=receiver.url, CALLBACK_PROCESSING="true", STATE_DIR=tmp / "state",
                    QUEUE_BLOCK_S="0.2", QUEUE_HEARTBEAT_TTL_S="6", QUEUE_REAP_INTERVAL_S="1",
-                   FETCH_TIMEOUT_S="90", SHUTDOWN_GRACE_S="3", RESTART_BACKOFF_S="0.2")
+                   FETCH_TIMEOUT_S="400", SHUTDOWN_GRACE_S="3", RESTART_BACKOFF_S="0.2")
     orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
     orchestrator.wait_ready()
     orchestrator.state_dir = Path(env["STATE_DIR"])
@@ -136,6 +136,25 @@ def wait_until(predicate, timeout_s: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def ops_page_redis_line(pod: OrchestratorProcess) -> str:
+    """What the ops page, in Debian's chromium, says about Redis in its queues section."""
+    chromium = Path("/usr/bin/chromium")
+    assert chromium.exists(), "the ops page check needs Debian's chromium: apt-get install chromium"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), chromium_sandbox=False)
+        try:
+            page = browser.new_page()
+            page.goto(pod.url + "/?refresh=0.5")
+            page.fill("#key", API_KEY)
+            page.click("#login button[type=submit]")
+            page.wait_for_selector("#queues p, #queues table", timeout=30_000)
+            return page.inner_text("#queues").strip()
+        finally:
+            browser.close()
 
 
 # ---- tests, in order: the last one stops the pod -------------------------------------------------------
@@ -224,16 +243,16 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
 
 
 def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_on(pod, redis, receiver):
-    drip = DripServer(total_bytes=200_000, interval_s=0.5, duration_s=120)
+    drip = DripServer(total_bytes=200_000, interval_s=0.5, duration_s=400)  # far longer than the job behind
     client = redis.client()
     try:
         slow = small_job(reference_url=drip.url + "/ref.png")
         fast = small_job()
         client.rpush(QUEUE, json.dumps(slow), json.dumps(fast))
         started = time.monotonic()
-        done = wait_terminal(receiver, fast["id"], timeout_s=110)
+        done = wait_terminal(receiver, fast["id"], timeout_s=300)
         assert done["status"] == "completed"
-        assert drip.requests == 1 and not drip.closed and time.monotonic() - started < 120
+        assert drip.requests == 1 and not drip.closed and time.monotonic() - started < 400
         record = sdxl(pod).get(f"/jobs/{slow['id']}").json()
         assert record["status"] == "queued" and record["progress"]["stage"] == "fetching", record
         assert not terminal(receiver, slow["id"])
@@ -337,6 +356,8 @@ def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_
         assert state["redis"]["state"] == "unreachable", state["redis"]
         assert [q["depth"] for q in state["queues"]] == [None]
         assert metric().endswith(" 0.0")
+        said = ops_page_redis_line(pod)
+        assert said.startswith("Redis UNREACHABLE") and "no Redis queue intake" not in said, said
     finally:
         redis.start()
     wait_until(lambda: redis_state() == "connected", 30, "/ready to say connected again")
