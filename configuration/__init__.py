@@ -83,6 +83,8 @@ def model_config(model: str, settings: Settings) -> dict:
         root = settings.placeholder_models_dir if profile == "placeholder" else settings.synthetic_models_dir
         cfg.update({key: str(Path(root) / rel) for key, rel in paths.items()})
     cfg["memory_bytes"] = int(cfg["memory_mb"][sizes]) * 1024 * 1024
+    if "offload_memory_mb" in cfg:  # the footprint under model CPU offload (WAN_OFFLOAD)
+        cfg["offload_memory_bytes"] = int(cfg["offload_memory_mb"][sizes]) * 1024 * 1024
     cfg["limits"] = cfg["limits"][sizes]
     cfg["name"] = model
     return cfg

@@ -183,6 +183,9 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "CHAT_BATCHING": ("chat_batching", str, "`continuous` (requests join a running batch as rows finish) or `static` "
                                             "(a batch runs until its longest row ends)."),
     "TORCH_COMPILE": ("torch_compile", _bool, "torch.compile the UNet/transformer on CUDA."),
+    "WAN_OFFLOAD": ("wan_offload", _bool, "Run the WAN pipelines with model CPU offload (one component on the GPU at a "
+                                          "time, umT5 on the CPU), leasing each model's `offload_memory_mb`: for cards "
+                                          "smaller than a WAN model's footprint. CUDA only."),
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL "
                                                                 "is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; the default public URL of a worker is "
@@ -313,6 +316,7 @@ class Settings:
     chat_max_queue: int = 256
     chat_batching: str = "continuous"
     torch_compile: bool = False
+    wan_offload: bool = False
     register_with_supabase: bool = True
     runpod_pod_id: str = ""
     public_url_template: str = ""

@@ -204,6 +204,42 @@ def test_shared_wan_modules_stay_inside_a_lease_when_the_model_that_loaded_them_
     assert held["wan_vace"] == devices.module_bytes(vace.pipe.transformer, vace.pipe.vae, vace.prompts.text_encoder)
 
 
+def test_a_second_wan_models_first_lease_does_not_count_the_shared_modules_again(placeholder_dir, tmp_path):
+    """Issue 20: before its first load, wan_vace leased its whole configured footprint although umT5 and the
+    VAE it will share are already inside wan_t2v's lease."""
+    from workers.engines.wan import WanEngine
+    from workers.runtime.local_memory import LocalMemory
+    from workers.runtime.models import ModelHost
+
+    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path)
+    engine = WanEngine(settings)
+    host = ModelHost(engine, LocalMemory(settings, engine.device))
+    configured = engine.configs["wan_vace"]["memory_bytes"]
+    assert engine.memory_estimate("wan_vace") == configured  # nothing loaded: nothing shared yet
+    host.load("wan_t2v")
+    t2v = engine.loaded("wan_t2v")
+    shared = devices.module_bytes(t2v.prompts.text_encoder, t2v.pipe.vae)
+    assert shared > 0 and engine.memory_estimate("wan_vace") == max(0, configured - shared)
+
+
+def test_wan_offload_is_chosen_with_its_own_footprint_and_refused_without_cuda(placeholder_dir, tmp_path):
+    from workers.engines.wan import WanEngine
+
+    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path, wan_offload=True)
+    with pytest.raises(ValueError, match="WAN_OFFLOAD needs a CUDA device"):
+        WanEngine(settings, device="cpu")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        engine = WanEngine(settings, device="cuda")  # constructing touches no device; the lease is decided here
+        for model in ("wan_t2v", "wan_vace"):
+            cfg = engine.configs[model]
+            assert engine.memory_estimate(model) == cfg["offload_memory_bytes"] < cfg["memory_bytes"]
+        production = Settings(model_profile="synthetic", wan_offload=True)
+        assert WanEngine(production, device="cuda").memory_estimate("wan_t2v") == 3000 * 2**20  # vs 14100 MiB
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
+
+
 # ---- NVML: the device by UUID -------------------------------------------------------------------------
 
 class TwoGPUsNVML:

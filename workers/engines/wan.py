@@ -114,7 +114,7 @@ class WanEngine(Engine[WanParams]):
     def __init__(self, settings, device=None):
         super().__init__(settings, device)
         self._loaded: dict[str, LoadedModel] = {}
-        self._footprint: dict[str, int] = {}
+        offload_decision(self.device, settings.wan_offload)  # WAN_OFFLOAD on a CPU-only machine: refuse to start
 
     # model lifecycle
     def is_loaded(self, model: str) -> bool:
@@ -148,6 +148,40 @@ class WanEngine(Engine[WanParams]):
         self._measured[model] = measured
         return measured
 
+    def memory_estimate(self, model: str) -> int:
+        """Bytes a load will lease: the last measured bytes, else the configured footprint (`memory_mb`, or
+        `offload_memory_mb` under WAN_OFFLOAD), less what a loaded WAN model already holds that this one
+        would share (umT5 and the VAE are counted once, in the lease of the model that loaded them)."""
+        if model in self._measured:
+            return self._measured[model]
+        cfg = self.configs[model]
+        if offload_decision(self.device, self.settings.wan_offload):
+            return cfg["offload_memory_bytes"]
+        other = next((loaded for name, loaded in list(self._loaded.items()) if name != model), None)
+        share_te, share_vae = self._sharing(model, other, offload=False)
+        shared = []
+        if other is not None and share_te and other.prompts.device == self.device:
+            shared.append(other.prompts.text_encoder)
+        if other is not None and share_vae:
+            shared.append(other.pipe.vae)
+        return max(0, cfg["memory_bytes"] - devices.module_bytes(*shared))
+
+    def _sharing(self, model: str, other: LoadedModel | None, offload: bool) -> tuple[bool, bool]:
+        """Whether `model` would share the text encoder (with its tokenizer) and the VAE of the loaded `other`:
+        the same files, placed and typed alike; accelerate's offload hooks sit on the module itself, so an
+        offloaded pipeline keeps its own VAE."""
+        if other is None:
+            return False, False
+        cfg = self.configs[model]
+        path, gpu, dtype = cfg["path"], cfg["gpu"], self.dtype(model)
+        te_device, te_dtype = text_encoder_placement(gpu, self.device, dtype, offload)
+        share_te = other.prompts.device == te_device and other.prompts.dtype == te_dtype \
+            and same_files(Path(other.path, "text_encoder"), Path(path, "text_encoder")) \
+            and same_files(Path(other.path, "tokenizer"), Path(path, "tokenizer"))
+        share_vae = not offload and not other.offload and other.pipe.vae.dtype == vae_dtype(gpu, self.device, dtype) \
+            and same_files(Path(other.path, "vae"), Path(path, "vae"))
+        return share_te, share_vae
+
     def load(self, model: str) -> None:
         import diffusers
         from diffusers import AutoencoderKLWan
@@ -159,33 +193,26 @@ class WanEngine(Engine[WanParams]):
             setting = cfg["paths"]["production"]["path_setting"].upper()
             raise JobFailed(f"no {model} model path configured ({setting})", code=MODEL_NOT_CONFIGURED)
         dtype = self.dtype(model)
-        # The host leased memory_estimate(model) before calling load: offload only when that lease is smaller
-        # than the model's full footprint, whatever other processes hold or cache on the device.
-        footprint = self._footprint.get(model, cfg["memory_bytes"])
-        offload = offload_decision(self.device, footprint, self.memory_estimate(model))
+        offload = offload_decision(self.device, self.settings.wan_offload)
         te_device, te_dtype = text_encoder_placement(gpu, self.device, dtype, offload)
         other = next((loaded for name, loaded in list(self._loaded.items()) if name != model), None)
-        shared = []
-
-        if other is not None and other.prompts.device == te_device and other.prompts.dtype == te_dtype \
-                and same_files(Path(other.path, "text_encoder"), Path(path, "text_encoder")) \
-                and same_files(Path(other.path, "tokenizer"), Path(path, "tokenizer")):
+        share_te, share_vae = self._sharing(model, other, offload)
+        shared = (["text_encoder", "tokenizer"] if share_te else []) + (["vae"] if share_vae else [])
+        if share_te:
+            assert other is not None
             prompts, text_encoder = other.prompts, None
-            shared += ["text_encoder", "tokenizer"]
         else:
             prompts = None
             text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", dtype=te_dtype,
                                                             local_files_only=True).eval()
             if te_device != "cpu":
                 text_encoder.to(te_device)
-        wanted_vae_dtype = vae_dtype(gpu, self.device, dtype)
-        # accelerate's offload hooks sit on the module itself: an offloaded pipeline keeps its own VAE.
-        if other is not None and not offload and not other.offload and other.pipe.vae.dtype == wanted_vae_dtype \
-                and same_files(Path(other.path, "vae"), Path(path, "vae")):
+        if share_vae:
+            assert other is not None
             vae = other.pipe.vae
-            shared.append("vae")
         else:
-            vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=wanted_vae_dtype, local_files_only=True)
+            vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=vae_dtype(gpu, self.device, dtype),
+                                                   local_files_only=True)
 
         pipeline_cls = getattr(diffusers, cfg["pipeline"])
         extra = {"tokenizer": prompts.tokenizer} if prompts else {}
@@ -206,8 +233,6 @@ class WanEngine(Engine[WanParams]):
             pipe.transformer.compile_repeated_blocks(dynamic=False)
         self._loaded[model] = LoadedModel(path=path, pipe=pipe, prompts=prompts, offload=offload,
                                           scheduler_config=dict(pipe.scheduler.config), shared=shared)
-        if not offload:
-            self._footprint[model] = devices.module_bytes(*self.modules(model))
         log.info("loaded %s from %s (text encoder on %s, offload %s, shared with the other model: %s)",
                  model, path, te_device, offload, shared or "nothing")
 

@@ -29,12 +29,13 @@ def vae_dtype(gpu: dict, device: str, model_dtype: torch.dtype) -> torch.dtype:
     return devices.pick_dtype(gpu["vae_dtype"], device) if gpu.get("vae_dtype") else model_dtype
 
 
-def offload_decision(device: str, footprint_bytes: int, leased_bytes: int) -> bool:
-    """Model CPU offload (one component on the accelerator at a time) when the memory lease granted for the
-    model is smaller than its full footprint (an operator who sets the model's `memory_mb` to the offloaded
-    size on a small card). Decided from the lease, never from device-wide free memory, which another
-    worker's cached blocks move. Never on the CPU: diffusers needs an accelerator for it."""
-    return device != "cpu" and leased_bytes < footprint_bytes
+def offload_decision(device: str, chosen: bool) -> bool:
+    """Model CPU offload (one component on the accelerator at a time, umT5 on the CPU) when the operator chose
+    it (WAN_OFFLOAD) for a card smaller than a WAN model's footprint; the lease is then the model's
+    `offload_memory_mb`. diffusers needs an accelerator for it: chosen on a CPU-only machine is an error."""
+    if chosen and device == "cpu":
+        raise ValueError("WAN_OFFLOAD needs a CUDA device: model CPU offload moves components onto an accelerator")
+    return chosen
 
 
 def gpu_plan(gpu: dict, device: str, pixels: int, compile_setting: bool, offload: bool,
