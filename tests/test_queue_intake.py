@@ -428,3 +428,27 @@ def test_a_wrong_password_is_reported_as_refused():
             assert "a-wrong-one" not in json.dumps(status)
         finally:
             intake.stop_taking()
+
+
+def test_a_command_redis_refuses_while_handling_dead_letters_the_entry_once(redis_server):
+    """A key of the wrong type (here the deliveries hash) fails every time: the entry goes to the dead-letter
+    list with the reason instead of being handled again forever."""
+    client, sink = redis_server.client(), Sink()
+    keys = QueueKeys("q_wrongtype")
+    client.set(keys.deliveries, "not a hash")
+    push(client, "q_wrongtype", {"id": "refused-1"})
+    intake = start_intake(redis_server, "q_wrongtype", sink)
+    try:
+        deadline = time.monotonic() + 10
+        while not client.llen(keys.dead) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        [dead] = [json.loads(d) for d in client.lrange(keys.dead, 0, -1)]
+        assert dead["reason"] == "handling the entry failed: ResponseError"
+        assert intake.status()["taken"] == 1 and intake.status()["connected"]
+        client.delete(keys.deliveries)
+        push(client, "q_wrongtype", {"id": "after-1"})
+        assert sink.wait_done(["after-1"]) and sink.runs == {"after-1": 1}
+        assert settled(client, keys)
+    finally:
+        intake.stop_taking()

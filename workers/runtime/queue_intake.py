@@ -248,10 +248,11 @@ class QueueIntake:
     # -- entries ----------------------------------------------------------------------------------
     def _handle(self, raw: bytes | str) -> None:
         """One entry, handled once: accepted, acknowledged as a redelivery, or dead-lettered with the reason.
-        Anything it raises but a Redis error (the loop reconnects and reconciles) dead-letters the entry."""
+        Anything it raises but a lost connection (the loop reconnects and reconciles) dead-letters the entry:
+        also a command Redis refuses (a key of the wrong type), which would fail the same way every time."""
         try:
             self._handle_entry(raw)
-        except redis.RedisError:
+        except (redis.ConnectionError, redis.TimeoutError):
             raise
         except Exception as exc:  # a hostile entry or a defect must not wedge the queue on this entry
             log.exception("queue %s: handling an entry failed; moving it to %s", self.keys.queue, self.keys.dead)
