@@ -2,6 +2,7 @@
 in the contract's form."""
 from __future__ import annotations
 
+import io
 import re
 
 from flask import Flask, request
@@ -89,16 +90,13 @@ def install_body_cap(app: Flask, max_bytes: int) -> None:
     @app.before_request
     def _refuse_oversized_body() -> Response | None:
         length = request.content_length
-        if length is None or length <= max_bytes:
+        if length is None:
+            if not _read_unsized_body(max_bytes):
+                return None
+        elif length <= max_bytes:
             return None
-        if length <= DRAIN_LIMIT_BYTES:
-            stream = request.environ["wsgi.input"]
-            remaining = length
-            while remaining > 0:
-                chunk = stream.read(min(remaining, 64 * 1024))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
+        elif length <= DRAIN_LIMIT_BYTES:
+            _read(request.environ["wsgi.input"], length, keep=False)
         response = error_response(413, BODY_TOO_LARGE, f"request body exceeds the {max_bytes} byte cap")
         if "gunicorn.socket" in request.environ:
             # gunicorn reads the body as the app does: what was not drained must not be read as the next
@@ -106,3 +104,34 @@ def install_body_cap(app: Flask, max_bytes: int) -> None:
             # hop-by-hop headers from the app (a 500 if one is set).
             response.headers["Connection"] = "close"
         return response
+
+
+def _read(stream, limit: int, keep: bool = True) -> bytes:
+    """Up to `limit` bytes of `stream` (less at its end); with `keep` false they are discarded as read."""
+    parts, remaining = [], limit
+    while remaining > 0:
+        chunk = stream.read(min(remaining, 64 * 1024))
+        if not chunk:
+            break
+        if keep:
+            parts.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_unsized_body(max_bytes: int) -> bool:
+    """A body without Content-Length (chunked, the server decoding the chunks): read it here, up to the
+    cap. True when it runs past the cap (what follows, up to DRAIN_LIMIT_BYTES, is read and discarded so
+    the client gets the 413). Otherwise the body read becomes the request's sized body: werkzeug would
+    cut a chunked body at MAX_CONTENT_LENGTH without a word, and the app would parse the cut (400
+    invalid_json instead of 413)."""
+    environ = request.environ
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or not environ.get("wsgi.input_terminated"):
+        return False  # no body, or none the server delimits (werkzeug then reads none)
+    body = _read(environ["wsgi.input"], max_bytes + 1)
+    if len(body) > max_bytes:
+        _read(environ["wsgi.input"], DRAIN_LIMIT_BYTES, keep=False)
+        return True
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return False

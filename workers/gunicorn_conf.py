@@ -4,6 +4,7 @@ import os
 import sys
 
 from common.logging import gunicorn_logconfig
+from common.serve import CONNECTION_LIMIT, KEEPALIVE_S, ensure_open_files_limit
 from configuration.settings import Settings
 
 # Before any worker imports torch: the CUDA caching allocator grows segments instead of fragmenting into
@@ -14,12 +15,15 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 _settings = Settings.from_env()
 
 workers = 1
-worker_class = "gthread"
+# gthread whose accepting loop reads each request's head: an idle or slow connection holds no thread
+worker_class = "workers.gunicorn_worker.HeadBufferingWorker"
 threads = _settings.gunicorn_threads
+worker_connections = CONNECTION_LIMIT
+ensure_open_files_limit(CONNECTION_LIMIT)  # the master's limit, inherited by its worker process
 preload_app = False
 timeout = 120
 graceful_timeout = int(_settings.shutdown_grace_s + 15)
-keepalive = 5
+keepalive = KEEPALIVE_S
 accesslog = None
 loglevel = _settings.log_level.lower()
 
