@@ -151,3 +151,38 @@ def test_registration_body_says_where_the_url_came_from(public_worker):
         body = standin.function_calls("update-worker-url")[0]["body"]
         assert body["worker_url"] == public_worker.url and body["detection_method"] == "WAN_PUBLIC_URL"
         assert body["auto_registered"] is True and body["registration_method"] == "orchestrator"
+
+
+def test_the_pod_registers_its_chat_worker_through_the_supervisor(tmp_path, placeholder_dir):
+    """The wiring as deployed: `python -m orchestrator` with CHAT_PUBLIC_URL (a host other than RunPod); the
+    app's functions are down until the pod has failed to register a few times; the chat worker then ends
+    registered and usable by the app."""
+    from tests.support import OrchestratorProcess, base_env, free_port
+
+    functions = ("register-chat-worker", "health-check-workers")
+    with SupabaseStandIn() as standin:
+        chat_port = free_port()
+        for function in functions:
+            standin.unavailable_until[function] = time.monotonic() + 3600
+        env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), CHAT_PORT=chat_port,
+                       ENABLED_WORKERS="chat", SUPABASE_URL=standin.url, SUPABASE_SERVICE_KEY=SERVICE_KEY,
+                       CHAT_PUBLIC_URL=f"http://127.0.0.1:{chat_port}", REGISTRATION_BACKOFF_S="0.5",
+                       REGISTRATION_BACKOFF_MAX_S="2", HEALTH_CHECK_WORKERS_S="1", STATE_DIR=tmp_path / "state")
+        pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+        try:
+            pod.wait_ready()
+            assert _wait(lambda: (pod.workers()["chat"]["registration"] or {}).get("failed_attempts", 0) >= 3, 60), \
+                pod.workers()["chat"]
+            assert pod.workers()["chat"]["registration"]["status"] == "retrying"
+            for function in functions:
+                standin.unavailable_until[function] = 0.0
+            assert _wait(lambda: pod.workers()["chat"]["registration"]["status"] == "registered", 30), \
+                pod.workers()["chat"]
+            registration = pod.workers()["chat"]["registration"]
+            assert registration["failed_attempts"] >= 3 and registration["detail"].endswith(f":{chat_port}")
+            assert _wait(standin.chat_worker_usable, 20), standin.system_config
+            assert standin.system_config["workerHealthCache"]["chatWorker"]["workerUrl"] == env["CHAT_PUBLIC_URL"]
+            body = standin.function_calls("register-chat-worker")[-1]["body"]
+            assert body["capabilities"]["chat"] is True and body["worker_url"] == env["CHAT_PUBLIC_URL"]
+        finally:
+            assert pod.stop() == 0, pod.log()
