@@ -84,6 +84,20 @@ def test_a_text_longer_than_the_model_reads_is_scored_in_token_windows(placehold
     assert classifier.max_tokens == 128 and 0.05 < scored[policy.EXPLICIT] < 0.15
 
 
+def test_a_conversations_history_is_scored_once(placeholder_settings):
+    classifier = text_safety.for_settings(placeholder_settings)
+    classifier.clear_cache()
+    history = " ".join(f"turn {i}: the crew asks which course to take past the reefs." for i in range(12))
+    first = classifier.check(history, "sfw", "chat_input")
+    scored = set(classifier._cache)
+    assert len(scored) == first.segments > 2
+    following = classifier.check(history + " turn 12: to port.", "sfw", "chat_input")
+    new = set(classifier._cache) - scored
+    assert 0 < len(new) < following.segments  # only the segments the new message reaches were scored
+    size = len(classifier._cache)
+    assert classifier.check(history, "sfw", "chat_input").scores == first.scores and len(classifier._cache) == size
+
+
 def test_nothing_configured_is_recorded_as_not_run():
     settings = Settings(model_profile="production")
     assert text_safety.classifier_path(settings) == ""

@@ -34,6 +34,7 @@ from configuration import CONFIG_DIR, ConfigurationError
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
+SCORE_CACHE_SIZE = 4096  # segments whose scores are kept (about a hundred long conversations)
 
 
 @cache
@@ -92,7 +93,8 @@ def classifier_path(settings: Settings) -> str:
 
 class TextClassifier:
     """Loaded on first use; one process-wide instance per worker (`for_settings`). Tokenising and the forward
-    pass run under one lock: a fast tokenizer's truncation state is not safe to share between threads."""
+    pass run under one lock: a fast tokenizer's truncation state is not safe to share between threads, and
+    the CPU the model runs on is used best by one batch at a time."""
 
     def __init__(self, path: str, threshold: float):
         self.path = path
@@ -103,6 +105,7 @@ class TextClassifier:
         self.scheme: dict = {}
         self._label_ids: dict[str, list[int]] = {}   # category -> label ids
         self.max_tokens = 0
+        self._cache: dict[str, dict[str, float]] = {}  # segment -> scores (`scores`)
 
     def load(self) -> None:
         with self._lock:
@@ -132,29 +135,45 @@ class TextClassifier:
                      self.max_tokens)
 
     def scores(self, segments: list[str]) -> list[dict[str, float]]:
-        """Per segment, each category's probability (the highest over the segment's token windows)."""
+        """Per segment, each category's probability (the highest over the segment's token windows). Scores are
+        cached per segment: a conversation's history comes back with every turn, and its segments (counted
+        from the first word) are the same strings each time."""
+        self.load()
+        with self._lock:
+            missing = [s for s in dict.fromkeys(segments) if s not in self._cache]
+            fresh = dict(zip(missing, self._score(missing), strict=True)) if missing else {}
+            result = [dict(fresh[s] if s in fresh else self._cache[s]) for s in segments]
+            if len(self._cache) + len(fresh) > SCORE_CACHE_SIZE:
+                self._cache.clear()
+            self._cache.update(fresh)
+        return result
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _score(self, segments: list[str]) -> list[dict[str, float]]:
+        """The model on every token window of `segments`, shortest windows batched together (less padding)."""
         import torch
 
-        self.load()
-        assert self._tokenizer is not None and self._model is not None
         cfg = config()
         stride = min(int(cfg["stride_tokens"]), self.max_tokens // 4)
-        with self._lock:
-            encoded = self._tokenizer(segments, truncation=True, max_length=self.max_tokens, stride=stride,
-                                      return_overflowing_tokens=True, padding=True, return_tensors="pt")
-            owners = encoded.pop("overflow_to_sample_mapping").tolist()
-            rows = []
-            with torch.inference_mode():
-                for start in range(0, len(owners), int(cfg["batch"])):
-                    batch = {k: v[start:start + int(cfg["batch"])] for k, v in encoded.items()}
-                    logits = self._model(**batch).logits.float()
-                    rows.append(logits.sigmoid() if self.scheme["activation"] == "sigmoid" else logits.softmax(-1))
-        probabilities = torch.cat(rows)
+        encoded = self._tokenizer(segments, truncation=True, max_length=self.max_tokens, stride=stride,
+                                  return_overflowing_tokens=True)
+        windows, owners = encoded["input_ids"], encoded["overflow_to_sample_mapping"]
+        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
         result: list[dict[str, float]] = [dict.fromkeys(self._label_ids, 0.0) for _ in segments]
-        for row, owner in enumerate(owners):
-            for category, ids in self._label_ids.items():
-                value = float(probabilities[row, ids].max())
-                result[owner][category] = max(result[owner][category], value)
+        batch = int(cfg["batch"])
+        with torch.inference_mode():
+            for start in range(0, len(order), batch):
+                rows = order[start:start + batch]
+                padded = self._tokenizer.pad({"input_ids": [windows[i] for i in rows]}, return_tensors="pt")
+                logits = self._model(**padded).logits.float()
+                probabilities = logits.sigmoid() if self.scheme["activation"] == "sigmoid" else logits.softmax(-1)
+                for row, i in enumerate(rows):
+                    scored = result[owners[i]]
+                    for category, ids in self._label_ids.items():
+                        scored[category] = max(scored[category], float(probabilities[row, ids].max()))
         return result
 
     def check(self, text: str, tier: str, stage: str) -> TextCheck:
