@@ -6,7 +6,8 @@ SDXL pipeline, with the engine's diffusers step hook wrapped so that
   step boundary, so the stop is never seen (as with a hung CUDA kernel).
 Every other job runs unchanged.
 
-gunicorn serves it as `tests.stuck_engine_app:serve_app('sdxl')` (tests/test_job_deadlines.py).
+gunicorn serves it as `tests.stuck_engine_app:serve_app('sdxl')` (tests/test_job_deadlines.py); under the
+orchestrator, whose supervisor starts the real command line, a `sitecustomize.py` calls `install()`.
 """
 from __future__ import annotations
 
@@ -37,6 +38,12 @@ def _step_callback(ctx, total_steps: int):
     return on_step_end
 
 
-def serve_app(worker: str) -> Flask:
+def install() -> None:
+    """Wrap the SDXL engine's step hook in this process (also from a `sitecustomize.py` on PYTHONPATH, which
+    is how the orchestrator's own worker processes get it)."""
     sdxl.step_callback = _step_callback
+
+
+def serve_app(worker: str) -> Flask:
+    install()
     return real_serve_app(worker)

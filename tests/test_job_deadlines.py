@@ -14,6 +14,7 @@ orchestrator (`POST /jobs`), a routed job past its worker's deadline ends `timeo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from tests.app_client import queue_job_payload, rpush
 from tests.redis_support import RedisServer
 from tests.stuck_engine_app import COMMAND_TARGET, SLOW_PREFIX, STUCK_PREFIX
 from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
-from tests.support import OrchestratorProcess, WorkerProcess, base_env, free_port
+from tests.support import REPO, OrchestratorProcess, WorkerProcess, base_env, free_port
 from workers.engines.base import GeneratedAsset
 from workers.runtime.job_watch import deadline_of
 from workers.runtime.jobs import STUCK_EXIT_STATUS, JobRunner
@@ -436,5 +437,42 @@ def test_routed_job_past_its_deadline_ends_timeout_with_one_signed_callback(tmp_
         wait_terminal(queue_standin, [job_id], timeout_s=30)
         [callback] = terminal(queue_standin, job_id)
         assert callback["status"] == "failed" and callback["metadata"]["error_type"] == "timeout", callback
+    finally:
+        assert pod.stop() == 0
+
+
+def test_routed_job_on_a_stuck_engine_ends_timeout_after_its_worker_process_is_replaced(tmp_path, placeholder_dir,
+                                                                                      queue_standin):
+    """Under the orchestrator: the SDXL worker (the test build's step hook through a sitecustomize.py, since
+    the supervisor starts the real command line) never returns from a step; the worker process exits, its
+    gunicorn master starts a fresh one, the supervisor sees no death, and the routed job mirrors `timeout`
+    from the new process's journal, in one signed callback. The next routed job completes."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("from tests.stuck_engine_app import install\n\ninstall()\n")
+    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
+                   ENABLED_WORKERS="sdxl", JOB_DEADLINE_IMAGE_S="30", JOB_DEADLINE_GRACE_S="3",
+                   STATE_DIR=tmp_path / "state", CALLBACK_URL=queue_standin.url + "/functions/v1/job-callback",
+                   JOB_CALLBACK_SECRET=CALLBACK_SECRET)
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
+    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    try:
+        pod.wait_ready()
+        loaded = pod.client.post("/memory/load", json={"worker": "sdxl", "which": "all"}, timeout=300)
+        assert loaded.status_code == 200, loaded.text  # the deadline then measures generation only
+        first_pid = pod.workers()["sdxl"]["pid"]
+        stuck_id, next_id = f"{STUCK_PREFIX}{uuid.uuid4()}", f"after-{uuid.uuid4()}"
+        body = {"type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1", "config": {"steps": 10}}
+        assert pod.client.post("/jobs", json={**body, "id": stuck_id}).status_code == 202
+        record = pod.client.wait_job(stuck_id, timeout_s=180)
+        assert record["status"] == "failed" and record["error"]["code"] == "timeout", record
+        assert "the worker process was replaced" in record["error"]["message"]
+        wait_terminal(queue_standin, [stuck_id], timeout_s=30)
+        [callback] = terminal(queue_standin, stuck_id)
+        assert callback["metadata"]["error_type"] == "timeout", callback
+        sdxl_worker = pod.workers()["sdxl"]
+        assert sdxl_worker["pid"] == first_pid and sdxl_worker["restarts"] == 0, sdxl_worker  # gunicorn's master
+        assert pod.client.post("/jobs", json={**body, "id": next_id, "config": {"steps": 2}}).status_code == 202
+        assert pod.client.wait_job(next_id, timeout_s=180)["status"] == "completed"
     finally:
         assert pod.stop() == 0
