@@ -6,14 +6,18 @@ import io
 import re
 
 from flask import Flask, request
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Response
 
 from common import strict_json
-from common.errors import BODY_TOO_LARGE, INVALID_JSON, VALIDATION_ERROR, ApiError, error_response
+from common.errors import BAD_REQUEST, BODY_TOO_LARGE, INVALID_JSON, VALIDATION_ERROR, ApiError, error_response
 
 
 def json_body(optional: bool = False) -> dict:
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except (TimeoutError, ClientDisconnected):
+        raise _body_too_slow() from None
     if not raw.strip():
         if optional:
             return {}
@@ -89,21 +93,35 @@ def install_body_cap(app: Flask, max_bytes: int) -> None:
 
     @app.before_request
     def _refuse_oversized_body() -> Response | None:
-        length = request.content_length
-        if length is None:
-            if not _read_unsized_body(max_bytes):
-                return None
-        elif length <= max_bytes:
+        try:
+            return _check_body_size(max_bytes)
+        except (TimeoutError, ClientDisconnected):
+            raise _body_too_slow() from None
+
+
+def _body_too_slow() -> ApiError:
+    """A body that stopped arriving: a read timed out (READ_TIMEOUT_S on a worker, workers/gunicorn_worker.py;
+    werkzeug's stream turns the timeout into ClientDisconnected) or the client went away."""
+    return ApiError(408, BAD_REQUEST, "the request body stopped arriving before its end")
+
+
+def _check_body_size(max_bytes: int) -> Response | None:
+    """413 for a body over the cap (a declared one drained first, a chunked one read up to the cap)."""
+    length = request.content_length
+    if length is None:
+        if not _read_unsized_body(max_bytes):
             return None
-        elif length <= DRAIN_LIMIT_BYTES:
-            _read(request.environ["wsgi.input"], length, keep=False)
-        response = error_response(413, BODY_TOO_LARGE, f"request body exceeds the {max_bytes} byte cap")
-        if "gunicorn.socket" in request.environ:
-            # gunicorn reads the body as the app does: what was not drained must not be read as the next
-            # request. waitress (the orchestrator) has buffered the whole body already and forbids
-            # hop-by-hop headers from the app (a 500 if one is set).
-            response.headers["Connection"] = "close"
-        return response
+    elif length <= max_bytes:
+        return None
+    elif length <= DRAIN_LIMIT_BYTES:
+        _read(request.environ["wsgi.input"], length, keep=False)
+    response = error_response(413, BODY_TOO_LARGE, f"request body exceeds the {max_bytes} byte cap")
+    if "gunicorn.socket" in request.environ:
+        # gunicorn reads the body as the app does: what was not drained must not be read as the next
+        # request. waitress (the orchestrator) has buffered the whole body already and forbids
+        # hop-by-hop headers from the app (a 500 if one is set).
+        response.headers["Connection"] = "close"
+    return response
 
 
 def _read(stream, limit: int, keep: bool = True) -> bytes:

@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from common.serve import CONNECTION_IDLE_TIMEOUT_S
+from common.serve import CONNECTION_IDLE_TIMEOUT_S, READ_TIMEOUT_S
 from tests.support import API_KEY, OrchestratorProcess, base_env, free_port
 
 pytestmark = pytest.mark.timeout(420)
@@ -227,3 +227,17 @@ def test_an_over_cap_chunked_body_is_413_like_a_sized_one(pod, process):
     assert under.status_code == 400, under.text[:300]
     assert under.json()["error"]["code"] == "validation_error"
     assert any(d["path"] == "/prompt" for d in under.json()["error"]["details"]), under.text[:300]
+
+
+def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(pod):
+    """A worker thread reads a body with READ_TIMEOUT_S on each read: a client that stops sending holds it
+    that long, then gets 408 (not a 500, not a thread held for good)."""
+    with socket.create_connection(("127.0.0.1", pod.sdxl_port), timeout=READ_TIMEOUT_S + 30) as s:
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode() +
+                  b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\": ")
+        started = time.monotonic()
+        answer = s.recv(4096)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"stopped arriving" in answer
+    assert READ_TIMEOUT_S - 1 < waited < READ_TIMEOUT_S + 20, waited
