@@ -160,6 +160,8 @@ class _Spacer(dict):
     """A str.translate table that sets each character of an unspaced script apart (" 子 "), built lazily."""
 
     def __missing__(self, code: int) -> str:
+        if len(self) >= _WORD_CACHE_SIZE:  # bounded: a text of many distinct characters cannot grow it forever
+            self.clear()
         self[code] = chr(code) if _UNSPACED.match(chr(code)) is None else f" {chr(code)} "
         return self[code]
 
