@@ -11,11 +11,19 @@ differ" count (a seeded request's text can change when it is batched: docs/CHAT.
 requests (the smallest max_tokens) are also sent once more one at a time with nothing else running:
 the baseline of the latency ratio.
 
-Prints tokens/s of each mode and its ratio to no batching, the median latency of the short requests
-against the same requests alone, and how many texts differ from their text alone.
+The three workers run side by side (each on its own port, idle while another is measured), every mode is
+measured `--repeats` times (default 3), interleaved (continuous, static, unbatched, continuous, ...), so a
+slow spell of the shared machine falls on every mode alike; before the first measurement each worker
+serves one warm-up round (every client's first requests at every length), so lazy initialisation, the
+allocator's growth and the first batches' shapes are outside the figures.
 
-    .venv/bin/python benchmarks/chat_batching.py                     # placeholder models
-    .venv/bin/python benchmarks/chat_batching.py --clients 8 --requests-per-client 6 --lengths 16,32,64,128,256
+Prints, per mode, the median tokens/s and its range over the repeats, its ratio to no batching (median of
+the per-repeat ratios, each against the unbatched run of the same repeat, and their range), the median
+latency of the short requests against the same requests alone, and how many texts differ from their text
+alone.
+
+    .venv/bin/python benchmarks/chat_batching.py                     # placeholder models, 3 repeats
+    .venv/bin/python benchmarks/chat_batching.py --clients 8 --lengths 16,32,64,128,256 --rounds 2 --repeats 5
 
 Model profile and paths come from the environment as for the pod (MODEL_PROFILE, QWEN_*_MODEL_PATH).
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import random
 import statistics
@@ -88,11 +97,15 @@ def _summary(results: list[tuple[dict, dict, float]], elapsed: float) -> dict:
             "device": results[0][1]["model_info"]["device"]}
 
 
+MODES = (("continuous", "continuous", None), ("static", "static", None), ("unbatched", "continuous", 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--lengths", default="16,32,64,128,256", help="max_tokens of the requests")
     parser.add_argument("--rounds", type=int, default=2, help="how often each client sends each length")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each mode, interleaved")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--window-ms", type=int, default=10)
     parser.add_argument("--model", default="qwen_instruct", choices=["qwen_instruct", "qwen_base"])
@@ -102,43 +115,60 @@ def main() -> None:
     args = parser.parse_args()
 
     clients = _bodies(args)
-    warmup = {**clients[0][0], "seed": 1, "max_tokens": 4}
-    runs: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, mode, batch in (("continuous", "continuous", args.batch_size), ("static", "static", args.batch_size),
-                                   ("unbatched", "continuous", 1)):
+    lengths = sorted({int(n) for n in args.lengths.split(",")})
+    # one request of every length from every client, with seeds of their own: the warm-up round
+    warmup = [[{**bodies[0], "seed": 1 + c * 10 + i, "max_tokens": n} for i, n in enumerate(lengths)]
+              for c, bodies in enumerate(clients)]
+    shortest = lengths[0]
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in MODES}
+    runs["alone"] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        workers = {}
+        for label, mode, batch in MODES:
             env = {**os.environ, "PYTHONPATH": str(REPO), "BIND_HOST": "127.0.0.1", "WORKER_API_KEY": "",
-                   "OUTPUT_DIR": str(Path(tmp) / "outputs"), "CHAT_BATCH_SIZE": str(batch), "CHAT_BATCHING": mode,
-                   "CHAT_BATCH_WINDOW_MS": str(args.window_ms), "GUNICORN_THREADS": str(max(16, args.clients * 2)),
-                   "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": str(args.threads)}
-            with WorkerProcess("chat", env) as worker:
-                _post(requests.Session(), worker.url, warmup)  # loads the model
-                runs[label] = _concurrent(worker.url, clients)
-                runs[label]["batch_size"] = batch
-                if label == "unbatched":
-                    shortest = min(int(n) for n in args.lengths.split(","))
-                    runs["alone"] = _alone(worker.url, [b for bodies in clients for b in bodies
-                                                        if b["max_tokens"] == shortest])
+                   "OUTPUT_DIR": str(Path(tmp) / label / "outputs"), "CHAT_BATCH_SIZE": str(batch or args.batch_size),
+                   "CHAT_BATCHING": mode, "CHAT_BATCH_WINDOW_MS": str(args.window_ms),
+                   "GUNICORN_THREADS": str(max(16, args.clients * 2)), "LOG_LEVEL": "WARNING",
+                   "OMP_NUM_THREADS": str(args.threads)}
+            workers[label] = stack.enter_context(WorkerProcess("chat", env))
+        for worker in workers.values():
+            _concurrent(worker.url, warmup)  # loads the model, then a round outside the figures
+        for _ in range(args.repeats):
+            for label, _mode, batch in MODES:
+                run = _concurrent(workers[label].url, clients)
+                run["batch_size"] = batch or args.batch_size
+                runs[label].append(run)
+            runs["alone"].append(_alone(workers["unbatched"].url, [b for bodies in clients for b in bodies
+                                                                   if b["max_tokens"] == shortest]))
+    elapsed = time.perf_counter() - started
 
-    alone, unbatched = runs["alone"], runs["unbatched"]
-    short = list(alone["latency"])
-    shortest = min(int(n) for n in args.lengths.split(","))
-    alone_short = statistics.median(alone["latency"].values())
-    total = len(unbatched["texts"])
-    print(f"chat worker, {args.model}, device {alone['device']}: {args.clients} concurrent clients x "
+    unbatched = runs["unbatched"]
+    short = list(runs["alone"][0]["latency"])
+    alone_short = statistics.median(t for r in runs["alone"] for t in r["latency"].values())
+    total = len(unbatched[0]["texts"])
+    print(f"chat worker, {args.model}, device {unbatched[0]['device']}: {args.clients} concurrent clients x "
           f"{total // args.clients} requests (max_tokens {args.lengths}, each {args.rounds}x per client), "
-          f"window {args.window_ms} ms, OMP_NUM_THREADS {args.threads}")
-    print(f"{'mode':<12}{'batch':>6}{'tokens':>8}{'seconds':>9}{'tok/s':>9}{'x unbatched':>13}{'mean batch':>12}"
-          f"{f'short p50 s (max_tokens {shortest})':>32}{'x alone':>9}{'texts differing from alone':>28}")
+          f"window {args.window_ms} ms, OMP_NUM_THREADS {args.threads}; {args.repeats} runs of each mode, "
+          f"interleaved, after a warm-up round ({elapsed:.0f} s in all)")
+    print(f"{'mode':<12}{'batch':>6}{'tokens':>8}{'tok/s median':>14}{'tok/s range':>15}{'x unbatched':>13}"
+          f"{'x range':>13}{'mean batch':>12}{f'short p50 s (max_tokens {shortest})':>32}{'x alone':>9}"
+          f"{'texts differing from alone':>28}")
     for label in ("continuous", "static", "unbatched", "alone"):
-        r = runs[label]
-        p50 = statistics.median(r["latency"][s] for s in short)
-        differ = sum(r["texts"][seed] != unbatched["texts"][seed] for seed in r["texts"])
-        print(f"{label:<12}{r.get('batch_size', 1):>6}{r['tokens']:>8}{r['seconds']:>9.2f}{r['tps']:>9.1f}"
-              f"{r['tps'] / unbatched['tps']:>13.2f}{r['mean_batch']:>12.2f}{p50:>32.3f}{p50 / alone_short:>9.2f}"
-              f"{str(differ) + ' of ' + str(len(r['texts'])):>28}")
-    print("unbatched: every request alone in its batch (the texts' baseline); alone: the short requests one at a "
-          "time with nothing else running (the latency baseline).")
+        rs = runs[label]
+        tps = [r["tps"] for r in rs]
+        ratios = [r["tps"] / u["tps"] for r, u in zip(rs, unbatched, strict=True)]
+        p50 = statistics.median(r["latency"][seed] for r in rs for seed in short)
+        differ = [sum(r["texts"][seed] != unbatched[0]["texts"][seed] for seed in r["texts"]) for r in rs]
+        differing = f"{min(differ)}-{max(differ)} of {len(rs[0]['texts'])}"
+        print(f"{label:<12}{rs[0].get('batch_size', 1):>6}{rs[0]['tokens']:>8}{statistics.median(tps):>14.1f}"
+              f"{f'{min(tps):.1f}-{max(tps):.1f}':>15}{statistics.median(ratios):>13.2f}"
+              f"{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}{statistics.mean(r['mean_batch'] for r in rs):>12.2f}"
+              f"{p50:>32.3f}{p50 / alone_short:>9.2f}"
+              f"{differing:>28}")
+    print("unbatched: every request alone in its batch (the texts' baseline: its first run); alone: the short "
+          "requests one at a time with nothing else running (the latency baseline). x unbatched: median and range "
+          "of each repeat's ratio to the unbatched run of the same repeat.")
 
 
 if __name__ == "__main__":
