@@ -10,12 +10,17 @@ time would.
 
 The text classifier (workers/runtime/text_safety.py) is measured on the same texts, side by side with the
 rules: by default the placeholder profile's tiny random XLM-R (the code path, not a production figure),
-or the folder `--text-classifier` names (the production model after `python -m workers.download`); its
-decisions on the labelled set are printed too (meaningful only for a trained model).
+or the folder `--text-classifier` names (the production model after `python -m workers.download`), or
+`--text-classifier synthetic`: random weights in the production model's shape (XLM-R base, 278M
+parameters, its 16 labels) with the placeholder tokenizer, written to a temporary folder and loaded by the
+same code: the production cost per token on this machine, with token counts from the small placeholder
+vocabulary (a few more tokens per word than XLM-R's). Its decisions on the labelled set are printed too
+(meaningful only for a trained model).
 
     .venv/bin/python benchmarks/policy.py
     .venv/bin/python benchmarks/policy.py --rounds 50
     .venv/bin/python benchmarks/policy.py --text-classifier /workspace/models/multilingual-toxic-xlm-roberta
+    .venv/bin/python benchmarks/policy.py --text-classifier synthetic
 """
 from __future__ import annotations
 
@@ -127,6 +132,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if floor_missed == 0 and benign_refused == 0 else 1
 
 
+def synthetic_text_classifier() -> Path:
+    """A folder with XLMRobertaForSequenceClassification in bstrai/multilingual-toxic-xlm-roberta's shape
+    (XLM-R base: vocabulary 250,002, 12 layers of 768, 514 positions; Detoxify's 16 labels), random
+    weights, and the placeholder's XLM-R tokenizer. Written once under the system's temporary folder."""
+    import tempfile
+
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from workers.placeholders import text_safety as placeholder
+
+    folder = Path(tempfile.gettempdir()) / "ourvidz-synthetic-text-classifier"
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = placeholder.build_tokenizer()
+    tokenizer.model_max_length = 512
+    id2label = dict(enumerate(placeholder.LABELS))
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                              layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, id2label=id2label,
+                              label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    model = XLMRobertaForSequenceClassification(config).eval()
+    print(f"  (synthetic text classifier: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, "
+          f"written to {folder})")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]) -> None:
     """The text classifier's cost next to the rules' (CPU time of this process over all torch threads, and
     wall time), then its decisions on the labelled set."""
@@ -136,7 +171,12 @@ def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]
     from workers.placeholders import ensure_placeholder_models
     from workers.runtime import text_safety
 
-    if args.text_classifier:
+    if args.text_classifier == "synthetic":
+        folder = synthetic_text_classifier()
+        settings = Settings(model_profile="production", text_safety_classifier_path=str(folder))
+        what = ("random weights in the production shape (XLM-R base, 12 layers, hidden 768, 16 labels), the "
+                "placeholder tokenizer: production cost per token on this machine, decisions meaningless")
+    elif args.text_classifier:
         settings = Settings(model_profile="production", text_safety_classifier_path=args.text_classifier)
         what = f"{args.text_classifier} (production figure on this machine)"
     else:
@@ -155,6 +195,7 @@ def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]
     def timed(text: str, stage: str) -> tuple[float, float]:
         cpu, wall = [], []
         for _ in range(args.classifier_rounds):
+            classifier.clear_cache()  # cold: no segment scored before
             c, w = time.process_time(), time.perf_counter()
             classifier.check(text, "sfw", stage)
             cpu.append((time.process_time() - c) * 1e6)
@@ -165,6 +206,18 @@ def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]
     labelled = [timed(t, "prompt") for t in sample]
     measured = [(statistics.median(c for c, _ in labelled), statistics.median(w for _, w in labelled)),
                 timed(LONG_PROMPT, "prompt"), timed("\n".join(CONVERSATION), "chat_input")]
+    # the conversation's next turn: its history was scored at the previous turn (segment cache)
+    next_turn = [*CONVERSATION, "Turn 16: Mara points at the chart and the crew turns the ship to port."]
+    warm = []
+    for _ in range(args.classifier_rounds):
+        classifier.clear_cache()
+        classifier.check("\n".join(CONVERSATION), "sfw", "chat_input")
+        c, w = time.process_time(), time.perf_counter()
+        classifier.check("\n".join(next_turn), "sfw", "chat_input")
+        warm.append(((time.process_time() - c) * 1e6, (time.perf_counter() - w) * 1e6))
+    rules_us.append((f"{len(next_turn)}-message conversation, next turn",
+                     statistics.median(cost_us(["\n".join(next_turn)], args.rounds, cold=False, stage="chat_input"))))
+    measured.append((statistics.median(c for c, _ in warm), statistics.median(w for _, w in warm)))
     print(f"  {'cost per check (median of ' + str(args.classifier_rounds) + ' rounds)':<44} {'rules CPU':>11} "
           f"{'classifier CPU':>15} {'wall':>11} {'CPU ratio':>10}")
     # the rules' figure for the same sample (cold word cache, as above)
@@ -174,6 +227,8 @@ def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]
     for (name, rules_cost), (cpu, wall) in zip(rules_us, measured, strict=True):
         print(f"  {name:<44} {rules_cost:8.1f} us {cpu / 1000:12.2f} ms {wall / 1000:8.2f} ms {cpu / rules_cost:9.0f}x")
 
+    if args.text_classifier == "synthetic":
+        return  # random weights: its decisions say nothing
     table: dict[tuple[str, str], Counter] = {}
     for case in CASES:
         for stage in case.stages:
@@ -186,7 +241,6 @@ def classifier_section(args, texts: list[str], rules_us: list[tuple[str, float]]
         for tier in policy.TIERS:
             row = table.get((label, tier), Counter())
             print(f"  {label:<8} {tier:<5} " + " ".join(f"{row[o]:>16}" for o in OUTCOMES))
-
 
 
 if __name__ == "__main__":
