@@ -1,10 +1,13 @@
 """Content policy: the confusion table on the labelled set and the cost of a check, in one run.
 
-Runs every labelled prompt (tests/policy_labelled.py) through common/policy.py in both tiers and at
-every stage it is labelled for, prints what each label got (allowed / refused sexual_explicit /
-refused sexual_minors), then times a check per prompt: the labelled prompts one by one with the
+Runs every labelled prompt (tests/policy_labelled.py and tests/policy_labelled_data/, 20 languages)
+through common/policy.py in both tiers and at every stage it is labelled for, prints what each label got
+(allowed / refused sexual_explicit / refused sexual_minors), then per language: floor violations refused
+(recall), benign texts refused (over-refusal), adult texts allowed in nsfw and refused in sfw. Then it
+times a check per prompt: the labelled prompts one by one with the
 word cache emptied before each (cold: no word seen before) and as they run in a pod (warm: the words
-of earlier prompts cached), plus a 300-word enhanced prompt and a 16-turn conversation. Times are CPU
+of earlier prompts cached), plus a 300-word enhanced prompt, a 16-turn conversation, the app's nsfw
+roleplay (its guardrail sentence and 16 turns) and a 720-character Chinese text. Times are CPU
 time of this process (time.process_time), so other load on the machine inflates them less than wall
 time would.
 
@@ -35,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from common import policy  # noqa: E402
-from tests.policy_labelled import CASES  # noqa: E402
+from tests.policy_labelled import CASES, ROLEPLAY_TURNS  # noqa: E402
 
 OUTCOMES = ("allowed", policy.EXPLICIT, policy.FLOOR)
 LONG_PROMPT = ("cinematic wide shot of a quiet harbour town at dawn, fishing boats returning with gulls circling "
@@ -46,21 +49,49 @@ CONVERSATION = [
     *[f"Turn {i}: the storm is getting worse and the crew asks Mara which course to take past the reefs."
       for i in range(16)],
 ]
+CHINESE = ("黎明时分，一座安静的港口小镇，渔船带着海鸥归来，温暖的阳光洒在湿漉漉的鹅卵石上，"
+           "一位年老的灯塔看守人牵着他的狗沿着码头散步，海雾从海上慢慢飘来。") * 10
 
 
-def confusion() -> tuple[dict, int, int]:
+EXPECTED: dict[str, dict[str, str | None]] = {
+    "benign": {"sfw": None, "nsfw": None}, "adult": {"sfw": policy.EXPLICIT, "nsfw": None},
+    "floor": {"sfw": policy.FLOOR, "nsfw": policy.FLOOR}}
+
+
+def confusion() -> tuple[dict, dict, int, int, int]:
+    """(label, tier) -> outcomes; language -> (label, tier) -> [as expected, checks]; floor missed, benign
+    refused, adult not as expected."""
     rules = policy.rules()
     table: dict[tuple[str, str], Counter] = {}
-    floor_missed = benign_refused = 0
+    per_language: dict[str, dict[tuple[str, str], list[int]]] = {}
+    floor_missed = benign_refused = adult_wrong = 0
     for case in CASES:
         for stage in case.stages:
             for tier in policy.TIERS:
                 decision = rules.evaluate(case.text, tier, stage)
                 outcome = decision.category or "allowed"
                 table.setdefault((case.label, tier), Counter())[outcome] += 1
+                cell = per_language.setdefault(case.language, {}).setdefault((case.label, tier), [0, 0])
+                cell[0] += decision.category == EXPECTED[case.label][tier]
+                cell[1] += 1
                 floor_missed += case.label == "floor" and decision.category != policy.FLOOR
                 benign_refused += case.label == "benign" and not decision.allowed
-    return table, floor_missed, benign_refused
+                adult_wrong += case.label == "adult" and decision.category != EXPECTED["adult"][tier]
+    return table, per_language, floor_missed, benign_refused, adult_wrong
+
+
+def print_languages(per_language: dict) -> None:
+    print("\nper language (checks as expected / checks; a check is one text in one tier at one stage)")
+    print(f"{'lang':<5} {'texts':>5} {'floor refused':>14} {'benign refused':>15} {'adult nsfw allowed':>19}"
+          f" {'adult sfw refused':>18}")
+    texts = Counter(c.language for c in CASES)
+    for code in policy.rules().languages:
+        cells = per_language.get(code, {})
+        floor = [sum(x) for x in zip(*(cells.get(("floor", t), [0, 0]) for t in policy.TIERS), strict=True)]
+        benign = [sum(x) for x in zip(*(cells.get(("benign", t), [0, 0]) for t in policy.TIERS), strict=True)]
+        adult_nsfw, adult_sfw = cells.get(("adult", "nsfw"), [0, 0]), cells.get(("adult", "sfw"), [0, 0])
+        print(f"{code:<5} {texts[code]:>5} {floor[0]:>8}/{floor[1]:<5} {benign[1] - benign[0]:>9}/{benign[1]:<5}"
+              f" {adult_nsfw[0]:>13}/{adult_nsfw[1]:<5} {adult_sfw[0]:>12}/{adult_sfw[1]:<5}")
 
 
 def cost_us(texts: list[str], rounds: int, cold: bool, stage: str = "prompt") -> list[float]:
@@ -88,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="labelled prompts the classifier is timed on (spread over the set)")
     args = parser.parse_args(argv)
 
-    table, floor_missed, benign_refused = confusion()
+    table, per_language, floor_missed, benign_refused, adult_wrong = confusion()
     labels = Counter(c.label for c in CASES)
     obfuscated = Counter(c.label for c in CASES if c.obfuscated)
     counts = ", ".join(f"{k} {v} ({obfuscated[k]} obfuscated)" for k, v in labels.items())
@@ -101,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:<8} {tier:<5} " + " ".join(f"{row[o]:>16}" for o in OUTCOMES))
     floor_total = sum(sum(table[("floor", t)].values()) for t in policy.TIERS)
     benign_total = sum(sum(table[("benign", t)].values()) for t in policy.TIERS)
+    adult_total = sum(sum(table[("adult", t)].values()) for t in policy.TIERS)
     print(f"\nfloor violations refused: {floor_total - floor_missed}/{floor_total}; "
-          f"benign refused: {benign_refused}/{benign_total}")
+          f"benign refused: {benign_refused}/{benign_total}; "
+          f"adult as expected: {adult_total - adult_wrong}/{adult_total}")
+    print_languages(per_language)
 
     texts = [c.text for c in CASES]
     rules = policy.rules()
@@ -113,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     warm = cost_us(texts, args.rounds, cold=False)
     long_prompt = cost_us([LONG_PROMPT], args.rounds, cold=True)[0]
     conversation = cost_us(["\n".join(CONVERSATION)], args.rounds, cold=True, stage="chat_input")[0]
+    roleplay = cost_us(["\n".join(ROLEPLAY_TURNS)], args.rounds, cold=True, stage="chat_input")[0]
+    chinese = cost_us([CHINESE], args.rounds, cold=True)[0]
     words = [len(t.split()) for t in texts]
 
     def summary(values: list[float]) -> str:
@@ -126,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {len(LONG_PROMPT.split())}-word enhanced prompt, cold:      {long_prompt:7.1f} us")
     print(f"  {len(CONVERSATION)}-message conversation ({sum(len(m.split()) for m in CONVERSATION)} words), cold: "
           f"{conversation:7.1f} us")
+    print(f"  the app's nsfw roleplay, {len(ROLEPLAY_TURNS)} messages "
+          f"({sum(len(m.split()) for m in ROLEPLAY_TURNS)} words), cold: {roleplay:7.1f} us")
+    print(f"  {len(CHINESE)}-character Chinese prompt, cold:   {chinese:7.1f} us")
     classifier_section(args, texts, [("labelled prompts (median)", statistics.median(cold)),
                                      (f"{len(LONG_PROMPT.split())}-word enhanced prompt", long_prompt),
                                      (f"{len(CONVERSATION)}-message conversation", conversation)])
-    return 0 if floor_missed == 0 and benign_refused == 0 else 1
+    return 0 if floor_missed == 0 and benign_refused == 0 and adult_wrong == 0 else 1
 
 
 def synthetic_text_classifier() -> Path:
