@@ -254,3 +254,36 @@ def test_a_queued_job_the_classifier_flags_fails_with_a_signed_callback(sdxl, st
     callback = found[0]["body"]  # the stand-in accepts only correctly signed callbacks
     assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_minors"
     assert callback["metadata"]["error_type"] == "content_policy"
+
+
+# ---- the output image classifier on a queued sfw job (SAFETY_THRESHOLD=0.01 flags every output) -------------
+
+OUTPUT_QUEUE = "output_classifier_sdxl_queue"
+
+
+@pytest.fixture(scope="module")
+def sdxl_output_check(tmp_path_factory, placeholder_dir, redis_server, standin):
+    from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY
+    from tests.support import WorkerProcess, base_env
+
+    env = base_env(tmp_path_factory.mktemp("output-classifier-sdxl"), placeholder_dir, SAFETY_THRESHOLD=str(LOW),
+                   REDIS_URL=redis_server.url, SDXL_QUEUE=OUTPUT_QUEUE, SUPABASE_URL=standin.url,
+                   SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY, JOB_CALLBACK_SECRET=CALLBACK_SECRET, QUEUE_BLOCK_S="0.2")
+    worker = WorkerProcess("sdxl", env).start()
+    yield worker
+    worker.stop()
+
+
+def test_a_queued_sfw_job_whose_output_the_image_classifier_flags_fails(sdxl_output_check, standin, redis_server):
+    from tests.app_client import queue_job_payload, rpush
+
+    payload = queue_job_payload(prompt="a lighthouse at dusk", content_type="sfw")
+    rpush(redis_server.client(), payload, OUTPUT_QUEUE)
+    found = standin.wait_for(lambda: standin.terminal_callbacks(payload["id"]), 180)
+    assert found, standin.callbacks(payload["id"])
+    callback = found[0]["body"]
+    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_explicit"
+    checks = callback["metadata"]["content_policy"]["checks"]
+    assert [(c["check"], c["outcome"]) for c in checks] == [("text", "allowed"), ("text_classifier", "allowed"),
+                                                            ("output_classifier", "refused")]
+    assert checks[2]["threshold"] == LOW and checks[2]["category"] == policy.EXPLICIT
