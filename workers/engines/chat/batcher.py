@@ -150,21 +150,25 @@ class Batcher:
         try:
             leased = self._bound(admitted)
             with self.host.use([self.model], leased), self.engine.running(self.model) as batch:
-                self._admit(batch, admitted)
-                may_grow = True
-                while True:
-                    if len(batch):
-                        self._step(batch)
-                    if growth is not None and (growth.done.is_set() or not len(batch)):
-                        # An empty batch waits for the answer (nothing runs whose pace it could slow): a grant
-                        # arriving after this busy period ended would hold memory no job uses.
+                try:
+                    self._admit(batch, admitted)
+                    may_grow = True
+                    while True:
+                        if len(batch):
+                            self._step(batch)
+                        if growth is not None and (growth.done.is_set() or not len(batch)):
+                            # An empty batch waits for the answer (nothing runs whose pace it could slow): a
+                            # grant arriving after this busy period ended would hold memory no job uses.
+                            growth.done.wait()
+                            leased, may_grow = self._settle(batch, growth, leased, may_grow)
+                            growth = None
+                        if growth is None and self.continuous and len(batch) < self.batch_size:
+                            leased, growth = self._join(batch, leased, may_grow)
+                        if not len(batch) and growth is None:
+                            break
+                finally:
+                    if growth is not None:  # the batch failed with a request pending: its answer lands first
                         growth.done.wait()
-                        leased, may_grow = self._settle(batch, growth, leased, may_grow)
-                        growth = None
-                    if growth is None and self.continuous and len(batch) < self.batch_size:
-                        leased, growth = self._join(batch, leased, may_grow)
-                    if not len(batch) and growth is None:
-                        break
         except MemoryUnavailable as exc:
             if batch is None and len(admitted) > 1:
                 # Refused before it ran: the batch is split, not failed. The second half goes back to the
