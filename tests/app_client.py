@@ -193,7 +193,7 @@ def queue_job(request: dict, *, user_id: str | None = None, job_id: str | None =
         "user_id": user_id, "config": config, "metadata": _defined(metadata),
         "negative_prompt": UNDEFINED if exact_copy else negative,
         "compel_enabled": bool(request.get("compel_enabled") or meta.get("compel_enabled") or False),
-        "compel_weights": request.get("compel_weights") or meta.get("compel_weights") or UNDEFINED,
+        "compel_weights": request.get("compel_weights") or meta.get("compel_weights") or "",  # a string, may be empty
         "job_id": job_id, "job_type": job_type,
         "quality": request.get("quality") or ("high" if "high" in job_type else "fast"),
         "format": "image" if image else "video", "content_type": meta.get("contentType") or "sfw",
@@ -235,6 +235,14 @@ def queue_job_payload(*, fmt: str = "image", quality: str = "fast", prompt: str 
                                 copy_mode=reference_mode == "copy" and bool(reference_url), start_url=start_url,
                                 end_url=end_url, seed=seed, content_type=content_type, steps=steps)
     return queue_job(request, user_id=user_id, job_id=job_id)
+
+
+def roleplay_chat_body(messages: list[dict], *, content_tier: str = "nsfw") -> dict:
+    """The body the app's roleplay-chat function sends to POST /chat (real-client.md section 3); for an nsfw
+    conversation the app has already appended its guardrail sentence to the system prompt in `messages`."""
+    return {"messages": messages, "model": "qwen_instruct", "sfw_mode": content_tier != "nsfw",
+            "content_tier": content_tier, "temperature": 0.8, "top_p": 0.9, "max_tokens": 200,
+            "frequency_penalty": 0.2, "presence_penalty": 0.1}
 
 
 def rpush(redis_client, payload: dict, queue: str | None = None) -> str:

@@ -151,20 +151,21 @@ def test_a_floor_violation_in_another_language_is_refused_on_every_chat_route(ch
 def test_the_apps_nsfw_roleplay_with_its_guardrail_gets_a_reply(chat_app, scripted):
     """The app's roleplay (real-client.md section 3): its guardrail sentence ends the system prompt of an nsfw
     conversation between adults; the conversation is answered, not refused as sexual_minors."""
-    from tests.policy_labelled import ROLEPLAY_TURNS
+    from tests.app_client import roleplay_chat_body
+    from tests.policy_labelled import APP_GUARDRAIL, ROLEPLAY_TURNS
 
     scripted("*Mara smiles and pulls you closer*")
     turns = ROLEPLAY_TURNS[1:]  # 16 turns, the last an explicit user turn
     messages = [{"role": "system", "content": ROLEPLAY_TURNS[0]},
                 *({"role": "user" if (len(turns) - i) % 2 == 0 else "assistant", "content": t}
                   for i, t in enumerate(turns, 1))]
-    assert messages[-1]["role"] == "user" and len(messages) == 17
-    answer = _post(chat_app, "/chat", {"messages": messages, "content_tier": "nsfw", "nsfw_enforce": True})
+    assert messages[-1]["role"] == "user" and len(messages) == 17 and messages[0]["content"].endswith(APP_GUARDRAIL)
+    answer = _post(chat_app, "/chat", roleplay_chat_body(messages))
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["response"] == "*Mara smiles and pulls you closer*"
     # ... while a minor stated in the same conversation is refused.
     messages.insert(-2, {"role": "user", "content": "She is 15."})
-    assert_policy_refusal(_post(chat_app, "/chat", {"messages": messages, "content_tier": "nsfw"}), policy.FLOOR)
+    assert_policy_refusal(_post(chat_app, "/chat", roleplay_chat_body(messages)), policy.FLOOR)
 
 
 @pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions"])
