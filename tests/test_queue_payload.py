@@ -49,7 +49,7 @@ def test_workspace_txt2img_16_9_denoise_without_a_reference_is_context():
     job = from_app_payload("sdxl", payload, PLACEHOLDER)
     assert job.body == {
         "id": payload["id"], "type": "sdxl_image_fast", "prompt": payload["prompt"], "user_id": payload["user_id"],
-        "compel_enabled": False, "content_tier": "nsfw",
+        "compel_enabled": False, "compel_weights": "", "content_tier": "nsfw",
         "config": {"num_images": 3, "guidance_scale": 7.5, "seed": 5, "width": 256, "height": 144,
                    "negative_prompt": APP_NEGATIVE_PROMPT},
     }
