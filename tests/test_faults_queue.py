@@ -12,6 +12,7 @@ The tests run in order and share the pod; the last one stops it.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -22,7 +23,8 @@ import requests
 
 from tests.app_client import queue_job_payload
 from tests.redis_support import RedisServer
-from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
+from tests.stuck_engine_app import SLOW_PREFIX
+from tests.support import API_KEY, REPO, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
 from tests.test_hardening_fetch import DripServer
 
 pytestmark = pytest.mark.timeout(600)
@@ -32,9 +34,9 @@ QUEUE = "faults_sdxl_queue"
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def small_job(user: str = "u-faults", **kw) -> dict:
+def small_job(user: str = "u-faults", prefix: str = "q-", **kw) -> dict:
     """An app payload at the placeholder's native size, two steps."""
-    payload = queue_job_payload(user_id=user, job_id=f"q-{uuid.uuid4().hex[:12]}", **kw)
+    payload = queue_job_payload(user_id=user, job_id=f"{prefix}{uuid.uuid4().hex[:12]}", **kw)
     del payload["config"]["resolution"]
     payload["config"]["num_inference_steps"] = 2
     return payload
@@ -90,11 +92,15 @@ def receiver():
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory, placeholder_dir, redis, receiver):
     tmp = tmp_path_factory.mktemp("queue-faults")
+    hook = tmp / "hook"  # the test build's step hook (slow jobs), as the supervisor starts the real command line
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("from tests.stuck_engine_app import install\n\ninstall()\n")
     env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), ENABLED_WORKERS="sdxl",
                    REDIS_URL=f"redis://127.0.0.1:{redis.port}/0?password={CANARY}", SDXL_QUEUE=QUEUE,
                    CALLBACK_URL=receiver.url, CALLBACK_PROCESSING="true", STATE_DIR=tmp / "state",
                    QUEUE_BLOCK_S="0.2", QUEUE_HEARTBEAT_TTL_S="6", QUEUE_REAP_INTERVAL_S="1",
                    FETCH_TIMEOUT_S="400", SHUTDOWN_GRACE_S="3", RESTART_BACKOFF_S="0.2")
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
     orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
     orchestrator.wait_ready()
     orchestrator.state_dir = Path(env["STATE_DIR"])
@@ -366,10 +372,11 @@ def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_
 
 def test_a_queued_job_cut_off_by_a_pod_stop_ends_failed_not_cancelled(pod, redis, receiver):
     """SIGTERM to the orchestrator with a 3 s grace while a long queued job runs: it ends `failed`
-    (worker_stopped), never `cancelled`: nobody cancelled it."""
-    job = small_job()
+    (worker_stopped), never `cancelled`: nobody cancelled it. The job is a slow one of the test build
+    (SLOW_STEP_S at each of its 60 steps: at least 18 s on any machine), so the grace cannot let it finish;
+    with plain steps CI once finished it inside the grace."""
+    job = small_job(prefix=SLOW_PREFIX)
     job["config"]["num_inference_steps"] = 60
-    job["config"]["num_images"] = 6
     redis.client().rpush(QUEUE, json.dumps(job))
     worker = sdxl(pod)
     wait_until(lambda: worker.get(f"/jobs/{job['id']}").json().get("status") not in (None, "queued"), 120,
