@@ -101,8 +101,11 @@ def install_body_cap(app: Flask, max_bytes: int) -> None:
 
 def _body_too_slow() -> ApiError:
     """A body that stopped arriving: a read timed out (READ_TIMEOUT_S on a worker, workers/gunicorn_worker.py;
-    werkzeug's stream turns the timeout into ClientDisconnected) or the client went away."""
-    return ApiError(408, BAD_REQUEST, "the request body stopped arriving before its end")
+    werkzeug's stream turns the timeout into ClientDisconnected) or the client went away. On gunicorn the
+    connection is closed after the answer: the rest of that body must not be read as the next request (nor
+    drained, which would hold the thread again); waitress buffers bodies and forbids hop-by-hop headers."""
+    headers = {"Connection": "close"} if "gunicorn.socket" in request.environ else None
+    return ApiError(408, BAD_REQUEST, "the request body stopped arriving before its end", headers=headers)
 
 
 def _check_body_size(max_bytes: int) -> Response | None:

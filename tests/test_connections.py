@@ -239,6 +239,9 @@ def test_an_over_cap_chunked_body_is_413_like_a_sized_one(pod, process):
     assert over.status_code == 413 and over.json()["error"]["code"] == "body_too_large", over.text[:300]
     sized = requests.post(url + route, data=b"".join(chunks(11 << 20)), headers=AUTH, timeout=60)
     assert sized.status_code == 413 and sized.json()["error"]["code"] == "body_too_large", sized.text[:300]
+    if process == "sdxl":  # gunicorn reads bodies as the app does: what was not drained ends the connection
+        assert over.headers.get("Connection") == "close" and sized.headers.get("Connection") == "close", (
+            over.headers, sized.headers)
     # under the cap, a chunked body is read whole and validated as any other
     under = requests.post(url + route, data=chunks(2 << 20), headers=AUTH, timeout=60)
     assert under.status_code == 400, under.text[:300]
@@ -255,6 +258,12 @@ def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(pod):
         started = time.monotonic()
         answer = s.recv(4096)
         waited = time.monotonic() - started
+        while b"}" not in answer:  # the head and the body may come in separate segments; the server closes
+            more = s.recv(4096)
+            if not more:
+                break
+            answer += more
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"Connection: close" in answer, answer[:300]  # the unread rest of the body is never a next request
     assert b"stopped arriving" in answer
     assert READ_TIMEOUT_S - 1 < waited < READ_TIMEOUT_S + 20, waited

@@ -33,6 +33,22 @@ class HeadBufferingWorker(ThreadWorker):
         self._heads: dict[TConn, bytearray] = {}  # connections whose head is still arriving -> what came
         self._probe_pool: futures.ThreadPoolExecutor | None = None
 
+    def load_wsgi(self):
+        """The app, with its `Connection: close` made to count: gunicorn drops hop-by-hop headers an app
+        sets (gunicorn/http/wsgi.py, process_headers) and keeps the connection alive. After a 413 or 408 the
+        unread rest of a body is still on the socket: it must not be parsed (or drained) as a next request."""
+        super().load_wsgi()
+        app = self.wsgi
+
+        def closing_app(environ, start_response):
+            def start(status, headers, exc_info=None):
+                if any(k.lower() == "connection" and v.strip().lower() == "close" for k, v in headers):
+                    start_response.__self__.force_close()  # gunicorn's Response, whose method this is
+                return start_response(status, headers, exc_info)
+            return app(environ, start)
+
+        self.wsgi = closing_app
+
     def init_process(self):
         # before gthread's init_process, which ends in the accepting loop (in the forked process)
         self._probe_pool = futures.ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="probe")
