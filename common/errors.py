@@ -9,7 +9,7 @@ workers and the orchestrator both install it. No traceback or secret ever reache
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -65,6 +65,69 @@ WORKER_LOST_JOB = "worker_lost_job"
 ENHANCEMENT_FAILED = "enhancement_failed"
 ORCHESTRATOR_STOPPED = "orchestrator_stopped"
 ORCHESTRATOR_RESTARTED = "orchestrator_restarted"
+
+
+class CodeReference(NamedTuple):
+    """What docs/CONFIGURATION.md's generated error table says of a code: the HTTP statuses an error
+    answer carries it with ("-": none, it is only a failed job's `error.code`) and what it means."""
+
+    http: str
+    meaning: str
+
+
+# Every code above, once (tests/unit/test_reference.py checks that none is missing and that the domain
+# exceptions' HTTP mapping below answers with a status named here); metrics' closed `code` label set.
+CODES: dict[str, CodeReference] = {
+    VALIDATION_ERROR: CodeReference("400", "The body or a query parameter breaks the schema or a rule; one detail "
+                                    "per failing field (`path`: a JSON pointer). A refused queue entry's job too."),
+    INVALID_JSON: CodeReference("400", "The body is not JSON, or not a JSON object."),
+    BAD_REQUEST: CodeReference("400, 408", "A request the HTTP server refused; 408: the body stopped arriving "
+                               "before its end."),
+    UNAUTHORIZED: CodeReference("401", "Missing or wrong bearer key (or broker token)."),
+    NOT_FOUND: CodeReference("404", "No such route, job, model or broker action."),
+    METHOD_NOT_ALLOWED: CodeReference("405", "The route exists, not with this method (`Allow` names those it has)."),
+    CONFLICT: CodeReference("409", "A conflict the HTTP server found."),
+    BODY_TOO_LARGE: CodeReference("413", "The body exceeds MAX_BODY_MB."),
+    UNSUPPORTED_MEDIA_TYPE: CodeReference("415", "A body in a media type the route does not read."),
+    HTTP_ERROR: CodeReference("other", "Any other HTTP error status the server raises."),
+    INTERNAL_ERROR: CodeReference("500", "An unexpected error (the log has the traceback; the answer never does); "
+                                  "a failed job's code for an executor error too."),
+    UNAVAILABLE: CodeReference("503", "Not ready or shutting down; try again after `Retry-After`."),
+    JOB_FAILED: CodeReference("500", "A job that cannot complete, for the reason in its message (mostly a failed "
+                              "job's code)."),
+    JOB_FINISHED: CodeReference("409", "The job has already ended (a cancel of a finished job)."),
+    JOB_ID_CONFLICT: CodeReference("409", "The job id names another caller's job, or one submitted another way."),
+    CANCELLED: CodeReference("-", "The job was cancelled (HTTP cancel, or the app's `jobs` table)."),
+    TIMEOUT: CodeReference("-", "The job ran past its execution deadline (JOB_DEADLINE_*_S)."),
+    WORKER_RESTARTED: CodeReference("-", "The worker's process restarted while it held the job (journal recovery)."),
+    WORKER_STOPPED: CodeReference("-", "The worker stopped (SIGTERM past SHUTDOWN_GRACE_S) while it held the job."),
+    STORAGE_FAILED: CodeReference("-", "Storing the outputs failed; nothing of the job is kept."),
+    MODEL_BUSY: CodeReference("409", "The model runs a job and cannot be unloaded now (`wait_s` waits)."),
+    MODEL_NOT_CONFIGURED: CodeReference("-", "No usable path or config for the model (its `*_MODEL_PATH`)."),
+    MODEL_MISCONFIGURED: CodeReference("-", "The model's files do not match what its configuration expects."),
+    INSUFFICIENT_MEMORY: CodeReference("409", "The memory budget refuses the model or job (`details`: the numbers, "
+                                       "`too_big` when it could never fit); a failed job's code too."),
+    MEMORY_BROKER_UNAVAILABLE: CodeReference("503", "The orchestrator's memory broker cannot be asked; try again "
+                                             "after `Retry-After`."),
+    REFERENCE_REFUSED: CodeReference("-", "A reference image URL the fetcher refuses (scheme, private address)."),
+    REFERENCE_FETCH_FAILED: CodeReference("-", "A reference image could not be fetched (network, status, size, "
+                                          "FETCH_TIMEOUT_S)."),
+    REFERENCE_INVALID: CodeReference("-", "A fetched reference is not a readable image."),
+    OVERLOADED: CodeReference("503", "The chat model's queue is full (CHAT_MAX_QUEUE); try again after "
+                              "`Retry-After`."),
+    GENERATION_FAILED: CodeReference("500", "A chat generation failed (the worker log says why)."),
+    EMPTY_ENHANCEMENT: CodeReference("422", "The enhanced prompt came out empty."),
+    CONTENT_POLICY: CodeReference("422", "The content policy refused a text or an output (`details`: category, "
+                                  "stage, tier; never the text); a failed job's code too."),
+    WORKER_UNAVAILABLE: CodeReference("503", "The orchestrator cannot reach the worker, or it is not ready."),
+    WORKER_ERROR: CodeReference("4xx, 500, 503", "A worker answered the orchestrator with an error that had no code "
+                                "of its own (a 4xx is passed on), or refused a cancel."),
+    WORKER_DIED: CodeReference("-", "A routed job's worker died while it held the job."),
+    WORKER_LOST_JOB: CodeReference("-", "A routed job's worker no longer knows the job."),
+    ENHANCEMENT_FAILED: CodeReference("-", "The chat worker could not enhance a routed job's prompt."),
+    ORCHESTRATOR_STOPPED: CodeReference("-", "The orchestrator stopped while it routed the job."),
+    ORCHESTRATOR_RESTARTED: CodeReference("-", "The orchestrator restarted while it routed the job."),
+}
 
 RETRY_AFTER_S = 5
 

@@ -1,7 +1,8 @@
 """Every environment variable the pod reads, in one place.
 
 `Settings.from_env()` is the only function that looks at `os.environ`; everything else receives a
-`Settings` instance. docs/CONFIGURATION.md lists the same variables (a test keeps the two in sync).
+`Settings` instance. docs/CONFIGURATION.md's settings table is generated from `_ENV`, `ALIASES` and the
+fields' defaults (`setting_reference()`, written by `python -m common.reference`).
 """
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ def _float(value: str, name: str) -> float:
         raise SettingsError(f"{name} must be a number, got {value!r}") from None
 
 
-# name -> (field, parser, description). The description is what docs/CONFIGURATION.md shows; the default is the
-# field's default in Settings below (written there only).
+# name -> (field, parser, description). The description is what docs/CONFIGURATION.md shows (generated, one table
+# line); the default is the field's default in Settings below (written there only).
 _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "BIND_HOST": ("bind_host", str, "Address every process binds to (RunPod sets 0.0.0.0)."),
     "ORCHESTRATOR_PORT": ("orchestrator_port", _int, "Orchestrator port."),
@@ -65,8 +66,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "WORKER_API_KEYS": ("api_keys_extra", str, "Comma-separated further keys for callers holding different keys; any "
                                                "configured key works on every process. On a public BIND_HOST every key "
                                                "must be at least 16 characters."),
-    "MODEL_PROFILE": ("model_profile", str, "`placeholder`, `synthetic` (full-size random weights, for benchmarks; "
-                                            "docs/PERFORMANCE.md) or `production`; default: placeholder unless a "
+    "MODEL_PROFILE": ("model_profile", str, "`placeholder`, `synthetic` (full-size random weights, for "
+                                            "benchmarks) or `production`; default: placeholder unless a "
                                             "production model path is set. Production refuses to start without a "
                                             "usable CUDA device."),
     "PLACEHOLDER_MODELS_DIR": ("placeholder_models_dir", Path, "Where placeholder models are built and cached."),
@@ -75,7 +76,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "SDXL_MODEL_PATH": ("sdxl_model_path", str, "Production SDXL checkpoint: a diffusers directory or a single "
                                                 ".safetensors file."),
     "SDXL_CONFIG_DIR": ("sdxl_config_dir", str, "Local diffusers SDXL config directory used by single-file checkpoints "
-                                                "(never a hub lookup)."),
+                                                "(never a hub lookup); when empty, a `config/` folder next to the "
+                                                "checkpoint; neither: `configuration.check` fails."),
     "SDXL_VAE_FP16_FIX_PATH": ("sdxl_vae_fp16_fix_path", str, "Production: a local fp16-fix SDXL VAE folder "
                                                               "(madebyollin/sdxl-vae-fp16-fix); with it the VAE "
                                                               "decodes in fp16 without the fp32 upcast."),
@@ -88,18 +90,19 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "STATE_DIR": ("state_dir", Path, "Job journal directory (default: OUTPUT_DIR/.jobs)."),
     "STORAGE_BACKEND": ("storage_backend", str, "`local` (files under OUTPUT_DIR) or `supabase` (Supabase Storage)."),
     "SUPABASE_URL": ("supabase_url", str, "Supabase project URL (storage, callbacks, registration)."),
-    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage, callbacks and registration "
-                                                          "(alias `SUPABASE_SERVICE_ROLE_KEY`)."),
+    "SUPABASE_SERVICE_KEY": ("supabase_service_key", str, "Service key: bearer for storage, callbacks and "
+                                                          "registration."),
     "SUPABASE_BUCKET": ("supabase_bucket", str, "Storage bucket for outputs."),
     "CALLBACK_URL": ("callback_url", str, "Terminal job callbacks; default ${SUPABASE_URL}/functions/v1/job-callback."),
     "JOB_CALLBACK_SECRET": ("callback_secret", str, "The app's callback secret: callbacks carry X-Callback-Signature: "
-                                                    "sha256=<hex HMAC-SHA256 of the body> (alias `CALLBACK_SECRET`). "
+                                                    "sha256=<hex HMAC-SHA256 of the body>. "
                                                     "MODEL_PROFILE=production with REDIS_URL or a callback URL "
-                                                    "refuses to start without it."),
+                                                    "refuses to start without it (the app answers 401 to unsigned "
+                                                    "callbacks)."),
     "CALLBACK_PROCESSING": ("callback_processing", _bool, "Also send a `processing` callback when a job starts (one "
                                                           "attempt, never after the terminal one)."),
     "REDIS_URL": ("redis_url", str, "`redis://` or `rediss://` (TLS) with the password: the SDXL and WAN workers take "
-                                    "the app's jobs from Redis (docs/QUEUE.md)."),
+                                    "the app's jobs from Redis."),
     "SDXL_QUEUE": ("sdxl_queue", str, "Redis list of the SDXL worker's jobs."),
     "WAN_QUEUE": ("wan_queue", str, "Redis list of the WAN worker's jobs."),
     "QUEUE_CONSUMER_ID": ("queue_consumer_id", str, "Prefix of this pod's queue consumer ids (default RUNPOD_POD_ID, "
@@ -144,15 +147,21 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
     "MAX_BODY_MB": ("max_body_mb", _float, "Request body cap; larger bodies get 413."),
     "APP_VIDEO_SIZE": ("app_video_size", str, "`native`: the app's video `resolution` (1024x576, 576x1024, "
                                               "1024x1024) is an aspect request, rendered at the WAN checkpoint's "
-                                              "native size class (configuration/models.json `native_size`: 832x480, "
-                                              "480x832, 624x624 in production); `requested`: rendered at the "
-                                              "requested size (scaled down by 4 on the placeholder profile). Both "
-                                              "sizes are reported (docs/QUEUE.md)."),
+                                              "native size class: `native_size` of `wan_t2v`/`wan_vace` in "
+                                              "configuration/models.json (landscape), its transpose for a portrait "
+                                              "request, a square of the same pixel budget (nearest multiple of 16) "
+                                              "for a square one: 832x480, 480x832, 624x624 in production, 112x64, "
+                                              "64x112, 80x80 on the placeholder profile. `requested`: rendered at "
+                                              "the requested size (scaled down by 4 on the placeholder profile). "
+                                              "Both sizes are in the job's `size`."),
     "FETCH_ALLOW_PRIVATE": ("fetch_allow_private", _bool, "Allow reference URLs on loopback/private/link-local "
                                                           "addresses (tests only)."),
     "FETCH_MAX_MB": ("fetch_max_mb", _float, "Size cap of a fetched reference image."),
-    "FETCH_TIMEOUT_S": ("fetch_timeout_s", _float, "Total time allowed to fetch a reference image."),
-    "ENABLED_WORKERS": ("enabled_workers", str, "Workers the orchestrator starts."),
+    "FETCH_TIMEOUT_S": ("fetch_timeout_s", _float, "Total time allowed to fetch a reference image: one deadline "
+                                                         "for the whole fetch, held on every read; connecting to an "
+                                                         "address waits at most 5 s of it."),
+    "ENABLED_WORKERS": ("enabled_workers", str, "Workers the orchestrator starts (comma-separated; an unknown "
+                                                 "name stops the start)."),
     "ORCHESTRATOR_URL": ("orchestrator_url", str, "Memory broker a worker leases from (set by the orchestrator for its "
                                                   "children)."),
     "VRAM_BUDGET_MB": ("vram_budget_mb", _int, "Memory budget on a machine without a GPU (0: 48 GB nominal)."),
@@ -184,8 +193,9 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                             "(a batch runs until its longest row ends)."),
     "TORCH_COMPILE": ("torch_compile", _bool, "torch.compile the UNet/transformer on CUDA."),
     "WAN_OFFLOAD": ("wan_offload", _bool, "Run the WAN pipelines with model CPU offload (one component on the GPU at a "
-                                          "time, umT5 on the CPU), leasing each model's `offload_memory_mb`: for cards "
-                                          "smaller than a WAN model's footprint. CUDA only."),
+                                          "time, umT5 on the CPU), leasing each model's `offload_memory_mb` "
+                                          "(models.json): for cards smaller than a WAN model's footprint. CUDA "
+                                          "only: a WAN worker on a CPU-only machine refuses to start with it."),
     "REGISTER_WITH_SUPABASE": ("register_with_supabase", _bool, "Register worker URLs with Supabase when SUPABASE_URL "
                                                                 "is set."),
     "RUNPOD_POD_ID": ("runpod_pod_id", str, "Set by RunPod; the default public URL of a worker is "
@@ -221,7 +231,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                                         "it (`application/json`); off, the provenance is only in the "
                                                         "asset's `metadata.provenance` and `provenance_url` is null. "
                                                         "Unset: on with STORAGE_BACKEND=local, off with `supabase` "
-                                                        "(the app's bucket refuses application/json). A sidecar the "
+                                                        "(the app's `workspace-temp` bucket refuses "
+                                                        "application/json). A sidecar the "
                                                         "storage refuses is skipped with a warning, never a failed "
                                                         "job."),
     "CONTENT_TIER_DEFAULT": ("content_tier_default", str, "Content tier (`sfw` or `nsfw`) of a request that names none "
@@ -535,6 +546,25 @@ def _resolve_aliases(env: Mapping[str, str]) -> Mapping[str, str]:
             raise SettingsError(f"{alias} and {canonical} are the same setting and are set to different values")
         resolved[canonical] = value
     return resolved
+
+
+@dataclass(frozen=True)
+class SettingReference:
+    """One setting as the generated reference shows it: its variable, the other names read for it, its
+    default (the field's default in `Settings`) and its description."""
+
+    name: str
+    aliases: tuple[str, ...]
+    default: object
+    description: str
+
+
+def setting_reference() -> list[SettingReference]:
+    """Every setting in declaration order, for the generated table in docs/CONFIGURATION.md."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    return [SettingReference(name, tuple(alias for alias, canonical in ALIASES.items() if canonical == name),
+                             defaults[attr], doc)
+            for name, (attr, _parse, doc) in _ENV.items()]
 
 
 def documented_variables() -> dict[str, tuple[object, str]]:
