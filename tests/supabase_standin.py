@@ -45,7 +45,7 @@ SERVICE_KEY = "test-service-role-key"
 CALLBACK_SECRET = "test-job-callback-secret"
 IMAGE_AND_VIDEO = ("image/png", "image/jpeg", "image/webp", "image/gif", "video/mp4", "video/webm", "video/quicktime")
 # The app's buckets as they are: images and (since March 2026) video only; no application/json, so the pod's
-# provenance sidecars are refused there (PROVENANCE_SIDECAR is off by default on Supabase; docs/MIGRATION.md).
+# provenance sidecars are refused there (PROVENANCE_SIDECAR is off by default on Supabase; docs/API.md).
 DEFAULT_BUCKETS = {"workspace-temp": IMAGE_AND_VIDEO, "user-library": IMAGE_AND_VIDEO}
 CHAT_HEALTH_MAX_AGE_S = 120  # roleplay-chat uses the chat worker only with a health entry younger than this
 TERMINAL_SKIPPED = ("completed", "cancelled")  # the app skips callbacks for jobs already in these states
