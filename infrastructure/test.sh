@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run the checks and the test suite. Bootstraps .venv with requirements-dev.txt when no environment is
-# active. ruff (lint) and mypy (types), configured in pyproject.toml, run first; then pytest with any extra
-# arguments (e.g. ./infrastructure/test.sh -k sdxl -x). The run fails when any of the three fails; pytest
-# runs even after a lint or type failure, so one run shows everything.
+# active. ruff (lint), mypy (types), both configured in pyproject.toml, and the generated-reference check
+# (python -m common.reference --check: docs/CONFIGURATION.md's generated tables are current) run first;
+# then pytest with any extra arguments (e.g. ./infrastructure/test.sh -k sdxl -x). The run fails when any
+# of them fails; pytest runs even after a lint or type failure, so one run shows everything.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
 # The ops-page browser test drives Debian's chromium; redis-server is needed by the queue tests.
@@ -23,6 +24,8 @@ echo "test.sh: ruff check ." >&2
 python -m ruff check . || failed+=(ruff)
 echo "test.sh: mypy" >&2
 python -m mypy || failed+=(mypy)
+echo "test.sh: python -m common.reference --check" >&2
+python -m common.reference --check || failed+=(reference)
 python -m pytest "$@"
 pytest_status=$?
 if [ "$pytest_status" -ne 0 ]; then
