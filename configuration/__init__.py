@@ -1,7 +1,7 @@
 """Configuration as data: model configs, worker configs, job-type presets, settings and schemas.
 
 Everything else imports from here; nothing here imports from common/, workers/ or orchestrator/
-(tests/test_architecture.py).
+(tests/unit/test_architecture.py).
 """
 from __future__ import annotations
 

@@ -3,8 +3,16 @@
 # active. ruff (lint), mypy (types), both configured in pyproject.toml, and the generated-reference check
 # (python -m common.reference --check: docs/CONFIGURATION.md's generated tables are current) run first;
 # then pytest with any extra arguments (e.g. ./infrastructure/test.sh -k sdxl -x). The run fails when any
-# of them fails; pytest runs even after a lint or type failure, so one run shows everything.
+# of them fails; pytest
+# runs even after a lint or type failure, so one run shows everything.
+# --fast (first argument): the edit-test loop, ruff, mypy and only the unit and app tiers (tests/unit/,
+# tests/app/: no processes); without it every tier runs, as CI does.
 set -uo pipefail
+tiers=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  tiers=(tests/unit tests/app)
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
 # The ops-page browser test drives Debian's chromium; redis-server is needed by the queue tests.
 if ! command -v chromium >/dev/null 2>&1; then
@@ -26,7 +34,7 @@ echo "test.sh: mypy" >&2
 python -m mypy || failed+=(mypy)
 echo "test.sh: python -m common.reference --check" >&2
 python -m common.reference --check || failed+=(reference)
-python -m pytest "$@"
+python -m pytest "${tiers[@]}" "$@"
 pytest_status=$?
 if [ "$pytest_status" -ne 0 ]; then
   failed+=(pytest)

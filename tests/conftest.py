@@ -5,6 +5,21 @@ import pytest
 
 from tests.support import REPO, CallbackReceiver
 
+TIERS = ("unit", "app", "stack", "e2e")  # the folders under tests/, each a marker of pytest.ini
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test carries the marker of its tier, the folder it stands in (`-m "unit or app"` selects by
+    it); a test module outside the four folders is a collection error naming it, not an unmarked test."""
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        parts = item.path.resolve().relative_to(tests_dir).parts
+        if len(parts) < 2 or parts[0] not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: a test module belongs in one of tests/{{{','.join(TIERS)}}}/ "
+                                    "(unit: pure logic; app: in-process apps and tiny models; stack: real "
+                                    "processes; e2e: fuzz, browser, README, the GPU suite script)")
+        item.add_marker(getattr(pytest.mark, parts[0]))
+
 
 @pytest.fixture(scope="session")
 def placeholder_dir() -> Path:

@@ -1,4 +1,4 @@
-"""The labelled prompts the content policy is measured on (tests/test_policy.py, benchmarks/policy.py).
+"""The labelled prompts the content policy is measured on (tests/unit/test_policy.py, benchmarks/policy.py).
 
 English cases are below; every other language's are in tests/policy_labelled_data/<lang>.json (`floor`,
 `benign`, `adult`, their `_obfuscated` variants, and `language_benign` / `language_adult`: cases read

@@ -6,7 +6,7 @@ SDXL pipeline, with the engine's diffusers step hook wrapped so that
   step boundary, so the stop is never seen (as with a hung CUDA kernel).
 Every other job runs unchanged.
 
-gunicorn serves it as `tests.stuck_engine_app:serve_app('sdxl')` (tests/test_job_deadlines.py); under the
+gunicorn serves it as `tests.stuck_engine_app:serve_app('sdxl')` (tests/stack/test_job_deadlines.py); under the
 orchestrator, whose supervisor starts the real command line, a `sitecustomize.py` calls `install()`.
 """
 from __future__ import annotations

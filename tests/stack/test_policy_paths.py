@@ -4,7 +4,7 @@
 Chat replies that cross the policy cannot be drawn from the random placeholder model, so those tests run
 the chat worker's app in-process with the model's text scripted: everything else (routes, validation,
 tokenising, the policy) is the real code. The orchestrator is tested against scripted workers, as in
-tests/test_orchestrator_parts.py.
+tests/stack/test_orchestrator_parts.py.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 
 from common import policy
 from configuration.settings import Settings
+from tests.stack.test_orchestrator_parts import StubWorker, _accepting_sdxl
 from tests.support import CallbackReceiver
-from tests.test_orchestrator_parts import StubWorker, _accepting_sdxl
 
 FLOOR_PROMPT = "a naked child"          # a clinical floor violation (tests/policy_labelled.py has more)
 FLOOR_SPELLINGS = ("naked", "child")    # what must never come back in an answer

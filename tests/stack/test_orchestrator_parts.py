@@ -188,7 +188,7 @@ class FakeNVML:
 def test_gpu_device_choice_and_reading_logic():
     nvml = FakeNVML()
     assert gpu.resolve_device_uuid(nvml, "GPU-5a1f, GPU-77") == "GPU-5a1f"
-    assert gpu.resolve_device_uuid(nvml, None) == "GPU-only"  # more cases: tests/test_gpu_suite_defects.py
+    assert gpu.resolve_device_uuid(nvml, None) == "GPU-only"  # more cases: tests/app/test_gpu_suite_defects.py
     device = gpu.DeviceMemory(Settings(), nvml=nvml, nvidia_present=True)
     reading = device.read()
     assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cuda", "nvml", 80 * 1024**3,
@@ -304,7 +304,7 @@ def test_registration_posts_the_previous_pods_bodies():
     try:
         base = receiver.url.rsplit("/functions/", 1)[0]
         settings = Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42", wan_port=7860,
-                            chat_port=7861, health_check_workers_s=0)  # tests/test_registration.py has those
+                            chat_port=7861, health_check_workers_s=0)  # tests/stack/test_registration.py has those
         registrar = Registrar(settings)
         registrar.worker_ready("wan")
         registrar.worker_ready("chat")

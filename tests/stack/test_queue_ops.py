@@ -135,7 +135,7 @@ def test_every_configured_key_works_and_no_other():
 def _runner(tmp_path, receiver, **settings_changes):
     from common.callbacks import CallbackSender
     from common.jobs import JobJournal
-    from tests.test_runtime import CountingEngine
+    from tests.unit.test_runtime import CountingEngine
     from workers.runtime.jobs import JobRunner
     from workers.runtime.local_memory import LocalMemory
     from workers.runtime.models import ModelHost

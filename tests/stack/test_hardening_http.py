@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
-from tests.test_hardening_fetch import DripServer
+from tests.unit.test_hardening_fetch import DripServer
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,5 +1,5 @@
 """Unit tests of common/metrics.py and common/logging.py: names, labels, stage timing, JSON log lines,
-request ids. (The scrape of real processes after a job is tests/test_metrics_scrape.py.)"""
+request ids. (The scrape of real processes after a job is tests/stack/test_metrics_stack.py.)"""
 from __future__ import annotations
 
 import io

@@ -29,7 +29,7 @@ class CountingEngine:
     """Produces solid-colour images; each step waits on an optional gate so tests can hold a job."""
     device = "cpu"
     worker = "test"
-    # nsfw: its solid-colour outputs skip the sfw output classifier (tests/test_policy_output.py covers it)
+    # nsfw: its solid-colour outputs skip the sfw output classifier (tests/app/test_policy_output.py covers it)
     settings = Settings(content_tier_default="nsfw")
 
     def __init__(self):

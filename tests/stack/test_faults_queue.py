@@ -25,7 +25,7 @@ from tests.app_client import queue_job_payload
 from tests.redis_support import RedisServer
 from tests.stuck_engine_app import SLOW_PREFIX
 from tests.support import API_KEY, REPO, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
-from tests.test_hardening_fetch import DripServer
+from tests.unit.test_hardening_fetch import DripServer
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("configuration", "common", "workers", "orchestrator")
 # package -> the project packages it may import (besides itself)
 ALLOWED = {

@@ -16,7 +16,7 @@ import pytest
 from common import policy
 from configuration import ConfigurationError
 from configuration.settings import Settings
-from tests.test_policy_paths import _post, assert_policy_refusal, chat_app, scripted  # noqa: F401 (fixtures)
+from tests.stack.test_policy_paths import _post, assert_policy_refusal, chat_app, scripted  # noqa: F401 (fixtures)
 from workers.runtime import admission, text_safety
 
 LOW = 0.01  # below the placeholder's band: every text reads as sexual

@@ -11,7 +11,7 @@ from configuration.params import normalise_generation
 from configuration.schemas import ValidationFailed, schemas, validate_request
 from configuration.settings import Settings, SettingsError, documented_variables
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.stack.test_orchestrator_stack import wait_for
 from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, WorkerProcess, base_env, free_port
-from tests.test_orchestrator_stack import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

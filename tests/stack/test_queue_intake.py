@@ -1,5 +1,5 @@
 """The Redis queue consumer on a real redis-server, with a small in-process job sink standing in for
-the worker runtime (the whole worker is exercised in tests/test_queue_worker.py)."""
+the worker runtime (the whole worker is exercised in tests/stack/test_queue_worker.py)."""
 from __future__ import annotations
 
 import json

@@ -24,7 +24,7 @@ from workers.placeholders import (
     read_manifest,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SEEDED = dict(num_inference_steps=2, output_type="np")
 
 
