@@ -28,10 +28,9 @@ from typing import Any
 from common import strict_json
 from common.callbacks import CallbackSender
 from common.http import iso_time, now_iso
+from common.job_status import TERMINAL, CallbackStatus, JobStatus
 
 log = logging.getLogger(__name__)
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 @dataclass
@@ -40,7 +39,7 @@ class JobRecord:
     type: str
     user_id: str
     params: dict
-    status: str = "queued"
+    status: JobStatus = JobStatus.QUEUED
     progress: dict = field(default_factory=lambda: {"stage": None, "step": 0, "total_steps": 0, "percent": 0.0})
     assets: list = field(default_factory=list)
     error: dict | None = None
@@ -49,7 +48,7 @@ class JobRecord:
     started_at: str | None = None
     finished_at: str | None = None
     send_callback: bool = True
-    callback: dict = field(default_factory=lambda: {"status": "not_sent", "attempts": 0})
+    callback: dict = field(default_factory=lambda: {"status": CallbackStatus.NOT_SENT, "attempts": 0})
     request_id: str | None = None  # of the request that submitted it (X-Request-ID; in every log line of the job)
 
     def public(self) -> dict:
@@ -66,9 +65,9 @@ class JobRecord:
         return {"job_id": self.job_id, "type": self.type, "worker": worker, "status": self.status,
                 "stage": progress.get("stage"), "step": progress.get("step"),
                 "total_steps": progress.get("total_steps"),
-                "percent": 100.0 if self.status == "completed" else progress.get("percent"),
+                "percent": 100.0 if self.status == JobStatus.COMPLETED else progress.get("percent"),
                 "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-                "error_code": (self.error or {}).get("code") if self.status != "completed" else None}
+                "error_code": (self.error or {}).get("code") if self.status != JobStatus.COMPLETED else None}
 
     def to_json(self) -> dict:
         data = self.public()
@@ -79,10 +78,11 @@ class JobRecord:
     @classmethod
     def from_json(cls, data: dict) -> JobRecord:
         return cls(job_id=data["job_id"], type=data["type"], user_id=data["user_id"], params=data["params"],
-                   status=data["status"], progress=data["progress"], assets=data["assets"], error=data["error"],
-                   metadata=data["metadata"], created_at=data["created_at"], started_at=data["started_at"],
-                   finished_at=data["finished_at"], send_callback=data.get("send_callback", True),
-                   callback=data.get("callback", {"status": "not_sent", "attempts": 0}),
+                   status=JobStatus(data["status"]), progress=data["progress"], assets=data["assets"],
+                   error=data["error"], metadata=data["metadata"], created_at=data["created_at"],
+                   started_at=data["started_at"], finished_at=data["finished_at"],
+                   send_callback=data.get("send_callback", True),
+                   callback=data.get("callback", {"status": CallbackStatus.NOT_SENT, "attempts": 0}),
                    request_id=data.get("request_id"))
 
 
@@ -99,14 +99,14 @@ def callback_payload(record: JobRecord) -> dict:
     """The body of a job's one terminal callback (workers and the orchestrator send the same shape)."""
     return {
         "job_id": record.job_id, "status": record.status, "assets": record.assets,
-        "error_message": record.error["message"] if record.error and record.status == "failed" else None,
+        "error_message": record.error["message"] if record.error and record.status == JobStatus.FAILED else None,
         "metadata": dict(record.metadata, job_type=record.type, user_id=record.user_id, **app_fields(record)),
     }
 
 
 def processing_payload(record: JobRecord) -> dict:
     """The optional `processing` callback sent when a job starts (CALLBACK_PROCESSING)."""
-    return {"job_id": record.job_id, "status": "processing", "assets": [], "error_message": None,
+    return {"job_id": record.job_id, "status": JobStatus.PROCESSING, "assets": [], "error_message": None,
             "metadata": {"job_type": record.type, "user_id": record.user_id, "started_at": record.started_at}}
 
 
@@ -143,7 +143,7 @@ def app_fields(record: JobRecord) -> dict:
     videos = [a for a in record.assets if a.get("type") == "video"]
     if videos and "frames" in videos[0].get("metadata", {}):
         fields["frame_num"] = videos[0]["metadata"]["frames"]
-    if record.status == "failed" and record.error:
+    if record.status == JobStatus.FAILED and record.error:
         fields["error_type"] = record.error.get("code")
     if "template_name" in context:
         fields["template_name"] = context["template_name"]
@@ -203,7 +203,7 @@ class JobJournal:
         """A finished job past the retention period whose callback is not still to be delivered."""
         if not self.retention_days or record.status not in TERMINAL or not record.finished_at:
             return False
-        if record.callback.get("status") == "pending":
+        if record.callback.get("status") == CallbackStatus.PENDING:
             return False
         cutoff = iso_time((time.time() if now is None else now) - self.retention_days * 86400)
         return record.finished_at < cutoff
@@ -224,24 +224,25 @@ def send_terminal_callback(record: JobRecord, callbacks: CallbackSender, journal
     orchestrator both end jobs through this). A record whose callback is already `pending` (a restart)
     resumes it: the attempts so far and the start of its retry horizon come from the journal."""
     if not record.send_callback or not callbacks.enabled:
-        record.callback = {"status": "disabled", "attempts": 0}
+        record.callback = {"status": CallbackStatus.DISABLED, "attempts": 0}
         journal.write(record)
         return
-    previous = record.callback if record.callback.get("status") == "pending" else {}
+    previous = record.callback if record.callback.get("status") == CallbackStatus.PENDING else {}
     attempts = int(previous.get("attempts", 0))
     since = previous.get("since") or now_iso()
-    record.callback = {**previous, "status": "pending", "attempts": attempts, "since": since}
+    record.callback = {**previous, "status": CallbackStatus.PENDING, "attempts": attempts, "since": since}
     journal.write(record)
 
     def attempted(count: int, error: str, retry_in_s: float) -> None:
         with lock:
-            record.callback = {"status": "pending", "attempts": count, "since": since, "last_error": error,
-                               "next_attempt_at": iso_time(time.time() + retry_in_s)}
+            record.callback = {"status": CallbackStatus.PENDING, "attempts": count, "since": since,
+                               "last_error": error, "next_attempt_at": iso_time(time.time() + retry_in_s)}
             journal.write(record)
 
     def done(delivered: bool, count: int) -> None:
         with lock:
-            record.callback = {"status": "delivered" if delivered else "failed", "attempts": count, "since": since,
+            status = CallbackStatus.DELIVERED if delivered else CallbackStatus.FAILED
+            record.callback = {"status": status, "attempts": count, "since": since,
                                **({} if delivered else {"last_error": record.callback.get("last_error")})}
             journal.write(record)
 

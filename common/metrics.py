@@ -33,6 +33,7 @@ from prometheus_client import (
 )
 
 from common import errors
+from common.job_status import JobStatus
 from configuration import job_types
 from configuration.openapi import RouteTable
 
@@ -267,7 +268,7 @@ class Metrics:
                      error_code: str | None = None, stages: dict | None = None) -> None:
         job_type = self.closed.job_type(job_type)
         self.child(self.jobs_finished, worker, job_type, status).inc()
-        if status == "failed":
+        if status == JobStatus.FAILED:
             self.child(self.job_failures, worker, job_type, self.closed.code(error_code or "unknown")).inc()
         if duration_s is not None:
             self.child(self.job_duration, worker, job_type, status).observe(duration_s)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import requests
 
 from common.http import bearer_session, local_url
+from common.job_status import ACTIVE, JobStatus
 from configuration.settings import Settings, settings_for_command
 
 
@@ -103,13 +104,13 @@ def render_status(status: dict, now: datetime | None = None) -> str:
 
 def render_jobs(jobs: list[dict], latest: int = 5) -> str:
     """The running jobs with a progress bar, then the `latest` finished ones."""
-    active = [j for j in jobs if j["status"] in ("queued", "processing")]
+    active = [j for j in jobs if j["status"] in ACTIVE]
     shown = active + [j for j in jobs if j not in active][:latest]
     if not shown:
         return "jobs     none yet"
     rows = [["JOB", "TYPE", "WORKER", "STATUS", "STAGE", "PROGRESS", "ERROR"]]
     for job in shown:
-        percent = 100.0 if job["status"] == "completed" else float(job.get("percent") or 0.0)
+        percent = 100.0 if job["status"] == JobStatus.COMPLETED else float(job.get("percent") or 0.0)
         filled = int(round(percent / 10))
         rows.append([job["job_id"][:12], job["type"], job.get("worker") or "-", job["status"], job.get("stage") or "-",
                      f"[{'#' * filled}{'.' * (10 - filled)}] {percent:5.1f}%", job.get("error_code") or ""])

@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from common.http import bearer_session, now_iso
+from common.job_status import ACTIVE, JobStatus
 from common.metrics import Metrics
 from configuration import worker_config
 
@@ -117,15 +118,15 @@ class OpsView:
                 metrics.memory_leased.labels(name, model).set(entry.get("models", {}).get(model, {}).get("bytes", 0))
         counts = pod.router.counts()
         for name in pod.supervisors:
-            metrics.jobs_queued.labels(name).set(counts.get((name, "queued"), 0))
-            metrics.jobs_running.labels(name).set(counts.get((name, "processing"), 0))
+            metrics.jobs_queued.labels(name).set(counts.get((name, JobStatus.QUEUED), 0))
+            metrics.jobs_running.labels(name).set(counts.get((name, JobStatus.PROCESSING), 0))
         metrics.callbacks_pending.set(pod.callbacks.pending())
         metrics.callback_oldest_age.set(pod.callbacks.oldest_pending_age_s())
 
 
 def merge_jobs(jobs: list[dict], limit: int) -> list[dict]:
     """Unfinished jobs first (oldest first), then the `limit` most recently finished."""
-    active = sorted((j for j in jobs if j["status"] in ("queued", "processing")), key=lambda j: j["created_at"])
-    done = sorted((j for j in jobs if j["status"] not in ("queued", "processing")),
+    active = sorted((j for j in jobs if j["status"] in ACTIVE), key=lambda j: j["created_at"])
+    done = sorted((j for j in jobs if j["status"] not in ACTIVE),
                   key=lambda j: j.get("finished_at") or "", reverse=True)[:limit]
     return active + done

@@ -22,8 +22,8 @@ from common import errors, policy
 from common.callbacks import CallbackSender
 from common.errors import ContentPolicyRefused, DomainError, JobIdConflict, Unavailable, WorkerUnavailable
 from common.http import bearer_session, error_of, now_iso, refusal
+from common.job_status import TERMINAL, CallbackStatus, JobStatus
 from common.jobs import (
-    TERMINAL,
     JobJournal,
     JobRecord,
     recent_summaries,
@@ -232,8 +232,8 @@ class Router:
                 raise ValueError(f"job {job_id} already {job.record.status}")
             self._metrics.job_cancelled(job.target, job.record.progress.get("stage") or "queued")
             if not job.submitted:
-                self._finish(job, "cancelled", {"code": errors.CANCELLED, "message": "cancelled before generation "
-                                                                                     "started"})
+                self._finish(job, JobStatus.CANCELLED,
+                             {"code": errors.CANCELLED, "message": "cancelled before generation started"})
                 return job.record
         try:
             response = self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=10)
@@ -251,7 +251,7 @@ class Router:
         with self._lock:
             if job.record.status in TERMINAL:
                 return
-            job.record.status = "processing"
+            job.record.status = JobStatus.PROCESSING
             job.record.started_at = now_iso()
             self._stage(job, {"stage": "enhancing", "step": 0, "total_steps": 0, "percent": 0.0})
             send_processing_callback(job.record, self.callbacks)
@@ -267,7 +267,7 @@ class Router:
                 if job.record.status not in TERMINAL:
                     if isinstance(exc, ContentPolicyRefused):
                         job.record.metadata["original_prompt"] = None  # neither prompt goes back to the caller
-                    self._finish(job, "failed", {"code": exc.code, "message": exc.message})
+                    self._finish(job, JobStatus.FAILED, {"code": exc.code, "message": exc.message})
             return
         with self._lock:
             if job.record.status in TERMINAL:  # cancelled while enhancing
@@ -281,8 +281,9 @@ class Router:
         except DomainError as exc:
             with self._lock:
                 if job.record.status not in TERMINAL:
-                    self._finish(job, "failed", {"code": exc.code, "message": f"the {job.target} worker refused "
-                                                                               f"the enhanced job: {exc.message}"})
+                    self._finish(job, JobStatus.FAILED, {
+                        "code": exc.code,
+                        "message": f"the {job.target} worker refused the enhanced job: {exc.message}"})
             return
         self._mark_submitted(job)
         self._monitor(job)
@@ -367,7 +368,7 @@ class Router:
                         if job.recovered:
                             self._fail_recovered(job, f"the {job.target} worker never received it")
                         else:
-                            self._finish(job, "failed", {"code": errors.WORKER_LOST_JOB,
+                            self._finish(job, JobStatus.FAILED, {"code": errors.WORKER_LOST_JOB,
                                                          "message": f"the {job.target} worker no longer knows the job"})
                 return
             remote = response.json()
@@ -380,15 +381,15 @@ class Router:
             if time.monotonic() < first_phase_ends:
                 time.sleep(POLL_FIRST_S)
             else:
-                time.sleep(POLL_RUNNING_S if remote["status"] == "processing" else POLL_QUEUED_S)
+                time.sleep(POLL_RUNNING_S if remote["status"] == JobStatus.PROCESSING else POLL_QUEUED_S)
 
     def _mirror(self, job: RoutedJob, remote: dict) -> None:
         record = job.record
-        if remote["status"] == "processing" and record.status == "queued":
-            record.status = "processing"
+        if remote["status"] == JobStatus.PROCESSING and record.status == JobStatus.QUEUED:
+            record.status = JobStatus.PROCESSING
             record.started_at = remote.get("started_at") or now_iso()
             send_processing_callback(record, self.callbacks)
-        if record.status == "processing" and remote.get("progress", {}).get("stage") not in (None, "queued"):
+        if record.status == JobStatus.PROCESSING and remote.get("progress", {}).get("stage") not in (None, "queued"):
             self._stage(job, dict(remote["progress"]), journal=False)
         if remote["status"] in TERMINAL:
             record.assets = remote.get("assets", [])
@@ -401,9 +402,9 @@ class Router:
             checked = ((remote.get("metadata") or {}).get("content_policy") or {}).get("checks") or []
             if "content_policy" in record.metadata:  # the worker's own checks, after the orchestrator's
                 record.metadata["content_policy"]["checks"] += [dict(c, worker=job.target) for c in checked]
-            if remote["status"] == "completed":
+            if remote["status"] == JobStatus.COMPLETED:
                 self._stage(job, dict(remote.get("progress") or {}, stage="storing"), journal=False)
-            self._finish(job, remote["status"], remote.get("error"))
+            self._finish(job, JobStatus(remote["status"]), remote.get("error"))
 
     def _stage(self, job: RoutedJob, progress: dict, journal: bool = True) -> None:
         job.record.progress = progress
@@ -422,8 +423,8 @@ class Router:
                 if job.target == worker and job.submitted and job.record.status not in TERMINAL:
                     state = job.record.status
                     code = errors.WORKER_DIED if unexpected else errors.WORKER_STOPPED
-                    self._finish(job, "failed", {"code": code, "message": f"{reason} while the job was {state}; "
-                                                                          "it was not completed"})
+                    self._finish(job, JobStatus.FAILED, {
+                        "code": code, "message": f"{reason} while the job was {state}; it was not completed"})
 
     def stop_accepting(self) -> None:
         with self._lock:
@@ -445,22 +446,22 @@ class Router:
                     pass
             with self._lock:
                 if job.record.status not in TERMINAL:
-                    self._finish(job, "failed", {"code": errors.ORCHESTRATOR_STOPPED, "message": reason})
+                    self._finish(job, JobStatus.FAILED, {"code": errors.ORCHESTRATOR_STOPPED, "message": reason})
                     failed.append(job_id)
         return failed
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
-    def _finish(self, job: RoutedJob, status: str, error: dict | None) -> None:
+    def _finish(self, job: RoutedJob, status: JobStatus, error: dict | None) -> None:
         """Called with the lock held: terminal state, journal, waiters, then the one callback."""
         record = job.record
         record.status = status
-        record.error = error if status != "completed" else None
+        record.error = error if status != JobStatus.COMPLETED else None
         record.finished_at = now_iso()
         self.journal.write(record)
         job.done.set()
         self._send_callback(record)
         duration = time.monotonic() - job.accepted_at if job.accepted_at is not None else None
-        code = (error or {}).get("code") if status != "completed" else None
+        code = (error or {}).get("code") if status != JobStatus.COMPLETED else None
         self._metrics.job_finished(job.target, record.type, status, duration, code, job.timings)
         with job.log_context():
             log.info("job %s %s%s", record.job_id, status, f" ({code})" if code else "",
@@ -489,7 +490,7 @@ class Router:
     def _fail_recovered(self, job: RoutedJob, why: str) -> None:
         with self._lock:
             if job.record.status not in TERMINAL:
-                self._finish(job, "failed", {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
+                self._finish(job, JobStatus.FAILED, {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
                     f"the orchestrator stopped while the job was {job.record.status} and {why}; "
                     "it was not completed")})
 
@@ -509,7 +510,7 @@ class Router:
                 unfinished.append(job)
             else:
                 job.done.set()
-                if record.callback.get("status") == "pending":
+                if record.callback.get("status") == CallbackStatus.PENDING:
                     self._send_callback(record)
         for job in unfinished:
             if job.target not in self.workers:

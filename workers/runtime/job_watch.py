@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.job_status import JobStatus
 from common.metrics import process_metrics
 from common.supabase import SupabaseError, job_status, make_client
 from configuration import job_types
@@ -58,7 +59,7 @@ class AppJobStatus:
                 self._read_at = {k: t for k, t in self._read_at.items() if now - t < FORGET_AFTER_S}
                 self._failed_once &= set(self._read_at)
         try:
-            return job_status(self.client, job_id) == "cancelled"
+            return job_status(self.client, job_id) == JobStatus.CANCELLED
         except SupabaseError as exc:
             process_metrics().child(process_metrics().app_status_read_failures, self.worker).inc()
             with self._lock:

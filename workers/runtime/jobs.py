@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from common import errors, policy
 from common.errors import ContentPolicyRefused, JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
+from common.job_status import TERMINAL, CallbackStatus, JobStatus
 from common.jobs import (
-    TERMINAL,
     JobJournal,
     JobRecord,
     processing_payload,
@@ -205,9 +205,9 @@ class JobRunner:
             if record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {record.status}")
             self._metrics.job_cancelled(self.worker, record.progress.get("stage") or record.status)
-            if record.status == "queued":
+            if record.status == JobStatus.QUEUED:
                 self._stop_fetch(job_id)
-                self._finish(record, "cancelled",
+                self._finish(record, JobStatus.CANCELLED,
                              error={"code": errors.CANCELLED, "message": "cancelled before it started"})
             else:
                 self._contexts[job_id].cancel_requested.set()
@@ -222,11 +222,11 @@ class JobRunner:
         failed = []
         with self._lock:
             for record in self._jobs.values():
-                if record.status == "queued":
+                if record.status == JobStatus.QUEUED:
                     self._stop_fetch(record.job_id)
-                    self._finish(record, "failed", error={"code": errors.WORKER_STOPPED, "message": reason})
+                    self._finish(record, JobStatus.FAILED, error={"code": errors.WORKER_STOPPED, "message": reason})
                     failed.append(record.job_id)
-                elif record.status == "processing" and record.job_id in self._contexts:
+                elif record.status == JobStatus.PROCESSING and record.job_id in self._contexts:
                     self._contexts[record.job_id].stop_reason = reason
                     self._contexts[record.job_id].cancel_requested.set()
         return failed
@@ -255,7 +255,7 @@ class JobRunner:
             return recent_summaries([(r, self.worker) for r in self._jobs.values()], limit)
 
     def reject(self, job_id: str, job_type: str, user_id: str, error: dict, metadata: dict,
-               status: str = "failed") -> JobRecord:
+               status: JobStatus = JobStatus.FAILED) -> JobRecord:
         """A job that cannot run (a queued payload that fails validation, ...) ends `failed` at once,
         journaled and with its one callback like any other job, so its caller hears why; one the app
         cancelled before it started ends `status="cancelled"` the same way. A known job id returns the
@@ -303,10 +303,10 @@ class JobRunner:
             error = {"code": errors.INTERNAL_ERROR, "message": f"fetching the references failed: {type(exc).__name__}"}
         with self._lock:
             self._fetching.pop(record.job_id, None)
-            if record.status != "queued":
+            if record.status != JobStatus.QUEUED:
                 return
             if error is not None:
-                self._finish(record, "failed", error=error)
+                self._finish(record, JobStatus.FAILED, error=error)
                 return
             self._references[record.job_id] = references
             record.progress = dict(record.progress, stage="queued")
@@ -324,12 +324,12 @@ class JobRunner:
             job_id = self._queue.get()
             with self._lock:
                 record = self._jobs.get(job_id)
-                if record is None or record.status != "queued":
+                if record is None or record.status != JobStatus.QUEUED:
                     continue  # cancelled while queued
                 self._running = job_id
                 context = JobContext(self, record)
                 self._contexts[job_id] = context
-                record.status = "processing"
+                record.status = JobStatus.PROCESSING
                 record.started_at = now_iso()
                 self.journal.write(record)
                 self._send_processing(record)
@@ -346,7 +346,7 @@ class JobRunner:
                 with self._lock:
                     if record.status not in TERMINAL:
                         error = {"code": errors.INTERNAL_ERROR, "message": "unexpected executor error"}
-                        self._finish(record, "failed", error=error)
+                        self._finish(record, JobStatus.FAILED, error=error)
             finally:
                 self._watch.finished(job_id)
                 with self._lock:
@@ -392,37 +392,38 @@ class JobRunner:
                 assets.append(asset)
             with self._lock:
                 record.assets = assets
-                self._finish(record, "completed")
+                self._finish(record, JobStatus.COMPLETED)
         except JobCancelled:
             self._cleanup(stored)
             with self._lock:
                 if context.ended_by == "timeout":
                     self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
-                    self._finish(record, "failed", error={
+                    self._finish(record, JobStatus.FAILED, error={
                         "code": errors.TIMEOUT, "message": f"the job ran past its deadline of "
                                                            f"{self._deadline_s(record):.0f}s and was stopped"})
                 elif context.ended_by == "app_cancel":
-                    self._finish(record, "cancelled",
+                    self._finish(record, JobStatus.CANCELLED,
                                  error={"code": errors.CANCELLED, "message": "cancelled in the app"})
                 elif context.stop_reason is not None:
-                    self._finish(record, "failed",
+                    self._finish(record, JobStatus.FAILED,
                                  error={"code": errors.WORKER_STOPPED, "message": context.stop_reason})
                 else:
-                    self._finish(record, "cancelled",
+                    self._finish(record, JobStatus.CANCELLED,
                                  error={"code": errors.CANCELLED, "message": "cancelled while running"})
         except JobFailed as exc:
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "failed", error={"code": exc.code, "message": exc.message})
+                self._finish(record, JobStatus.FAILED, error={"code": exc.code, "message": exc.message})
         except MemoryUnavailable as exc:
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "failed", error={"code": errors.INSUFFICIENT_MEMORY, "message": exc.message})
+                self._finish(record, JobStatus.FAILED,
+                             error={"code": errors.INSUFFICIENT_MEMORY, "message": exc.message})
         except Exception as exc:
             log.exception("job %s failed", record.job_id)
             self._cleanup(stored)
             with self._lock:
-                self._finish(record, "failed", error={"code": errors.INTERNAL_ERROR,
+                self._finish(record, JobStatus.FAILED, error={"code": errors.INTERNAL_ERROR,
                                                        "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
 
     def _check_outputs(self, record: JobRecord, outputs: list[GeneratedAsset]) -> None:
@@ -520,7 +521,7 @@ class JobRunner:
             if journal:
                 self.journal.write(record)
 
-    def _finish(self, record: JobRecord, status: str, error: dict | None = None) -> None:
+    def _finish(self, record: JobRecord, status: JobStatus, error: dict | None = None) -> None:
         """Called with the lock held. Terminal state, journal, waiters, then the one callback. A job ends once:
         an engine that comes back after its stuck job was ended (`_replace_stuck`) changes nothing."""
         if record.status in TERMINAL:
@@ -529,7 +530,7 @@ class JobRunner:
         record.status = status
         record.error = error
         record.finished_at = now_iso()
-        if status == "completed":
+        if status == JobStatus.COMPLETED:
             record.progress = dict(record.progress, stage="storing", percent=100.0)
         self.journal.write(record)
         self._done[record.job_id].set()
@@ -545,8 +546,9 @@ class JobRunner:
         code = (record.error or {}).get("code")
         self._metrics.job_finished(self.worker, record.type, record.status, duration, code, stages)
         with log_context(job_id=record.job_id, request_id=record.request_id, worker=self.worker):
-            log.log(logging.WARNING if record.status == "failed" else logging.INFO, "job %s%s in %s", record.status,
-                    f" ({code})" if record.status == "failed" else "",
+            log.log(logging.WARNING if record.status == JobStatus.FAILED else logging.INFO, "job %s%s in %s",
+                    record.status,
+                    f" ({code})" if record.status == JobStatus.FAILED else "",
                     "unknown time (recovered)" if duration is None else f"{duration:.3f}s",
                     extra={"job_type": record.type, "status": record.status, "error_code": code,
                            "duration_s": None if duration is None else round(duration, 4),
@@ -571,7 +573,7 @@ class JobRunner:
                 return
             self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
             grace = self.engine.settings.job_deadline_grace_s
-            self._finish(record, "failed", error={
+            self._finish(record, JobStatus.FAILED, error={
                 "code": errors.TIMEOUT,
                 "message": f"the job ran past its deadline of {deadline_s:.0f}s and the engine did not stop within "
                            f"{grace:.0f}s; the worker process was replaced"})
@@ -594,10 +596,10 @@ class JobRunner:
             self._done[record.job_id] = threading.Event()
             if record.status not in TERMINAL:
                 log.warning("job %s was %s when the worker stopped; marking it failed", record.job_id, record.status)
-                self._finish(record, "failed", error={
+                self._finish(record, JobStatus.FAILED, error={
                     "code": errors.WORKER_RESTARTED,
                     "message": f"the worker process stopped while the job was {record.status}; it was not completed"})
             else:
                 self._done[record.job_id].set()
-                if record.callback.get("status") == "pending":
+                if record.callback.get("status") == CallbackStatus.PENDING:
                     self._send_callback(record)

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from common import errors
 from common.errors import JobFailed, MemoryUnavailable
+from common.job_status import JobStatus
 from common.queues import connect, consumer_id, queue_name
 from common.supabase import SupabaseError, download, make_client
 from configuration.params.app_payload import AppJob, from_app_payload
@@ -89,7 +90,7 @@ class QueueJobSink:
             job_type = str(payload["type"]) if isinstance(payload.get("type"), str) else "unknown"
             self.runner.reject(job_id, job_type, _user_of(payload),
                                {"code": errors.CANCELLED, "message": "cancelled in the app before it started"},
-                               {"source": {"queue": self.queue}}, status="cancelled")
+                               {"source": {"queue": self.queue}}, status=JobStatus.CANCELLED)
             return
         try:
             job = from_app_payload(s.name, payload, s.settings)
