@@ -3,8 +3,7 @@
 # active. ruff (lint), mypy (types), both configured in pyproject.toml, and the generated-reference check
 # (python -m common.reference --check: docs/CONFIGURATION.md's generated tables are current) run first;
 # then pytest with any extra arguments (e.g. ./infrastructure/test.sh -k sdxl -x). The run fails when any
-# of them fails; pytest
-# runs even after a lint or type failure, so one run shows everything.
+# of them fails; pytest runs even after a lint or type failure, so one run shows everything.
 # --fast (first argument): the edit-test loop, ruff, mypy and only the unit and app tiers (tests/unit/,
 # tests/app/: no processes); without it every tier runs, as CI does.
 set -uo pipefail
