@@ -25,7 +25,8 @@ from common.redact import redacted_url
 from configuration.schemas.common import SAFE_ID
 from configuration.settings import Settings
 
-# A job id names a journal file and storage paths: the HTTP API's `id` pattern (ends with \Z, not $).
+# A job id names a journal file and storage paths: the HTTP API's `id` pattern (ends at the end of input, not
+# before a trailing newline as `$` would).
 SAFE_JOB_ID = re.compile(SAFE_ID["pattern"])
 OVERVIEW_HELD_MAX = 100           # entries of one processing list the overview reads
 OVERVIEW_TEXT_MAX = 200           # characters of an unreadable heartbeat or an odd consumer name shown

@@ -9,7 +9,7 @@ worker's own `generate` schema, on the body the payload maps to.
 """
 from __future__ import annotations
 
-from configuration.schemas.common import DIALECT, NEGATIVE_PROMPT, SAFE_ID, STRENGTH
+from configuration.schemas.common import DIALECT, END, NEGATIVE_PROMPT, SAFE_ID, STRENGTH
 
 PIPELINES = ["txt2img", "img2img", "video"]
 APP_REFERENCE_MODES = ["modify", "copy"]
@@ -59,7 +59,7 @@ def schema() -> dict:
                     "num_images": {"type": "integer"},
                     "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference; "
                                                                           "context when there is no reference."},
-                    "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}\\Z"},
+                    "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}" + END},
                     "image": APP_REFERENCE,
                     "first_frame": APP_REFERENCE,
                     "last_frame": APP_REFERENCE,

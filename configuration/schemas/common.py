@@ -8,9 +8,16 @@ import jsonschema
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
-SAFE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\\Z",
+# End of input in both regex dialects a schema meets: ECMA-262 (what JSON Schema specifies, the app's TypeScript)
+# has no `\Z`, and Python's `$` also matches before a trailing newline; "no character follows" means the same in
+# both, so "abc\n" stays refused (tests/unit/test_schema_regex.py checks every published pattern under ECMA-262).
+END = "(?![\\s\\S])"
+SAFE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}" + END,
            "description": "Letters, digits, `_`, `-`, `.`; used in storage paths, so no slashes."}
-PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": "\\S",
+# A character that is not white space in either dialect: `\S` alone differs between them (Python counts U+001C-U+001F
+# and U+0085 as space, ECMA-262 counts U+FEFF), so a prompt of only those would pass one validator and not the other.
+NOT_SPACE = "[^\\s\\x1c-\\x1f\\x85\\ufeff]"
+PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": NOT_SPACE,
           "description": "Non-empty text."}
 NEGATIVE_PROMPT = {"type": "string", "maxLength": 20000}
 SEED = {"type": "integer", "minimum": 0, "maximum": 4294967295,
@@ -65,7 +72,7 @@ def size_schemas(limits: dict) -> tuple[dict, dict]:
             "description": f"Pixels; {allowed}."}
     first = -(-low // step) * step
     values = "|".join(str(v) for v in range(first, high + 1, step))
-    resolution = {"type": "string", "pattern": f"^({values})x({values})\\Z",
+    resolution = {"type": "string", "pattern": f"^({values})x({values}){END}",
                   "description": f"`WIDTHxHEIGHT`, each {allowed}, e.g. `{first}x{first}`."}
     return size, resolution
 

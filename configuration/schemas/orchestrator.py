@@ -8,10 +8,10 @@ own enhancement parameters (configuration/schemas/chat.py) plus the model.
 from __future__ import annotations
 
 from configuration import chat_config, job_types, worker_configs
-from configuration.schemas.common import CONTENT_TIER, DIALECT, PROMPT, SAFE_ID
+from configuration.schemas.common import CONTENT_TIER, DIALECT, END, PROMPT, SAFE_ID
 from configuration.settings import Settings
 
-_NAME = {"type": "string", "pattern": "^[a-z0-9_]{1,64}\\Z"}
+_NAME = {"type": "string", "pattern": "^[a-z0-9_]{1,64}" + END}
 _BYTES = {"type": "integer", "minimum": 0, "maximum": 2**50}
 _ENHANCE_FROM_CHAT = ("system_prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "stop",
                       "seed")
