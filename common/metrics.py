@@ -5,7 +5,8 @@ worker (workers/gunicorn_conf.py), the orchestrator is one waitress process, so 
 multiprocess mode. Names follow the Prometheus conventions: `ourvidz_` prefix, base units in the name
 (`_seconds`, `_bytes`), `_total` on counters. No label ever takes a prompt, a user id or a job id:
 label values are worker, model, job type, stage, status, error code, queue and reason names, all
-bounded by the configuration. docs/OPERATIONS.md lists every metric with its meaning.
+bounded by the configuration. docs/CONFIGURATION.md lists every metric (generated from `Metrics` by
+`python -m common.reference`).
 
 Gauges that mirror state held elsewhere (device memory, leases, worker states, queue depths) are
 refreshed at scrape time by the hooks passed to `on_scrape`, so nothing on a job's path pays for them.
@@ -66,9 +67,8 @@ JOB_STAGES = (*STAGES, "queued", "fetching", "running")
 
 
 def error_codes() -> frozenset[str]:
-    """Every error code common/errors.py defines (its upper-case string constants), and "unknown"."""
-    return frozenset({value for name, value in vars(errors).items() if name.isupper() and isinstance(value, str)}
-                     | {"unknown"})
+    """Every error code common/errors.py declares (`errors.CODES`), and "unknown"."""
+    return frozenset(errors.CODES) | {"unknown"}
 
 
 class ClosedLabels:
