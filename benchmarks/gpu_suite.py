@@ -1234,7 +1234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="full")
     parser.add_argument("--out", type=Path, default=None, help="folder for suite.md and suite.json, appended to "
-                        "when it holds one (default: benchmarks/results/gpu-suite-<scale>-<time>)")
+                        "when it holds one (default: benchmarks/results/gpu-suite-<scale>-<time>, "
+                        "ignored by git)")
     parser.add_argument("--budget-s", type=float, default=None, help="default: 240 (full), 600 (tiny)")
     parser.add_argument("--only", action="append", choices=sorted(PARTS),
                         help="repeatable, run in the order given; default: " + " ".join(DEFAULT_PARTS))
