@@ -41,6 +41,7 @@ TIMEOUT = "timeout"  # past its execution deadline (JOB_DEADLINE_*_S)
 WORKER_RESTARTED = "worker_restarted"
 WORKER_STOPPED = "worker_stopped"
 STORAGE_FAILED = "storage_failed"
+REDELIVERY_LIMIT = "redelivery_limit"  # a queue entry taken QUEUE_MAX_DELIVERIES times, never finished
 # models and memory
 MODEL_BUSY = "model_busy"
 MODEL_NOT_CONFIGURED = "model_not_configured"
@@ -102,6 +103,8 @@ CODES: dict[str, CodeReference] = {
     WORKER_RESTARTED: CodeReference("-", "The worker's process restarted while it held the job (journal recovery)."),
     WORKER_STOPPED: CodeReference("-", "The worker stopped (SIGTERM past SHUTDOWN_GRACE_S) while it held the job."),
     STORAGE_FAILED: CodeReference("-", "Storing the outputs failed; nothing of the job is kept."),
+    REDELIVERY_LIMIT: CodeReference("-", "A queued job taken QUEUE_MAX_DELIVERIES times whose takers all stopped "
+                                    "while holding it; failed without running it again."),
     MODEL_BUSY: CodeReference("409", "The model runs a job and cannot be unloaded now (`wait_s` waits)."),
     MODEL_NOT_CONFIGURED: CodeReference("-", "No usable path or config for the model (its `*_MODEL_PATH`)."),
     MODEL_MISCONFIGURED: CodeReference("-", "The model's files do not match what its configuration expects."),

@@ -38,6 +38,7 @@ from typing import Protocol
 
 import redis
 
+from common import errors
 from common.http import now_iso
 from common.metrics import process_metrics
 from common.queues import TERMINAL, Entry, QueueKeys, parse_entry, redis_state
@@ -289,7 +290,7 @@ class QueueIntake:
             process_metrics().queue_redeliveries.labels(self.keys.queue).inc()
         if deliveries > self.max_deliveries:
             self.state.counters.rejected_redeliveries += 1
-            self.sink.reject(job_id, payload, "redelivery_limit",
+            self.sink.reject(job_id, payload, errors.REDELIVERY_LIMIT,
                              f"the job was delivered {deliveries} times and no worker finished it "
                              f"(each one stopped while holding it); not running it again")
         else:
@@ -304,7 +305,7 @@ class QueueIntake:
                     self.state.counters.id_conflicts += 1
                     self._dead_letter(raw, f"job id {job_id} is already in use: {conflict}")
                 elif self.sink.job_status(job_id) is None:
-                    self.sink.reject(job_id, payload, "internal_error",
+                    self.sink.reject(job_id, payload, errors.INTERNAL_ERROR,
                                      f"the worker could not accept the job ({type(exc).__name__})")
 
     def _acknowledge_finished(self) -> None:
