@@ -189,13 +189,13 @@ def main(argv: list[str] | None = None) -> int:
               f"'<!-- generated:NAME -->' and '<!-- end generated:NAME -->' lines", file=sys.stderr)
         return 1
     sections = render_sections()
+    stale = stale_sections(doc, sections)
     if not args.check:
         updated = apply(doc, sections)
         if updated != doc:
             args.doc.write_text(updated, encoding="utf-8")
-        print(f"{args.doc}: {'rewrote' if updated != doc else 'unchanged'}: {', '.join(sections)}")
+        print(f"{args.doc}: rewrote {', '.join(stale) or 'nothing'} (sections: {', '.join(sections)})")
         return 0
-    stale = stale_sections(doc, sections)
     for name in stale:
         current = _pattern(name).search(doc)
         old = current.group(2) if current else ""
