@@ -7,7 +7,7 @@ returned. Every client sends each length of --lengths --rounds times, in its own
 no client's chain of requests is much longer than another's.
 
 Unbatched, every request runs alone (batch size 1): its texts are the baseline of the "texts that
-differ" count (a seeded request's text can change when it is batched: docs/CHAT.md). The short
+differ" count (a seeded request's text can change when it is batched: docs/ENGINES.md). The short
 requests (the smallest max_tokens) are also sent once more one at a time with nothing else running:
 the baseline of the latency ratio.
 

@@ -119,7 +119,7 @@ def send_processing_callback(record: JobRecord, callbacks: CallbackSender) -> No
 
 
 def app_fields(record: JobRecord) -> dict:
-    """The `metadata` keys the app's job-callback reads (docs/QUEUE.md), from the parameters as used:
+    """The `metadata` keys the app's job-callback reads (docs/API.md), from the parameters as used:
     `frame_num` (frames in the video file: the app's duration is ceil(frame_num / 16) s), `steps` and
     `num_inference_steps`, `guidance_scale`, `denoise_strength` and `reference_mode` / `exact_copy_mode`
     for jobs with a reference, `error_type` (the error code) for failed jobs."""

@@ -173,7 +173,7 @@ def openapi_document(worker: str, settings: Settings, *tables: RouteTable) -> di
         components["app_payload"] = {k: v for k, v in app_payload_schema().items() if k != "$schema"}
         description += (" With REDIS_URL this worker also takes the app's jobs from its Redis list (SDXL_QUEUE / "
                         "WAN_QUEUE): `components.schemas.app_payload` is the queued payload; each job ends in one "
-                        "callback signed with `X-Callback-Signature` (docs/QUEUE.md).")
+                        "callback signed with `X-Callback-Signature` (docs/API.md).")
     return {
         "openapi": "3.1.0",
         "info": {"title": f"OurVidz {worker} worker" if worker != "orchestrator" else "OurVidz orchestrator",

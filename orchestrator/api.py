@@ -171,7 +171,7 @@ ROUTES: RouteTable = {
     "/jobs/{job_id}/cancel": {"post": ("Cancel a routed job.", None, (401, 404, 409, 503))},
     "/workers": {"get": ("Each worker's state, pid, restarts, URL.", None, (401,))},
     "/queues": {"get": ("The app's Redis queues this pod consumes: depth, dead letters, every consumer (this pod's "
-                        "or another's, alive or not) and the jobs it holds (docs/QUEUE.md).", None, (401,))},
+                        "or another's, alive or not) and the jobs it holds (docs/API.md).", None, (401,))},
     "/memory/status": {"get": ("The pod's memory: device, budget, each worker's models, pressure, history.", None,
                                (401,))},
     "/memory/load": {"post": ("Load a worker's models (through the broker).", "orchestrator.memory_action",

@@ -79,8 +79,8 @@ def require_accelerator(profile: str, cuda_available: bool | None = None) -> Non
         raise NoAcceleratorError(
             f"MODEL_PROFILE=production needs a usable CUDA device and torch.cuda.is_available() is False (torch "
             f"{torch.__version__}, {'CUDA ' + build if build else 'a CPU-only build'}). On a GPU image, run with the "
-            "torch it ships (infrastructure/bootstrap.sh reuses it; docs/DEPLOY.md); the placeholder profile runs on "
-            "CPU.")
+            "torch it ships (infrastructure/bootstrap.sh reuses it; docs/OPERATIONS.md); the placeholder profile "
+            "runs on CPU.")
 
 
 def cuda_backend_settings(device: str, worker: str) -> dict:

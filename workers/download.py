@@ -13,7 +13,7 @@ later run continues with a Range request (an interrupted pod start loses nothing
 checked against the listing (size, and sha256 or git blob sha1), a file that fails is fetched again
 once, and the result is written to
 `<folder>/ourvidz-download.json`, which `verify` re-checks without the network. Nothing is fetched at serve
-time: the workers load with `local_files_only=True`, and docs/DEPLOY.md sets HF_HUB_OFFLINE=1 for them.
+time: the workers load with `local_files_only=True`, and docs/OPERATIONS.md sets HF_HUB_OFFLINE=1 for them.
 
 The hub endpoint is huggingface_hub's (HF_ENDPOINT, or `--endpoint`); HF_TOKEN is used when set.
 """

@@ -1,6 +1,6 @@
 """The OurVidz app's queued job payload -> a body of our own `POST /generate` API plus the caller's context.
 
-A tolerant reader: the pod runs whatever the app's `queue-job` function can send (docs/QUEUE.md).
+A tolerant reader: the pod runs whatever the app's `queue-job` function can send (docs/API.md).
 - `null` means absent, for every field at the top level, in `config` and in `metadata`.
 - What runs is derived from what is present, never from the app's labels: a reference (or, for
   video, a start/end frame) makes an image-to-image job or a conditioned video whatever

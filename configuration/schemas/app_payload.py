@@ -1,5 +1,5 @@
 """The schema of the job payload the OurVidz app pushes onto `sdxl_queue` / `wan_queue`
-(the app's `queue-job` function; field by field in docs/QUEUE.md).
+(the app's `queue-job` function; field by field in docs/API.md).
 
 It checks the kind and range of the fields only the app sends (`job_id`, `job_type`, `quality`, `format`,
 `content_type`, top-level `negative_prompt`, `config.pipeline`, `config.denoise_strength`, the metadata

@@ -1,7 +1,7 @@
 """Chat worker request schemas: enhancement, legacy chat, and the OpenAI-compatible chat completion.
 
 Every sampling parameter is validated here, with bounds from configuration/models.json (`max_tokens`
-per profile). What each one does is in docs/CHAT.md. Every optional field also accepts `null`, which
+per profile). What each one does is in docs/API.md. Every optional field also accepts `null`, which
 means absent (the app's browser-built bodies pass `project_context: null` and the like); the routes
 drop such fields (`configuration.params.chat.without_nulls`) before reading the body.
 """
@@ -53,15 +53,15 @@ def _sampling(max_tokens: int) -> dict:
                                             "output; 0 is off."},
         "stop": STOP,
         "seed": {**SEED, "description": "Random (and reported) when absent. Same seed and parameters give the same "
-                                        "text alone; batched with other requests the text can differ (docs/CHAT.md), "
-                                        "unless `reproducible` is true."},
+                                        "text alone; batched with other requests the text can differ "
+                                        "(docs/ENGINES.md), unless `reproducible` is true."},
         "reproducible": {"type": "boolean",
                          "description": "Run this request alone, never batched with others, so the same seed and "
                                         "parameters always give the same text (slower under load)."},
     }
 
 
-# What the app's callers send besides the generation parameters (docs/CHAT.md).
+# What the app's callers send besides the generation parameters (docs/API.md).
 POLICY = {
     "sfw_mode": {"type": "boolean", "description": "Content-policy input: true asks for sfw, false for nsfw."},
     "content_tier": {"enum": ["sfw", "nsfw"], "description": "Content-policy input: the tier the caller asks for."},

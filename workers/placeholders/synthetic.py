@@ -2,7 +2,7 @@
 real sizes, dtypes and on-disk formats, built where no hub can be reached.
 
 The architectures are data: configuration/architectures/ holds the `config.json` files of the checkpoints
-docs/DEPLOY.md pins. From them this module writes, under `root` (SYNTHETIC_MODELS_DIR):
+docs/OPERATIONS.md pins. From them this module writes, under `root` (SYNTHETIC_MODELS_DIR):
 
     sdxl/sd_xl_base_1.0.safetensors  one original-format fp16 file (3.47 B parameters, about 6.9 GB), and
     sdxl/                            beside it the repository's configs and two CLIP tokenizers (SDXL_CONFIG_DIR)
