@@ -33,6 +33,7 @@ from common import strict_json
 from common.http import now_iso
 from common.logging import log_context
 from common.metrics import process_metrics
+from common.retry import backoff_delay
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class CallbackSender:
                     self.abandoned += 1
             return
         metrics.callback_retries.inc()
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(delivery.attempt - 1, 62))
+        delay = backoff_delay(delivery.attempt, self.backoff_s, self.backoff_max_s)
         log.warning("callback %s attempt %d failed (%s); retrying in %.1fs", delivery.key, delivery.attempt, reason,
                     delay)
         if delivery.on_attempt:

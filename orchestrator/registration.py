@@ -25,6 +25,7 @@ import threading
 
 from common import supabase
 from common.http import now_iso
+from common.retry import backoff_delay
 from configuration import worker_capabilities, worker_config
 from configuration.settings import Settings
 
@@ -105,7 +106,7 @@ class Registrar:
         the worker or the pod's shutdown."""
         settings = self.settings
         method = detection_method(settings, worker)
-        delay, failures, registrations = settings.registration_backoff_s, 0, 0
+        failures, registrations = 0, 0
         while self._current(worker, start):
             function, body = registration_body(worker, url, now_iso(), method)
             ok, reason = self._invoke(function, body)
@@ -119,11 +120,12 @@ class Registrar:
                          f" after {failures} failed attempt(s)" if failures else "")
                 if function == CHAT_REGISTRATION:
                     self._chat_registered.set()
-                delay, failures = settings.registration_backoff_s, 0
+                failures = 0
                 if settings.registration_refresh_s <= 0 or self._stop.wait(settings.registration_refresh_s):
                     return
                 continue
             failures += 1
+            delay = backoff_delay(failures, settings.registration_backoff_s, settings.registration_backoff_max_s)
             self._result(worker, "retrying", f"{function}: {reason}; attempt {failures}, next in {delay:.1f}s",
                          registrations=registrations, failed_attempts=failures)
             level = logging.WARNING if failures == 1 or failures % LOG_EVERY_ATTEMPTS == 0 else logging.DEBUG
@@ -131,7 +133,6 @@ class Registrar:
                     worker, failures, reason, delay)
             if self._stop.wait(delay):
                 return
-            delay = min(settings.registration_backoff_max_s, delay * 2)
 
     def _invoke(self, function: str, body: dict) -> tuple[bool, str]:
         """(succeeded, why not) of one call of an app function with the service key."""

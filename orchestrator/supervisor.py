@@ -23,6 +23,7 @@ import requests
 from common.http import local_url, now_iso
 from common.logging import Progress
 from common.metrics import process_metrics
+from common.retry import backoff_delay
 from common.serve import gunicorn_command
 from configuration.settings import Settings
 
@@ -30,11 +31,6 @@ log = logging.getLogger(__name__)
 
 READY_POLL_S = 0.1
 EXIT_POLL_S = 0.1
-
-
-def backoff_delay(failures: int, first_s: float, cap_s: float) -> float:
-    """Delay before restart number `failures` (1-based): first_s, doubling, capped."""
-    return min(cap_s, first_s * 2 ** max(0, failures - 1))
 
 
 def describe_exit(returncode: int | None) -> str:

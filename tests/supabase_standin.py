@@ -25,6 +25,7 @@ REST (`GET /rest/v1/jobs`, PostgREST's form): the app's `jobs` table as `job_sta
 job-callback stores, and what a test sets with `set_job_status`, e.g. `cancelled` as the app's cancel
 does). Filters `id=eq.<id>`, `select=<columns>` (`id`, `status`); the service key as bearer (401
 otherwise); `fail_rest` answers 500 to that many reads first. Every read is in `rest_reads`.
+`fail_uploads = n` answers 503 to the next `n` storage uploads (a transient failure the pod retries).
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class SupabaseStandIn:
         self.fail_functions: dict[str, int] = {}  # name -> answer 503 this many times first
         self.unavailable_until: dict[str, float] = {}  # name -> answer 503 until this time.monotonic()
         self.fail_rest = 0                     # answer 500 to this many REST reads first
+        self.fail_uploads = 0                  # answer 503 to this many uploads first
         self.rest_reads: list[str] = []        # job id of every REST read of `jobs`
         self._signed: dict[str, tuple[str, str, float]] = {}  # token -> (bucket, path, expiry)
         self._lock = threading.Lock()
@@ -241,6 +243,12 @@ class SupabaseStandIn:
         return h._storage_error(400, "invalid_request", f"unsupported {method} on {rest}")
 
     def _upload(self, h, method: str, bucket: str, path: str, raw: bytes) -> None:
+        with self._lock:
+            failing = self.fail_uploads > 0
+            if failing:
+                self.fail_uploads -= 1
+        if failing:
+            return h._storage_error(503, "service_unavailable", "storage is briefly unavailable")
         content_type = h.headers.get("Content-Type", "")
         if content_type.startswith("multipart/form-data"):
             data, mime = _multipart_file(content_type, raw)

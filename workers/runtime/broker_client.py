@@ -12,17 +12,31 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 
 import requests
 
 from common.errors import MemoryUnavailable
 from common.http import bearer_session, error_of
+from common.retry import linear_delay, retry_call
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REPORT_ATTEMPTS = 3
+REPORT_BACKOFF_S = 0.2  # waits 0.2 s, then 0.4 s, between the attempts
+
+
+class _ReportRefused(Exception):
+    """The broker answered a report with an error status (a 5xx is worth another attempt, a 4xx is not)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _retryable(exc: Exception) -> bool:
+    """No answer, or the broker's own trouble (5xx)."""
+    return isinstance(exc, requests.RequestException) or (isinstance(exc, _ReportRefused) and exc.status >= 500)
 
 
 class BrokerMemory:
@@ -101,19 +115,19 @@ class BrokerMemory:
         self._report("touch", {"models": list(models)})
 
     def _report(self, action: str, body: dict) -> None:
-        for attempt in range(REPORT_ATTEMPTS):
-            try:
-                response = self._session.post(f"{self.url}/broker/{action}", json={"worker": self.worker, **body},
-                                              timeout=10)
-                if response.status_code == 200:
-                    return
-                reason = f"HTTP {response.status_code}: {error_of(response).get('message', '')}"
-                if response.status_code < 500:
-                    break
-            except requests.RequestException as exc:
-                reason = type(exc).__name__
-            time.sleep(0.2 * (attempt + 1))
-        log.warning("memory broker report %s %s not delivered (%s)", action, body, reason)
+        def post() -> None:
+            response = self._session.post(f"{self.url}/broker/{action}", json={"worker": self.worker, **body},
+                                          timeout=10)
+            if response.status_code != 200:
+                raise _ReportRefused(response.status_code,
+                                     f"HTTP {response.status_code}: {error_of(response).get('message', '')}")
+
+        try:
+            retry_call(post, attempts=REPORT_ATTEMPTS, delay_s=linear_delay(REPORT_BACKOFF_S), retryable=_retryable)
+        except _ReportRefused as exc:
+            log.warning("memory broker report %s %s not delivered (%s)", action, body, exc.reason)
+        except requests.RequestException as exc:
+            log.warning("memory broker report %s %s not delivered (%s)", action, body, type(exc).__name__)
 
     def status(self) -> dict:
         with self._lock:

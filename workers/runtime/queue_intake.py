@@ -42,6 +42,7 @@ from common import errors
 from common.http import now_iso
 from common.metrics import process_metrics
 from common.queues import TERMINAL, Entry, QueueKeys, parse_entry, redis_state
+from common.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,7 @@ class QueueIntake:
             except redis.RedisError as exc:
                 failures += 1
                 self._disconnected(exc)
-                delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(failures - 1, 16))
-                self._stop.wait(delay)
+                self._stop.wait(backoff_delay(failures, self.backoff_s, self.backoff_max_s))
             except Exception:  # the intake thread must survive anything a sink or an entry does
                 log.exception("queue %s: unexpected intake error", self.keys.queue)
                 self._reconcile = True  # an entry taken but not handled is handled again

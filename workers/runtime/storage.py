@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from common import supabase
+from common.retry import linear_delay, retry_call
 from configuration.settings import Settings
 
 
@@ -62,16 +62,14 @@ class SupabaseStorage(Storage):
         self.backoff_s = backoff_s
 
     def put(self, path: str, data: bytes, content_type: str) -> str:
-        for attempt in range(1, self.ATTEMPTS + 1):
-            try:
-                supabase.upload(self.client, self.bucket, path, data, content_type)
-                return path
-            except supabase.SupabaseError as exc:
-                if not exc.retryable or attempt == self.ATTEMPTS:
-                    status = f" (HTTP {exc.status})" if exc.status else ""
-                    raise StorageError(f"{exc.message}{status}") from None
-                time.sleep(self.backoff_s * attempt)
-        raise AssertionError("unreachable")
+        try:
+            retry_call(lambda: supabase.upload(self.client, self.bucket, path, data, content_type),
+                       attempts=self.ATTEMPTS, delay_s=linear_delay(self.backoff_s),
+                       retryable=lambda exc: isinstance(exc, supabase.SupabaseError) and exc.retryable)
+        except supabase.SupabaseError as exc:
+            status = f" (HTTP {exc.status})" if exc.status else ""
+            raise StorageError(f"{exc.message}{status}") from None
+        return path
 
     def delete(self, path: str) -> None:
         try:
