@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -116,7 +114,8 @@ def main() -> int:
             second = start_worker(tmp, "w2", redis.url, receiver)
             throughput(client, receiver, 2, args.steps)  # warm the second worker
             two = throughput(client, receiver, args.burst, args.steps)
-            ran_second = requests.get(second.url + "/ready", timeout=5).json()["queue"]["acknowledged"]
+            # with the key: /ready without it shows only connected/redis (issue 19)
+            ran_second = second.client.get("/ready", timeout=5).json()["queue"]["acknowledged"]
         finally:
             for worker in (first, second):
                 if worker:
