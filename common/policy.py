@@ -481,14 +481,24 @@ class Rules:
         of "子供") or spelled out ("c h i l d")."""
         found = [(kind, pos) for pos, w in enumerate(words) for kind in w.kinds]
         primaries = [w.primary for w in words]
-        n = len(primaries)
-        for pos in range(n):  # terms of several words, stop words included ("à poil")
+        self._phrase_matches(words, found)
+        self._joined_matches(words, primaries, found)
+        self._spread_matches(words, primaries, found)
+        return found
+
+    def _phrase_matches(self, words: list[_Word], found: list[tuple[str, int]]) -> None:
+        """Terms of several words, stop words included ("à poil")."""
+        n = len(words)
+        for pos in range(n):
             for first in words[pos].forms:
                 for phrase, marks in self.phrase_terms.get(first, ()):
                     if pos + len(phrase) <= n and all(p in words[pos + i].forms for i, p in enumerate(phrase)):
                         found.extend((kind, pos) for kind in marks)
+
+    def _joined_matches(self, words: list[_Word], primaries: list[str], found: list[tuple[str, int]]) -> None:
+        """Words split by spaces: "ch ild", "nu de" (no stop word inside, so "pen is" stays two words)."""
         prefixes, stop, terms = self._prefixes, self.join_stopwords, self.terms
-        # Words split by spaces: "ch ild", "nu de" (no stop word inside, so "pen is" stays two words) ...
+        n = len(primaries)
         for pos in range(n - 1):
             if not words[pos].joinable:
                 continue
@@ -506,8 +516,10 @@ class Rules:
                             found.extend((kind, pos) for kind in self.stems[form[:length]])
                 if not any(form in prefixes for form in forms):
                     break
-        # ... and letters spread out: "c h i l d", "s.e.x" written with spaces.
-        pos = 0
+
+    def _spread_matches(self, words: list[_Word], primaries: list[str], found: list[tuple[str, int]]) -> None:
+        """Letters spread out: "c h i l d", "s.e.x" written with spaces."""
+        terms, n, pos = self.terms, len(primaries), 0
         while pos < n:
             end = pos
             while end < n and words[end].spread:
@@ -519,7 +531,6 @@ class Rules:
                             found.extend((kind, start) for kind in terms.get(form, ()))
                             found.extend((kind, start) for kind in self._stem_kinds(form))
             pos = end + 1
-        return found
 
     def found(self, chunks: list[str], words: list[_Word]) -> list[tuple[str, int]]:
         """`matches` without the words that do not count in this text: a word that is a minor only in some

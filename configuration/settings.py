@@ -368,6 +368,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:
+        """Refuse settings that cannot work, in this order: the values, the keys, the queue and
+        registration timings, the public URLs, then what production or a public interface needs."""
+        self._check_values()
+        self._check_keys()
+        self._check_timings()
+        self._check_public_urls()
+        self._check_exposure()
+
+    def _check_values(self) -> None:
         if self.model_profile not in ("placeholder", "synthetic", "production"):
             raise SettingsError(f"MODEL_PROFILE must be 'placeholder', 'synthetic' or 'production', got "
                                 f"{self.model_profile!r}")
@@ -394,6 +403,8 @@ class Settings:
                                 "CALLBACK_RETRY_HORIZON_S > 0")
         if self.job_retention_days < 0 or self.lease_load_timeout_s <= 0:
             raise SettingsError("JOB_RETENTION_DAYS must be >= 0 and LEASE_LOAD_TIMEOUT_S > 0")
+
+    def _check_keys(self) -> None:
         if self.api_key != self.api_key.strip():
             # A key of spaces would pass "is set" and match a bearer header of spaces; surrounding
             # whitespace can never be sent in a header (it is trimmed), so such a key is a mistake.
@@ -408,6 +419,8 @@ class Settings:
             raise SettingsError(
                 f"BIND_HOST={self.bind_host} is public and {len(short)} configured key(s) are shorter than "
                 f"{MIN_PUBLIC_KEY_CHARS} characters (WORKER_API_KEY / WORKER_API_KEYS): refusing to start")
+
+    def _check_timings(self) -> None:
         if self.queue_heartbeat_ttl_s <= 0 or self.queue_reap_interval_s <= 0 or self.queue_block_s <= 0:
             raise SettingsError("QUEUE_HEARTBEAT_TTL_S, QUEUE_REAP_INTERVAL_S and QUEUE_BLOCK_S must be > 0")
         if self.queue_max_deliveries < 1:
@@ -424,7 +437,8 @@ class Settings:
             raise SettingsError("REGISTRATION_BACKOFF_S must be > 0 and <= REGISTRATION_BACKOFF_MAX_S")
         if self.registration_refresh_s < 0 or self.health_check_workers_s < 0:
             raise SettingsError("REGISTRATION_REFRESH_S and HEALTH_CHECK_WORKERS_S must be >= 0 (0: off)")
-        self._check_public_urls()
+
+    def _check_exposure(self) -> None:
         if (self.model_profile == "production" and not self.callback_secret
                 and (self.redis_url or self.effective_callback_url)):
             configured = ("REDIS_URL (queue intake)" if self.redis_url

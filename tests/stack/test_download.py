@@ -25,6 +25,95 @@ def _blob(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+class _HubHandler(BaseHTTPRequestHandler):
+    """The hub's HTTP side; its server's `hub` is the LocalHub it serves."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status, body=b"", headers=None, head=False):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        length = (headers or {}).get("Content-Length", str(len(body)))
+        self.send_header("Content-Length", length)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, data, status=200):
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def do_HEAD(self):
+        self._route(head=True)
+
+    def do_GET(self):
+        self._route(head=False)
+
+    def _route(self, head):
+        hub = self.server.hub
+        url = urlparse(self.path)
+        path = unquote(url.path)
+        hub.requests.append(("HEAD" if head else "GET", path, self.headers.get("Range")))
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
+        if m:
+            repo, rev = m.group(1), m.group(2)
+            if repo not in hub.repos or rev != COMMIT:
+                return self._json({"error": "Revision Not Found"}, 404)
+            return self._json(hub.tree(repo))
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path)
+        if m:
+            if m.group(1) not in hub.repos:
+                return self._json({"error": "Repository Not Found"}, 404)
+            return self._json({"id": m.group(1), "sha": hub.main_commit, "siblings": []})
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m:
+            return self._resolve(m.group(1), m.group(2), m.group(3), head)
+        self._json({"error": "not found"}, 404)
+
+    def _resolve(self, repo, rev, name, head):
+        hub = self.server.hub
+        files = hub.repos.get(repo, {})
+        if rev != COMMIT or name not in files:
+            return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, head)
+        real = files[name]
+        served = hub.tamper.get(name, real)
+        etag = hashlib.sha256(real).hexdigest() if name.endswith(".safetensors") else _blob(real)
+        headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
+                   "Content-Type": "application/octet-stream"}
+        if name.endswith(".safetensors"):
+            headers["X-Linked-Etag"] = f'"{etag}"'
+            headers["X-Linked-Size"] = str(len(real))
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and not head:
+            start = int(re.match(r"bytes=(\d+)-", rng).group(1))
+        body = served[start:]
+        if head:
+            headers["Content-Length"] = str(len(served))
+            return self._send(200, b"", headers, head=True)
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(served) - 1}/{len(served)}"
+        action = hub.script[name].pop(0) if hub.script.get(name) else None
+        if action == "500":
+            return self._send(500, b"boom")
+        cut = action
+        self.send_response(206 if start else 200)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 class LocalHub:
     """A few repositories at one commit each. `lfs` files (names ending .safetensors) are announced with
     their sha256 like the hub's LFS files; `script[path]` is a list of what the next GETs of that file do
@@ -37,93 +126,8 @@ class LocalHub:
         self.script: dict[str, list] = {}
         self.tamper: dict[str, bytes] = {}
         self.requests: list[tuple[str, str, str | None]] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _send(self, status, body=b"", headers=None, head=False):
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                length = (headers or {}).get("Content-Length", str(len(body)))
-                self.send_header("Content-Length", length)
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _json(self, data, status=200):
-                self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
-
-            def do_HEAD(self):
-                self._route(head=True)
-
-            def do_GET(self):
-                self._route(head=False)
-
-            def _route(self, head):
-                url = urlparse(self.path)
-                path = unquote(url.path)
-                hub.requests.append(("HEAD" if head else "GET", path, self.headers.get("Range")))
-                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(/.*)?", path)
-                if m:
-                    repo, rev = m.group(1), m.group(2)
-                    if repo not in hub.repos or rev != COMMIT:
-                        return self._json({"error": "Revision Not Found"}, 404)
-                    return self._json(hub.tree(repo))
-                m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", path)
-                if m:
-                    if m.group(1) not in hub.repos:
-                        return self._json({"error": "Repository Not Found"}, 404)
-                    return self._json({"id": m.group(1), "sha": hub.main_commit, "siblings": []})
-                m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-                if m:
-                    return self._resolve(m.group(1), m.group(2), m.group(3), head)
-                self._json({"error": "not found"}, 404)
-
-            def _resolve(self, repo, rev, name, head):
-                files = hub.repos.get(repo, {})
-                if rev != COMMIT or name not in files:
-                    return self._send(404, b"", {"X-Error-Code": "EntryNotFound"}, head)
-                real = files[name]
-                served = hub.tamper.get(name, real)
-                etag = hashlib.sha256(real).hexdigest() if name.endswith(".safetensors") else _blob(real)
-                headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
-                           "Content-Type": "application/octet-stream"}
-                if name.endswith(".safetensors"):
-                    headers["X-Linked-Etag"] = f'"{etag}"'
-                    headers["X-Linked-Size"] = str(len(real))
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and not head:
-                    start = int(re.match(r"bytes=(\d+)-", rng).group(1))
-                body = served[start:]
-                if head:
-                    headers["Content-Length"] = str(len(served))
-                    return self._send(200, b"", headers, head=True)
-                if start:
-                    headers["Content-Range"] = f"bytes {start}-{len(served) - 1}/{len(served)}"
-                action = hub.script[name].pop(0) if hub.script.get(name) else None
-                if action == "500":
-                    return self._send(500, b"boom")
-                cut = action
-                self.send_response(206 if start else 200)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)
-                    return
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+        self.server.hub = self  # read by _HubHandler
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
