@@ -16,6 +16,7 @@ import selectors
 import time
 from concurrent import futures
 from functools import partial
+from typing import Any, cast
 
 from gunicorn.workers.gthread import TConn, ThreadWorker  # type: ignore[import-untyped]  # no stubs for 27.x
 
@@ -38,7 +39,7 @@ class HeadBufferingWorker(ThreadWorker):
         sets (gunicorn/http/wsgi.py, process_headers) and keeps the connection alive. After a 413 or 408 the
         unread rest of a body is still on the socket: it must not be parsed (or drained) as a next request."""
         super().load_wsgi()
-        app = self.wsgi
+        app = cast(Any, self).wsgi  # set by gunicorn's base class, which has no types
 
         def closing_app(environ, start_response):
             def start(status, headers, exc_info=None):
