@@ -13,7 +13,7 @@ from configuration.openapi import RouteTable, openapi_document, route_endpoints
 from configuration.schemas import validate_request
 
 if TYPE_CHECKING:
-    from workers.http.app import WorkerState
+    from workers.runtime.worker_state import WorkerState
 
 
 def state() -> WorkerState:

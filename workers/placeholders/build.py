@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.logging import Progress
 
-from . import _LAYOUT, LOCK_FILE, MANIFEST, expected_stamp, is_current
+from .manifest import _LAYOUT, LOCK_FILE, MANIFEST, expected_stamp, is_current
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage
 from workers.runtime.queue_intake import QueueIntake
 
 if TYPE_CHECKING:
-    from workers.http.app import WorkerState
+    from workers.runtime.worker_state import WorkerState
 
 log = logging.getLogger(__name__)
 _IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}

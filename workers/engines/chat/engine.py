@@ -11,7 +11,6 @@ prompt, parameters and seed; what floating-point arithmetic of a batch can still
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from workers import devices
 from workers.engines.base import Engine
 from workers.engines.chat.batcher import Batcher
 from workers.engines.chat.generation import Generation
+from workers.engines.chat.loaded import LoadedModel
 from workers.engines.chat.plan import (
     batch_working_bytes,
     gpu_plan,
@@ -37,15 +37,6 @@ from workers.engines.chat.plan import (
 )
 from workers.engines.chat.prompts import prompt_text
 from workers.engines.chat.running import RunningBatch
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    model: Any       # a transformers causal LM (PreTrainedModel)
-    tokenizer: Any   # its tokenizer (PreTrainedTokenizerBase)
-    eos_ids: list[int]
-    pad_id: int
-    special_tokens: list[str]
 
 
 class ChatEngine(Engine[ChatParams]):

@@ -21,7 +21,7 @@ from workers.engines.chat.generation import Generation
 from workers.engines.chat.sampling import BatchSampling
 
 if TYPE_CHECKING:
-    from workers.engines.chat.engine import LoadedModel
+    from workers.engines.chat.loaded import LoadedModel
 
 
 def pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
