@@ -177,10 +177,10 @@ def bootstrap(wheels: Path | None) -> list[str]:
     files = [str(path) for path in sorted(wheels.glob("*.whl"))
              if _installed(_wheel_name_version(path)[0]) != _wheel_name_version(path)[1]]
     if files:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",  # noqa: S603 (fixed argv, no shell)
                                "--no-cache-dir", "--upgrade", "--target", str(SITE), *files])
     env = dict(os.environ, OURVIDZ_GPU_SUITE_BOOTSTRAPPED="1", PYTHONPATH=suite_pythonpath(str(SITE), str(REPO)))
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)  # noqa: S606 (re-executes this script with its own argv)
     return []  # not reached
 
 
@@ -234,7 +234,7 @@ def fetch_wheels(target: Path, python_version: str = "3.12") -> int:
     wanted = [f"{n}=={v}" for n, v in carried_requirements().items()]
     platforms = [a for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
                  for a in ("--platform", p)]
-    return subprocess.call([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+    return subprocess.call([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",  # noqa: S603 (fixed argv, no shell)
                             "--python-version", python_version, "--implementation", "cp", *platforms,
                             "-d", str(target), *wanted])
 

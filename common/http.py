@@ -33,7 +33,7 @@ def now_iso() -> str:
 
 def local_url(settings: Settings, port: int) -> str:
     """How a process of this pod reaches another one on `port`: BIND_HOST, or loopback for a wildcard bind."""
-    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host
+    host = "127.0.0.1" if settings.bind_host in ("0.0.0.0", "::", "") else settings.bind_host  # noqa: S104 (recognises a wildcard bind; binds nothing)
     return f"http://{host}:{port}"
 
 

@@ -55,4 +55,4 @@ if __name__ == "__main__":
     import os
     name = sys.argv[1]
     command = gunicorn_command(name, Settings.from_env())
-    os.execv(command[0], command)
+    os.execv(command[0], command)  # noqa: S606 (exec of the gunicorn argv built above, no shell)

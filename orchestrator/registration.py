@@ -136,7 +136,8 @@ class Registrar:
 
     def _invoke(self, function: str, body: dict) -> tuple[bool, str]:
         """(succeeded, why not) of one call of an app function with the service key."""
-        assert self._client is not None
+        if self._client is None:
+            raise RuntimeError("app functions are invoked only with the service key's client")
         try:
             answer = supabase.invoke(self._client, function, body)
         except supabase.SupabaseError as exc:

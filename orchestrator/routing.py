@@ -115,7 +115,8 @@ class Router:
     def dry_run(self, body: dict) -> dict:
         """Everything `submit` checks (here and, with its own dry run, on the target worker); nothing routed."""
         result = self.submit(body, dry_run=True)
-        assert isinstance(result, dict)
+        if not isinstance(result, dict):
+            raise TypeError(f"a dry run answers a dict, not {type(result).__name__}")
         return result
 
     def submit(self, body: dict, dry_run: bool = False):
@@ -301,7 +302,8 @@ class Router:
                           job.target, type(exc).__name__)
 
     def _enhance(self, job: RoutedJob) -> tuple[str, dict]:
-        assert job.enhance is not None, "only a job that asked for enhancement is enhanced"
+        if job.enhance is None:
+            raise ValueError("only a job that asked for enhancement is enhanced")
         spec = dict(job.enhance)
         model = spec.pop("model")
         body = {"prompt": job.record.metadata["original_prompt"], "target_model": job.target, **spec}

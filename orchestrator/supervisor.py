@@ -173,7 +173,7 @@ class WorkerSupervisor:
                 return None
             self.state = "starting"
             self.ready_at = None
-            self._proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+            self._proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)  # noqa: S603 (the worker's argv from common/serve.py, no shell)
             self.pid = self._proc.pid
             self.incarnation += 1
             self.started_at = now_iso()

@@ -109,7 +109,7 @@ def plan(names: list[str], checkpoints: dict[str, dict], endpoint: str | None = 
 
 
 def git_blob_sha1(path: Path) -> str:
-    h = hashlib.sha1()
+    h = hashlib.sha1(usedforsecurity=False)  # git's blob id, as the hub lists it
     h.update(f"blob {path.stat().st_size}\0".encode())
     _update(h, path)
     return h.hexdigest()

@@ -199,7 +199,8 @@ class WanEngine(Engine[WanParams]):
         share_te, share_vae = self._sharing(model, other, offload)
         shared = (["text_encoder", "tokenizer"] if share_te else []) + (["vae"] if share_vae else [])
         if share_te:
-            assert other is not None
+            if other is None:
+                raise RuntimeError("sharing the text encoder needs another loaded model")
             prompts, text_encoder = other.prompts, None
         else:
             prompts = None
@@ -208,7 +209,8 @@ class WanEngine(Engine[WanParams]):
             if te_device != "cpu":
                 text_encoder.to(te_device)
         if share_vae:
-            assert other is not None
+            if other is None:
+                raise RuntimeError("sharing the VAE needs another loaded model")
             vae = other.pipe.vae
         else:
             vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=vae_dtype(gpu, self.device, dtype),

@@ -67,7 +67,8 @@ def _pointer_to(value, wanted: str, path: str = "") -> str | None:
 
 def _runner() -> JobRunner:
     runner = state().runner
-    assert runner is not None  # this blueprint is registered only on workers with a job runner
+    if runner is None:  # this blueprint is registered only on workers with a job runner
+        raise RuntimeError("generation routes on a worker without a job runner")
     return runner
 
 

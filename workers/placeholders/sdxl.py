@@ -68,7 +68,7 @@ def build_pipeline():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = clip_tokenizer()
-    tokenizer_2 = clip_tokenizer(pad_token="!")
+    tokenizer_2 = clip_tokenizer(pad_token="!")  # noqa: S106 (a tokenizer's pad token, not a password)
     # Token ids as in the real SDXL text encoder configs (eos_token_id 2 = legacy "eos is the highest id").
     common: dict[str, Any] = dict(vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=0, eos_token_id=2,
                   pad_token_id=1, layer_norm_eps=1e-5, attention_dropout=0.0, initializer_factor=1.0,

@@ -157,7 +157,7 @@ def _vocab_from_merges(base: list[str], merges: list[tuple[str, str]],
 
 
 # ----------------------------------------------------------------------------------------------- CLIP
-def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):  # noqa: S107 (a tokenizer's pad token, not a password)
     """A CLIPTokenizer laid out like openai/clip-vit-large-patch14's: 256 byte symbols, the same with `</w>`,
     one token per merge, then `<|startoftext|>`, `<|endoftext|>` last; model_max_length 77."""
     from tokenizers import Regex, normalizers, pre_tokenizers
@@ -299,7 +299,7 @@ def qwen_tokenizer(instruct: bool):
     merges = _trained_bpe_merges(normalizers.NFC(), pre_tokenizer, num_merges=1000)
     vocab, merges = _vocab_from_merges(_byte_symbols(), merges, QWEN_SPECIAL_TOKENS)
     kwargs: dict[str, Any] = dict(vocab=vocab, merges=merges, eos_token="<|im_end|>" if instruct else "<|endoftext|>",
-                  pad_token="<|endoftext|>", unk_token=None, bos_token=None, model_max_length=131072,
+                  pad_token="<|endoftext|>", unk_token=None, bos_token=None, model_max_length=131072,  # noqa: S106 (a tokenizer's pad token, not a password)
                   errors="replace", clean_up_tokenization_spaces=False, split_special_tokens=False,
                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     if instruct:

@@ -266,7 +266,8 @@ def _get(target: ReferenceUrl, settings: Settings, fetch: _Fetch, max_bytes: int
     addresses = resolve(target, settings.fetch_allow_private)
     conn = _connect(target, addresses, fetch)
     sock = conn.sock  # the response takes it over from the connection
-    assert sock is not None
+    if sock is None:
+        raise RuntimeError("a connected HTTP connection without a socket")
     done = fetch.watch(sock)
     try:
         sock.settimeout(fetch.remaining())

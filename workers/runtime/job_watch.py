@@ -173,7 +173,8 @@ class JobWatch:
 
     def _app_loop(self) -> None:
         app_status = self.app_status
-        assert app_status is not None
+        if app_status is None:
+            raise RuntimeError("the app-cancel loop runs only with APP_CANCEL_CHECK's reader")
 
         def next_read(w: _Watched) -> float:
             # An interval after the latest read of the job (the start check's, when it was taken from the

@@ -51,7 +51,8 @@ def start_queue_intake(state: WorkerState) -> QueueIntake | None:
 
 class QueueJobSink:
     def __init__(self, state: WorkerState, queue: str):
-        assert state.runner is not None  # start_queue_intake only builds a sink for workers with a job runner
+        if state.runner is None:  # start_queue_intake only builds a sink for workers with a job runner
+            raise RuntimeError("a queue sink on a worker without a job runner")
         self.state = state
         self.runner = state.runner
         self.queue = queue

@@ -100,7 +100,8 @@ class OutputClassifier:
         import torch
 
         self.load()
-        assert self._processor is not None and self._model is not None
+        if self._processor is None or self._model is None:
+            raise RuntimeError("the safety classifier is not loaded")
         inputs = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
         with torch.inference_mode():
             probabilities = self._model(**inputs).logits.float().softmax(-1)

@@ -110,10 +110,12 @@ class Generation:
             raise TimeoutError("generation still running")
         if self.error is not None:
             raise self.error
-        assert self.result is not None
+        if self.result is None:
+            raise RuntimeError("a generation ended with neither a result nor an error")
         return self.result
 
     def next_event(self, timeout: float | None = None) -> tuple[str, object]:
         """("started" | "delta" | "done" | "error", payload), for streaming generations."""
-        assert self._events is not None, "not a streaming generation"
+        if self._events is None:
+            raise TypeError("not a streaming generation")
         return self._events.get(timeout=timeout)
