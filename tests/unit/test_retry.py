@@ -75,7 +75,8 @@ def test_an_error_the_caller_does_not_retry_propagates_at_once():
     with pytest.raises(Permanent):
         retry_call(call, attempts=5, delay_s=linear_delay(0.5), retryable=lambda exc: isinstance(exc, Transient),
                    sleep=slept.append)
-    assert call.calls == 1 and slept == []
+    assert call.calls == 1
+    assert slept == []
 
 
 def test_the_retryable_predicate_sees_each_error():
@@ -88,7 +89,9 @@ def test_the_retryable_predicate_sees_each_error():
 
     with pytest.raises(Transient) as raised:
         retry_call(call, attempts=10, delay_s=linear_delay(0.0), retryable=retryable, sleep=lambda s: None)
-    assert seen == call.raised[:2] and raised.value is call.raised[1] and call.calls == 2
+    assert seen == call.raised[:2]
+    assert raised.value is call.raised[1]
+    assert call.calls == 2
 
 
 def test_the_default_sleep_really_waits():
@@ -103,13 +106,16 @@ def test_the_default_sleep_really_waits():
 def test_attempts_and_delays_are_bounded(attempts, failures, step_s):
     call = Flaky(failures)
     slept: list[float] = []
-    try:
-        outcome = retry_call(call, attempts=attempts, delay_s=linear_delay(step_s),
-                             retryable=lambda exc: isinstance(exc, Transient), sleep=slept.append)
-    except Transient as exc:
-        assert failures >= attempts and exc is call.raised[-1]
+    def run() -> str:
+        return retry_call(call, attempts=attempts, delay_s=linear_delay(step_s),
+                          retryable=lambda exc: isinstance(exc, Transient), sleep=slept.append)
+
+    if failures >= attempts:
+        with pytest.raises(Transient) as raised:
+            run()
+        assert raised.value is call.raised[-1]
     else:
-        assert outcome == "ok" and failures < attempts
+        assert run() == "ok"
     assert call.calls == min(failures + 1, attempts)
     assert len(slept) == call.calls - 1
     assert slept == [step_s * n for n in range(1, call.calls)]
@@ -117,9 +123,9 @@ def test_attempts_and_delays_are_bounded(attempts, failures, step_s):
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="attempts must be at least 1"):
         retry_call(lambda: "ok", attempts=0, delay_s=linear_delay(1.0), retryable=lambda exc: True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="failures counts from 1"):
         backoff_delay(0, 1.0, 10.0)
 
 
@@ -211,7 +217,8 @@ def test_broker_reports_retry_the_brokers_trouble_not_its_refusals(broker_standi
     broker_standin.script["touch"] = [503, 502]  # two 5xx, then delivered: three posts, nothing logged
     with caplog.at_level(logging.WARNING, logger=broker_client.__name__):
         memory.touch(["sdxl_lustify"])
-        assert broker_standin.calls[1:] == ["touch"] * 3 and not caplog.records
+        assert broker_standin.calls[1:] == ["touch"] * 3
+        assert not caplog.records
         broker_standin.script["release"] = [400]  # a refusal: one post, then the warning names it
         memory.release("sdxl_lustify")
         assert broker_standin.calls[4:] == ["release"]
