@@ -3,15 +3,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, CallbackReceiver
+from tests.support import REPO, CallbackReceiver, PodFactory
 
 TIERS = ("unit", "app", "stack", "e2e")  # the folders under tests/, each a marker of pytest.ini
 
 
 def pytest_collection_modifyitems(config, items):
     """Every test carries the marker of its tier, the folder it stands in (`-m "unit or app"` selects by
-    it); a test module outside the four folders is a collection error naming it, not an unmarked test."""
+    it); a test module outside the four folders is a collection error naming it, not an unmarked test.
+    The tiers run in order, unit first; the modules on the session's shared pod run last, together, so
+    that pod is up only while they run (pytest ends a session fixture with the session)."""
     tests_dir = Path(__file__).resolve().parent
+    tier = {}
     for item in items:
         parts = item.path.resolve().relative_to(tests_dir).parts
         if len(parts) < 2 or parts[0] not in TIERS:
@@ -19,6 +22,9 @@ def pytest_collection_modifyitems(config, items):
                                     "(unit: pure logic; app: in-process apps and tiny models; stack: real "
                                     "processes; e2e: fuzz, browser, README, the GPU suite script)")
         item.add_marker(getattr(pytest.mark, parts[0]))
+        tier[item] = TIERS.index(parts[0])
+    on_shared_pod = {item.path for item in items if "shared_pod" in item.fixturenames}
+    items.sort(key=lambda item: (item.path in on_shared_pod, tier[item]))  # stable: module order kept within
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +46,28 @@ def settings(tmp_path, placeholder_dir):
 
 @pytest.fixture
 def receiver():
+    """A callback receiver for one test (tests.support.CallbackReceiver)."""
     r = CallbackReceiver()
     yield r
     r.close()
+
+
+@pytest.fixture(scope="module")
+def module_receiver():
+    """A callback receiver for the module's processes (a pod's own: start_pod(callbacks=True))."""
+    r = CallbackReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def standin():
+    """The module's stand-in for the app's Supabase (tests/supabase_standin.py): storage, functions, the
+    `jobs` table and the signed job-callback it checks."""
+    from tests.supabase_standin import SupabaseStandIn
+
+    with SupabaseStandIn() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +78,24 @@ def redis_server():
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def start_pod(tmp_path_factory, placeholder_dir):
+    """The pod factory: start_pod(name, workers=(...), callbacks=True, ready=True, SETTING=value, env={...})
+    starts `python -m orchestrator` with its workers (tests.support.PodFactory); every pod the module
+    started and left running is stopped after its last test."""
+    factory = PodFactory(tmp_path_factory, placeholder_dir)
+    yield factory.start
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def shared_pod(tmp_path_factory, placeholder_dir):
+    """One pod (SDXL, WAN and chat workers, FETCH_TIMEOUT_S=2) for the read-only modules of the session:
+    they may submit jobs and open connections but never stop, restart or reconfigure it, and never
+    count on the records or metrics being theirs alone. Modules that kill or restart processes, need
+    other settings or count what the pod holds start their own with `start_pod`."""
+    factory = PodFactory(tmp_path_factory, placeholder_dir)
+    yield factory.start("shared-pod", FETCH_TIMEOUT_S=2)
+    factory.close()

@@ -25,13 +25,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def poll_until(predicate, timeout_s: float, interval_s: float = 0.05):
+    """Call `predicate` until it returns a truthy value or `timeout_s` has passed; return its last value
+    (falsy at the deadline). The one polling loop of the tests: wait_until and the receivers use it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval_s)
+
+
+def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+    """`predicate`'s first truthy value; AssertionError naming `what` when none came within `timeout_s`."""
+    value = poll_until(predicate, timeout_s, interval_s)
+    if not value:
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    return value
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
 class CallbackReceiver:
-    """A real HTTP server recording every POST. `fail_first` answers 503 to that many requests."""
+    """A real HTTP server recording every POST. `fail_first` answers 503 to that many requests; down()
+    answers 503 to everything until up(), and accepted() counts only what came after up()."""
 
     def __init__(self, fail_first: int = 0, status: int = 200):
         self.requests: list[dict] = []
         self.fail_first = fail_first
         self.status = status
+        self.accepted_from = 0
         self._lock = threading.Lock()
         receiver = self
 
@@ -68,13 +92,37 @@ class CallbackReceiver:
             return [r["body"] for r in self.requests if job_id is None or (r["body"] or {}).get("job_id") == job_id]
 
     def wait_for(self, count: int, job_id: str | None = None, timeout_s: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = self.bodies(job_id)
-            if len(found) >= count:
-                return found
-            time.sleep(0.05)
+        """The bodies (of `job_id`) once there are `count`; what there is at the deadline otherwise."""
+        poll_until(lambda: len(self.bodies(job_id)) >= count, timeout_s)
         return self.bodies(job_id)
+
+    def terminal(self, job_id: str) -> list[dict]:
+        """The job's callbacks that carry a terminal status."""
+        return [b for b in self.bodies(job_id) if b.get("status") in TERMINAL]
+
+    def wait_terminal(self, job_id: str, timeout_s: float = 180) -> dict:
+        """The job's first terminal callback; AssertionError (with every callback of the job) if none came."""
+        found = poll_until(lambda: self.terminal(job_id), timeout_s)
+        assert found, f"no terminal callback for {job_id} in {timeout_s} s: {self.bodies(job_id)}"
+        return found[0]
+
+    def down(self) -> None:
+        """Answer 503 to every request until up()."""
+        with self._lock:
+            self.fail_first = 10**9
+
+    def up(self) -> None:
+        with self._lock:
+            self.fail_first = 0
+            self.accepted_from = len(self.requests)
+
+    def accepted(self, job_id: str) -> list[dict]:
+        """Callbacks for the job since the last up() (a 503 answers every request made while down)."""
+        with self._lock:
+            return [r["body"] for r in self.requests[self.accepted_from:] if (r["body"] or {}).get("job_id") == job_id]
+
+    def wait_accepted(self, job_id: str, timeout_s: float = 30) -> list[dict]:
+        return poll_until(lambda: self.accepted(job_id), timeout_s)
 
     def close(self):
         self.server.shutdown()
@@ -229,6 +277,11 @@ class OrchestratorProcess:
         self.client = Client(self.url, env.get("WORKER_API_KEY"))
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.tmp = log_path.parent
+        self.state_dir = Path(env["STATE_DIR"]) if env.get("STATE_DIR") else None
+        self.output_dir = Path(env["OUTPUT_DIR"])
+        self.ports = {w: int(env[var]) for w, var in WORKER_PORTS.items() if var in env}
+        self.receiver: CallbackReceiver | None = None
 
     def start(self) -> OrchestratorProcess:
         self._log = open(self.log_path, "wb")
@@ -273,3 +326,57 @@ class OrchestratorProcess:
                 proc.wait(10)
         self._log.close()
         return proc.returncode
+
+
+WORKER_PORTS = {"sdxl": "SDXL_PORT", "wan": "WAN_PORT", "chat": "CHAT_PORT"}
+
+
+class PodFactory:
+    """The one way the tests start a pod: `python -m orchestrator` on free ports with the placeholder
+    models, its state, outputs and log under a folder of its own, and (with callbacks=True) a callback
+    receiver of its own as CALLBACK_URL. start() waits for /ready unless told not to; close() stops every
+    pod still running and closes the receivers. tests/conftest.py serves it as the `start_pod` fixture
+    (one per module) and `shared_pod` (one pod for the session's read-only modules)."""
+
+    def __init__(self, tmp_path_factory, placeholder_dir: Path):
+        self._tmp = tmp_path_factory
+        self._placeholder_dir = placeholder_dir
+        self.pods: list[OrchestratorProcess] = []
+        self._receivers: list[CallbackReceiver] = []
+
+    def start(self, name: str = "pod", *, workers=("sdxl", "wan", "chat"), callbacks: bool = False,
+              test_build: bool = False, ready: bool = True, **settings) -> OrchestratorProcess:
+        """A pod running `workers`; `settings` are environment variables (values made strings) over the
+        test defaults (tests.support.base_env). test_build: the workers run tests/stuck_engine_app.py's
+        step hook (slow and stuck jobs by id prefix), through a sitecustomize.py on PYTHONPATH, since the
+        supervisor starts the real command line. The pod carries .env, .tmp, .state_dir, .output_dir,
+        .ports ({worker: port}) and .receiver."""
+        tmp = self._tmp.mktemp(name)
+        if test_build:
+            hook = tmp / "hook"
+            hook.mkdir()
+            (hook / "sitecustomize.py").write_text("from tests.stuck_engine_app import install\n\ninstall()\n")
+            settings["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
+        receiver = None
+        if callbacks:
+            receiver = CallbackReceiver()
+            self._receivers.append(receiver)
+            settings.setdefault("CALLBACK_URL", receiver.url)
+        settings.setdefault("STATE_DIR", tmp / "state")
+        settings["ENABLED_WORKERS"] = ",".join(workers)
+        for port in ("ORCHESTRATOR_PORT", *(WORKER_PORTS[w] for w in workers)):  # free ones unless given
+            settings.setdefault(port, free_port())
+        full = base_env(tmp, self._placeholder_dir, **settings)
+        pod = OrchestratorProcess(full, tmp / "orchestrator.log")
+        pod.receiver = receiver
+        self.pods.append(pod.start())
+        if ready:
+            pod.wait_ready()
+        return pod
+
+    def close(self) -> None:
+        for pod in self.pods:
+            if pod.proc is not None and pod.proc.poll() is None:
+                pod.stop()
+        for receiver in self._receivers:
+            receiver.close()

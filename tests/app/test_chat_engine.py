@@ -262,18 +262,18 @@ def test_frequency_and_presence_penalties_apply_per_row_over_its_own_output(engi
     plain = params(chat_settings, temperature=0, max_tokens=12, seed=3,
                    messages=[{"role": "user", "content": "another prompt"}])
     results = run(engine, penalised, plain)
-    ids = torch.tensor([engine.prompt_ids(penalised)])
     counts = torch.zeros(loaded.model.config.vocab_size)
     produced = []
-    with torch.inference_mode():
+    with torch.inference_mode():  # one token a step over the model's own KV cache, as a decode loop runs
+        out = loaded.model(input_ids=torch.tensor([engine.prompt_ids(penalised)]), use_cache=True)
         for _ in range(60):
-            logits = loaded.model(input_ids=ids).logits[0, -1].float()
+            logits = out.logits[0, -1].float()
             token = int((logits - counts * 1.5 - (counts > 0).float() * 0.5).argmax())
             produced.append(token)
             if token in loaded.eos_ids:
                 break
             counts[token] += 1
-            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+            out = loaded.model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
     expected = loaded.tokenizer.decode([t for t in produced if t not in loaded.eos_ids], skip_special_tokens=True)
     assert results[0].text == expected
     assert results[1].text == run(engine, plain)[0].text    # its neighbour's penalties did not touch it

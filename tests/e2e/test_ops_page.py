@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import API_KEY, REPO, OrchestratorProcess, base_env, free_port
+from tests.support import API_KEY, REPO
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,17 +21,9 @@ PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir):
-    tmp = tmp_path_factory.mktemp("ops-pod")
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), WAN_PORT=free_port(),
-                   CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat", STATE_DIR=tmp / "state")
-    process = OrchestratorProcess(env, tmp / "pod.log").start()
-    try:
-        process.wait_ready()
-        process.env = env
-        yield process
-    finally:
-        process.stop()
+def pod(shared_pod):
+    """The session's shared pod (tests/conftest.py): the page and the command only read it and submit a job."""
+    return shared_pod
 
 
 def test_the_page_shows_the_workers_and_a_job_reaching_100_percent(pod, tmp_path):

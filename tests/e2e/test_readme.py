@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from tests.support import REPO, OrchestratorProcess, base_env, free_port
+from tests.support import REPO
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -32,13 +32,12 @@ def try_it_block() -> str:
     return match.group(1)
 
 
-def test_readme_try_it_block_runs_as_written(tmp_path, placeholder_dir):
+def test_readme_try_it_block_runs_as_written(start_pod):
     block = try_it_block()
     key = re.search(r"^export WORKER_API_KEY=(\S+)", block, re.M)
     assert key, "the block states the key it uses"
-    ports = {name: free_port() for name in ("ORCHESTRATOR_PORT", "SDXL_PORT", "WAN_PORT", "CHAT_PORT")}
-    env = base_env(tmp_path, placeholder_dir, WORKER_API_KEY=key.group(1), **ports)
-    pod = OrchestratorProcess(env, tmp_path / "pod.log").start()
+    pod = start_pod("readme", ready=False, WORKER_API_KEY=key.group(1))  # the block waits for readiness itself
+    env, ports = pod.env, {"ORCHESTRATOR_PORT": pod.port, "SDXL_PORT": pod.ports["sdxl"]}
     try:
         script, starts = re.subn(r"^\./infrastructure/startup\.sh .*$", f"POD={pod.proc.pid}", block, flags=re.M)
         assert starts == 1, "the block starts the pod with ./infrastructure/startup.sh"
@@ -56,7 +55,7 @@ def test_readme_try_it_block_runs_as_written(tmp_path, placeholder_dir):
     records = {r["job_id"]: r for r in (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))}
     assert set(records) == {"j1", "j2"}, done.stdout
     assert records["j1"]["status"] == "completed" and records["j1"]["assets"][0]["url"] == "u1/j1/0.png"
-    assert (tmp_path / "outputs" / "u1" / "j1" / "0.png").is_file()
+    assert (pod.output_dir / "u1" / "j1" / "0.png").is_file()
     assert records["j2"]["status"] == "completed", records["j2"]
     assert records["j2"]["metadata"]["original_prompt"] == "a red fox" and records["j2"]["metadata"]["enhanced_prompt"]
     assert re.search(r"^WORKER +STATE +PID +MODEL", done.stdout, re.M), done.stdout  # memory_cli status

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from common.serve import CONNECTION_IDLE_TIMEOUT_S, READ_TIMEOUT_S
-from tests.support import API_KEY, OrchestratorProcess, base_env, free_port
+from tests.support import API_KEY
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -36,17 +36,10 @@ WINDOW_S = CONNECTION_IDLE_TIMEOUT_S + 4
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir):
-    tmp = tmp_path_factory.mktemp("connections")
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   ENABLED_WORKERS="sdxl", STATE_DIR=tmp / "state")
-    orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
-    try:
-        orchestrator.wait_ready()
-        orchestrator.sdxl_port = int(env["SDXL_PORT"])
-        yield orchestrator
-    finally:
-        orchestrator.stop()
+def pod(shared_pod):
+    """The session's shared pod (tests/conftest.py): these tests open connections and submit small jobs
+    (cancelled again), they never stop or reconfigure it."""
+    return shared_pod
 
 
 class Sockets:
@@ -190,8 +183,8 @@ def test_300_idle_sockets_and_150_waiting_requests_leave_the_orchestrator_answer
 def test_100_idle_sockets_and_dripping_heads_leave_a_worker_answering(pod):
     """Issue 19: 32 idle sockets made a gunicorn worker's /health take 3-5 s or time out (gthread gave
     each new connection a thread, waiting 5 s for its first bytes)."""
-    url = f"http://127.0.0.1:{pod.sdxl_port}"
-    sockets = Sockets(pod.sdxl_port, idle=100, dripping=50)
+    url = f"http://127.0.0.1:{pod.ports['sdxl']}"
+    sockets = Sockets(pod.ports["sdxl"], idle=100, dripping=50)
     try:
         times = probe_for(url, WINDOW_S)
         started = time.monotonic()
@@ -208,10 +201,10 @@ def test_100_idle_sockets_and_dripping_heads_leave_a_worker_answering(pod):
 
 
 def test_a_head_past_the_limit_is_431_and_pipelined_requests_are_answered_in_order(pod):
-    with socket.create_connection(("127.0.0.1", pod.sdxl_port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", pod.ports["sdxl"]), timeout=10) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 70_000)
         assert s.recv(100).startswith(b"HTTP/1.1 431")
-    with socket.create_connection(("127.0.0.1", pod.sdxl_port), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", pod.ports["sdxl"]), timeout=10) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHo")
         time.sleep(0.5)  # the second head arrives in two parts
         s.sendall(b"st: x\r\nConnection: close\r\n\r\n")
@@ -234,7 +227,7 @@ def chunks(total: int, size: int = 1 << 20):
 def test_an_over_cap_chunked_body_is_413_like_a_sized_one(pod, process):
     """Issue 19 (low): over-cap chunked bodies on the workers answered 400 invalid_json (werkzeug cut the
     stream at the cap and the app parsed the cut)."""
-    url, route = (f"http://127.0.0.1:{pod.sdxl_port}", "/generate") if process == "sdxl" else (pod.url, "/jobs")
+    url, route = (f"http://127.0.0.1:{pod.ports['sdxl']}", "/generate") if process == "sdxl" else (pod.url, "/jobs")
     over = requests.post(url + route, data=chunks(11 << 20), headers=AUTH, timeout=60)  # MAX_BODY_MB is 10
     assert over.status_code == 413 and over.json()["error"]["code"] == "body_too_large", over.text[:300]
     sized = requests.post(url + route, data=b"".join(chunks(11 << 20)), headers=AUTH, timeout=60)
@@ -252,7 +245,7 @@ def test_an_over_cap_chunked_body_is_413_like_a_sized_one(pod, process):
 def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(pod):
     """A worker thread reads a body with READ_TIMEOUT_S on each read: a client that stops sending holds it
     that long, then gets 408 (not a 500, not a thread held for good)."""
-    with socket.create_connection(("127.0.0.1", pod.sdxl_port), timeout=READ_TIMEOUT_S + 30) as s:
+    with socket.create_connection(("127.0.0.1", pod.ports["sdxl"]), timeout=READ_TIMEOUT_S + 30) as s:
         s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode() +
                   b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"type\": ")
         started = time.monotonic()

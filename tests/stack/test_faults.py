@@ -22,8 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.test_orchestrator_stack import wait_for
-from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, WorkerProcess, base_env, free_port
+from tests.support import (
+    API_KEY,
+    CallbackReceiver,
+    Client,
+    OrchestratorProcess,
+    WorkerProcess,
+    base_env,
+    free_port,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,51 +42,16 @@ SDXL = {"type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1",
 SLOW_SDXL = {**SDXL, "config": {"steps": 20, "width": 64, "height": 64}}
 
 
-class Receiver(CallbackReceiver):
-    """The callback receiver, which can be down (503 to everything) and counts what it accepted."""
-
-    def down(self) -> None:
-        with self._lock:
-            self.fail_first = 10**9
-
-    def up(self) -> None:
-        with self._lock:
-            self.fail_first = 0
-            self.accepted_from = len(self.requests)
-
-    def accepted(self, job_id: str) -> list[dict]:
-        """Callbacks for the job that got a 2xx (a 503 answers every request made while down)."""
-        with self._lock:
-            start = getattr(self, "accepted_from", 0)
-            return [r["body"] for r in self.requests[start:] if (r["body"] or {}).get("job_id") == job_id]
-
-    def wait_accepted(self, job_id: str, timeout_s: float = 30) -> list[dict]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.accepted(job_id):
-            time.sleep(0.05)
-        return self.accepted(job_id)
+@pytest.fixture(scope="module")
+def pod(start_pod):
+    """The receiver is the pod's (tests.support.CallbackReceiver: down() answers 503 until up())."""
+    return start_pod("faults", callbacks=True, CALLBACK_BACKOFF_S=1 / CLOCK_SCALE,
+                     CALLBACK_BACKOFF_MAX_S=60 / CLOCK_SCALE, SHUTDOWN_GRACE_S=60, RESTART_BACKOFF_S=0.2)
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir, receiver):
-    tmp = tmp_path_factory.mktemp("faults")
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   WAN_PORT=free_port(), CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat",
-                   CALLBACK_URL=receiver.url, STATE_DIR=tmp / "state", CALLBACK_BACKOFF_S=1 / CLOCK_SCALE,
-                   CALLBACK_BACKOFF_MAX_S=60 / CLOCK_SCALE, SHUTDOWN_GRACE_S=60, RESTART_BACKOFF_S=0.2)
-    orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
-    orchestrator.wait_ready()
-    orchestrator.output_dir = Path(env["OUTPUT_DIR"])
-    yield orchestrator
-    if orchestrator.proc.poll() is None:
-        orchestrator.stop()
+def receiver(pod):
+    return pod.receiver
 
 
 @pytest.fixture
@@ -193,7 +166,7 @@ def test_supabase_storage_answering_500_fails_the_job_with_a_reason(tmp_path, pl
             record = sdxl.client.wait_job("supa-500", 120)
             assert record["status"] == "failed" and record["error"]["code"] == "storage_failed", record
             assert supabase.uploads >= 2, "a 500 from storage is retried before the job fails"
-            wait_for(lambda: supabase.callbacks, 30, "the callback")
+            wait_until(lambda: supabase.callbacks, 30, "the callback")
             time.sleep(0.5)
             assert [c["status"] for c in supabase.callbacks] == ["failed"]
             assert sdxl.client.get("/ready").status_code == 200
@@ -208,7 +181,7 @@ def test_kill_9_of_the_wan_worker_mid_job(serving, receiver):
     before = pod.workers()["wan"]
     body = {"type": "video_fast", "prompt": "a boat", "user_id": "u1", "config": {"steps": 30, "frames": 17}}
     job_id = pod.client.post("/jobs", json=body).json()["job_id"]
-    wait_for(lambda: stage_of(pod.client, job_id) == ("processing", "generating"), 120, "generating")
+    wait_until(lambda: stage_of(pod.client, job_id) == ("processing", "generating"), 120, "generating")
     os.kill(before["pid"], signal.SIGKILL)
     record = pod.client.wait_job(job_id, 60)
     assert record["status"] == "failed" and record["error"]["code"] == "worker_died", record
@@ -216,7 +189,7 @@ def test_kill_9_of_the_wan_worker_mid_job(serving, receiver):
     time.sleep(0.5)
     assert [c["status"] for c in receiver.accepted(job_id)] == ["failed"]
     assert_says_what_the_files_say(pod, callbacks[0])
-    wait_for(lambda: (w := pod.workers()["wan"])["state"] == "ready" and w["pid"] != before["pid"], 120, "restart")
+    wait_until(lambda: (w := pod.workers()["wan"])["state"] == "ready" and w["pid"] != before["pid"], 120, "restart")
     again = pod.client.post("/jobs?wait=60", json={**body, "config": {"steps": 1, "frames": 5}})
     assert again.json()["status"] == "completed", again.text
 
@@ -226,14 +199,14 @@ def test_kill_9_of_the_chat_worker_mid_enhancement(serving, receiver):
     before = pod.workers()["chat"]
     body = {**SDXL, "enhance": {"model": "instruct", "max_tokens": 512, "seed": 1}}
     job_id = pod.client.post("/jobs", json=body).json()["job_id"]
-    wait_for(lambda: stage_of(pod.client, job_id)[1] == "enhancing", 60, "enhancing")
+    wait_until(lambda: stage_of(pod.client, job_id)[1] == "enhancing", 60, "enhancing")
     os.kill(before["pid"], signal.SIGKILL)
     record = pod.client.wait_job(job_id, 60)
     assert record["status"] == "failed" and record["error"]["code"] == "enhancement_failed", record
     receiver.wait_accepted(job_id)
     time.sleep(0.5)
     assert [c["status"] for c in receiver.accepted(job_id)] == ["failed"]
-    wait_for(lambda: (w := pod.workers()["chat"])["state"] == "ready" and w["pid"] != before["pid"], 120, "restart")
+    wait_until(lambda: (w := pod.workers()["chat"])["state"] == "ready" and w["pid"] != before["pid"], 120, "restart")
     again = pod.client.post("/jobs?wait=60", json={**SDXL, "enhance": {"model": "instruct", "max_tokens": 8}})
     assert again.json()["status"] == "completed", again.text
 
@@ -245,10 +218,10 @@ def test_orchestrator_restarted_after_its_workers_finished_reports_what_they_did
     of the job instead of declaring it failed: one callback, and it says what the files say."""
     sdxl_pid = pod.workers()["sdxl"]["pid"]
     routed = pod.client.post("/jobs", json={**SLOW_SDXL, "id": "k9-finished"}).json()["job_id"]
-    wait_for(lambda: stage_of(pod.client, routed) == ("processing", "generating"), 120, "generating")
+    wait_until(lambda: stage_of(pod.client, routed) == ("processing", "generating"), 120, "generating")
     pod.proc.send_signal(signal.SIGKILL)
     pod.proc.wait(10)
-    wait_for(lambda: not pid_alive(sdxl_pid), 120, "the old worker to drain and exit")
+    wait_until(lambda: not pid_alive(sdxl_pid), 120, "the old worker to drain and exit")
     assert files_of(pod, "u1", routed), "the worker did not finish the job while the orchestrator was gone"
     restart(pod)
     callbacks = receiver.wait_accepted(routed, 60)
@@ -265,7 +238,7 @@ def test_kill_9_of_the_orchestrator_mid_job_then_an_immediate_restart(serving, r
     once on the same ports and storage. Each job ends with exactly one callback, saying what the files say."""
     routed = pod.client.post("/jobs", json={**SLOW_SDXL, "id": "k9-routed"}).json()["job_id"]
     sdxl = worker(pod, "sdxl")
-    wait_for(lambda: stage_of(pod.client, routed) == ("processing", "generating"), 120, "generating")
+    wait_until(lambda: stage_of(pod.client, routed) == ("processing", "generating"), 120, "generating")
     assert sdxl.post("/generate", json={**SDXL, "id": "k9-direct"}).status_code == 202
     pod.proc.send_signal(signal.SIGKILL)
     pod.proc.wait(10)
@@ -303,7 +276,7 @@ def test_a_receiver_outage_across_a_pod_restart_loses_no_callback(serving, recei
 
     # SIGTERM mid-job: a routed job is running when the pod is stopped, then started again.
     running = pod.client.post("/jobs", json={**SLOW_SDXL, "id": "out-running"}).json()["job_id"]
-    wait_for(lambda: stage_of(pod.client, running) == ("processing", "generating"), 120, "generating")
+    wait_until(lambda: stage_of(pod.client, running) == ("processing", "generating"), 120, "generating")
     pod.proc.send_signal(signal.SIGTERM)
     assert pod.proc.wait(120) == 0
     restart(pod)
@@ -337,7 +310,7 @@ def test_two_processes_never_share_a_journal(tmp_path, placeholder_dir):
     ready: dict = {}
     try:
         assert old.client.post("/generate", json={**SLOW_SDXL, "id": "shared-journal"}).status_code == 202
-        wait_for(lambda: stage_of(old.client, "shared-journal") == ("processing", "generating"), 60, "generating")
+        wait_until(lambda: stage_of(old.client, "shared-journal") == ("processing", "generating"), 60, "generating")
         starter = threading.Thread(target=lambda: (new.start(180), ready.setdefault("at", time.monotonic())))
         starter.start()
         starter.join(12.0)  # more than a worker needs to start

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from tests.support import API_KEY, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
+from tests.support import API_KEY, Client
 from tests.unit.test_hardening_fetch import DripServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,28 +34,20 @@ def _old_record(job_id: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    r = CallbackReceiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir, receiver):
-    tmp = tmp_path_factory.mktemp("hardening")
-    state = tmp / "state"
+def pod(start_pod, tmp_path_factory):
+    state = tmp_path_factory.mktemp("hardening-state")
     for process in ("sdxl", "orchestrator"):
         (state / process).mkdir(parents=True)
         (state / process / f"old-{process}.json").write_text(json.dumps(_old_record(f"old-{process}")))
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   WAN_PORT=free_port(), CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat",
-                   CALLBACK_URL=receiver.url, STATE_DIR=state, FETCH_TIMEOUT_S=FETCH_TIMEOUT_S, LEASE_TIMEOUT_S=60)
-    orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
-    orchestrator.wait_ready()
-    orchestrator.state_dir = state
+    orchestrator = start_pod("hardening", callbacks=True, STATE_DIR=state, FETCH_TIMEOUT_S=FETCH_TIMEOUT_S,
+                             LEASE_TIMEOUT_S=60)
     orchestrator.worker_clients = {name: Client(info["url"], API_KEY) for name, info in orchestrator.workers().items()}
-    yield orchestrator
-    orchestrator.stop()
+    return orchestrator
+
+
+@pytest.fixture(scope="module")
+def receiver(pod):
+    return pod.receiver
 
 
 def clients(pod) -> dict[str, Client]:

@@ -14,7 +14,6 @@ orchestrator (`POST /jobs`), a routed job past its worker's deadline ends `timeo
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -28,10 +27,9 @@ from common.jobs import JobJournal
 from common.metrics import process_metrics
 from configuration.settings import Settings, SettingsError
 from tests.app_client import queue_job_payload, rpush
-from tests.redis_support import RedisServer
 from tests.stuck_engine_app import COMMAND_TARGET, SLOW_PREFIX, STUCK_PREFIX
 from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
-from tests.support import REPO, OrchestratorProcess, WorkerProcess, base_env, free_port
+from tests.support import WorkerProcess, base_env, poll_until
 from workers.engines.base import GeneratedAsset
 from workers.runtime.job_watch import deadline_of
 from workers.runtime.jobs import STUCK_EXIT_STATUS, JobRunner
@@ -87,13 +85,9 @@ def make_runner(tmp_path, callback_url: str, **changes):
 
 
 def wait_status(runner, job_id, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = runner.get(job_id)
-        if record is not None and record.status in TERMINAL:
-            return record
-        time.sleep(0.02)
-    raise AssertionError(runner.get(job_id).public())
+    record = poll_until(lambda: (r := runner.get(job_id)) is not None and r.status in TERMINAL and r, timeout_s, 0.02)
+    assert record, runner.get(job_id).public()
+    return record
 
 
 def counter(metric, *labels) -> float:
@@ -270,37 +264,23 @@ def terminal(standin, job_id: str) -> list[dict]:
 
 
 def wait_terminal(standin, ids, timeout_s=240.0) -> None:
-    missing = ids
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        missing = [i for i in ids if not terminal(standin, i)]
-        if not missing:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no terminal callback for {missing}")
+    poll_until(lambda: all(terminal(standin, i) for i in ids), timeout_s)
+    missing = [i for i in ids if not terminal(standin, i)]
+    assert not missing, f"no terminal callback for {missing}"
 
 
 def wait_step(worker, job_id: str, step: int = 1, timeout_s: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    record: dict = {}
-    while time.monotonic() < deadline:
+    def reached():
         answer = worker.client.get(f"/jobs/{job_id}")
-        if answer.status_code == 200:
-            record = answer.json()
-            if record["status"] in TERMINAL or record["progress"].get("step", 0) >= step:
-                return record
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not reach step {step}: {record}")
+        record = answer.json() if answer.status_code == 200 else {}
+        return record and (record["status"] in TERMINAL or record["progress"].get("step", 0) >= step) and record
+    record = poll_until(reached, timeout_s)
+    assert record, f"job {job_id} did not reach step {step}: {worker.client.get(f'/jobs/{job_id}').text}"
+    return record
 
 
 def processing_entries(client, queue: str) -> int:
     return sum(client.llen(k) for k in client.keys(f"{queue}:processing:*"))
-
-
-@pytest.fixture(scope="module")
-def redis():
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -310,18 +290,18 @@ def queue_standin():
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory, placeholder_dir, redis, queue_standin):
+def worker(tmp_path_factory, placeholder_dir, redis_server, queue_standin):
     # A 10 s deadline: a 2-step job completes well within it on a loaded machine; a slow job (>= 30 s) never.
-    env = worker_env(tmp_path_factory.mktemp("deadline-worker"), placeholder_dir, redis.url, queue_standin, QUEUE,
-                     JOB_DEADLINE_IMAGE_S="10")
+    env = worker_env(tmp_path_factory.mktemp("deadline-worker"), placeholder_dir, redis_server.url, queue_standin,
+                     QUEUE, JOB_DEADLINE_IMAGE_S="10")
     process = start_test_build(env)
     yield process
     process.stop()
 
 
-def test_queue_a_job_past_its_deadline_fails_timeout_signed_and_the_job_behind_completes(worker, redis,
+def test_queue_a_job_past_its_deadline_fails_timeout_signed_and_the_job_behind_completes(worker, redis_server,
                                                                                          queue_standin):
-    client = redis.client()
+    client = redis_server.client()
     long, behind = slow_job(), small_job()
     rpush(client, long, QUEUE)
     rpush(client, behind, QUEUE)
@@ -341,8 +321,9 @@ def test_queue_a_job_past_its_deadline_fails_timeout_signed_and_the_job_behind_c
     assert client.llen(QUEUE) == 0 and processing_entries(client, QUEUE) == 0
 
 
-def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_complete(worker, redis, queue_standin):
-    client = redis.client()
+def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_complete(worker, redis_server,
+                                                                                      queue_standin):
+    client = redis_server.client()
     first, cancelled_early, running, last = small_job(), small_job(), slow_job(), small_job()
     queue_standin.set_job_status(cancelled_early["id"], "cancelled")
     for job in (first, cancelled_early, running):
@@ -365,11 +346,11 @@ def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_comp
         assert not list(Path(worker.env["OUTPUT_DIR"]).glob(f"*/{job['id']}/*")), f"{job['id']} stored something"
 
 
-def test_queue_a_failing_jobs_read_does_not_fail_the_job(worker, redis, queue_standin):
+def test_queue_a_failing_jobs_read_does_not_fail_the_job(worker, redis_server, queue_standin):
     queue_standin.fail_rest = 10000
     try:
         job = small_job(steps=8, job_id=f"{SLOW_PREFIX}{uuid.uuid4()}")  # >= 2.4 s: read at start and while running
-        rpush(redis.client(), job, QUEUE)
+        rpush(redis_server.client(), job, QUEUE)
         wait_terminal(queue_standin, [job["id"]])
         [done] = terminal(queue_standin, job["id"])
         assert done["status"] == "completed"
@@ -381,15 +362,15 @@ def test_queue_a_failing_jobs_read_does_not_fail_the_job(worker, redis, queue_st
         queue_standin.fail_rest = 0
 
 
-def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_path, placeholder_dir, redis,
+def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_path, placeholder_dir, redis_server,
                                                                          queue_standin):
     queue = "stuck_engine_queue"
     # 30 s: the job behind runs on the fresh process, which loads the model within its deadline.
-    env = worker_env(tmp_path, placeholder_dir, redis.url, queue_standin, queue, JOB_DEADLINE_IMAGE_S="30",
+    env = worker_env(tmp_path, placeholder_dir, redis_server.url, queue_standin, queue, JOB_DEADLINE_IMAGE_S="30",
                      JOB_DEADLINE_GRACE_S="3")
     process = start_test_build(env)
     try:
-        client = redis.client()
+        client = redis_server.client()
         stuck, behind = small_job(steps=10, job_id=f"{STUCK_PREFIX}{uuid.uuid4()}"), small_job()
         first_pid = process.client.get("/health").json()["pid"]
         rpush(client, stuck, queue)
@@ -407,23 +388,19 @@ def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_pat
         assert record["status"] == "failed" and record["error"]["code"] == "timeout"
         master_log = process.log_path.read_text(errors="replace")
         assert f"exited with code {STUCK_EXIT_STATUS}" in master_log, process.log()
-        deadline = time.monotonic() + 15  # the new process acknowledged the entry left in its processing list
-        while time.monotonic() < deadline and (client.llen(queue) or processing_entries(client, queue)):
-            time.sleep(0.1)
+        # the new process acknowledged the entry left in its processing list
+        poll_until(lambda: not (client.llen(queue) or processing_entries(client, queue)), 15)
         assert client.llen(queue) == 0 and processing_entries(client, queue) == 0
     finally:
         process.stop()
 
 
-def test_routed_job_past_its_deadline_ends_timeout_with_one_signed_callback(tmp_path, placeholder_dir,
-                                                                            queue_standin):
+def test_routed_job_past_its_deadline_ends_timeout_with_one_signed_callback(start_pod, queue_standin):
     """POST /jobs on the orchestrator: the orchestrator mirrors its worker's record, so a routed job past the
     worker's deadline ends `timeout` too, in the one callback the orchestrator sends. 2 s is far below what
     the model load plus 100 steps of six 256x256 images take on any CPU."""
-    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   ENABLED_WORKERS="sdxl", JOB_DEADLINE_IMAGE_S="2", STATE_DIR=tmp_path / "state",
-                   CALLBACK_URL=queue_standin.url + "/functions/v1/job-callback", JOB_CALLBACK_SECRET=CALLBACK_SECRET)
-    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    pod = start_pod("routed-deadline", workers=("sdxl",), ready=False, JOB_DEADLINE_IMAGE_S="2",
+                    CALLBACK_URL=callback_url(queue_standin), JOB_CALLBACK_SECRET=CALLBACK_SECRET)
     try:
         pod.wait_ready()
         job_id = f"routed-{uuid.uuid4()}"
@@ -441,21 +418,14 @@ def test_routed_job_past_its_deadline_ends_timeout_with_one_signed_callback(tmp_
         assert pod.stop() == 0
 
 
-def test_routed_job_on_a_stuck_engine_ends_timeout_after_its_worker_process_is_replaced(tmp_path, placeholder_dir,
-                                                                                      queue_standin):
+def test_routed_job_on_a_stuck_engine_ends_timeout_after_its_worker_process_is_replaced(start_pod, queue_standin):
     """Under the orchestrator: the SDXL worker (the test build's step hook through a sitecustomize.py, since
     the supervisor starts the real command line) never returns from a step; the worker process exits, its
     gunicorn master starts a fresh one, the supervisor sees no death, and the routed job mirrors `timeout`
     from the new process's journal, in one signed callback. The next routed job completes."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text("from tests.stuck_engine_app import install\n\ninstall()\n")
-    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   ENABLED_WORKERS="sdxl", JOB_DEADLINE_IMAGE_S="30", JOB_DEADLINE_GRACE_S="3",
-                   STATE_DIR=tmp_path / "state", CALLBACK_URL=queue_standin.url + "/functions/v1/job-callback",
-                   JOB_CALLBACK_SECRET=CALLBACK_SECRET)
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
-    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    pod = start_pod("stuck-routed", workers=("sdxl",), test_build=True, ready=False, JOB_DEADLINE_IMAGE_S="30",
+                    JOB_DEADLINE_GRACE_S="3", CALLBACK_URL=callback_url(queue_standin),
+                    JOB_CALLBACK_SECRET=CALLBACK_SECRET)
     try:
         pod.wait_ready()
         loaded = pod.client.post("/memory/load", json={"worker": "sdxl", "which": "all"}, timeout=300)

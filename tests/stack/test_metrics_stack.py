@@ -13,8 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.redis_support import RedisServer
-from tests.support import API_KEY, CallbackReceiver, OrchestratorProcess, base_env, free_port
+from tests.support import API_KEY
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,24 +22,10 @@ REQUEST_ID = "req-observability-1"
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir):
-    tmp = tmp_path_factory.mktemp("observed-pod")
-    receiver = CallbackReceiver()
-    redis_server = RedisServer().start()
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), WAN_PORT=free_port(),
-                   CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat", CALLBACK_URL=receiver.url,
-                   STATE_DIR=tmp / "state", LOG_FORMAT="json", REDIS_URL=redis_server.url)
-    process = OrchestratorProcess(env, tmp / "pod.log").start()
-    try:
-        process.wait_ready()
-        process.outputs = Path(env["OUTPUT_DIR"])
-        process.ports = {w: int(env[f"{w.upper()}_PORT"]) for w in ("sdxl", "wan", "chat")}
-        process.redis = redis_server
-        yield process
-    finally:
-        process.stop()
-        receiver.close()
-        redis_server.stop()
+def pod(redis_server, start_pod):  # Redis up until the pod has stopped
+    process = start_pod("observed-pod", callbacks=True, LOG_FORMAT="json", REDIS_URL=redis_server.url)
+    process.redis = redis_server
+    return process
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +154,7 @@ def _sha256(path: Path) -> str:
 def test_every_asset_has_a_provenance_sidecar_with_the_weights_it_was_made_with(pod, jobs, placeholder_dir):
     for worker, record in jobs.items():
         for asset in record["assets"]:
-            sidecar_path = pod.outputs / asset["provenance_url"]
+            sidecar_path = pod.output_dir / asset["provenance_url"]
             assert sidecar_path.name == f"{asset['metadata']['asset_index']}.json"
             sidecar = json.loads(sidecar_path.read_text())
             assert sidecar == asset["metadata"]["provenance"]

@@ -22,7 +22,7 @@ from configuration.settings import Settings
 from orchestrator import device_memory as gpu
 from orchestrator.routing import default_enhance_model, plan_route
 from orchestrator.supervisor import WorkerSupervisor, backoff_delay, describe_exit
-from tests.support import API_KEY, CallbackReceiver, free_port
+from tests.support import API_KEY, CallbackReceiver, free_port, poll_until
 
 pytestmark = pytest.mark.timeout(120)
 MB = 1024 * 1024
@@ -61,15 +61,6 @@ def _settings(**kw) -> Settings:
     return Settings(**base)
 
 
-def _wait(predicate, timeout_s=20):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_supervisor_restarts_with_backoff_then_marks_failed():
     settings = _settings()
     events = []
@@ -77,7 +68,7 @@ def test_supervisor_restarts_with_backoff_then_marks_failed():
                                                                         "import sys; sys.exit(3)"],
                            on_exit=lambda name, reason, unexpected: events.append((name, reason, unexpected)))
     sup.start()
-    assert _wait(lambda: sup.state == "failed")
+    assert poll_until(lambda: sup.state == "failed", 20)
     assert sup.join(5)
     assert sup.restarts == 2 and sup.failures == 3 and sup.incarnation == 3
     assert events == [("sdxl", "the sdxl worker process exited with status 3", True)] * 3
@@ -91,10 +82,10 @@ def test_supervisor_ready_by_polling_then_restarts_a_dead_worker():
     sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=_ready_server_script(settings.sdxl_port, 0.8),
                            on_ready=ready.append, on_exit=lambda *a: exits.append(a))
     sup.start()
-    assert _wait(lambda: sup.state == "ready")
+    assert poll_until(lambda: sup.state == "ready", 20)
     first_pid = sup.pid
     assert os.getsid(first_pid) == first_pid  # its own session
-    assert _wait(lambda: sup.restarts == 1 and sup.state == "ready" and sup.pid != first_pid)
+    assert poll_until(lambda: sup.restarts == 1 and sup.state == "ready" and sup.pid != first_pid, 20)
     assert ready == ["sdxl", "sdxl"] and exits[0][1].endswith("exited with status 7")
     sup.stop()
     assert sup.join(10) and sup.state == "stopped"
@@ -109,12 +100,12 @@ def test_supervisor_stop_terminates_the_whole_group():
     sup = WorkerSupervisor("sdxl", settings, dict(os.environ), command=[sys.executable, "-c", script],
                            ready_url=f"http://127.0.0.1:{free_port()}/ready")
     sup.start()
-    assert _wait(lambda: sup.pid is not None)
+    assert poll_until(lambda: sup.pid is not None, 20)
     pgid = sup.pid
-    assert _wait(lambda: len(_group(pgid)) == 2)
+    assert poll_until(lambda: len(_group(pgid)) == 2, 20)
     os.kill(pgid, signal.SIGKILL)  # the parent dies; the supervisor reaps the child left in its group
-    assert _wait(lambda: sup.restarts == 1 or sup.state == "restarting")
-    assert _wait(lambda: not _group(pgid), 10)
+    assert poll_until(lambda: sup.restarts == 1 or sup.state == "restarting", 20)
+    assert poll_until(lambda: not _group(pgid), 10)
     sup.stop()
     assert sup.join(10)
     assert sup.pid is None
@@ -138,11 +129,11 @@ def test_launch_ties_the_worker_to_the_orchestrator():
                               env={**os.environ, "PYTHONPATH": os.getcwd()})
     child = int(parent.stdout.readline())
     # wait until launch has armed the signal and exec'd the worker's command
-    assert _wait(lambda: b"time.sleep(600)" in open(f"/proc/{child}/cmdline", "rb").read())
+    assert poll_until(lambda: b"time.sleep(600)" in open(f"/proc/{child}/cmdline", "rb").read(), 20)
     assert _alive(child)
     parent.kill()
     parent.wait()
-    assert _wait(lambda: not _alive(child), 10)
+    assert poll_until(lambda: not _alive(child), 10)
 
 
 def _alive(pid: int) -> bool:
@@ -309,7 +300,8 @@ def test_registration_posts_the_previous_pods_bodies():
         registrar.worker_ready("wan")
         registrar.worker_ready("chat")
         registrar.worker_ready("sdxl")  # no registration function configured for it
-        assert _wait(lambda: len(receiver.requests) == 2 and registrar.status("chat") and registrar.status("wan"))
+        assert poll_until(lambda: len(receiver.requests) == 2 and registrar.status("chat") and registrar.status("wan"),
+                          20)
         by_path = {r["path"]: r for r in receiver.requests}
         wan = by_path["/functions/v1/update-worker-url"]
         assert wan["headers"]["Authorization"] == "Bearer svc"
@@ -332,7 +324,7 @@ def test_registration_retries_without_giving_up_and_needs_a_public_url():
         registrar = Registrar(Settings(supabase_url=base, supabase_service_key="svc", runpod_pod_id="pod42",
                                        registration_backoff_s=0.01, registration_backoff_max_s=0.05))
         registrar.worker_ready("wan")
-        assert _wait(lambda: len(receiver.requests) >= 12)  # the previous registrar stopped after 4
+        assert poll_until(lambda: len(receiver.requests) >= 12, 20)  # the previous registrar stopped after 4
         assert registrar.status("wan")["status"] == "retrying" and "HTTP 500" in registrar.status("wan")["detail"]
         registrar.stop()
         no_id = Registrar(Settings(supabase_url=base, supabase_service_key="svc"))
@@ -491,7 +483,7 @@ def test_routing_cancel_while_enhancing_never_generates(routed):
     submitted = {}
     router, _chat, sdxl = make({("POST", "/enhance/base"): slow_enhance}, _accepting_sdxl(submitted))
     record, _ = router.submit(dict(ENHANCED, id="c1"))
-    assert _wait(lambda: record.progress["stage"] == "enhancing")
+    assert poll_until(lambda: record.progress["stage"] == "enhancing", 20)
     assert router.cancel("c1").status == "cancelled"
     release.set()
     time.sleep(0.3)
@@ -570,9 +562,10 @@ def test_routing_cancel_during_the_submission_reaches_the_worker(routed):
                                     ("GET", "/jobs/r1"): lambda p, b: (200, _record("r1", "cancelled"))})
     submitting = threading.Thread(target=router.submit, args=({"type": "sdxl_image_fast", "prompt": "p", "id": "r1"},))
     submitting.start()
-    assert _wait(lambda: router.get("r1") is not None and sdxl.calls)
+    assert poll_until(lambda: router.get("r1") is not None and sdxl.calls, 20)
     assert router.cancel("r1").status == "cancelled"  # the worker has not answered yet
     release.set()
     submitting.join(5)
-    assert _wait(lambda: ("POST", "/jobs/r1/cancel", None) in sdxl.calls), "the worker must hear of the cancel"
+    assert poll_until(lambda: ("POST", "/jobs/r1/cancel", None) in sdxl.calls, 20), \
+        "the worker must hear of the cancel"
     assert [c["status"] for c in receiver.wait_for(1, "r1")] == ["cancelled"]

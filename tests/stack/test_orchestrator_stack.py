@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.support import REPO, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
+from tests.support import REPO, Client, OrchestratorProcess, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,33 +37,11 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return found
 
 
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
-def receiver():
-    r = CallbackReceiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, placeholder_dir, receiver):
-    tmp = tmp_path_factory.mktemp("pod")
-    env = base_env(tmp, placeholder_dir,
-                   ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), WAN_PORT=free_port(), CHAT_PORT=free_port(),
-                   ENABLED_WORKERS="sdxl,wan,chat", VRAM_BUDGET_MB=BUDGET_MB, VRAM_RESERVE_MB=0,
-                   LEASE_TIMEOUT_S=90, CALLBACK_URL=receiver.url, RESTART_BACKOFF_S=0.2, RESTART_LIMIT=3,
-                   SHUTDOWN_GRACE_S=60, STATE_DIR=tmp / "state")
-    pod = OrchestratorProcess(env, tmp / "orchestrator.log").start()
-    pod.wait_ready()  # every test may run alone (-k), not only after the readiness test
+def stack(start_pod):
+    # ready: every test may run alone (-k), not only after the readiness test
+    pod = start_pod("pod", callbacks=True, VRAM_BUDGET_MB=BUDGET_MB, VRAM_RESERVE_MB=0, LEASE_TIMEOUT_S=90,
+                    RESTART_BACKOFF_S=0.2, RESTART_LIMIT=3, SHUTDOWN_GRACE_S=60)
     yield pod
     if pod.proc.poll() is None:  # a test failed before the SIGTERM test: stop it all the same
         groups = [w["pid"] for w in (_workers_or_none(pod) or {}).values() if w.get("pid")]
@@ -71,6 +49,11 @@ def stack(tmp_path_factory, placeholder_dir, receiver):
         for pgid in groups:
             for proc in group_members(pgid):
                 proc.kill()
+
+
+@pytest.fixture(scope="module")
+def receiver(stack):
+    return stack.receiver
 
 
 def job(job_type: str, prompt: str = "a red fox", **config) -> dict:
@@ -282,7 +265,7 @@ def test_operator_command_line(stack):
 
 def test_cancel_through_the_orchestrator(stack, receiver):
     job_id = submit(stack, job("sdxl_image_fast", steps=100))
-    wait_for(lambda: stack.client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 1, 120, "the job to step")
+    wait_until(lambda: stack.client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 1, 120, "the job to step")
     response = stack.client.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 200
     record = stack.client.wait_job(job_id, 60)
@@ -294,7 +277,7 @@ def test_cancel_through_the_orchestrator(stack, receiver):
 def test_kill_9_of_a_worker_fails_its_job_and_restarts_it(stack, receiver):
     before = stack.workers()["sdxl"]
     job_id = submit(stack, job("sdxl_image_fast", steps=100))
-    wait_for(lambda: stack.client.get(f"/jobs/{job_id}").json()["status"] == "processing", 120, "processing")
+    wait_until(lambda: stack.client.get(f"/jobs/{job_id}").json()["status"] == "processing", 120, "processing")
     os.kill(before["pid"], signal.SIGKILL)  # the gunicorn master
     record = stack.client.wait_job(job_id, 60)
     assert record["status"] == "failed" and record["error"]["code"] == "worker_died", record
@@ -302,8 +285,8 @@ def test_kill_9_of_a_worker_fails_its_job_and_restarts_it(stack, receiver):
     callback = receiver.wait_for(1, job_id)
     assert [c["status"] for c in callback] == ["failed"] and "SIGKILL" in callback[0]["error_message"]
     # everything of the dead worker's process group is gone, and a new one serves
-    wait_for(lambda: not group_members(before["pid"]), 30, "the old process group to be gone")
-    after = wait_for(lambda: (w := stack.workers()["sdxl"])["state"] == "ready" and w["pid"] != before["pid"] and w,
+    wait_until(lambda: not group_members(before["pid"]), 30, "the old process group to be gone")
+    after = wait_until(lambda: (w := stack.workers()["sdxl"])["state"] == "ready" and w["pid"] != before["pid"] and w,
                      120, "the sdxl worker to be restarted")
     assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
     memory = stack.client.get("/memory/status").json()
@@ -314,9 +297,9 @@ def test_kill_9_of_a_worker_fails_its_job_and_restarts_it(stack, receiver):
 def test_sigterm_lets_the_running_job_finish_then_everything_exits(stack, receiver):
     groups = {name: info["pid"] for name, info in stack.workers().items()}
     job_id = submit(stack, job("sdxl_image_fast", steps=40))
-    wait_for(lambda: stack.client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 1, 120, "the job to step")
+    wait_until(lambda: stack.client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 1, 120, "the job to step")
     stack.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: requests.get(stack.url + "/ready", timeout=5).status_code == 503, 10, "/ready to answer 503")
+    wait_until(lambda: requests.get(stack.url + "/ready", timeout=5).status_code == 503, 10, "/ready to answer 503")
     refused = stack.client.post("/jobs", json=job("sdxl_image_fast"))
     assert refused.status_code == 503 and refused.headers.get("Retry-After")
     assert stack.proc.wait(120) == 0
@@ -326,13 +309,12 @@ def test_sigterm_lets_the_running_job_finish_then_everything_exits(stack, receiv
     assert "shutdown complete" in stack.log()
 
 
-def test_a_worker_that_keeps_dying_ends_failed(tmp_path, placeholder_dir):
+def test_a_worker_that_keeps_dying_ends_failed(start_pod):
     # A setting only the workers' gunicorn reads is invalid: every start of the worker exits at once.
-    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   ENABLED_WORKERS="sdxl", GUNICORN_THREADS=-1, RESTART_LIMIT=2, RESTART_BACKOFF_S=0.1)
-    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+    pod = start_pod("dying", workers=("sdxl",), ready=False, GUNICORN_THREADS=-1, RESTART_LIMIT=2,
+                    RESTART_BACKOFF_S=0.1)
     try:
-        info = wait_for(lambda: (w := _workers_or_none(pod)) and w["sdxl"]["state"] == "failed" and w["sdxl"],
+        info = wait_until(lambda: (w := _workers_or_none(pod)) and w["sdxl"]["state"] == "failed" and w["sdxl"],
                         60, "the worker to be marked failed")
         assert info["restarts"] == 2 and info["consecutive_failures"] == 3 and info["pid"] is None
         assert info["last_exit"] == "exited with status 1" and info["incarnation"] == 3
@@ -356,10 +338,8 @@ def _workers_or_none(pod):
         return None
 
 
-def test_workers_stop_when_the_orchestrator_is_killed(tmp_path, placeholder_dir):
-    env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   ENABLED_WORKERS="sdxl")
-    pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+def test_workers_stop_when_the_orchestrator_is_killed(start_pod):
+    pod = start_pod("orphaned", workers=("sdxl",), ready=False)
     pgid = None
     try:
         pod.wait_ready()
@@ -368,7 +348,7 @@ def test_workers_stop_when_the_orchestrator_is_killed(tmp_path, placeholder_dir)
         pod.proc.kill()  # SIGKILL: no shutdown code runs in the orchestrator
         pod.proc.wait(10)
         # the kernel's parent-death signal (orchestrator.launch) makes the worker stop by itself
-        wait_for(lambda: not group_members(pgid), 60, "the orphaned worker to stop")
+        wait_until(lambda: not group_members(pgid), 60, "the orphaned worker to stop")
     finally:
         pod.stop()
         for proc in group_members(pgid) if pgid else []:  # only if the test failed

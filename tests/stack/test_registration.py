@@ -12,20 +12,11 @@ import pytest
 from configuration.settings import Settings, SettingsError
 from orchestrator.registration import Registrar
 from tests.supabase_standin import SERVICE_KEY, SupabaseStandIn
-from tests.support import StaticServer
+from tests.support import StaticServer, poll_until
 
 pytestmark = pytest.mark.timeout(180)
 
 OUTAGE_S = 30.0
-
-
-def _wait(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 @pytest.fixture
@@ -55,9 +46,9 @@ def test_registration_outlasts_30s_of_503s_then_keeps_the_chat_health_entry_fres
         try:
             registrar.worker_ready("wan")
             registrar.worker_ready("chat")
-            assert _wait(lambda: registrar.status("wan")["status"] == "retrying", 10), registrar.status("wan")
+            assert poll_until(lambda: registrar.status("wan")["status"] == "retrying", 10), registrar.status("wan")
             assert not standin.chat_worker_usable()
-            assert _wait(lambda: all((registrar.status(w) or {}).get("status") == "registered"
+            assert poll_until(lambda: all((registrar.status(w) or {}).get("status") == "registered"
                                      for w in ("wan", "chat")), OUTAGE_S + 30), (registrar.status("wan"),
                                                                                  registrar.status("chat"))
             took = time.monotonic() - started
@@ -72,15 +63,15 @@ def test_registration_outlasts_30s_of_503s_then_keeps_the_chat_health_entry_fres
             assert standin.system_config["chatWorkerUrl"] == public_worker.url
             # the app's roleplay gate: healthy, with a workerUrl, checked under 120 s ago; only health-check-workers
             # fills workerUrl, and the orchestrator now invokes it itself (after its own outage ended)
-            assert _wait(standin.chat_worker_usable, 15), standin.system_config
+            assert poll_until(standin.chat_worker_usable, 15), standin.system_config
             checks = standin.function_calls("health-check-workers")
             assert checks and all(c["headers"]["Authorization"] == f"Bearer {SERVICE_KEY}" for c in checks)
-            assert _wait(lambda: (registrar.status("chat")["health_check"] or {}).get("calls", 0) >= 2, 10)
+            assert poll_until(lambda: (registrar.status("chat")["health_check"] or {}).get("calls", 0) >= 2, 10)
             assert registrar.status("chat")["health_check"]["status"] == "ok"
             # a worker start registers again (the restarted worker may have a new URL); the older loop ends
             before = len(standin.function_calls("update-worker-url"))
             registrar.worker_ready("wan")
-            assert _wait(lambda: len(standin.function_calls("update-worker-url")) == before + 1, 10)
+            assert poll_until(lambda: len(standin.function_calls("update-worker-url")) == before + 1, 10)
             assert registrar.status("wan")["registrations"] == 1  # counted by the new start's loop
         finally:
             registrar.stop()
@@ -91,11 +82,11 @@ def test_registered_workers_register_again_every_refresh_period(public_worker):
         registrar = Registrar(_settings(standin, public_worker.url, registration_refresh_s=0.5))
         try:
             registrar.worker_ready("wan")
-            assert _wait(lambda: (registrar.status("wan") or {}).get("registrations", 0) >= 3, 20), \
+            assert poll_until(lambda: (registrar.status("wan") or {}).get("registrations", 0) >= 3, 20), \
                 registrar.status("wan")
             # the row was lost on the app's side: the next refresh writes it again
             standin.system_config.pop("workerUrl")
-            assert _wait(lambda: standin.system_config.get("workerUrl") == public_worker.url, 10)
+            assert poll_until(lambda: standin.system_config.get("workerUrl") == public_worker.url, 10)
         finally:
             registrar.stop()
         calls = len(standin.function_calls("update-worker-url"))
@@ -110,7 +101,7 @@ def test_without_health_checks_the_app_never_gets_the_chat_workers_url(public_wo
         registrar = Registrar(_settings(standin, public_worker.url))
         try:
             registrar.worker_ready("chat")
-            assert _wait(lambda: (registrar.status("chat") or {}).get("status") == "registered", 10)
+            assert poll_until(lambda: (registrar.status("chat") or {}).get("status") == "registered", 10)
             assert "workerUrl" not in standin.system_config["workerHealthCache"]["chatWorker"]
             assert not standin.chat_worker_usable()
             assert not standin.function_calls("health-check-workers")
@@ -145,7 +136,7 @@ def test_registration_body_says_where_the_url_came_from(public_worker):
         registrar = Registrar(_settings(standin, public_worker.url))
         try:
             registrar.worker_ready("wan")
-            assert _wait(lambda: standin.function_calls("update-worker-url"), 10)
+            assert poll_until(lambda: standin.function_calls("update-worker-url"), 10)
         finally:
             registrar.stop()
         body = standin.function_calls("update-worker-url")[0]["body"]
@@ -153,34 +144,34 @@ def test_registration_body_says_where_the_url_came_from(public_worker):
         assert body["auto_registered"] is True and body["registration_method"] == "orchestrator"
 
 
-def test_the_pod_registers_its_chat_worker_through_the_supervisor(tmp_path, placeholder_dir):
+def test_the_pod_registers_its_chat_worker_through_the_supervisor(start_pod):
     """The wiring as deployed: `python -m orchestrator` with CHAT_PUBLIC_URL (a host other than RunPod); the
     app's functions are down until the pod has failed to register a few times; the chat worker then ends
     registered and usable by the app."""
-    from tests.support import OrchestratorProcess, base_env, free_port
+    from tests.support import free_port
 
     functions = ("register-chat-worker", "health-check-workers")
     with SupabaseStandIn() as standin:
         chat_port = free_port()
         for function in functions:
             standin.unavailable_until[function] = time.monotonic() + 3600
-        env = base_env(tmp_path, placeholder_dir, ORCHESTRATOR_PORT=free_port(), CHAT_PORT=chat_port,
-                       ENABLED_WORKERS="chat", SUPABASE_URL=standin.url, SUPABASE_SERVICE_KEY=SERVICE_KEY,
-                       CHAT_PUBLIC_URL=f"http://127.0.0.1:{chat_port}", REGISTRATION_BACKOFF_S="0.5",
-                       REGISTRATION_BACKOFF_MAX_S="2", HEALTH_CHECK_WORKERS_S="1", STATE_DIR=tmp_path / "state")
-        pod = OrchestratorProcess(env, tmp_path / "orchestrator.log").start()
+        pod = start_pod("registering", workers=("chat",), ready=False, CHAT_PORT=chat_port, SUPABASE_URL=standin.url,
+                        SUPABASE_SERVICE_KEY=SERVICE_KEY, CHAT_PUBLIC_URL=f"http://127.0.0.1:{chat_port}",
+                        REGISTRATION_BACKOFF_S="0.5", REGISTRATION_BACKOFF_MAX_S="2", HEALTH_CHECK_WORKERS_S="1")
+        env = pod.env
         try:
             pod.wait_ready()
-            assert _wait(lambda: (pod.workers()["chat"]["registration"] or {}).get("failed_attempts", 0) >= 3, 60), \
+            assert poll_until(lambda: (pod.workers()["chat"]["registration"] or {}).get("failed_attempts", 0) >= 3,
+                              60), \
                 pod.workers()["chat"]
             assert pod.workers()["chat"]["registration"]["status"] == "retrying"
             for function in functions:
                 standin.unavailable_until[function] = 0.0
-            assert _wait(lambda: pod.workers()["chat"]["registration"]["status"] == "registered", 30), \
+            assert poll_until(lambda: pod.workers()["chat"]["registration"]["status"] == "registered", 30), \
                 pod.workers()["chat"]
             registration = pod.workers()["chat"]["registration"]
             assert registration["failed_attempts"] >= 3 and registration["detail"].endswith(f":{chat_port}")
-            assert _wait(standin.chat_worker_usable, 20), standin.system_config
+            assert poll_until(standin.chat_worker_usable, 20), standin.system_config
             assert standin.system_config["workerHealthCache"]["chatWorker"]["workerUrl"] == env["CHAT_PUBLIC_URL"]
             body = standin.function_calls("register-chat-worker")[-1]["body"]
             assert body["capabilities"]["chat"] is True and body["worker_url"] == env["CHAT_PUBLIC_URL"]

@@ -26,6 +26,7 @@ from orchestrator.broker_policy import (
 )
 from orchestrator.broker_service import MemoryBroker
 from orchestrator.device_memory import DeviceReading
+from tests.support import poll_until
 
 MB = 1024 * 1024
 
@@ -377,12 +378,7 @@ def test_a_turn_does_not_wait_for_requests_that_need_other_workers():
 
 
 def _eventually(predicate, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
+    return poll_until(predicate, timeout_s, 0.01)
 
 
 def _swallow(fn):

@@ -15,7 +15,7 @@ from common.callbacks import CallbackSender, sign
 from common.errors import JobFailed, ModelBusy
 from common.jobs import JobJournal
 from configuration.settings import Settings
-from tests.support import CallbackReceiver, StaticServer
+from tests.support import CallbackReceiver, StaticServer, poll_until
 from workers import devices
 from workers.runtime import media
 from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage, address_allowed, fetch_image
@@ -72,12 +72,8 @@ def make_runner(tmp_path, engine=None, callback_url="", journal_dir=None):
 
 
 def wait_status(runner, job_id, statuses=("completed", "failed", "cancelled"), timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if runner.get(job_id).status in statuses:
-            return runner.get(job_id)
-        time.sleep(0.01)
-    raise AssertionError(runner.get(job_id).public())
+    assert poll_until(lambda: runner.get(job_id).status in statuses, timeout, 0.01), runner.get(job_id).public()
+    return runner.get(job_id)
 
 
 def test_jobs_run_fifo_and_store_assets_with_thumbnails(tmp_path):
