@@ -37,10 +37,12 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
+
+from tests.support import LocalHTTPServer
 
 SERVICE_KEY = "test-service-role-key"
 CALLBACK_SECRET = "test-job-callback-secret"
@@ -62,7 +64,7 @@ def app_accepts_signature(headers: dict, raw_body: bytes, secret: str) -> bool:
     return hmac.compare_digest(supplied[len("sha256="):], expected)
 
 
-class SupabaseStandIn:
+class SupabaseStandIn(LocalHTTPServer):
     def __init__(self, service_key: str = SERVICE_KEY, callback_secret: str = CALLBACK_SECRET,
                  buckets: dict[str, tuple[str, ...]] | None = None):
         self.service_key = service_key
@@ -80,10 +82,7 @@ class SupabaseStandIn:
         self.rest_reads: list[str] = []        # job id of every REST read of `jobs`
         self._signed: dict[str, tuple[str, str, float]] = {}  # token -> (bucket, path, expiry)
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        super().__init__(self._handler())
 
     # -- test helpers ---------------------------------------------------------------------------
     def client(self):
@@ -142,10 +141,6 @@ class SupabaseStandIn:
     def function_calls(self, name: str) -> list[dict]:
         with self._lock:
             return [c for c in self.calls if c["name"] == name]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def __enter__(self) -> SupabaseStandIn:
         return self

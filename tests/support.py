@@ -44,10 +44,24 @@ def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05)
     return value
 
 
+class LocalHTTPServer:
+    """A ThreadingHTTPServer on a free loopback port serving `handler` from a daemon thread: the one
+    scaffold under the tests' stand-in servers (receiver, static files, failing storage, ...)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class CallbackReceiver:
+class CallbackReceiver(LocalHTTPServer):
     """A real HTTP server recording every POST. `fail_first` answers 503 to that many requests; down()
     answers 503 to everything until up(), and accepted() counts only what came after up()."""
 
@@ -82,10 +96,8 @@ class CallbackReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/functions/v1/job-callback"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        super().__init__(Handler)
+        self.url += "/functions/v1/job-callback"
 
     def bodies(self, job_id: str | None = None) -> list[dict]:
         with self._lock:
@@ -124,12 +136,8 @@ class CallbackReceiver:
     def wait_accepted(self, job_id: str, timeout_s: float = 30) -> list[dict]:
         return poll_until(lambda: self.accepted(job_id), timeout_s)
 
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
-
-class StaticServer:
+class StaticServer(LocalHTTPServer):
     """A real HTTP server answering GETs from `routes` {path: (status, content_type, body)}; a `str`
     body is a redirect target. Records the paths it was asked for."""
 
@@ -154,13 +162,7 @@ class StaticServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def base_env(tmp_path: Path, placeholder_dir: Path, **extra) -> dict:

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.support import API_KEY, OrchestratorProcess, base_env, free_port
+from tests.support import API_KEY
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,17 +36,12 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(),
-                   WAN_PORT=free_port(), CHAT_PORT=free_port(), ENABLED_WORKERS="sdxl,wan,chat",
-                   STATE_DIR=tmp / "state", FETCH_TIMEOUT_S=2)
-    orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
-    orchestrator.wait_ready()
+def pod(start_pod):
+    """A pod of its own: the generated jobs may be any size the schemas allow, so no other module shares it."""
+    orchestrator = start_pod("fuzz", FETCH_TIMEOUT_S=2)
     orchestrator.urls = {"orchestrator": orchestrator.url,
                          **{name: info["url"] for name, info in orchestrator.workers().items()}}
-    yield orchestrator
-    orchestrator.stop()
+    return orchestrator
 
 
 @pytest.mark.parametrize("process", list(RUNS))

@@ -16,8 +16,8 @@ from PIL import Image
 
 from common.queues import QueueKeys
 from tests.app_client import entry_points, queue_job, queue_job_payload, rpush, workspace_request
-from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
-from tests.support import WorkerProcess, base_env
+from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY
+from tests.support import WorkerProcess, base_env, poll_until
 from workers.runtime.media import decode_mp4
 
 SDXL_QUEUE, WAN_QUEUE = "contract_sdxl_queue", "contract_wan_queue"
@@ -28,12 +28,6 @@ def queue_env(tmp_path, placeholder_dir, redis_server, standin, name: str, **ext
                     WAN_QUEUE=WAN_QUEUE, SUPABASE_URL=standin.url, SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY,
                     JOB_CALLBACK_SECRET=CALLBACK_SECRET, STORAGE_BACKEND="supabase", QUEUE_BLOCK_S="0.2",
                     QUEUE_HEARTBEAT_TTL_S="3", QUEUE_REAP_INTERVAL_S="1", **extra)
-
-
-@pytest.fixture(scope="module")
-def standin():
-    with SupabaseStandIn() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +57,10 @@ def one_terminal_callback(standin, job_id: str, timeout_s: float = 120) -> dict:
 
 def settled(redis_client, *queues, timeout_s: float = 10) -> bool:
     """Every queue and every consumer's processing list empty (acknowledgement follows the journal)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def empty() -> bool:
         lists = [q for q in queues] + [k.decode() for q in queues for k in redis_client.keys(f"{q}:processing:*")]
-        if all(redis_client.llen(name) == 0 for name in lists):
-            return True
-        time.sleep(0.05)
-    return False
+        return all(redis_client.llen(name) == 0 for name in lists)
+    return poll_until(empty, timeout_s)
 
 
 NATIVE = {"1024x576": "112x64", "576x1024": "64x112", "1024x1024": "80x80"}  # placeholder WAN native_size class

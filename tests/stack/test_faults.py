@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from tests.support import (
     API_KEY,
     CallbackReceiver,
     Client,
+    LocalHTTPServer,
     OrchestratorProcess,
     WorkerProcess,
     base_env,
@@ -119,7 +120,7 @@ def test_local_storage_not_writable_fails_the_job_with_a_reason(serving, receive
     assert sdxl.wait_job("store-after", 60)["status"] == "completed"
 
 
-class FailingStorage:
+class FailingStorage(LocalHTTPServer):
     """A Supabase whose storage answers 500 to every upload; its job-callback function answers 200."""
 
     def __init__(self):
@@ -147,13 +148,7 @@ class FailingStorage:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_supabase_storage_answering_500_fails_the_job_with_a_reason(tmp_path, placeholder_dir):

@@ -12,7 +12,6 @@ The tests run in order and share the pod; the last one stops it.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
@@ -24,14 +23,13 @@ import requests
 from tests.app_client import queue_job_payload
 from tests.redis_support import RedisServer
 from tests.stuck_engine_app import SLOW_PREFIX
-from tests.support import API_KEY, REPO, CallbackReceiver, Client, OrchestratorProcess, base_env, free_port
+from tests.support import API_KEY, Client, OrchestratorProcess, wait_until
 from tests.unit.test_hardening_fetch import DripServer
 
 pytestmark = pytest.mark.timeout(600)
 
 CANARY = "Canary-Redis-S3cret"
 QUEUE = "faults_sdxl_queue"
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 def small_job(user: str = "u-faults", prefix: str = "q-", **kw) -> dict:
@@ -83,65 +81,28 @@ def redis():
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    r = CallbackReceiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
-def pod(tmp_path_factory, placeholder_dir, redis, receiver):
-    tmp = tmp_path_factory.mktemp("queue-faults")
-    hook = tmp / "hook"  # the test build's step hook (slow jobs), as the supervisor starts the real command line
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text("from tests.stuck_engine_app import install\n\ninstall()\n")
-    env = base_env(tmp, placeholder_dir, ORCHESTRATOR_PORT=free_port(), SDXL_PORT=free_port(), ENABLED_WORKERS="sdxl",
-                   REDIS_URL=f"redis://127.0.0.1:{redis.port}/0?password={CANARY}", SDXL_QUEUE=QUEUE,
-                   CALLBACK_URL=receiver.url, CALLBACK_PROCESSING="true", STATE_DIR=tmp / "state",
-                   QUEUE_BLOCK_S="0.2", QUEUE_HEARTBEAT_TTL_S="6", QUEUE_REAP_INTERVAL_S="1",
-                   FETCH_TIMEOUT_S="400", SHUTDOWN_GRACE_S="3", RESTART_BACKOFF_S="0.2")
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
-    orchestrator = OrchestratorProcess(env, tmp / "orchestrator.log").start()
-    orchestrator.wait_ready()
-    orchestrator.state_dir = Path(env["STATE_DIR"])
-    orchestrator.output_dir = Path(env["OUTPUT_DIR"])
+def pod(redis, start_pod):  # Redis up until the pod has stopped
+    orchestrator = start_pod("queue-faults", workers=("sdxl",), callbacks=True, test_build=True,  # slow jobs
+                             REDIS_URL=f"redis://127.0.0.1:{redis.port}/0?password={CANARY}", SDXL_QUEUE=QUEUE,
+                             CALLBACK_PROCESSING="true", QUEUE_BLOCK_S="0.2", QUEUE_HEARTBEAT_TTL_S="6",
+                             QUEUE_REAP_INTERVAL_S="1", FETCH_TIMEOUT_S="400", SHUTDOWN_GRACE_S="3",
+                             RESTART_BACKOFF_S="0.2")
     orchestrator.watcher = ViewWatcher(orchestrator)
     yield orchestrator
     orchestrator.watcher.stop()
-    if orchestrator.proc.poll() is None:
-        orchestrator.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver(pod):
+    return pod.receiver
 
 
 def sdxl(pod: OrchestratorProcess) -> Client:
     return Client(pod.workers()["sdxl"]["url"], API_KEY)
 
 
-def terminal(receiver: CallbackReceiver, job_id: str) -> list[dict]:
-    return [b for b in receiver.bodies(job_id) if b["status"] in TERMINAL]
-
-
-def wait_terminal(receiver: CallbackReceiver, job_id: str, timeout_s: float = 180) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = terminal(receiver, job_id)
-        if found:
-            return found[0]
-        time.sleep(0.1)
-    raise AssertionError(f"no terminal callback for {job_id}")
-
-
 def dead_letters(redis: RedisServer) -> list[dict]:
     return [json.loads(d) for d in redis.client().lrange(f"{QUEUE}:dead", 0, -1)]
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ops_page_redis_line(pod: OrchestratorProcess) -> str:
@@ -190,7 +151,7 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
     worker = sdxl(pod)
     owned = small_job(user="alice")
     client.rpush(QUEUE, json.dumps(owned))
-    assert wait_terminal(receiver, owned["id"])["status"] == "completed"
+    assert receiver.wait_terminal(owned["id"])["status"] == "completed"
     http_id = f"http-{uuid.uuid4().hex[:8]}"
     assert worker.post("/generate", json={"id": http_id, "type": "sdxl_image_fast", "prompt": "a fox", "user_id": "bob",
                                           "config": {"steps": 1}}).status_code == 202
@@ -217,7 +178,7 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
         behind.append(job["id"])
         client.rpush(QUEUE, entry, json.dumps(job))
     for job_id in behind:
-        assert wait_terminal(receiver, job_id)["status"] == "completed", job_id
+        assert receiver.wait_terminal(job_id)["status"] == "completed", job_id
     wait_until(lambda: len(dead_letters(redis)) >= len(hostile), 30, "the dead letters")
     dead = dead_letters(redis)
     reasons = [d["reason"] for d in dead]
@@ -230,7 +191,7 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
     assert reasons[5] == f"job id {http_id} is already in use: a job submitted over HTTP has it"
     assert reasons[6] == f"job id {routed_id} is already in use: a job submitted through the orchestrator has it"
     # The other jobs were not touched: one terminal callback each, their own.
-    assert [b["status"] for b in terminal(receiver, owned["id"])] == ["completed"]
+    assert [b["status"] for b in receiver.terminal(owned["id"])] == ["completed"]
     assert worker.get(f"/jobs/{owned['id']}").json()["user_id"] == "alice"
     assert "deep-1" not in json.dumps(receiver.bodies()) and not any(
         (b or {}).get("job_id", "").startswith("newline-1") for b in receiver.bodies())
@@ -256,15 +217,15 @@ def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_
         fast = small_job()
         client.rpush(QUEUE, json.dumps(slow), json.dumps(fast))
         started = time.monotonic()
-        done = wait_terminal(receiver, fast["id"], timeout_s=300)
+        done = receiver.wait_terminal(fast["id"], timeout_s=300)
         assert done["status"] == "completed"
         assert drip.requests == 1 and not drip.closed and time.monotonic() - started < 400
         record = sdxl(pod).get(f"/jobs/{slow['id']}").json()
         assert record["status"] == "queued" and record["progress"]["stage"] == "fetching", record
-        assert not terminal(receiver, slow["id"])
+        assert not receiver.terminal(slow["id"])
     finally:
         drip.close()
-    failed = wait_terminal(receiver, slow["id"], timeout_s=120)
+    failed = receiver.wait_terminal(slow["id"], timeout_s=120)
     assert failed["status"] == "failed", failed
 
 
@@ -282,7 +243,7 @@ def test_signed_url_tokens_are_not_kept_in_the_record_the_callback_or_the_proven
     try:
         job = small_job(reference_url=f"{host.url}/ref.png?token={token}&expires=3600")
         redis.client().rpush(QUEUE, json.dumps(job))
-        done = wait_terminal(receiver, job["id"])
+        done = receiver.wait_terminal(job["id"])
         assert done["status"] == "completed", done
     finally:
         host.close()
@@ -300,7 +261,7 @@ def test_routed_jobs_send_a_processing_callback_first(pod, receiver):
                                             "config": {"steps": 2, "seed": 4}})
     assert routed.status_code == 202, routed.text
     job_id = routed.json()["job_id"]
-    assert wait_terminal(receiver, job_id)["status"] == "completed"
+    assert receiver.wait_terminal(job_id)["status"] == "completed"
     assert [b["status"] for b in receiver.bodies(job_id)] == ["processing", "completed"]
 
 
@@ -385,7 +346,7 @@ def test_a_queued_job_cut_off_by_a_pod_stop_ends_failed_not_cancelled(pod, redis
     assert record["status"] == "processing", record
     pod.watcher.stop()
     pod.stop()
-    ended = wait_terminal(receiver, job["id"], timeout_s=60)
+    ended = receiver.wait_terminal(job["id"], timeout_s=60)
     assert ended["status"] == "failed", ended
     assert ended["metadata"]["error_type"] == "worker_stopped", ended
     assert ended["error_message"] == "the worker was stopped before the job finished"

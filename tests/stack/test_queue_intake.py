@@ -10,6 +10,7 @@ import pytest
 
 from common.queues import Entry, QueueKeys, connect, parse_entry, queue_overview
 from tests.redis_support import RedisServer
+from tests.support import poll_until
 from workers.runtime.queue_intake import QueueIntake
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -75,13 +76,10 @@ class Sink:
                 self.intake.notify()
 
     def wait_done(self, ids, timeout_s=20):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def done() -> bool:
             with self._lock:
-                if all(self.status.get(i) in ("completed", "failed") for i in ids):
-                    return True
-            time.sleep(0.02)
-        return False
+                return all(self.status.get(i) in ("completed", "failed") for i in ids)
+        return poll_until(done, timeout_s, 0.02)
 
 
 def start_intake(server, queue, sink, consumer="c1", **kw) -> QueueIntake:
@@ -100,12 +98,8 @@ def push(client, queue, *entries):
 
 def settled(client, keys: QueueKeys, consumers=("c1",), timeout_s=10) -> bool:
     """Queue and processing lists empty (acknowledgement follows completion by a moment)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.llen(keys.queue) == 0 and all(client.llen(keys.processing(c)) == 0 for c in consumers):
-            return True
-        time.sleep(0.02)
-    return False
+    return poll_until(lambda: client.llen(keys.queue) == 0
+                      and all(client.llen(keys.processing(c)) == 0 for c in consumers), timeout_s, 0.02)
 
 
 def test_entries_are_taken_in_push_order_and_acknowledged(redis_server):

@@ -207,14 +207,6 @@ JOB = {"type": "sdxl_image_fast", "user_id": "u1", "config": {"seed": 3, "steps"
 
 
 @pytest.fixture(scope="module")
-def standin():
-    from tests.supabase_standin import SupabaseStandIn
-
-    with SupabaseStandIn() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def sdxl(tmp_path_factory, placeholder_dir, redis_server, standin):
     from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY
     from tests.support import WorkerProcess, base_env
