@@ -12,7 +12,7 @@ from configuration.params import chat as chat_params
 from configuration.schemas import schema, validate_request
 from configuration.schemas.common import ValidationFailed
 from configuration.settings import Settings
-from tests.support import WorkerProcess, base_env
+from tests.support import Client
 
 SETTINGS = Settings()
 MESSAGES = [{"role": "system", "content": "You are a friendly guide."}, {"role": "user", "content": "hello"}]
@@ -71,29 +71,28 @@ def test_enhance_needs_a_prompt_or_messages_that_are_not_null():
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory, placeholder_dir):
-    worker = WorkerProcess("chat", base_env(tmp_path_factory.mktemp("chat-nulls"), placeholder_dir)).start()
-    yield worker
-    worker.stop()
+def chat(shared_pod) -> Client:
+    """The session's shared pod's chat worker (gunicorn, started by the orchestrator): these bodies only read."""
+    return Client(f"http://127.0.0.1:{shared_pod.ports['chat']}")
 
 
-def test_the_apps_bodies_with_nulls_are_answered(worker):
+def test_the_apps_bodies_with_nulls_are_answered(chat):
     playground = {"messages": MESSAGES, "conversation_id": None, "project_id": None, "context_type": "general",
                   "project_context": None, "content_tier": "sfw", "temperature": 0.7, "top_p": 0.95,
                   "presence_penalty": 0.6, "frequency_penalty": 0.25, "nsfw_enforce": None, "nsfw_reason": None,
                   "max_tokens": 8, "model": None, "seed": None}
-    reply = worker.client.post("/chat", json=playground)
+    reply = chat.post("/chat", json=playground)
     assert reply.status_code == 200, reply.text
     assert reply.json()["success"] is True and reply.json()["response"].strip()
     enhance = {"messages": MESSAGES, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "model": None,
                "project_context": None, "target_model": None, "system_prompt": None}
-    reply = worker.client.post("/enhance", json=enhance)
+    reply = chat.post("/enhance", json=enhance)
     assert reply.status_code == 200, reply.text
     assert reply.json()["success"] is True and reply.json()["enhanced_prompt"].strip()
     completion = {"model": "qwen_instruct", "messages": MESSAGES, "max_tokens": 8, "stream": None,
                   "stream_options": None, "temperature": None, "stop": None, "n": None, "logprobs": None}
-    reply = worker.client.post("/v1/chat/completions", json=completion)
+    reply = chat.post("/v1/chat/completions", json=completion)
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"] is not None
-    refused = worker.client.post("/v1/chat/completions", json={**completion, "messages": None})
+    refused = chat.post("/v1/chat/completions", json={**completion, "messages": None})
     assert refused.status_code == 400 and "/messages" in refused.text
