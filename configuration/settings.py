@@ -186,7 +186,8 @@ _ENV: dict[str, tuple[str, Callable[..., Any], str]] = {
                                                            "has threads of its own)."),
     "GUNICORN_THREADS": ("gunicorn_threads", _int, "HTTP threads per worker process; requests waiting with ?wait= may "
                                                    "hold all but 8."),
-    "CHAT_BATCH_SIZE": ("chat_batch_size", _int, "Most chat requests generated together in one batch."),
+    "CHAT_BATCH_SIZE": ("chat_batch_size", _int, "Most chat requests generated together in one batch; also the "
+                                                 "most prompt enhancements the orchestrator has in flight at once."),
     "CHAT_BATCH_WINDOW_MS": ("chat_batch_window_ms", _int, "How long the chat batcher waits to fill a batch."),
     "CHAT_MAX_QUEUE": ("chat_max_queue", _int, "Chat requests waiting per model before new ones get 503."),
     "CHAT_BATCHING": ("chat_batching", str, "`continuous` (requests join a running batch as rows finish) or `static` "

@@ -3,7 +3,11 @@ WAN worker with the enhanced prompt, under one job id, with one terminal callbac
 
 The generation worker is asked with `X-Callback-Mode: none` (the orchestrator sends the callback, with
 both prompts in its metadata) and its job record is polled and mirrored into the orchestrator's record
-(progress, assets, error). Records are common/jobs.py's JobRecord and JobJournal (the workers' own),
+(progress, assets, error). Threads are bounded, not one per job: one monitor thread polls the workers
+for every routed job in flight (the workers have no route answering for several ids, so one GET per job
+when its poll is due), and enhancements (a blocking call to the chat worker, then the submission) run on
+at most CHAT_BATCH_SIZE threads (more would only wait in the chat worker's queue); both kinds of thread
+exist only while there is work for them. Records are common/jobs.py's JobRecord and JobJournal (the workers' own),
 so a job routed before an orchestrator restart ends `failed` with a reason and its callback is sent.
 Refusals are domain errors (common/errors.py: WorkerUnavailable, WorkerRefused, Unavailable); the
 API turns them into HTTP.
@@ -14,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import requests
@@ -45,6 +50,7 @@ POLL_FIRST_S = 0.05    # the first seconds of a job: short jobs end within a few
 POLL_FIRST_PHASE_S = 2.0
 POLL_RUNNING_S = 0.1
 POLL_QUEUED_S = 0.25
+POLL_TIMEOUT_S = 5     # one poll; the monitor asks the other jobs' workers after it, so a hung worker is bounded
 SUBMIT_TIMEOUT_S = 60
 
 
@@ -89,6 +95,9 @@ class RoutedJob:
     accepted_at: float | None = None                      # monotonic; None for a job recovered from the journal
     recovered: bool = False                               # unfinished when an earlier orchestrator stopped
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage timed here (enhancing)
+    next_poll: float = 0.0                                # monotonic: when the monitor next asks the worker
+    first_phase_ends: float = 0.0                         # monotonic: polls are POLL_FIRST_S apart until then
+    ask_until: float = 0.0                                # monotonic: a recovered job's worker is asked until then
 
     def log_context(self):
         return log_context(job_id=self.record.job_id, request_id=self.record.request_id, worker=self.target)
@@ -107,6 +116,12 @@ class Router:
         self._accepting = True
         self._session = bearer_session(settings.api_key)
         self._metrics = process_metrics()
+        self._followed: dict[str, RoutedJob] = {}   # submitted jobs the monitor polls, until terminal
+        self._monitor_thread: threading.Thread | None = None
+        self._wake = threading.Event()              # a job to follow now: the monitor stops sleeping
+        self._to_enhance: deque[RoutedJob] = deque()
+        self._enhancers = 0                         # enhancement threads running, at most _enhancer_limit
+        self._enhancer_limit = max(1, settings.chat_batch_size)
         self._recover()
         if journal.retention_days:
             start_sweeper("router", lambda: sweep(self._jobs, lambda job: job.record, self.journal, self._lock))
@@ -177,15 +192,11 @@ class Router:
             log.info("job accepted: %s to %s%s, prompt %s", record.type, target,
                      " after enhancement" if enhance else "", describe_text(body["prompt"]),
                      extra={"job_type": record.type})
-        runner = self._enhance_then_generate if enhance else self._monitor
-        threading.Thread(target=self._route, args=(runner, job), name=f"route-{job_id[:12]}", daemon=True).start()
+        if enhance:
+            self._queue_enhancement(job)
+        else:
+            self._follow(job)
         return record, True
-
-    @staticmethod
-    def _route(runner, job: RoutedJob) -> None:
-        """A routed job's thread: every line it logs carries the job's id, worker and request id."""
-        with job.log_context():
-            runner(job)
 
     def _claim(self, job_id: str, user_id: str) -> RoutedJob | None:
         """Called with the lock held: the job of this id when the same user repeats it; JobIdConflict when
@@ -287,7 +298,7 @@ class Router:
                         "message": f"the {job.target} worker refused the enhanced job: {exc.message}"})
             return
         self._mark_submitted(job)
-        self._monitor(job)
+        self._follow(job)
 
     def _mark_submitted(self, job: RoutedJob) -> None:
         """The worker has the job. One cancelled here while the submission was in flight is cancelled there too."""
@@ -342,48 +353,126 @@ class Router:
                 "seconds": round(seconds, 3)}
         return enhanced, info
 
-    def _monitor(self, job: RoutedJob) -> None:
-        """Mirror the worker's record until it (or this record) is terminal. A job recovered from the
-        journal is asked for the same way: the worker says what became of it (it may have finished while
-        no orchestrator was there); only a worker that never had it, or cannot be asked in time, fails it."""
-        url = f"{self.workers[job.target].url}/jobs/{job.record.job_id}"
-        first_phase_ends = time.monotonic() + POLL_FIRST_PHASE_S
-        # A restarted pod's worker may first wait for its previous process to drain (one process per journal).
-        ask_until = time.monotonic() + self.settings.worker_ready_timeout_s + self.settings.shutdown_grace_s + 60
+    # -- the threads: enhancements on a bounded pool, one monitor for every submitted job ---------------------
+    def _queue_enhancement(self, job: RoutedJob) -> None:
+        """Enhance, then submit, on one of at most `_enhancer_limit` threads; a job waits `queued` for one."""
+        with self._lock:
+            self._to_enhance.append(job)
+            if self._enhancers >= self._enhancer_limit:
+                return
+            self._enhancers += 1
+        threading.Thread(target=self._enhancer, name="route-enhance", daemon=True).start()
+
+    def _enhancer(self) -> None:
+        """An enhancement thread: takes waiting jobs until there are none, then ends."""
         while True:
             with self._lock:
-                if job.record.status in TERMINAL:
+                if not self._to_enhance:
+                    self._enhancers -= 1
                     return
-            try:
-                response = self._session.get(url, timeout=10)
-            except requests.RequestException:
-                response = None  # a dead worker is reported by its supervisor (worker_died)
-            if response is None or response.status_code not in (200, 404):
-                if job.recovered and time.monotonic() > ask_until:
-                    self._fail_recovered(job, f"the {job.target} worker could not be asked what became of it")
-                    return
-                time.sleep(POLL_QUEUED_S)
-                continue
-            if response.status_code == 404:
-                with self._lock:
-                    if job.record.status not in TERMINAL:
-                        if job.recovered:
-                            self._fail_recovered(job, f"the {job.target} worker never received it")
-                        else:
-                            self._finish(job, JobStatus.FAILED, {"code": errors.WORKER_LOST_JOB,
-                                                         "message": f"the {job.target} worker no longer knows the job"})
-                return
-            remote = response.json()
+                job = self._to_enhance.popleft()
+            with job.log_context():  # every line it logs carries the job's id, worker and request id
+                try:
+                    self._enhance_then_generate(job)
+                except Exception as exc:  # the thread serves the other jobs; this one ends failed
+                    log.exception("routing job %s failed unexpectedly", job.record.job_id)
+                    with self._lock:
+                        if job.record.status not in TERMINAL:
+                            self._finish(job, JobStatus.FAILED, {
+                                "code": errors.INTERNAL_ERROR,
+                                "message": f"the orchestrator failed routing the job ({type(exc).__name__})"})
+
+    def _follow(self, job: RoutedJob) -> None:
+        """Hand a submitted (or recovered) job to the monitor, starting the monitor thread if none runs."""
+        now = time.monotonic()
+        job.next_poll = now
+        job.first_phase_ends = now + POLL_FIRST_PHASE_S
+        # A restarted pod's worker may first wait for its previous process to drain (one process per journal).
+        job.ask_until = now + self.settings.worker_ready_timeout_s + self.settings.shutdown_grace_s + 60
+        with self._lock:
+            self._followed[job.record.job_id] = job
+            if self._monitor_thread is None:
+                self._monitor_thread = threading.Thread(target=self._monitor, name="route-monitor", daemon=True)
+                self._monitor_thread.start()
+        self._wake.set()
+
+    def _monitor(self) -> None:
+        """The one monitor thread: polls each followed job's worker when the job's poll is due, oldest due
+        first, until every followed job is terminal; then it ends (`_follow` starts another). A worker that
+        does not answer is not asked again in the same round, so it delays the other workers' jobs by at
+        most one POLL_TIMEOUT_S per round."""
+        while True:
+            self._wake.clear()
             with self._lock:
-                if job.record.status in TERMINAL:
+                for job_id in [j for j, job in self._followed.items() if job.record.status in TERMINAL]:
+                    del self._followed[job_id]
+                if not self._followed:
+                    self._monitor_thread = None
                     return
-                self._mirror(job, remote)
-                if remote["status"] in TERMINAL:
-                    return
-            if time.monotonic() < first_phase_ends:
-                time.sleep(POLL_FIRST_S)
-            else:
-                time.sleep(POLL_RUNNING_S if remote["status"] == JobStatus.PROCESSING else POLL_QUEUED_S)
+                now = time.monotonic()
+                due = sorted((job for job in self._followed.values() if job.next_poll <= now),
+                             key=lambda job: job.next_poll)
+                next_due = min(job.next_poll for job in self._followed.values())
+            if not due:
+                self._wake.wait(next_due - now)
+                continue
+            silent: set[str] = set()  # workers that did not answer this round
+            for job in due:
+                with job.log_context():
+                    if job.target in silent:
+                        self._not_answered(job)
+                        continue
+                    try:
+                        if not self._poll(job):
+                            silent.add(job.target)
+                    except Exception:  # the monitor serves every job: log, ask again later
+                        log.exception("following job %s on the %s worker failed; asking again", job.record.job_id,
+                                      job.target)
+                        job.next_poll = time.monotonic() + POLL_QUEUED_S
+
+    def _poll(self, job: RoutedJob) -> bool:
+        """Ask the worker for the job once and mirror its record; False when the worker did not answer.
+        A job recovered from the journal is asked the same way: the worker says what became of it (it may
+        have finished while no orchestrator was there); only a worker that never had it, or cannot be
+        asked in time, fails it."""
+        url = f"{self.workers[job.target].url}/jobs/{job.record.job_id}"
+        try:
+            response = self._session.get(url, timeout=POLL_TIMEOUT_S)
+        except requests.RequestException:
+            self._not_answered(job)  # a dead worker is reported by its supervisor (worker_died)
+            return False
+        if response.status_code not in (200, 404):
+            self._not_answered(job)
+            return True
+        if response.status_code == 404:
+            with self._lock:
+                if job.record.status not in TERMINAL:
+                    if job.recovered:
+                        self._fail_recovered(job, f"the {job.target} worker never received it")
+                    else:
+                        self._finish(job, JobStatus.FAILED, {"code": errors.WORKER_LOST_JOB,
+                                                     "message": f"the {job.target} worker no longer knows the job"})
+            return True
+        remote = response.json()
+        with self._lock:
+            if job.record.status in TERMINAL:
+                return True
+            self._mirror(job, remote)
+            if remote["status"] in TERMINAL:
+                return True
+        now = time.monotonic()
+        if now < job.first_phase_ends:
+            job.next_poll = now + POLL_FIRST_S
+        else:
+            job.next_poll = now + (POLL_RUNNING_S if remote["status"] == JobStatus.PROCESSING else POLL_QUEUED_S)
+        return True
+
+    def _not_answered(self, job: RoutedJob) -> None:
+        """The worker gave no record this time: ask again later, or fail a recovered job asked long enough."""
+        if job.recovered and time.monotonic() > job.ask_until:
+            self._fail_recovered(job, f"the {job.target} worker could not be asked what became of it")
+        else:
+            job.next_poll = time.monotonic() + POLL_QUEUED_S
 
     def _mirror(self, job: RoutedJob, remote: dict) -> None:
         record = job.record
@@ -497,7 +586,7 @@ class Router:
                     "it was not completed")})
 
     def _recover(self) -> None:
-        """Jobs an earlier orchestrator process left unfinished are asked for on their worker (`_monitor`);
+        """Jobs an earlier orchestrator process left unfinished are asked for on their worker (`_follow`);
         pending callbacks are resent; jobs past the retention period are dropped."""
         unfinished = []
         for record in self.journal.load_all():
@@ -520,11 +609,11 @@ class Router:
                 continue
             log.warning("routed job %s was %s when the orchestrator stopped; asking the %s worker what became of it",
                         job.record.job_id, job.record.status, job.target)
-            threading.Thread(target=self._monitor, args=(job,), name=f"recover-{job.record.job_id[:12]}",
-                             daemon=True).start()
+            self._follow(job)
 
 
 def _request_id() -> dict[str, str]:
-    """The request id header for a call to a worker: the job's (its route thread) or the request's."""
+    """The request id header for a call to a worker: the job's (the enhancement thread's log context) or the
+    request's."""
     rid = current_request_id()
     return {REQUEST_ID_HEADER: rid} if rid else {}
