@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
-from tests.support import LocalHTTPServer
+from tests.support import LocalHTTPServer, poll_until
 
 SERVICE_KEY = "test-service-role-key"
 CALLBACK_SECRET = "test-job-callback-secret"
@@ -111,13 +111,7 @@ class SupabaseStandIn(LocalHTTPServer):
                 if c["body"]["status"] in ("completed", "failed", "cancelled")]
 
     def wait_for(self, predicate, timeout_s: float = 60, interval_s: float = 0.05):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            result = predicate()
-            if result:
-                return result
-            time.sleep(interval_s)
-        return predicate()
+        return poll_until(predicate, timeout_s, interval_s)
 
     def set_job_status(self, job_id: str, status: str) -> None:
         """A row of the app's `jobs` table (the app cancels by setting `cancelled`)."""
