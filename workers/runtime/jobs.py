@@ -1,8 +1,11 @@
 """The one executor per worker process: jobs run one at a time, in order, on a single thread.
 
-Records and their journal are common/jobs.py (the orchestrator keeps its routed jobs the same way):
-every accepted job is journaled before the caller hears 202, and a worker that restarts fails what
-its previous process left unfinished, with a reason, and sends the callbacks.
+It claims a job, runs its engine (reporting progress, honouring cancellation and deadlines) and ends it;
+what becomes of the engine's outputs (safety check, encoding, thumbnails, provenance, storage, clean-up)
+is the output pipeline's, workers/runtime/outputs.py. Records and their journal are common/jobs.py (the
+orchestrator keeps its routed jobs the same way): every accepted job is journaled before the caller
+hears 202, and a worker that restarts fails what its previous process left unfinished, with a reason,
+and sends the callbacks.
 """
 from __future__ import annotations
 
@@ -14,9 +17,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
-from common import errors, policy
-from common.errors import ContentPolicyRefused, JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
+from PIL import Image
+
+from common import errors
+from common.callbacks import CallbackSender
+from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
 from common.job_status import TERMINAL, CallbackStatus, JobStatus
 from common.jobs import (
@@ -30,13 +37,14 @@ from common.jobs import (
 )
 from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
 from common.metrics import StageTimer, process_metrics
-from configuration.params.common import summarise_data_urls
+from configuration.settings import Settings
 from workers import devices
 from workers.engines.base import GeneratedAsset
-from workers.runtime import media, provenance, safety
 from workers.runtime.fetch import fetch_image
 from workers.runtime.job_watch import JobWatch, deadline_of
-from workers.runtime.storage import StorageError
+from workers.runtime.models import ModelHost
+from workers.runtime.outputs import OutputPipeline, made_by
+from workers.runtime.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +54,23 @@ STUCK_EXIT_STATUS = 75
 STUCK_CALLBACK_FLUSH_S = 5.0
 
 
+class JobEngine(Protocol):
+    """What the executor needs of an engine (workers/engines/base.py `Engine` provides it all)."""
+    settings: Settings
+    device: str
+
+    def reference_urls(self, params: Any) -> dict[str, str]: ...
+    def required_models(self, params: Any) -> list[str]: ...
+    def working_bytes(self, params: Any) -> int: ...
+    def run(self, params: Any, ctx: JobContext) -> list[GeneratedAsset]: ...
+    def pipeline_of(self, params: Any) -> Any: ...
+
+
 class JobContext:
     """Handed to an engine's run(): progress reporting, the cancellation check at step boundaries, and
     the job's reference images (`references`, role -> PIL image), fetched before memory was leased."""
 
-    def __init__(self, runner: JobRunner, record: JobRecord):
+    def __init__(self, runner: JobRunner, record: JobRecord) -> None:
         self._runner = runner
         self._record = record
         self.cancel_requested = threading.Event()
@@ -60,7 +80,7 @@ class JobContext:
         # "timeout" (past its deadline) or "app_cancel" (cancelled in the app's jobs table), set with
         # cancel_requested by the job watch (workers/runtime/job_watch.py) unless a stop was asked first.
         self.ended_by: str | None = None
-        self.references: dict = {}
+        self.references: dict[str, Image.Image] = {}
         self.timer = StageTimer()   # seconds per stage (metrics, provenance)
         # Set for the one retry after a CUDA out-of-memory error: engines then use their memory-saving modes.
         self.memory_saving = False
@@ -108,15 +128,15 @@ class JobRunner:
     the executor's queue once they are here: a slow or hostile reference host holds that job alone (for
     at most FETCH_TIMEOUT_S), never the executor and the jobs behind it; a cancel stops the fetch."""
 
-    def __init__(self, worker: str, engine, host, storage, callbacks, journal: JobJournal,
-                 exit_process: Callable[[int], object] = os._exit):
+    def __init__(self, worker: str, engine: JobEngine, host: ModelHost, storage: Storage, callbacks: CallbackSender,
+                 journal: JobJournal, exit_process: Callable[[int], object] = os._exit) -> None:
         self.worker = worker
         self.engine = engine
         self.host = host
-        self.storage = storage
         self.callbacks = callbacks
         self.journal = journal
         self._lock = threading.RLock()
+        self.outputs = OutputPipeline(worker, engine.settings, engine.device, storage, self._lock)
         self._jobs: dict[str, JobRecord] = {}
         self._done: dict[str, threading.Event] = {}
         self._contexts: dict[str, JobContext] = {}
@@ -125,7 +145,7 @@ class JobRunner:
         self._running: str | None = None
         self.idle_hooks: list[Callable[[], None]] = []  # called when the executor may take more work (queue intake)
         self._fetching: dict[str, threading.Event] = {}   # job id -> its fetch's cancel event
-        self._references: dict[str, dict] = {}            # job id -> fetched images, until it runs
+        self._references: dict[str, dict[str, Image.Image]] = {}  # job id -> fetched images, until it runs
         self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix=f"{worker}-fetch")
         self._metrics = process_metrics()
         self._accepted_at: dict[str, float] = {}          # job id -> monotonic time accepted (queue wait, duration)
@@ -139,7 +159,7 @@ class JobRunner:
             start_sweeper(worker, self._sweep)
 
     # -- intake ---------------------------------------------------------------------------------
-    def submit(self, job_id: str | None, job_type: str, user_id: str, params: dict, metadata: dict,
+    def submit(self, job_id: str | None, job_type: str, user_id: str, params: dict[str, Any], metadata: dict[str, Any],
                send_callback: bool = True, app_job: bool = False) -> tuple[JobRecord, bool]:
         """Queue a job. Returns (record, created); the same caller repeating a job id gets the existing job,
         uncreated; an id that names another user's job, or one submitted the other way (directly vs routed
@@ -249,12 +269,12 @@ class JobRunner:
         with self._lock:
             return 0 if self._running is None else 1
 
-    def summaries(self, limit: int) -> list[dict]:
+    def summaries(self, limit: int) -> list[dict[str, Any]]:
         """The ops page's view: unfinished jobs and the `limit` most recently finished, without prompts."""
         with self._lock:
             return recent_summaries([(r, self.worker) for r in self._jobs.values()], limit)
 
-    def reject(self, job_id: str, job_type: str, user_id: str, error: dict, metadata: dict,
+    def reject(self, job_id: str, job_type: str, user_id: str, error: dict[str, Any], metadata: dict[str, Any],
                status: JobStatus = JobStatus.FAILED) -> JobRecord:
         """A job that cannot run (a queued payload that fails validation, ...) ends `failed` at once,
         journaled and with its one callback like any other job, so its caller hears why; one the app
@@ -289,8 +309,8 @@ class JobRunner:
     def _prefetch(self, record: JobRecord, urls: dict[str, str], cancelled: threading.Event) -> None:
         """On a fetch thread: the job's references, then the job into the executor's queue; a reference
         that cannot be used fails the job here, without it ever holding the executor."""
-        error: dict | None = None
-        references: dict = {}
+        error: dict[str, Any] | None = None
+        references: dict[str, Image.Image] = {}
         try:
             for role, url in urls.items():
                 references[role] = fetch_image(url, self.engine.settings, cancelled=cancelled)
@@ -356,8 +376,9 @@ class JobRunner:
                 self._notify_idle()
 
     def _execute(self, record: JobRecord, context: JobContext) -> None:
+        """Lease the job's models, run the engine, hand its outputs to the output pipeline, end the job."""
         params = record.params
-        stored: list[str] = []
+        stored: list[str] = []  # what the output pipeline stored, removed if the job fails to end after it
         try:
             context.stage("loading")
             with self._lock:
@@ -366,35 +387,16 @@ class JobRunner:
             with self.host.use(models, working_bytes=self.engine.working_bytes(params)):
                 context.check_cancelled()
                 context.stage("generating", total_steps=params.get("steps"))
-                outputs = self._run_engine(params, context)
-                pipe = self.engine.pipeline_of(params)
-                made_by = {"models": [f for m in models for f in self.host.fingerprints.get(m, [])],
-                           "pipeline": provenance.pipeline_facts(pipe) if pipe is not None else {}}
+                generated = self._run_engine(params, context)
+                made = made_by(models, self.host.fingerprints, self.engine.pipeline_of(params))
             context.check_cancelled()
-            self._check_outputs(record, outputs)  # sfw: a flagged output is never stored (ContentPolicyRefused)
-            context.stage("encoding")
-            encoded = [self._encode(i, out) for i, out in enumerate(outputs)]
-            context.stage("storing")
-            sidecars = self.engine.settings.stores_provenance_sidecar  # PROVENANCE_SIDECAR (default by backend)
-            provenance_files = [self._provenance_file(record, asset, output, made_by, context.timer.timings())
-                                for (_files, asset), output in zip(encoded, outputs, strict=True)]
-            assets = []
-            for (files, asset), (sidecar_name, sidecar) in zip(encoded, provenance_files, strict=True):
-                for name, data, content_type in files:
-                    stored.append(self._store(self._path(record, name), data, content_type))
-                asset["url"] = self._path(record, files[0][0])
-                asset["thumbnail_url"] = self._path(record, files[1][0])
-                # A sidecar the storage refuses (a bucket without application/json) is skipped, never a failed job.
-                asset["provenance_url"] = (provenance.store_sidecar(self.storage, self._path(record, sidecar_name),
-                                                                    sidecar) if sidecars else None)
-                if asset["provenance_url"]:
-                    stored.append(asset["provenance_url"])
-                assets.append(asset)
+            delivered = self.outputs.deliver(record, generated, made, context)
+            stored = delivered.stored
             with self._lock:
-                record.assets = assets
+                record.assets = delivered.assets
                 self._finish(record, JobStatus.COMPLETED)
         except JobCancelled:
-            self._cleanup(stored)
+            self.outputs.remove(stored)
             with self._lock:
                 if context.ended_by == "timeout":
                     self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
@@ -411,34 +413,22 @@ class JobRunner:
                     self._finish(record, JobStatus.CANCELLED,
                                  error={"code": errors.CANCELLED, "message": "cancelled while running"})
         except JobFailed as exc:
-            self._cleanup(stored)
+            self.outputs.remove(stored)
             with self._lock:
                 self._finish(record, JobStatus.FAILED, error={"code": exc.code, "message": exc.message})
         except MemoryUnavailable as exc:
-            self._cleanup(stored)
+            self.outputs.remove(stored)
             with self._lock:
                 self._finish(record, JobStatus.FAILED,
                              error={"code": errors.INSUFFICIENT_MEMORY, "message": exc.message})
         except Exception as exc:
             log.exception("job %s failed", record.job_id)
-            self._cleanup(stored)
+            self.outputs.remove(stored)
             with self._lock:
                 self._finish(record, JobStatus.FAILED, error={"code": errors.INTERNAL_ERROR,
                                                        "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
 
-    def _check_outputs(self, record: JobRecord, outputs: list[GeneratedAsset]) -> None:
-        """The content policy's output check (workers/runtime/safety.py), noted in the record; raises when flagged."""
-        tier = record.params.get("content_tier", self.engine.settings.content_tier_default)
-        check = safety.check_outputs(self.engine.settings, tier, outputs, record.job_id)
-        if check is None:
-            return
-        with self._lock:
-            noted = record.metadata.setdefault("content_policy", {"tier": tier, "checks": []})
-            noted["checks"] = [*noted["checks"], check.public()]
-        if check.flagged:
-            raise ContentPolicyRefused(policy.EXPLICIT, "output", tier, "classifier")
-
-    def _run_engine(self, params: dict, context: JobContext) -> list[GeneratedAsset]:
+    def _run_engine(self, params: dict[str, Any], context: JobContext) -> list[GeneratedAsset]:
         """engine.run, after which the device's cached blocks go back to the driver (the broker then sees only
         what is allocated). A CUDA out-of-memory error frees the cache and retries once with the engine's
         memory-saving modes (VAE slicing/tiling); a second one is MemoryUnavailable (insufficient_memory,
@@ -459,69 +449,14 @@ class JobRunner:
         raise MemoryUnavailable("the device ran out of memory during the job, also with memory-saving modes: "
                                 f"{message}", {"device": self.engine.device})
 
-    def _encode(self, index: int, output: GeneratedAsset) -> tuple[list[tuple[str, bytes, str]], dict]:
-        if output.kind == "video":
-            if output.fps is None:
-                raise JobFailed("the engine returned a video without a playback rate")
-            data = media.encode_mp4(output.frames, output.fps)
-            main = (f"{index}.mp4", data, "video/mp4")
-            thumb_source = output.frames[len(output.frames) // 2]
-            fmt = "mp4"
-        else:
-            data = media.encode_png(output.frames[0])
-            main = (f"{index}.png", data, "image/png")
-            thumb_source = output.frames[0]
-            fmt = "png"
-        metadata = dict(output.metadata, format=fmt, file_size_bytes=len(data), asset_index=index)
-        thumb = (f"{index}.thumb.webp", media.encode_thumbnail(thumb_source), "image/webp")
-        return [main, thumb], {"type": output.kind, "metadata": metadata}
-
-    def _provenance_file(self, record: JobRecord, asset: dict, output: GeneratedAsset, made_by: dict,
-                         timings: dict) -> tuple[str, bytes]:
-        """The asset's provenance: put in its metadata and returned as its JSON sidecar file (name, bytes)."""
-        index = asset["metadata"]["asset_index"]
-        params = {k: v for k, v in record.params.items() if k != "caller_metadata"}
-        pipeline = made_by["pipeline"]
-        record_of = provenance.build_provenance(
-            job_id=record.job_id, job_type=record.type, worker=self.worker, asset_index=index,
-            models=made_by["models"], pipeline=pipeline,
-            parameters={"requested": summarise_data_urls(params), "used": output.metadata},
-            seed=output.metadata.get("seed", params.get("seed")), device=self.engine.device,
-            dtype=pipeline.get("dtype"), profile=self.engine.settings.model_profile,
-            timings_s={k: v for k, v in timings.items() if k != "storing"})
-        asset["metadata"]["provenance"] = record_of
-        return provenance.sidecar_name(index), provenance.encode_sidecar(record_of)
-
-    def _store(self, path: str, data: bytes, content_type: str) -> str:
-        """storage.put; a storage that cannot take the file fails the job with a reason (no server paths)."""
-        try:
-            return self.storage.put(path, data, content_type)
-        except StorageError as exc:
-            raise JobFailed(f"storing the outputs failed: {exc}", code=errors.STORAGE_FAILED) from None
-        except OSError as exc:
-            log.error("storing %s failed: %s", path, exc)
-            raise JobFailed(f"storing the outputs failed: {type(exc).__name__} ({exc.strerror or 'I/O error'})",
-                            code=errors.STORAGE_FAILED) from None
-
-    @staticmethod
-    def _path(record: JobRecord, name: str) -> str:
-        return f"{record.user_id}/{record.job_id}/{name}"
-
-    def _cleanup(self, stored: list[str]) -> None:
-        for path in stored:
-            try:
-                self.storage.delete(path)
-            except Exception:
-                log.warning("could not remove partial output %s", path)
-
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _update(self, record: JobRecord, progress: dict, journal: bool = True) -> None:
+    def _update(self, record: JobRecord, progress: dict[str, Any], journal: bool = True) -> None:
         with self._lock:
             record.progress = progress
             if journal:
                 self.journal.write(record)
 
-    def _finish(self, record: JobRecord, status: JobStatus, error: dict | None = None) -> None:
+    def _finish(self, record: JobRecord, status: JobStatus, error: dict[str, Any] | None = None) -> None:
         """Called with the lock held. Terminal state, journal, waiters, then the one callback. A job ends once:
         an engine that comes back after its stuck job was ended (`_replace_stuck`) changes nothing."""
         if record.status in TERMINAL:

@@ -177,7 +177,7 @@ def pipeline_facts(pipe) -> dict:
 
 
 def build_provenance(*, job_id: str, job_type: str, worker: str, asset_index: int, models: list[dict],
-                     pipeline: dict, parameters: dict, seed, device: str, dtype: str, profile: str,
+                     pipeline: dict, parameters: dict, seed, device: str, dtype: str | None, profile: str,
                      timings_s: dict) -> dict:
     """The provenance object of one asset (the sidecar's content and `metadata.provenance`)."""
     return {
