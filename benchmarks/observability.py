@@ -134,6 +134,8 @@ class InstantEngine:
     def working_bytes(self, params): return 0
     def reference_urls(self, params): return {}
     def weight_paths(self, model): return []
+    def warm_up(self, model): pass                       # never called: no warm_up_at_load
+    def warm_up_working_bytes(self, model): return 0
     def pipeline_of(self, params): return None
 
     def run(self, params, ctx):

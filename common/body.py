@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import TYPE_CHECKING
 
 from flask import Flask, request
 from werkzeug.exceptions import ClientDisconnected
@@ -11,6 +12,9 @@ from werkzeug.wrappers import Response
 
 from common import strict_json
 from common.errors import BAD_REQUEST, BODY_TOO_LARGE, INVALID_JSON, VALIDATION_ERROR, ApiError, error_response
+
+if TYPE_CHECKING:
+    from wsgiref.types import InputStream
 
 
 def json_body(optional: bool = False) -> dict:
@@ -127,7 +131,7 @@ def _check_body_size(max_bytes: int) -> Response | None:
     return response
 
 
-def _read(stream, limit: int, keep: bool = True) -> bytes:
+def _read(stream: InputStream, limit: int, keep: bool = True) -> bytes:
     """Up to `limit` bytes of `stream` (less at its end); with `keep` false they are discarded as read."""
     parts, remaining = [], limit
     while remaining > 0:

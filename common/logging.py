@@ -19,8 +19,13 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pythonjsonlogger.json import JsonFormatter
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -35,11 +40,14 @@ CONTEXT_FIELDS = tuple(_VARS)
 
 _process_name = "unconfigured"
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 
 # ---- context ---------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def log_context(**fields):
+def log_context(**fields: str | None) -> Iterator[None]:
     """Set job_id / worker / stage / request_id for the log lines written inside the block (this thread)."""
     unknown = set(fields) - set(_VARS)
     if unknown:
@@ -71,11 +79,11 @@ def valid_request_id(value: str | None) -> str | None:
     return value if value and _REQUEST_ID_RE.match(value) else None
 
 
-def in_current_context(target):
+def in_current_context(target: Callable[_P, _R]) -> Callable[_P, _R]:
     """Wrap a thread's target so it runs with the caller's log context (threads start with an empty one)."""
     ctx = contextvars.copy_context()
 
-    def run(*args, **kwargs):
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         return ctx.run(target, *args, **kwargs)
     return run
 
@@ -107,15 +115,16 @@ class JsonLineFormatter(JsonFormatter):
     """One JSON object per line: time, level, logger, process, message, the context fields, any
     `extra=` fields, and the exception text when there is one."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
                          rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                          datefmt="%Y-%m-%dT%H:%M:%S")
 
-    def formatTime(self, record, datefmt=None):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
-    def add_fields(self, log_record, record, message_dict):
+    def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
         super().add_fields(log_record, record, message_dict)
         log_record.pop("process_name", None)
         log_record["process"] = getattr(record, "process_name", _process_name)
@@ -126,7 +135,7 @@ class JsonLineFormatter(JsonFormatter):
 class TextFormatter(logging.Formatter):
     """The readable form (LOG_FORMAT=text): the context fields that are set, in brackets."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(process_name)s %(levelname)s %(name)s%(context)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
@@ -147,7 +156,7 @@ def make_formatter(fmt: str = "json") -> logging.Formatter:
     return JsonLineFormatter() if fmt == "json" else TextFormatter()
 
 
-def make_handler(fmt: str = "json", stream=None) -> logging.Handler:
+def make_handler(fmt: str = "json", stream: IO[str] | None = None) -> logging.Handler:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(make_formatter(fmt))
     handler.addFilter(ContextFilter())
@@ -155,7 +164,7 @@ def make_handler(fmt: str = "json", stream=None) -> logging.Handler:
     return handler
 
 
-def configure_logging(process: str, level: str = "INFO", fmt: str = "json", stream=None) -> None:
+def configure_logging(process: str, level: str = "INFO", fmt: str = "json", stream: IO[str] | None = None) -> None:
     """Route every logger of this process (root, and gunicorn's own, which do not propagate) through
     one handler in `fmt`; warnings.warn goes to the log too."""
     global _process_name
@@ -176,7 +185,7 @@ def configure_logging(process: str, level: str = "INFO", fmt: str = "json", stre
     logging.captureWarnings(True)
 
 
-def gunicorn_logconfig(process: str, level: str = "INFO", fmt: str = "json") -> dict:
+def gunicorn_logconfig(process: str, level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
     """gunicorn's `logconfig_dict`: its master's lines in the same format as the worker's."""
     global _process_name
     _process_name = process
@@ -196,26 +205,26 @@ def gunicorn_logconfig(process: str, level: str = "INFO", fmt: str = "json") -> 
 
 # ---- HTTP ------------------------------------------------------------------------------------------------
 
-def install_request_id(app) -> None:
+def install_request_id(app: Flask) -> None:
     """Every request runs with a request id: the caller's X-Request-ID when it is plain, a new one
     otherwise; the response carries it back in the same header."""
     from flask import g, request
 
     @app.before_request
-    def _bind_request_id():
+    def _bind_request_id() -> None:
         rid = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
         g.request_id = rid
         g.request_id_token = _request_id.set(rid)
 
     @app.after_request
-    def _echo_request_id(response):
+    def _echo_request_id(response: Response) -> Response:
         rid = g.get("request_id")
         if rid:
             response.headers[REQUEST_ID_HEADER] = rid
         return response
 
     @app.teardown_request
-    def _unbind_request_id(_exc):
+    def _unbind_request_id(_exc: BaseException | None) -> None:
         token = g.pop("request_id_token", None)
         if token is not None:
             _request_id.reset(token)
@@ -228,12 +237,12 @@ class Progress:
     INFO: the first and last call, and at most one line every `every_s` in between."""
 
     def __init__(self, logger: logging.Logger, what: str, total: float | None = None, unit: str = "",
-                 every_s: float = 5.0, clock=time.monotonic):
+                 every_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.logger, self.what, self.total, self.unit = logger, what, total, unit
         self.every_s = every_s
         self._clock = clock
         self._started = clock()
-        self._last = None
+        self._last: float | None = None
         self._finished = False
         self.done = 0.0
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,11 +34,15 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 from common import errors
 from common.job_status import JobStatus
 from configuration import job_types
 from configuration.openapi import RouteTable
+
+if TYPE_CHECKING:
+    from flask import Blueprint
 
 log = logging.getLogger(__name__)
 
@@ -90,27 +96,33 @@ class ClosedLabels:
         return value if value in self.stages else OTHER
 
 
+# What `on_scrape` runs before an exposition (its result is not used).
+ScrapeHook = Callable[["Metrics"], object]
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
+
+
 class Metrics:
     """The metrics of one process. `process`: "sdxl", "wan", "chat" or "orchestrator"."""
 
-    def __init__(self, process: str, profile: str = ""):
+    def __init__(self, process: str, profile: str = "") -> None:
         self.process = process
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ProcessCollector(registry=r)      # process_start_time_seconds, CPU, resident memory, open fds
         PlatformCollector(registry=r)     # python_info
-        self._hooks: list = []
+        self._hooks: list[tuple[str | None, ScrapeHook]] = []
         self._hooks_lock = threading.Lock()
-        self._children: dict = {}   # (metric, label values) -> its child: labels() validates on every call
+        # (metric, label values) -> its child: labels() validates on every call
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         self.closed = ClosedLabels()
 
-        def counter(name, doc, labels=()):
+        def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(f"{PREFIX}_{name}", doc, labels, registry=r)
 
-        def gauge(name, doc, labels=()):
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
             return Gauge(f"{PREFIX}_{name}", doc, labels, registry=r)
 
-        def histogram(name, doc, labels, buckets):
+        def histogram(name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> Histogram:
             return Histogram(f"{PREFIX}_{name}", doc, labels, buckets=buckets, registry=r)
 
         # -- build -------------------------------------------------------------------------------
@@ -228,7 +240,7 @@ class Metrics:
         self.worker_ready = gauge("worker_ready", "1 when the worker answers /ready.", ("worker",))
 
     # -- scrape ----------------------------------------------------------------------------------------
-    def on_scrape(self, hook, key: str | None = None) -> None:
+    def on_scrape(self, hook: ScrapeHook, key: str | None = None) -> None:
         """`hook(metrics)` runs before every exposition, to refresh gauges mirroring state held elsewhere.
         A hook with the `key` of an earlier one replaces it (an app built again in the same process)."""
         with self._hooks_lock:
@@ -247,13 +259,13 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     # -- recording helpers used on a job's path --------------------------------------------------------
-    def child(self, metric, *labels: str):
+    def child(self, metric: _Metric, *labels: str) -> _Metric:
         """`metric.labels(*labels)`, looked up once per label set (a dict lookup afterwards)."""
         key = (id(metric), labels)
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = metric.labels(*labels)
-        return found
+        return cast(_Metric, found)  # stored under the metric's own id: its labels() child, of its type
 
     def job_submitted(self, worker: str, job_type: str) -> None:
         self.child(self.jobs_submitted, worker, self.closed.job_type(job_type)).inc()
@@ -282,7 +294,7 @@ class StageTimer:
 
     __slots__ = ("_clock", "_current", "_since", "_totals")
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._current: str | None = None
         self._since = 0.0
@@ -390,7 +402,7 @@ def open_paths(metrics_public: bool) -> tuple[str, ...]:
     return (METRICS_PATH,) if metrics_public else ()
 
 
-def metrics_blueprint():
+def metrics_blueprint() -> Blueprint:
     """`GET /metrics` for a Flask app: this process's exposition. Behind the bearer key like every
     non-health route unless METRICS_PUBLIC=1 (common.auth leaves the path open then)."""
     from flask import Blueprint, Response
@@ -398,7 +410,7 @@ def metrics_blueprint():
     bp = Blueprint("metrics", __name__)
 
     @bp.get(METRICS_PATH)
-    def metrics():
+    def metrics() -> Response:
         body, content_type = process_metrics().exposition()
         return Response(body, status=200, content_type=content_type)
 

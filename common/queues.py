@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -28,6 +29,8 @@ from configuration.settings import Settings
 # A job id names a journal file and storage paths: the HTTP API's `id` pattern (ends at the end of input, not
 # before a trailing newline as `$` would).
 SAFE_JOB_ID = re.compile(SAFE_ID["pattern"])
+
+_T = TypeVar("_T")
 OVERVIEW_HELD_MAX = 100           # entries of one processing list the overview reads
 OVERVIEW_TEXT_MAX = 200           # characters of an unreadable heartbeat or an odd consumer name shown
 HEARTBEAT_MAX_BYTES = 4096        # a consumer's heartbeat (worker, pid, host, since) is far smaller
@@ -134,7 +137,7 @@ def queue_overview(client: redis.Redis, queue: str, max_entry_bytes: int) -> dic
     keys = QueueKeys(queue)
     overview: dict[str, Any] = {"queue": queue, "depth": None, "dead_letters": None, "consumers": [], "errors": []}
 
-    def read(what: str, command, *args):
+    def read(what: str, command: Callable[..., _T], *args: object) -> _T | None:
         try:
             return command(*args)
         except (redis.ConnectionError, redis.TimeoutError):

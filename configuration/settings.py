@@ -365,7 +365,8 @@ class Settings:
         settings.check()
         return settings
 
-    def replace(self, **changes) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
+        # Any: each keyword takes its own field's type, which one annotation cannot say.
         return dataclasses.replace(self, **changes)
 
     def check(self) -> None:

@@ -110,8 +110,9 @@ def without_nulls(payload: dict) -> dict:
     return result
 
 
-def from_app_payload(worker: str, payload, settings: Settings) -> AppJob:
-    """Map one queued payload for `worker` ("sdxl" or "wan"). Raises ValidationFailed naming the app's fields."""
+def from_app_payload(worker: str, payload: Any, settings: Settings) -> AppJob:
+    """Map one queued payload for `worker` ("sdxl" or "wan"): any decoded JSON value, which the app payload
+    schema checks first. Raises ValidationFailed naming the app's fields."""
     if isinstance(payload, dict):
         payload = without_nulls(payload)
     validate(schema(), payload)

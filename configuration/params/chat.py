@@ -9,7 +9,7 @@ and is never logged.
 """
 from __future__ import annotations
 
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from configuration import chat_config, model_config
 from configuration.params.common import resolve_seed
@@ -129,8 +129,9 @@ def completion(body: dict, settings: Settings) -> ChatParams:
     return params
 
 
-def _request(body: dict, model: str, defaults: dict, settings: Settings, messages, text) -> ChatParams:
-    def pick(name: str):
+def _request(body: dict, model: str, defaults: dict, settings: Settings, messages: list[Message] | None,
+             text: str | None) -> ChatParams:
+    def pick(name: str) -> Any:  # the caller's JSON value (schema-checked) or the configured default
         return body[name] if name in body else defaults[name]
 
     limit = model_config(model, settings)["limits"]["max_tokens"]
@@ -155,7 +156,7 @@ def _request(body: dict, model: str, defaults: dict, settings: Settings, message
     }
 
 
-def _stops(requested, model: str, templated: bool) -> list[str]:
+def _stops(requested: str | list[str] | None, model: str, templated: bool) -> list[str]:
     """The caller's stop strings plus, when the configured template renders the prompt, the template's
     own turn markers (a base model would otherwise write the next turn itself)."""
     stops = [requested] if isinstance(requested, str) else list(requested or [])

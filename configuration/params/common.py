@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any, TypeVar, cast
 
 from configuration.schemas.common import SEED_RANGE, field_error
 
 _MISSING = object()
+_J = TypeVar("_J")
 
 
-def aliased(section: dict, canonical: str, aliases: tuple[str, ...], path: str):
-    """The value of `canonical` or one of its legacy `aliases`; two different values is an error."""
+def aliased(section: dict, canonical: str, aliases: tuple[str, ...], path: str) -> Any:
+    """The value of `canonical` or one of its legacy `aliases` (the caller's JSON value, or `_MISSING`: test
+    it with `given`); two different values is an error."""
     found = [(name, section[name]) for name in (canonical, *aliases) if name in section]
     if not found:
         return _MISSING
@@ -20,7 +23,7 @@ def aliased(section: dict, canonical: str, aliases: tuple[str, ...], path: str):
     return first_value
 
 
-def given(value) -> bool:
+def given(value: object) -> bool:
     return value is not _MISSING
 
 
@@ -62,21 +65,22 @@ def caller_metadata(metadata: dict, known: set[str]) -> dict:
     return {k: v for k, v in metadata.items() if k not in known}
 
 
-def summarise_data_urls(value):
+def summarise_data_urls(value: _J) -> _J:
     """A copy of `value` as job records, journals, callbacks and provenance report it: every `data:` URL
     replaced by a short summary (media type, size, hash), so they say which reference was used without
     carrying it; and every http(s) URL without its query string and fragment, where signed URLs carry
-    their access token (`?token=...`, `X-Amz-Signature=...`), which must not be stored with the outputs."""
+    their access token (`?token=...`, `X-Amz-Signature=...`), which must not be stored with the outputs.
+    The copy has the shape of `value` (a dict stays a dict with the same keys, a list a list, a str a str)."""
     import hashlib
 
     if isinstance(value, dict):
-        return {k: summarise_data_urls(v) for k, v in value.items()}
+        return cast(_J, {k: summarise_data_urls(v) for k, v in value.items()})
     if isinstance(value, list):
-        return [summarise_data_urls(v) for v in value]
+        return cast(_J, [summarise_data_urls(v) for v in value])
     if isinstance(value, str) and value.startswith("data:"):
         header, _, payload = value.partition(",")
         digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
-        return f"{header},<{len(payload)} chars, sha256 {digest}>"
+        return cast(_J, f"{header},<{len(payload)} chars, sha256 {digest}>")
     if isinstance(value, str) and value.startswith(("http://", "https://")) and ("?" in value or "#" in value):
-        return value.split("?", 1)[0].split("#", 1)[0]
+        return cast(_J, value.split("?", 1)[0].split("#", 1)[0])
     return value

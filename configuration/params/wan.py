@@ -124,7 +124,7 @@ def _frames(config: dict, defaults: dict, output: str) -> tuple[int, int]:
     return requested, frames
 
 
-def _fps(config: dict, defaults: dict, output: str):
+def _fps(config: dict, defaults: dict, output: str) -> float | None:
     if output == "image":
         if "fps" in config:
             raise field_error("/config/fps", "an image job has no playback rate; use a video_* type")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import importlib
 
+import jsonschema
+
 from configuration.schemas.common import ValidationFailed, check, compiled_validator, field_error, validate
 from configuration.settings import Settings
 
@@ -37,11 +39,11 @@ def schema(name: str, settings: Settings) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _validator(name: str, settings: Settings):
+def _validator(name: str, settings: Settings) -> jsonschema.Draft202012Validator:
     return compiled_validator(schema(name, settings))
 
 
-def validate_request(name: str, body, settings: Settings) -> None:
+def validate_request(name: str, body: object, settings: Settings) -> None:
     check(_validator(name, settings), body)
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import jsonschema
 
@@ -89,7 +89,7 @@ def field_error(path: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"path": path, "message": message}])
 
 
-def _pointer(parts) -> str:
+def _pointer(parts: Iterable[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
@@ -128,13 +128,13 @@ def _validator_for_json(schema_json: str) -> jsonschema.Draft202012Validator:
     return compiled_validator(json.loads(schema_json))
 
 
-def validate(schema: dict, instance) -> None:
+def validate(schema: dict, instance: object) -> None:
     """Raise ValidationFailed listing every failing field (sorted by path) when `instance` does not match."""
     import json
     check(_validator_for_json(json.dumps(schema, sort_keys=True)), instance)
 
 
-def check(validator: jsonschema.Draft202012Validator, instance) -> None:
+def check(validator: jsonschema.Draft202012Validator, instance: object) -> None:
     errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
         seen, details = set(), []

@@ -21,7 +21,7 @@ def _generation_workers() -> list[str]:
     return sorted({entry["worker"] for entry in job_types().values()})
 
 
-def _broker(title: str, required: list[str], **properties) -> dict:
+def _broker(title: str, required: list[str], **properties: dict) -> dict:
     return {"$schema": DIALECT, "title": f"Memory broker: {title}", "type": "object", "additionalProperties": False,
             "required": ["worker", *required], "properties": {"worker": _NAME, **properties}}
 

@@ -21,11 +21,14 @@ import tempfile
 import threading
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from common.http import now_iso
 from common.logging import Progress
 from workers.runtime.storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,9 @@ SCHEMA = "ourvidz.provenance/1"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 CHUNK_BYTES = 8 * 1024 * 1024
 SIDECAR_MIME = "application/json"
+
+# A JSON value (what `json_safe` returns).
+JsonValue = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
 
 
 def weight_files(path: str | Path) -> list[Path]:
@@ -156,7 +162,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def json_safe(value):
+def json_safe(value: object) -> JsonValue:
     """Configuration values as JSON: tuples as lists, numbers and strings as they are, the rest as str."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
@@ -167,7 +173,7 @@ def json_safe(value):
     return str(value)
 
 
-def pipeline_facts(pipe) -> dict:
+def pipeline_facts(pipe: DiffusionPipeline) -> dict:
     """The pipeline class, its dtype and its scheduler (class and configuration) of a diffusers pipeline."""
     scheduler = getattr(pipe, "scheduler", None)
     return {"pipeline_class": type(pipe).__name__, "dtype": str(pipe.dtype).removeprefix("torch."),
@@ -177,7 +183,7 @@ def pipeline_facts(pipe) -> dict:
 
 
 def build_provenance(*, job_id: str, job_type: str, worker: str, asset_index: int, models: list[dict],
-                     pipeline: dict, parameters: dict, seed, device: str, dtype: str | None, profile: str,
+                     pipeline: dict, parameters: dict, seed: int | None, device: str, dtype: str | None, profile: str,
                      timings_s: dict) -> dict:
     """The provenance object of one asset (the sidecar's content and `metadata.provenance`)."""
     return {
