@@ -11,6 +11,7 @@ Errors, auth and body parsing are common/ (the same as the workers'); ROUTES bel
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
@@ -23,26 +24,29 @@ from common.logging import install_request_id
 from configuration.openapi import RouteTable, openapi_document, route_endpoints
 from configuration.schemas import validate_request
 
+if TYPE_CHECKING:
+    from orchestrator.pod import Pod
+
 MAX_WAIT_S = 600.0
 
 bp = Blueprint("orchestrator", __name__)
 
 
-def pod():
+def pod() -> Pod:
     return current_app.extensions["pod"]
 
 
 # ---- probes --------------------------------------------------------------------------------------
 
 @bp.get("/health")
-def health():
+def health() -> Response:
     capabilities = {"role": "orchestrator", "workers": list(pod().supervisors), "routing": True}
     return jsonify({"status": "ok", "worker": "orchestrator", "pid": os.getpid(), "capabilities": capabilities,
                     "endpoints": route_endpoints(ROUTES)})
 
 
 @bp.get("/ready")
-def ready():
+def ready() -> Response:
     p = pod()
     workers = {name: s.state for name, s in p.supervisors.items()}
     if p.shutting_down:
@@ -64,7 +68,7 @@ def ready():
 # ---- jobs ------------------------------------------------------------------------------------------
 
 @bp.post("/jobs")
-def submit_job():
+def submit_job() -> tuple[Response, int]:
     p = pod()
     if p.shutting_down:
         raise Unavailable("the orchestrator is shutting down", retry_after_s=errors.RETRY_AFTER_S)
@@ -82,39 +86,39 @@ add_job_routes(bp, lambda: pod().router, "was routed by this orchestrator")
 # ---- operators --------------------------------------------------------------------------------------
 
 @bp.get("/workers")
-def workers():
+def workers() -> Response:
     return jsonify({"workers": pod().workers_info()})
 
 
 @bp.get("/queues")
-def queues():
+def queues() -> Response:
     return jsonify(pod().queues.status())
 
 
 @bp.get("/memory/status")
-def memory_status():
+def memory_status() -> Response:
     requested = query_float("history", 0, 500)
     return jsonify(pod().memory_status(100 if requested is None else int(requested)))
 
 
-def _memory_action(action: str):
+def _memory_action(action: str) -> Response:
     body = body_with_query(json_body(optional=True), ("worker", "which"), {"wait_s": (0, 600)})
     validate_request("orchestrator.memory_action", body, pod().settings)
     return jsonify(pod().memory_action(action, body))
 
 
 @bp.post("/memory/load")
-def memory_load():
+def memory_load() -> Response:
     return _memory_action("load")
 
 
 @bp.post("/memory/unload")
-def memory_unload():
+def memory_unload() -> Response:
     return _memory_action("unload")
 
 
 @bp.get("/openapi.json")
-def openapi():
+def openapi() -> Response:
     return jsonify(openapi_document("orchestrator", pod().settings, ROUTES))
 
 
@@ -125,18 +129,18 @@ OPS_PAGES = ("/", "/ops")
 
 @bp.get("/")
 @bp.get("/ops")
-def ops_page():
+def ops_page() -> Response:
     """The HTML (no data in it: its script asks /ops/state with the key the operator enters)."""
     return Response(current_app.extensions["ops"].page(), content_type="text/html; charset=utf-8",
                     headers={"Cache-Control": "no-store"})
 
 
 @bp.get("/ops/state")
-def ops_state():
+def ops_state() -> Response:
     return jsonify(current_app.extensions["ops"].state())
 
 
-def create_app(the_pod) -> Flask:
+def create_app(the_pod: Pod) -> Flask:
     from orchestrator.ops import OpsView
 
     app = Flask("ourvidz-orchestrator")
