@@ -23,11 +23,12 @@ class DeviceReading:
     used_bytes: int | None   # None where nothing can be measured (no GPU): leases are the use
 
 
-def _text(value) -> str:
+def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _devices(nvml) -> list[tuple[str, Any, list]]:
+# `nvml`: an NVML binding, pynvml (which has no type hints) or a stand-in; its handles are opaque.
+def _devices(nvml: Any) -> list[tuple[str, Any, list]]:
     """(PCI bus id, handle, MIG slice handles) of every GPU NVML sees, in PCI bus order."""
     gpus = []
     for i in range(nvml.nvmlDeviceGetCount()):
@@ -36,7 +37,7 @@ def _devices(nvml) -> list[tuple[str, Any, list]]:
     return sorted(gpus, key=lambda gpu: gpu[0])
 
 
-def _mig_slices(nvml, handle) -> list:
+def _mig_slices(nvml: Any, handle: Any) -> list:
     try:
         if not nvml.nvmlDeviceGetMigMode(handle)[0]:
             return []
@@ -52,7 +53,7 @@ def _mig_slices(nvml, handle) -> list:
     return slices
 
 
-def _by_uuid(nvml, wanted: str, gpus) -> str:
+def _by_uuid(nvml: Any, wanted: str, gpus: list[tuple[str, Any, list]]) -> str:
     """The device CUDA means by a UUID entry: the full UUID or a unique prefix of one (CUDA accepts both),
     a GPU in MIG mode read through its first slice, and the older MIG-GPU-<uuid>/<gi>/<ci> form."""
     legacy = wanted.startswith("MIG-GPU-") and "/" in wanted
@@ -77,7 +78,7 @@ def _by_uuid(nvml, wanted: str, gpus) -> str:
     raise LookupError(f"CUDA_VISIBLE_DEVICES names {wanted}, a prefix of several devices' UUIDs")
 
 
-def resolve_device_uuid(nvml, cuda_visible_devices: str | None) -> str:
+def resolve_device_uuid(nvml: Any, cuda_visible_devices: str | None) -> str:
     """The UUID (GPU-... or MIG-...) of the device the workers' CUDA uses first. A UUID in
     CUDA_VISIBLE_DEVICES is looked up among NVML's devices as CUDA reads it: the full UUID or a unique prefix,
     the older MIG-GPU-<uuid>/<gi>/<ci> form, and a GPU in MIG mode means its slice. A numeric index is not an
@@ -94,7 +95,7 @@ def resolve_device_uuid(nvml, cuda_visible_devices: str | None) -> str:
     return _text(nvml.nvmlDeviceGetUUID(slices[0] if slices else handle))
 
 
-def read_nvml(nvml, uuid: str) -> tuple[int, int]:
+def read_nvml(nvml: Any, uuid: str) -> tuple[int, int]:
     """(total, used) bytes of one device (a GPU or a MIG slice), by UUID, through an NVML binding."""
     info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByUUID(uuid))
     return int(info.total), int(info.used)
@@ -112,7 +113,7 @@ def nvidia_device_present() -> bool:
 class DeviceMemory:
     """Reads the device on every call (NVML takes microseconds); decides its source once."""
 
-    def __init__(self, settings: Settings, nvml=None, nvidia_present: bool | None = None):
+    def __init__(self, settings: Settings, nvml: Any = None, nvidia_present: bool | None = None) -> None:
         self.settings = settings
         self._nvml = None
         self.uuid: str | None = None  # the device the workers run on, when NVML can name it

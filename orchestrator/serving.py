@@ -8,8 +8,13 @@ worker) a probe would queue behind them. `ProbeFirstDispatcher` gives GET/HEAD /
 PROBE_THREADS threads of their own."""
 from __future__ import annotations
 
-from waitress.server import create_server
-from waitress.task import ThreadedTaskDispatcher
+from typing import TYPE_CHECKING
+
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from waitress.task import Task, ThreadedTaskDispatcher
+
+if TYPE_CHECKING:
+    from wsgiref.types import WSGIApplication
 
 from common.serve import CONNECTION_IDLE_TIMEOUT_S, CONNECTION_LIMIT, PROBE_THREADS, is_probe
 
@@ -19,13 +24,13 @@ CLEANUP_INTERVAL_S = 2  # how often waitress closes connections idle past CONNEC
 class ProbeFirstDispatcher(ThreadedTaskDispatcher):
     """waitress's dispatcher (`threads` threads, arrival order) with a second one for probes."""
 
-    def __init__(self, threads: int, probe_threads: int = PROBE_THREADS):
+    def __init__(self, threads: int, probe_threads: int = PROBE_THREADS) -> None:
         super().__init__()
         self.set_thread_count(threads)
         self.probes = ThreadedTaskDispatcher()
         self.probes.set_thread_count(probe_threads)
 
-    def add_task(self, task) -> None:
+    def add_task(self, task: Task) -> None:
         # a task is a channel whose first request (parsed whole) is the one to serve next
         requests = getattr(task, "requests", None)
         request = requests[0] if requests else None
@@ -39,7 +44,8 @@ class ProbeFirstDispatcher(ThreadedTaskDispatcher):
         return super().shutdown(cancel_pending, timeout)
 
 
-def create_public_server(app, host: str, port: int, threads: int, max_body_bytes: int):
+def create_public_server(app: WSGIApplication, host: str, port: int, threads: int,
+                         max_body_bytes: int) -> MultiSocketServer | BaseWSGIServer:
     """The public port's server (not yet running; `.run()` serves)."""
     return create_server(app, host=host, port=port, threads=threads, ident="ourvidz-orchestrator",
                          # `_dispatcher` is waitress's way to pass a dispatcher in (pinned: waitress 3.0.2)
