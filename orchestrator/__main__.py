@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+from types import FrameType
 
 from configuration import ConfigurationError
 from configuration.settings import settings_for_command
@@ -66,7 +67,7 @@ def main() -> int:
 
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             log.warning("%s received again; shutdown is already under way", signal.Signals(signum).name)
         else:

@@ -21,7 +21,7 @@ from common.http import iso_time
 from common.metrics import process_metrics
 from configuration import worker_configs
 from configuration.settings import Settings
-from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Lease, Pool, Request, plan_lease, pressure
+from orchestrator.broker_policy import EVICTING, LOADED, LOADING, Decision, Lease, Pool, Request, plan_lease, pressure
 from orchestrator.device_memory import DeviceReading
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class MemoryBroker:
                     working=dict(self._working), busy=busy, external=external)
         return pool, reading
 
-    def _event(self, event: str, worker: str, model: str | None = None, **detail) -> None:
+    def _event(self, event: str, worker: str, model: str | None = None, **detail: object) -> None:
         entry = {"at": iso_time(self._wall()), "event": event, "worker": worker, "model": model, **detail}
         self.history.append(entry)
         self.counters[event] += 1
@@ -193,7 +193,7 @@ class MemoryBroker:
                 return f"{request.worker}/{request.model or 'working memory'}"
         return None
 
-    def _grant(self, request: Request, decision) -> None:
+    def _grant(self, request: Request, decision: Decision) -> None:
         now = self._wall()
         if request.model is not None:
             self._leases[(request.worker, request.model)] = Lease(request.worker, request.model, request.model_bytes,
@@ -236,7 +236,7 @@ class MemoryBroker:
                 for lease in pool.leases if lease.worker in pool.busy]
         return ", ".join(held) or "none"
 
-    def _details(self, request: Request, decision) -> dict:
+    def _details(self, request: Request, decision: Decision) -> dict:
         return {"worker": request.worker, "model": request.model, "model_bytes": request.model_bytes,
                 "working_bytes": request.working_bytes, **decision.numbers(), "reserve_bytes": self.reserve}
 

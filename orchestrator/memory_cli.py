@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TextIO
 
 import requests
 
@@ -118,7 +119,7 @@ def render_jobs(jobs: list[dict], latest: int = 5) -> str:
 
 
 def watch(session: requests.Session, base: str, history: int, interval_s: float, iterations: int | None,
-          out=sys.stdout) -> int:
+          out: TextIO = sys.stdout) -> int:
     """Redraw the memory table and the jobs every `interval_s` (a terminal's screen is cleared each time)."""
     drawn = 0
     try:
