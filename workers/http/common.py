@@ -43,7 +43,7 @@ def ready():
     answer: dict = {"ready": True, "worker": s.name}
     if s.intake is not None:  # Redis down leaves the worker ready for HTTP jobs; this says so
         intake = s.intake.status()
-        # Without a key, what a load balancer needs: no job ids, no Redis error text (docs/SECURITY.md).
+        # Without a key, what a load balancer needs: no job ids, no Redis error text (docs/OPERATIONS.md).
         answer["queue"] = intake if auth.authenticated() else {"connected": intake["connected"],
                                                                "redis": intake["redis"]}
     if auth.authenticated():

@@ -6,7 +6,7 @@ model's prompt limit in the caller's thread, so a bad request is a 400 before an
 hands it to `ChatEngine.submit`. One `Batcher` thread per model (started by the app factory through
 `start`) runs the generations in a `RunningBatch` (running.py): continuous batching, rows joining and
 leaving at every step. Per-row sampling (sampling.py) makes a row's tokens depend only on its own
-prompt, parameters and seed; what floating-point arithmetic of a batch can still change is in docs/CHAT.md.
+prompt, parameters and seed; what floating-point arithmetic of a batch can still change is in docs/ENGINES.md.
 """
 from __future__ import annotations
 
