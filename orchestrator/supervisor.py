@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import requests
 
@@ -57,8 +58,9 @@ def kill_group(pgid: int, sig: int) -> bool:
 
 
 class WorkerSupervisor:
-    def __init__(self, name: str, settings: Settings, env: dict, on_ready=None, on_exit=None,
-                 command: list[str] | None = None, ready_url: str | None = None):
+    def __init__(self, name: str, settings: Settings, env: dict, on_ready: Callable[[str], None] | None = None,
+                 on_exit: Callable[[str, str, bool], None] | None = None,
+                 command: list[str] | None = None, ready_url: str | None = None) -> None:
         self.name = name
         self.settings = settings
         self.port = settings.port_of(name)
@@ -158,7 +160,7 @@ class WorkerSupervisor:
             if self.state != "failed":
                 self.state = "stopped"
 
-    def _notify(self, hook, *args) -> None:
+    def _notify(self, hook: Callable[..., None] | None, *args: object) -> None:
         """Run a hook; whatever it raises is logged, never allowed to end the supervision."""
         if hook is None:
             return
