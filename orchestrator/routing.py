@@ -255,6 +255,8 @@ class Router:
         if response.status_code not in (200, 409):
             message = error_of(response).get("message", f"cancel answered HTTP {response.status_code}")
             raise DomainError(message, errors.WORKER_ERROR, retry_after_s=errors.RETRY_AFTER_S)
+        job.next_poll = 0.0  # the monitor asks the worker at its next turn, not at the job's polling pace
+        self._wake.set()
         job.done.wait(2.0)  # the mirror usually sees the worker's terminal state within a poll or two
         return job.record
 
@@ -364,7 +366,8 @@ class Router:
         threading.Thread(target=self._enhancer, name="route-enhance", daemon=True).start()
 
     def _enhancer(self) -> None:
-        """An enhancement thread: takes waiting jobs until there are none, then ends."""
+        """An enhancement thread: takes waiting jobs until there are none, then ends. No error of one job
+        (not even in failing it: a full disk under the journal) ends the thread while jobs wait."""
         while True:
             with self._lock:
                 if not self._to_enhance:
@@ -376,11 +379,17 @@ class Router:
                     self._enhance_then_generate(job)
                 except Exception as exc:  # the thread serves the other jobs; this one ends failed
                     log.exception("routing job %s failed unexpectedly", job.record.job_id)
-                    with self._lock:
-                        if job.record.status not in TERMINAL:
-                            self._finish(job, JobStatus.FAILED, {
-                                "code": errors.INTERNAL_ERROR,
-                                "message": f"the orchestrator failed routing the job ({type(exc).__name__})"})
+                    self._fail_unexpectedly(job, exc)
+
+    def _fail_unexpectedly(self, job: RoutedJob, exc: Exception) -> None:
+        try:
+            with self._lock:
+                if job.record.status not in TERMINAL:
+                    self._finish(job, JobStatus.FAILED, {
+                        "code": errors.INTERNAL_ERROR,
+                        "message": f"the orchestrator failed routing the job ({type(exc).__name__})"})
+        except Exception:
+            log.exception("failing job %s after an unexpected error failed too", job.record.job_id)
 
     def _follow(self, job: RoutedJob) -> None:
         """Hand a submitted (or recovered) job to the monitor, starting the monitor thread if none runs."""
@@ -419,11 +428,10 @@ class Router:
             silent: set[str] = set()  # workers that did not answer this round
             for job in due:
                 with job.log_context():
-                    if job.target in silent:
-                        self._not_answered(job)
-                        continue
                     try:
-                        if not self._poll(job):
+                        if job.target in silent:
+                            self._not_answered(job)
+                        elif not self._poll(job):
                             silent.add(job.target)
                     except Exception:  # the monitor serves every job: log, ask again later
                         log.exception("following job %s on the %s worker failed; asking again", job.record.job_id,

@@ -2,6 +2,7 @@
 orchestrator as a process."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -324,10 +325,27 @@ class OrchestratorProcess:
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                workers = child_pids(proc.pid)  # each worker runs in a session (process group) of its own
                 proc.kill()
+                for pid in workers:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
                 proc.wait(10)
         self._log.close()
         return proc.returncode
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
 
 
 WORKER_PORTS = {"sdxl": "SDXL_PORT", "wan": "WAN_PORT", "chat": "CHAT_PORT"}
@@ -377,8 +395,16 @@ class PodFactory:
         return pod
 
     def close(self) -> None:
+        """Stop every pod and close every receiver, even when one stop fails (the first failure is raised
+        at the end)."""
+        failures: list[BaseException] = []
         for pod in self.pods:
             if pod.proc is not None and pod.proc.poll() is None:
-                pod.stop()
+                try:
+                    pod.stop()
+                except Exception as exc:
+                    failures.append(exc)
         for receiver in self._receivers:
             receiver.close()
+        if failures:
+            raise failures[0]

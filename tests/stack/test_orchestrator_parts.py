@@ -494,6 +494,43 @@ def test_routing_cancel_while_enhancing_never_generates(routed):
         router.cancel("c1")
 
 
+def test_routing_an_enhancement_thread_survives_a_journal_that_fails_twice(tmp_path, routed):
+    """A job whose journal write fails after its enhancement, and again while it is failed (a full disk),
+    does not take its enhancement thread with it: with one thread (CHAT_BATCH_SIZE 1), the job queued
+    behind it is still enhanced and generated (issue 21 review: the slot used to be lost for good)."""
+    from common.callbacks import CallbackSender
+    from common.jobs import JobJournal
+    from orchestrator.routing import Router
+
+    class FullDiskFor(JobJournal):
+        def write(self, record):
+            if record.job_id == "disk" and record.metadata.get("enhanced_prompt"):
+                raise OSError(28, "No space left on device")
+            super().write(record)
+
+    _make, receiver = routed
+    release = threading.Event()
+
+    def enhance(path, body):
+        release.wait(10)
+        return 200, {"success": True, "enhanced_prompt": f"{body['prompt']}, golden light", "model": "base"}
+
+    submitted: dict = {}
+    chat, sdxl = StubWorker({("POST", "/enhance/base"): enhance}), StubWorker(_accepting_sdxl(submitted))
+    try:
+        settings = Settings(callback_url=receiver.url, callback_backoff_s=0.05, enhance_timeout_s=5, chat_batch_size=1)
+        router = Router(settings, {"chat": chat, "sdxl": sdxl}, CallbackSender(settings),
+                        FullDiskFor(tmp_path / "journal"))
+        router.submit(dict(ENHANCED, id="disk"))
+        behind, _ = router.submit(dict(ENHANCED, id="behind"))
+        release.set()
+        assert router.wait("behind", 20) and behind.status == "completed", behind.error
+        assert submitted["behind"]["prompt"] == "a fox, golden light" and "disk" not in submitted
+    finally:
+        chat.close()
+        sdxl.close()
+
+
 def test_routing_mirrors_the_worker_and_fails_a_lost_job(routed):
     make, receiver = routed
     polls = iter([(200, _record("g1", "queued")), (200, _record("g1", "processing")),
