@@ -3,6 +3,7 @@ the worker runtime (the whole worker is exercised in tests/stack/test_queue_work
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -444,5 +445,33 @@ def test_a_command_redis_refuses_while_handling_dead_letters_the_entry_once(redi
         push(client, "q_wrongtype", {"id": "after-1"})
         assert sink.wait_done(["after-1"]) and sink.runs == {"after-1": 1}
         assert settled(client, keys)
+    finally:
+        intake.stop_taking()
+
+
+def test_an_entry_taken_just_before_redis_goes_away_runs_after_the_reconnect(redis_server):
+    """Redis killed between taking an entry (BLMOVE) and counting its delivery (HINCRBY): the entry stays in
+    this consumer's processing list and must run once Redis is back. It used to be tracked before the count,
+    so the reconciliation after the reconnect skipped it and it never ran (a loaded run of
+    test_redis_restarted_mid_run_loses_nothing lost a job this way)."""
+    stopped = threading.Event()
+
+    class KillsRedisOnFirstLook(Sink):
+        def job_status(self, job_id):
+            if job_id == "cut" and not stopped.is_set():  # looked up right before the delivery is counted
+                stopped.set()
+                redis_server.stop(signal.SIGKILL)
+            return super().job_status(job_id)
+
+    sink = KillsRedisOnFirstLook(job_s=0.02)
+    push(redis_server.client(), "q_cut", {"id": "cut"})
+    intake = start_intake(redis_server, "q_cut", sink)
+    try:
+        assert poll_until(stopped.is_set, 10)
+        time.sleep(0.5)  # the intake's HINCRBY meets a dead server
+        redis_server.start()
+        assert sink.wait_done(["cut"], 30), intake.status()
+        assert sink.runs == {"cut": 1}
+        assert settled(redis_server.client(), QueueKeys("q_cut"))
     finally:
         intake.stop_taking()
