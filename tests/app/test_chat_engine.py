@@ -95,7 +95,7 @@ def test_stop_strings_and_hold_back():
     assert held_back("hello", ["\nUser:"]) == 0
 
 
-@pytest.mark.parametrize("text, expected", [
+@pytest.mark.parametrize(("text", "expected"), [
     ('  "a red fox, golden light"  ', "a red fox, golden light"),
     ("a red fox\na red fox at dawn, mist", "a red fox at dawn, mist"),     # echoed prompt line
     ("a red fox at dawn", "a red fox at dawn"),                            # extends the prompt: kept
@@ -182,7 +182,8 @@ def test_defaults_come_from_configuration_and_are_reported(chat_settings):
     cfg = chat_config()
     p = chat_params.enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)
     assert {k: p[k] for k in cfg["defaults"]["enhance"]} == cfg["defaults"]["enhance"]
-    assert p["messages"] == [{"role": "user", "content": "a fox"}] and p["seed_source"] == "random"
+    assert p["messages"] == [{"role": "user", "content": "a fox"}]
+    assert p["seed_source"] == "random"
     sdxl = chat_params.enhance({"prompt": "a fox", "target_model": "sdxl"}, "qwen_instruct", chat_settings)
     assert sdxl["max_tokens"] == cfg["enhance_targets"]["sdxl"]["max_tokens"]
     assert chat_params.enhance({"prompt": "a fox", "target_model": "sdxl", "max_tokens": 9}, "qwen_base",
@@ -194,11 +195,13 @@ def test_base_template_stops_apply_to_templated_prompts_only(chat_settings):
     templated = chat_params.enhance({"prompt": "a fox", "stop": "END"}, "qwen_base", chat_settings)
     assert templated["stop"] == ["END", *template_stops]
     raw = chat_params.enhance({"prompt": "a fox", "raw": True}, "qwen_base", chat_settings)
-    assert raw["stop"] == [] and raw["text"] == "a fox" and raw["messages"] is None
+    assert raw["stop"] == []
+    assert raw["text"] == "a fox"
+    assert raw["messages"] is None
     assert chat_params.enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)["stop"] == []
 
 
-@pytest.mark.parametrize("body, path", [
+@pytest.mark.parametrize(("body", "path"), [
     ({"prompt": "a", "raw": True, "system_prompt": "s"}, "/system_prompt"),
     ({"prompt": "a", "messages": MESSAGES, "system_prompt": "s"}, "/system_prompt"),
     ({"prompt": "a", "messages": MESSAGES, "raw": True}, "/raw"),
@@ -228,7 +231,8 @@ def test_same_seed_same_text_whatever_else_is_in_the_batch(engine, chat_settings
               params(chat_settings, seed=99, top_p=0.5, max_tokens=3)]
     batched = run(engine, others[0], mine, others[1], others[2])
     assert batched[1].batch_size == 4
-    assert batched[1].text == alone.text and batched[1].completion_tokens == alone.completion_tokens
+    assert batched[1].text == alone.text
+    assert batched[1].completion_tokens == alone.completion_tokens
     assert run(engine, params(chat_settings, seed=1235, temperature=0.9, top_k=50, top_p=0.95,
                               repetition_penalty=1.2))[0].text != alone.text
 
@@ -288,7 +292,8 @@ def test_policy_inputs_and_caller_context_ride_along(chat_settings):
     assert p["context"] == {"conversation_id": "c1", "context_type": "general", "project_context": None}
     bare = chat_params.chat({"messages": MESSAGES}, chat_settings)
     assert bare["policy"] == dict.fromkeys(("sfw_mode", "content_tier", "nsfw_enforce", "nsfw_reason"))
-    assert bare["context"] == {} and bare["reproducible"] is False
+    assert bare["context"] == {}
+    assert bare["reproducible"] is False
     assert (bare["frequency_penalty"], bare["presence_penalty"]) == (0.0, 0.0)
 
 
@@ -296,10 +301,12 @@ def test_max_tokens_and_stop_strings(engine, chat_settings):
     short, longer = run(engine, params(chat_settings, max_tokens=3, seed=5), params(chat_settings, max_tokens=15,
                                                                                     seed=5))
     assert (short.completion_tokens, short.finish_reason) == (3, "length")
-    assert longer.completion_tokens <= 15 and longer.text.startswith(short.text)
+    assert longer.completion_tokens <= 15
+    assert longer.text.startswith(short.text)
     stop = longer.text[6:8]
     [stopped] = run(engine, params(chat_settings, max_tokens=15, seed=5, stop=[stop]))
-    assert stopped.finish_reason == "stop" and stopped.text == longer.text[:longer.text.find(stop)]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == longer.text[:longer.text.find(stop)]
 
 
 def test_streamed_deltas_equal_the_text(engine, chat_settings):
@@ -312,9 +319,11 @@ def test_streamed_deltas_equal_the_text(engine, chat_settings):
         events.append((kind, payload))
         if kind in ("done", "error"):
             break
-    assert events[0][0] == "started" and events[-1][0] == "done"
+    assert events[0][0] == "started"
+    assert events[-1][0] == "done"
     deltas = [payload for kind, payload in events if kind == "delta"]
-    assert len(deltas) > 1 and "".join(deltas) == events[-1][1].text
+    assert len(deltas) > 1
+    assert "".join(deltas) == events[-1][1].text
 
 
 def test_a_prompt_too_long_fails_alone(engine, chat_settings):
@@ -325,7 +334,8 @@ def test_a_prompt_too_long_fails_alone(engine, chat_settings):
     # checked when the request is prepared, in the caller's thread, before anything is queued
     with pytest.raises(ValidationFailed) as err:
         engine.prepare(too_long)
-    assert err.value.details[0]["path"] == "/prompt" and "at most" in err.value.details[0]["message"]
+    assert err.value.details[0]["path"] == "/prompt"
+    assert "at most" in err.value.details[0]["message"]
     good = engine.prepare(fine)
     engine.generate([good])
     assert good.wait(0).completion_tokens == 4
@@ -371,8 +381,10 @@ def test_batcher_batches_concurrent_requests_and_never_overlaps_batches(engine, 
     counting = CountingEngine(engine)
     batcher = Batcher(counting, engine.host, "qwen_instruct", batch_size=4, window_s=0.2, max_queue=64)
     results = _submit_concurrently(batcher, [params(chat_settings, seed=i, max_tokens=6) for i in range(10)])
-    assert max(r.batch_size for r in results) == 4 and all(r.batch_size <= 4 for r in results)
-    assert batcher.batches < 10 and batcher.rows == 10
+    assert max(r.batch_size for r in results) == 4
+    assert all(r.batch_size <= 4 for r in results)
+    assert batcher.batches < 10
+    assert batcher.rows == 10
     assert counting.most == 1
     # the results are those of each request alone
     assert results[3].text == run(engine, params(chat_settings, seed=3, max_tokens=6))[0].text
@@ -400,11 +412,14 @@ def test_a_short_request_joins_a_running_batch_only_when_continuous(engine, chat
     short_result = short.wait(60)
     long_done_first = long.done
     long_result = long.wait(60)
-    assert long_result.completion_tokens == 400 and short_result.completion_tokens == 3
+    assert long_result.completion_tokens == 400
+    assert short_result.completion_tokens == 3
     if continuous:  # joined the running batch at the next step and left it when done
-        assert short_result.batch_size == 2 and not long_done_first
+        assert short_result.batch_size == 2
+        assert not long_done_first
     else:           # waited for the running batch to end, then ran in the next one
-        assert short_result.batch_size == 1 and long_done_first
+        assert short_result.batch_size == 1
+        assert long_done_first
         assert short_result.queue_time >= long_result.generation_time * 0.5
 
 
@@ -413,7 +428,8 @@ def test_a_reproducible_request_runs_alone_and_gives_the_text_it_gives_alone(eng
     requests = [params(chat_settings, seed=i, max_tokens=30 + i, temperature=0.9) for i in range(5)]
     requests[2] = {**requests[2], "reproducible": True}
     results = _submit_concurrently(batcher, requests)
-    assert results[2].batch_size == 1 and max(r.batch_size for r in results) > 1
+    assert results[2].batch_size == 1
+    assert max(r.batch_size for r in results) > 1
     alone = run(engine, {**requests[2], "reproducible": False})[0]
     assert results[2].text == alone.text
 
@@ -434,7 +450,8 @@ def test_full_queue_is_overloaded_and_a_running_batch_keeps_its_model(engine, ch
             engine.host.unload("qwen_base", wait_s=0)
     assert first.wait(30).completion_tokens == 3
     assert engine.host.unload("qwen_base", wait_s=30) == ["qwen_base"]
-    assert not engine.is_loaded("qwen_base") and engine.is_loaded("qwen_instruct")
+    assert not engine.is_loaded("qwen_base")
+    assert engine.is_loaded("qwen_instruct")
     engine.host.load("qwen_base")
 
 

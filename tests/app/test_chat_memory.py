@@ -98,7 +98,8 @@ def test_a_running_stream_keeps_its_pace_while_another_request_waits_for_memory(
     # The broker has not answered: the running row must still run to its end at its own pace. (Before issue
     # 20 the batcher thread itself waited for the answer, one token per lease timeout.)
     result = long.wait(30)
-    assert not short.done and result.completion_tokens == tokens
+    assert not short.done
+    assert result.completion_tokens == tokens
     assert result.generation_time < 5 * alone_s + 2.0, (result.generation_time, alone_s)
     memory.answer(grant)
     short_result = short.wait(30)  # admitted after the grant; after a refusal, in the next busy period
@@ -166,11 +167,14 @@ def test_an_out_of_memory_decode_step_refuses_only_the_rows_that_do_not_fit(sett
         hook.remove()
     assert all(g.done for g in generations)
     refused = [g for g in generations if g.error is not None]
-    assert len(refused) == 1 and refused[0] is generations[-1]  # the row admitted last, not the batch
-    assert isinstance(refused[0].error, MemoryUnavailable) and refused[0].error.code == INSUFFICIENT_MEMORY
+    assert len(refused) == 1
+    assert refused[0] is generations[-1]
+    assert isinstance(refused[0].error, MemoryUnavailable)
+    assert refused[0].error.code == INSUFFICIENT_MEMORY
     # the others decode to their end: the layer that cached before the failure dropped its column
     assert [g.wait(0).completion_tokens for g in generations[:2]] == [12, 12]
-    assert hook.raised == 2 and batcher.out_of_memory == 1  # the step, the retry after freeing; then smaller
+    assert hook.raised == 2
+    assert batcher.out_of_memory == 1
     assert engine.cache_releases >= releases + 2  # after each failure (and after the busy period)
 
 
@@ -189,7 +193,8 @@ def test_an_out_of_memory_prefill_is_retried_in_halves_and_refuses_only_what_can
     assert all(g.done for g in generations)
     assert [g.wait(0).completion_tokens for g in generations[:3]] == [5, 5, 5]
     error = generations[3].error
-    assert isinstance(error, MemoryUnavailable) and error.code == INSUFFICIENT_MEMORY
+    assert isinstance(error, MemoryUnavailable)
+    assert error.code == INSUFFICIENT_MEMORY
     assert batcher.out_of_memory >= 2
 
 
@@ -285,7 +290,7 @@ def _engine_class(worker):
     return {"chat": ChatEngine, "sdxl": SDXLEngine, "wan": WanEngine}[worker]
 
 
-@pytest.mark.parametrize("worker,model", ENGINES)
+@pytest.mark.parametrize(("worker", "model"), ENGINES)
 def test_a_failed_warm_up_leaves_no_model_loaded_and_no_lease_held(settings, worker, model):
     engine = _warming(_engine_class(worker), RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))(settings)
     memory = RecordingMemory(settings, engine.device)
@@ -293,7 +298,8 @@ def test_a_failed_warm_up_leaves_no_model_loaded_and_no_lease_held(settings, wor
     with pytest.raises(JobFailed, match="warm-up failed .*CUDNN_STATUS_EXECUTION_FAILED.*unloaded"):
         host.load(model)
     assert type(engine).warm_ups == 1
-    assert not engine.is_loaded(model) and host.status()[model]["loaded"] is False
+    assert not engine.is_loaded(model)
+    assert host.status()[model]["loaded"] is False
     assert memory.status()["held_bytes"] == {}
     names = [e[0] for e in memory.events]
     assert names == ["acquire", "job_started", "job_finished", "release"], memory.events
@@ -305,7 +311,8 @@ def test_a_warm_up_out_of_memory_is_a_memory_refusal_and_unloads(settings):
     host = ModelHost(engine, memory)
     with pytest.raises(MemoryUnavailable, match="warm-up"):
         host.load(MODEL)
-    assert not engine.is_loaded(MODEL) and memory.status()["held_bytes"] == {}
+    assert not engine.is_loaded(MODEL)
+    assert memory.status()["held_bytes"] == {}
 
 
 def test_a_warm_up_runs_inside_the_lease_with_its_activations_leased(settings):
@@ -314,6 +321,8 @@ def test_a_warm_up_runs_inside_the_lease_with_its_activations_leased(settings):
     host = ModelHost(engine, memory)
     host.load(MODEL)
     warm = engine.warm_up_working_bytes(MODEL)
-    assert warm > 0 and type(engine).warm_ups == 1
+    assert warm > 0
+    assert type(engine).warm_ups == 1
     assert memory.events == [("acquire", MODEL, warm), ("job_started", warm), ("job_finished",), ("loaded", MODEL)]
-    assert engine.is_loaded(MODEL) and MODEL in memory.status()["held_bytes"]
+    assert engine.is_loaded(MODEL)
+    assert MODEL in memory.status()["held_bytes"]

@@ -47,10 +47,13 @@ def test_sdxl_uses_the_fp16_fix_vae_instead_of_upcasting_when_one_is_configured(
     gpu = {"vae_upcast": True}
     assert gpu_plan(gpu, "cuda", 1, 1, False)["vae_upcast"] is True
     plan = gpu_plan(gpu, "cuda", 1, 1, False, fp16_fix_path="/models/sdxl-vae-fp16-fix")
-    assert plan["vae_fp16_fix"] and not plan["vae_upcast"]
+    assert plan["vae_fp16_fix"]
+    assert not plan["vae_upcast"]
     # the out-of-memory retry's modes apply on any device
     saving = gpu_plan(gpu, "cpu", 1, 1, False, memory_saving=True)
-    assert saving["vae_slicing"] and saving["vae_tiling"] and not saving["vae_upcast"]
+    assert saving["vae_slicing"]
+    assert saving["vae_tiling"]
+    assert not saving["vae_upcast"]
 
 
 # ---- production needs CUDA -----------------------------------------------------------------------------
@@ -93,7 +96,8 @@ def test_cuda_backend_flags_per_worker():
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:
         devices.apply_cuda_backend_settings({"tf32": True, "cudnn_benchmark": True})
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
         assert torch.backends.cudnn.benchmark
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
@@ -119,7 +123,7 @@ def sdxl_app(tmp_path, placeholder_dir):
 
     state.engine.run = run  # our engine's own method: a device that runs out of memory on its first tries
     state.ooms = 0
-    yield app.test_client(), state, calls
+    return app.test_client(), state, calls
 
 
 def _job(client, job_id):
@@ -144,7 +148,8 @@ def test_out_of_memory_twice_fails_as_insufficient_memory_not_internal_error(sdx
     client, state, calls = sdxl_app
     state.ooms = 2
     status, record = _job(client, "oom-twice")
-    assert record["status"] == "failed" and calls == [False, True]
+    assert record["status"] == "failed"
+    assert calls == [False, True]
     assert record["error"]["code"] == "insufficient_memory"
     assert "ran out of memory" in record["error"]["message"]
     # the worker keeps serving
@@ -182,8 +187,10 @@ def test_negative_prompt_embeddings_are_encoded_once_and_equal_a_fresh_encode(wa
     try:
         first = prompts.encode_negative("blurry, low quality, watermark", "cpu")
         again = prompts.encode_negative("blurry, low quality, watermark", "cpu")
-        assert again is first and len(forwards) == 1
-        assert torch.equal(first, prompts.encode("blurry, low quality, watermark", "cpu")) and len(forwards) == 2
+        assert again is first
+        assert len(forwards) == 1
+        assert torch.equal(first, prompts.encode("blurry, low quality, watermark", "cpu"))
+        assert len(forwards) == 2
         for i in range(12):  # bounded: old entries go
             prompts.encode_negative(f"negative {i}", "cpu")
         assert len(prompts._negatives) == 8
@@ -195,7 +202,8 @@ def test_shared_wan_modules_stay_inside_a_lease_when_the_model_that_loaded_them_
     engine, host, memory = wan_state.engine, wan_state.host, wan_state.memory
     host.load("all")
     t2v, vace = engine.loaded("wan_t2v"), engine.loaded("wan_vace")
-    assert vace.prompts is t2v.prompts and vace.pipe.vae is t2v.pipe.vae
+    assert vace.prompts is t2v.prompts
+    assert vace.pipe.vae is t2v.pipe.vae
     held = memory.status()["held_bytes"]
     assert held["wan_vace"] == devices.module_bytes(vace.pipe.transformer)
     host.unload("wan_t2v")
@@ -219,7 +227,8 @@ def test_a_second_wan_models_first_lease_does_not_count_the_shared_modules_again
     host.load("wan_t2v")
     t2v = engine.loaded("wan_t2v")
     shared = devices.module_bytes(t2v.prompts.text_encoder, t2v.pipe.vae)
-    assert shared > 0 and engine.memory_estimate("wan_vace") == max(0, configured - shared)
+    assert shared > 0
+    assert engine.memory_estimate("wan_vace") == max(0, configured - shared)
 
 
 def test_wan_offload_is_chosen_with_its_own_footprint_and_refused_without_cuda(placeholder_dir, tmp_path):
@@ -323,7 +332,8 @@ def test_chat_working_memory_counts_prefill_activations_and_the_attention_mask()
 
     qwen = arch_config("qwen2.5-7b-instruct/config.json")
     kv, prefill = kv_cache_bytes_per_token(qwen, 2), prefill_bytes_per_token(qwen, 2)
-    assert kv == 57344 and prefill == 144384  # 56 KiB of KV cache, 141 KiB of prefill activations per token
+    assert kv == 57344
+    assert prefill == 144384
     rows = [(8000, 256)] * 8
     kv_only = batch_working_bytes(rows, kv)
     full = batch_working_bytes(rows, kv, prefill)
@@ -364,7 +374,8 @@ def test_a_batch_refused_for_memory_is_split_and_every_request_answered(placehol
         t.join()
     results = [g.wait(60) for g in generations]  # raises if a request failed
     assert all(r.completion_tokens > 0 for r in results)
-    assert max(r.batch_size for r in results) < 4 and batcher.rows == 4
+    assert max(r.batch_size for r in results) < 4
+    assert batcher.rows == 4
 
 
 # ---- warm-up at load ----------------------------------------------------------------------------------

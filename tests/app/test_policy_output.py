@@ -29,10 +29,13 @@ def placeholder_settings(placeholder_dir) -> Settings:
 def test_placeholder_classifier_passes_outputs_at_the_default_threshold_and_flags_at_a_low_one(placeholder_settings):
     outputs = [GeneratedAsset("image", [image], {}) for image in _images(6)]
     passed = safety.check_outputs(placeholder_settings, "sfw", outputs, job_id="j-pass")
-    assert passed is not None and passed.outcome == "allowed" and passed.images == 6
+    assert passed is not None
+    assert passed.outcome == "allowed"
+    assert passed.images == 6
     assert 0.0 < passed.score < placeholder_settings.safety_threshold
     flagged = safety.check_outputs(placeholder_settings.replace(safety_threshold=0.01), "sfw", outputs)
-    assert flagged is not None and flagged.flagged
+    assert flagged is not None
+    assert flagged.flagged
     assert flagged.public() == {"check": "output_classifier", "stage": "output", "outcome": "refused",
                                 "score": round(flagged.score, 4), "threshold": 0.01, "images": 6,
                                 "category": policy.EXPLICIT}
@@ -48,7 +51,8 @@ def test_sfw_without_a_classifier_says_the_check_did_not_run():
     assert safety.classifier_path(settings) == ""
     before = policy.decision_counts().get(("not_run", "none", "output", "sfw"), 0)
     result = safety.check_outputs(settings, "sfw", [GeneratedAsset("image", _images(2), {})], job_id="j-none")
-    assert result is safety.NOT_CONFIGURED and not result.flagged
+    assert result is safety.NOT_CONFIGURED
+    assert not result.flagged
     assert result.public() == {"check": "output_classifier", "stage": "output", "outcome": "not_run",
                                "reason": "no output classifier configured (SAFETY_CLASSIFIER_PATH)"}
     assert policy.decision_counts()[("not_run", "none", "output", "sfw")] == before + 1
@@ -61,7 +65,8 @@ def test_a_video_is_checked_on_frames_spread_over_it_ends_included(placeholder_s
     assert classifier.sample(frames[:3]) == [0, 1, 2]
     video = GeneratedAsset("video", _images(9, seed=3), {}, fps=16.0)
     result = classifier.check([video])
-    assert result.images == classifier.video_frames and result.outcome == "allowed"
+    assert result.images == classifier.video_frames
+    assert result.outcome == "allowed"
 
 
 def test_the_setting_points_at_any_folder_and_one_without_an_unsafe_label_is_refused(placeholder_dir, tmp_path):
@@ -129,12 +134,15 @@ def test_a_flagged_sfw_output_is_not_stored_and_the_job_fails_while_nsfw_complet
                           {"content_policy": policy.prompt_entry(tier)})
             assert runner.wait(job_id, 60)
         flagged, allowed = runner.get("flagged"), runner.get("allowed")
-        assert flagged.status == "failed" and allowed.status == "completed"
+        assert flagged.status == "failed"
+        assert allowed.status == "completed"
         assert flagged.error == {"code": "content_policy", "message": "content policy: sexual_explicit"}
-        assert not (out / "u1" / "flagged").exists() and flagged.assets == []
+        assert not (out / "u1" / "flagged").exists()
+        assert flagged.assets == []
         assert (out / "u1" / "allowed" / "0.png").exists()
         checks = flagged.metadata["content_policy"]["checks"]
-        assert [c["stage"] for c in checks] == ["prompt", "output"] and checks[1]["outcome"] == "refused"
+        assert [c["stage"] for c in checks] == ["prompt", "output"]
+        assert checks[1]["outcome"] == "refused"
         assert allowed.metadata["content_policy"] == policy.prompt_entry("nsfw")  # nsfw: no output check
         [callback] = receiver.wait_for(1, "flagged")
         assert callback["error_message"] == "content policy: sexual_explicit"

@@ -65,7 +65,8 @@ def test_batches_are_one_pipeline_call_with_per_image_seeds(worker):
         for n in (3, 6):
             batches.clear()
             record = run(client, f"batch{n}", config={"num_images": n})
-            assert record["status"] == "completed" and len(record["assets"]) == n
+            assert record["status"] == "completed"
+            assert len(record["assets"]) == n
             # one batched call: every UNet forward carries all n images (x2 for classifier-free guidance)
             assert batches == [2 * n] * 4
             seeds = [a["metadata"]["seed"] for a in record["assets"]]
@@ -92,8 +93,10 @@ def test_every_legacy_field_is_honoured_and_reported(worker):
                  metadata={"reference_image_url": data_url(REFERENCE), "reference_strength": 0.6})
     meta = record["assets"][0]["metadata"]
     assert record["status"] == "completed"
-    assert (meta["width"], meta["height"]) == (96, 64) and Image.open(out / record["assets"][0]["url"]).size == (96, 64)
-    assert meta["denoise_strength"] == pytest.approx(0.4) and meta["strength_source"] == "reference_strength"
+    assert (meta["width"], meta["height"]) == (96, 64)
+    assert Image.open(out / record["assets"][0]["url"]).size == (96, 64)
+    assert meta["denoise_strength"] == pytest.approx(0.4)
+    assert meta["strength_source"] == "reference_strength"
     assert meta["steps_requested"] == 3
 
 
@@ -104,8 +107,10 @@ def test_img2img_modify_differs_from_text_and_from_reference(worker):
     i2i = run(client, "i2i", config={"steps": 10}, metadata={"reference_image_url": data_url(ref),
                                                              "denoise_strength": 0.3})
     meta = i2i["assets"][0]["metadata"]
-    assert meta["pipeline"] == "StableDiffusionXLImg2ImgPipeline" and meta["effective_steps"] == 3
-    assert meta["resize_policy"] == "center_crop" and meta["reference_size"] == [64, 64]
+    assert meta["pipeline"] == "StableDiffusionXLImg2ImgPipeline"
+    assert meta["effective_steps"] == 3
+    assert meta["resize_policy"] == "center_crop"
+    assert meta["reference_size"] == [64, 64]
     assert np.abs(pixels(out, i2i) - pixels(out, txt)).mean() > 1
     assert np.abs(pixels(out, i2i) - np.asarray(ref, dtype=np.int16)).mean() > 1
 
@@ -116,8 +121,11 @@ def test_exact_copy_runs_at_least_one_step_and_reports_both_counts(worker):
                  metadata={"reference_image_url": data_url(REFERENCE), "exact_copy_mode": True})
     meta = record["assets"][0]["metadata"]
     assert record["status"] == "completed"
-    assert meta["reference_mode"] == "exact_copy" and meta["denoise_strength"] == 0.05
-    assert meta["steps_requested"] == 15 and meta["steps"] == 20 and meta["effective_steps"] == 1
+    assert meta["reference_mode"] == "exact_copy"
+    assert meta["denoise_strength"] == 0.05
+    assert meta["steps_requested"] == 15
+    assert meta["steps"] == 20
+    assert meta["effective_steps"] == 1
     assert meta["guidance_scale"] == 1.0
 
 
@@ -136,7 +144,8 @@ def test_compel_weighting_with_and_without_reference(worker, with_reference):
     weighted = run(client, f"compel-{with_reference}", prompt="a fox in a garden", metadata=metadata,
                    compel_enabled=True, compel_weights="(beautiful:1.3), (garden:1.1)")
     meta = weighted["assets"][0]["metadata"]
-    assert weighted["status"] == "completed" and meta["compel"] is True
+    assert weighted["status"] == "completed"
+    assert meta["compel"] is True
     assert meta["compel_prompt"] == "a fox in a garden, (beautiful)1.3, (garden)1.1"
     assert (pixels(out, plain) != pixels(out, weighted)).any()
 
@@ -155,10 +164,13 @@ def test_long_prompts_are_encoded_whole_with_compel_and_reported_without(worker)
 def test_unreachable_reference_fails_the_job_and_the_callback_says_so(worker):
     client, _, receiver, _ = worker
     record = run(client, "unreachable", metadata={"reference_image_url": "http://127.0.0.1:9/ref.png"})
-    assert record["status"] == "failed" and record["assets"] == []
-    assert record["error"]["code"] == "reference_fetch_failed" and "could not fetch" in record["error"]["message"]
+    assert record["status"] == "failed"
+    assert record["assets"] == []
+    assert record["error"]["code"] == "reference_fetch_failed"
+    assert "could not fetch" in record["error"]["message"]
     [callback] = receiver.wait_for(1, "unreachable")
-    assert callback["status"] == "failed" and "could not fetch" in callback["error_message"]
+    assert callback["status"] == "failed"
+    assert "could not fetch" in callback["error_message"]
 
 
 def test_loopback_reference_refused_when_setting_off(worker, tmp_path):
@@ -170,7 +182,8 @@ def test_loopback_reference_refused_when_setting_off(worker, tmp_path):
                           api_key=API_KEY, fetch_allow_private=False)
         client = create_app("sdxl", strict).test_client()
         record = run(client, "loopback", metadata={"reference_image_url": f"{server.url}/x.png"})
-        assert record["status"] == "failed" and record["error"]["code"] == "reference_refused"
+        assert record["status"] == "failed"
+        assert record["error"]["code"] == "reference_refused"
         assert server.requested == []  # refused before any request left the worker
     finally:
         server.close()
@@ -191,7 +204,8 @@ def test_single_file_checkpoint_matches_directory(worker, placeholder_dir):
                           sdxl_config_dir=str(paths["sdxl"]))
     single = SDXLEngine(production)
     single.load("sdxl")
-    assert single.load_source == "single_file" and directory.load_source == "directory"
+    assert single.load_source == "single_file"
+    assert directory.load_source == "directory"
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         a, b = getattr(directory.txt2img, name).state_dict(), getattr(single.txt2img, name).state_dict()
         assert a.keys() == b.keys(), name
@@ -217,7 +231,8 @@ def test_img2img_shares_the_txt2img_weights(worker):
     _, state, _, _ = worker
     engine = state.engine
     state.host.load("sdxl")
-    assert engine.img2img.unet is engine.txt2img.unet and engine.img2img.vae is engine.txt2img.vae
+    assert engine.img2img.unet is engine.txt2img.unet
+    assert engine.img2img.vae is engine.txt2img.vae
     assert engine.img2img.text_encoder_2 is engine.txt2img.text_encoder_2
     from workers import devices
     assert engine.resident_bytes("sdxl") == devices.module_bytes(*engine.txt2img.components.values())
@@ -228,7 +243,9 @@ def test_img2img_shares_the_txt2img_weights(worker):
 @given(steps=st.integers(1, 100), strength=st.floats(0.001, 1.0))
 def test_img2img_steps_always_run_at_least_one_step(steps, strength):
     passed, effective = img2img_steps(steps, strength)
-    assert effective >= 1 and effective == int(passed * strength) and passed >= steps
+    assert effective >= 1
+    assert effective == int(passed * strength)
+    assert passed >= steps
     if int(steps * strength) >= 1:
         assert passed == steps
 
@@ -246,7 +263,9 @@ def test_resize_policies():
     src = Image.new("RGB", (200, 100), (255, 0, 0))
     assert resize_reference(src, 64, 64, "center_crop").size == (64, 64)
     boxed = resize_reference(src, 64, 64, "letterbox")
-    assert boxed.size == (64, 64) and boxed.getpixel((32, 2)) == (0, 0, 0) and boxed.getpixel((32, 32))[0] > 200
+    assert boxed.size == (64, 64)
+    assert boxed.getpixel((32, 2)) == (0, 0, 0)
+    assert boxed.getpixel((32, 32))[0] > 200
     with pytest.raises(ValueError):
         resize_reference(src, 64, 64, "stretch")
 
@@ -262,7 +281,8 @@ def test_gpu_plan_is_inert_on_cpu_and_follows_config_on_cuda():
     assert gpu_plan(gpu, "cuda", 6, 2048 * 2048, True)["vae_tiling"] is True
     assert gpu_plan(gpu, "cuda", 1, 1, True)["torch_compile"] is True
     fixed = gpu_plan(gpu, "cuda", 1, 1, False, fp16_fix_path="/m/vae")
-    assert fixed["vae_fp16_fix"] and not fixed["vae_upcast"]
+    assert fixed["vae_fp16_fix"]
+    assert not fixed["vae_upcast"]
 
 
 def test_data_url_references_are_summarised_in_the_record(worker):
@@ -271,5 +291,7 @@ def test_data_url_references_are_summarised_in_the_record(worker):
     record = run(client, "summarised", metadata={"reference_image_url": url})
     assert record["status"] == "completed"
     reported = record["metadata"]["parameters"]["reference"]["url"]
-    assert reported.startswith("data:image/png;base64,<") and "sha256" in reported and len(reported) < 100
+    assert reported.startswith("data:image/png;base64,<")
+    assert "sha256" in reported
+    assert len(reported) < 100
     assert url not in str(record)

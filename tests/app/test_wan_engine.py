@@ -102,18 +102,25 @@ def test_video_job_is_an_mp4_with_the_reported_frames_size_fps_and_step_progress
     assert (meta["frames_requested"], meta["frames"], meta["fps"]) == (10, 9, 8)
     assert meta["duration_seconds"] == 9 / 8
     assert (meta["width"], meta["height"], meta["seed"], meta["steps"]) == (48, 32, 11, STEPS)
-    assert meta["pipeline"] == "WanPipeline" and meta["reference_mode"] == "none" and meta["sample_solver"] == "unipc"
+    assert meta["pipeline"] == "WanPipeline"
+    assert meta["reference_mode"] == "none"
+    assert meta["sample_solver"] == "unipc"
     data = (out / "u/video/0.mp4").read_bytes()
     frames, info = decode_mp4(data)
-    assert len(frames) == 9 and tuple(info["size"]) == (48, 32) and info["fps"] == 8
+    assert len(frames) == 9
+    assert tuple(info["size"]) == (48, 32)
+    assert info["fps"] == 8
     assert frames[0].shape == (32, 48, 3)
-    assert data[4:8] == b"ftyp" and data.find(b"moov") < data.find(b"mdat")  # faststart: index before the media
+    assert data[4:8] == b"ftyp"
+    assert data.find(b"moov") < data.find(b"mdat")
     thumb = Image.open(out / "u/video/0.thumb.webp")
-    assert thumb.format == "WEBP" and thumb.size == (48, 32)
+    assert thumb.format == "WEBP"
+    assert thumb.size == (48, 32)
     # progress advances once per denoising step (two transformer calls per step with guidance)
     assert seen == [0, 0, 1, 1, 2, 2, 3, 3]
     [callback] = receiver.wait_for(1, "video")
-    assert callback["status"] == "completed" and callback["assets"] == record["assets"]
+    assert callback["status"] == "completed"
+    assert callback["assets"] == record["assets"]
 
 
 def test_image_job_is_one_png_of_type_image(worker):
@@ -122,10 +129,12 @@ def test_image_job_is_one_png_of_type_image(worker):
     [asset] = record["assets"]
     assert (asset["type"], asset["url"], asset["thumbnail_url"]) == ("image", "u/image/0.png", "u/image/0.thumb.webp")
     png = Image.open(out / "u/image/0.png")
-    assert png.format == "PNG" and png.size == (48, 64)
+    assert png.format == "PNG"
+    assert png.size == (48, 64)
     meta = asset["metadata"]
     assert (meta["frames"], meta["format"], meta["seed"]) == (1, "png", 11)
-    assert "fps" not in meta and "duration_seconds" not in meta
+    assert "fps" not in meta
+    assert "duration_seconds" not in meta
     assert not (out / "u/image/0.mp4").exists()
 
 
@@ -141,8 +150,12 @@ def test_same_seed_same_frames_and_another_seed_differs(worker, modes):
 def test_each_reference_mode_conditions_the_output(modes, mode):
     record, frames = modes[mode]
     meta = record["assets"][0]["metadata"]
-    assert meta["pipeline"] == "WanVACEPipeline" and meta["model"] == "wan_vace" and meta["reference_mode"] == mode
-    assert meta["seed"] == 11 and meta["conditioning_scale"] == 1.0 and meta["strength_source"] == "preset"
+    assert meta["pipeline"] == "WanVACEPipeline"
+    assert meta["model"] == "wan_vace"
+    assert meta["reference_mode"] == mode
+    assert meta["seed"] == 11
+    assert meta["conditioning_scale"] == 1.0
+    assert meta["strength_source"] == "preset"
     assert meta["conditioned_frames"] == {"single": [0], "start": [0], "end": [8], "both": [0, 8]}[mode]
     assert differs(frames, modes["text"][1]) > 2
 
@@ -165,7 +178,8 @@ def test_reference_strength_is_the_conditioning_scale(worker, modes):
     client, _, _, out = worker
     record = submit(client, "weak", metadata={"reference_image_url": data_url(FIRST), "denoise_strength": 0.7})
     meta = record["assets"][0]["metadata"]
-    assert meta["conditioning_scale"] == pytest.approx(0.3) and meta["strength_source"] == "denoise_strength"
+    assert meta["conditioning_scale"] == pytest.approx(0.3)
+    assert meta["strength_source"] == "denoise_strength"
     assert differs(frames_of(out, record), modes["single"][1]) > 1
 
 
@@ -190,7 +204,8 @@ def test_steps_and_guidance_are_honoured(worker):
             calls.clear()
             record = submit(client, job_id, type="image_fast", config=config)
             meta = record["assets"][0]["metadata"]
-            assert len(calls) == expected and meta["steps"] == config["steps"]
+            assert len(calls) == expected
+            assert meta["steps"] == config["steps"]
             assert meta["classifier_free_guidance"] is (expected == 10)
             assert (meta["negative_prompt_used"] is None) is (expected == 3)
     finally:
@@ -208,7 +223,9 @@ def test_cancel_stops_between_steps_and_the_next_job_runs(worker):
     client.post("/jobs/long/cancel", headers=AUTH)
     assert state.runner.wait("long", 60)
     record = state.runner.get("long")
-    assert record.status == "cancelled" and record.assets == [] and record.progress["step"] < 100
+    assert record.status == "cancelled"
+    assert record.assets == []
+    assert record.progress["step"] < 100
     assert [b["status"] for b in receiver.wait_for(1, "long")] == ["cancelled"]
     assert submit(client, "after-cancel", type="image_fast")["status"] == "completed"
 
@@ -216,10 +233,12 @@ def test_cancel_stops_between_steps_and_the_next_job_runs(worker):
 def test_unreachable_reference_fails_the_job_and_the_next_job_runs(worker):
     client, _, receiver, _ = worker
     record = submit(client, "unreachable", metadata={"start_reference_url": "http://127.0.0.1:9/first.png"})
-    assert record["status"] == "failed" and record["assets"] == []
+    assert record["status"] == "failed"
+    assert record["assets"] == []
     assert record["error"]["code"] == "reference_fetch_failed"
     [callback] = receiver.wait_for(1, "unreachable")
-    assert callback["status"] == "failed" and "could not fetch" in callback["error_message"]
+    assert callback["status"] == "failed"
+    assert "could not fetch" in callback["error_message"]
     assert submit(client, "after-failure", type="image_fast")["status"] == "completed"
 
 
@@ -230,7 +249,8 @@ def test_pipelines_share_vae_and_text_encoder_and_bytes_are_counted_once(worker)
     engine, host = state.engine, state.host
     host.load("all")
     t2v, vace = engine.loaded("wan_t2v"), engine.loaded("wan_vace")
-    assert vace.pipe.vae is t2v.pipe.vae and vace.prompts is t2v.prompts
+    assert vace.pipe.vae is t2v.pipe.vae
+    assert vace.prompts is t2v.prompts
     assert vace.pipe.transformer is not t2v.pipe.transformer
     assert sorted(vace.shared) == ["text_encoder", "tokenizer", "vae"]
     full_t2v = devices.module_bytes(t2v.pipe.transformer, t2v.pipe.vae, t2v.prompts.text_encoder)
@@ -241,7 +261,8 @@ def test_pipelines_share_vae_and_text_encoder_and_bytes_are_counted_once(worker)
     assert engine.resident_bytes("wan_vace") == devices.module_bytes(vace.pipe.transformer, vace.pipe.vae,
                                                                      vace.prompts.text_encoder)
     status = host.status()
-    assert status["wan_t2v"]["resident_bytes"] == 0 and not status["wan_t2v"]["loaded"]
+    assert status["wan_t2v"]["resident_bytes"] == 0
+    assert not status["wan_t2v"]["loaded"]
     host.load("wan_t2v")
     assert engine.loaded("wan_t2v").pipe.vae is vace.pipe.vae
 
@@ -290,9 +311,11 @@ def test_reference_mode_without_a_vace_model_is_a_400(tmp_path, placeholder_dir)
     r = client.post("/generate", json=body, headers=AUTH)
     assert r.status_code == 400
     [detail] = r.get_json()["error"]["details"]
-    assert detail["path"] == "/metadata/reference_image_url" and "WAN_VACE_MODEL_PATH" in detail["message"]
+    assert detail["path"] == "/metadata/reference_image_url"
+    assert "WAN_VACE_MODEL_PATH" in detail["message"]
     r = client.post("/generate", json={**body, "id": "no-vace-2", "config": {"reference_mode": "both", "frames": 17},
                                        "metadata": {"start_reference_url": "https://cdn.example/a.png",
                                                     "end_reference_url": "https://cdn.example/b.png"}}, headers=AUTH)
-    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["path"] == "/config/reference_mode"
+    assert r.status_code == 400
+    assert r.get_json()["error"]["details"][0]["path"] == "/config/reference_mode"
     assert client.get("/jobs/no-vace", headers=AUTH).status_code == 404

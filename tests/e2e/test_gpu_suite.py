@@ -31,8 +31,10 @@ def test_tiny_suite_runs_every_part_and_writes_its_table(tmp_path, placeholder_d
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((out / "suite.json").read_text())
     markdown = (out / "suite.md").read_text()
-    assert data["scale"] == "tiny" and data["environment"]["device"] == "cpu"
-    assert data["calls"][0]["parts"] == ["sdxl", "chat", "wan", "stack"] and data["calls"][0]["finished"]
+    assert data["scale"] == "tiny"
+    assert data["environment"]["device"] == "cpu"
+    assert data["calls"][0]["parts"] == ["sdxl", "chat", "wan", "stack"]
+    assert data["calls"][0]["finished"]
     failed = [n for n in data["notes"] if "FAILED" in n or "needs about" in n]
     assert not failed, failed
     measures = {(r["section"], r["measure"]): r for r in data["rows"]}
@@ -49,7 +51,8 @@ def test_tiny_suite_runs_every_part_and_writes_its_table(tmp_path, placeholder_d
     assert measures[("chat", "padded batch of 4: non-finite logits")]["value"] == 0
     # each setting row against the same plain pipeline
     settings = [r for (s, m), r in measures.items() if m.startswith("setting alone on the plain pipeline")]
-    assert len(settings) == 2 and len({r["baseline"] for r in settings}) == 1
+    assert len(settings) == 2
+    assert len({r["baseline"] for r in settings}) == 1
     # CUDA-only figures are not silently absent; compile is not a default part
     assert any("peak device memory" in n and "CUDA only" in n for n in data["notes"])
     assert any("fp16-fix VAE" in n and "CUDA only" in n for n in data["notes"])
@@ -67,7 +70,8 @@ def test_the_optional_parts_run_when_asked_and_calls_append_to_one_table(tmp_pat
     assert [c["parts"] for c in data["calls"]] == [["compile", "vace"], ["chat"]]
     assert any("torch.compile" in n and "CUDA only" in n for n in data["notes"])
     measures = {(r["section"], r["measure"]) for r in data["rows"]}
-    assert ("vace", "ours: reference mode start (VACE)") in measures and ("chat", "load qwen_instruct") in measures
+    assert ("vace", "ours: reference mode start (VACE)") in measures
+    assert ("chat", "load qwen_instruct") in measures
     # one table from folders of separate calls
     merged = tmp_path / "merged"
     done = subprocess.run([sys.executable, "benchmarks/gpu_suite.py", "--merge", str(out), str(out), "--out",
@@ -115,7 +119,8 @@ def test_a_call_killed_halfway_leaves_a_valid_table_with_the_rows_so_far(tmp_pat
             if proc.poll() is None:
                 proc.kill()
         data = json.loads((out / "suite.json").read_text())
-        assert len(data["rows"]) >= len(seen) and data["rows"][:len(seen)] == seen
+        assert len(data["rows"]) >= len(seen)
+        assert data["rows"][:len(seen)] == seen
         assert not data["calls"][-1]["finished"]
         assert "| sdxl |" in (out / "suite.md").read_text()
         if sig == signal.SIGTERM:
@@ -128,7 +133,8 @@ def test_every_pin_is_carried_to_the_gpu_machine():
     import gpu_suite
 
     pins = gpu_suite.pinned_requirements()
-    assert "prometheus-client" in pins and "nvidia-ml-py" in pins  # PEP 503 names, whatever requirements.txt spells
+    assert "prometheus-client" in pins
+    assert "nvidia-ml-py" in pins
     carried = gpu_suite.carried_requirements()
     assert set(pins) - gpu_suite.NOT_FROM_WHEELS - gpu_suite.TOO_LARGE_TO_CARRY <= set(carried)
     assert all(carried[name] == version for name, version in pins.items() if name in carried)

@@ -78,8 +78,13 @@ def test_the_operator_command_watches_memory_and_jobs(pod):
     frames = [f for f in done.stdout.split(pod.url + "  ") if f.strip()]
     assert len(frames) == 2, done.stdout
     for frame in frames:
-        assert "WORKER" in frame and "sdxl" in frame and "JOB" in frame and "every 0.2s" in frame
-    assert "completed" in frames[-1] and "100.0%" in frames[-1]
+        assert "WORKER" in frame
+        assert "sdxl" in frame
+        assert "JOB" in frame
+        assert "every 0.2s" in frame
+    assert "completed" in frames[-1]
+    assert "100.0%" in frames[-1]
     bad = subprocess.run([sys.executable, "-m", "orchestrator.memory_cli", "status", "--iterations", "2"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--iterations needs --watch" in bad.stderr
+    assert bad.returncode == 2
+    assert "--iterations needs --watch" in bad.stderr

@@ -54,10 +54,12 @@ def test_readme_try_it_block_runs_as_written(start_pod):
 
     records = {r["job_id"]: r for r in (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))}
     assert set(records) == {"j1", "j2"}, done.stdout
-    assert records["j1"]["status"] == "completed" and records["j1"]["assets"][0]["url"] == "u1/j1/0.png"
+    assert records["j1"]["status"] == "completed"
+    assert records["j1"]["assets"][0]["url"] == "u1/j1/0.png"
     assert (pod.output_dir / "u1" / "j1" / "0.png").is_file()
     assert records["j2"]["status"] == "completed", records["j2"]
-    assert records["j2"]["metadata"]["original_prompt"] == "a red fox" and records["j2"]["metadata"]["enhanced_prompt"]
+    assert records["j2"]["metadata"]["original_prompt"] == "a red fox"
+    assert records["j2"]["metadata"]["enhanced_prompt"]
     assert re.search(r"^WORKER +STATE +PID +MODEL", done.stdout, re.M), done.stdout  # memory_cli status
     # every "key":"value" the block's `# -> ` comments promise is in the answers
     promised = re.findall(r'"\w+":"[^".]+"', "\n".join(line for line in block.splitlines() if "# -> " in line))

@@ -83,7 +83,8 @@ def test_replay_of_every_entry_point_of_the_app(stack, standin, redis_server):
         reference_url=standin.signed_url("user-library", f"{user}/ref.png").replace("127.0.0.1", "localhost"),
         steps=3), user_id=user)
     copy_row = payloads["workspace exact copy"]
-    assert copy_row["prompt"] == "" and "negative_prompt" not in copy_row
+    assert copy_row["prompt"] == ""
+    assert "negative_prompt" not in copy_row
     assert payloads["workspace text to image"]["config"]["denoise_strength"] == 0.2
     assert payloads["workspace text to video"]["metadata"]["start_reference_url"] is None
     assert payloads["workspace start and end keyframes"]["config"]["pipeline"] == "video"
@@ -113,12 +114,14 @@ def test_replay_of_every_entry_point_of_the_app(stack, standin, redis_server):
         assert len(body["assets"]) == payload["config"]["num_images"]
         for index, asset in enumerate(body["assets"]):
             main = f"{payload['user_id']}/{payload['id']}/{index}.{'mp4' if video else 'png'}"
-            assert asset["url"] == main and asset["type"] == ("video" if video else "image")
+            assert asset["url"] == main
+            assert asset["type"] == ("video" if video else "image")
             assert asset["thumbnail_url"] == f"{payload['user_id']}/{payload['id']}/{index}.thumb.webp"
             data, mime = standin.objects[("workspace-temp", main)]
             assert mime == ("video/mp4" if video else "image/png")
             assert standin.objects[("workspace-temp", asset["thumbnail_url"])][1] == "image/webp"
-            assert isinstance(asset["metadata"]["seed"], int) and 0 <= asset["metadata"]["seed"] < 2**32
+            assert isinstance(asset["metadata"]["seed"], int)
+            assert 0 <= asset["metadata"]["seed"] < 2**32
             assert (asset["metadata"]["width"], asset["metadata"]["height"]) == (w, h)
             if video:
                 frames, info = decode_mp4(data)
@@ -135,11 +138,14 @@ def test_replay_of_every_entry_point_of_the_app(stack, standin, redis_server):
         return standin.terminal_callbacks(payloads[row]["id"])[0]["body"]["metadata"]
 
     copy_meta = meta("workspace exact copy")
-    assert copy_meta["exact_copy_mode"] is True and copy_meta["reference_mode"] == "copy"
-    assert copy_meta["original_prompt"] == "" and copy_meta["parameters"]["negative_prompt"] == ""
+    assert copy_meta["exact_copy_mode"] is True
+    assert copy_meta["reference_mode"] == "copy"
+    assert copy_meta["original_prompt"] == ""
+    assert copy_meta["parameters"]["negative_prompt"] == ""
     assert copy_meta["references_from_storage"] == {"/metadata/reference_image_url": f"user-library/{user}/ref.png"}
     modify_meta = meta("workspace modify a reference")
-    assert modify_meta["exact_copy_mode"] is False and modify_meta["reference_mode"] == "modify"
+    assert modify_meta["exact_copy_mode"] is False
+    assert modify_meta["reference_mode"] == "modify"
     assert "references_from_storage" not in modify_meta  # another origin: fetched as the URL it is
     assert modify_meta["caller_context"]["metadata"]["reference_profile"]["type"] == "character"
     txt_meta = meta("workspace text to image")
@@ -155,7 +161,8 @@ def test_replay_of_every_entry_point_of_the_app(stack, standin, redis_server):
     assert "/metadata/reference_image_url" in both["intake"]["not_applied"]
     assert meta("generation service video from one image")["parameters"]["reference"]["mode"] == "single"
     seeded = meta("generation service image")
-    assert seeded["parameters"]["seed"] == (2**53 - 1) % 2**32 and seeded["parameters"]["seed_requested"] == 2**53 - 1
+    assert seeded["parameters"]["seed"] == (2**53 - 1) % 2**32
+    assert seeded["parameters"]["seed_requested"] == 2**53 - 1
     for row in ("workspace text to video", "workspace video from a start frame"):
         assert "native size class" in meta(row)["size"]["reason"]
     video_meta = meta("workspace text to video")
@@ -201,10 +208,13 @@ def test_push_order_and_nothing_blocks_the_queue(stack, standin, redis_server):
     assert starts == sorted(starts), starts
 
     refused = one_terminal_callback(standin, invalid["id"])["body"]
-    assert refused["status"] == "failed" and refused["assets"] == []
-    assert "/type" in refused["error_message"] and refused["metadata"]["error_type"] == "validation_error"
+    assert refused["status"] == "failed"
+    assert refused["assets"] == []
+    assert "/type" in refused["error_message"]
+    assert refused["metadata"]["error_type"] == "validation_error"
     outside = one_terminal_callback(standin, other_user["id"])["body"]
-    assert outside["status"] == "failed" and "/metadata/reference_image_url" in outside["error_message"]
+    assert outside["status"] == "failed"
+    assert "/metadata/reference_image_url" in outside["error_message"]
 
     dead = [json.loads(d) for d in client.lrange(QueueKeys(SDXL_QUEUE).dead, 0, -1)]
     assert [d["reason"].split(":")[0] for d in dead[-2:]] == ["not valid JSON", "no job id (`id` or `job_id`)"]

@@ -57,7 +57,8 @@ def test_property_null_is_absent_in_every_chat_body(data):
     assert got == expected
 
 
-@pytest.mark.parametrize("name, field", [("chat", "messages"), ("completions", "model"), ("completions", "messages")])
+@pytest.mark.parametrize(("name", "field"),
+                         [("chat", "messages"), ("completions", "model"), ("completions", "messages")])
 def test_a_required_field_sent_as_null_is_refused_naming_it(name, field):
     with pytest.raises(ValidationFailed) as info:
         validate_request(f"chat.{name}", {**BODIES[name], field: None}, SETTINGS)
@@ -83,16 +84,19 @@ def test_the_apps_bodies_with_nulls_are_answered(chat):
                   "max_tokens": 8, "model": None, "seed": None}
     reply = chat.post("/chat", json=playground)
     assert reply.status_code == 200, reply.text
-    assert reply.json()["success"] is True and reply.json()["response"].strip()
+    assert reply.json()["success"] is True
+    assert reply.json()["response"].strip()
     enhance = {"messages": MESSAGES, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "model": None,
                "project_context": None, "target_model": None, "system_prompt": None}
     reply = chat.post("/enhance", json=enhance)
     assert reply.status_code == 200, reply.text
-    assert reply.json()["success"] is True and reply.json()["enhanced_prompt"].strip()
+    assert reply.json()["success"] is True
+    assert reply.json()["enhanced_prompt"].strip()
     completion = {"model": "qwen_instruct", "messages": MESSAGES, "max_tokens": 8, "stream": None,
                   "stream_options": None, "temperature": None, "stop": None, "n": None, "logprobs": None}
     reply = chat.post("/v1/chat/completions", json=completion)
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"] is not None
     refused = chat.post("/v1/chat/completions", json={**completion, "messages": None})
-    assert refused.status_code == 400 and "/messages" in refused.text
+    assert refused.status_code == 400
+    assert "/messages" in refused.text

@@ -39,15 +39,20 @@ def enhance_body(**extra):
 
 # ---- enhancement -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, model", [("/enhance/base", "base"), ("/enhance/instruct", "instruct")])
+@pytest.mark.parametrize(("path", "model"), [("/enhance/base", "base"), ("/enhance/instruct", "instruct")])
 def test_enhance_happy_path(worker, path, model):
     body = ok(post(worker, path, enhance_body(target_model="sdxl")))
-    assert body["success"] is True and body["model"] == model
-    assert body["original_prompt"] == "a red fox" and body["enhanced_prompt"].strip()
+    assert body["success"] is True
+    assert body["model"] == model
+    assert body["original_prompt"] == "a red fox"
+    assert body["enhanced_prompt"].strip()
     assert body["enhanced_prompt"] != "a red fox"
-    assert 1 <= body["tokens_generated"] <= 16 and body["generation_time"] > 0
-    assert body["parameters"]["seed"] == 3 and body["parameters"]["max_tokens"] == 16
-    assert body["target_model"] == "sdxl" and body["model_info"]["name"] == f"qwen_{model}"
+    assert 1 <= body["tokens_generated"] <= 16
+    assert body["generation_time"] > 0
+    assert body["parameters"]["seed"] == 3
+    assert body["parameters"]["max_tokens"] == 16
+    assert body["target_model"] == "sdxl"
+    assert body["model_info"]["name"] == f"qwen_{model}"
 
 
 def test_enhance_same_seed_same_text_and_legacy_route(worker):
@@ -56,13 +61,16 @@ def test_enhance_same_seed_same_text_and_legacy_route(worker):
     other = ok(post(worker, "/enhance/base", enhance_body(seed=4)))
     assert first["enhanced_prompt"] == again["enhanced_prompt"] != other["enhanced_prompt"]
     legacy = ok(post(worker, "/enhance", enhance_body(model="qwen_base")))
-    assert legacy["enhanced_prompt"] == first["enhanced_prompt"] and legacy["model"] == "base"
+    assert legacy["enhanced_prompt"] == first["enhanced_prompt"]
+    assert legacy["model"] == "base"
     assert ok(post(worker, "/enhance", enhance_body()))["model"] == "instruct"  # legacy default model
 
 
 def test_raw_prompt_and_messages(worker):
     raw = ok(post(worker, "/enhance/base", {"prompt": "a red fox", "raw": True, "max_tokens": 6, "temperature": 0}))
-    assert raw["raw"] is True and raw["prompt_tokens"] < 10 and raw["parameters"]["stop"] == []
+    assert raw["raw"] is True
+    assert raw["prompt_tokens"] < 10
+    assert raw["parameters"]["stop"] == []
     msgs = ok(post(worker, "/enhance/instruct", {"messages": [{"role": "system", "content": SYSTEM},
                                                               {"role": "user", "content": "a red fox"}],
                                                  "max_tokens": 6, "seed": 1}))
@@ -76,10 +84,11 @@ def test_empty_enhancement_is_an_error_not_the_prompt(worker):
     reply = post(worker, "/enhance/base", {**body, "stop": greedy.lstrip()[0]})
     assert reply.status_code == 422, reply.text
     error = reply.json()["error"]
-    assert error["code"] == "empty_enhancement" and "a red fox" not in json.dumps(reply.json())
+    assert error["code"] == "empty_enhancement"
+    assert "a red fox" not in json.dumps(reply.json())
 
 
-@pytest.mark.parametrize("path, body, field", [
+@pytest.mark.parametrize(("path", "body", "field"), [
     ("/enhance/base", {"system_prompt": SYSTEM}, "/prompt"),
     ("/enhance/base", {"prompt": "a", "max_tokens": 0}, "/max_tokens"),
     ("/enhance/base", {"prompt": "a", "max_tokens": 100000}, "/max_tokens"),
@@ -114,7 +123,8 @@ def test_auth_unknown_routes_and_no_jobs(worker):
     assert post(worker, "/enhance/huge", {"prompt": "a"}).status_code == 404
     assert worker.client.get("/jobs/anything").status_code == 404
     bad = worker.client.post("/chat", data="{", headers={"Content-Type": "application/json"})
-    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_json"
 
 
 def test_openapi_describes_every_chat_route(worker):
@@ -132,8 +142,10 @@ def test_openapi_describes_every_chat_route(worker):
 @pytest.mark.parametrize("path", ["/chat", "/generate"])
 def test_chat_happy_path(worker, path):
     body = ok(post(worker, path, CHAT))
-    assert body["success"] is True and isinstance(body["response"], str)
-    assert 1 <= body["tokens_generated"] <= 8 and body["model_info"]["name"] == "qwen_instruct"
+    assert body["success"] is True
+    assert isinstance(body["response"], str)
+    assert 1 <= body["tokens_generated"] <= 8
+    assert body["model_info"]["name"] == "qwen_instruct"
     assert body["generation_time"] > 0
 
 
@@ -142,7 +154,8 @@ def test_temperature_zero_is_deterministic_and_max_tokens_bounds(worker):
     b = ok(post(worker, "/chat", {**CHAT, "temperature": 0, "seed": 2, "max_tokens": 12}))
     assert a["response"] == b["response"]
     short = ok(post(worker, "/chat", {**CHAT, "temperature": 0, "max_tokens": 3}))
-    assert short["tokens_generated"] <= 3 and a["response"].startswith(short["response"])
+    assert short["tokens_generated"] <= 3
+    assert a["response"].startswith(short["response"])
 
 
 def test_concurrent_requests_are_batched_with_unchanged_results(worker):
@@ -198,19 +211,23 @@ def test_the_apps_chat_bodies_are_answered(worker, caller):
     answer = ok(requests.post(worker.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120))
     unknown = requests.post(worker.url + path, json=body, headers={"Authorization": "Bearer not-a-key-of-the-pod-01"},
                             timeout=10)
-    assert unknown.status_code == 401 and unknown.json()["success"] is False
+    assert unknown.status_code == 401
+    assert unknown.json()["success"] is False
     assert answer["success"] is True
     assert isinstance(answer["enhanced_prompt" if path == "/enhance" else "response"], str)
     used = answer["parameters"]
     assert used["frequency_penalty"] == body.get("frequency_penalty", 0.0)
     assert used["presence_penalty"] == body.get("presence_penalty", 0.0)
     log = worker.log()
-    assert SECRET not in log and "9b2f6a1e" not in log and "the user opted in" not in log
+    assert SECRET not in log
+    assert "9b2f6a1e" not in log
+    assert "the user opted in" not in log
 
 
 def test_error_answers_carry_success_false(worker):
     reply = post(worker, "/chat", {"messages": [], "max_tokens": 4})
-    assert reply.status_code == 400 and reply.json()["success"] is False
+    assert reply.status_code == 400
+    assert reply.json()["success"] is False
     assert reply.json()["error"]["code"] == "validation_error"
     assert post(worker, "/enhance/huge", {"prompt": "a"}).json()["success"] is False
     assert requests.post(worker.url + "/chat", json=CHAT, timeout=10).json()["success"] is False  # 401
@@ -220,7 +237,8 @@ def test_a_reproducible_request_is_not_batched(worker):
     bodies = [{**CHAT, "seed": i, "max_tokens": 24, "reproducible": i == 3} for i in range(6)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         replies = list(pool.map(lambda b: ok(post(worker, "/chat", b)), bodies))
-    assert replies[3]["model_info"]["batch_size"] == 1 and replies[3]["parameters"]["reproducible"] is True
+    assert replies[3]["model_info"]["batch_size"] == 1
+    assert replies[3]["parameters"]["reproducible"] is True
     assert replies[3]["response"] == ok(post(worker, "/chat", bodies[3]))["response"]
 
 
@@ -228,10 +246,12 @@ def test_a_reproducible_request_is_not_batched(worker):
 
 def test_v1_models_and_plain_completion_over_http(worker):
     models = ok(worker.client.get("/v1/models"))
-    assert models["object"] == "list" and {m["id"] for m in models["data"]} == {"qwen_base", "qwen_instruct"}
+    assert models["object"] == "list"
+    assert {m["id"] for m in models["data"]} == {"qwen_base", "qwen_instruct"}
     sampling = {**CHAT, "temperature": 0.7, "top_p": 0.9}  # the two APIs' defaults differ (chat.json)
     body = ok(post(worker, "/v1/chat/completions", {"model": "qwen_instruct", **sampling}))
-    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["usage"]["completion_tokens"] <= 8
     assert body["choices"][0]["message"]["content"] == ok(post(worker, "/chat", sampling))["response"]
 
@@ -240,14 +260,17 @@ def test_streaming_sse(worker):
     body = {"model": "qwen_instruct", **CHAT, "max_tokens": 12, "stream": True,
             "stream_options": {"include_usage": True}}
     reply = worker.client.post("/v1/chat/completions", json=body, stream=True)
-    assert reply.status_code == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("text/event-stream")
     events = [line[len("data: "):] for line in reply.iter_lines(decode_unicode=True) if line.startswith("data: ")]
-    assert events[-1] == "[DONE]" and len(events) >= 4
+    assert events[-1] == "[DONE]"
+    assert len(events) >= 4
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-    assert finish in (["length"], ["stop"]) and chunks[-1]["usage"]["completion_tokens"] <= 12
+    assert finish in (["length"], ["stop"])
+    assert chunks[-1]["usage"]["completion_tokens"] <= 12
     plain = ok(post(worker, "/v1/chat/completions",
                     {k: v for k, v in body.items() if k not in ("stream", "stream_options")}))
     assert content == plain["choices"][0]["message"]["content"]
@@ -273,7 +296,8 @@ def test_official_openai_client(worker):
     completion = client.chat.completions.create(model="qwen_base", messages=CHAT["messages"], max_tokens=10,
                                                 seed=9, temperature=0.7, frequency_penalty=0.5, presence_penalty=0.2)
     text = completion.choices[0].message.content
-    assert completion.usage.completion_tokens <= 10 and completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.completion_tokens <= 10
+    assert completion.choices[0].finish_reason in ("stop", "length")
     stream = client.chat.completions.create(model="qwen_base", messages=CHAT["messages"], max_tokens=10, seed=9,
                                             temperature=0.7, frequency_penalty=0.5, presence_penalty=0.2, stream=True)
     chunks = list(stream)
@@ -289,14 +313,18 @@ def test_models_load_and_unload_independently(worker):
     c = worker.client
     ok(c.post("/memory/unload", json={"which": "all", "wait_s": 30}))
     status = ok(c.get("/memory/status"))["models"]
-    assert not status["qwen_base"]["loaded"] and not status["qwen_instruct"]["loaded"]
+    assert not status["qwen_base"]["loaded"]
+    assert not status["qwen_instruct"]["loaded"]
     ok(post(worker, "/enhance/base", enhance_body()))  # lazy load of base only
     status = ok(c.get("/memory/status"))["models"]
-    assert status["qwen_base"]["loaded"] and status["qwen_base"]["resident_bytes"] > 0
-    assert not status["qwen_instruct"]["loaded"] and status["qwen_instruct"]["resident_bytes"] == 0
+    assert status["qwen_base"]["loaded"]
+    assert status["qwen_base"]["resident_bytes"] > 0
+    assert not status["qwen_instruct"]["loaded"]
+    assert status["qwen_instruct"]["resident_bytes"] == 0
     ok(c.post("/memory/load?which=qwen_instruct"))
     ok(c.post("/memory/unload", json={"which": "qwen_base", "wait_s": 30}))
     status = ok(c.get("/memory/status"))["models"]
-    assert not status["qwen_base"]["loaded"] and status["qwen_instruct"]["loaded"]
+    assert not status["qwen_base"]["loaded"]
+    assert status["qwen_instruct"]["loaded"]
     assert status["qwen_instruct"]["resident_bytes"] > 0
     assert c.post("/memory/load", json={"which": "qwen_huge"}).status_code == 400

@@ -92,7 +92,8 @@ def test_a_refused_callback_is_retried_and_shown_until_the_receiver_accepts_it(p
     assert ready.status_code == 200, ready.text  # a warning, readiness not failed
     [warning] = ready.json()["warnings"]
     assert warning["message"] == "callbacks refused by the receiver: check JOB_CALLBACK_SECRET"
-    assert warning["status"] == 401 and warning["refused_attempts"] >= 3
+    assert warning["status"] == 401
+    assert warning["refused_attempts"] >= 3
     assert requests.get(worker.url + "/ready", timeout=10).json().get("warnings")  # also without the key
     metrics = worker.client.get("/metrics").text
     assert _metric(metrics, "ourvidz_callbacks_refused_by_receiver") == 1.0
@@ -100,7 +101,8 @@ def test_a_refused_callback_is_retried_and_shown_until_the_receiver_accepts_it(p
     record = worker.client.get("/jobs/refused-1").json()
     assert record["status"] == "completed" and record["callback"]["status"] == "pending", record["callback"]
     summary = worker.client.get("/ops/summary").json()["callbacks"]
-    assert summary["warning"]["message"] == warning["message"] and summary["pending"] == 1
+    assert summary["warning"]["message"] == warning["message"]
+    assert summary["pending"] == 1
     # the operator fixes the secret: the next retry is delivered, within the normal horizon
     standin.callback_secret = CALLBACK_SECRET
     assert standin.wait_for(lambda: standin.terminal_callbacks("refused-1"), 30)
@@ -118,15 +120,18 @@ def test_a_bucket_refusing_json_does_not_fail_jobs(pod_against_the_app):
     assert record["status"] == "completed", record
     assert len(record["assets"]) == 3
     for i, asset in enumerate(record["assets"]):
-        assert asset["url"] == f"u1/nojson-1/{i}.png" and asset["provenance_url"] is None
+        assert asset["url"] == f"u1/nojson-1/{i}.png"
+        assert asset["provenance_url"] is None
         assert asset["metadata"]["provenance"]["job_id"] == "nojson-1"  # the provenance stays in the metadata
         assert ("workspace-temp", asset["url"]) in standin.objects
         assert ("workspace-temp", asset["thumbnail_url"]) in standin.objects
     refused = [r for r in standin.requests if "/nojson-1/" in r["path"] and r["path"].endswith(".json")
                and r["status"] == 415]
-    assert len(refused) == 3 and not any(k[1].endswith(".json") for k in standin.objects)
+    assert len(refused) == 3
+    assert not any(k[1].endswith(".json") for k in standin.objects)
     [callback] = standin.wait_for(lambda: standin.terminal_callbacks("nojson-1"), 30)
-    assert callback["body"]["status"] == "completed" and len(callback["body"]["assets"]) == 3
+    assert callback["body"]["status"] == "completed"
+    assert len(callback["body"]["assets"]) == 3
     assert "provenance sidecar 0.json not stored" in worker.log()
 
 
@@ -142,13 +147,20 @@ def test_a_403_is_retried_like_a_401_and_a_400_stays_final():
         sender.send({"job_id": "forbidden-1", "status": "completed"}, on_result=lambda ok, n: results.append((ok, n)))
         assert receiver.wait_for(4, "forbidden-1", timeout_s=30)
         stats = sender.stats()
-        assert stats["pending"] == 1 and stats["abandoned"] == 0 and stats["refused"] >= 3
-        assert stats["warning"]["message"] == REFUSED_WARNING and stats["warning"]["status"] == 403
+        assert stats["pending"] == 1
+        assert stats["abandoned"] == 0
+        assert stats["refused"] >= 3
+        assert stats["warning"]["message"] == REFUSED_WARNING
+        assert stats["warning"]["status"] == 403
         receiver.status = 200
-        assert sender.flush(30) and results and results[0][0] is True
+        assert sender.flush(30)
+        assert results
+        assert results[0][0] is True
         assert sender.stats()["warning"] is None
         receiver.status = 400  # a malformed callback is not fixed by waiting: given up at once
         sender.send({"job_id": "bad-1", "status": "completed"}, on_result=lambda ok, n: results.append((ok, n)))
-        assert sender.flush(30) and results[-1] == (False, 1) and sender.stats()["warning"] is None
+        assert sender.flush(30)
+        assert results[-1] == (False, 1)
+        assert sender.stats()["warning"] is None
     finally:
         receiver.close()

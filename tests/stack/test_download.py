@@ -183,7 +183,8 @@ def test_plan_is_the_listing_of_the_pinned_commit_filtered(hub):
         ("image", "unet/config.json", 3), ("chat", "config.json", 9),
         ("chat", "model-00001-of-00001.safetensors", 4096)]
     assert files[0].sha256 == hashlib.sha256(WEIGHTS).hexdigest()
-    assert files[1].sha256 is None and files[1].blob_id == _blob(REPOS["acme/image-model"]["model_index.json"])
+    assert files[1].sha256 is None
+    assert files[1].blob_id == _blob(REPOS["acme/image-model"]["model_index.json"])
     assert download.selected(checkpoints(), None) == ["image", "chat"]  # optional entries only when named
 
 
@@ -202,7 +203,8 @@ def test_download_resumes_an_interrupted_file_then_verifies_and_records(hub, tmp
     with pytest.raises(download.DownloadError, match="run the command again to resume"):
         download.download(["image"], checkpoints(), tmp_path, hub.url)
     partial = list((tmp_path / "image").rglob("*.part"))
-    assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(WEIGHTS)
+    assert len(partial) == 1
+    assert 0 < partial[0].stat().st_size < len(WEIGHTS)
     kept = partial[0].stat().st_size
 
     lines = []
@@ -212,7 +214,8 @@ def test_download_resumes_an_interrupted_file_then_verifies_and_records(hub, tmp
     assert gets == [None, f"bytes={kept}-", f"bytes={kept}-"]  # the next run continued the part, not restarted
     assert (tmp_path / "image" / "model.safetensors").read_bytes() == WEIGHTS
     assert not (tmp_path / "image" / "README.md").exists()
-    assert records["image"]["revision"] == COMMIT and records["image"]["bytes"] == len(WEIGHTS) + 21 + 3
+    assert records["image"]["revision"] == COMMIT
+    assert records["image"]["bytes"] == len(WEIGHTS) + 21 + 3
     assert download.verify(["image", "chat"], checkpoints(), tmp_path) == []
 
     # corrupt a file behind the record's back: offline verify names it
@@ -247,18 +250,22 @@ def test_command_line_plan_download_verify_and_pin_with_hf_endpoint(hub, tmp_pat
 
     planned = run("models", "--root", str(tmp_path / "models"), "--plan")
     assert planned.returncode == 0, planned.stderr
-    assert "total 0.03 GB in 5 files" in planned.stdout and not (tmp_path / "models" / "image").exists()
+    assert "total 0.03 GB in 5 files" in planned.stdout
+    assert not (tmp_path / "models" / "image").exists()
     fetched = run("models", "--root", str(tmp_path / "models"))
     assert fetched.returncode == 0, fetched.stderr
     assert f"IMAGE_PATH={(tmp_path / 'models' / 'image' / 'model.safetensors').resolve()}" in fetched.stdout
     assert f"CHAT_PATH={(tmp_path / 'models' / 'chat').resolve()}" in fetched.stdout
     checked = run("verify", "--root", str(tmp_path / "models"))
-    assert checked.returncode == 0 and "verified image, chat" in checked.stdout
+    assert checked.returncode == 0
+    assert "verified image, chat" in checked.stdout
     (tmp_path / "models" / "chat" / "config.json").write_text('{"a": 2}\n')
     checked = run("verify", "--root", str(tmp_path / "models"))
-    assert checked.returncode == 1 and "chat: config.json: git blob" in checked.stderr
+    assert checked.returncode == 1
+    assert "chat: config.json: git blob" in checked.stderr
     unpinned = run("models", "--root", str(tmp_path / "models"), "--only", "later")
-    assert unpinned.returncode == 1 and "no pinned commit" in unpinned.stderr
+    assert unpinned.returncode == 1
+    assert "no pinned commit" in unpinned.stderr
 
     pinned = subprocess.run([sys.executable, "-m", "workers.download", "pin", "later", "--checkpoints", str(table)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -341,9 +348,11 @@ def test_the_classifiers_download_and_load_from_the_settings_the_download_prints
     from PIL import Image
 
     image_check = safety.check_outputs(settings, "sfw", [GeneratedAsset("image", [Image.new("RGB", (40, 40))], {})])
-    assert image_check is not None and image_check.outcome == "allowed"
+    assert image_check is not None
+    assert image_check.outcome == "allowed"
     text_check = text_safety.check_text(settings, "un faro al atardecer", tier="sfw", stage="prompt")
-    assert text_check.outcome == "allowed" and text_check.scores
+    assert text_check.outcome == "allowed"
+    assert text_check.scores
 
 
 def test_the_classifier_pins_are_refused_when_missing(tmp_path):

@@ -186,14 +186,17 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
     assert "nested more than 64 deep" in reasons[0]
     assert "NaN is not a JSON value" in reasons[1]
     assert reasons[2].startswith("job id is not a string")
-    assert reasons[3].startswith("the entry is") and "at most 10485760" in reasons[3] and dead[3]["truncated"]
+    assert reasons[3].startswith("the entry is")
+    assert "at most 10485760" in reasons[3]
+    assert dead[3]["truncated"]
     assert reasons[4] == f"job id {owned['id']} is already in use: another user's job has it"
     assert reasons[5] == f"job id {http_id} is already in use: a job submitted over HTTP has it"
     assert reasons[6] == f"job id {routed_id} is already in use: a job submitted through the orchestrator has it"
     # The other jobs were not touched: one terminal callback each, their own.
     assert [b["status"] for b in receiver.terminal(owned["id"])] == ["completed"]
     assert worker.get(f"/jobs/{owned['id']}").json()["user_id"] == "alice"
-    assert "deep-1" not in json.dumps(receiver.bodies()) and not any(
+    assert "deep-1" not in json.dumps(receiver.bodies())
+    assert not any(
         (b or {}).get("job_id", "").startswith("newline-1") for b in receiver.bodies())
     ready = worker.get("/ready").json()["queue"]
     assert ready["dead_lettered"] == len(hostile) and ready["id_conflicts"] == 3, ready
@@ -203,7 +206,8 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
     queues = pod.client.get("/queues").json()
     [queue] = queues["queues"]
     ghost = next(c for c in queue["consumers"] if c["consumer_id"] == "ghost-consumer")
-    assert ghost["alive"] and ghost["info"]["unreadable"].startswith("\x1b[2J not json")
+    assert ghost["alive"]
+    assert ghost["info"]["unreadable"].startswith("\x1b[2J not json")
     assert queue["dead_letters"] == len(hostile)
     assert pod.client.get("/ops/state").json()["queues"][0]["dead_letters"] == len(hostile)
     assert pod.watcher.answers and not pod.watcher.failures(), pod.watcher.failures()[:5]
@@ -219,7 +223,9 @@ def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_
         started = time.monotonic()
         done = receiver.wait_terminal(fast["id"], timeout_s=300)
         assert done["status"] == "completed"
-        assert drip.requests == 1 and not drip.closed and time.monotonic() - started < 400
+        assert drip.requests == 1
+        assert not drip.closed
+        assert time.monotonic() - started < 400
         record = sdxl(pod).get(f"/jobs/{slow['id']}").json()
         assert record["status"] == "queued" and record["progress"]["stage"] == "fetching", record
         assert not receiver.terminal(slow["id"])
@@ -288,7 +294,8 @@ def test_ready_shows_only_what_a_load_balancer_needs_without_a_key(pod):
     assert public.json()["queue"] == {"connected": True, "redis": "connected"}
     assert "queue_depth" not in public.json()
     detailed = worker.get("/ready").json()
-    assert "in_flight" in detailed["queue"] and "queue_depth" in detailed
+    assert "in_flight" in detailed["queue"]
+    assert "queue_depth" in detailed
 
 
 def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_metric(pod, redis):

@@ -104,8 +104,8 @@ def test_client_mistakes_leave_no_traceback_in_the_log(pod):
 SDXL = {"type": "sdxl_image_fast", "prompt": "a red fox", "config": {"steps": 1, "width": 32, "height": 32}}
 
 
-@pytest.mark.parametrize("process,route", [("sdxl", "/generate"), ("orchestrator", "/jobs")])
-@pytest.mark.parametrize("where,value", [("guidance", "NaN"), ("guidance", "Infinity"), ("metadata", "NaN"),
+@pytest.mark.parametrize(("process", "route"), [("sdxl", "/generate"), ("orchestrator", "/jobs")])
+@pytest.mark.parametrize(("where", "value"), [("guidance", "NaN"), ("guidance", "Infinity"), ("metadata", "NaN"),
                                          ("metadata", "-Infinity")])
 def test_nan_and_infinity_in_parameters_and_metadata_are_refused(pod, process, route, where, value):
     if where == "guidance":
@@ -118,7 +118,7 @@ def test_nan_and_infinity_in_parameters_and_metadata_are_refused(pod, process, r
     assert r.json()["error"]["code"] == "invalid_json"
 
 
-@pytest.mark.parametrize("process,route,body", [
+@pytest.mark.parametrize(("process", "route", "body"), [
     ("sdxl", "/generate", {**SDXL, "prompt": "\ud800 a fox"}),
     ("orchestrator", "/jobs", {**SDXL, "prompt": "a fox \udfff"}),
     ("chat", "/chat", {"messages": [{"role": "user", "content": "hi \ud83d"}]}),
@@ -138,7 +138,7 @@ def test_an_oversized_body_is_413_json(pod, process):
     assert clients(pod)[process].get("/ready").status_code == 200
 
 
-@pytest.mark.parametrize("process,method,route,allowed", [
+@pytest.mark.parametrize(("process", "method", "route", "allowed"), [
     ("orchestrator", "get", "/jobs", "POST"), ("orchestrator", "delete", "/memory/load", "POST"),
     ("sdxl", "get", "/generate", "POST"), ("wan", "put", "/generate", "POST"),
     ("chat", "get", "/chat", "POST"), ("chat", "post", "/v1/models", "GET"),
@@ -215,10 +215,12 @@ def test_another_users_job_id_is_a_409_and_never_returns_their_job(pod, process)
     first = client.post(route, json={**SDXL, "id": job_id, "user_id": "alice", "prompt": "alice's secret prompt"})
     assert first.status_code == 202, first.text
     again = client.post(route, json={**SDXL, "id": job_id, "user_id": "alice", "prompt": "alice's secret prompt"})
-    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
     other = client.post(route, json={**SDXL, "id": job_id, "user_id": "mallory", "prompt": "x"})
     assert other.status_code == 409, other.text
-    assert "secret" not in other.text and "alice" not in other.text
+    assert "secret" not in other.text
+    assert "alice" not in other.text
     other = client.post(route, json={**SDXL, "id": job_id, "prompt": "x"})  # no user: "anonymous"
     assert other.status_code == 409, other.text
     _finished(client, job_id)
@@ -242,7 +244,7 @@ def test_one_job_per_id_across_the_orchestrator_and_the_workers(pod, receiver):
     assert all(a["url"].startswith("alice/") for a in callbacks[0]["assets"])
 
 
-@pytest.mark.parametrize("process,route,field", [
+@pytest.mark.parametrize(("process", "route", "field"), [
     ("sdxl", "/generate", "id"), ("sdxl", "/generate", "user_id"),
     ("wan", "/generate", "id"), ("orchestrator", "/jobs", "id"), ("orchestrator", "/jobs", "user_id"),
 ])
@@ -256,7 +258,7 @@ def test_an_id_ending_in_a_newline_is_refused(pod, process, route, field, suffix
     assert any(d["path"] == f"/{field}" for d in r.json()["error"]["details"]), r.text
 
 
-@pytest.mark.parametrize("process,route", [("sdxl", "/generate"), ("orchestrator", "/jobs")])
+@pytest.mark.parametrize(("process", "route"), [("sdxl", "/generate"), ("orchestrator", "/jobs")])
 @pytest.mark.parametrize("url", ["http://a..b/x.png", "http://\u2028x.example/x.png", "http://[::1/x.png",
                                  "http://x.example:99999/x.png"])
 def test_an_unusable_reference_host_is_a_400_at_submission(pod, process, route, url):

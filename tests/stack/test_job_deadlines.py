@@ -109,7 +109,8 @@ def test_deadline_defaults_by_profile_and_settings_checked():
     assert Settings(model_profile="production").job_deadline_s("image") == 180
     assert Settings(model_profile="production").job_deadline_s("video") == 500
     assert Settings(model_profile="synthetic").job_deadline_s("video") == 500
-    assert Settings().job_deadline_s("image") == 120 and Settings().job_deadline_s("video") == 240
+    assert Settings().job_deadline_s("image") == 120
+    assert Settings().job_deadline_s("video") == 240
     assert Settings(job_deadline_video_s=7).job_deadline_s("video") == 7
     with pytest.raises(SettingsError, match="JOB_DEADLINE_GRACE_S"):
         Settings.from_env({"JOB_DEADLINE_GRACE_S": "0"})
@@ -139,13 +140,15 @@ def test_past_its_deadline_a_job_stops_at_a_step_fails_timeout_and_the_next_comp
     assert ended.status == "failed" and ended.error["code"] == "timeout", ended.public()
     assert "deadline of 1s" in ended.error["message"]
     assert 1.0 <= time.monotonic() - started < 20
-    assert 0 < ended.progress["step"] < 100000 and not ended.assets
+    assert 0 < ended.progress["step"] < 100000
+    assert not ended.assets
     assert wait_status(runner, "short").status == "completed"
     assert standin.wait_for(lambda: standin.terminal_callbacks("short"), 10)
     assert exits == []
     assert counter(process_metrics().job_timeouts, "test") == before + 1
     [callback] = standin.wait_for(lambda: standin.terminal_callbacks("long"), 10)
-    assert callback["body"]["status"] == "failed" and callback["body"]["metadata"]["error_type"] == "timeout"
+    assert callback["body"]["status"] == "failed"
+    assert callback["body"]["metadata"]["error_type"] == "timeout"
     assert not (tmp_path / "out" / "u1" / "long").exists()  # nothing stored
 
 
@@ -158,12 +161,15 @@ def test_an_engine_that_ignores_the_stop_has_its_process_replaced_and_the_job_fa
         time.sleep(0.02)
     assert exits == [STUCK_EXIT_STATUS]
     record = runner.get("stuck")
-    assert record.status == "failed" and record.error["code"] == "timeout"
-    assert "did not stop within 1s" in record.error["message"] and "replaced" in record.error["message"]
+    assert record.status == "failed"
+    assert record.error["code"] == "timeout"
+    assert "did not stop within 1s" in record.error["message"]
+    assert "replaced" in record.error["message"]
     [callback] = standin.wait_for(lambda: standin.terminal_callbacks("stuck"), 10)
     assert callback["body"]["metadata"]["error_type"] == "timeout"
     [journaled] = JobJournal(tmp_path / "journal").load_all()
-    assert journaled.status == "failed" and (journaled.error or {}).get("code") == "timeout"
+    assert journaled.status == "failed"
+    assert (journaled.error or {}).get("code") == "timeout"
     # The engine comes back after all (here it can): the job stays as it ended, with one callback.
     engine.release.set()
     runner.submit("after", "sdxl_image_fast", "u1", {"steps": 2}, {})
@@ -187,8 +193,10 @@ def test_the_apps_cancel_stops_a_running_job_and_one_not_started_never_runs(tmp_
     assert runner.get("running").status == "processing"
     standin.set_job_status("running", "cancelled")
     ended = wait_status(runner, "running")
-    assert ended.status == "cancelled" and ended.error == {"code": "cancelled", "message": "cancelled in the app"}
-    assert not ended.assets and not (tmp_path / "out" / "u1" / "running").exists()
+    assert ended.status == "cancelled"
+    assert ended.error == {"code": "cancelled", "message": "cancelled in the app"}
+    assert not ended.assets
+    assert not (tmp_path / "out" / "u1" / "running").exists()
     assert wait_status(runner, "behind").status == "completed"
     assert counter(process_metrics().app_cancels, "test", "running") == before_running + 1
     reads = standin.reads_of("running")
@@ -308,17 +316,21 @@ def test_queue_a_job_past_its_deadline_fails_timeout_signed_and_the_job_behind_c
     wait_terminal(queue_standin, [long["id"], behind["id"]], timeout_s=120)
     [ended] = terminal(queue_standin, long["id"])  # the stand-in accepts only correctly signed callbacks
     assert ended["status"] == "failed" and ended["metadata"]["error_type"] == "timeout", ended
-    assert "deadline of 10s" in ended["error_message"] and ended["assets"] == []
+    assert "deadline of 10s" in ended["error_message"]
+    assert ended["assets"] == []
     [done] = terminal(queue_standin, behind["id"])
-    assert done["status"] == "completed" and len(done["assets"]) == 1
+    assert done["status"] == "completed"
+    assert len(done["assets"]) == 1
     record = worker.client.get(f"/jobs/{long['id']}").json()
-    assert record["status"] == "failed" and record["error"]["code"] == "timeout"
+    assert record["status"] == "failed"
+    assert record["error"]["code"] == "timeout"
     assert 0 < record["progress"]["step"] < 100
     assert not list(Path(worker.env["OUTPUT_DIR"]).glob(f"*/{long['id']}/*"))
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (client.llen(QUEUE) or processing_entries(client, QUEUE)):
         time.sleep(0.1)
-    assert client.llen(QUEUE) == 0 and processing_entries(client, QUEUE) == 0
+    assert client.llen(QUEUE) == 0
+    assert processing_entries(client, QUEUE) == 0
 
 
 def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_complete(worker, redis_server,
@@ -341,7 +353,8 @@ def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_comp
     stopped = worker.client.wait_job(running["id"], timeout_s=60)
     # Not `timeout`: the app's cancel (read every second) came long before the 10 s deadline.
     assert stopped["status"] == "cancelled" and stopped["error"]["message"] == "cancelled in the app", stopped
-    assert stopped["assets"] == [] and stopped["progress"]["step"] < 100
+    assert stopped["assets"] == []
+    assert stopped["progress"]["step"] < 100
     for job in (cancelled_early, running):
         assert not list(Path(worker.env["OUTPUT_DIR"]).glob(f"*/{job['id']}/*")), f"{job['id']} stored something"
 
@@ -383,14 +396,17 @@ def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_pat
         [done] = terminal(queue_standin, behind["id"])
         assert done["status"] == "completed"
         assert process.client.get("/health").json()["pid"] != first_pid
-        assert process.proc is not None and process.proc.poll() is None  # gunicorn's master stayed
+        assert process.proc is not None
+        assert process.proc.poll() is None
         record = process.client.get(f"/jobs/{stuck['id']}").json()  # the new process has it from its journal
-        assert record["status"] == "failed" and record["error"]["code"] == "timeout"
+        assert record["status"] == "failed"
+        assert record["error"]["code"] == "timeout"
         master_log = process.log_path.read_text(errors="replace")
         assert f"exited with code {STUCK_EXIT_STATUS}" in master_log, process.log()
         # the new process acknowledged the entry left in its processing list
         poll_until(lambda: not (client.llen(queue) or processing_entries(client, queue)), 15)
-        assert client.llen(queue) == 0 and processing_entries(client, queue) == 0
+        assert client.llen(queue) == 0
+        assert processing_entries(client, queue) == 0
     finally:
         process.stop()
 

@@ -36,7 +36,8 @@ def jobs(pod):
         "enhance": {"model": "instruct", "max_tokens": 8, "seed": 1},
         "config": {"seed": 5, "steps": 2}})
     assert sdxl.status_code == 200 and sdxl.json()["status"] == "completed", sdxl.text
-    assert sdxl.headers["X-Request-ID"] == REQUEST_ID and sdxl.json()["request_id"] == REQUEST_ID
+    assert sdxl.headers["X-Request-ID"] == REQUEST_ID
+    assert sdxl.json()["request_id"] == REQUEST_ID
     wan = pod.client.post("/jobs?wait=120", json={"type": "video_fast", "prompt": "waves on a beach",
                                                   "user_id": "u-obs", "config": {"seed": 3, "steps": 2}})
     assert wan.status_code == 200 and wan.json()["status"] == "completed", wan.text
@@ -49,7 +50,8 @@ def jobs(pod):
 
 def scrape(url: str) -> dict:
     response = requests.get(url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
-    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
     samples: dict = {}
     for family in text_string_to_metric_families(response.text):
         for s in family.samples:
@@ -158,11 +160,15 @@ def test_every_asset_has_a_provenance_sidecar_with_the_weights_it_was_made_with(
             assert sidecar_path.name == f"{asset['metadata']['asset_index']}.json"
             sidecar = json.loads(sidecar_path.read_text())
             assert sidecar == asset["metadata"]["provenance"]
-            assert sidecar["job_id"] == record["job_id"] and sidecar["worker"] == worker
+            assert sidecar["job_id"] == record["job_id"]
+            assert sidecar["worker"] == worker
             assert sidecar["pipeline_class"] in ("StableDiffusionXLPipeline", "WanPipeline", "WanVACEPipeline")
-            assert sidecar["scheduler"]["class"] and sidecar["scheduler"]["config"]
+            assert sidecar["scheduler"]["class"]
+            assert sidecar["scheduler"]["config"]
             assert sidecar["seed"] == asset["metadata"]["seed"]
-            assert sidecar["device"] == "cpu" and sidecar["dtype"] == "float32" and sidecar["profile"] == "placeholder"
+            assert sidecar["device"] == "cpu"
+            assert sidecar["dtype"] == "float32"
+            assert sidecar["profile"] == "placeholder"
             assert set(sidecar["versions"]) == {"torch", "diffusers", "transformers"}
             assert {"queue_wait", "loading", "generating", "encoding"} <= set(sidecar["timings_s"])
             assert sidecar["parameters"]["requested"]["seed"] == record["metadata"]["parameters"]["seed"]
@@ -194,4 +200,5 @@ def test_queue_intake_metrics_and_the_ops_state_show_the_redis_queues(pod):
     state = pod.client.get("/ops/state").json()
     queues = {q["name"]: q for q in state["queues"]}
     assert set(queues) == {"sdxl_queue", "wan_queue"}
-    assert queues["sdxl_queue"]["dead_letters"] == 1 and queues["sdxl_queue"]["consumers_alive"] == 1
+    assert queues["sdxl_queue"]["dead_letters"] == 1
+    assert queues["sdxl_queue"]["consumers_alive"] == 1

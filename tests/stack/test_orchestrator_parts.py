@@ -32,7 +32,8 @@ MB = 1024 * 1024
 
 def test_backoff_doubles_and_is_capped():
     assert [backoff_delay(n, 0.5, 3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(3) == "exited with status 3"
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(3) == "exited with status 3"
 
 
 def _ready_server_script(port: int, die_after_s: float | None) -> list[str]:
@@ -70,10 +71,13 @@ def test_supervisor_restarts_with_backoff_then_marks_failed():
     sup.start()
     assert poll_until(lambda: sup.state == "failed", 20)
     assert sup.join(5)
-    assert sup.restarts == 2 and sup.failures == 3 and sup.incarnation == 3
+    assert sup.restarts == 2
+    assert sup.failures == 3
+    assert sup.incarnation == 3
     assert events == [("sdxl", "the sdxl worker process exited with status 3", True)] * 3
     time.sleep(0.3)
-    assert sup.state == "failed" and sup.incarnation == 3  # stays failed: nothing restarts it
+    assert sup.state == "failed"
+    assert sup.incarnation == 3
 
 
 def test_supervisor_ready_by_polling_then_restarts_a_dead_worker():
@@ -86,9 +90,11 @@ def test_supervisor_ready_by_polling_then_restarts_a_dead_worker():
     first_pid = sup.pid
     assert os.getsid(first_pid) == first_pid  # its own session
     assert poll_until(lambda: sup.restarts == 1 and sup.state == "ready" and sup.pid != first_pid, 20)
-    assert ready == ["sdxl", "sdxl"] and exits[0][1].endswith("exited with status 7")
+    assert ready == ["sdxl", "sdxl"]
+    assert exits[0][1].endswith("exited with status 7")
     sup.stop()
-    assert sup.join(10) and sup.state == "stopped"
+    assert sup.join(10)
+    assert sup.state == "stopped"
     assert exits[-1][2] is False  # a requested stop is not a death
 
 
@@ -184,7 +190,8 @@ def test_gpu_device_choice_and_reading_logic():
     reading = device.read()
     assert (reading.kind, reading.source, reading.total_bytes, reading.used_bytes) == ("cuda", "nvml", 80 * 1024**3,
                                                                                        3 * 1024**3)
-    assert gpu.read_nvml(nvml, "MIG-abc") == (80 * 1024**3, 3 * 1024**3) and nvml.asked[-1] == ("uuid", "MIG-abc")
+    assert gpu.read_nvml(nvml, "MIG-abc") == (80 * 1024**3, 3 * 1024**3)
+    assert nvml.asked[-1] == ("uuid", "MIG-abc")
 
 
 def test_without_a_gpu_the_budget_is_the_capacity():
@@ -197,18 +204,23 @@ def test_without_a_gpu_the_budget_is_the_capacity():
 
 def test_route_plans():
     target, enhance, forward = plan_route({"type": "sdxl_image_fast", "prompt": "p", "config": {"steps": 3}})
-    assert (target, enhance) == ("sdxl", None) and forward == {"type": "sdxl_image_fast", "prompt": "p",
+    assert (target, enhance) == ("sdxl", None)
+    assert forward == {"type": "sdxl_image_fast", "prompt": "p",
                                                                "config": {"steps": 3}}
     target, enhance, forward = plan_route({"type": "video7b_fast_enhanced", "prompt": "p"})
-    assert target == "wan" and enhance == {"model": default_enhance_model()} and forward["type"] == "video_fast"
+    assert target == "wan"
+    assert enhance == {"model": default_enhance_model()}
+    assert forward["type"] == "video_fast"
     target, enhance, forward = plan_route({"type": "image_fast", "prompt": "p", "target": "wan",
                                            "config": {"enhance_prompt": True, "frames": 1}})
-    assert enhance == {"model": "instruct"} and forward == {"type": "image_fast", "prompt": "p",
+    assert enhance == {"model": "instruct"}
+    assert forward == {"type": "image_fast", "prompt": "p",
                                                             "config": {"frames": 1}}
     _t, enhance, _f = plan_route({"type": "sdxl_image_fast", "prompt": "p", "enhance": {"model": "base", "seed": 4}})
     assert enhance == {"model": "base", "seed": 4}
     _t, enhance, forward = plan_route({"type": "image_fast", "prompt": "p", "config": {"enhance_prompt": False}})
-    assert enhance is None and forward["config"] == {}
+    assert enhance is None
+    assert forward["config"] == {}
     for body, path in (({"type": "sdxl_image_fast", "prompt": "p", "target": "wan"}, "/target"),
                        ({"type": "image7b_fast_enhanced", "prompt": "p", "config": {"enhance_prompt": False}},
                         "/config/enhance_prompt")):
@@ -254,22 +266,26 @@ def test_broker_memory_client_against_the_api(broker_api):
     sdxl.job_started(0)
     with pytest.raises(MemoryUnavailable) as err:  # sdxl is busy: wan waits, then times out
         wan.acquire("wan_t2v", 3 * MB, 0)
-    assert not err.value.too_big and "timed out" in err.value.message
+    assert not err.value.too_big
+    assert "timed out" in err.value.message
     with pytest.raises(MemoryUnavailable) as err:  # 10 MiB - 1 MiB reserve
         wan.admit(9 * MB + 1)
-    assert err.value.too_big and err.value.details["usable_bytes"] == 9 * MB
+    assert err.value.too_big
+    assert err.value.details["usable_bytes"] == 9 * MB
     sdxl.job_finished()
     sdxl.touch(["sdxl"])
     assert sdxl.status() == {"mode": "broker", "broker_url": settings.orchestrator_url, "held_bytes": {"sdxl": 7 * MB}}
     # an unknown worker or a malformed report is a 400, not a crash
     anon = requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "ghost", "models": []},
                          headers={"Authorization": f"Bearer {pod.broker_token}"}, timeout=5)
-    assert anon.status_code == 400 and anon.json()["error"]["details"][0]["path"] == "/worker"
+    assert anon.status_code == 400
+    assert anon.json()["error"]["details"][0]["path"] == "/worker"
     # only the pod's own workers: no token, or the public API key, is a 401; the public port has no broker
     assert requests.post(settings.orchestrator_url + "/broker/acquire", json={"worker": "sdxl"},
                          timeout=5).status_code == 401
     probe = requests.options(settings.orchestrator_url + "/broker/acquire", timeout=5)  # as on every port: 204
-    assert probe.status_code == 204 and "POST" in probe.headers["Allow"]
+    assert probe.status_code == 204
+    assert "POST" in probe.headers["Allow"]
     assert requests.post(settings.orchestrator_url + "/broker/touch", json={"worker": "sdxl", "models": []},
                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5).status_code == 401
     assert requests.post(f"http://127.0.0.1:{settings.orchestrator_port}/broker/touch", json={"worker": "sdxl",
@@ -306,11 +322,14 @@ def test_registration_posts_the_previous_pods_bodies():
         wan = by_path["/functions/v1/update-worker-url"]
         assert wan["headers"]["Authorization"] == "Bearer svc"
         assert wan["body"]["worker_url"] == "https://pod42-7860.proxy.runpod.net"
-        assert wan["body"]["auto_registered"] is True and wan["body"]["detection_method"] == "RUNPOD_POD_ID"
+        assert wan["body"]["auto_registered"] is True
+        assert wan["body"]["detection_method"] == "RUNPOD_POD_ID"
         chat = by_path["/functions/v1/register-chat-worker"]["body"]
-        assert chat["worker_url"] == "https://pod42-7861.proxy.runpod.net" and chat["worker_type"] == "chat"
+        assert chat["worker_url"] == "https://pod42-7861.proxy.runpod.net"
+        assert chat["worker_type"] == "chat"
         assert chat["capabilities"]["models"] == ["qwen_base", "qwen_instruct"]
-        assert registrar.status("wan")["status"] == "registered" and registrar.status("sdxl") is None
+        assert registrar.status("wan")["status"] == "registered"
+        assert registrar.status("sdxl") is None
     finally:
         receiver.close()
 
@@ -325,11 +344,13 @@ def test_registration_retries_without_giving_up_and_needs_a_public_url():
                                        registration_backoff_s=0.01, registration_backoff_max_s=0.05))
         registrar.worker_ready("wan")
         assert poll_until(lambda: len(receiver.requests) >= 12, 20)  # the previous registrar stopped after 4
-        assert registrar.status("wan")["status"] == "retrying" and "HTTP 500" in registrar.status("wan")["detail"]
+        assert registrar.status("wan")["status"] == "retrying"
+        assert "HTTP 500" in registrar.status("wan")["detail"]
         registrar.stop()
         no_id = Registrar(Settings(supabase_url=base, supabase_service_key="svc"))
         no_id.worker_ready("wan")
-        assert no_id.status("wan")["status"] == "skipped" and "PUBLIC_URL_TEMPLATE" in no_id.status("wan")["detail"]
+        assert no_id.status("wan")["status"] == "skipped"
+        assert "PUBLIC_URL_TEMPLATE" in no_id.status("wan")["detail"]
     finally:
         receiver.close()
 
@@ -361,7 +382,9 @@ def test_memory_table_renders_the_status():
     assert "pressure low" in text
     row = next(line for line in text.splitlines() if line.startswith("sdxl"))
     assert row.split() == ["sdxl", "ready", "41", "sdxl", "loaded", "7.0", "GiB", "yes", "30s", "ago"]
-    assert "qwen_base" in text and "never" in text and "evicted 1" in text
+    assert "qwen_base" in text
+    assert "never" in text
+    assert "evicted 1" in text
     assert "evicted          wan/wan_t2v  bytes=3.0 GiB" in text
 
 
@@ -463,11 +486,16 @@ def test_routing_enhancement_failures_fail_the_job(routed):
     submitted = {}
     router, chat, sdxl = make({("POST", "/enhance/base"): lambda p, b: next(chat_answers)}, _accepting_sdxl(submitted))
     empty, _ = router.submit(dict(ENHANCED, id="e1"))
-    assert router.wait("e1", 5) and empty.status == "failed" and empty.error["code"] == "enhancement_failed"
+    assert router.wait("e1", 5)
+    assert empty.status == "failed"
+    assert empty.error["code"] == "enhancement_failed"
     assert "empty" in empty.error["message"]
     broken, _ = router.submit(dict(ENHANCED, id="e2"))
-    assert router.wait("e2", 5) and broken.status == "failed" and "HTTP 500" in broken.error["message"]
-    assert "boom" in broken.error["message"] and not submitted  # nothing was generated
+    assert router.wait("e2", 5)
+    assert broken.status == "failed"
+    assert "HTTP 500" in broken.error["message"]
+    assert "boom" in broken.error["message"]
+    assert not submitted
     assert chat.calls[0][2] == {"prompt": "a fox", "target_model": "sdxl", "seed": 1}
     assert [c["status"] for c in receiver.wait_for(2)] == ["failed", "failed"]
 
@@ -487,7 +515,8 @@ def test_routing_cancel_while_enhancing_never_generates(routed):
     assert router.cancel("c1").status == "cancelled"
     release.set()
     time.sleep(0.3)
-    assert record.status == "cancelled" and not submitted
+    assert record.status == "cancelled"
+    assert not submitted
     assert [c for c in sdxl.calls if c[0] == "POST" and "dry_run" not in c[1]] == []
     assert [c["status"] for c in receiver.wait_for(1, "c1")] == ["cancelled"]
     with pytest.raises(ValueError):
@@ -525,7 +554,8 @@ def test_routing_an_enhancement_thread_survives_a_journal_that_fails_twice(tmp_p
         behind, _ = router.submit(dict(ENHANCED, id="behind"))
         release.set()
         assert router.wait("behind", 20) and behind.status == "completed", behind.error
-        assert submitted["behind"]["prompt"] == "a fox, golden light" and "disk" not in submitted
+        assert submitted["behind"]["prompt"] == "a fox, golden light"
+        assert "disk" not in submitted
     finally:
         chat.close()
         sdxl.close()
@@ -541,11 +571,16 @@ def test_routing_mirrors_the_worker_and_fails_a_lost_job(routed):
     routes[("GET", "/jobs/lost")] = lambda p, b: (404, {"error": {"code": "not_found"}})
     router, _chat, _sdxl = make({}, routes)
     record, created = router.submit({"type": "sdxl_image_fast", "prompt": "p", "id": "g1"})
-    assert created and submitted["g1"]["prompt"] == "p"
-    assert router.wait("g1", 5) and record.status == "completed" and record.assets[0]["url"] == "anonymous/g1/0.png"
-    assert record.metadata["stages"] == ["generating", "storing"] and record.metadata["parameters"] == {"steps": 2}
+    assert created
+    assert submitted["g1"]["prompt"] == "p"
+    assert router.wait("g1", 5)
+    assert record.status == "completed"
+    assert record.assets[0]["url"] == "anonymous/g1/0.png"
+    assert record.metadata["stages"] == ["generating", "storing"]
+    assert record.metadata["parameters"] == {"steps": 2}
     lost, _ = router.submit({"type": "sdxl_image_fast", "prompt": "p", "id": "lost"})
-    assert router.wait("lost", 5) and lost.error["code"] == "worker_lost_job"
+    assert router.wait("lost", 5)
+    assert lost.error["code"] == "worker_lost_job"
 
 
 def test_routing_relays_the_workers_refusal(routed):
@@ -581,7 +616,8 @@ def test_routing_recovers_after_an_orchestrator_restart(routed, tmp_path):
     statuses = {c["job_id"]: c["status"] for c in receiver.wait_for(3)}
     assert statuses == {"r1": "failed", "r2": "completed", "r3": "completed"}
     # r1 never reached its worker (404 there): failed, saying so
-    assert router.get("r1").status == "failed" and router.get("r1").error["code"] == "orchestrator_restarted"
+    assert router.get("r1").status == "failed"
+    assert router.get("r1").error["code"] == "orchestrator_restarted"
     assert "never received it" in router.get("r1").error["message"]
     assert router.get("r3").assets == [{"type": "image", "url": "u/r3/0.png"}]
 

@@ -74,7 +74,9 @@ def test_all_workers_ready_through_readiness_polling(stack):
     assert ready["workers"] == {"sdxl": "ready", "wan": "ready", "chat": "ready"}
     workers = stack.workers()
     for info in workers.values():
-        assert info["state"] == "ready" and info["restarts"] == 0 and psutil.pid_exists(info["pid"])
+        assert info["state"] == "ready"
+        assert info["restarts"] == 0
+        assert psutil.pid_exists(info["pid"])
         # each worker leads its own session: a terminal's Ctrl-C reaches only the orchestrator
         assert os.getsid(info["pid"]) == info["pid"] != os.getsid(stack.proc.pid)
         assert requests.get(info["url"] + "/ready", timeout=5).status_code == 200
@@ -107,7 +109,8 @@ def test_options_is_204_with_allow_on_every_process_without_a_key_and_runs_no_ha
         unknown = requests.options(urls[process] + "/api/chat", timeout=10)
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found", unknown.text
         health = requests.get(urls[process] + "/health", timeout=10).json()
-        assert health["status"] == "ok" and health["capabilities"]["role"]
+        assert health["status"] == "ok"
+        assert health["capabilities"]["role"]
         assert all(path.split("/x1")[0] in str(health["endpoints"]) for path in routes), health["endpoints"]
     # a job body sent with OPTIONS is not a job: no handler ran
     body = {**job("sdxl_image_fast"), "id": "options-probe"}
@@ -116,8 +119,10 @@ def test_options_is_204_with_allow_on_every_process_without_a_key_and_runs_no_ha
     assert Client(urls["sdxl"]).get("/jobs/options-probe").status_code == 404
     assert stack.client.get("/jobs/options-probe").status_code == 404
     chat = requests.get(urls["chat"] + "/health", timeout=10).json()
-    assert chat["capabilities"]["chat"] is True and chat["capabilities"]["models"] == ["qwen_base", "qwen_instruct"]
-    assert chat["endpoints"]["/chat"] == ["POST"] and chat["endpoints"]["/enhance"] == ["POST"]
+    assert chat["capabilities"]["chat"] is True
+    assert chat["capabilities"]["models"] == ["qwen_base", "qwen_instruct"]
+    assert chat["endpoints"]["/chat"] == ["POST"]
+    assert chat["endpoints"]["/enhance"] == ["POST"]
     assert requests.get(urls["sdxl"] + "/health", timeout=10).json()["capabilities"]["generate"] is True
     # everything else still needs the key
     assert requests.post(stack.url + "/jobs", json=body, timeout=10).status_code == 401
@@ -134,17 +139,21 @@ def test_enhanced_sdxl_job_one_id_both_prompts_one_callback(stack, receiver):
     assert record["status"] == "completed", record
     meta = record["metadata"]
     assert meta["original_prompt"] == "a red fox"
-    assert meta["enhanced_prompt"] and meta["enhanced_prompt"] != "a red fox"
+    assert meta["enhanced_prompt"]
+    assert meta["enhanced_prompt"] != "a red fox"
     assert meta["parameters"]["prompt"] == meta["enhanced_prompt"]  # the generation used the enhanced prompt
-    assert meta["enhancement"]["model"] == "instruct" and meta["enhancement"]["parameters"]["seed"] == 3
+    assert meta["enhancement"]["model"] == "instruct"
+    assert meta["enhancement"]["parameters"]["seed"] == 3
     stages = meta["stages"]
-    assert stages[0] == "enhancing" and stages[-1] == "storing"
+    assert stages[0] == "enhancing"
+    assert stages[-1] == "storing"
     assert stages.index("enhancing") < stages.index("generating") < stages.index("storing")
     assert record["assets"][0]["url"] == f"u1/{job_id}/0.png"
     # the worker ran it under the same id, and sent no callback of its own
     worker = requests.get(stack.workers()["sdxl"]["url"] + f"/jobs/{job_id}",
                           headers={"Authorization": stack.client.session.headers["Authorization"]}, timeout=5).json()
-    assert worker["status"] == "completed" and worker["callback"]["status"] == "disabled"
+    assert worker["status"] == "completed"
+    assert worker["callback"]["status"] == "disabled"
     callbacks = receiver.wait_for(1, job_id)
     time.sleep(0.5)
     assert len(receiver.bodies(job_id)) == 1
@@ -153,7 +162,8 @@ def test_enhanced_sdxl_job_one_id_both_prompts_one_callback(stack, receiver):
     assert callbacks[0]["metadata"]["enhanced_prompt"] == meta["enhanced_prompt"]
     # a repeated id is the same job, never run twice
     again = stack.client.post("/jobs", json=body)
-    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
 
 
 def test_enhanced_wan_jobs_legacy_type_and_flag(stack, receiver):
@@ -164,11 +174,13 @@ def test_enhanced_wan_jobs_legacy_type_and_flag(stack, receiver):
     for job_id, kind, name in zip(ids, ("video", "image"), ("0.mp4", "0.png"), strict=True):
         record = stack.client.wait_job(job_id, 120)
         assert record["status"] == "completed", record
-        assert record["metadata"]["enhanced_prompt"] and record["metadata"]["original_prompt"] in ("a boat at dawn",
+        assert record["metadata"]["enhanced_prompt"]
+        assert record["metadata"]["original_prompt"] in ("a boat at dawn",
                                                                                                    "a lighthouse")
         assert record["metadata"]["enhancement"]["model"] == "instruct"  # the chat worker's legacy default
         assert record["metadata"]["stages"][0] == "enhancing"
-        assert record["assets"][0]["type"] == kind and record["assets"][0]["url"].endswith(name)
+        assert record["assets"][0]["type"] == kind
+        assert record["assets"][0]["url"].endswith(name)
         assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["completed"]
     assert stack.client.get(f"/jobs/{ids[0]}").json()["type"] == "video7b_fast_enhanced"
 
@@ -179,19 +191,24 @@ def test_enhancement_failure_fails_the_job_with_its_reason(stack, receiver):
     job_id = submit(stack, {**job("sdxl_image_fast", "fox " * 3000), "enhance": {"model": "base", "max_tokens": 8}})
     record = stack.client.wait_job(job_id, 60)
     assert record["status"] == "failed" and record["error"]["code"] == "enhancement_failed", record
-    assert "HTTP 400" in record["error"]["message"] and "tokens" in record["error"]["message"]
-    assert record["metadata"]["enhanced_prompt"] is None and not record["assets"]
+    assert "HTTP 400" in record["error"]["message"]
+    assert "tokens" in record["error"]["message"]
+    assert record["metadata"]["enhanced_prompt"] is None
+    assert not record["assets"]
     assert record["metadata"]["stages"] == ["enhancing"]
     assert receiver.wait_for(1, job_id)[0]["error_message"] == record["error"]["message"]
 
 
 def test_invalid_bodies_are_refused_before_anything_runs(stack):
     bad = stack.client.post("/jobs", json={**job("sdxl_image_fast"), "target": "wan"})
-    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "/target"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"][0]["path"] == "/target"
     bad = stack.client.post("/jobs", json={**job("sdxl_image_fast", steps=500), "enhance": {"model": "base"}})
-    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "/config/steps"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"][0]["path"] == "/config/steps"
     bad = stack.client.post("/jobs", json={**job("video7b_fast_enhanced", enhance_prompt=False)})
-    assert bad.status_code == 400 and bad.json()["error"]["details"][0]["path"] == "/config/enhance_prompt"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"][0]["path"] == "/config/enhance_prompt"
     assert stack.client.get("/jobs/nope").status_code == 404
 
 
@@ -202,9 +219,11 @@ def test_too_big_job_gets_409_with_numbers(stack):
     error = response.json()["error"]
     assert error["code"] == "insufficient_memory"
     detail = error["details"][0]
-    assert detail["too_big"] is True and detail["usable_bytes"] == BUDGET_MB * 2**20
+    assert detail["too_big"] is True
+    assert detail["usable_bytes"] == BUDGET_MB * 2**20
     assert detail["need_bytes"] > detail["usable_bytes"]
-    assert str(detail["need_bytes"]) in error["message"] and str(BUDGET_MB * 2**20) in error["message"]
+    assert str(detail["need_bytes"]) in error["message"]
+    assert str(BUDGET_MB * 2**20) in error["message"]
 
 
 def test_alternating_jobs_with_a_budget_for_one_generation_model(stack, receiver):
@@ -249,7 +268,8 @@ def test_operator_command_line(stack):
     loaded = cli("load", "chat", "qwen_instruct")
     assert loaded.returncode == 0 and loaded.stdout.strip() == "chat: loaded qwen_instruct", loaded.stderr
     status = cli("status")
-    assert status.returncode == 0 and any("qwen_instruct  loaded" in line for line in status.stdout.splitlines())
+    assert status.returncode == 0
+    assert any("qwen_instruct  loaded" in line for line in status.stdout.splitlines())
     unloaded = cli("unload", "chat", "qwen_instruct", "--wait", "30")
     assert unloaded.returncode == 0 and unloaded.stdout.strip() == "chat: unloaded qwen_instruct", unloaded.stderr
     status = cli("status")
@@ -258,9 +278,12 @@ def test_operator_command_line(stack):
     assert lines[0].startswith(f"device   cpu (budget)  total {BUDGET_MB}.0 MiB")
     assert any(line.split()[:1] == ["WORKER"] for line in lines)
     assert any("qwen_instruct  unloaded" in line for line in lines)
-    assert "decisions  grant" in status.stdout and "evicted" in status.stdout
+    assert "decisions  grant" in status.stdout
+    assert "evicted" in status.stdout
     wrong = cli("load", "chat", "nonexistent")
-    assert wrong.returncode == 1 and "400" in wrong.stderr and "nonexistent" in wrong.stderr
+    assert wrong.returncode == 1
+    assert "400" in wrong.stderr
+    assert "nonexistent" in wrong.stderr
 
 
 def test_cancel_through_the_orchestrator(stack, receiver):
@@ -269,7 +292,8 @@ def test_cancel_through_the_orchestrator(stack, receiver):
     response = stack.client.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 200
     record = stack.client.wait_job(job_id, 60)
-    assert record["status"] == "cancelled" and not record["assets"]
+    assert record["status"] == "cancelled"
+    assert not record["assets"]
     assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["cancelled"]
     assert stack.client.post(f"/jobs/{job_id}/cancel").status_code == 409
 
@@ -283,12 +307,14 @@ def test_kill_9_of_a_worker_fails_its_job_and_restarts_it(stack, receiver):
     assert record["status"] == "failed" and record["error"]["code"] == "worker_died", record
     assert "killed by SIGKILL" in record["error"]["message"]
     callback = receiver.wait_for(1, job_id)
-    assert [c["status"] for c in callback] == ["failed"] and "SIGKILL" in callback[0]["error_message"]
+    assert [c["status"] for c in callback] == ["failed"]
+    assert "SIGKILL" in callback[0]["error_message"]
     # everything of the dead worker's process group is gone, and a new one serves
     wait_until(lambda: not group_members(before["pid"]), 30, "the old process group to be gone")
     after = wait_until(lambda: (w := stack.workers()["sdxl"])["state"] == "ready" and w["pid"] != before["pid"] and w,
                      120, "the sdxl worker to be restarted")
-    assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
+    assert after["restarts"] == 1
+    assert after["last_exit"] == "killed by SIGKILL"
     memory = stack.client.get("/memory/status").json()
     assert any(e["event"] == "worker_gone" and e["worker"] == "sdxl" for e in memory["history"])
     assert not memory["workers"]["sdxl"]["models"]["sdxl"]["loaded"]  # what the dead process held is free
@@ -301,7 +327,8 @@ def test_sigterm_lets_the_running_job_finish_then_everything_exits(stack, receiv
     stack.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: requests.get(stack.url + "/ready", timeout=5).status_code == 503, 10, "/ready to answer 503")
     refused = stack.client.post("/jobs", json=job("sdxl_image_fast"))
-    assert refused.status_code == 503 and refused.headers.get("Retry-After")
+    assert refused.status_code == 503
+    assert refused.headers.get("Retry-After")
     assert stack.proc.wait(120) == 0
     assert [c["status"] for c in receiver.wait_for(1, job_id)] == ["completed"]
     for name, pgid in groups.items():
@@ -316,17 +343,24 @@ def test_a_worker_that_keeps_dying_ends_failed(start_pod):
     try:
         info = wait_until(lambda: (w := _workers_or_none(pod)) and w["sdxl"]["state"] == "failed" and w["sdxl"],
                         60, "the worker to be marked failed")
-        assert info["restarts"] == 2 and info["consecutive_failures"] == 3 and info["pid"] is None
-        assert info["last_exit"] == "exited with status 1" and info["incarnation"] == 3
+        assert info["restarts"] == 2
+        assert info["consecutive_failures"] == 3
+        assert info["pid"] is None
+        assert info["last_exit"] == "exited with status 1"
+        assert info["incarnation"] == 3
         time.sleep(1.0)
         info = _workers_or_none(pod)["sdxl"]
-        assert info["state"] == "failed" and info["incarnation"] == 3  # and stays so: no more starts
+        assert info["state"] == "failed"
+        assert info["incarnation"] == 3
         ready = requests.get(pod.url + "/ready", timeout=5)
-        assert ready.status_code == 503 and "sdxl failed" in ready.json()["error"]["message"]
+        assert ready.status_code == 503
+        assert "sdxl failed" in ready.json()["error"]["message"]
         refused = pod.client.post("/jobs", json=job("sdxl_image_fast"))
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "worker_unavailable"
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "worker_unavailable"
         assert pod.log().count("sdxl worker died") == 3
-        assert "restarting sdxl worker in 0.1s" in pod.log() and "restarting sdxl worker in 0.2s" in pod.log()
+        assert "restarting sdxl worker in 0.1s" in pod.log()
+        assert "restarting sdxl worker in 0.2s" in pod.log()
     finally:
         assert pod.stop() == 0
 

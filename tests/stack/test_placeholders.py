@@ -52,8 +52,10 @@ def _python(code: str, timeout: float = 120) -> subprocess.Popen:
 def test_layout_and_keys(tmp_path):
     p = placeholder_paths(tmp_path)
     assert {"sdxl", "sdxl_single_file", "wan_t2v", "wan_vace", "qwen_base", "qwen_instruct"} <= set(p)
-    assert p["sdxl"] == tmp_path / "sdxl" and p["wan_t2v"] == tmp_path / "wan2.1-t2v"
-    assert p["wan_vace"] == tmp_path / "wan2.1-vace" and p["qwen_base"] == tmp_path / "qwen2.5-base"
+    assert p["sdxl"] == tmp_path / "sdxl"
+    assert p["wan_t2v"] == tmp_path / "wan2.1-t2v"
+    assert p["wan_vace"] == tmp_path / "wan2.1-vace"
+    assert p["qwen_base"] == tmp_path / "qwen2.5-base"
     assert p["qwen_instruct"] == tmp_path / "qwen2.5-instruct"
     assert p["sdxl_single_file"].suffix == ".safetensors"
     # The SDXL engine looks for a config folder named `config` next to a single-file checkpoint.
@@ -78,9 +80,11 @@ def test_concurrent_callers_build_once(concurrent_root):
     root, build_ids = concurrent_root
     assert build_ids[0] == build_ids[1]  # the second caller waited for the lock and found a current build
     assert is_current(root)
-    assert not list(root.glob(".build-*")) and not list(root.glob(".old-*"))
+    assert not list(root.glob(".build-*"))
+    assert not list(root.glob(".old-*"))
     manifest = read_manifest(root)
-    assert manifest["builder_version"] == BUILDER_VERSION and manifest["versions"] == installed_versions()
+    assert manifest["builder_version"] == BUILDER_VERSION
+    assert manifest["versions"] == installed_versions()
     assert set(manifest["versions"]) == {"torch", "diffusers", "transformers", "tokenizers", "sentencepiece"}
     for rel, info in manifest["files"].items():
         assert (root / rel).stat().st_size == info["bytes"]
@@ -103,7 +107,8 @@ def test_cached_call_is_fast_and_does_not_rebuild(concurrent_root):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     seconds, heavy = out.split(" ", 1)
-    assert heavy.strip() == "[]" and float(seconds) < 0.5
+    assert heavy.strip() == "[]"
+    assert float(seconds) < 0.5
     assert manifest_path.stat().st_mtime_ns == before
 
 
@@ -134,11 +139,14 @@ def test_rebuild_on_version_mismatch_is_deterministic(concurrent_root):
 
     assert ensure_placeholder_models(root) == root.resolve()
     new = read_manifest(root)
-    assert new["build_id"] != old["build_id"] and new["versions"] == installed_versions()
-    assert is_current(root) and (root / "qwen2.5-base" / "model.safetensors").exists()
+    assert new["build_id"] != old["build_id"]
+    assert new["versions"] == installed_versions()
+    assert is_current(root)
+    assert (root / "qwen2.5-base" / "model.safetensors").exists()
     # Fixed seeds: the rebuild writes byte-identical files.
     assert {k: v["sha256"] for k, v in new["files"].items()} == {k: v["sha256"] for k, v in old["files"].items()}
-    assert not list(root.glob(".build-*")) and not list(root.glob(".old-*"))
+    assert not list(root.glob(".build-*"))
+    assert not list(root.glob(".old-*"))
 
 
 # ------------------------------------------------------------------------------------------------ SDXL
@@ -154,7 +162,8 @@ def sdxl_pipe(paths):
 def test_sdxl_folder_layout_and_classes(paths, sdxl_pipe):
     index = json.loads((paths["sdxl"] / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionXLPipeline"
-    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
     assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
     assert index["scheduler"] == ["diffusers", "EulerDiscreteScheduler"]
@@ -174,10 +183,14 @@ def test_sdxl_tokenizers(paths, sdxl_pipe, tmp_path):
 
     tok, tok2 = sdxl_pipe.tokenizer, sdxl_pipe.tokenizer_2
     assert tok.model_max_length == tok2.model_max_length == 77
-    assert tok.pad_token == "<|endoftext|>" and tok2.pad_token == "!" and tok2.pad_token_id == 0
-    assert tok.eos_token_id == len(tok) - 1 and tok.bos_token_id == len(tok) - 2  # CLIP layout: specials last
+    assert tok.pad_token == "<|endoftext|>"
+    assert tok2.pad_token == "!"
+    assert tok2.pad_token_id == 0
+    assert tok.eos_token_id == len(tok) - 1
+    assert tok.bos_token_id == len(tok) - 2
     ids = tok("a photograph of a red fox").input_ids
-    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert ids[0] == tok.bos_token_id
+    assert ids[-1] == tok.eos_token_id
     assert len(ids) < 10  # real merges, not one token per byte
     assert len(tok) == sdxl_pipe.text_encoder.config.vocab_size == sdxl_pipe.text_encoder_2.config.vocab_size
     # The real SDXL repos ship vocab.json + merges.txt only: loading from those gives the same ids.
@@ -195,7 +208,8 @@ def test_sdxl_txt2img_img2img_and_compel(sdxl_pipe):
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
     image = sdxl_pipe("a red fox in the snow", generator=gen(), **SEEDED).images
-    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+    assert image.shape == (1, 64, 64, 3)
+    assert np.isfinite(image).all()
     other = sdxl_pipe("a blue whale in the ocean", generator=gen(), **SEEDED).images
     assert np.abs(image - other).mean() > 1e-3  # the prompt matters
 
@@ -206,7 +220,8 @@ def test_sdxl_txt2img_img2img_and_compel(sdxl_pipe):
                   output_type="np").images
     grey = img2img("a red fox", image=Image.new("RGB", (64, 64), (128, 128, 128)), strength=0.5,
                    num_inference_steps=4, generator=gen(), output_type="np").images
-    assert out.shape == (1, 64, 64, 3) and np.abs(out - grey).mean() > 1e-3  # the init image matters
+    assert out.shape == (1, 64, 64, 3)
+    assert np.abs(out - grey).mean() > 1e-3
     from_pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(sdxl_pipe)  # the engine's way: same weights
     from_pipe.set_progress_bar_config(disable=True)
     again = from_pipe("a red fox", image=init, strength=0.5, num_inference_steps=4, generator=gen(),
@@ -221,20 +236,24 @@ def test_sdxl_txt2img_img2img_and_compel(sdxl_pipe):
     embeds, pooled = compel("a (red)1.5 fox++ in the snow")
     negative, negative_pooled = compel("blurry")
     embeds, negative = compel.pad_conditioning_tensors_to_same_length([embeds, negative])
-    assert embeds.shape == negative.shape == (1, 77, 96) and pooled.shape == (1, 32)
+    assert embeds.shape == negative.shape == (1, 77, 96)
+    assert pooled.shape == (1, 32)
     weighted = sdxl_pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative,
                          negative_pooled_prompt_embeds=negative_pooled, generator=gen(), **SEEDED).images
-    assert weighted.shape == (1, 64, 64, 3) and np.isfinite(weighted).all()
+    assert weighted.shape == (1, 64, 64, 3)
+    assert np.isfinite(weighted).all()
 
     # Prompts over 77 tokens: compel 2.5.1's two-encoder form cannot pad tensors of different lengths
     # (EmbeddingsProviderMulti has no empty_z); its CompelForSDXL wrapper can.
     labelled = CompelForSDXL(sdxl_pipe)("a (red)1.5 fox++ in the snow, " + "highly detailed, " * 30,
                                         negative_prompt="blurry")
-    assert labelled.embeds.shape == labelled.negative_embeds.shape and labelled.embeds.shape[1] > 77
+    assert labelled.embeds.shape == labelled.negative_embeds.shape
+    assert labelled.embeds.shape[1] > 77
     long = sdxl_pipe(prompt_embeds=labelled.embeds, pooled_prompt_embeds=labelled.pooled_embeds,
                      negative_prompt_embeds=labelled.negative_embeds,
                      negative_pooled_prompt_embeds=labelled.negative_pooled_embeds, generator=gen(), **SEEDED).images
-    assert long.shape == (1, 64, 64, 3) and np.isfinite(long).all()
+    assert long.shape == (1, 64, 64, 3)
+    assert np.isfinite(long).all()
 
 
 # ------------------------------------------------------------------------------------ SDXL single file
@@ -322,8 +341,12 @@ def test_wan_folders_layout(paths, wan_pipes, models_root):
         assert (paths[key] / "tokenizer" / "spiece.model").exists()
         assert (paths[key] / "tokenizer" / "tokenizer.json").exists()
     sched = t2v.scheduler.config
-    assert sched.prediction_type == "flow_prediction" and sched.use_flow_sigmas and sched.flow_shift == 3.0
-    assert t2v.vae.config.z_dim == 16 and t2v.vae_scale_factor_spatial == 8 and t2v.vae_scale_factor_temporal == 4
+    assert sched.prediction_type == "flow_prediction"
+    assert sched.use_flow_sigmas
+    assert sched.flow_shift == 3.0
+    assert t2v.vae.config.z_dim == 16
+    assert t2v.vae_scale_factor_spatial == 8
+    assert t2v.vae_scale_factor_temporal == 4
     # The VAE and text encoder (and tokenizer) are the same weights in both folders: shareable components.
     files = read_manifest(models_root)["files"]
     for rel in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
@@ -331,7 +354,9 @@ def test_wan_folders_layout(paths, wan_pipes, models_root):
         assert files[f"wan2.1-t2v/{rel}"]["sha256"] == files[f"wan2.1-vace/{rel}"]["sha256"]
     tok = t2v.tokenizer
     ids = tok("A red fox, highly detailed").input_ids
-    assert ids[-1] == tok.eos_token_id == 1 and tok.pad_token_id == 0 and tok.unk_token_id == 2
+    assert ids[-1] == tok.eos_token_id == 1
+    assert tok.pad_token_id == 0
+    assert tok.unk_token_id == 2
     assert tok.unk_token_id not in ids
     assert len(tok) <= t2v.text_encoder.config.vocab_size
 
@@ -339,7 +364,8 @@ def test_wan_folders_layout(paths, wan_pipes, models_root):
 def test_wan_t2v_runs(wan_pipes):
     t2v, _ = wan_pipes
     frames = t2v("a red fox running through snow", generator=gen(), **WAN_SMALL).frames
-    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+    assert frames.shape == (1, 5, 32, 32, 3)
+    assert np.isfinite(frames).all()
     image = t2v("a red fox", generator=gen(), **dict(WAN_SMALL, num_frames=1)).frames
     assert image.shape == (1, 1, 32, 32, 3)
 
@@ -361,9 +387,11 @@ def test_wan_vace_reference_frames_change_output(wan_pipes):
                 **WAN_SMALL).frames
     both = vace("a red fox", video=[ref] + [grey] * 3 + [ref2], mask=[keep] + [generate] * 3 + [keep],
                 generator=gen(), **WAN_SMALL).frames
-    assert np.abs(last - base).max() > 0.02 and np.abs(both - first).max() > 0.02
+    assert np.abs(last - base).max() > 0.02
+    assert np.abs(both - first).max() > 0.02
     with_reference = vace("a red fox", reference_images=[ref], generator=gen(), **WAN_SMALL).frames
-    assert with_reference.shape[-1] == 3 and np.isfinite(with_reference).all()
+    assert with_reference.shape[-1] == 3
+    assert np.isfinite(with_reference).all()
 
 
 # ------------------------------------------------------------------------------------------------ Qwen
@@ -381,15 +409,18 @@ def test_qwen_files_and_tokenizers(paths, qwen):
                   "tokenizer_config.json", "vocab.json", "merges.txt"):
             assert (paths[name] / f).exists(), (name, f)
         model, tok = qwen[name]
-        assert type(model).__name__ == "Qwen2ForCausalLM" and type(tok).__name__ == "Qwen2Tokenizer"
+        assert type(model).__name__ == "Qwen2ForCausalLM"
+        assert type(tok).__name__ == "Qwen2Tokenizer"
         assert model.config.vocab_size == len(tok)
-        assert tok.pad_token == "<|endoftext|>" and tok.bos_token is None
+        assert tok.pad_token == "<|endoftext|>"
+        assert tok.bos_token is None
         ids = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
         assert ids == list(range(len(tok) - 3, len(tok)))  # 256 bytes, merges, then the three specials
         assert len(tok("a photograph of a red fox").input_ids) < 10  # trained merges, not bytes
         assert tok.decode(tok("Héllo wörld ✓").input_ids) == "Héllo wörld ✓"  # byte-level: no unknowns
     base_tok, inst_tok = qwen["qwen_base"][1], qwen["qwen_instruct"][1]
-    assert base_tok.eos_token == "<|endoftext|>" and inst_tok.eos_token == "<|im_end|>"
+    assert base_tok.eos_token == "<|endoftext|>"
+    assert inst_tok.eos_token == "<|im_end|>"
     assert qwen["qwen_instruct"][0].generation_config.eos_token_id[0] == inst_tok.eos_token_id
     assert qwen["qwen_base"][0].generation_config.eos_token_id == base_tok.eos_token_id
 
@@ -404,7 +435,8 @@ def test_qwen_instruct_chat_template_and_base_has_none(qwen):
     assert default.startswith("<|im_start|>system\nYou are Qwen")
     encoded = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     ids = encoded["input_ids"][0].tolist()
-    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3 and ids.count(tok.eos_token_id) == 2
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3
+    assert ids.count(tok.eos_token_id) == 2
     assert tok.decode(ids) == text
     out = model.generate(**encoded, max_new_tokens=4, do_sample=False)
     assert out.shape[1] <= encoded["input_ids"].shape[1] + 4

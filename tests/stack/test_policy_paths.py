@@ -39,7 +39,9 @@ def assert_policy_refusal(reply, category: str) -> dict:
     assert reply.status_code == 422, reply.get_data(as_text=True) if hasattr(reply, "get_data") else reply.text
     body = reply.get_json() if hasattr(reply, "get_json") else reply.json()
     error = body["error"]
-    assert error["code"] == "content_policy" and "content policy" in error["message"] and category in error["message"]
+    assert error["code"] == "content_policy"
+    assert "content policy" in error["message"]
+    assert category in error["message"]
     assert error["details"][0]["category"] == category
     text = json.dumps(body)
     for word in FLOOR_SPELLINGS + ("nude",):
@@ -102,7 +104,7 @@ CHAT_CASES = [(path, body if path.startswith("/v1") else {**body, "content_tier"
               for path, body in CHAT_ROUTES for tier in ("sfw", "nsfw") if tier == "sfw" or not path.startswith("/v1")]
 
 
-@pytest.mark.parametrize("path,body,tier", CHAT_CASES,
+@pytest.mark.parametrize(("path", "body", "tier"), CHAT_CASES,
                          ids=[f"{p}{'-stream' if b.get('stream') else ''}-{t}" for p, b, t in CHAT_CASES])
 def test_chat_input_crossing_the_floor_is_refused_in_every_tier(chat_app, scripted, path, body, tier):
     scripted("this reply must never be generated")
@@ -118,7 +120,8 @@ def test_the_sfw_tier_refuses_explicit_chat_input_and_nsfw_answers_it(chat_app, 
                           policy.EXPLICIT)  # the fields disagree: the stricter tier holds
     answer = _post(chat_app, "/chat", {"messages": messages, "content_tier": "nsfw", "nsfw_enforce": True,
                                        "nsfw_reason": "the user opted in"}).get_json()
-    assert answer["response"] == "They kiss." and answer["finish_reason"] == "stop"
+    assert answer["response"] == "They kiss."
+    assert answer["finish_reason"] == "stop"
     used = answer["content_policy"]
     assert {k: v for k, v in used.items() if k != "checks"} == {"tier": "nsfw", "nsfw_reason": "the user opted in"}
     assert [(c["check"], c["stage"], c["outcome"]) for c in used["checks"]] == [  # the text classifier's checks
@@ -132,7 +135,8 @@ def test_an_adult_system_prompt_disclaimer_is_not_a_minor_in_the_scene(chat_app,
     answer = _post(chat_app, "/chat", {"messages": [{"role": "system", "content": system},
                                                     {"role": "user", "content": "Undress slowly for me."}],
                                        "content_tier": "nsfw"})
-    assert answer.status_code == 200 and answer.get_json()["response"] == "Hello there."
+    assert answer.status_code == 200
+    assert answer.get_json()["response"] == "Hello there."
 
 
 @pytest.mark.parametrize("language", sorted(FOREIGN_FLOOR))
@@ -159,7 +163,9 @@ def test_the_apps_nsfw_roleplay_with_its_guardrail_gets_a_reply(chat_app, script
     messages = [{"role": "system", "content": ROLEPLAY_TURNS[0]},
                 *({"role": "user" if (len(turns) - i) % 2 == 0 else "assistant", "content": t}
                   for i, t in enumerate(turns, 1))]
-    assert messages[-1]["role"] == "user" and len(messages) == 17 and messages[0]["content"].endswith(APP_GUARDRAIL)
+    assert messages[-1]["role"] == "user"
+    assert len(messages) == 17
+    assert messages[0]["content"].endswith(APP_GUARDRAIL)
     answer = _post(chat_app, "/chat", roleplay_chat_body(messages))
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["response"] == "*Mara smiles and pulls you closer*"
@@ -178,8 +184,10 @@ def test_a_chat_reply_crossing_the_floor_is_replaced_by_the_refusal(chat_app, sc
     answer = reply.get_json()
     text = answer["response"] if path == "/chat" else answer["choices"][0]["message"]["content"]
     finish = answer["finish_reason"] if path == "/chat" else answer["choices"][0]["finish_reason"]
-    assert text == policy.refusal_text(policy.FLOOR) and finish == "content_filter"
-    assert "content policy" in text and "naked" not in json.dumps(answer)
+    assert text == policy.refusal_text(policy.FLOOR)
+    assert finish == "content_filter"
+    assert "content policy" in text
+    assert "naked" not in json.dumps(answer)
 
 
 def test_an_enhancement_crossing_the_floor_is_refused_never_returned(chat_app, scripted):
@@ -212,7 +220,8 @@ def test_a_stream_crossing_the_floor_ends_with_the_refusal_and_sends_nothing_tha
     chunks = [e for e in events[:-1] if e["choices"]]
     content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert content.startswith("Once upon a time there was a quiet harbour.")
-    assert content.endswith(policy.refusal_text(policy.FLOOR)) and "naked" not in content
+    assert content.endswith(policy.refusal_text(policy.FLOOR))
+    assert "naked" not in content
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
 
 
@@ -269,7 +278,10 @@ def test_orchestrator_refuses_before_anything_runs(router, job):
         rtr.submit({"type": "sdxl_image_fast", "id": "r1", "content_tier": "nsfw", **job})
     assert (err.value.code, err.value.message) == ("content_policy", "content policy: sexual_minors")
     assert err.value.category == policy.FLOOR
-    assert rtr.get("r1") is None and not chat.calls and not sdxl.calls and not receiver.bodies()
+    assert rtr.get("r1") is None
+    assert not chat.calls
+    assert not sdxl.calls
+    assert not receiver.bodies()
 
 
 @pytest.mark.parametrize("language", ["es", "ja", "ru"])
@@ -282,10 +294,12 @@ def test_orchestrator_refuses_a_foreign_floor_violation_before_and_after_enhance
     with pytest.raises(ContentPolicyRefused) as err:  # before: the prompt itself
         rtr.submit({"type": "sdxl_image_fast", "id": f"before-{language}", "content_tier": "nsfw",
                     "prompt": FOREIGN_FLOOR[language], "enhance": {"model": "instruct"}})
-    assert err.value.category == policy.FLOOR and not chat.calls
+    assert err.value.category == policy.FLOOR
+    assert not chat.calls
     record, _ = rtr.submit({"type": "sdxl_image_fast", "id": f"after-{language}", "prompt": "a beach at dawn",
                             "content_tier": "nsfw", "enhance": {"model": "instruct"}})
-    assert rtr.wait(f"after-{language}", 10) and record.status == "failed"  # after: the enhanced prompt
+    assert rtr.wait(f"after-{language}", 10)
+    assert record.status == "failed"
     assert record.error == {"code": "content_policy", "message": "content policy: sexual_minors"}
     assert f"after-{language}" not in submitted
     [callback] = receiver.wait_for(1, f"after-{language}")
@@ -298,16 +312,19 @@ def test_orchestrator_checks_the_enhanced_prompt_before_the_generation_worker(ro
     rtr, chat, sdxl = make(_enhancing_chat("a naked child on a beach, golden light"), _accepting_sdxl(submitted))
     record, created = rtr.submit({"type": "sdxl_image_fast", "id": "after", "prompt": "a beach at dawn",
                                   "content_tier": "nsfw", "enhance": {"model": "instruct"}})
-    assert created and rtr.wait("after", 10)
+    assert created
+    assert rtr.wait("after", 10)
     assert record.status == "failed"
     assert record.error == {"code": "content_policy", "message": "content policy: sexual_minors"}
     assert not submitted  # the generation worker never got the enhanced prompt (only the dry run)
     assert all("dry_run" in path for method, path, _ in sdxl.calls if method == "POST")
     assert chat.calls[0][2]["content_tier"] == "nsfw"  # the chat worker holds the enhancement to the same tier
     [callback] = receiver.wait_for(1, "after")
-    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_minors"
+    assert callback["status"] == "failed"
+    assert callback["error_message"] == "content policy: sexual_minors"
     text = json.dumps(callback)
-    assert "beach" not in text and "naked" not in text  # neither prompt comes back
+    assert "beach" not in text
+    assert "naked" not in text
     checks = callback["metadata"]["content_policy"]["checks"]
     assert [(c["stage"], c["outcome"]) for c in checks] == [("prompt", "allowed"), ("enhanced_prompt", "refused")]
 
@@ -318,7 +335,8 @@ def test_orchestrator_passes_a_clean_enhancement_and_notes_the_checks(router):
     rtr, _chat, _sdxl = make(_enhancing_chat("a beach at dawn, golden light"), _accepting_sdxl(submitted))
     record, _ = rtr.submit({"type": "sdxl_image_fast", "id": "clean", "prompt": "a beach",
                             "enhance": {"model": "instruct"}})
-    assert rtr.wait("clean", 10) and record.status == "completed"
+    assert rtr.wait("clean", 10)
+    assert record.status == "completed"
     assert submitted["clean"]["prompt"] == "a beach at dawn, golden light"
     checks = record.metadata["content_policy"]["checks"]
     assert record.metadata["content_policy"]["tier"] == "sfw"  # CONTENT_TIER_DEFAULT
@@ -333,7 +351,8 @@ def test_orchestrator_fails_a_job_whose_enhancement_the_chat_worker_refused(rout
     rtr, _chat, _sdxl = make({("POST", "/enhance/instruct"): lambda p, b: (422, refusal)}, _accepting_sdxl({}))
     record, _ = rtr.submit({"type": "sdxl_image_fast", "id": "chat-refused", "prompt": "a beach",
                             "enhance": {"model": "instruct"}})
-    assert rtr.wait("chat-refused", 10) and record.error == {"code": "content_policy",
+    assert rtr.wait("chat-refused", 10)
+    assert record.error == {"code": "content_policy",
                                                              "message": "content policy: sexual_minors"}
     [callback] = receiver.wait_for(1, "chat-refused")
     assert "beach" not in json.dumps(callback)
@@ -435,7 +454,8 @@ def test_a_wan_video_flagged_in_sfw_fails_and_completes_in_nsfw(wan):
     assert flagged["status"] == "failed" and flagged["error"]["code"] == "content_policy", flagged
     assert flagged["assets"] == [] and completed["status"] == "completed", completed
     output = flagged["metadata"]["content_policy"]["checks"][-1]
-    assert output["stage"] == "output" and output["images"] == 4  # frames sampled, first and last included
+    assert output["stage"] == "output"
+    assert output["images"] == 4
 
 
 def test_a_queued_floor_violation_fails_with_a_signed_callback(sdxl, standin, redis_server):
@@ -445,7 +465,8 @@ def test_a_queued_floor_violation_fails_with_a_signed_callback(sdxl, standin, re
     payload["metadata"]["originalEnhancedPrompt"] = FLOOR_PROMPT
     rpush(redis_server.client(), payload, SDXL_QUEUE)
     callback = _terminal_callback(standin, payload["id"])  # the stand-in accepts only correctly signed callbacks
-    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_minors"
+    assert callback["status"] == "failed"
+    assert callback["error_message"] == "content policy: sexual_minors"
     assert callback["metadata"]["error_type"] == "content_policy"
     assert "naked" not in json.dumps({k: v for k, v in callback.items() if k != "metadata"})
 
@@ -467,6 +488,7 @@ def test_a_queued_foreign_floor_violation_fails_with_a_signed_callback(sdxl, sta
     payload = queue_job_payload(prompt=FOREIGN_FLOOR[language], content_type="nsfw")
     rpush(redis_server.client(), payload, SDXL_QUEUE)
     callback = _terminal_callback(standin, payload["id"])
-    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_minors"
+    assert callback["status"] == "failed"
+    assert callback["error_message"] == "content policy: sexual_minors"
     assert FOREIGN_FLOOR[language] not in json.dumps({k: v for k, v in callback.items() if k != "metadata"},
                                                      ensure_ascii=False)

@@ -112,7 +112,8 @@ def test_entries_are_taken_in_push_order_and_acknowledged(redis_server):
         assert sink.wait_done(ids)
         assert sink.order == ids
         assert settled(client, QueueKeys("q_fifo"))
-        assert intake.status()["acknowledged"] == 3 and intake.status()["in_flight"] == []
+        assert intake.status()["acknowledged"] == 3
+        assert intake.status()["in_flight"] == []
     finally:
         intake.stop_taking()
 
@@ -130,7 +131,8 @@ def test_unusable_entries_go_to_the_dead_letter_list_and_never_block(redis_serve
         assert [d["reason"].split(":")[0].split(" (")[0] for d in dead] == [
             "not valid JSON", "not a JSON object", "no job id",
             "job id is not a string of letters, digits, `_`, `-`, `.`", "not valid JSON"]
-        assert dead[0]["entry"] == "{not json" and dead[0]["consumer"] == "c1"
+        assert dead[0]["entry"] == "{not json"
+        assert dead[0]["consumer"] == "c1"
         assert intake.status()["dead_lettered"] == 5
     finally:
         intake.stop_taking()
@@ -168,7 +170,8 @@ def test_entries_of_a_consumer_without_heartbeat_go_back_to_the_head_in_order(re
         assert sink.order == ["held-old", "held-new", "queued-1"]
         assert settled(client, keys)
         assert client.lrange(keys.processing("alive"), 0, -1) == [json.dumps({"id": "alive-1"}).encode()]
-        assert not client.sismember(keys.consumers, "ghost") and client.sismember(keys.consumers, "alive")
+        assert not client.sismember(keys.consumers, "ghost")
+        assert client.sismember(keys.consumers, "alive")
         assert intake.status()["reaped"] == 2
     finally:
         intake.stop_taking()
@@ -199,8 +202,10 @@ def test_a_job_delivered_too_often_fails_instead_of_circling(redis_server):
     intake = start_intake(redis_server, "q_poison", sink, max_deliveries=3)
     try:
         assert sink.wait_done(["poison", "after"])
-        assert sink.rejected == {"poison": "redelivery_limit"} and sink.runs == {"after": 1}
-        assert settled(client, keys) and not client.hexists(keys.deliveries, "poison")
+        assert sink.rejected == {"poison": "redelivery_limit"}
+        assert sink.runs == {"after": 1}
+        assert settled(client, keys)
+        assert not client.hexists(keys.deliveries, "poison")
     finally:
         intake.stop_taking()
 
@@ -217,11 +222,13 @@ def test_an_idle_consumer_gets_the_next_job_rather_than_a_busy_one(redis_server)
         while time.monotonic() < deadline and sum(len(s.order) for s in sinks) < len(ids):
             time.sleep(0.02)
         done = [i for s in sinks for i in s.order]
-        assert sorted(done) == sorted(ids) and len(done) == len(ids)  # each exactly once
+        assert sorted(done) == sorted(ids)
+        assert len(done) == len(ids)
         assert all(len(s.order) >= 5 for s in sinks), [len(s.order) for s in sinks]
         assert settled(client, QueueKeys("q_share"), consumers=("c0", "c1"))
         overview = queue_overview(client, "q_share", MAX_BYTES)
-        assert overview["depth"] == 0 and {c["consumer_id"] for c in overview["consumers"]} == {"c0", "c1"}
+        assert overview["depth"] == 0
+        assert {c["consumer_id"] for c in overview["consumers"]} == {"c0", "c1"}
     finally:
         for intake in intakes:
             intake.stop_taking()
@@ -240,13 +247,17 @@ def test_redis_down_is_reported_and_nothing_is_lost_when_it_returns():
             while intake.status()["connected"] and time.monotonic() < deadline:
                 time.sleep(0.02)
             status = intake.status()
-            assert not status["connected"] and status["last_error"] and status["disconnected_since"]
+            assert not status["connected"]
+            assert status["last_error"]
+            assert status["disconnected_since"]
             time.sleep(0.3)
             server.start()
             assert sink.wait_done(ids)
-            assert sorted(sink.order) == sorted(ids) and all(n == 1 for n in sink.runs.values())
+            assert sorted(sink.order) == sorted(ids)
+            assert all(n == 1 for n in sink.runs.values())
             assert settled(server.client(), QueueKeys("q_outage"))
-            assert intake.status()["connected"] and intake.status()["reconnects"] >= 1
+            assert intake.status()["connected"]
+            assert intake.status()["reconnects"] >= 1
         finally:
             intake.stop_taking()
 
@@ -302,7 +313,8 @@ def test_a_job_the_sink_fails_to_accept_ends_failed_and_is_acknowledged(redis_se
     intake = start_intake(redis_server, "q_defect", sink)
     try:
         assert sink.wait_done(["defect-1", "fine-1"])
-        assert sink.rejected == {"defect-1": "internal_error"} and sink.runs == {"fine-1": 1}
+        assert sink.rejected == {"defect-1": "internal_error"}
+        assert sink.runs == {"fine-1": 1}
         assert settled(client, QueueKeys("q_defect"))
     finally:
         intake.stop_taking()
@@ -335,11 +347,15 @@ def test_hostile_entries_are_dead_lettered_once_with_the_reason_and_the_queue_mo
         assert "nested more than 64 deep" in reasons[0]
         assert "NaN is not a JSON value" in reasons[1]
         assert reasons[2].startswith("job id is not")
-        assert reasons[3].startswith("the entry is") and dead[3]["bytes"] > 8192
+        assert reasons[3].startswith("the entry is")
+        assert dead[3]["bytes"] > 8192
         assert reasons[4] == "job id taken-1 is already in use: another user's job has it"
-        assert sink.status["taken-1"] == "completed" and "taken-1" not in sink.runs  # the other job untouched
+        assert sink.status["taken-1"] == "completed"
+        assert "taken-1" not in sink.runs
         status = intake.status()
-        assert status["dead_lettered"] == 5 and status["id_conflicts"] == 1 and status["taken"] == 10
+        assert status["dead_lettered"] == 5
+        assert status["id_conflicts"] == 1
+        assert status["taken"] == 10
     finally:
         intake.stop_taking()
 
@@ -360,7 +376,8 @@ def test_an_exception_while_handling_an_entry_dead_letters_it_once(redis_server)
         time.sleep(0.5)
         [dead] = [json.loads(d) for d in client.lrange("q_broken:dead", 0, -1)]
         assert dead["reason"] == "handling the entry failed: RecursionError"
-        assert intake.status()["taken"] == 2 and intake.status()["dead_lettered"] == 1
+        assert intake.status()["taken"] == 2
+        assert intake.status()["dead_lettered"] == 1
     finally:
         intake.stop_taking()
 
@@ -373,16 +390,20 @@ def test_the_overview_shows_what_it_finds_and_never_fails(redis_server):
     client.lpush(keys.processing("plain-text-heartbeat"), json.dumps({"id": "huge", "m": "x" * 5000}))
     client.set(keys.dead, "a string where a list should be")
     overview = queue_overview(client, "q_odd", 4096)
-    assert overview["depth"] == 0 and overview["dead_letters"] is None
-    assert overview["errors"] and overview["errors"][0].startswith("q_odd:dead: ResponseError: WRONGTYPE")
+    assert overview["depth"] == 0
+    assert overview["dead_letters"] is None
+    assert overview["errors"]
+    assert overview["errors"][0].startswith("q_odd:dead: ResponseError: WRONGTYPE")
     by_id = {c["consumer_id"]: c for c in overview["consumers"]}
     odd = by_id["plain-text-heartbeat"]
-    assert odd["alive"] and odd["info"] == {"unreadable": "not json \ufffd", "truncated": False}
+    assert odd["alive"]
+    assert odd["info"] == {"unreadable": "not json \ufffd", "truncated": False}
     assert odd["held"] == 3
     assert odd["in_flight"][0].startswith("<unusable entry: not valid JSON: NaN")
     assert odd["in_flight"][1] == "ok-1"
     assert odd["in_flight"][2].startswith("<unusable entry: the entry is")
-    assert not by_id["no-heartbeat"]["alive"] and by_id["no-heartbeat"]["info"] is None
+    assert not by_id["no-heartbeat"]["alive"]
+    assert by_id["no-heartbeat"]["info"] is None
     assert "\x1b[31mred" in by_id
 
 
@@ -440,10 +461,12 @@ def test_a_command_redis_refuses_while_handling_dead_letters_the_entry_once(redi
         time.sleep(0.5)
         [dead] = [json.loads(d) for d in client.lrange(keys.dead, 0, -1)]
         assert dead["reason"] == "handling the entry failed: ResponseError"
-        assert intake.status()["taken"] == 1 and intake.status()["connected"]
+        assert intake.status()["taken"] == 1
+        assert intake.status()["connected"]
         client.delete(keys.deliveries)
         push(client, "q_wrongtype", {"id": "after-1"})
-        assert sink.wait_done(["after-1"]) and sink.runs == {"after-1": 1}
+        assert sink.wait_done(["after-1"])
+        assert sink.runs == {"after-1": 1}
         assert settled(client, keys)
     finally:
         intake.stop_taking()

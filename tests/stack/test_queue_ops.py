@@ -31,21 +31,31 @@ def test_queue_status_shows_depth_dead_letters_and_every_consumer(redis_server, 
     sdxl, wan = status["queues"]
     assert (sdxl["worker"], sdxl["depth"], sdxl["dead_letters"], wan["depth"]) == ("sdxl", 2, 1, 0)
     by_id = {c["consumer_id"]: c for c in sdxl["consumers"]}
-    assert by_id[ours]["alive"] and by_id[ours]["this_pod"] and by_id[ours]["in_flight"] == ["running-1"]
+    assert by_id[ours]["alive"]
+    assert by_id[ours]["this_pod"]
+    assert by_id[ours]["in_flight"] == ["running-1"]
     other = by_id["other-pod-sdxl-1"]
-    assert not other["alive"] and not other["this_pod"] and other["in_flight"] == ["held-by-a-dead-pod"]
+    assert not other["alive"]
+    assert not other["this_pod"]
+    assert other["in_flight"] == ["held-by-a-dead-pod"]
     table = render_status(status)
-    assert "ops_sdxl" in table and "held-by-a-dead-pod" in table and "NO" in table
+    assert "ops_sdxl" in table
+    assert "held-by-a-dead-pod" in table
+    assert "NO" in table
 
 
 def test_queue_status_without_redis_and_with_redis_unreachable(tmp_path):
     assert QueueStatus(Settings(), ["sdxl"]).status()["redis"] is None
     down = Settings(redis_url=f"redis://:pw@127.0.0.1:{free_port()}/0", output_dir=tmp_path)
     status = QueueStatus(down, ["sdxl"]).status()
-    assert status["redis"]["connected"] is False and status["redis"]["error"]
-    assert status["redis"]["url"] == redacted_url(down.redis_url) and "pw" not in status["redis"]["url"]
-    assert status["redis"]["state"] == "unreachable" and "UNREACHABLE" in render_status(status)
-    assert [q["queue"] for q in status["queues"]] == ["sdxl_queue"] and status["queues"][0]["depth"] is None
+    assert status["redis"]["connected"] is False
+    assert status["redis"]["error"]
+    assert status["redis"]["url"] == redacted_url(down.redis_url)
+    assert "pw" not in status["redis"]["url"]
+    assert status["redis"]["state"] == "unreachable"
+    assert "UNREACHABLE" in render_status(status)
+    assert [q["queue"] for q in status["queues"]] == ["sdxl_queue"]
+    assert status["queues"][0]["depth"] is None
 
 
 CANARY = "Canary-S3cret"
@@ -83,7 +93,8 @@ def test_a_url_the_client_would_misread_is_refused_without_quoting_it():
         try:
             connect(url)
         except ValueError as exc:
-            assert CANARY not in str(exc) and "percent-encode" in str(exc)
+            assert CANARY not in str(exc)
+            assert "percent-encode" in str(exc)
         else:
             raise AssertionError(f"{url} was accepted")
 
@@ -99,12 +110,14 @@ def test_query_form_credentials_never_appear_in_the_queue_views(redis_server, tm
         status = QueueStatus(settings, ["sdxl"]).status()
         assert status["redis"]["connected"] and status["queues"][0]["depth"] == 1, status
         shown = json.dumps(status) + render_status(status)
-        assert CANARY not in shown and "password=***" in shown
+        assert CANARY not in shown
+        assert "password=***" in shown
         wrong = Settings(redis_url=url.replace(CANARY, CANARY + "-wrong"), sdxl_queue="canary_q", output_dir=tmp_path)
         refused = QueueStatus(wrong, ["sdxl"]).status()
         assert refused["redis"]["state"] == "password_refused", refused
         shown = json.dumps(refused) + render_status(refused)
-        assert CANARY not in shown and "REFUSES THE PASSWORD" in shown
+        assert CANARY not in shown
+        assert "REFUSES THE PASSWORD" in shown
 
 
 def test_operator_tables_print_untrusted_strings_escaped():
@@ -114,7 +127,9 @@ def test_operator_tables_print_untrusted_strings_escaped():
     table = terminal_safe(render_jobs([{"job_id": "j1", "type": hostile, "status": "failed", "worker": "sdxl",
                                         "error_code": "\x9b31m"}]))
     assert not any(ord(c) < 32 and c != "\n" or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in table), repr(table)
-    assert "\\x1b]0;owned\\x07" in table and "\\u202e" in table and "\\x9b" in table
+    assert "\\x1b]0;owned\\x07" in table
+    assert "\\u202e" in table
+    assert "\\x9b" in table
 
 
 def test_every_configured_key_works_and_no_other():
@@ -168,10 +183,13 @@ def test_a_rejected_job_is_journaled_failed_with_its_callback(tmp_path, receiver
     runner = _runner(tmp_path, receiver)
     record = runner.reject("r1", "sdxl_image_fast", "u1", {"code": "validation_error", "message": "/quality: no"},
                            {"source": {"queue": "q"}})
-    assert record.status == "failed" and runner.get("r1") is record
+    assert record.status == "failed"
+    assert runner.get("r1") is record
     [body] = receiver.wait_for(1, "r1")
-    assert body["status"] == "failed" and body["error_message"] == "/quality: no"
-    assert body["metadata"]["error_type"] == "validation_error" and body["assets"] == []
+    assert body["status"] == "failed"
+    assert body["error_message"] == "/quality: no"
+    assert body["metadata"]["error_type"] == "validation_error"
+    assert body["assets"] == []
     assert [r.status for r in JobJournal(tmp_path / "journal").load_all()] == ["failed"]
     assert runner.reject("r1", "x", "y", {"code": "c", "message": "m"}, {}) is record  # known id: the same job
 

@@ -57,7 +57,8 @@ def test_registration_outlasts_30s_of_503s_then_keeps_the_chat_health_entry_fres
                   f"({sum(c['status'] == 503 for c in wan_calls)} answered 503)")
             assert took >= OUTAGE_S
             # many more attempts than the four the previous registrar made, and never more than the cap apart
-            assert sum(c["status"] == 503 for c in wan_calls) >= 10 and wan_calls[-1]["status"] == 200
+            assert sum(c["status"] == 503 for c in wan_calls) >= 10
+            assert wan_calls[-1]["status"] == 200
             assert registrar.status("wan")["failed_attempts"] >= 10
             assert standin.system_config["workerUrl"] == public_worker.url
             assert standin.system_config["chatWorkerUrl"] == public_worker.url
@@ -65,7 +66,8 @@ def test_registration_outlasts_30s_of_503s_then_keeps_the_chat_health_entry_fres
             # fills workerUrl, and the orchestrator now invokes it itself (after its own outage ended)
             assert poll_until(standin.chat_worker_usable, 15), standin.system_config
             checks = standin.function_calls("health-check-workers")
-            assert checks and all(c["headers"]["Authorization"] == f"Bearer {SERVICE_KEY}" for c in checks)
+            assert checks
+            assert all(c["headers"]["Authorization"] == f"Bearer {SERVICE_KEY}" for c in checks)
             assert poll_until(lambda: (registrar.status("chat")["health_check"] or {}).get("calls", 0) >= 2, 10)
             assert registrar.status("chat")["health_check"]["status"] == "ok"
             # a worker start registers again (the restarted worker may have a new URL); the older loop ends
@@ -119,7 +121,8 @@ def test_public_urls_for_hosts_other_than_runpod():
     templated = settings(PUBLIC_URL_TEMPLATE="https://{worker}.gpu.example.com:{port}/")
     assert templated.public_url("chat") == "https://chat.gpu.example.com:7861"
     explicit = settings(RUNPOD_POD_ID="abc", CHAT_PUBLIC_URL="https://chat.example.org/")
-    assert explicit.public_url("chat") == "https://chat.example.org" and explicit.public_url("wan").endswith(
+    assert explicit.public_url("chat") == "https://chat.example.org"
+    assert explicit.public_url("wan").endswith(
         "-7860.proxy.runpod.net")
     with pytest.raises(SettingsError, match="PUBLIC_URL_TEMPLATE may use"):
         settings(PUBLIC_URL_TEMPLATE="https://{host}:{port}")
@@ -140,8 +143,10 @@ def test_registration_body_says_where_the_url_came_from(public_worker):
         finally:
             registrar.stop()
         body = standin.function_calls("update-worker-url")[0]["body"]
-        assert body["worker_url"] == public_worker.url and body["detection_method"] == "WAN_PUBLIC_URL"
-        assert body["auto_registered"] is True and body["registration_method"] == "orchestrator"
+        assert body["worker_url"] == public_worker.url
+        assert body["detection_method"] == "WAN_PUBLIC_URL"
+        assert body["auto_registered"] is True
+        assert body["registration_method"] == "orchestrator"
 
 
 def test_the_pod_registers_its_chat_worker_through_the_supervisor(start_pod):
@@ -170,10 +175,12 @@ def test_the_pod_registers_its_chat_worker_through_the_supervisor(start_pod):
             assert poll_until(lambda: pod.workers()["chat"]["registration"]["status"] == "registered", 30), \
                 pod.workers()["chat"]
             registration = pod.workers()["chat"]["registration"]
-            assert registration["failed_attempts"] >= 3 and registration["detail"].endswith(f":{chat_port}")
+            assert registration["failed_attempts"] >= 3
+            assert registration["detail"].endswith(f":{chat_port}")
             assert poll_until(standin.chat_worker_usable, 20), standin.system_config
             assert standin.system_config["workerHealthCache"]["chatWorker"]["workerUrl"] == env["CHAT_PUBLIC_URL"]
             body = standin.function_calls("register-chat-worker")[-1]["body"]
-            assert body["capabilities"]["chat"] is True and body["worker_url"] == env["CHAT_PUBLIC_URL"]
+            assert body["capabilities"]["chat"] is True
+            assert body["worker_url"] == env["CHAT_PUBLIC_URL"]
         finally:
             assert pod.stop() == 0, pod.log()

@@ -31,11 +31,15 @@ def test_text_to_image_end_to_end(stack):
     record = worker.client.wait_job("j1")
     assert record["status"] == "completed", record
     [asset] = record["assets"]
-    assert asset["type"] == "image" and asset["url"] == "u1/j1/0.png" and asset["thumbnail_url"] == "u1/j1/0.thumb.webp"
+    assert asset["type"] == "image"
+    assert asset["url"] == "u1/j1/0.png"
+    assert asset["thumbnail_url"] == "u1/j1/0.thumb.webp"
     png = Image.open(out / "u1/j1/0.png")
-    assert png.format == "PNG" and png.size == (64, 64)
+    assert png.format == "PNG"
+    assert png.size == (64, 64)
     thumb = Image.open(out / "u1/j1/0.thumb.webp")
-    assert thumb.format == "WEBP" and max(thumb.size) <= 256
+    assert thumb.format == "WEBP"
+    assert max(thumb.size) <= 256
     meta = asset["metadata"]
     assert (meta["width"], meta["height"], meta["seed"], meta["steps"], meta["guidance_scale"]) == (64, 64, 7, 15, 6.0)
     assert meta["file_size_bytes"] == (out / "u1/j1/0.png").stat().st_size
@@ -43,8 +47,10 @@ def test_text_to_image_end_to_end(stack):
     callbacks = receiver.wait_for(1, "j1")
     time.sleep(0.5)
     callbacks = receiver.bodies("j1")
-    assert len(callbacks) == 1 and callbacks[0]["status"] == "completed"
-    assert callbacks[0]["assets"] == record["assets"] and callbacks[0]["error_message"] is None
+    assert len(callbacks) == 1
+    assert callbacks[0]["status"] == "completed"
+    assert callbacks[0]["assets"] == record["assets"]
+    assert callbacks[0]["error_message"] is None
 
 
 def test_same_seed_same_bytes_and_seed_zero_is_a_seed(stack):
@@ -53,7 +59,8 @@ def test_same_seed_same_bytes_and_seed_zero_is_a_seed(stack):
         r = worker.client.post("/generate?wait=120", json={**JOB, "id": job_id, "config": {"seed": seed}})
         assert r.status_code == 200 and r.json()["status"] == "completed", r.text
     d1, d2, d3 = ((out / f"u1/{j}/0.png").read_bytes() for j in ("d1", "d2", "d3"))
-    assert d1 == d2 and d1 != d3
+    assert d1 == d2
+    assert d1 != d3
     assert worker.client.get("/jobs/d1").json()["assets"][0]["metadata"]["seed"] == 0
 
 
@@ -61,13 +68,15 @@ def test_repeated_id_returns_first_job_and_runs_nothing(stack):
     worker, receiver, _ = stack
     first = worker.client.post("/generate?wait=120", json={**JOB, "id": "rep"}).json()
     again = worker.client.post("/generate", json={**JOB, "id": "rep", "prompt": "something else"})
-    assert again.status_code == 200 and again.json()["duplicate"] is True and again.json()["status"] == "completed"
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    assert again.json()["status"] == "completed"
     assert worker.client.get("/jobs/rep").json()["created_at"] == first["created_at"]
     time.sleep(0.3)
     assert len(receiver.bodies("rep")) == 1
 
 
-@pytest.mark.parametrize("job, path", [
+@pytest.mark.parametrize(("job", "path"), [
     ({k: v for k, v in JOB.items() if k != "prompt"}, "/prompt"),
     ({**JOB, "config": {"steps": 1000}}, "/config/steps"),
     ({**JOB, "type": "sdxl_image_ultra"}, "/type"),
@@ -80,7 +89,8 @@ def test_bad_input_is_400_with_the_field_path_and_nothing_is_queued(stack, job, 
     r = worker.client.post("/generate", json=job)
     assert r.status_code == 400
     err = r.json()["error"]
-    assert err["code"] == "validation_error" and path in [d["path"] for d in err["details"]]
+    assert err["code"] == "validation_error"
+    assert path in [d["path"] for d in err["details"]]
     assert worker.client.get(f"/jobs/{job['id']}").status_code == 404
     assert worker.client.get("/health").status_code == 200
 
@@ -88,11 +98,14 @@ def test_bad_input_is_400_with_the_field_path_and_nothing_is_queued(stack, job, 
 def test_non_json_wrong_type_and_oversized_bodies(stack):
     worker, _, _ = stack
     r = worker.client.post("/generate", data="not json", headers={"Content-Type": "application/json"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_json"
     r = worker.client.post("/generate", json=[1, 2])
-    assert r.status_code == 400 and r.json()["error"]["code"] == "validation_error"
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "validation_error"
     r = worker.client.post("/generate", data=b"x" * (2 * 1024 * 1024), headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "body_too_large"
     assert worker.client.get("/ready").status_code == 200
 
 
@@ -100,7 +113,8 @@ def test_bearer_auth_everywhere_but_health(stack):
     worker, _, _ = stack
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
         r = requests.post(worker.url + "/generate", json={**JOB, "id": "noauth"}, headers=headers, timeout=10)
-        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "unauthorized"
         assert "traceback" not in r.text.lower()
         assert requests.get(worker.url + "/memory/status", headers=headers, timeout=10).status_code == 401
         assert requests.get(worker.url + "/jobs/j1", headers=headers, timeout=10).status_code == 401
@@ -115,12 +129,14 @@ def test_unknown_job_cancel_finished_and_openapi(stack):
     assert worker.client.post("/jobs/nope/cancel").status_code == 404
     worker.client.post("/generate?wait=120", json={**JOB, "id": "fin"})
     r = worker.client.post("/jobs/fin/cancel")
-    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "job_finished"
     doc = worker.client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     schema = doc["components"]["schemas"]["sdxl_generate"]
     assert schema["properties"]["config"]["properties"]["num_images"] == {"enum": [1, 3, 6]}
-    assert "/generate" in doc["paths"] and "/memory/unload" in doc["paths"]
+    assert "/generate" in doc["paths"]
+    assert "/memory/unload" in doc["paths"]
     assert [p["name"] for p in doc["paths"]["/generate"]["post"]["parameters"]] == ["wait", "dry_run"]
 
 
@@ -128,17 +144,22 @@ def test_memory_status_unload_and_load(stack):
     worker, _, _ = stack
     worker.client.post("/generate?wait=120", json={**JOB, "id": "mem"})
     status = worker.client.get("/memory/status").json()
-    assert status["models"]["sdxl"]["loaded"] and status["models"]["sdxl"]["resident_bytes"] > 100_000
+    assert status["models"]["sdxl"]["loaded"]
+    assert status["models"]["sdxl"]["resident_bytes"] > 100_000
     resident = status["models"]["sdxl"]["resident_bytes"]
     r = worker.client.post("/memory/unload", json={"which": "sdxl"})
-    assert r.status_code == 200 and r.json()["models"]["sdxl"]["resident_bytes"] == 0
+    assert r.status_code == 200
+    assert r.json()["models"]["sdxl"]["resident_bytes"] == 0
     assert r.json()["model_loaded"] is False
     r = worker.client.post("/memory/load?which=sdxl")
-    assert r.status_code == 200 and r.json()["models"]["sdxl"]["resident_bytes"] == resident
+    assert r.status_code == 200
+    assert r.json()["models"]["sdxl"]["resident_bytes"] == resident
     r = worker.client.post("/memory/load", json={"which": "nope"})
-    assert r.status_code == 400 and r.json()["error"]["details"][0]["path"] == "/which"
+    assert r.status_code == 400
+    assert r.json()["error"]["details"][0]["path"] == "/which"
     r = worker.client.post("/memory/load", json={"which": "sdxl", "wait_s": 5})
-    assert r.status_code == 400 and r.json()["error"]["details"][0]["path"] == "/wait_s"
+    assert r.status_code == 400
+    assert r.json()["error"]["details"][0]["path"] == "/wait_s"
 
 
 def test_cancel_a_queued_job(stack):
@@ -166,7 +187,8 @@ def test_sigterm_lets_the_running_job_finish_then_exits(tmp_path, placeholder_di
         worker.client.wait_job("term", statuses=("processing",))
         assert worker.stop(signal.SIGTERM, timeout_s=300) == 0
         journal = json.loads((tmp_path / "outputs" / ".jobs" / "sdxl" / "term.json").read_text())
-        assert journal["status"] == "completed" and len(journal["assets"]) == 3
+        assert journal["status"] == "completed"
+        assert len(journal["assets"]) == 3
         assert [b["status"] for b in receiver.wait_for(1, "term")] == ["completed"]
     finally:
         worker.stop(signal.SIGKILL)

@@ -29,16 +29,19 @@ def placeholder_settings(placeholder_dir) -> Settings:
 
 def test_the_placeholder_loads_like_the_production_model_and_passes_at_the_default_threshold(placeholder_settings):
     classifier = text_safety.for_settings(placeholder_settings)
-    assert classifier is not None and classifier.path.endswith("text-safety-classifier")
+    assert classifier is not None
+    assert classifier.path.endswith("text-safety-classifier")
     result = text_safety.check_text(placeholder_settings, "a lighthouse at dusk", tier="sfw", stage="prompt")
-    assert classifier.scheme["name"] == "detoxify-multilingual" and classifier.scheme["activation"] == "sigmoid"
-    assert result.outcome == "allowed" and 0.05 < result.scores[policy.EXPLICIT] < 0.15
+    assert classifier.scheme["name"] == "detoxify-multilingual"
+    assert classifier.scheme["activation"] == "sigmoid"
+    assert result.outcome == "allowed"
+    assert 0.05 < result.scores[policy.EXPLICIT] < 0.15
     assert result.public() == {"check": "text_classifier", "stage": "prompt", "tier": "sfw", "outcome": "allowed",
                                "scores": {policy.EXPLICIT: round(result.scores[policy.EXPLICIT], 4)},
                                "threshold": 0.5, "segments": 1}
 
 
-@pytest.mark.parametrize("text,tier,stage,expected", [
+@pytest.mark.parametrize(("text", "tier", "stage", "expected"), [
     ("a lighthouse at dusk", "sfw", "prompt", (policy.EXPLICIT, "classifier_explicit")),
     ("a lighthouse at dusk", "nsfw", "prompt", None),
     ("a child flying a kite", "nsfw", "prompt", (policy.FLOOR, "classifier_minor_context")),
@@ -72,16 +75,19 @@ def test_a_minor_far_from_the_text_the_model_reads_as_sexual_is_judged_per_segme
 def test_segments_cover_the_text_half_overlapping():
     words = [str(i) for i in range(70)]
     parts = text_safety.segments(" ".join(words), 25)
-    assert parts[0].split()[0] == "0" and parts[-1].split()[-1] == "69"
+    assert parts[0].split()[0] == "0"
+    assert parts[-1].split()[-1] == "69"
     assert all(len(p.split()) == 25 for p in parts)
-    assert text_safety.segments("", 25) == [] and text_safety.segments("one two", 25) == ["one two"]
+    assert text_safety.segments("", 25) == []
+    assert text_safety.segments("one two", 25) == ["one two"]
 
 
 def test_a_text_longer_than_the_model_reads_is_scored_in_token_windows(placeholder_settings):
     classifier = text_safety.for_settings(placeholder_settings)
     unspaced = "猫在窗户上睡觉" * 60  # one "word" of 420 characters: one segment, several token windows
     [scored] = classifier.scores([unspaced])
-    assert classifier.max_tokens == 128 and 0.05 < scored[policy.EXPLICIT] < 0.15
+    assert classifier.max_tokens == 128
+    assert 0.05 < scored[policy.EXPLICIT] < 0.15
 
 
 def test_a_conversations_history_is_scored_once(placeholder_settings):
@@ -95,7 +101,8 @@ def test_a_conversations_history_is_scored_once(placeholder_settings):
     new = set(classifier._cache) - scored
     assert 0 < len(new) < following.segments  # only the segments the new message reaches were scored
     size = len(classifier._cache)
-    assert classifier.check(history, "sfw", "chat_input").scores == first.scores and len(classifier._cache) == size
+    assert classifier.check(history, "sfw", "chat_input").scores == first.scores
+    assert len(classifier._cache) == size
 
 
 def test_nothing_configured_is_recorded_as_not_run():
@@ -103,7 +110,8 @@ def test_nothing_configured_is_recorded_as_not_run():
     assert text_safety.classifier_path(settings) == ""
     before = policy.decision_counts().get(("not_run", "none", "chat_input", "nsfw"), 0)
     result = text_safety.check_text(settings, "hello", tier="nsfw", stage="chat_input")
-    assert result.outcome == "not_run" and not result.flagged
+    assert result.outcome == "not_run"
+    assert not result.flagged
     assert result.public() == {"check": "text_classifier", "stage": "chat_input", "tier": "nsfw", "outcome": "not_run",
                                "reason": "no text classifier configured (TEXT_SAFETY_CLASSIFIER_PATH)"}
     assert policy.decision_counts()[("not_run", "none", "chat_input", "nsfw")] == before + 1
@@ -113,7 +121,8 @@ def test_nothing_configured_is_recorded_as_not_run():
     metadata = admission.job_metadata({"prompt": "hello"}, params)
     assert [c["check"] for c in metadata["content_policy"]["checks"]] == ["text", "text_classifier"]
     assert metadata["content_policy"]["checks"][1]["outcome"] == "not_run"
-    assert admission.CONTENT_CHECKS not in params and "content_policy_checks" not in metadata["parameters"]
+    assert admission.CONTENT_CHECKS not in params
+    assert "content_policy_checks" not in metadata["parameters"]
 
 
 def test_the_setting_points_at_any_folder_and_unknown_labels_are_refused_at_load(placeholder_dir, tmp_path):
@@ -170,7 +179,8 @@ def test_a_chat_reply_the_classifier_flags_is_replaced_by_the_refusal(chat_app, 
     scripted("The kid waits by the door.")
     answer = _post(chat_app, "/chat", {"messages": [{"role": "user", "content": "Continue the story."}],
                                        "content_tier": "nsfw"}).get_json()
-    assert answer["finish_reason"] == "content_filter" and "content policy" in answer["response"]
+    assert answer["finish_reason"] == "content_filter"
+    assert "content policy" in answer["response"]
     assert "kid" not in json.dumps(answer)
     assert [(c["stage"], c["outcome"]) for c in answer["content_policy"]["checks"]] == [
         ("chat_input", "allowed"), ("chat_output", "refused")]
@@ -233,7 +243,8 @@ def test_generate_refuses_what_the_classifier_flags_and_records_what_it_passed(s
     checks = record["metadata"]["content_policy"]["checks"]
     assert [(c["check"], c["stage"], c["outcome"]) for c in checks] == [
         ("text", "prompt", "allowed"), ("text_classifier", "prompt", "allowed")]
-    assert checks[1]["threshold"] == LOW and "content_policy_checks" not in record["metadata"]["parameters"]
+    assert checks[1]["threshold"] == LOW
+    assert "content_policy_checks" not in record["metadata"]["parameters"]
 
 
 def test_a_queued_job_the_classifier_flags_fails_with_a_signed_callback(sdxl, standin, redis_server):
@@ -244,7 +255,8 @@ def test_a_queued_job_the_classifier_flags_fails_with_a_signed_callback(sdxl, st
     found = standin.wait_for(lambda: standin.terminal_callbacks(payload["id"]), 120)
     assert found, standin.callbacks(payload["id"])
     callback = found[0]["body"]  # the stand-in accepts only correctly signed callbacks
-    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_minors"
+    assert callback["status"] == "failed"
+    assert callback["error_message"] == "content policy: sexual_minors"
     assert callback["metadata"]["error_type"] == "content_policy"
 
 
@@ -274,8 +286,10 @@ def test_a_queued_sfw_job_whose_output_the_image_classifier_flags_fails(sdxl_out
     found = standin.wait_for(lambda: standin.terminal_callbacks(payload["id"]), 180)
     assert found, standin.callbacks(payload["id"])
     callback = found[0]["body"]
-    assert callback["status"] == "failed" and callback["error_message"] == "content policy: sexual_explicit"
+    assert callback["status"] == "failed"
+    assert callback["error_message"] == "content policy: sexual_explicit"
     checks = callback["metadata"]["content_policy"]["checks"]
     assert [(c["check"], c["outcome"]) for c in checks] == [("text", "allowed"), ("text_classifier", "allowed"),
                                                             ("output_classifier", "refused")]
-    assert checks[2]["threshold"] == LOW and checks[2]["category"] == policy.EXPLICIT
+    assert checks[2]["threshold"] == LOW
+    assert checks[2]["category"] == policy.EXPLICIT

@@ -48,21 +48,27 @@ def test_three_consecutive_jobs_load_the_model_once(stack):
     records = {job_id: worker.client.wait_job(job_id) for job_id, _, _ in jobs}
     assert all(r["status"] == "completed" for r in records.values()), records
     models = worker.client.get("/memory/status").json()["models"]
-    assert models["wan_t2v"]["load_count"] == 1 and models["wan_t2v"]["loaded"]
+    assert models["wan_t2v"]["load_count"] == 1
+    assert models["wan_t2v"]["loaded"]
     assert models["wan_t2v"]["resident_bytes"] > 100_000
-    assert models["wan_vace"]["load_count"] == 0 and not models["wan_vace"]["loaded"]
+    assert models["wan_vace"]["load_count"] == 0
+    assert not models["wan_vace"]["loaded"]
 
     video = records["v1"]["assets"][0]
     frames, info = decode_mp4((out / video["url"]).read_bytes())
-    assert len(frames) == video["metadata"]["frames"] == 13 and info["fps"] == 24
+    assert len(frames) == video["metadata"]["frames"] == 13
+    assert info["fps"] == 24
     assert tuple(info["size"]) == (video["metadata"]["width"], video["metadata"]["height"]) == (32, 32)
     assert video["metadata"]["duration_seconds"] == 13 / 24
     image = records["i1"]["assets"][0]
-    assert image["type"] == "image" and image["url"] == "u1/i1/0.png" and Image.open(out / image["url"]).format == "PNG"
+    assert image["type"] == "image"
+    assert image["url"] == "u1/i1/0.png"
+    assert Image.open(out / image["url"]).format == "PNG"
     assert records["v2"]["assets"][0]["metadata"]["steps"] == 3  # the caller's steps, not video_high's 50
     for job_id, _, _ in jobs:
         [callback] = receiver.wait_for(1, job_id)
-        assert callback["status"] == "completed" and callback["assets"] == records[job_id]["assets"]
+        assert callback["status"] == "completed"
+        assert callback["assets"] == records[job_id]["assets"]
 
 
 def test_reference_fetched_over_http_conditions_with_vace(stack, image_server):
@@ -71,13 +77,15 @@ def test_reference_fetched_over_http_conditions_with_vace(stack, image_server):
     r = worker.client.post("/generate?wait=120", json={**JOB, "id": "ref1", "config": config})
     assert r.status_code == 200 and r.json()["status"] == "completed", r.text
     meta = r.json()["assets"][0]["metadata"]
-    assert meta["pipeline"] == "WanVACEPipeline" and meta["reference_mode"] == "single"
+    assert meta["pipeline"] == "WanVACEPipeline"
+    assert meta["reference_mode"] == "single"
     assert meta["reference_sizes"] == {"first": [64, 64]}
     models = worker.client.get("/memory/status").json()["models"]
-    assert models["wan_vace"]["load_count"] == 1 and models["wan_t2v"]["load_count"] == 1
+    assert models["wan_vace"]["load_count"] == 1
+    assert models["wan_t2v"]["load_count"] == 1
 
 
-@pytest.mark.parametrize("job, path", [
+@pytest.mark.parametrize(("job", "path"), [
     ({**JOB, "type": "video7b_fast_enhanced"}, "/type"),
     ({**JOB, "config": {"enhance_prompt": True}}, "/config/enhance_prompt"),
     ({**JOB, "config": {"content_type": "image"}}, "/config/content_type"),
@@ -91,7 +99,8 @@ def test_bad_input_is_400_with_the_field_path_and_nothing_is_queued(stack, job, 
     r = worker.client.post("/generate", json=job)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert err["code"] == "validation_error" and path in [d["path"] for d in err["details"]]
+    assert err["code"] == "validation_error"
+    assert path in [d["path"] for d in err["details"]]
     assert worker.client.get(f"/jobs/{job['id']}").status_code == 404
 
 
@@ -100,4 +109,6 @@ def test_openapi_describes_the_wan_request(stack):
     doc = worker.client.get("/openapi.json").json()
     config = doc["components"]["schemas"]["wan_generate"]["properties"]["config"]["properties"]
     assert config["reference_mode"]["enum"] == ["none", "single", "start", "end", "both"]
-    assert config["frames"]["maximum"] == 33 and "frame_num" in config and "sample_solver" in config
+    assert config["frames"]["maximum"] == 33
+    assert "frame_num" in config
+    assert "sample_solver" in config

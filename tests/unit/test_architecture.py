@@ -61,7 +61,7 @@ def test_imports_point_down_only():
     assert reverse_imports() == []
 
 
-@pytest.mark.parametrize("package, line, bad", [
+@pytest.mark.parametrize(("package", "line", "bad"), [
     ("configuration", "from workers.http import chat", "imports workers"),
     ("configuration", "import orchestrator.api", "imports orchestrator"),
     ("common", "from workers.runtime.jobs import JobRunner", "imports workers"),
@@ -76,7 +76,9 @@ def test_a_reverse_import_is_found(tmp_path, package, line, bad):
     body = f"def f():\n{line}\n" if line.startswith("    ") else f"{line}\n"
     (tmp_path / package / "module.py").write_text(body)
     problems = reverse_imports(tmp_path)
-    assert len(problems) == 1 and problems[0].startswith(f"{package}/module.py:") and bad in problems[0]
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{package}/module.py:")
+    assert bad in problems[0]
 
 
 def test_allowed_imports_pass(tmp_path):

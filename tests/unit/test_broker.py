@@ -40,13 +40,17 @@ def pool(capacity=100, reserve=0, leases=(), working=None, busy=(), external=0) 
 
 def test_grant_when_it_fits():
     d = plan_lease(pool(100, 10, [Lease("chat", "qwen", 30)]), Request("sdxl", "sdxl", 50, 10))
-    assert d.action == "grant" and d.need == 60 and d.free == 60
+    assert d.action == "grant"
+    assert d.need == 60
+    assert d.free == 60
 
 
 def test_too_big_names_the_numbers():
     d = plan_lease(pool(100, 20), Request("wan", "wan_t2v", 70, 20))
     assert d.action == "too_big"
-    assert "90 bytes" in d.message and "80 bytes" in d.message and "100 capacity - 20 reserve" in d.message
+    assert "90 bytes" in d.message
+    assert "80 bytes" in d.message
+    assert "100 capacity - 20 reserve" in d.message
 
 
 def test_evicts_least_recently_used_first():
@@ -68,7 +72,8 @@ def test_spares_an_old_model_that_is_not_needed():
 def test_busy_worker_is_never_evicted_so_the_request_waits():
     leases = [Lease("sdxl", "sdxl", 80, last_used=1)]
     d = plan_lease(pool(100, leases=leases, busy={"sdxl"}), Request("wan", "wan_t2v", 40))
-    assert d.action == "wait" and not d.evict
+    assert d.action == "wait"
+    assert not d.evict
 
 
 def test_loading_and_evicting_leases_are_not_candidates():
@@ -80,7 +85,8 @@ def test_loading_and_evicting_leases_are_not_candidates():
 def test_requester_may_unload_its_own_other_model_but_not_for_working_memory():
     leases = [Lease("wan", "wan_t2v", 60, last_used=1)]
     model = plan_lease(pool(100, leases=leases, busy={"wan"}), Request("wan", "wan_vace", 60))
-    assert model.action == "evict" and model.evict[0].model == "wan_t2v"
+    assert model.action == "evict"
+    assert model.evict[0].model == "wan_t2v"
     working = plan_lease(pool(100, leases=leases), Request("wan", None, 0, 60))
     assert working.action == "wait"
 
@@ -88,12 +94,14 @@ def test_requester_may_unload_its_own_other_model_but_not_for_working_memory():
 def test_working_memory_already_reserved_is_not_counted_twice():
     p = pool(100, leases=[Lease("wan", "wan_t2v", 50)], working={"wan": 30})
     d = plan_lease(p, Request("wan", None, 0, 30))
-    assert d.action == "grant" and d.need == 0
+    assert d.action == "grant"
+    assert d.need == 0
 
 
 def test_external_use_on_a_gpu_reduces_what_is_free():
     d = plan_lease(pool(100, 10, external=50), Request("sdxl", "sdxl", 45))
-    assert d.action == "wait" and d.free == 40
+    assert d.action == "wait"
+    assert d.free == 40
 
 
 def test_pressure_levels():
@@ -235,10 +243,12 @@ def test_service_waits_for_a_busy_worker_then_evicts():
     t.start()
     time.sleep(0.3)
     assert not granted.is_set() and workers.unloads == [], "a busy worker's model is never taken"
-    assert broker.status()["pressure"] == "critical" and broker.status()["waiting"]
+    assert broker.status()["pressure"] == "critical"
+    assert broker.status()["waiting"]
     broker.job_finished("sdxl")
     t.join(5)
-    assert granted.is_set() and workers.unloads == [("sdxl", "sdxl")]
+    assert granted.is_set()
+    assert workers.unloads == [("sdxl", "sdxl")]
     events = [e["event"] for e in broker.status()["history"]]
     assert events.index("wait") < events.index("job_finished") < events.index("evicted")
 
@@ -252,8 +262,10 @@ def test_service_times_out_with_numbers():
         broker.acquire("wan", "wan_t2v", 4 * MB, 0, 0.4)
     assert 0.35 < time.monotonic() - started < 3
     assert not err.value.too_big
-    assert "timed out" in err.value.message and "sdxl/sdxl" in err.value.message
-    assert err.value.details["need_bytes"] == 4 * MB and err.value.details["usable_bytes"] == 10 * MB
+    assert "timed out" in err.value.message
+    assert "sdxl/sdxl" in err.value.message
+    assert err.value.details["need_bytes"] == 4 * MB
+    assert err.value.details["usable_bytes"] == 10 * MB
     assert broker.status()["counters"]["timeout"] == 1
 
 
@@ -262,11 +274,14 @@ def test_service_too_big_fails_at_once():
     started = time.monotonic()
     with pytest.raises(MemoryUnavailable) as err:
         broker.acquire("wan", "wan_t2v", 6 * MB, 3 * MB, 30)
-    assert time.monotonic() - started < 1 and err.value.too_big
-    assert err.value.details["usable_bytes"] == 8 * MB and workers.unloads == []
+    assert time.monotonic() - started < 1
+    assert err.value.too_big
+    assert err.value.details["usable_bytes"] == 8 * MB
+    assert workers.unloads == []
     with pytest.raises(MemoryUnavailable) as err:
         broker.admit("wan", 9 * MB)
-    assert err.value.too_big and err.value.details["need_bytes"] == 9 * MB
+    assert err.value.too_big
+    assert err.value.details["need_bytes"] == 9 * MB
 
 
 def test_service_refused_unload_is_not_retried_in_a_loop():
@@ -333,7 +348,8 @@ def test_growing_a_jobs_working_memory_is_not_another_job():
     assert broker.status()["budget"]["working_bytes"] == 3 * MB
     broker.job_finished("chat")
     status = broker.status()
-    assert status["budget"]["working_bytes"] == 0 and not status["workers"]["chat"]["busy"]
+    assert status["budget"]["working_bytes"] == 0
+    assert not status["workers"]["chat"]["busy"]
     with pytest.raises(MemoryUnavailable) as err:  # more than the whole device
         broker.grow_working("chat", 11 * MB, 0.2)
     assert err.value.too_big
@@ -359,7 +375,8 @@ def test_a_worker_between_jobs_yields_to_an_older_request_for_its_memory():
     broker.wait_turn("sdxl", 10)
     # when the turn is given, the older request already holds its lease
     assert "wan_t2v" in broker.status()["workers"]["wan"]["models"], "the waiting request was served first"
-    assert granted.wait(5) and workers.unloads == [("sdxl", "sdxl")]
+    assert granted.wait(5)
+    assert workers.unloads == [("sdxl", "sdxl")]
     t.join(5)
 
 

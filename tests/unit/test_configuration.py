@@ -33,7 +33,8 @@ def details(exc_info):
 def test_settings_defaults_and_profile_detection():
     s = Settings.from_env({})
     assert (s.orchestrator_port, s.sdxl_port, s.wan_port, s.chat_port) == (7858, 7859, 7860, 7861)
-    assert s.model_profile == "placeholder" and s.bind_host == "127.0.0.1"
+    assert s.model_profile == "placeholder"
+    assert s.bind_host == "127.0.0.1"
     assert Settings.from_env({"SDXL_MODEL_PATH": "/m/x.safetensors"}).model_profile == "production"
     assert Settings.from_env({"SUPABASE_URL": "https://p.supabase.co"}).effective_callback_url == \
         "https://p.supabase.co/functions/v1/job-callback"
@@ -118,7 +119,8 @@ def test_presets_fill_only_what_is_missing(settings):
 def test_seed_zero_is_a_seed_and_missing_seed_is_random_and_reported(settings):
     assert normalise_generation("sdxl", body(config={"seed": 0}), settings)["seed"] == 0
     p = normalise_generation("sdxl", body(config={}), settings)
-    assert p["seed_source"] == "random" and 0 <= p["seed"] < 2**32
+    assert p["seed_source"] == "random"
+    assert 0 <= p["seed"] < 2**32
 
 
 def test_legacy_sdxl_fields(settings):
@@ -138,7 +140,7 @@ def test_exact_copy_takes_preset_strength_and_guidance(settings):
     assert p["guidance_scale"] == 1.0
 
 
-@pytest.mark.parametrize("bad, path", [
+@pytest.mark.parametrize(("bad", "path"), [
     ({"prompt": None}, "/prompt"),
     ({"prompt": "   "}, "/prompt"),
     ({"type": "sdxl_image_ultra"}, "/type"),
@@ -180,7 +182,7 @@ def test_preset_defaults_are_within_the_schema_bounds(profile):
                          settings)
 
 
-@pytest.mark.parametrize("config, path", [
+@pytest.mark.parametrize(("config", "path"), [
     ({"resolution": "64x64", "width": 128}, "/config/width"),
     ({"steps": 10, "num_inference_steps": 12}, "/config/num_inference_steps"),
 ])
@@ -250,10 +252,13 @@ def test_property_accepted_bodies_normalise_within_bounds(steps, num_images, wid
         assert paths and paths <= expected, f"{config}: refused at {paths}, out of range: {expected}"
         return
     assert not expected, f"{config} accepted; out of range: {expected}"
-    assert 1 <= p["steps"] <= 100 and isinstance(p["steps"], int)
+    assert 1 <= p["steps"] <= 100
+    assert isinstance(p["steps"], int)
     assert p["num_images"] in (1, 3, 6)
-    assert _limits["min_size"] <= p["width"] <= _limits["max_size"] and p["width"] % _limits["multiple"] == 0
+    assert _limits["min_size"] <= p["width"] <= _limits["max_size"]
+    assert p["width"] % _limits["multiple"] == 0
     assert 0 <= p["seed"] < 2**32
     if seed is not None:  # reduced to the generators' range, deterministically; the sent seed reported when it differs
-        assert p["seed"] == seed % 2**32 and p.get("seed_requested", seed) == seed
+        assert p["seed"] == seed % 2**32
+        assert p.get("seed_requested", seed) == seed
     assert 0 <= p["guidance_scale"] <= 30

@@ -32,19 +32,24 @@ from configuration.settings import Settings
 
 def test_accessors_share_one_copy_per_file():
     settings = Settings()
-    assert job_types() is job_types() and job_types("sdxl") is job_types("sdxl")
-    assert chat_config() is chat_config() and worker_configs() is worker_configs()
-    assert model_configs() is model_configs() and worker_config("sdxl") is worker_configs()["sdxl"]
+    assert job_types() is job_types()
+    assert job_types("sdxl") is job_types("sdxl")
+    assert chat_config() is chat_config()
+    assert worker_configs() is worker_configs()
+    assert model_configs() is model_configs()
+    assert worker_config("sdxl") is worker_configs()["sdxl"]
     assert preset_defaults("sdxl_image_fast", settings) is preset_defaults("sdxl_image_fast", Settings())
     assert model_config("sdxl", settings) is model_config("sdxl", Settings())
 
 
 def test_settings_that_change_a_model_config_give_their_own():
     placeholder = model_config("sdxl", Settings(placeholder_models_dir="/a"))
-    assert placeholder["path"].startswith("/a/") and model_config("sdxl", Settings(placeholder_models_dir="/b"))[
+    assert placeholder["path"].startswith("/a/")
+    assert model_config("sdxl", Settings(placeholder_models_dir="/b"))[
         "path"].startswith("/b/")
     production = model_config("sdxl", Settings(model_profile="production", sdxl_model_path="/m/x.safetensors"))
-    assert production["path"] == "/m/x.safetensors" and production["limits"] != placeholder["limits"]
+    assert production["path"] == "/m/x.safetensors"
+    assert production["limits"] != placeholder["limits"]
     assert preset_defaults("sdxl_image_high", Settings(model_profile="production"))["width"] == 1024
     assert preset_defaults("sdxl_image_high", Settings())["width"] != 1024
 
@@ -77,10 +82,13 @@ def test_shared_lists_refuse_changes(change):
 def test_a_callers_copy_is_plain_and_mutable():
     presets = job_types()
     for mine in (copy.deepcopy(presets), thaw(presets)):
-        assert type(mine) is dict and type(mine["sdxl_image_fast"]) is dict and mine == presets
+        assert type(mine) is dict
+        assert type(mine["sdxl_image_fast"]) is dict
+        assert mine == presets
         mine["sdxl_image_fast"]["defaults"]["steps"] = 1
     shallow = {**presets["sdxl_image_fast"]["defaults"], "steps": 1}
-    assert shallow["steps"] == 1 and presets["sdxl_image_fast"]["defaults"]["steps"] != 1
+    assert shallow["steps"] == 1
+    assert presets["sdxl_image_fast"]["defaults"]["steps"] != 1
     assert json.loads(json.dumps(chat_config())) == chat_config()
     assert pickle.loads(pickle.dumps(worker_configs())) == worker_configs()
 
@@ -93,7 +101,9 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
 @given(json_values)
 def test_freeze_keeps_the_data_and_thaw_gives_it_back(value):
     frozen = freeze(value)
-    assert frozen == value and json.dumps(frozen, sort_keys=True) == json.dumps(value, sort_keys=True)
+    assert frozen == value
+    assert json.dumps(frozen, sort_keys=True) == json.dumps(value, sort_keys=True)
     assert thaw(frozen) == value
     if isinstance(value, dict):
-        assert isinstance(frozen, FrozenDict) and type(thaw(frozen)) is dict
+        assert isinstance(frozen, FrozenDict)
+        assert type(thaw(frozen)) is dict

@@ -38,7 +38,7 @@ def broker(total=48 * GB, clock=None) -> MemoryBroker:
                         clock=clock or time.monotonic)
 
 
-@pytest.mark.parametrize("worker,model", [("sdxl", "no_such_model"), ("sdxl", "wan_t2v"), ("nobody", "sdxl")])
+@pytest.mark.parametrize(("worker", "model"), [("sdxl", "no_such_model"), ("sdxl", "wan_t2v"), ("nobody", "sdxl")])
 def test_a_lease_for_a_model_the_worker_does_not_have_is_refused(worker, model):
     b = broker()
     with pytest.raises((ValueError, MemoryUnavailable)):
@@ -73,7 +73,7 @@ def test_whitespace_around_a_key_is_refused():
 
 # ---- strict JSON (the parser every route and the queue use) ------------------------------------------
 
-@pytest.mark.parametrize("raw,reason", [
+@pytest.mark.parametrize(("raw", "reason"), [
     (b'{"a": NaN}', "NaN"), (b'{"a": -Infinity}', "Infinity"), (b'{"a": 1e999}', "out of range"),
     (b'{"a": ' + b"9" * 65 + b"}", "characters"), (b"[" * 5000 + b"]" * 5000, "nested"),
     (b"[" * 65 + b"]" * 65, "nested"), (b'{"a": "\\udc00"}', "lone surrogate"), (b'{"\\ud800": 1}', "lone surrogate"),

@@ -168,7 +168,7 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("files, members", [
+@pytest.mark.parametrize(("files", "members"), [
     ({"workers/a.py": "from workers.b import x\n", "workers/b.py": "def f():\n    from workers import a\n"},
      ["workers.a", "workers.b"]),
     ({"workers/http/app.py": "from workers.http import ops\n", "workers/http/__init__.py": "",

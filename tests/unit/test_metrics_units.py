@@ -82,8 +82,10 @@ def test_a_finished_job_counts_in_counters_failures_and_both_histograms():
 def test_build_info_and_process_start_time_are_exposed():
     families = scrape(Metrics("chat", "placeholder"))
     build = families["ourvidz_build_info"].samples[0].labels
-    assert build["process"] == "chat" and build["model_profile"] == "placeholder"
-    assert re.match(r"\d+\.\d+", build["torch"]) and re.match(r"\d+\.\d+", build["diffusers"])
+    assert build["process"] == "chat"
+    assert build["model_profile"] == "placeholder"
+    assert re.match(r"\d+\.\d+", build["torch"])
+    assert re.match(r"\d+\.\d+", build["diffusers"])
     assert families["process_start_time_seconds"].samples[0].value > 1e9
 
 
@@ -143,11 +145,15 @@ def test_json_lines_carry_the_context_fields_in_this_thread_and_in_threads_start
     log.info("after")
     lines = [json.loads(line) for line in captured.getvalue().splitlines()]
     assert [line["message"] for line in lines] == ["outside", "inside 7", "from a thread", "after"]
-    assert lines[0]["job_id"] is None and lines[0]["worker"] == "sdxl" and lines[0]["process"] == "sdxl"
+    assert lines[0]["job_id"] is None
+    assert lines[0]["worker"] == "sdxl"
+    assert lines[0]["process"] == "sdxl"
     assert {k: lines[1][k] for k in ("job_id", "request_id", "stage", "level", "steps")} == {
         "job_id": "job-1", "request_id": "req-1", "stage": "generating", "level": "INFO", "steps": 4}
-    assert lines[2]["job_id"] == "job-1" and lines[2]["level"] == "WARNING"
-    assert lines[3]["stage"] is None and lines[3]["job_id"] is None
+    assert lines[2]["job_id"] == "job-1"
+    assert lines[2]["level"] == "WARNING"
+    assert lines[3]["stage"] is None
+    assert lines[3]["job_id"] is None
 
 
 def test_text_format_is_readable_and_names_the_context(captured):
@@ -163,7 +169,8 @@ def test_text_format_is_readable_and_names_the_context(captured):
 def test_describe_text_gives_length_and_hash_never_the_text():
     text = "a purple giraffe reading a newspaper"
     described = describe_text(text)
-    assert "giraffe" not in described and described.startswith(f"{len(text)} chars, sha256 ")
+    assert "giraffe" not in described
+    assert described.startswith(f"{len(text)} chars, sha256 ")
 
 
 def test_progress_logs_first_last_and_at_most_one_line_per_interval(caplog):
@@ -191,9 +198,11 @@ def test_request_id_is_taken_from_a_plain_header_replaced_when_not_and_echoed(ca
         return jsonify({"rid": current_request_id()})
     client = app.test_client()
     ok = client.get("/x", headers={"X-Request-ID": "abc-123"})
-    assert ok.headers["X-Request-ID"] == "abc-123" and ok.json["rid"] == "abc-123"
+    assert ok.headers["X-Request-ID"] == "abc-123"
+    assert ok.json["rid"] == "abc-123"
     bad = client.get("/x", headers={"X-Request-ID": "a prompt with spaces; " + "x" * 80})
-    assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["X-Request-ID"]) and bad.json["rid"] == bad.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["X-Request-ID"])
+    assert bad.json["rid"] == bad.headers["X-Request-ID"]
     fresh = client.get("/x")
     assert fresh.headers["X-Request-ID"] not in ("abc-123", bad.headers["X-Request-ID"])
 
@@ -220,7 +229,8 @@ def test_callbacks_count_attempts_retries_deliveries_and_show_the_backlog_age(tm
         assert sender.oldest_pending_age_s() == 0.0
         sender.send({"job_id": "cb-1", "status": "completed"})
         receiver.wait_for(1)
-        assert sender.pending() == 1 and sender.oldest_pending_age_s() > 0   # waiting for its retry
+        assert sender.pending() == 1
+        assert sender.oldest_pending_age_s() > 0
         assert sender.flush(10)
         after = [value(name, **labels) for name, labels in series]
         assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
@@ -271,4 +281,5 @@ def test_junk_types_codes_and_stages_add_one_other_series_not_one_per_value():
     added = series() - before
     assert added == 8, f"{added} series added by 200 junk values"
     assert metrics.closed.job_type("sdxl_image_fast") == "sdxl_image_fast"
-    assert metrics.closed.code("content_policy") == "content_policy" and metrics.closed.code("unknown") == "unknown"
+    assert metrics.closed.code("content_policy") == "content_policy"
+    assert metrics.closed.code("unknown") == "unknown"

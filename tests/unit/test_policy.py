@@ -48,8 +48,10 @@ def test_every_floor_violation_is_refused_and_no_benign_prompt_is():
     def decisions(label):
         return [rules.evaluate(c.text, t, s) for c in CASES if c.label == label for s in c.stages for t in policy.TIERS]
     floor, benign = decisions("floor"), decisions("benign")
-    assert floor and all(d.category == policy.FLOOR for d in floor)
-    assert benign and all(d.allowed for d in benign)
+    assert floor
+    assert all(d.category == policy.FLOOR for d in floor)
+    assert benign
+    assert all(d.allowed for d in benign)
 
 
 @pytest.mark.parametrize("text", ["No sexual content involving minors. Explicit adult roleplay only.",
@@ -79,7 +81,7 @@ def test_the_window_decides_whether_two_words_are_one_scene():
     assert not rules.evaluate("a child, " + " ".join(["landscape"] * 20) + " nude", "nsfw", "chat_input").allowed
 
 
-@pytest.mark.parametrize("text,minor", [
+@pytest.mark.parametrize(("text", "minor"), [
     ("a 15 year old", True), ("a 15-year-old", True), ("15yo", True), ("15 y/o", True), ("15 y.o.", True),
     ("fifteen years old", True), ("f1fteen-year-old", True), ("1 5 yo", True), ("l5 yo", True), ("age: 15", True),
     ("aged 12", True), ("under 18", True), ("under eighteen.", True), ("she's 14", True), ("i'm 16", True),
@@ -116,7 +118,7 @@ def test_age_pattern_speed_filters_never_hide_a_match():
     assert matched >= len(samples)
 
 
-@pytest.mark.parametrize("raw,plain", [
+@pytest.mark.parametrize(("raw", "plain"), [
     ("ＣＨＩＬＤ", "child"), ("\U0001d41c\U0001d421\U0001d422\U0001d425\U0001d41d", "child"), ("chíld", "child"),
     ("сhild", "child"), ("ch\u200bild", "child"), ("\u1d04\u029c\u026a\u029f\u1d05", "child"), ("she\u2019s", "she's"),
 ])
@@ -187,15 +189,18 @@ def test_a_decision_is_recorded_and_logged_without_the_text(caplog):
         assert after[key] == before.get(key, 0) + 1
     assert seen[-2:] == [refused, allowed]
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert "sexual_minors" in logged and "job=job-7" in logged
+    assert "sexual_minors" in logged
+    assert "job=job-7" in logged
     for word in ("naked", "child", "lighthouse", "compel"):
         assert word not in logged
-    assert "naked" not in json.dumps(refused.public()) and "child" not in json.dumps(refused.public())
+    assert "naked" not in json.dumps(refused.public())
+    assert "child" not in json.dumps(refused.public())
 
 
 def test_the_refusal_reply_names_the_policy_and_category():
     text = policy.refusal_text(policy.FLOOR)
-    assert "content policy" in text and policy.FLOOR in text
+    assert "content policy" in text
+    assert policy.FLOOR in text
     assert policy.rules().evaluate(text, "sfw", "chat_output").allowed
 
 
@@ -229,7 +234,8 @@ def test_a_stream_is_judged_like_the_whole_reply_and_never_sends_what_crossed(ca
     if completed:
         assert sent == text
     else:
-        assert guard.decision is not None and guard.decision.category == whole.category
+        assert guard.decision is not None
+        assert guard.decision.category == whole.category
         assert text.startswith(sent)
         assert policy.rules().evaluate(sent, "nsfw", "chat_output").allowed  # what went out is clean
 
@@ -240,7 +246,9 @@ def test_a_long_stream_checks_only_its_tail():
     sent, _, completed = _stream(long_ago + "Later that night they lay naked together.", list(range(0, 900, 7)))
     assert completed
     sent, guard, completed = _stream("We walked. " * 30 + "The child was naked.", list(range(0, 900, 5)))
-    assert not completed and "naked" not in sent and guard.decision.category == policy.FLOOR
+    assert not completed
+    assert "naked" not in sent
+    assert guard.decision.category == policy.FLOOR
 
 
 def test_a_conversation_carrying_an_earlier_refusal_is_not_refused_for_it():
@@ -257,7 +265,8 @@ REQUIRED_LANGUAGES = {"en", "es", "pt", "fr", "de", "it", "nl", "pl", "ru", "uk"
 
 def test_the_labelled_set_covers_twenty_languages_with_every_label():
     languages = {c.language for c in CASES}
-    assert REQUIRED_LANGUAGES <= languages and len(languages) >= 20
+    assert REQUIRED_LANGUAGES <= languages
+    assert len(languages) >= 20
     assert languages == set(policy.rules().languages)  # every language with rules is measured
     for code in languages:
         plain = [c for c in CASES if c.language == code and not c.obfuscated]
@@ -274,10 +283,11 @@ def test_every_language_file_names_its_sources_and_holds_the_three_ingredients()
         assert data["minor_terms"] and data["age_patterns"], path.name
         assert data["explicit_terms"] or data.get("explicit_terms_with_evidence"), path.name
         for pattern in data["age_patterns"]:  # each compiles and names the age it compares
-            assert pattern.get("below") == 18 and ("regex" in pattern or pattern.get("after") or pattern.get("before"))
+            assert pattern.get("below") == 18
+            assert ("regex" in pattern or pattern.get("after") or pattern.get("before"))
 
 
-@pytest.mark.parametrize("raw,plain", [
+@pytest.mark.parametrize(("raw", "plain"), [
     ("РЕБЁНОК", "ребенок"),              # Cyrillic stays Cyrillic (ё read as е)
     ("пoрнo", "порно"),                  # Latin o inside a Russian word read as Cyrillic
     ("п0рн0", "порно"),                  # a lone zero inside a Cyrillic word
@@ -293,7 +303,7 @@ def test_normalisation_reads_each_script_as_itself(raw, plain):
     assert policy.rules().normalise(raw) == plain
 
 
-@pytest.mark.parametrize("text,minor", [
+@pytest.mark.parametrize(("text", "minor"), [
     ("una niña de 12 años", True), ("tiene quince años", True), ("hace 12 años", False),
     ("treinta y dos años", False), ("tem 13 anos", True), ("há 13 anos", False), ("elle a 14 ans", True),
     ("il y a 14 ans", False), ("12 Jahre alt", True), ("die 12-jährige", True), ("vor 12 Jahren", False),
@@ -406,4 +416,5 @@ def test_a_stream_without_spaces_is_released_at_punctuation_and_stopped_before_a
     assert guard.finish() == "然后"
     guard = policy.StreamGuard("nsfw")
     sent = [guard.feed(p) for p in ["从前有一座山。", "一个十二岁", "的女孩", "裸体。"]]
-    assert sent == ["从前有一座山。", "", "", None] and guard.decision.category == policy.FLOOR
+    assert sent == ["从前有一座山。", "", "", None]
+    assert guard.decision.category == policy.FLOOR

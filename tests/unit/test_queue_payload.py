@@ -44,7 +44,8 @@ def runs(worker, payload, settings=PLACEHOLDER) -> dict:
 
 def test_workspace_txt2img_16_9_denoise_without_a_reference_is_context():
     payload = queue_job_payload(aspect_ratio="16:9", num_images=3, seed=5, content_type="nsfw")
-    assert payload["config"]["denoise_strength"] == 0.2 and "reference_image_url" not in payload["metadata"]
+    assert payload["config"]["denoise_strength"] == 0.2
+    assert "reference_image_url" not in payload["metadata"]
     assert payload["metadata"]["start_reference_url"] is None  # the workspace writes null for an absent frame
     job = from_app_payload("sdxl", payload, PLACEHOLDER)
     assert job.body == {
@@ -97,7 +98,8 @@ def _value(payload, pointer):
 
 def test_exact_copy_with_an_empty_prompt_and_no_negative_prompt():
     payload = queue_job_payload(reference_url=SIGNED, reference_mode="copy")
-    assert payload["prompt"] == "" and "negative_prompt" not in payload
+    assert payload["prompt"] == ""
+    assert "negative_prompt" not in payload
     job = from_app_payload("sdxl", payload, PRODUCTION)
     assert job.body["prompt"] == ""
     assert job.body["metadata"] == {"reference_image_url": SIGNED, "denoise_strength": 0.05, "exact_copy_mode": True}
@@ -107,8 +109,10 @@ def test_exact_copy_with_an_empty_prompt_and_no_negative_prompt():
     assert job.caller_context["metadata"]["reference_strength"] == 0.8
     assert job.caller_context["metadata"]["reference_profile"]["type"] == "copy"
     params = runs("sdxl", payload, PRODUCTION)
-    assert params["negative_prompt"] == "" and params["reference"]["mode"] == "exact_copy"
-    assert params["reference"]["denoise_strength"] == 0.05 and params["guidance_scale"] == 1.0
+    assert params["negative_prompt"] == ""
+    assert params["reference"]["mode"] == "exact_copy"
+    assert params["reference"]["denoise_strength"] == 0.05
+    assert params["guidance_scale"] == 1.0
 
 
 @pytest.mark.parametrize("change", [{}, {"reference_url": SIGNED}])
@@ -130,28 +134,34 @@ def test_empty_prompt_for_wan_is_refused_even_in_copy_mode():
 def test_wan_video_with_a_start_frame_that_is_also_the_general_reference():
     payload = queue_job_payload(fmt="video", quality="high", reference_url=SIGNED, start_url=SIGNED,
                                 aspect_ratio="9:16", steps=4)
-    assert payload["config"]["pipeline"] == "img2img" and payload["metadata"]["end_reference_url"] is None
+    assert payload["config"]["pipeline"] == "img2img"
+    assert payload["metadata"]["end_reference_url"] is None
     job = from_app_payload("wan", payload, PLACEHOLDER)
     assert job.body["type"] == "video_high"
     assert job.body["config"] == {"steps": 4, "guidance_scale": 7.5, "sample_solver": "dpm++", "first_frame": SIGNED,
                                   "width": 64, "height": 112, "negative_prompt": APP_NEGATIVE_PROMPT}
     assert job.body["metadata"] == {"denoise_strength": 0.2, "reference_image_url": SIGNED,
                                     "start_reference_url": SIGNED}
-    assert job.size["requested"] == "576x1024" and job.size["rendered"] == "64x112"
+    assert job.size["requested"] == "576x1024"
+    assert job.size["rendered"] == "64x112"
     ctx = job.caller_context
     assert ctx["config"] == {"pipeline": "img2img", "num_images": 1}
     assert ctx["compel_enabled"] is False
-    assert ctx["metadata"]["exact_copy_mode"] is False and ctx["metadata"]["video_reference_mode"] == "start"
-    assert ctx["metadata"]["duration"] == 5 and ctx["metadata"]["reference_strength"] == 0.8
+    assert ctx["metadata"]["exact_copy_mode"] is False
+    assert ctx["metadata"]["video_reference_mode"] == "start"
+    assert ctx["metadata"]["duration"] == 5
+    assert ctx["metadata"]["reference_strength"] == 0.8
     assert job.paths["/config/steps"] == "/config/num_inference_steps"
     params = runs("wan", payload)
-    assert params["reference"]["mode"] == "start" and params["reference"]["first_url"] == SIGNED
+    assert params["reference"]["mode"] == "start"
+    assert params["reference"]["first_url"] == SIGNED
     assert params["reference"]["conditioning_scale"] == pytest.approx(0.8)
 
 
 def test_keyframes_labelled_video_run_as_a_conditioned_video_and_the_label_is_recorded():
     payload = queue_job(workspace_request(fmt="video", start_url=SIGNED, end_url=OTHER))
-    assert payload["config"]["pipeline"] == "video" and "reference_image_url" not in payload["metadata"]
+    assert payload["config"]["pipeline"] == "video"
+    assert "reference_image_url" not in payload["metadata"]
     job = from_app_payload("wan", payload, PLACEHOLDER)
     assert job.notes["pipeline"] == {"label": "video", "ran": "img2img",
                                      "what": "video conditioned on reference frames", "label_agrees": False}
@@ -164,25 +174,30 @@ def test_keyframes_labelled_video_run_as_a_conditioned_video_and_the_label_is_re
 
 def test_a_general_reference_next_to_a_different_start_frame_is_context_the_frame_wins():
     payload = queue_job(workspace_request(fmt="video", reference_url=SIGNED, start_url=OTHER))
-    assert payload["metadata"]["reference_image_url"] == SIGNED and payload["config"]["first_frame"] == OTHER
+    assert payload["metadata"]["reference_image_url"] == SIGNED
+    assert payload["config"]["first_frame"] == OTHER
     job = from_app_payload("wan", payload, PLACEHOLDER)
     assert job.caller_context["metadata"]["reference_image_url"] == SIGNED
     assert "start/end frames are given" in job.notes["not_applied"]["/metadata/reference_image_url"]
     params = runs("wan", payload)
-    assert params["reference"]["mode"] == "start" and params["reference"]["first_url"] == OTHER
+    assert params["reference"]["mode"] == "start"
+    assert params["reference"]["first_url"] == OTHER
 
 
 def test_video_from_one_image():
     from tests.app_client import generation_service_request
 
     payload = queue_job(generation_service_request(fmt="video", reference_url=SIGNED))
-    assert payload["config"]["image"] == SIGNED and payload["metadata"]["video_reference_mode"] == "single"
-    assert payload["metadata"]["start_reference_url"] is None and payload["metadata"]["end_reference_url"] is None
+    assert payload["config"]["image"] == SIGNED
+    assert payload["metadata"]["video_reference_mode"] == "single"
+    assert payload["metadata"]["start_reference_url"] is None
+    assert payload["metadata"]["end_reference_url"] is None
     params = runs("wan", payload)
-    assert params["reference"]["mode"] == "single" and params["reference"]["first_url"] == SIGNED
+    assert params["reference"]["mode"] == "single"
+    assert params["reference"]["first_url"] == SIGNED
 
 
-@pytest.mark.parametrize("pipeline,reference,fmt,ran", [
+@pytest.mark.parametrize(("pipeline", "reference", "fmt", "ran"), [
     ("txt2img", SIGNED, "image", "img2img"), ("img2img", None, "image", "txt2img"), ("video", None, "image", "txt2img"),
     ("txt2img", None, "video", "video"), ("video", SIGNED, "video", "img2img"),
 ])
@@ -191,18 +206,20 @@ def test_the_pipeline_label_never_refuses_what_is_present_decides(pipeline, refe
     payload["config"]["pipeline"] = pipeline
     worker = "wan" if fmt == "video" else "sdxl"
     job = from_app_payload(worker, payload, PLACEHOLDER)
-    assert job.notes["pipeline"]["label"] == pipeline and job.notes["pipeline"]["ran"] == ran
+    assert job.notes["pipeline"]["label"] == pipeline
+    assert job.notes["pipeline"]["ran"] == ran
     assert job.notes["pipeline"]["label_agrees"] is False
     params = runs(worker, payload)
     assert bool(params["reference"]) == bool(reference)
 
 
-@pytest.mark.parametrize("field,value", [("quality", "high"), ("format", "video")])
+@pytest.mark.parametrize(("field", "value"), [("quality", "high"), ("format", "video")])
 def test_contradicting_labels_are_noted_not_refused(field, value):
     payload = queue_job_payload()
     payload[field] = value
     job = from_app_payload("sdxl", payload, PLACEHOLDER)
-    assert job.body["type"] == "sdxl_image_fast" and job.caller_context[field] == value
+    assert job.body["type"] == "sdxl_image_fast"
+    assert job.caller_context[field] == value
     assert "the type decides" in job.notes["not_applied"][f"/{field}"]
 
 
@@ -243,7 +260,8 @@ def test_unknown_fields_are_context():
     payload["surprise"] = 1
     payload["config"]["new_knob"] = {"x": 1}
     job = from_app_payload("sdxl", payload, PLACEHOLDER)
-    assert job.caller_context["surprise"] == 1 and job.caller_context["config"]["new_knob"] == {"x": 1}
+    assert job.caller_context["surprise"] == 1
+    assert job.caller_context["config"]["new_knob"] == {"x": 1}
     assert set(job.notes["not_applied"]) >= {"/surprise", "/config/new_knob"}
 
 
@@ -282,7 +300,8 @@ def test_wan_context_for_what_it_cannot_do():
     payload["compel_enabled"] = True
     payload["config"]["num_images"] = 3
     job = from_app_payload("wan", payload, PLACEHOLDER)
-    assert job.caller_context["compel_enabled"] is True and job.caller_context["config"]["num_images"] == 3
+    assert job.caller_context["compel_enabled"] is True
+    assert job.caller_context["config"]["num_images"] == 3
     assert set(job.notes["not_applied"]) >= {"/compel_enabled", "/config/num_images"}
 
 
@@ -309,7 +328,8 @@ def test_video_renders_at_the_models_native_size_class():
     for settings, sizes in expected.items():
         for aspect, (requested, rendered) in zip(("16:9", "9:16", "1:1"), sizes.items(), strict=True):
             job = from_app_payload("wan", queue_job_payload(fmt="video", aspect_ratio=aspect), settings)
-            assert job.size["requested"] == requested and job.size["rendered"] == rendered
+            assert job.size["requested"] == requested
+            assert job.size["rendered"] == rendered
             assert "native size class" in job.size["reason"]
             params = runs("wan", queue_job_payload(fmt="video", aspect_ratio=aspect), settings)
             assert f"{params['width']}x{params['height']}" == rendered
@@ -317,7 +337,8 @@ def test_video_renders_at_the_models_native_size_class():
     assert abs(624**2 - 832 * 480) < abs(640**2 - 832 * 480)
     requested = PLACEHOLDER.replace(app_video_size="requested")
     job = from_app_payload("wan", queue_job_payload(fmt="video", aspect_ratio="16:9"), requested)
-    assert job.size["rendered"] == "256x144" and job.size["scale"] == 0.25
+    assert job.size["rendered"] == "256x144"
+    assert job.size["scale"] == 0.25
     assert from_app_payload("wan", queue_job_payload(fmt="video", aspect_ratio="16:9"),
                             PRODUCTION.replace(app_video_size="requested")).size["rendered"] == "1024x576"
 
@@ -426,7 +447,8 @@ def test_property_context_never_refuses(data):
     job = from_app_payload(worker, payload, PLACEHOLDER)
     after = runs(worker, payload)
     assert (after["reference"] is None) == (not has_reference)
-    assert after["prompt"] == before["prompt"] and after["steps"] == before["steps"]
+    assert after["prompt"] == before["prompt"]
+    assert after["steps"] == before["steps"]
     context = job.caller_context
     assert context["config"]["pipeline"] == payload["config"]["pipeline"]
     for key, value in extra.items():
@@ -446,7 +468,8 @@ def test_property_any_seed_the_app_can_send_is_reduced_deterministically(seed, w
     payload = queue_job_payload(fmt="video" if worker == "wan" else "image", seed=seed)
     payload["config"]["seed"] = seed  # the app drops a seed of 0 (`||`); put it back to cover 0 too
     params = runs(worker, payload)
-    assert params["seed"] == seed % 2**32 and params["seed_source"] == "request"
+    assert params["seed"] == seed % 2**32
+    assert params["seed_source"] == "request"
     assert params.get("seed_requested") == (seed if seed % 2**32 != seed else None)
     assert runs(worker, payload)["seed"] == params["seed"]  # deterministic
 

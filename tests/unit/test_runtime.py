@@ -84,11 +84,14 @@ def test_jobs_run_fifo_and_store_assets_with_thumbnails(tmp_path):
         record = wait_status(runner, f"j{i}")
         assert record.status == "completed"
         asset = record.assets[0]
-        assert asset["url"] == f"u1/j{i}/0.png" and asset["thumbnail_url"] == f"u1/j{i}/0.thumb.webp"
+        assert asset["url"] == f"u1/j{i}/0.png"
+        assert asset["thumbnail_url"] == f"u1/j{i}/0.thumb.webp"
         png = Image.open(tmp_path / "out" / asset["url"])
-        assert png.format == "PNG" and png.size == (300, 150)
+        assert png.format == "PNG"
+        assert png.size == (300, 150)
         thumb = Image.open(tmp_path / "out" / asset["thumbnail_url"])
-        assert thumb.format == "WEBP" and thumb.size == (256, 128)
+        assert thumb.format == "WEBP"
+        assert thumb.size == (256, 128)
         assert asset["metadata"]["file_size_bytes"] == (tmp_path / "out" / asset["url"]).stat().st_size
     assert engine.ran == ["j0", "j1", "j2"]
 
@@ -106,7 +109,8 @@ def test_provenance_sidecar_stored_unless_switched_off(tmp_path):
     runner.submit("off", "t", "u1", {"steps": 1, "v": 1}, {})
     record = wait_status(runner, "off")
     asset = record.assets[0]
-    assert record.status == "completed" and asset["provenance_url"] is None
+    assert record.status == "completed"
+    assert asset["provenance_url"] is None
     assert asset["metadata"]["provenance"]["asset_index"] == 0
     assert sorted(p.name for p in (tmp_path / "off" / "out" / "u1" / "off").iterdir()) == ["0.png", "0.thumb.webp"]
 
@@ -123,7 +127,9 @@ def test_repeated_job_id_returns_first_job_and_runs_once(tmp_path):
     runner, engine, _ = make_runner(tmp_path)
     first, created = runner.submit("same", "t", "u", {"steps": 1, "v": 1}, {})
     again, created_again = runner.submit("same", "t", "u", {"steps": 1, "v": 2}, {})
-    assert created and not created_again and again is first
+    assert created
+    assert not created_again
+    assert again is first
     wait_status(runner, "same")
     time.sleep(0.1)
     assert engine.ran == ["same"]
@@ -152,11 +158,14 @@ def test_failure_has_reason_and_worker_keeps_serving(tmp_path, receiver):
     runner.submit("bad", "t", "u", {"steps": 1, "v": 1, "fail": True}, {})
     runner.submit("good", "t", "u", {"steps": 1, "v": 1}, {})
     bad = wait_status(runner, "bad")
-    assert bad.status == "failed" and bad.error == {"code": "test_failure", "message": "asked to fail"}
+    assert bad.status == "failed"
+    assert bad.error == {"code": "test_failure", "message": "asked to fail"}
     assert bad.assets == []
     assert wait_status(runner, "good").status == "completed"
     cb = receiver.wait_for(1, "bad")[0]
-    assert cb["status"] == "failed" and cb["error_message"] == "asked to fail" and cb["assets"] == []
+    assert cb["status"] == "failed"
+    assert cb["error_message"] == "asked to fail"
+    assert cb["assets"] == []
 
 
 def test_journal_recovery_fails_unfinished_jobs_and_tells_the_caller(tmp_path, receiver):
@@ -167,7 +176,8 @@ def test_journal_recovery_fails_unfinished_jobs_and_tells_the_caller(tmp_path, r
     # A new process reading the same journal (the old one "died" mid-job).
     runner2, _, _ = make_runner(tmp_path, callback_url=receiver.url, journal_dir=tmp_path / "j")
     record = runner2.get("lost")
-    assert record.status == "failed" and record.error["code"] == "worker_restarted"
+    assert record.status == "failed"
+    assert record.error["code"] == "worker_restarted"
     assert [b["status"] for b in receiver.wait_for(1, "lost")] == ["failed"]
     # and the id stays taken: resubmitting returns the failed record, runs nothing
     assert runner2.submit("lost", "t", "u", {"steps": 1, "v": 1}, {})[1] is False
@@ -186,10 +196,12 @@ def test_model_host_never_unloads_a_model_in_use(tmp_path):
 
     t = threading.Thread(target=job)
     t.start()
-    assert entered.wait(5) and engine.loaded
+    assert entered.wait(5)
+    assert engine.loaded
     with pytest.raises(ModelBusy):
         host.unload("m", wait_s=0.2)
-    assert engine.loaded and host.status()["m"]["busy"]
+    assert engine.loaded
+    assert host.status()["m"]["busy"]
     threading.Timer(0.2, release.set).start()
     assert host.unload("m", wait_s=5) == ["m"]
     assert not engine.loaded
@@ -203,7 +215,8 @@ def test_local_memory_refuses_what_cannot_fit():
     memory.acquire("a", 50 * 2**20, 0)
     with pytest.raises(MemoryUnavailable) as exc:
         memory.acquire("b", 50 * 2**20, 0)
-    assert not exc.value.too_big and exc.value.details["need_bytes"] == 60 * 2**20
+    assert not exc.value.too_big
+    assert exc.value.details["need_bytes"] == 60 * 2**20
     with pytest.raises(MemoryUnavailable) as exc:
         memory.acquire("c", 200 * 2**20, 0)
     assert exc.value.too_big
@@ -249,7 +262,8 @@ def test_local_storage_refuses_escaping_paths(tmp_path):
 
 def test_thumbnail_never_upscales_and_keeps_aspect():
     small = Image.open(io.BytesIO(media.encode_thumbnail(Image.new("RGB", (64, 32)))))
-    assert small.size == (64, 32) and small.format == "WEBP"
+    assert small.size == (64, 32)
+    assert small.format == "WEBP"
     tall = Image.open(io.BytesIO(media.encode_thumbnail(Image.new("RGB", (500, 1000)))))
     assert tall.size == (128, 256)
 
@@ -258,8 +272,11 @@ def test_mp4_is_h264_yuv420p_with_every_frame():
     frames = [Image.new("RGB", (32, 48), (i * 20, 255 - i * 20, 0)) for i in range(9)]
     data = media.encode_mp4(frames, 16)
     decoded, info = media.decode_mp4(data)
-    assert len(decoded) == 9 and decoded[0].shape == (48, 32, 3)
-    assert info["fps"] == 16 and "h264" in info["codec"] and "yuv420p" in info["pix_fmt"]
+    assert len(decoded) == 9
+    assert decoded[0].shape == (48, 32, 3)
+    assert info["fps"] == 16
+    assert "h264" in info["codec"]
+    assert "yuv420p" in info["pix_fmt"]
     assert data.find(b"moov") < data.find(b"mdat")  # faststart: index before the media data
 
 
@@ -296,7 +313,7 @@ def test_fetch_ok_redirect_and_data_url(image_server):
     assert fetch_image(data_url, ALLOW).size == (7, 7)
 
 
-@pytest.mark.parametrize("path, error", [("/text", InvalidImage), ("/garbage.png", InvalidImage),
+@pytest.mark.parametrize(("path", "error"), [("/text", InvalidImage), ("/garbage.png", InvalidImage),
                                          ("/big.png", FetchRefused), ("/missing.png", FetchFailed)])
 def test_fetch_failures_say_why(image_server, path, error):
     with pytest.raises(error) as exc:
@@ -313,7 +330,7 @@ def test_fetch_refuses_loopback_unless_allowed_and_other_schemes(image_server):
         fetch_image("http://127.0.0.1:9/x.png", ALLOW)
 
 
-@pytest.mark.parametrize("address, allowed", [("8.8.8.8", True), ("127.0.0.1", False), ("10.1.2.3", False),
+@pytest.mark.parametrize(("address", "allowed"), [("8.8.8.8", True), ("127.0.0.1", False), ("10.1.2.3", False),
                                               ("169.254.169.254", False), ("::1", False), ("0.0.0.0", False),
                                               ("::ffff:127.0.0.1", False), ("224.0.0.1", False)])
 def test_address_policy(address, allowed):

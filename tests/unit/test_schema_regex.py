@@ -88,7 +88,8 @@ def test_the_published_documents_hold_the_patterns_this_test_is_about():
     where = [place for places in PATTERNS.values() for place in places]
     assert any(place.endswith("/properties/id/pattern") for place in where)
     assert any("/resolution/pattern" in place for place in where)
-    assert any(":openapi:" in place for place in where) and any(":orchestrator." in place for place in where)
+    assert any(":openapi:" in place for place in where)
+    assert any(":orchestrator." in place for place in where)
     assert sum(1 for pattern in PATTERNS if pattern.endswith(END)) >= 4
 
 
@@ -124,7 +125,8 @@ def test_an_end_anchored_pattern_refuses_a_trailing_newline_in_both_dialects(dat
     example = data.draw(st.from_regex(pattern))
     for text in (example + "\n", example + "\r\n", example + "\u2028"):
         assert re.search(pattern, text) is None and ecma(pattern).find(text) is None, repr(text)
-    assert re.search(pattern, example) is not None and ecma(pattern).find(example) is not None
+    assert re.search(pattern, example) is not None
+    assert ecma(pattern).find(example) is not None
 
 
 def _ecma_pattern(validator, pattern, instance, schema):
@@ -139,7 +141,7 @@ ECMA_FORMATS = jsonschema.FormatChecker(formats=())
 ECMA_FORMATS.checks("regex", raises=regress.RegressError)(lambda value: not isinstance(value, str) or bool(ecma(value)))
 
 
-@pytest.mark.parametrize("name, document", [(n, d) for n, d in published_documents() if ":openapi:" not in n],
+@pytest.mark.parametrize(("name", "document"), [(n, d) for n, d in published_documents() if ":openapi:" not in n],
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_each_published_schema_is_valid_under_an_ecma_regex_validator(name, document):
     EcmaValidator.check_schema(document, format_checker=ECMA_FORMATS)
@@ -153,7 +155,7 @@ def test_the_ecma_validator_refuses_a_python_only_schema():
 SDXL_BODY = {"id": "j1", "type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1"}
 
 
-@pytest.mark.parametrize("schema_name, body, pointer", [
+@pytest.mark.parametrize(("schema_name", "body", "pointer"), [
     ("sdxl.generate", SDXL_BODY, ("id",)),
     ("sdxl.generate", {**SDXL_BODY, "config": {"resolution": "64x64"}}, ("config", "resolution")),
     ("orchestrator.jobs", SDXL_BODY, ("id",)),

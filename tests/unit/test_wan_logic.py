@@ -75,7 +75,8 @@ def test_frames_are_rounded_to_4k_plus_1_and_both_counts_kept():
 @given(st.integers(1, 10_000))
 def test_normalise_frames_is_the_nearest_4k_plus_1(n):
     f = normalise_frames(n)
-    assert f % 4 == 1 and abs(f - n) <= 2
+    assert f % 4 == 1
+    assert abs(f - n) <= 2
     assert normalise_frames(f) == f
 
 
@@ -84,7 +85,8 @@ def test_seed_zero_is_a_seed_and_absent_seed_is_random_and_reported():
     b = body()
     del b["config"]["seed"]
     p = normalise(b)
-    assert p["seed_source"] == "random" and 0 <= p["seed"] < 2**32
+    assert p["seed_source"] == "random"
+    assert 0 <= p["seed"] < 2**32
 
 
 def test_guidance_off_uses_no_negative_prompt():
@@ -93,7 +95,7 @@ def test_guidance_off_uses_no_negative_prompt():
     assert "/config/negative_prompt" in error_paths(body(config={"guidance_scale": 1.0, "negative_prompt": "blur"}))
 
 
-@pytest.mark.parametrize("b, path", [
+@pytest.mark.parametrize(("b", "path"), [
     (body(config={"frames": 81}), "/config/frames"),                       # over the placeholder max (33)
     (body(config={"frames": 3}), "/config/frames"),                        # a video needs 5 frames
     (body("image_fast", {"frames": 9}), "/config/frames"),                 # an image is one frame
@@ -132,7 +134,7 @@ def test_bad_requests_name_the_field(b, path):
     assert path in error_paths(b)
 
 
-@pytest.mark.parametrize("config, metadata, mode, first, last", [
+@pytest.mark.parametrize(("config", "metadata", "mode", "first", "last"), [
     ({}, {"reference_image_url": A}, "single", A, None),
     ({"image": A}, {}, "single", A, None),
     ({}, {"start_reference_url": A}, "start", A, None),
@@ -158,7 +160,8 @@ def test_strength_fields_set_the_vace_conditioning_scale():
     assert (ref["conditioning_scale"], ref["strength_source"]) == (0.75, "denoise_strength")
     ref = normalise(body(metadata={"reference_image_url": A, "denoise_strength": 0.25, "reference_strength": 0.75,
                                    "resize_policy": "letterbox"}))["reference"]
-    assert ref["conditioning_scale"] == 0.75 and ref["resize_policy"] == "letterbox"
+    assert ref["conditioning_scale"] == 0.75
+    assert ref["resize_policy"] == "letterbox"
 
 
 def test_caller_metadata_is_kept_apart():
@@ -167,10 +170,12 @@ def test_caller_metadata_is_kept_apart():
 
 
 def test_the_frames_bound_is_the_largest_count_that_rounds_within_the_limit():
-    assert max_requested_frames(33) == 33 and max_requested_frames(121) == 121
+    assert max_requested_frames(33) == 33
+    assert max_requested_frames(121) == 121
     for max_frames in (32, 33, 34, 121):
         top = max_requested_frames(max_frames)
-        assert top <= max_frames and normalise_frames(top) <= max_frames
+        assert top <= max_frames
+        assert normalise_frames(top) <= max_frames
         assert top == max_frames or normalise_frames(top + 1) > max_frames
 
 
@@ -219,7 +224,8 @@ def test_gpu_plan():
     assert gpu_plan(GPU, "cuda", 1280 * 720, False, False)["vae_tiling"] is True
     assert gpu_plan(GPU, "cuda", 1, True, False)["torch_compile"] is True
     offloaded = gpu_plan(GPU, "cuda", 1, True, True)
-    assert offloaded["model_cpu_offload"] is True and offloaded["torch_compile"] is False
+    assert offloaded["model_cpu_offload"] is True
+    assert offloaded["torch_compile"] is False
     assert gpu_plan({**GPU, "text_encoder_on_cpu": False}, "cuda", 1, False, True)["text_encoder_on_cpu"] is True
 
 
@@ -232,12 +238,15 @@ def test_working_bytes_scale_with_pixels_and_frames():
 def test_conditioning_frames_mark_known_frames_black():
     red, blue = Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))
     video, mask = conditioning_frames(red, blue, 5, 16, 16)
-    assert video[0] is red and video[-1] is blue and video[2].getpixel((0, 0)) == (128, 128, 128)
+    assert video[0] is red
+    assert video[-1] is blue
+    assert video[2].getpixel((0, 0)) == (128, 128, 128)
     assert [m.getpixel((0, 0)) for m in mask] == [0, 255, 255, 255, 0]
     video, mask = conditioning_frames(None, blue, 5, 16, 16)
     assert [m.getpixel((0, 0)) for m in mask] == [255, 255, 255, 255, 0]
     video, mask = conditioning_frames(red, None, 1, 16, 16)
-    assert video == [red] and [m.getpixel((0, 0)) for m in mask] == [0]
+    assert video == [red]
+    assert [m.getpixel((0, 0)) for m in mask] == [0]
 
 
 def _expected_wan_errors(config: dict, job_type: str, limits: dict) -> set[str]:
@@ -274,8 +283,10 @@ def test_property_accepted_bodies_normalise_within_bounds(frames, width, steps, 
         assert paths and paths <= expected, f"{job_type} {config}: refused at {paths}, invalid: {expected}"
         return
     assert not expected, f"{job_type} {config} accepted; invalid: {expected}"
-    assert p["frames"] % 4 == 1 and p["frames"] <= limits["max_frames"]
+    assert p["frames"] % 4 == 1
+    assert p["frames"] <= limits["max_frames"]
     assert (p["frames"] == 1) == (p["output"] == "image")
-    assert limits["min_size"] <= p["width"] <= limits["max_size"] and p["width"] % 16 == 0
+    assert limits["min_size"] <= p["width"] <= limits["max_size"]
+    assert p["width"] % 16 == 0
     assert 1 <= p["steps"] <= 100
     assert p["fps"] is None if p["output"] == "image" else 1 <= p["fps"] <= 60
