@@ -104,29 +104,50 @@ def _values(values: dict) -> str:
 _OWN_COLUMNS = ("steps", "guidance_scale", "width", "height", "frames", "fps", "negative_prompt")
 
 
+def _preset_row(name: str, preset: dict) -> tuple[tuple[str, ...], str]:
+    """One preset's table row and its other defaults (img2img, exact copy, reference, the rest)."""
+    d = preset["defaults"]
+    frames = f"{d['frames']} @ {d['fps']} fps" if "frames" in d else "-"
+    others = {k: v for k, v in d.items() if k not in _OWN_COLUMNS}
+    extras = [_values(others)] if others else []
+    extras += [f"{key}: {_values(preset[key])}" for key in ("img2img", "exact_copy", "reference") if key in preset]
+    profiles = "; ".join(f"{profile}: {_values(values)}" for profile, values in preset.get("profiles", {}).items())
+    row = (f"`{name}`", preset["worker"], preset.get("output", "image"), str(d["steps"]), str(d["guidance_scale"]),
+           f"{d['width']}x{d['height']}", frames, profiles or "-")
+    return row, "; ".join(extras)
+
+
 def job_types_section() -> str:
+    """One row per preset. A legacy alias that only renames its base type is listed under the table instead
+    of repeating the base's row; defaults that several types share are said once."""
     types = job_types()
     rows = []
+    extras: dict[str, list[str]] = {}
     negatives: dict[str, list[str]] = {}
+    aliases: dict[bool, list[str]] = {}
     for name, preset in types.items():
-        d = preset["defaults"]
-        frames = f"{d['frames']} @ {d['fps']} fps" if "frames" in d else "-"
-        others = {k: v for k, v in d.items() if k not in _OWN_COLUMNS}
-        extras = [_values(others)] if others else []
-        extras += [f"{key}: {_values(preset[key])}" for key in ("img2img", "exact_copy", "reference") if key in preset]
-        profiles = "; ".join(f"{profile}: {_values(values)}" for profile, values in preset.get("profiles", {}).items())
-        if preset["base_type"] != name:
-            extras.insert(0, f"alias of `{preset['base_type']}`" + (", prompt enhanced first" if preset["enhance"]
-                                                                      else ""))
-        rows.append((f"`{name}`", preset["worker"], preset.get("output", "image"), str(d["steps"]),
-                     str(d["guidance_scale"]), f"{d['width']}x{d['height']}", frames, profiles or "-",
-                     "; ".join(extras)))
-        if preset["base_type"] == name and "negative_prompt" in d:
-            negatives.setdefault(d["negative_prompt"], []).append(f"`{name}`")
-    table = _table(("type", "worker", "output", "steps", "guidance", "size", "frames", "per profile",
-                    "other defaults"), rows)
-    lines = [f"- negative prompt of {', '.join(names)}: \"{text}\"" for text, names in negatives.items()]
-    return table + "\n\nDefault negative prompts (a caller's own replaces them):\n\n" + "\n".join(lines)
+        base = preset["base_type"]
+        row, extra = _preset_row(name, preset)
+        negative = preset["defaults"].get("negative_prompt")
+        if base != name and base in types:
+            base_row, base_extra = _preset_row(base, types[base])
+            if (base_row[1:], base_extra, types[base]["defaults"].get("negative_prompt")) == (row[1:], extra, negative):
+                aliases.setdefault(bool(preset["enhance"]), []).append(f"`{name}` = `{base}`")
+                continue
+            extra = "; ".join([f"alias of `{base}`" + (", prompt enhanced first" if preset["enhance"] else ""),
+                               *([extra] if extra else [])])
+        rows.append(row)
+        if extra:
+            extras.setdefault(extra, []).append(f"`{name}`")
+        if negative is not None:
+            negatives.setdefault(negative, []).append(f"`{name}`")
+    table = _table(("type", "worker", "output", "steps", "guidance", "size", "frames", "per profile"), rows)
+    lines = [f"- {', '.join(names)}: {text}" for text, names in extras.items()]
+    lines += [f"- negative prompt of {', '.join(names)} (a caller's own replaces it): \"{text}\""
+              for text, names in negatives.items()]
+    lines += [f"- legacy aliases{', the prompt enhanced first' if enhance else ''}: {', '.join(names)}"
+              for enhance, names in aliases.items()]
+    return table + "\n\nOther defaults:\n\n" + "\n".join(lines)
 
 
 SECTIONS: dict[str, tuple[str, Callable[[], str]]] = {
