@@ -126,7 +126,8 @@ def bench_jobs(jobs: int, steps: int) -> tuple[list[float], list[float]]:
                     started = time.perf_counter()
                     response = requests.post(url, json=payload, timeout=300)
                     elapsed = time.perf_counter() - started
-                    assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+                    assert response.status_code == 200, response.text
+                    assert response.json()["status"] == "completed", response.text
                     return elapsed
 
                 timed(worker + "/generate?wait=300", body(0, "warm"))  # load the model once

@@ -137,7 +137,8 @@ def test_out_of_memory_is_retried_once_with_vae_slicing_and_tiling(sdxl_app):
     client, state, calls = sdxl_app
     state.ooms = 1
     status, record = _job(client, "oom-once")
-    assert status == 200 and record["status"] == "completed", record
+    assert status == 200, record
+    assert record["status"] == "completed", record
     assert calls == [False, True]
     metadata = record["assets"][0]["metadata"]
     assert metadata["memory_saving_retry"] is True

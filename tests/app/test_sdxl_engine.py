@@ -266,7 +266,7 @@ def test_resize_policies():
     assert boxed.size == (64, 64)
     assert boxed.getpixel((32, 2)) == (0, 0, 0)
     assert boxed.getpixel((32, 32))[0] > 200
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown resize policy 'stretch'"):
         resize_reference(src, 64, 64, "stretch")
 
 

@@ -106,7 +106,8 @@ def test_replay_of_every_entry_point_of_the_app(stack, standin, redis_server):
         video = payload["format"] == "video"
         requested = payload["config"]["resolution"]
         expected = NATIVE[requested] if video else "x".join(str(int(v) // 4) for v in requested.split("x"))
-        assert metadata["size"]["requested"] == requested and metadata["size"]["rendered"] == expected, name
+        assert metadata["size"]["requested"] == requested, name
+        assert metadata["size"]["rendered"] == expected, name
         w, h = (int(v) for v in expected.split("x"))
         pipeline = metadata["intake"]["pipeline"]
         assert pipeline["label"] == payload["config"]["pipeline"]

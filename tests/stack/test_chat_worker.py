@@ -115,7 +115,8 @@ def test_validation_errors(worker, path, body, field):
     reply = post(worker, path, body)
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
-    assert error["code"] == "validation_error" and field in [d["path"] for d in error["details"]], error
+    assert error["code"] == "validation_error", error
+    assert field in [d["path"] for d in error["details"]], error
 
 
 def test_auth_unknown_routes_and_no_jobs(worker):

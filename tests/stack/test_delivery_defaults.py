@@ -36,7 +36,8 @@ def test_production_without_the_callback_secret_refuses_to_start(tmp_path, place
         result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
         said = result.stdout + result.stderr
         assert result.returncode == 2, (command, result.returncode, said[-3000:])
-        assert "needs JOB_CALLBACK_SECRET" in said and "refusing to start" in said, said[-3000:]
+        assert "needs JOB_CALLBACK_SECRET" in said, said[-3000:]
+        assert "refusing to start" in said, said[-3000:]
     # the same settings with the secret pass this check (and a placeholder pod needs none)
     Settings.from_env({**env, "JOB_CALLBACK_SECRET": CALLBACK_SECRET})
     Settings.from_env({**env, "MODEL_PROFILE": "placeholder"})
@@ -50,7 +51,8 @@ def test_a_production_worker_started_alone_refuses_too(tmp_path, placeholder_dir
     command = WorkerProcess("sdxl", base_env(tmp_path, placeholder_dir)).command
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
     said = result.stdout + result.stderr
-    assert result.returncode != 0 and "needs JOB_CALLBACK_SECRET" in said, (result.returncode, said[-3000:])
+    assert result.returncode != 0, (result.returncode, said[-3000:])
+    assert "needs JOB_CALLBACK_SECRET" in said, (result.returncode, said[-3000:])
 
 
 def test_provenance_sidecar_default_follows_the_storage_backend():
@@ -99,7 +101,8 @@ def test_a_refused_callback_is_retried_and_shown_until_the_receiver_accepts_it(p
     assert _metric(metrics, "ourvidz_callbacks_refused_by_receiver") == 1.0
     assert _metric(metrics, "ourvidz_callbacks_refused_total") >= 3
     record = worker.client.get("/jobs/refused-1").json()
-    assert record["status"] == "completed" and record["callback"]["status"] == "pending", record["callback"]
+    assert record["status"] == "completed", record["callback"]
+    assert record["callback"]["status"] == "pending", record["callback"]
     summary = worker.client.get("/ops/summary").json()["callbacks"]
     assert summary["warning"]["message"] == warning["message"]
     assert summary["pending"] == 1

@@ -85,9 +85,11 @@ def assert_says_what_the_files_say(pod: OrchestratorProcess, callback: dict, use
     if callback["status"] == "completed":
         named = sorted(Path(u).name for a in callback["assets"]
                        for u in (a["url"], a["thumbnail_url"], a["provenance_url"]))
-        assert named and named == files, (callback, files)
+        assert named, (callback, files)
+        assert named == files, (callback, files)
     else:
-        assert not callback["assets"] and not files, (callback, files)
+        assert not callback["assets"], (callback, files)
+        assert not files, (callback, files)
 
 
 def pid_alive(pid: int) -> bool:
@@ -113,7 +115,8 @@ def test_local_storage_not_writable_fails_the_job_with_a_reason(serving, receive
     (pod.output_dir / "blocked").write_text("a file where the user's folder would go")
     assert sdxl.post("/generate", json={**SDXL, "id": "store-blocked", "user_id": "blocked"}).status_code == 202
     record = sdxl.wait_job("store-blocked", 60)
-    assert record["status"] == "failed" and record["error"]["code"] == "storage_failed", record
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "storage_failed", record
     assert str(pod.output_dir) not in record["error"]["message"]  # no server paths in what callers read
     assert [c["status"] for c in receiver.wait_accepted("store-blocked")] == ["failed"]
     assert sdxl.post("/generate", json={**SDXL, "id": "store-after"}).status_code == 202
@@ -159,7 +162,8 @@ def test_supabase_storage_answering_500_fails_the_job_with_a_reason(tmp_path, pl
         with WorkerProcess("sdxl", env) as sdxl:
             assert sdxl.client.post("/generate", json={**SDXL, "id": "supa-500"}).status_code == 202
             record = sdxl.client.wait_job("supa-500", 120)
-            assert record["status"] == "failed" and record["error"]["code"] == "storage_failed", record
+            assert record["status"] == "failed", record
+            assert record["error"]["code"] == "storage_failed", record
             assert supabase.uploads >= 2, "a 500 from storage is retried before the job fails"
             wait_until(lambda: supabase.callbacks, 30, "the callback")
             time.sleep(0.5)
@@ -179,7 +183,8 @@ def test_kill_9_of_the_wan_worker_mid_job(serving, receiver):
     wait_until(lambda: stage_of(pod.client, job_id) == ("processing", "generating"), 120, "generating")
     os.kill(before["pid"], signal.SIGKILL)
     record = pod.client.wait_job(job_id, 60)
-    assert record["status"] == "failed" and record["error"]["code"] == "worker_died", record
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "worker_died", record
     callbacks = receiver.wait_accepted(job_id)
     time.sleep(0.5)
     assert [c["status"] for c in receiver.accepted(job_id)] == ["failed"]
@@ -197,7 +202,8 @@ def test_kill_9_of_the_chat_worker_mid_enhancement(serving, receiver):
     wait_until(lambda: stage_of(pod.client, job_id)[1] == "enhancing", 60, "enhancing")
     os.kill(before["pid"], signal.SIGKILL)
     record = pod.client.wait_job(job_id, 60)
-    assert record["status"] == "failed" and record["error"]["code"] == "enhancement_failed", record
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "enhancement_failed", record
     receiver.wait_accepted(job_id)
     time.sleep(0.5)
     assert [c["status"] for c in receiver.accepted(job_id)] == ["failed"]
@@ -267,7 +273,8 @@ def test_a_receiver_outage_across_a_pod_restart_loses_no_callback(serving, recei
     time.sleep(2 * 0.62)  # twice the old delivery window (six attempts) at this clock
     for client, job_id in [(pod.client, j) for j in routed] + [(sdxl, j) for j in direct]:
         callback = client.get(f"/jobs/{job_id}").json()["callback"]
-        assert callback["status"] == "pending" and callback["attempts"] >= 3, (job_id, callback)
+        assert callback["status"] == "pending", (job_id, callback)
+        assert callback["attempts"] >= 3, (job_id, callback)
 
     # SIGTERM mid-job: a routed job is running when the pod is stopped, then started again.
     running = pod.client.post("/jobs", json={**SLOW_SDXL, "id": "out-running"}).json()["job_id"]
@@ -290,7 +297,8 @@ def test_a_receiver_outage_across_a_pod_restart_loses_no_callback(serving, recei
     sdxl = worker(pod, "sdxl")
     for client, job_id in [(pod.client, j) for j in routed + [running]] + [(sdxl, j) for j in direct]:
         record = client.get(f"/jobs/{job_id}").json()
-        assert record["callback"]["status"] == "delivered" and record["callback"]["attempts"] > 1, record["callback"]
+        assert record["callback"]["status"] == "delivered", record["callback"]
+        assert record["callback"]["attempts"] > 1, record["callback"]
 
 
 # ---- one live process per journal ---------------------------------------------------------------------

@@ -199,7 +199,8 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
     assert not any(
         (b or {}).get("job_id", "").startswith("newline-1") for b in receiver.bodies())
     ready = worker.get("/ready").json()["queue"]
-    assert ready["dead_lettered"] == len(hostile) and ready["id_conflicts"] == 3, ready
+    assert ready["dead_lettered"] == len(hostile), ready
+    assert ready["id_conflicts"] == 3, ready
     time.sleep(1.0)  # nothing is handled again once the queue is empty
     assert worker.get("/ready").json()["queue"]["taken"] == ready["taken"]
 
@@ -210,7 +211,8 @@ def test_hostile_entries_are_dead_lettered_and_the_job_behind_each_completes(pod
     assert ghost["info"]["unreadable"].startswith("\x1b[2J not json")
     assert queue["dead_letters"] == len(hostile)
     assert pod.client.get("/ops/state").json()["queues"][0]["dead_letters"] == len(hostile)
-    assert pod.watcher.answers and not pod.watcher.failures(), pod.watcher.failures()[:5]
+    assert pod.watcher.answers, pod.watcher.failures()[:5]
+    assert not pod.watcher.failures(), pod.watcher.failures()[:5]
 
 
 def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_on(pod, redis, receiver):
@@ -227,7 +229,8 @@ def test_a_queued_job_behind_a_dripping_reference_completes_while_the_drip_goes_
         assert not drip.closed
         assert time.monotonic() - started < 400
         record = sdxl(pod).get(f"/jobs/{slow['id']}").json()
-        assert record["status"] == "queued" and record["progress"]["stage"] == "fetching", record
+        assert record["status"] == "queued", record
+        assert record["progress"]["stage"] == "fetching", record
         assert not receiver.terminal(slow["id"])
     finally:
         drip.close()
@@ -317,7 +320,8 @@ def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_
     try:
         wait_until(lambda: redis_state() == "password_refused", 30, "/ready to say the password is refused")
         state = pod.client.get("/ops/state").json()
-        assert state["redis"]["state"] == "password_refused" and state["redis"]["connected"] is False, state["redis"]
+        assert state["redis"]["state"] == "password_refused", state["redis"]
+        assert state["redis"]["connected"] is False, state["redis"]
         assert metric().endswith(" 0.0")
         assert CANARY not in json.dumps(state)
     finally:
@@ -331,7 +335,8 @@ def test_redis_down_and_a_refused_password_are_said_by_ready_the_ops_page_and_a_
         assert [q["depth"] for q in state["queues"]] == [None]
         assert metric().endswith(" 0.0")
         said = ops_page_redis_line(pod)
-        assert said.startswith("Redis UNREACHABLE") and "no Redis queue intake" not in said, said
+        assert said.startswith("Redis UNREACHABLE"), said
+        assert "no Redis queue intake" not in said, said
     finally:
         redis.start()
     wait_until(lambda: redis_state() == "connected", 30, "/ready to say connected again")

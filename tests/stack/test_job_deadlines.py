@@ -137,7 +137,8 @@ def test_past_its_deadline_a_job_stops_at_a_step_fails_timeout_and_the_next_comp
     long, _ = runner.submit("long", "sdxl_image_fast", "u1", {"steps": 100000}, {})
     short, _ = runner.submit("short", "sdxl_image_fast", "u1", {"steps": 3}, {})
     ended = wait_status(runner, "long")
-    assert ended.status == "failed" and ended.error["code"] == "timeout", ended.public()
+    assert ended.status == "failed", ended.public()
+    assert ended.error["code"] == "timeout", ended.public()
     assert "deadline of 1s" in ended.error["message"]
     assert 1.0 <= time.monotonic() - started < 20
     assert 0 < ended.progress["step"] < 100000
@@ -315,7 +316,8 @@ def test_queue_a_job_past_its_deadline_fails_timeout_signed_and_the_job_behind_c
     rpush(client, behind, QUEUE)
     wait_terminal(queue_standin, [long["id"], behind["id"]], timeout_s=120)
     [ended] = terminal(queue_standin, long["id"])  # the stand-in accepts only correctly signed callbacks
-    assert ended["status"] == "failed" and ended["metadata"]["error_type"] == "timeout", ended
+    assert ended["status"] == "failed", ended
+    assert ended["metadata"]["error_type"] == "timeout", ended
     assert "deadline of 10s" in ended["error_message"]
     assert ended["assets"] == []
     [done] = terminal(queue_standin, behind["id"])
@@ -348,11 +350,13 @@ def test_queue_the_apps_cancel_before_start_and_mid_run_and_the_jobs_around_comp
         [done] = terminal(queue_standin, job["id"])
         assert done["status"] == "completed"
     early = worker.client.get(f"/jobs/{cancelled_early['id']}").json()
-    assert early["status"] == "cancelled" and early["started_at"] is None, early
+    assert early["status"] == "cancelled", early
+    assert early["started_at"] is None, early
     assert early["error"]["message"] == "cancelled in the app before it started"
     stopped = worker.client.wait_job(running["id"], timeout_s=60)
     # Not `timeout`: the app's cancel (read every second) came long before the 10 s deadline.
-    assert stopped["status"] == "cancelled" and stopped["error"]["message"] == "cancelled in the app", stopped
+    assert stopped["status"] == "cancelled", stopped
+    assert stopped["error"]["message"] == "cancelled in the app", stopped
     assert stopped["assets"] == []
     assert stopped["progress"]["step"] < 100
     for job in (cancelled_early, running):
@@ -391,7 +395,8 @@ def test_queue_an_engine_that_ignores_the_stop_gets_its_process_replaced(tmp_pat
         wait_step(process, stuck["id"], 1)
         wait_terminal(queue_standin, [stuck["id"], behind["id"]], timeout_s=240)
         [ended] = terminal(queue_standin, stuck["id"])
-        assert ended["status"] == "failed" and ended["metadata"]["error_type"] == "timeout", ended
+        assert ended["status"] == "failed", ended
+        assert ended["metadata"]["error_type"] == "timeout", ended
         assert "the worker process was replaced" in ended["error_message"]
         [done] = terminal(queue_standin, behind["id"])
         assert done["status"] == "completed"
@@ -425,11 +430,13 @@ def test_routed_job_past_its_deadline_ends_timeout_with_one_signed_callback(star
                                                                             "width": 256, "height": 256}})
         assert answer.status_code == 202, answer.text
         record = pod.client.wait_job(job_id, timeout_s=120)
-        assert record["status"] == "failed" and record["error"]["code"] == "timeout", record
+        assert record["status"] == "failed", record
+        assert record["error"]["code"] == "timeout", record
         assert "deadline of 2s" in record["error"]["message"]
         wait_terminal(queue_standin, [job_id], timeout_s=30)
         [callback] = terminal(queue_standin, job_id)
-        assert callback["status"] == "failed" and callback["metadata"]["error_type"] == "timeout", callback
+        assert callback["status"] == "failed", callback
+        assert callback["metadata"]["error_type"] == "timeout", callback
     finally:
         assert pod.stop() == 0
 
@@ -451,13 +458,15 @@ def test_routed_job_on_a_stuck_engine_ends_timeout_after_its_worker_process_is_r
         body = {"type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1", "config": {"steps": 10}}
         assert pod.client.post("/jobs", json={**body, "id": stuck_id}).status_code == 202
         record = pod.client.wait_job(stuck_id, timeout_s=180)
-        assert record["status"] == "failed" and record["error"]["code"] == "timeout", record
+        assert record["status"] == "failed", record
+        assert record["error"]["code"] == "timeout", record
         assert "the worker process was replaced" in record["error"]["message"]
         wait_terminal(queue_standin, [stuck_id], timeout_s=30)
         [callback] = terminal(queue_standin, stuck_id)
         assert callback["metadata"]["error_type"] == "timeout", callback
         sdxl_worker = pod.workers()["sdxl"]
-        assert sdxl_worker["pid"] == first_pid and sdxl_worker["restarts"] == 0, sdxl_worker  # gunicorn's master
+        assert sdxl_worker["pid"] == first_pid, sdxl_worker  # gunicorn's master
+        assert sdxl_worker["restarts"] == 0, sdxl_worker
         assert pod.client.post("/jobs", json={**body, "id": next_id, "config": {"steps": 2}}).status_code == 202
         assert pod.client.wait_job(next_id, timeout_s=180)["status"] == "completed"
     finally:

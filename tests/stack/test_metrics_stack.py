@@ -35,12 +35,14 @@ def jobs(pod):
         "type": "sdxl_image_fast", "prompt": PROMPT, "user_id": "u-obs",
         "enhance": {"model": "instruct", "max_tokens": 8, "seed": 1},
         "config": {"seed": 5, "steps": 2}})
-    assert sdxl.status_code == 200 and sdxl.json()["status"] == "completed", sdxl.text
+    assert sdxl.status_code == 200, sdxl.text
+    assert sdxl.json()["status"] == "completed", sdxl.text
     assert sdxl.headers["X-Request-ID"] == REQUEST_ID
     assert sdxl.json()["request_id"] == REQUEST_ID
     wan = pod.client.post("/jobs?wait=120", json={"type": "video_fast", "prompt": "waves on a beach",
                                                   "user_id": "u-obs", "config": {"seed": 3, "steps": 2}})
-    assert wan.status_code == 200 and wan.json()["status"] == "completed", wan.text
+    assert wan.status_code == 200, wan.text
+    assert wan.json()["status"] == "completed", wan.text
     chat = requests.post(f"http://127.0.0.1:{pod.ports['chat']}/chat", timeout=60,
                          headers={"Authorization": f"Bearer {API_KEY}"},
                          json={"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6, "seed": 2})

@@ -519,7 +519,7 @@ def test_routing_cancel_while_enhancing_never_generates(routed):
     assert not submitted
     assert [c for c in sdxl.calls if c[0] == "POST" and "dry_run" not in c[1]] == []
     assert [c["status"] for c in receiver.wait_for(1, "c1")] == ["cancelled"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="job c1 already cancelled"):
         router.cancel("c1")
 
 
@@ -553,7 +553,8 @@ def test_routing_an_enhancement_thread_survives_a_journal_that_fails_twice(tmp_p
         router.submit(dict(ENHANCED, id="disk"))
         behind, _ = router.submit(dict(ENHANCED, id="behind"))
         release.set()
-        assert router.wait("behind", 20) and behind.status == "completed", behind.error
+        assert router.wait("behind", 20), behind.error
+        assert behind.status == "completed", behind.error
         assert submitted["behind"]["prompt"] == "a fox, golden light"
         assert "disk" not in submitted
     finally:

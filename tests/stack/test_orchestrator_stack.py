@@ -107,7 +107,8 @@ def test_options_is_204_with_allow_on_every_process_without_a_key_and_runs_no_ha
             assert {method, "OPTIONS"} <= allowed, (process, path, allowed)
             assert answer.content == b""
         unknown = requests.options(urls[process] + "/api/chat", timeout=10)
-        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found", unknown.text
+        assert unknown.status_code == 404, unknown.text
+        assert unknown.json()["error"]["code"] == "not_found", unknown.text
         health = requests.get(urls[process] + "/health", timeout=10).json()
         assert health["status"] == "ok"
         assert health["capabilities"]["role"]
@@ -190,7 +191,8 @@ def test_enhancement_failure_fails_the_job_with_its_reason(stack, receiver):
     # max_prompt_tokens: the job must fail, not run on the original prompt.
     job_id = submit(stack, {**job("sdxl_image_fast", "fox " * 3000), "enhance": {"model": "base", "max_tokens": 8}})
     record = stack.client.wait_job(job_id, 60)
-    assert record["status"] == "failed" and record["error"]["code"] == "enhancement_failed", record
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "enhancement_failed", record
     assert "HTTP 400" in record["error"]["message"]
     assert "tokens" in record["error"]["message"]
     assert record["metadata"]["enhanced_prompt"] is None
@@ -240,7 +242,8 @@ def test_alternating_jobs_with_a_budget_for_one_generation_model(stack, receiver
     assert len(stack.client.get("/memory/status", params={"history": 3}).json()["history"]) == 3
     assert stack.client.get("/memory/status", params={"history": 0}).json()["history"] == []
     evicted = [(e["worker"], e["model"]) for e in history if e["event"] == "evicted"]
-    assert ("sdxl", "sdxl") in evicted and ("wan", "wan_t2v") in evicted, evicted
+    assert ("sdxl", "sdxl") in evicted, evicted
+    assert ("wan", "wan_t2v") in evicted, evicted
     # never unloaded while its job ran: between a worker's job_started and job_finished no model of it is evicted
     running: dict[str, int] = {}
     for event in history:
@@ -266,12 +269,14 @@ def test_operator_command_line(stack):
                               text=True, timeout=120)
 
     loaded = cli("load", "chat", "qwen_instruct")
-    assert loaded.returncode == 0 and loaded.stdout.strip() == "chat: loaded qwen_instruct", loaded.stderr
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "chat: loaded qwen_instruct", loaded.stderr
     status = cli("status")
     assert status.returncode == 0
     assert any("qwen_instruct  loaded" in line for line in status.stdout.splitlines())
     unloaded = cli("unload", "chat", "qwen_instruct", "--wait", "30")
-    assert unloaded.returncode == 0 and unloaded.stdout.strip() == "chat: unloaded qwen_instruct", unloaded.stderr
+    assert unloaded.returncode == 0, unloaded.stderr
+    assert unloaded.stdout.strip() == "chat: unloaded qwen_instruct", unloaded.stderr
     status = cli("status")
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
@@ -304,7 +309,8 @@ def test_kill_9_of_a_worker_fails_its_job_and_restarts_it(stack, receiver):
     wait_until(lambda: stack.client.get(f"/jobs/{job_id}").json()["status"] == "processing", 120, "processing")
     os.kill(before["pid"], signal.SIGKILL)  # the gunicorn master
     record = stack.client.wait_job(job_id, 60)
-    assert record["status"] == "failed" and record["error"]["code"] == "worker_died", record
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] == "worker_died", record
     assert "killed by SIGKILL" in record["error"]["message"]
     callback = receiver.wait_for(1, job_id)
     assert [c["status"] for c in callback] == ["failed"]

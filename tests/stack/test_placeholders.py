@@ -443,7 +443,7 @@ def test_qwen_instruct_chat_template_and_base_has_none(qwen):
 
     base_tok = qwen["qwen_base"][1]
     assert base_tok.chat_template is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="tokenizer.chat_template is not set"):  # transformers' own refusal
         base_tok.apply_chat_template(messages, tokenize=False)
 
 

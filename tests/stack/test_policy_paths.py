@@ -432,7 +432,8 @@ def test_an_sfw_output_the_classifier_flags_is_not_stored_and_nsfw_completes(sdx
     assert sdxl.client.post("/generate", json={**job, "id": "out-sfw", "content_tier": "sfw"}).status_code == 202
     assert sdxl.client.post("/generate", json={**job, "id": "out-nsfw", "content_tier": "nsfw"}).status_code == 202
     flagged, completed = sdxl.client.wait_job("out-sfw"), sdxl.client.wait_job("out-nsfw")
-    assert flagged["status"] == "failed" and completed["status"] == "completed", (flagged, completed)
+    assert flagged["status"] == "failed", (flagged, completed)
+    assert completed["status"] == "completed", (flagged, completed)
     assert flagged["error"] == {"code": "content_policy", "message": "content policy: sexual_explicit"}
     assert not (sdxl.outputs / "u1" / "out-sfw").exists()  # nothing stored
     assert (sdxl.outputs / "u1" / "out-nsfw" / "0.png").exists()
@@ -451,8 +452,10 @@ def test_a_wan_video_flagged_in_sfw_fails_and_completes_in_nsfw(wan):
     assert wan.client.post("/generate", json={**job, "id": "v-sfw"}).status_code == 202  # CONTENT_TIER_DEFAULT
     assert wan.client.post("/generate", json={**job, "id": "v-nsfw", "content_tier": "nsfw"}).status_code == 202
     flagged, completed = wan.client.wait_job("v-sfw", timeout_s=300), wan.client.wait_job("v-nsfw", timeout_s=300)
-    assert flagged["status"] == "failed" and flagged["error"]["code"] == "content_policy", flagged
-    assert flagged["assets"] == [] and completed["status"] == "completed", completed
+    assert flagged["status"] == "failed", flagged
+    assert flagged["error"]["code"] == "content_policy", flagged
+    assert flagged["assets"] == [], completed
+    assert completed["status"] == "completed", completed
     output = flagged["metadata"]["content_policy"]["checks"][-1]
     assert output["stage"] == "output"
     assert output["images"] == 4

@@ -57,7 +57,8 @@ def test_same_seed_same_bytes_and_seed_zero_is_a_seed(stack):
     worker, _, out = stack
     for job_id, seed in (("d1", 0), ("d2", 0), ("d3", 1)):
         r = worker.client.post("/generate?wait=120", json={**JOB, "id": job_id, "config": {"seed": seed}})
-        assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "completed", r.text
     d1, d2, d3 = ((out / f"u1/{j}/0.png").read_bytes() for j in ("d1", "d2", "d3"))
     assert d1 == d2
     assert d1 != d3

@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from common import policy
+from common.errors import ContentPolicyRefused
 from configuration import ConfigurationError
 from configuration.settings import Settings
 from tests.stack.test_policy_paths import _post, assert_policy_refusal, chat_app, scripted  # noqa: F401 (fixtures)
@@ -56,9 +57,9 @@ def test_a_low_threshold_shows_the_decision_rules(placeholder_settings, text, ti
                                     stage=stage)
     assert ((result.category, result.rule) if result.flagged else None) == expected, result
     if expected:
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(ContentPolicyRefused) as raised:
             text_safety.require(result)
-        assert type(raised.value).__name__ == "ContentPolicyRefused"
+        assert type(raised.value) is ContentPolicyRefused
 
 
 def test_a_minor_far_from_the_text_the_model_reads_as_sexual_is_judged_per_segment(placeholder_settings):

@@ -75,7 +75,8 @@ def test_reference_fetched_over_http_conditions_with_vace(stack, image_server):
     worker, _, out = stack
     config = {**JOB["config"], "image": f"{image_server}/ref.png"}
     r = worker.client.post("/generate?wait=120", json={**JOB, "id": "ref1", "config": config})
-    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "completed", r.text
     meta = r.json()["assets"][0]["metadata"]
     assert meta["pipeline"] == "WanVACEPipeline"
     assert meta["reference_mode"] == "single"

@@ -242,7 +242,8 @@ def test_service_waits_for_a_busy_worker_then_evicts():
     t = threading.Thread(target=request)
     t.start()
     time.sleep(0.3)
-    assert not granted.is_set() and workers.unloads == [], "a busy worker's model is never taken"
+    assert not granted.is_set(), "a busy worker's model is never taken"
+    assert workers.unloads == [], "a busy worker's model is never taken"
     assert broker.status()["pressure"] == "critical"
     assert broker.status()["waiting"]
     broker.job_finished("sdxl")

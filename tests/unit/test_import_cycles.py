@@ -183,7 +183,8 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
 ])
 def test_a_cycle_is_found_and_named(tmp_path, files, members):
     cycles = import_cycles(_tree(tmp_path, files))
-    assert len(cycles) == 1 and cycles[0].startswith(f"{len(members)} modules {members}:"), cycles
+    assert len(cycles) == 1, cycles
+    assert cycles[0].startswith(f"{len(members)} modules {members}:"), cycles
 
 
 def test_imports_without_a_circle_pass(tmp_path):

@@ -318,8 +318,9 @@ def test_app_sizes_fit_every_profile(size):
             rendered = scaled if model == "sdxl" else native_size_class(width, height, limits["native_size"],
                                                                         limits["multiple"])
             for value in rendered:
-                assert limits["min_size"] <= value <= limits["max_size"] and value % limits["multiple"] == 0, \
-                    (model, settings.model_profile, rendered, limits)
+                said = (model, settings.model_profile, rendered, limits)
+                assert limits["min_size"] <= value <= limits["max_size"], said
+                assert value % limits["multiple"] == 0, said
 
 
 def test_video_renders_at_the_models_native_size_class():

@@ -147,7 +147,7 @@ def test_cancel_queued_never_starts_and_running_stops_at_step(tmp_path, receiver
     assert wait_status(runner, "running").status == "cancelled"
     assert runner.get("running").assets == []
     assert engine.ran == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="job running already cancelled"):
         runner.cancel("running")
     bodies = receiver.wait_for(2)
     assert sorted((b["job_id"], b["status"]) for b in bodies) == [("queued", "cancelled"), ("running", "cancelled")]
@@ -346,7 +346,7 @@ def test_dtype_and_device_choice():
     assert devices.pick_dtype("float16", "cuda") == torch.float16
     assert devices.pick_dtype("bfloat16", "cuda", bf16_supported=True) == torch.bfloat16
     assert devices.pick_dtype("bfloat16", "cuda", bf16_supported=False) == torch.float16
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         devices.pick_dtype("float8", "cuda")
     assert devices.device_memory("cpu") is None
 
