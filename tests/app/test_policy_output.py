@@ -11,6 +11,7 @@ from PIL import Image
 from common import policy
 from configuration import ConfigurationError
 from configuration.settings import Settings
+from tests.standin_engine import StandInEngine
 from workers.engines.base import GeneratedAsset
 from workers.runtime import safety
 
@@ -87,26 +88,8 @@ def test_the_setting_points_at_any_folder_and_one_without_an_unsafe_label_is_ref
         safety.OutputClassifier(str(folder), 0.5).load()
 
 
-class _PictureEngine:
+class _PictureEngine(StandInEngine):
     """Makes one noise picture per job (the runner's contract: run(params, ctx) -> [GeneratedAsset])."""
-    device = "cpu"
-    worker = "test"
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.loaded = False
-
-    def model_names(self): return ["m"]
-    def is_loaded(self, model): return self.loaded
-    def load(self, model): self.loaded = True
-    def unload(self, model): self.loaded = False
-    def memory_estimate(self, model): return 1000
-    def resident_bytes(self, model): return 1000 if self.loaded else 0
-    def required_models(self, params): return ["m"]
-    def working_bytes(self, params): return 0
-    def reference_urls(self, params): return {}
-    def weight_paths(self, model): return []
-    def pipeline_of(self, params): return None
 
     def run(self, params, ctx):
         return [GeneratedAsset("image", _images(3, seed=params["seed"])[:1], {"seed": params["seed"]})]

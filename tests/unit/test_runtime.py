@@ -15,6 +15,7 @@ from common.callbacks import CallbackSender, sign
 from common.errors import JobFailed, ModelBusy
 from common.jobs import JobJournal
 from configuration.settings import Settings
+from tests.standin_engine import StandInEngine
 from tests.support import CallbackReceiver, StaticServer, poll_until
 from workers import devices
 from workers.runtime import media
@@ -25,31 +26,16 @@ from workers.runtime.models import ModelHost
 from workers.runtime.storage import LocalStorage, StorageError
 
 
-class CountingEngine:
+class CountingEngine(StandInEngine):
     """Produces solid-colour images; each step waits on an optional gate so tests can hold a job."""
-    device = "cpu"
-    worker = "test"
-    # nsfw: its solid-colour outputs skip the sfw output classifier (tests/app/test_policy_output.py covers it)
-    settings = Settings(content_tier_default="nsfw")
 
     def __init__(self):
-        self.loaded = False
+        # nsfw: its solid-colour outputs skip the sfw output classifier (tests/app/test_policy_output.py covers it)
+        super().__init__(Settings(content_tier_default="nsfw"))
         self.ran: list[str] = []
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
-
-    def model_names(self): return ["m"]
-    def is_loaded(self, model): return self.loaded
-    def load(self, model): self.loaded = True
-    def unload(self, model): self.loaded = False
-    def memory_estimate(self, model): return 1000
-    def resident_bytes(self, model): return 1000 if self.loaded else 0
-    def required_models(self, params): return ["m"]
-    def working_bytes(self, params): return 0
-    def reference_urls(self, params): return {}
-    def weight_paths(self, model): return []       # no weight files: provenance lists no models
-    def pipeline_of(self, params): return None
 
     def run(self, params, ctx):
         self.started.set()
