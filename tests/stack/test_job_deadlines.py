@@ -27,6 +27,7 @@ from common.jobs import JobJournal
 from common.metrics import process_metrics
 from configuration.settings import Settings, SettingsError
 from tests.app_client import queue_job_payload, rpush
+from tests.standin_engine import StandInEngine
 from tests.stuck_engine_app import COMMAND_TARGET, SLOW_PREFIX, STUCK_PREFIX
 from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY, SupabaseStandIn
 from tests.support import WorkerProcess, base_env, poll_until
@@ -40,29 +41,15 @@ from workers.runtime.storage import LocalStorage
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class SteppingEngine:
+class SteppingEngine(StandInEngine):
     """Steps of `step_s` seconds; a job whose params say `ignore_stop` blocks in its second step until
-    `release` is set, ignoring any stop (a stuck kernel)."""
-    device = "cpu"
-    worker = "test"
+    `release` is set, ignoring any stop (a stuck kernel). Its model is always resident."""
 
     def __init__(self, settings: Settings, step_s: float = 0.02):
-        self.settings = settings
+        super().__init__(settings, always_loaded=True)
         self.step_s = step_s
         self.release = threading.Event()
         self.in_step = threading.Event()
-
-    def model_names(self): return ["m"]
-    def is_loaded(self, model): return True
-    def load(self, model): pass
-    def unload(self, model): pass
-    def memory_estimate(self, model): return 1000
-    def resident_bytes(self, model): return 1000
-    def required_models(self, params): return ["m"]
-    def working_bytes(self, params): return 0
-    def reference_urls(self, params): return {}
-    def weight_paths(self, model): return []
-    def pipeline_of(self, params): return None
 
     def run(self, params, ctx):
         for step in range(params["steps"]):
