@@ -8,7 +8,8 @@ the journal is the callback outbox (attempts, last error, next attempt; a restar
 
 One live process per journal: a process holds an exclusive lock on the journal's directory for its whole
 life, and a second one (a restart while the old process still drains its jobs) waits for it before it
-reads anything. Finished jobs older than JOB_RETENTION_DAYS leave memory and the journal (`sweep`).
+reads anything. What a process does with its records (claiming ids, ending jobs once, recovery after a
+restart, retention, the ops page's summaries) is common/job_table.py's JobTable, used by both.
 """
 from __future__ import annotations
 
@@ -84,15 +85,6 @@ class JobRecord:
                    send_callback=data.get("send_callback", True),
                    callback=data.get("callback", {"status": CallbackStatus.NOT_SENT, "attempts": 0}),
                    request_id=data.get("request_id"))
-
-
-def recent_summaries(records: list[tuple[JobRecord, str]], limit: int) -> list[dict]:
-    """Summaries of (record, worker) pairs: every unfinished job (oldest first), then the `limit` most
-    recently finished."""
-    active = sorted((r for r in records if r[0].status not in TERMINAL), key=lambda r: r[0].created_at)
-    finished = sorted((r for r in records if r[0].status in TERMINAL), key=lambda r: r[0].finished_at or "",
-                      reverse=True)[:limit]
-    return [record.summary(worker) for record, worker in active + finished]
 
 
 def callback_payload(record: JobRecord) -> dict:
@@ -256,35 +248,6 @@ def _epoch(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp()
     except ValueError:
         return time.time()
-
-
-def sweep(jobs: dict[str, Any], record_of: Callable[[Any], JobRecord], journal: JobJournal,
-          lock: AbstractContextManager[Any]) -> list[str]:
-    """Forget every finished job of `jobs` (id -> entry) past the journal's retention: out of memory and
-    off the disk. Returns their ids."""
-    with lock:
-        gone = [job_id for job_id, entry in jobs.items() if journal.expired(record_of(entry))]
-        for job_id in gone:
-            del jobs[job_id]
-            journal.delete(job_id)
-    if gone:
-        log.info("retention: %d finished job(s) older than %g days removed", len(gone), journal.retention_days)
-    return gone
-
-
-def start_sweeper(name: str, run: Callable[[], Any], interval_s: float = 3600.0) -> threading.Thread:
-    """A daemon thread running `run` (a sweep) every `interval_s`."""
-    def loop() -> None:
-        while True:
-            time.sleep(interval_s)
-            try:
-                run()
-            except Exception:  # the sweep must never stop for good
-                log.exception("retention sweep failed")
-
-    thread = threading.Thread(target=loop, name=f"{name}-retention", daemon=True)
-    thread.start()
-    return thread
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> bool:

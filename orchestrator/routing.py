@@ -7,8 +7,9 @@ both prompts in its metadata) and its job record is polled and mirrored into the
 for every routed job in flight (the workers have no route answering for several ids, so one GET per job
 when its poll is due), and enhancements (a blocking call to the chat worker, then the submission) run on
 at most CHAT_BATCH_SIZE threads (more would only wait in the chat worker's queue); both kinds of thread
-exist only while there is work for them. Records are common/jobs.py's JobRecord and JobJournal (the workers' own),
-so a job routed before an orchestrator restart ends `failed` with a reason and its callback is sent.
+exist only while there is work for them. Records are common/jobs.py's JobRecord and JobJournal and their
+lifecycle common/job_table.py's JobTable (the workers' own), so a job routed before an orchestrator restart
+is asked for on its worker, or ends `failed` with a reason, and its callback is sent.
 Refusals are domain errors (common/errors.py: WorkerUnavailable, WorkerRefused, Unavailable); the
 API turns them into HTTP.
 """
@@ -25,18 +26,11 @@ import requests
 
 from common import errors, policy
 from common.callbacks import CallbackSender
-from common.errors import ContentPolicyRefused, DomainError, JobIdConflict, Unavailable, WorkerUnavailable
+from common.errors import ContentPolicyRefused, DomainError, Unavailable, WorkerUnavailable
 from common.http import bearer_session, error_of, now_iso, refusal
-from common.job_status import TERMINAL, CallbackStatus, JobStatus
-from common.jobs import (
-    JobJournal,
-    JobRecord,
-    recent_summaries,
-    send_processing_callback,
-    send_terminal_callback,
-    start_sweeper,
-    sweep,
-)
+from common.job_status import TERMINAL, JobStatus
+from common.job_table import JobTable
+from common.jobs import JobJournal, JobRecord, send_processing_callback
 from common.logging import REQUEST_ID_HEADER, current_request_id, describe_text, log_context, new_request_id
 from common.metrics import process_metrics
 from configuration import chat_config, job_types
@@ -91,7 +85,6 @@ class RoutedJob:
     enhance: dict | None
     forward: dict
     submitted: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
     accepted_at: float | None = None                      # monotonic; None for a job recovered from the journal
     recovered: bool = False                               # unfinished when an earlier orchestrator stopped
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage timed here (enhancing)
@@ -111,8 +104,11 @@ class Router:
         self.workers = workers
         self.callbacks = callbacks
         self.journal = journal
-        self._lock = threading.RLock()
-        self._jobs: dict[str, RoutedJob] = {}
+        # The routed jobs, their done-events, ends, recovery and retention; its lock also guards the router's
+        # own state (the followed jobs, the enhancement queue), so a finish never waits on a second lock.
+        self.jobs: JobTable[RoutedJob] = JobTable("router", journal, callbacks, lambda job: job.record,
+                                                  on_end=self._observe_end)
+        self._lock = self.jobs.lock
         self._accepting = True
         self._session = bearer_session(settings.api_key)
         self._metrics = process_metrics()
@@ -122,9 +118,7 @@ class Router:
         self._to_enhance: deque[RoutedJob] = deque()
         self._enhancers = 0                         # enhancement threads running, at most _enhancer_limit
         self._enhancer_limit = max(1, settings.chat_batch_size)
-        self._recover()
-        if journal.retention_days:
-            start_sweeper("router", lambda: sweep(self._jobs, lambda job: job.record, self.journal, self._lock))
+        self.jobs.recover(self._recovered_job, self._ask_recovered)
 
     # -- intake ------------------------------------------------------------------------------------------
     def dry_run(self, body: dict) -> dict:
@@ -147,15 +141,14 @@ class Router:
         forward["id"] = job_id
         user_id = body.get("user_id", "anonymous")
         if dry_run:
-            with self._lock:
-                self._claim(job_id, user_id)
+            self.jobs.claim(job_id, user_id)
             self._require_ready(target)
             if enhance:
                 self._require_ready("chat")
             checked = self._post_generate(target, forward, dry_run=True)
             return {"valid": True, "target": target, "enhance": enhance, "parameters": checked.get("parameters")}
         with self._lock:
-            existing = self._claim(job_id, user_id)
+            existing = self.jobs.claim(job_id, user_id)
             if existing is not None:
                 return existing.record, False
             if not self._accepting:
@@ -172,7 +165,7 @@ class Router:
             record.progress["stage"] = "queued"
             record.request_id = current_request_id() or new_request_id()
             job = RoutedJob(record, target, enhance, forward, accepted_at=time.monotonic())
-            self._jobs[job_id] = job  # reserved: a concurrent repeat of this id gets this job
+            self.jobs.add(job)  # reserved: a concurrent repeat of this id gets this job
         try:
             if enhance:
                 # Everything the worker would refuse (validation, model checks, memory too big) is refused
@@ -182,8 +175,7 @@ class Router:
                 self._post_generate(target, forward)
                 self._mark_submitted(job)
         except DomainError:
-            with self._lock:
-                del self._jobs[job_id]
+            self.jobs.remove(job_id)
             raise
         with self._lock:
             self.journal.write(record)
@@ -197,14 +189,6 @@ class Router:
         else:
             self._follow(job)
         return record, True
-
-    def _claim(self, job_id: str, user_id: str) -> RoutedJob | None:
-        """Called with the lock held: the job of this id when the same user repeats it; JobIdConflict when
-        it is another user's (never answered with their job)."""
-        job = self._jobs.get(job_id)
-        if job is not None and job.record.user_id != user_id:
-            raise JobIdConflict(f"job id {job_id!r} is already in use; choose another")
-        return job
 
     def _require_ready(self, worker: str) -> None:
         supervisor = self.workers.get(worker)
@@ -228,24 +212,21 @@ class Router:
         raise refusal(response, f"the {target} worker")
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            return job.record if job else None
+        return self.jobs.get(job_id)
 
     def wait(self, job_id: str, timeout_s: float) -> bool:
-        job = self._jobs.get(job_id)
-        return job.done.wait(timeout_s) if job else False
+        return self.jobs.wait(job_id, timeout_s)
 
     def cancel(self, job_id: str) -> JobRecord:
         """KeyError: unknown. ValueError: already finished."""
         with self._lock:
-            job = self._jobs[job_id]
+            job = self.jobs[job_id]
             if job.record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {job.record.status}")
             self._metrics.job_cancelled(job.target, job.record.progress.get("stage") or "queued")
             if not job.submitted:
-                self._finish(job, JobStatus.CANCELLED,
-                             {"code": errors.CANCELLED, "message": "cancelled before generation started"})
+                self.jobs.finish(job, JobStatus.CANCELLED,
+                                 {"code": errors.CANCELLED, "message": "cancelled before generation started"})
                 return job.record
         try:
             response = self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=10)
@@ -257,7 +238,7 @@ class Router:
             raise DomainError(message, errors.WORKER_ERROR, retry_after_s=errors.RETRY_AFTER_S)
         job.next_poll = 0.0  # the monitor asks the worker at its next turn, not at the job's polling pace
         self._wake.set()
-        job.done.wait(2.0)  # the mirror usually sees the worker's terminal state within a poll or two
+        self.jobs.wait(job_id, 2.0)  # the mirror usually sees the worker's terminal state within a poll or two
         return job.record
 
     # -- the route of one job ----------------------------------------------------------------------------------
@@ -281,7 +262,7 @@ class Router:
                 if job.record.status not in TERMINAL:
                     if isinstance(exc, ContentPolicyRefused):
                         job.record.metadata["original_prompt"] = None  # neither prompt goes back to the caller
-                    self._finish(job, JobStatus.FAILED, {"code": exc.code, "message": exc.message})
+                    self.jobs.finish(job, JobStatus.FAILED, {"code": exc.code, "message": exc.message})
             return
         with self._lock:
             if job.record.status in TERMINAL:  # cancelled while enhancing
@@ -295,7 +276,7 @@ class Router:
         except DomainError as exc:
             with self._lock:
                 if job.record.status not in TERMINAL:
-                    self._finish(job, JobStatus.FAILED, {
+                    self.jobs.finish(job, JobStatus.FAILED, {
                         "code": exc.code,
                         "message": f"the {job.target} worker refused the enhanced job: {exc.message}"})
             return
@@ -385,7 +366,7 @@ class Router:
         try:
             with self._lock:
                 if job.record.status not in TERMINAL:
-                    self._finish(job, JobStatus.FAILED, {
+                    self.jobs.finish(job, JobStatus.FAILED, {
                         "code": errors.INTERNAL_ERROR,
                         "message": f"the orchestrator failed routing the job ({type(exc).__name__})"})
         except Exception:
@@ -458,8 +439,8 @@ class Router:
                     if job.recovered:
                         self._fail_recovered(job, f"the {job.target} worker never received it")
                     else:
-                        self._finish(job, JobStatus.FAILED, {"code": errors.WORKER_LOST_JOB,
-                                                     "message": f"the {job.target} worker no longer knows the job"})
+                        self.jobs.finish(job, JobStatus.FAILED, {"code": errors.WORKER_LOST_JOB,
+                                                         "message": f"the {job.target} worker no longer knows the job"})
             return True
         remote = response.json()
         with self._lock:
@@ -503,7 +484,7 @@ class Router:
                 record.metadata["content_policy"]["checks"] += [dict(c, worker=job.target) for c in checked]
             if remote["status"] == JobStatus.COMPLETED:
                 self._stage(job, dict(remote.get("progress") or {}, stage="storing"), journal=False)
-            self._finish(job, JobStatus(remote["status"]), remote.get("error"))
+            self.jobs.finish(job, JobStatus(remote["status"]), remote.get("error"))
 
     def _stage(self, job: RoutedJob, progress: dict, journal: bool = True) -> None:
         job.record.progress = progress
@@ -518,11 +499,11 @@ class Router:
     def worker_exited(self, worker: str, reason: str, unexpected: bool) -> None:
         """The supervisor saw the worker's process end: jobs it had accepted will not finish there."""
         with self._lock:
-            for job in self._jobs.values():
+            for job in self.jobs.entries():
                 if job.target == worker and job.submitted and job.record.status not in TERMINAL:
                     state = job.record.status
                     code = errors.WORKER_DIED if unexpected else errors.WORKER_STOPPED
-                    self._finish(job, JobStatus.FAILED, {
+                    self.jobs.finish(job, JobStatus.FAILED, {
                         "code": code, "message": f"{reason} while the job was {state}; it was not completed"})
 
     def stop_accepting(self) -> None:
@@ -530,14 +511,13 @@ class Router:
             self._accepting = False
 
     def unfinished(self) -> list[str]:
-        with self._lock:
-            return [j for j, job in self._jobs.items() if job.record.status not in TERMINAL]
+        return self.jobs.unfinished()
 
     def fail_unfinished(self, reason: str) -> list[str]:
         """At the end of the shutdown grace: ask the workers to stop what is left and fail it here."""
         failed = []
         for job_id in self.unfinished():
-            job = self._jobs[job_id]
+            job = self.jobs[job_id]
             if job.submitted:
                 try:
                     self._session.post(f"{self.workers[job.target].url}/jobs/{job_id}/cancel", timeout=5)
@@ -545,79 +525,53 @@ class Router:
                     pass
             with self._lock:
                 if job.record.status not in TERMINAL:
-                    self._finish(job, JobStatus.FAILED, {"code": errors.ORCHESTRATOR_STOPPED, "message": reason})
+                    self.jobs.finish(job, JobStatus.FAILED, {"code": errors.ORCHESTRATOR_STOPPED, "message": reason})
                     failed.append(job_id)
         return failed
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
-    def _finish(self, job: RoutedJob, status: JobStatus, error: dict | None) -> None:
-        """Called with the lock held: terminal state, journal, waiters, then the one callback."""
+    def _observe_end(self, job: RoutedJob) -> None:
+        """The table's `on_end`: metrics and the one log line of a routed job's end."""
         record = job.record
-        record.status = status
-        record.error = error if status != JobStatus.COMPLETED else None
-        record.finished_at = now_iso()
-        self.journal.write(record)
-        job.done.set()
-        self._send_callback(record)
         duration = time.monotonic() - job.accepted_at if job.accepted_at is not None else None
-        code = (error or {}).get("code") if status != JobStatus.COMPLETED else None
-        self._metrics.job_finished(job.target, record.type, status, duration, code, job.timings)
+        code = (record.error or {}).get("code") if record.status != JobStatus.COMPLETED else None
+        self._metrics.job_finished(job.target, record.type, record.status, duration, code, job.timings)
         with job.log_context():
-            log.info("job %s %s%s", record.job_id, status, f" ({code})" if code else "",
-                     extra={"job_type": record.type, "status": status, "error_code": code,
+            log.info("job %s %s%s", record.job_id, record.status, f" ({code})" if code else "",
+                     extra={"job_type": record.type, "status": record.status, "error_code": code,
                             "duration_s": None if duration is None else round(duration, 4)})
 
     # -- the ops page -----------------------------------------------------------------------------------------
     def summaries(self, limit: int) -> list[dict]:
         """Unfinished routed jobs and the `limit` most recently finished, without prompts."""
-        with self._lock:
-            return recent_summaries([(job.record, job.target) for job in self._jobs.values()], limit)
+        return self.jobs.summaries(limit, lambda job: job.target)
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(worker, status) -> routed jobs not finished yet."""
-        counts: dict[tuple[str, str], int] = {}
-        with self._lock:
-            for job in self._jobs.values():
-                if job.record.status not in TERMINAL:
-                    key = (job.target, job.record.status)
-                    counts[key] = counts.get(key, 0) + 1
-        return counts
-
-    def _send_callback(self, record: JobRecord) -> None:
-        send_terminal_callback(record, self.callbacks, self.journal, self._lock)
+        return self.jobs.counts(lambda job: job.target)
 
     def _fail_recovered(self, job: RoutedJob, why: str) -> None:
         with self._lock:
             if job.record.status not in TERMINAL:
-                self._finish(job, JobStatus.FAILED, {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
+                self.jobs.finish(job, JobStatus.FAILED, {"code": errors.ORCHESTRATOR_RESTARTED, "message": (
                     f"the orchestrator stopped while the job was {job.record.status} and {why}; "
                     "it was not completed")})
 
-    def _recover(self) -> None:
-        """Jobs an earlier orchestrator process left unfinished are asked for on their worker (`_follow`);
-        pending callbacks are resent; jobs past the retention period are dropped."""
-        unfinished = []
-        for record in self.journal.load_all():
-            if self.journal.expired(record):  # past JOB_RETENTION_DAYS
-                self.journal.delete(record.job_id)
-                continue
-            params = record.params or {}
-            job = RoutedJob(record, params.get("target", ""), params.get("enhance"), params.get("forward", {}),
-                            submitted=True, recovered=record.status not in TERMINAL)
-            self._jobs[record.job_id] = job
-            if record.status not in TERMINAL:
-                unfinished.append(job)
-            else:
-                job.done.set()
-                if record.callback.get("status") == CallbackStatus.PENDING:
-                    self._send_callback(record)
-        for job in unfinished:
-            if job.target not in self.workers:
-                self._fail_recovered(job, f"its worker ({job.target or 'unknown'}) is not enabled now")
-                continue
-            log.warning("routed job %s was %s when the orchestrator stopped; asking the %s worker what became of it",
-                        job.record.job_id, job.record.status, job.target)
-            self._follow(job)
+    def _recovered_job(self, record: JobRecord) -> RoutedJob:
+        """A journaled record as the routed job it was (the journal keeps its route in `params`)."""
+        params = record.params or {}
+        return RoutedJob(record, params.get("target", ""), params.get("enhance"), params.get("forward", {}),
+                         submitted=True, recovered=record.status not in TERMINAL)
+
+    def _ask_recovered(self, job: RoutedJob) -> None:
+        """The table's recovery policy for a job an earlier orchestrator process left unfinished: its worker is
+        asked what became of it (`_follow`); one whose worker is not enabled now ends failed."""
+        if job.target not in self.workers:
+            self._fail_recovered(job, f"its worker ({job.target or 'unknown'}) is not enabled now")
+            return
+        log.warning("routed job %s was %s when the orchestrator stopped; asking the %s worker what became of it",
+                    job.record.job_id, job.record.status, job.target)
+        self._follow(job)
 
 
 def _request_id() -> dict[str, str]:

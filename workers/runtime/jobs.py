@@ -2,10 +2,10 @@
 
 It claims a job, runs its engine (reporting progress, honouring cancellation and deadlines) and ends it;
 what becomes of the engine's outputs (safety check, encoding, thumbnails, provenance, storage, clean-up)
-is the output pipeline's, workers/runtime/outputs.py. Records and their journal are common/jobs.py (the
-orchestrator keeps its routed jobs the same way): every accepted job is journaled before the caller
-hears 202, and a worker that restarts fails what its previous process left unfinished, with a reason,
-and sends the callbacks.
+is the output pipeline's, workers/runtime/outputs.py. The jobs' lifecycle (the table of records, ending a
+job once, journal, callbacks, recovery, retention) is common/job_table.py's JobTable, the orchestrator's
+routed jobs' too: every accepted job is journaled before the caller hears 202, and a worker that restarts
+fails what its previous process left unfinished, with a reason, and sends the callbacks.
 """
 from __future__ import annotations
 
@@ -25,16 +25,9 @@ from common import errors
 from common.callbacks import CallbackSender
 from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
-from common.job_status import TERMINAL, CallbackStatus, JobStatus
-from common.jobs import (
-    JobJournal,
-    JobRecord,
-    processing_payload,
-    recent_summaries,
-    send_terminal_callback,
-    start_sweeper,
-    sweep,
-)
+from common.job_status import TERMINAL, JobStatus
+from common.job_table import JobTable
+from common.jobs import JobJournal, JobRecord, send_processing_callback
 from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
 from common.metrics import StageTimer, process_metrics
 from configuration.settings import Settings
@@ -135,10 +128,12 @@ class JobRunner:
         self.host = host
         self.callbacks = callbacks
         self.journal = journal
-        self._lock = threading.RLock()
+        # The records, their done-events, ends, recovery and retention; its lock also guards this runner's
+        # own state (contexts, fetches, the running job), so a finish never waits on a second lock.
+        self.jobs: JobTable[JobRecord] = JobTable(worker, journal, callbacks, lambda record: record,
+                                                  on_end=self._observe_end, on_ending=self._storing)
+        self._lock = self.jobs.lock
         self.outputs = OutputPipeline(worker, engine.settings, engine.device, storage, self._lock)
-        self._jobs: dict[str, JobRecord] = {}
-        self._done: dict[str, threading.Event] = {}
         self._contexts: dict[str, JobContext] = {}
         self._queue: queue.Queue[str] = queue.Queue()
         self._accepting = True
@@ -152,11 +147,9 @@ class JobRunner:
         self._app_jobs: set[str] = set()                  # the app's queued jobs (its cancel is read while they run)
         self._exit_process = exit_process                 # how a stuck engine's process ends (tests record it)
         self._watch = JobWatch(worker, engine.settings, self._replace_stuck)
-        self._recover()
+        self.jobs.recover(lambda record: record, self._fail_restarted)
         self._thread = threading.Thread(target=self._loop, name=f"{worker}-executor", daemon=True)
         self._thread.start()
-        if journal.retention_days:
-            start_sweeper(worker, self._sweep)
 
     # -- intake ---------------------------------------------------------------------------------
     def submit(self, job_id: str | None, job_type: str, user_id: str, params: dict[str, Any], metadata: dict[str, Any],
@@ -175,8 +168,7 @@ class JobRunner:
                                params=params, metadata=metadata, send_callback=send_callback,
                                request_id=current_request_id() or new_request_id())
             record.progress["stage"] = "queued"
-            self._jobs[record.job_id] = record
-            self._done[record.job_id] = threading.Event()
+            self.jobs.add(record)
             self._accepted_at[record.job_id] = time.monotonic()
             if app_job:
                 self._app_jobs.add(record.job_id)
@@ -200,35 +192,32 @@ class JobRunner:
             self._claim(job_id, user_id, send_callback)
 
     def _claim(self, job_id: str | None, user_id: str, send_callback: bool) -> JobRecord | None:
-        record = self._jobs.get(job_id) if job_id else None
+        """The table's claim, and one check of the worker's own: a job's id names one way of submitting it."""
+        record = self.jobs.claim(job_id, user_id)
         if record is None:
             return None
-        if record.user_id != user_id:
-            raise JobIdConflict(f"job id {job_id!r} is already in use; choose another")
         if record.send_callback != send_callback:
             how = "directly to this worker" if record.send_callback else "through the orchestrator"
             raise JobIdConflict(f"job id {job_id!r} is already in use by a job submitted {how}")
         return record
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            return self._jobs.get(job_id)
+        return self.jobs.get(job_id)
 
     def wait(self, job_id: str, timeout_s: float) -> bool:
-        event = self._done.get(job_id)
-        return event.wait(timeout_s) if event else False
+        return self.jobs.wait(job_id, timeout_s)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job. Raises KeyError (unknown) or ValueError (already finished)."""
         with self._lock:
-            record = self._jobs[job_id]
+            record = self.jobs[job_id]
             if record.status in TERMINAL:
                 raise ValueError(f"job {job_id} already {record.status}")
             self._metrics.job_cancelled(self.worker, record.progress.get("stage") or record.status)
             if record.status == JobStatus.QUEUED:
                 self._stop_fetch(job_id)
-                self._finish(record, JobStatus.CANCELLED,
-                             error={"code": errors.CANCELLED, "message": "cancelled before it started"})
+                self.jobs.finish(record, JobStatus.CANCELLED,
+                                 error={"code": errors.CANCELLED, "message": "cancelled before it started"})
             else:
                 self._contexts[job_id].cancel_requested.set()
             return record
@@ -241,10 +230,10 @@ class JobRunner:
         """Fail every queued job and ask the running one to stop (used when shutdown grace runs out)."""
         failed = []
         with self._lock:
-            for record in self._jobs.values():
+            for record in self.jobs.entries():
                 if record.status == JobStatus.QUEUED:
                     self._stop_fetch(record.job_id)
-                    self._finish(record, JobStatus.FAILED, error={"code": errors.WORKER_STOPPED, "message": reason})
+                    self.jobs.finish(record, JobStatus.FAILED, error={"code": errors.WORKER_STOPPED, "message": reason})
                     failed.append(record.job_id)
                 elif record.status == JobStatus.PROCESSING and record.job_id in self._contexts:
                     self._contexts[record.job_id].stop_reason = reason
@@ -271,8 +260,7 @@ class JobRunner:
 
     def summaries(self, limit: int) -> list[dict[str, Any]]:
         """The ops page's view: unfinished jobs and the `limit` most recently finished, without prompts."""
-        with self._lock:
-            return recent_summaries([(r, self.worker) for r in self._jobs.values()], limit)
+        return self.jobs.summaries(limit, lambda record: self.worker)
 
     def reject(self, job_id: str, job_type: str, user_id: str, error: dict[str, Any], metadata: dict[str, Any],
                status: JobStatus = JobStatus.FAILED) -> JobRecord:
@@ -281,12 +269,12 @@ class JobRunner:
         cancelled before it started ends `status="cancelled"` the same way. A known job id returns the
         existing job."""
         with self._lock:
-            if job_id in self._jobs:
-                return self._jobs[job_id]
+            existing = self.jobs.entry(job_id)
+            if existing is not None:
+                return existing
             record = JobRecord(job_id=job_id, type=job_type, user_id=user_id, params={}, metadata=metadata)
-            self._jobs[job_id] = record
-            self._done[job_id] = threading.Event()
-            self._finish(record, status, error=error)
+            self.jobs.add(record)
+            self.jobs.finish(record, status, error=error)
             return record
 
     def cancelled_in_app(self, job_id: str) -> bool:
@@ -299,11 +287,6 @@ class JobRunner:
                 hook()
             except Exception:  # a listener must never break the executor
                 log.exception("idle hook failed")
-
-    def _send_processing(self, record: JobRecord) -> None:
-        """The optional start notice: one attempt, so it can never arrive after the terminal callback."""
-        if record.send_callback and self.callbacks.enabled and self.callbacks.processing:
-            self.callbacks.send(processing_payload(record), max_attempts=1)
 
     # -- reference images ------------------------------------------------------------------------
     def _prefetch(self, record: JobRecord, urls: dict[str, str], cancelled: threading.Event) -> None:
@@ -326,7 +309,7 @@ class JobRunner:
             if record.status != JobStatus.QUEUED:
                 return
             if error is not None:
-                self._finish(record, JobStatus.FAILED, error=error)
+                self.jobs.finish(record, JobStatus.FAILED, error=error)
                 return
             self._references[record.job_id] = references
             record.progress = dict(record.progress, stage="queued")
@@ -343,7 +326,7 @@ class JobRunner:
         while True:
             job_id = self._queue.get()
             with self._lock:
-                record = self._jobs.get(job_id)
+                record = self.jobs.entry(job_id)
                 if record is None or record.status != JobStatus.QUEUED:
                     continue  # cancelled while queued
                 self._running = job_id
@@ -352,7 +335,7 @@ class JobRunner:
                 record.status = JobStatus.PROCESSING
                 record.started_at = now_iso()
                 self.journal.write(record)
-                self._send_processing(record)
+                send_processing_callback(record, self.callbacks)
                 accepted = self._accepted_at.get(job_id)
                 if accepted is not None:  # fetching the references counts as waiting
                     context.timer.add("queue_wait", time.monotonic() - accepted)
@@ -366,7 +349,7 @@ class JobRunner:
                 with self._lock:
                     if record.status not in TERMINAL:
                         error = {"code": errors.INTERNAL_ERROR, "message": "unexpected executor error"}
-                        self._finish(record, JobStatus.FAILED, error=error)
+                        self.jobs.finish(record, JobStatus.FAILED, error=error)
             finally:
                 self._watch.finished(job_id)
                 with self._lock:
@@ -394,39 +377,39 @@ class JobRunner:
             stored = delivered.stored
             with self._lock:
                 record.assets = delivered.assets
-                self._finish(record, JobStatus.COMPLETED)
+                self.jobs.finish(record, JobStatus.COMPLETED)
         except JobCancelled:
             self.outputs.remove(stored)
             with self._lock:
                 if context.ended_by == "timeout":
                     self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
-                    self._finish(record, JobStatus.FAILED, error={
+                    self.jobs.finish(record, JobStatus.FAILED, error={
                         "code": errors.TIMEOUT, "message": f"the job ran past its deadline of "
                                                            f"{self._deadline_s(record):.0f}s and was stopped"})
                 elif context.ended_by == "app_cancel":
-                    self._finish(record, JobStatus.CANCELLED,
-                                 error={"code": errors.CANCELLED, "message": "cancelled in the app"})
+                    self.jobs.finish(record, JobStatus.CANCELLED,
+                                     error={"code": errors.CANCELLED, "message": "cancelled in the app"})
                 elif context.stop_reason is not None:
-                    self._finish(record, JobStatus.FAILED,
-                                 error={"code": errors.WORKER_STOPPED, "message": context.stop_reason})
+                    self.jobs.finish(record, JobStatus.FAILED,
+                                     error={"code": errors.WORKER_STOPPED, "message": context.stop_reason})
                 else:
-                    self._finish(record, JobStatus.CANCELLED,
-                                 error={"code": errors.CANCELLED, "message": "cancelled while running"})
+                    self.jobs.finish(record, JobStatus.CANCELLED,
+                                     error={"code": errors.CANCELLED, "message": "cancelled while running"})
         except JobFailed as exc:
             self.outputs.remove(stored)
             with self._lock:
-                self._finish(record, JobStatus.FAILED, error={"code": exc.code, "message": exc.message})
+                self.jobs.finish(record, JobStatus.FAILED, error={"code": exc.code, "message": exc.message})
         except MemoryUnavailable as exc:
             self.outputs.remove(stored)
             with self._lock:
-                self._finish(record, JobStatus.FAILED,
-                             error={"code": errors.INSUFFICIENT_MEMORY, "message": exc.message})
+                self.jobs.finish(record, JobStatus.FAILED,
+                                 error={"code": errors.INSUFFICIENT_MEMORY, "message": exc.message})
         except Exception as exc:
             log.exception("job %s failed", record.job_id)
             self.outputs.remove(stored)
             with self._lock:
-                self._finish(record, JobStatus.FAILED, error={"code": errors.INTERNAL_ERROR,
-                                                       "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
+                self.jobs.finish(record, JobStatus.FAILED, error={"code": errors.INTERNAL_ERROR,
+                                                           "message": f"{type(exc).__name__}: {str(exc)[:500]}"})
 
     def _run_engine(self, params: dict[str, Any], context: JobContext) -> list[GeneratedAsset]:
         """engine.run, after which the device's cached blocks go back to the driver (the broker then sees only
@@ -456,21 +439,10 @@ class JobRunner:
             if journal:
                 self.journal.write(record)
 
-    def _finish(self, record: JobRecord, status: JobStatus, error: dict[str, Any] | None = None) -> None:
-        """Called with the lock held. Terminal state, journal, waiters, then the one callback. A job ends once:
-        an engine that comes back after its stuck job was ended (`_replace_stuck`) changes nothing."""
-        if record.status in TERMINAL:
-            log.warning("job %s already ended %s; not ending it %s", record.job_id, record.status, status)
-            return
-        record.status = status
-        record.error = error
-        record.finished_at = now_iso()
-        if status == JobStatus.COMPLETED:
+    def _storing(self, record: JobRecord) -> None:
+        """The table's `on_ending`: a completed job's record shows its last stage, storing, at 100%."""
+        if record.status == JobStatus.COMPLETED:
             record.progress = dict(record.progress, stage="storing", percent=100.0)
-        self.journal.write(record)
-        self._done[record.job_id].set()
-        self._observe_end(record)
-        self._send_callback(record)
 
     def _observe_end(self, record: JobRecord) -> None:
         """Metrics and the one log line of a job's end (with the time spent in each stage)."""
@@ -489,9 +461,6 @@ class JobRunner:
                            "duration_s": None if duration is None else round(duration, 4),
                            "stages_s": {k: round(v, 4) for k, v in stages.items()}})
 
-    def _send_callback(self, record: JobRecord) -> None:
-        send_terminal_callback(record, self.callbacks, self.journal, self._lock)
-
     # -- deadlines ---------------------------------------------------------------------------------
     def _deadline_s(self, record: JobRecord) -> float:
         return deadline_of(self.engine.settings, record.type)
@@ -503,12 +472,12 @@ class JobRunner:
         gunicorn's master starts a fresh one (a worker alone and under the orchestrator alike), which
         resumes the journal and the queue."""
         with self._lock:
-            record = self._jobs.get(job_id)
+            record = self.jobs.entry(job_id)
             if record is None or record.status in TERMINAL:
                 return
             self._metrics.child(self._metrics.job_timeouts, self.worker).inc()
             grace = self.engine.settings.job_deadline_grace_s
-            self._finish(record, JobStatus.FAILED, error={
+            self.jobs.finish(record, JobStatus.FAILED, error={
                 "code": errors.TIMEOUT,
                 "message": f"the job ran past its deadline of {deadline_s:.0f}s and the engine did not stop within "
                            f"{grace:.0f}s; the worker process was replaced"})
@@ -516,25 +485,9 @@ class JobRunner:
         self.callbacks.flush(STUCK_CALLBACK_FLUSH_S)
         self._exit_process(STUCK_EXIT_STATUS)
 
-    def _sweep(self) -> None:
-        """Forget finished jobs past the retention period (memory and journal)."""
-        for job_id in sweep(self._jobs, lambda record: record, self.journal, self._lock):
-            self._done.pop(job_id, None)
-
-    def _recover(self) -> None:
-        """Load the journal; fail what a previous process left unfinished, resend pending callbacks."""
-        for record in self.journal.load_all():
-            if self.journal.expired(record):  # past JOB_RETENTION_DAYS
-                self.journal.delete(record.job_id)
-                continue
-            self._jobs[record.job_id] = record
-            self._done[record.job_id] = threading.Event()
-            if record.status not in TERMINAL:
-                log.warning("job %s was %s when the worker stopped; marking it failed", record.job_id, record.status)
-                self._finish(record, JobStatus.FAILED, error={
-                    "code": errors.WORKER_RESTARTED,
-                    "message": f"the worker process stopped while the job was {record.status}; it was not completed"})
-            else:
-                self._done[record.job_id].set()
-                if record.callback.get("status") == CallbackStatus.PENDING:
-                    self._send_callback(record)
+    def _fail_restarted(self, record: JobRecord) -> None:
+        """The table's recovery policy for a job the previous process left unfinished: it ends failed."""
+        log.warning("job %s was %s when the worker stopped; marking it failed", record.job_id, record.status)
+        self.jobs.finish(record, JobStatus.FAILED, error={
+            "code": errors.WORKER_RESTARTED,
+            "message": f"the worker process stopped while the job was {record.status}; it was not completed"})
