@@ -65,6 +65,29 @@ def test_every_setting_and_alias_is_in_the_generated_table():
     assert "| `PLACEHOLDER_MODELS_DIR` | `<repo>/.cache/placeholder-models` |" in table  # same on every checkout
 
 
+def test_every_job_type_is_in_the_generated_table_and_a_listed_alias_runs_as_its_base():
+    """The job-types section lists each preset once: in the table, or under it as `alias` = `base` when the
+    alias only renames its base (same worker, output, defaults and modes); the collapse must never hide a
+    difference."""
+    import re
+
+    from common.reference import _preset_row
+    from configuration import job_types
+
+    section = render_sections()["job-types"]
+    types = job_types()
+    collapsed = dict(re.findall(r"`(\w+)` = `(\w+)`", section))
+    for name, preset in types.items():
+        assert f"`{name}`" in section, name
+        if name in collapsed:
+            base = collapsed[name]
+            assert preset["base_type"] == base
+            assert _preset_row(name, preset)[0][1:] == _preset_row(base, types[base])[0][1:], name
+            assert _preset_row(name, preset)[1] == _preset_row(base, types[base])[1], name
+            assert f"| `{name}` |" not in section
+    assert collapsed, "no alias is collapsed: the section's format changed; update this test with it"
+
+
 def test_every_metric_of_the_registry_is_listed():
     table = render_sections()["metrics"]
     registry = Metrics("reference-test").registry
