@@ -166,6 +166,23 @@ class StaticServer(LocalHTTPServer):
         super().__init__(Handler)
 
 
+@contextlib.contextmanager
+def in_process_worker(worker: str, tmp: Path, placeholder_dir: Path):
+    """The worker's real Flask app in this process (tests/app/), on the placeholder models, its callbacks
+    going to a receiver of its own: yields (test client, WorkerState, receiver, output folder)."""
+    from configuration.settings import Settings
+    from workers.http.app import create_app
+
+    receiver = CallbackReceiver()
+    try:
+        settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp / "out", api_key=API_KEY,
+                            fetch_allow_private=True, callback_url=receiver.url, callback_backoff_s=0.05)
+        app = create_app(worker, settings)
+        yield app.test_client(), app.extensions["worker_state"], receiver, tmp / "out"
+    finally:
+        receiver.close()
+
+
 def base_env(tmp_path: Path, placeholder_dir: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SUPABASE", "CALLBACK", "JOB_CALLBACK", "WORKER_API", "MODEL_", "REDIS", "QUEUE_",

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.support import API_KEY, StaticServer
+from tests.support import API_KEY, StaticServer, in_process_worker
 from workers.engines.images import resize_reference
 from workers.engines.sdxl import batch_seeds, compel_prompt, gpu_plan, img2img_steps
 from workers.http.app import create_app
@@ -28,18 +28,8 @@ REFERENCE = Image.fromarray(np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (80
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, placeholder_dir):
-    from configuration.settings import Settings
-    from tests.support import CallbackReceiver
-
-    receiver = CallbackReceiver()
-    tmp = tmp_path_factory.mktemp("sdxl-engine")
-    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp / "out", api_key=API_KEY,
-                        fetch_allow_private=True, callback_url=receiver.url, callback_backoff_s=0.05)
-    app = create_app("sdxl", settings)
-    client = app.test_client()
-    state = app.extensions["worker_state"]
-    yield client, state, receiver, tmp / "out"
-    receiver.close()
+    with in_process_worker("sdxl", tmp_path_factory.mktemp("sdxl-engine"), placeholder_dir) as parts:
+        yield parts
 
 
 def run(client, job_id, prompt="a red fox", config=None, metadata=None, **top):

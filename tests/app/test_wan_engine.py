@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support import API_KEY, CallbackReceiver
+from tests.support import API_KEY, in_process_worker
 from workers.http.app import create_app
 from workers.runtime.media import decode_mp4
 
@@ -31,15 +31,8 @@ LAST = Image.fromarray(((np.indices((48, 48)).sum(0) // 8) % 2 * 255).astype(np.
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory, placeholder_dir):
-    from configuration.settings import Settings
-
-    receiver = CallbackReceiver()
-    tmp = tmp_path_factory.mktemp("wan-engine")
-    settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp / "out", api_key=API_KEY,
-                        fetch_allow_private=True, callback_url=receiver.url, callback_backoff_s=0.05)
-    app = create_app("wan", settings)
-    yield app.test_client(), app.extensions["worker_state"], receiver, tmp / "out"
-    receiver.close()
+    with in_process_worker("wan", tmp_path_factory.mktemp("wan-engine"), placeholder_dir) as parts:
+        yield parts
 
 
 def submit(client, job_id, type="video_fast", config=None, metadata=None):
