@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -217,15 +218,21 @@ QUEUE = "text_classifier_sdxl_queue"
 JOB = {"type": "sdxl_image_fast", "user_id": "u1", "config": {"seed": 3, "steps": 2, "width": 64, "height": 64}}
 
 
-@pytest.fixture(scope="module")
-def sdxl(tmp_path_factory, placeholder_dir, redis_server, standin):
+def start_queue_worker(tmp: Path, placeholder_dir, redis_server, standin, queue: str, **threshold):
+    """An SDXL worker reading `queue` with one classifier threshold set low, its callbacks to the stand-in."""
     from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY
     from tests.support import WorkerProcess, base_env
 
-    env = base_env(tmp_path_factory.mktemp("text-classifier-sdxl"), placeholder_dir, TEXT_SAFETY_THRESHOLD=str(LOW),
-                   REDIS_URL=redis_server.url, SDXL_QUEUE=QUEUE, SUPABASE_URL=standin.url,
-                   SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY, JOB_CALLBACK_SECRET=CALLBACK_SECRET, QUEUE_BLOCK_S="0.2")
-    worker = WorkerProcess("sdxl", env).start()
+    env = base_env(tmp, placeholder_dir, REDIS_URL=redis_server.url, SDXL_QUEUE=queue, SUPABASE_URL=standin.url,
+                   SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY, JOB_CALLBACK_SECRET=CALLBACK_SECRET, QUEUE_BLOCK_S="0.2",
+                   **threshold)
+    return WorkerProcess("sdxl", env).start()
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory, placeholder_dir, redis_server, standin):
+    worker = start_queue_worker(tmp_path_factory.mktemp("text-classifier-sdxl"), placeholder_dir, redis_server,
+                                standin, QUEUE, TEXT_SAFETY_THRESHOLD=str(LOW))
     yield worker
     worker.stop()
 
@@ -268,13 +275,8 @@ OUTPUT_QUEUE = "output_classifier_sdxl_queue"
 
 @pytest.fixture(scope="module")
 def sdxl_output_check(tmp_path_factory, placeholder_dir, redis_server, standin):
-    from tests.supabase_standin import CALLBACK_SECRET, SERVICE_KEY
-    from tests.support import WorkerProcess, base_env
-
-    env = base_env(tmp_path_factory.mktemp("output-classifier-sdxl"), placeholder_dir, SAFETY_THRESHOLD=str(LOW),
-                   REDIS_URL=redis_server.url, SDXL_QUEUE=OUTPUT_QUEUE, SUPABASE_URL=standin.url,
-                   SUPABASE_SERVICE_ROLE_KEY=SERVICE_KEY, JOB_CALLBACK_SECRET=CALLBACK_SECRET, QUEUE_BLOCK_S="0.2")
-    worker = WorkerProcess("sdxl", env).start()
+    worker = start_queue_worker(tmp_path_factory.mktemp("output-classifier-sdxl"), placeholder_dir, redis_server,
+                                standin, OUTPUT_QUEUE, SAFETY_THRESHOLD=str(LOW))
     yield worker
     worker.stop()
 
