@@ -481,9 +481,9 @@ class Settings(BaseSettings):
         value there); a legacy name and the name both set to different values is refused."""
         env = os.environ if environ is None else environ
         raw: dict[str, Any] = {}  # Any: text, read by each field's validators
-        for field in cls.model_fields.values():
-            found = _variable(env, _env_names(field))
-            if found and (found[1] != "" or field.annotation is str):
+        for names, is_text in _VARIABLES:
+            found = _variable(env, names)
+            if found and (found[1] != "" or is_text):
                 raw[found[0]] = found[1]
         if not raw.get("MODEL_PROFILE"):
             production = any(raw.get(_env_names(cls.model_fields[p])[0]) for p in _PRODUCTION_PATHS)
@@ -599,6 +599,9 @@ def settings_for_command() -> Settings | None:
 def _variable(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
     """The variable a setting is read from: the first of its `names` set to a non-empty value, else its own
     name when set (empty); None when unset. Two of them set to different values is refused."""
+    if len(names) == 1:
+        value = env.get(names[0])
+        return None if value is None else (names[0], value)
     given = [(name, env[name]) for name in names if env.get(name)]
     if len({value for _name, value in given}) > 1:
         raise SettingsError(f"{given[-1][0]} and {names[0]} are the same setting and are set to different values")
@@ -606,6 +609,9 @@ def _variable(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str]
         return given[0]
     return (names[0], env[names[0]]) if names[0] in env else None
 
+
+# Each field's variable names and whether it is text (empty is a value there), for `from_env`.
+_VARIABLES = tuple((_env_names(field), field.annotation is str) for field in Settings.model_fields.values())
 
 # variable -> (field, type, description), derived from the fields in declaration order: what the generated
 # table lists (`setting_reference`).
