@@ -91,8 +91,8 @@ def _starting(info: ValidationInfo) -> bool:
 
 def _require(fields: tuple[str, ...], holds: Callable[[Any], bool], message: str) -> Any:
     """A field validator refusing a value of `fields` for which `holds` is false with `message` (formatted
-    with the `value`): the one-field checks, each one line beside the others. Any: pydantic's decorator
-    proxy, which only the class body uses."""
+    with the `value`), under `_STARTING`: the one-field checks, each one line beside the others. Any:
+    pydantic's decorator proxy, which only the class body uses."""
     def check(value: Any, info: ValidationInfo) -> Any:
         if _starting(info) and not holds(value):
             raise SettingsError(message.format(value=value))
@@ -385,9 +385,9 @@ class Settings(BaseSettings):
     @classmethod
     def check_public_url(cls, url: str, info: ValidationInfo) -> str:
         """A public URL the app is sent at registration: http(s), and a template with known fields only."""
-        name = _env_names(cls.model_fields[info.field_name or ""])[0]
         if not _starting(info):
             return url
+        name = _env_names(cls.model_fields[info.field_name or ""])[0]
         if url and not url.startswith(("https://", "http://")):
             raise SettingsError(f"{name} must be an http:// or https:// URL, got {url!r}")
         if info.field_name == "public_url_template" and url:
