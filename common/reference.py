@@ -4,8 +4,8 @@
     python -m common.reference --check    # exit 1 naming each section whose committed text is stale
 
 Each section sits between `<!-- generated:NAME ... -->` and `<!-- end generated:NAME -->` and is rendered
-from the declaration itself, so the docs cannot drift from the code: the settings from
-`configuration.settings.setting_reference()` (`_ENV`, `ALIASES`, the fields' defaults), the metrics from a
+from the declaration itself, so the docs cannot drift from the code: the settings from the fields of
+`configuration.settings.Settings` (`setting_reference()`: names, defaults, descriptions), the metrics from a
 `common.metrics.Metrics` registry, the error codes from `common.errors.CODES`, the job types and presets from
 `configuration/presets.json`. Text outside the markers is left as it is. `infrastructure/test.sh` and
 tests/unit/test_reference.py run the check. It lives in common/ because metrics and error codes do
