@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import importlib
 
+from configuration import requests
 from configuration.settings import Settings
 
 
 def normalise_generation(worker: str, body: dict, settings: Settings) -> dict:
+    """The engine's parameters of a generation body; a worker whose request is a model
+    (configuration/requests/) validates it there, bounds and cross-field rules in one step."""
+    if f"{worker}.generate" in requests.MODELS:
+        return dict(requests.normalise(f"{worker}.generate", body, settings))
     module = importlib.import_module(f"configuration.params.{worker}")
     return module.normalise(body, settings)
 
