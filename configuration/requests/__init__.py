@@ -13,10 +13,11 @@ from typing import Any
 
 from configuration.requests.fields import parse, published_schema
 from configuration.requests.sdxl import sdxl_request
+from configuration.requests.wan import wan_request
 from configuration.settings import Settings
 
 # request schema name -> the factory of its model for a profile
-MODELS: dict[str, Callable[[Settings], Any]] = {"sdxl.generate": sdxl_request}
+MODELS: dict[str, Callable[[Settings], Any]] = {"sdxl.generate": sdxl_request, "wan.generate": wan_request}
 
 
 def request_model(name: str, settings: Settings) -> Any:
@@ -25,7 +26,7 @@ def request_model(name: str, settings: Settings) -> Any:
 
 def normalise(name: str, body: object, settings: Settings) -> Any:
     """The engine's parameters of `body`: validated (bounds, then the cross-field rules) and converted."""
-    return parse(request_model(name, settings), body).to_params(settings)
+    return parse(request_model(name, settings), body, settings).to_params(settings)
 
 
 def schema_of(name: str, settings: Settings) -> dict:

@@ -170,10 +170,11 @@ def validation_failed(error: ValidationError) -> ValidationFailed:
     return ValidationFailed(sorted(details, key=lambda d: d["path"]))
 
 
-def parse(model: type[BaseModel], body: object) -> Any:
-    """`body` validated into `model`; ValidationFailed (the contract's error) when it is not valid."""
+def parse(model: type[BaseModel], body: object, settings: Any) -> Any:
+    """`body` validated into `model` (the settings in the validation context, for the rules that read the
+    profile's presets); ValidationFailed (the contract's error) when it is not valid."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context={"settings": settings})
     except ValidationError as exc:
         raise validation_failed(exc) from None
 
