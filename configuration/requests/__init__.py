@@ -20,8 +20,17 @@ from configuration.settings import Settings
 MODELS: dict[str, Callable[[Settings], Any]] = {"sdxl.generate": sdxl_request, "wan.generate": wan_request}
 
 
+# (name, profile) -> model: a model's bounds depend on the profile alone (configuration/models.json limits), and
+# looking it up must cost nothing per request (hashing a Settings costs more than validating a field).
+_BUILT: dict[tuple[str, str], Any] = {}
+
+
 def request_model(name: str, settings: Settings) -> Any:
-    return MODELS[name](settings)
+    key = (name, settings.model_profile)
+    model = _BUILT.get(key)
+    if model is None:
+        model = _BUILT[key] = MODELS[name](settings)
+    return model
 
 
 def normalise(name: str, body: object, settings: Settings) -> Any:

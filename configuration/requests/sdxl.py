@@ -233,6 +233,7 @@ def _request_for_limits(min_size: int, max_size: int, multiple: int) -> type[SDX
 
 
 def sdxl_request(settings: Settings) -> type[SDXLRequest]:
-    """The SDXL request model of this profile (its size bounds), built once per profile."""
+    """The SDXL request model of this profile (its size bounds), built once per profile
+    (`configuration.requests.request_model` keeps it)."""
     limits = model_config("sdxl", settings)["limits"]
     return _request_for_limits(int(limits["min_size"]), int(limits["max_size"]), int(limits["multiple"]))

@@ -189,17 +189,19 @@ class WanRequest(BaseModel):
         settings = (info.context or {}).get("settings")
         if not isinstance(settings, Settings):
             raise TypeError("WanRequest validates with the settings in its context (configuration.requests.check)")
-        self._resolved = _resolve(self.type, self.config.model_dump(exclude_unset=True),
-                                  self.metadata.model_dump(exclude_unset=True), settings)
+        config, metadata = self.config, self.metadata
+        self._resolved = _resolve(self.type, {name: getattr(config, name) for name in config.model_fields_set},
+                                  {**{name: getattr(metadata, name) for name in metadata.model_fields_set},
+                                   **(metadata.model_extra or {})}, settings)
         return self
 
     def to_params(self, settings: Settings) -> WanParams:
         """The engine's parameters: the resolved values (presets of the job type and `settings`' profile, which
         the request was validated with) and the seed."""
-        if self._resolved["profile"] != settings.model_profile:
+        params: Any = dict(self._resolved)
+        if params.pop("profile") != settings.model_profile:
             raise ValueError(f"validated for profile {self._resolved['profile']}, not {settings.model_profile}")
-        params: Any = {**self._resolved, "prompt": self.prompt}
-        del params["profile"]
+        params["prompt"] = self.prompt
         seed = self.config.seed
         params["seed"], params["seed_source"] = (reduce_seed(seed), "request") if seed is not None \
             else resolve_seed({})
@@ -390,7 +392,8 @@ def _request_for_limits(min_size: int, max_size: int, multiple: int, max_frames:
 
 
 def wan_request(settings: Settings) -> type[WanRequest]:
-    """The WAN request model of this profile (its size and frame bounds), built once per profile."""
+    """The WAN request model of this profile (its size and frame bounds), built once per profile
+    (`configuration.requests.request_model` keeps it)."""
     bounds = limits(settings)
     return _request_for_limits(int(bounds["min_size"]), int(bounds["max_size"]), int(bounds["multiple"]),
                                int(bounds["max_frames"]))
