@@ -12,12 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from configuration.requests.fields import parse, published_schema
+from configuration.requests.memory import memory_action
 from configuration.requests.sdxl import sdxl_request
 from configuration.requests.wan import wan_request
 from configuration.settings import Settings
 
 # request schema name -> the factory of its model for a profile
-MODELS: dict[str, Callable[[Settings], Any]] = {"sdxl.generate": sdxl_request, "wan.generate": wan_request}
+MODELS: dict[str, Callable[[Settings], Any]] = {"sdxl.generate": sdxl_request, "wan.generate": wan_request,
+                                                "memory.action": memory_action}
 
 
 # (name, profile) -> model: a model's bounds depend on the profile alone (configuration/models.json limits), and
@@ -33,9 +35,14 @@ def request_model(name: str, settings: Settings) -> Any:
     return model
 
 
+def check(name: str, body: object, settings: Settings) -> Any:
+    """`body` as its validated (frozen) request model; ValidationFailed when it is refused."""
+    return parse(request_model(name, settings), body, settings)
+
+
 def normalise(name: str, body: object, settings: Settings) -> Any:
     """The engine's parameters of `body`: validated (bounds, then the cross-field rules) and converted."""
-    return parse(request_model(name, settings), body, settings).to_params(settings)
+    return check(name, body, settings).to_params(settings)
 
 
 def schema_of(name: str, settings: Settings) -> dict:
@@ -43,4 +50,4 @@ def schema_of(name: str, settings: Settings) -> dict:
     return published_schema(request_model(name, settings))
 
 
-__all__ = ["MODELS", "normalise", "request_model", "schema_of"]
+__all__ = ["MODELS", "check", "normalise", "request_model", "schema_of"]

@@ -17,7 +17,7 @@ from configuration.schemas.common import ValidationFailed, check, compiled_valid
 from configuration.settings import Settings
 
 # schema family -> module that defines SCHEMAS(settings) -> {endpoint: schema}
-_FAMILIES = ("chat", "memory", "orchestrator")
+_FAMILIES = ("chat", "orchestrator")
 
 
 @functools.lru_cache(maxsize=32)
