@@ -34,7 +34,7 @@ from common.jobs import JobJournal, JobRecord, send_processing_callback
 from common.logging import REQUEST_ID_HEADER, current_request_id, describe_text, log_context, new_request_id
 from common.metrics import process_metrics
 from configuration import chat_config, job_types
-from configuration.params.common import summarise_data_urls
+from configuration.requests.common import summarise_data_urls
 from configuration.schemas import field_error, validate_request
 from configuration.settings import Settings
 

@@ -35,10 +35,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from configuration import job_types
+from configuration.requests.wan import limits as wan_limits
 from configuration.schemas import schema as request_schema
 from configuration.schemas.app_payload import STORAGE_BUCKETS, schema
 from configuration.schemas.common import ValidationFailed, field_error, validate
-from configuration.schemas.wan import limits as wan_limits
 from configuration.settings import Settings
 
 APP_SIZES = ("1024x1024", "1024x576", "576x1024")

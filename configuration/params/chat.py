@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NotRequired, TypedDict
 
 from configuration import chat_config, model_config
-from configuration.params.common import resolve_seed
+from configuration.requests.common import resolve_seed
 from configuration.schemas.common import field_error
 from configuration.schemas.common import without_nulls as without_nulls
 from configuration.settings import Settings

@@ -1,8 +1,9 @@
 """The central JSON Schemas (draft 2020-12) of every request body, keyed `<worker>.<endpoint>`.
 
-Each model family keeps its schemas in its own module; `schema(name)` builds one for the active
-settings (profile bounds come from configuration/models.json), `validate_request` checks a body, and
-`openapi.py` generates the OpenAPI description from the same dictionaries.
+The schemas of the requests declared as models (configuration/requests/) are generated from them; the other
+families still keep theirs in a module here. `schema(name)` builds one for the active settings (profile bounds
+come from configuration/models.json), `validate_request` checks a body against it (the published contract, as
+any other validator reads it), and `openapi.py` generates the OpenAPI description from the same dictionaries.
 """
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import importlib
 
 import jsonschema
 
+from configuration.requests import MODELS, schema_of
 from configuration.schemas.common import ValidationFailed, check, compiled_validator, field_error, validate
 from configuration.settings import Settings
 
 # schema family -> module that defines SCHEMAS(settings) -> {endpoint: schema}
-_FAMILIES = ("sdxl", "wan", "chat", "memory", "orchestrator")
+_FAMILIES = ("chat", "orchestrator")
 
 
 @functools.lru_cache(maxsize=32)
 def schemas(settings: Settings) -> dict[str, dict]:
     """Every schema for these settings (cached: settings are immutable; treat the result as read-only)."""
-    result = {}
+    result = {name: schema_of(name, settings) for name in MODELS}
     for family in _FAMILIES:
         try:
             module = importlib.import_module(f"configuration.schemas.{family}")

@@ -1,149 +1,30 @@
-"""Schema fragments shared by every request schema, and the validation entry point."""
-from __future__ import annotations
+"""The shared schema fragments and the validation entry point, where the families not yet declared as request
+models (configuration/requests/) and the tests find them; they live in configuration/requests/common.py."""
+from configuration.requests.common import (
+    CONTENT_TIER,
+    DIALECT,
+    END,
+    GENERATION_SEED,
+    MAX_SAFE_INTEGER,
+    NEGATIVE_PROMPT,
+    NOT_SPACE,
+    PROMPT,
+    REFERENCE_URL,
+    SAFE_ID,
+    SEED,
+    SEED_RANGE,
+    STRENGTH,
+    WHICH,
+    ValidationFailed,
+    check,
+    compiled_validator,
+    field_error,
+    nullable,
+    size_schemas,
+    validate,
+    without_nulls,
+)
 
-import functools
-from collections.abc import Iterable, Mapping
-
-import jsonschema
-
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-# End of input in both regex dialects a schema meets: ECMA-262 (what JSON Schema specifies, the app's TypeScript)
-# has no `\Z`, and Python's `$` also matches before a trailing newline; "no character follows" means the same in
-# both, so "abc\n" stays refused (tests/unit/test_schema_regex.py checks every published pattern under ECMA-262).
-END = "(?![\\s\\S])"
-SAFE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}" + END,
-           "description": "Letters, digits, `_`, `-`, `.`; used in storage paths, so no slashes."}
-# A character that is not white space in either dialect: `\S` alone differs between them (Python counts U+001C-U+001F
-# and U+0085 as space, ECMA-262 counts U+FEFF), so a prompt of only those would pass one validator and not the other.
-NOT_SPACE = "[^\\s\\x1c-\\x1f\\x85\\ufeff]"
-PROMPT = {"type": "string", "minLength": 1, "maxLength": 20000, "pattern": NOT_SPACE,
-          "description": "Non-empty text."}
-NEGATIVE_PROMPT = {"type": "string", "maxLength": 20000}
-SEED = {"type": "integer", "minimum": 0, "maximum": 4294967295,
-        "description": "Any unsigned 32-bit integer; 0 is a seed like any other. Random (and reported) when absent."}
-# The generators' seed range (configuration/params/common.py `resolve_seed`) and what the app can send: any
-# integer a JavaScript number holds exactly.
-SEED_RANGE = 2**32
-MAX_SAFE_INTEGER = 2**53 - 1
-GENERATION_SEED = {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER,
-                   "description": "Any integer up to 2^53-1 in magnitude (what a JavaScript number holds exactly); 0 "
-                                  "is a seed like any other. The generators take 32-bit seeds: the seed used is "
-                                  "`seed mod 2^32` (reported as `seed`, the one sent as `seed_requested` when they "
-                                  "differ). Random (and reported) when absent."}
-REFERENCE_URL = {"type": "string", "minLength": 1, "maxLength": 14000000,
-                 "pattern": "^(https?://|data:image/)",
-                 "description": "http(s) URL or a `data:image/...` URL."}
-STRENGTH = {"type": "number", "minimum": 0.0, "maximum": 1.0}
-CONTENT_TIER = {"enum": ["sfw", "nsfw"],
-                "description": "Content tier (docs/POLICY.md): sfw also refuses explicit sexual prompts and checks "
-                               "image and video outputs; the floor (no sexual content involving minors) holds in both. "
-                               "Default: CONTENT_TIER_DEFAULT."}
-WHICH = {"type": "string", "description": "Model to load/unload, or `all`."}
-
-
-def nullable(prop: dict) -> dict:
-    """`prop` also accepting JSON `null`, which callers send for an absent optional value (the app's browser-built
-    bodies pass `project_context: null`, `conversation_id: null`); the route drops such fields before reading."""
-    result = dict(prop)
-    if "enum" in result:
-        result["enum"] = [*result["enum"], None]
-    elif "const" in result:
-        result["enum"] = [result.pop("const"), None]
-    elif "type" in result:
-        types = result["type"] if isinstance(result["type"], list) else [result["type"]]
-        result["type"] = [*types, "null"] if "null" not in types else types
-    else:
-        raise ValueError(f"nullable() needs a type, enum or const: {prop}")
-    return result
-
-
-def without_nulls(body: dict) -> dict:
-    """`body` without its top-level `null` fields: null means absent."""
-    return {k: v for k, v in body.items() if v is not None}
-
-
-def size_schemas(limits: dict) -> tuple[dict, dict]:
-    """The `width`/`height` and `resolution` schemas of a model's size limits (per profile, from
-    configuration/models.json): the one place these bounds are checked."""
-    low, high, step = limits["min_size"], limits["max_size"], limits["multiple"]
-    allowed = f"a multiple of {step} in [{low}, {high}]"
-    size = {"type": "integer", "minimum": low, "maximum": high, "multipleOf": step,
-            "description": f"Pixels; {allowed}."}
-    first = -(-low // step) * step
-    values = "|".join(str(v) for v in range(first, high + 1, step))
-    resolution = {"type": "string", "pattern": f"^({values})x({values}){END}",
-                  "description": f"`WIDTHxHEIGHT`, each {allowed}, e.g. `{first}x{first}`."}
-    return size, resolution
-
-
-class ValidationFailed(Exception):
-    """A request failed validation. `details` is a list of {"path": JSON pointer, "message": str}."""
-
-    def __init__(self, details: list[dict]):
-        self.details = details
-        super().__init__("; ".join(f"{d['path'] or '/'}: {d['message']}" for d in details))
-
-
-def field_error(path: str, message: str) -> ValidationFailed:
-    return ValidationFailed([{"path": path, "message": message}])
-
-
-def _pointer(parts: Iterable[str | int]) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def _detail(error: jsonschema.ValidationError) -> dict:
-    path = list(error.absolute_path)
-    message = error.message
-    # (the stubs allow a bool or an unset schema; the keywords read here only occur in object schemas)
-    schema = error.schema if isinstance(error.schema, Mapping) else {}
-    # Point at the missing / unexpected field itself rather than at its parent object.
-    if error.validator == "required" and isinstance(error.validator_value, list):
-        missing = [p for p in error.validator_value if isinstance(error.instance, dict) and p not in error.instance]
-        if missing:
-            path.append(missing[0])
-            message = "is required"
-    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set(schema.get("properties", {}))
-        extra = sorted(k for k in error.instance if k not in allowed)
-        if extra:
-            path.append(extra[0])
-            message = "is not an accepted field"
-    elif error.validator == "pattern" and "description" in schema:
-        message = f"{error.instance!r} is not of the form {schema['description']}"
-    if len(message) > 300:
-        message = message[:300] + "..."
-    return {"path": _pointer(path), "message": message}
-
-
-def compiled_validator(schema: dict) -> jsonschema.Draft202012Validator:
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-@functools.cache
-def _validator_for_json(schema_json: str) -> jsonschema.Draft202012Validator:
-    import json
-    return compiled_validator(json.loads(schema_json))
-
-
-def validate(schema: dict, instance: object) -> None:
-    """Raise ValidationFailed listing every failing field (sorted by path) when `instance` does not match."""
-    import json
-    check(_validator_for_json(json.dumps(schema, sort_keys=True)), instance)
-
-
-def check(validator: jsonschema.Draft202012Validator, instance: object) -> None:
-    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    if errors:
-        seen, details = set(), []
-        for error in errors:
-            # `oneOf`/`anyOf` failures carry their sub-errors; report the most specific one.
-            if error.context:
-                error = min(error.context, key=lambda e: -len(list(e.absolute_path)))
-            detail = _detail(error)
-            if (detail["path"], detail["message"]) not in seen:
-                seen.add((detail["path"], detail["message"]))
-                details.append(detail)
-        raise ValidationFailed(details)
+__all__ = ["CONTENT_TIER", "DIALECT", "END", "GENERATION_SEED", "MAX_SAFE_INTEGER", "NEGATIVE_PROMPT", "NOT_SPACE",
+           "PROMPT", "REFERENCE_URL", "SAFE_ID", "SEED", "SEED_RANGE", "STRENGTH", "WHICH", "ValidationFailed", "check",
+           "compiled_validator", "field_error", "nullable", "size_schemas", "validate", "without_nulls"]

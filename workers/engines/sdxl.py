@@ -11,7 +11,7 @@ import torch
 
 from common.errors import MODEL_NOT_CONFIGURED, JobFailed
 from configuration import SINGLE_FILE_SUFFIXES, single_file_config_dir
-from configuration.params.sdxl import SDXLParams
+from configuration.requests.sdxl import SDXLParams
 from workers import devices
 from workers.engines.base import Engine, GeneratedAsset, step_callback
 from workers.engines.images import resize_reference

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from common.errors import MODEL_NOT_CONFIGURED, JobFailed
-from configuration.params.wan import WanParams
+from configuration.requests.wan import WanParams
 from configuration.schemas.common import field_error
 from workers import devices
 from workers.engines.base import Engine, GeneratedAsset, step_callback
@@ -330,7 +330,7 @@ class WanEngine(Engine[WanParams]):
         execution_device = str(pipe._execution_device)
         cfg_on = params["guidance_scale"] > 1.0
         prompt_embeds = loaded.prompts.encode(params["prompt"], execution_device)
-        negative = params["negative_prompt"]  # a string whenever guidance is on (configuration/params/wan.py)
+        negative = params["negative_prompt"]  # a string whenever guidance is on (configuration/requests/wan.py)
         negative_embeds = (loaded.prompts.encode_negative(negative, execution_device)
                            if cfg_on and negative is not None else None)
         tokens = loaded.prompts.token_count(params["prompt"])

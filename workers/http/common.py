@@ -8,9 +8,9 @@ from flask import Blueprint, current_app, jsonify
 from common import auth, errors
 from common.body import body_with_query, json_body
 from common.errors import ApiError, Unavailable
-from configuration import worker_capabilities
+from configuration import requests, worker_capabilities
 from configuration.openapi import RouteTable, openapi_document, route_endpoints
-from configuration.schemas import validate_request
+from configuration.requests.memory import MemoryAction
 
 if TYPE_CHECKING:
     from workers.runtime.worker_state import WorkerState
@@ -59,10 +59,9 @@ def memory_status():
     return jsonify(state().memory_status())
 
 
-def _memory_args() -> dict:
+def _memory_args() -> MemoryAction:
     body = body_with_query(json_body(optional=True), ("which",), {"wait_s": (0, 600)})
-    validate_request("memory.action", body, state().settings)
-    return body
+    return requests.check("memory.action", body, state().settings)
 
 
 def _models(which: str | None) -> str | None:
@@ -79,10 +78,10 @@ def _models(which: str | None) -> str | None:
 def memory_load():
     require_ready()
     args = _memory_args()
-    if "wait_s" in args:
+    if "wait_s" in args.model_fields_set:
         raise ApiError(400, errors.VALIDATION_ERROR, "wait_s applies to /memory/unload only",
                        [{"path": "/wait_s", "message": "is only accepted by /memory/unload"}])
-    loaded = state().host.load(_models(args.get("which")))  # MemoryUnavailable: common/errors.py answers
+    loaded = state().host.load(_models(args.which))  # MemoryUnavailable: common/errors.py answers
     return jsonify({"success": True, "loaded": loaded, **state().memory_status()})
 
 
@@ -90,7 +89,7 @@ def memory_load():
 def memory_unload():
     args = _memory_args()
     # ModelBusy (a job uses the model past wait_s): 409 model_busy, from common/errors.py
-    unloaded = state().host.unload(_models(args.get("which")), wait_s=float(args.get("wait_s", 0)))
+    unloaded = state().host.unload(_models(args.which), wait_s=float(args.wait_s or 0))
     return jsonify({"success": True, "unloaded": unloaded, **state().memory_status()})
 
 

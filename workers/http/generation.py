@@ -25,7 +25,7 @@ def generate():
     body = json_body()
     # The one admission of queued and HTTP jobs (workers/runtime/admission.py): schema, normalisation, the
     # content policy (422 content_policy), the engine's checks.
-    params = check_generation(s.name, s.request_schema, s.settings, s.engine, body)
+    params = check_generation(s.request_schema, s.settings, s.engine, body)
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     dry_run = query_bool("dry_run")
     _check_references(body, s.engine.reference_urls(params))

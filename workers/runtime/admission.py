@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from common import policy
-from configuration.params import normalise_generation
-from configuration.params.common import summarise_data_urls
-from configuration.schemas import validate_request
+from configuration import requests
+from configuration.requests.common import summarise_data_urls
 from configuration.settings import Settings
 from workers.runtime import text_safety
 
@@ -17,11 +16,11 @@ from workers.runtime import text_safety
 CONTENT_CHECKS = "content_policy_checks"
 
 
-def check_generation(worker: str, schema: str, settings: Settings, engine: Any, body: dict) -> dict:
-    """The normalised parameters of `body`; raises ValidationFailed (a field path per problem) or the
-    engine's own refusal."""
-    validate_request(schema, body, settings)
-    params = normalise_generation(worker, body, settings)
+def check_generation(schema: str, settings: Settings, engine: Any, body: dict) -> dict:
+    """The normalised parameters of `body` (a request of schema `schema`, e.g. sdxl.generate); raises
+    ValidationFailed (a field path per problem) or the engine's own refusal."""
+    # One validation: the request model holds the bounds and the cross-field rules (configuration/requests/).
+    params = dict(requests.normalise(schema, body, settings))
     # The content policy on the prompt and compel weights (ContentPolicyRefused: 422, or a failed queued job):
     # the word rules, then the text classifier (workers/runtime/text_safety.py) on the same text.
     tier, rules_check = policy.check_generation_prompt(body, settings.content_tier_default, body.get("id"))

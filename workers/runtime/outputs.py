@@ -18,7 +18,7 @@ from common import errors, policy
 from common.errors import ContentPolicyRefused, JobFailed
 from common.jobs import JobRecord
 from common.metrics import StageTimer
-from configuration.params.common import summarise_data_urls
+from configuration.requests.common import summarise_data_urls
 from configuration.settings import Settings
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media, provenance, safety

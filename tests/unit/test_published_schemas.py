@@ -1,0 +1,152 @@
+"""The published request schemas (configuration/published/) are the central contract: current with the request
+models they are generated from, valid under an ECMA-262 regex validator, and in agreement with the models on
+every body (a property test: both accept and refuse the same generated bodies, cross-field rules aside)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from configuration import publish, requests
+from configuration.requests.common import ValidationFailed
+from configuration.settings import Settings
+from tests.unit.test_schema_regex import ECMA_FORMATS, EcmaValidator
+
+NAMES = sorted(requests.MODELS)
+# A valid body of each request, the start of every generated one.
+VALID = {"sdxl.generate": {"id": "j1", "type": "sdxl_image_fast", "prompt": "a red fox", "user_id": "u1",
+                           "config": {"seed": 7}},
+         "memory.action": {"which": "all", "wait_s": 5},
+         "wan.generate": {"id": "w1", "type": "video_fast", "prompt": "a fox running", "user_id": "u1",
+                          "config": {"seed": 3}}}
+
+
+def published(name: str) -> dict:
+    return json.loads((publish.PUBLISHED_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def test_every_model_has_a_valid_body_here():
+    assert set(VALID) == set(NAMES)
+
+
+def test_the_published_files_are_current():
+    assert publish.stale() == [], "run: python -m configuration.publish"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_published_schema_is_valid_under_an_ecma_regex_validator(name):
+    EcmaValidator.check_schema(published(name), format_checker=ECMA_FORMATS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_published_schema_describes_the_cross_field_rules(name):
+    assert "Cross-field rules" in published(name)["description"]
+
+
+# --- the models and the published schemas agree ------------------------------------------------------------
+
+# Values every field meets: wrong JSON types, empty and white-space strings, a trailing newline (ECMA `$` vs
+# Python's), reference URLs of each accepted and one refused form, sizes of several profiles.
+_ANY = [None, True, False, 0, 1, -1, 1.5, 2.0, "", " ", "x", "x\n", "1", [], {}, [1], {"a": 1},
+        "https://x/y.png", "data:image/png;base64,AA", "ftp://x/y.png", "64x64", "64x64\n", "100x64", "4096x4096",
+        "j-1.a", "../etc", "sfw", "nsfw", "center_crop", "letterbox"]
+
+
+def _near(fragment: dict) -> list[Any]:
+    """Values at and just beyond the fragment's own bounds and choices."""
+    values: list[Any] = list(fragment.get("enum", []))
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if key in fragment:
+            bound = fragment[key]
+            values += [bound, bound - 1, bound + 1, float(bound), bound - 0.001, bound + 0.001]
+    step = fragment.get("multipleOf")
+    if step:
+        base = fragment.get("minimum", 0)
+        values += [base + step, base + step + 1, float(base + 2 * step)]
+    for key in ("minLength", "maxLength"):
+        if key in fragment and fragment[key] <= 20000:
+            values += ["x" * fragment[key], "x" * (fragment[key] + 1)]
+    return values
+
+
+def _sites(schema: dict, where: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict]]:
+    """(path, fragment) of every property, nested objects' own properties included."""
+    found = []
+    for name, fragment in schema.get("properties", {}).items():
+        found.append(((*where, name), fragment))
+        found += _sites(fragment, (*where, name))
+    return found
+
+
+_ABSENT = object()
+
+
+def _mutated(valid: dict, changes: list[tuple[tuple[str, ...], Any]]) -> dict:
+    body = json.loads(json.dumps(valid))
+    for path, value in changes:
+        node = body
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        if value is _ABSENT:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+    return body
+
+
+def _body(name: str) -> st.SearchStrategy:
+    """A valid body with up to three properties changed (removed, or set to a value at or beyond its bounds, of
+    another type, ...), and unknown keys added; or not an object at all."""
+    sites = _sites(published(name))
+    change = st.sampled_from(sites).flatmap(lambda site: st.tuples(st.just(site[0]), st.one_of(
+        st.sampled_from(_near(site[1]) or [_ABSENT]), st.sampled_from([_ABSENT, *_ANY]))))
+    unknown = st.tuples(st.sampled_from([("bogus",), ("config", "bogus"), ("metadata", "credits")]), st.just(3))
+    changes = st.lists(st.one_of(change, change, change, unknown), min_size=1, max_size=3)
+    return st.one_of(st.builds(_mutated, st.just(VALID[name]), changes), st.sampled_from([[], "x", None, 1]))
+
+
+def _agree(name: str, body: object) -> None:
+    errors = list(jsonschema.Draft202012Validator(published(name)).iter_errors(body))
+    outcome = _model_outcome(name, body)
+    if outcome != "cross-field":
+        assert (outcome == "accepted") == (not errors), (body, outcome, [e.message for e in errors])
+
+
+def _model_outcome(name: str, body: object) -> str:
+    """accepted, refused (a field's own bound or type) or cross-field (a rule between fields)."""
+    try:
+        requests.request_model(name, Settings()).model_validate(body, context={"settings": Settings()})
+    except ValidationError:
+        return "refused"
+    except ValidationFailed:  # the model's cross-field rules raise the contract's error themselves
+        return "cross-field"
+    return "accepted"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_property_the_model_and_the_published_schema_accept_the_same_bodies(name, data):
+    """Generated from the published schema (a valid body with properties removed, at or beyond their bounds, of
+    another type; unknown keys; not an object), each body is accepted by the model exactly when jsonschema accepts it
+    with the published file; a body only a cross-field rule refuses is left aside (the schema lists those
+    rules in its description)."""
+    _agree(name, data.draw(_body(name)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_single_change_of_a_valid_body_is_judged_alike(name):
+    """Each property of the published schema, one at a time, removed or set to each candidate value: the model
+    and the published schema agree on every one of those bodies (the exhaustive floor under the property test)."""
+    sites = _sites(published(name))
+    assert {path[0] for path, _fragment in sites} == set(published(name)["properties"])  # every property walked
+    for path, fragment in sites:
+        for value in [_ABSENT, *_ANY, *_near(fragment)]:
+            _agree(name, _mutated(VALID[name], [(path, value)]))
