@@ -88,7 +88,12 @@ def test_the_apps_bodies_with_nulls_are_answered(chat):
     assert reply.json()["response"].strip()
     enhance = {"messages": MESSAGES, "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "model": None,
                "project_context": None, "target_model": None, "system_prompt": None}
-    reply = chat.post("/enhance", json=enhance)
+    # The app sends no seed: the tiny random model sometimes ends at once (422 empty_enhancement, whose answer
+    # says to retry); the app's retry is what gets the enhancement. Any other refusal fails at once.
+    for _ in range(3):
+        reply = chat.post("/enhance", json=enhance)
+        if reply.status_code != 422 or reply.json()["error"]["code"] != "empty_enhancement":
+            break
     assert reply.status_code == 200, reply.text
     assert reply.json()["success"] is True
     assert reply.json()["enhanced_prompt"].strip()
