@@ -544,6 +544,7 @@ class InProcessWorker:
 
         class Context:
             references = {role: fetch_image(url, self.settings) for role, url in engine.reference_urls(params).items()}
+            memory_saving = False  # no retry after an out-of-memory error here: the suite measures the first run
             steps = 0
 
             def stage(self, name, total_steps=None):

@@ -134,9 +134,11 @@ class InstantEngine:
     def working_bytes(self, params): return 0
     def reference_urls(self, params): return {}
     def weight_paths(self, model): return []
+    warm_up_at_load = False
     def warm_up(self, model): pass                       # never called: no warm_up_at_load
     def warm_up_working_bytes(self, model): return 0
     def pipeline_of(self, params): return None
+    def check_request(self, params): pass
 
     def run(self, params, ctx):
         ctx.stage("generating", total_steps=1)

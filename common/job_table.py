@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from common.callbacks import CallbackSender
 from common.errors import JobIdConflict
 from common.http import now_iso
 from common.job_status import TERMINAL, CallbackStatus, JobStatus
-from common.jobs import JobJournal, JobRecord, send_terminal_callback
+from common.jobs import CallbackSink, JobJournal, JobRecord, send_terminal_callback
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class JobTable(Generic[E]):
     the state it keeps beside the table (one lock: a finish never waits on a second one). The table's
     own methods take it too (it is reentrant), so they may be called with it held or not."""
 
-    def __init__(self, name: str, journal: JobJournal, callbacks: CallbackSender, record_of: Callable[[E], JobRecord],
+    def __init__(self, name: str, journal: JobJournal, callbacks: CallbackSink, record_of: Callable[[E], JobRecord],
                  on_end: Callable[[E], None] | None = None, on_ending: Callable[[E], None] | None = None) -> None:
         """`on_ending(entry)`: the owner's last change to a record that now holds its terminal status, before
         it is journaled (the worker's completed progress). `on_end(entry)`: after the journal and the waiters,

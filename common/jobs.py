@@ -24,14 +24,29 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common import strict_json
-from common.callbacks import CallbackSender
 from common.http import iso_time, now_iso
 from common.job_status import TERMINAL, CallbackStatus, JobStatus
 
 log = logging.getLogger(__name__)
+
+
+class CallbackSink(Protocol):
+    """Where the jobs' callbacks go, as the job table and the worker's job runner use it (common/callbacks.py
+    `CallbackSender` is the one; the operator views read the sender itself): `send` only enqueues, the
+    results come back through `on_result` and `on_attempt`, and `flush` waits for the backlog at shutdown."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def processing(self) -> bool: ...   # CALLBACK_PROCESSING: a job's start is notified too
+
+    def send(self, payload: dict, on_result: Callable[[bool, int], None] | None = None,
+             max_attempts: int = 0, attempts: int = 0, since: float | None = None,
+             on_attempt: Callable[[int, str, float], None] | None = None) -> bool: ...
+    def flush(self, timeout_s: float) -> bool: ...
 
 
 @dataclass
@@ -102,7 +117,7 @@ def processing_payload(record: JobRecord) -> dict:
             "metadata": {"job_type": record.type, "user_id": record.user_id, "started_at": record.started_at}}
 
 
-def send_processing_callback(record: JobRecord, callbacks: CallbackSender) -> None:
+def send_processing_callback(record: JobRecord, callbacks: CallbackSink) -> None:
     """The optional start notice (CALLBACK_PROCESSING), for a job that sends its own callbacks (a worker's
     direct or queued job, a routed job on the orchestrator): one attempt, so it can never arrive after the
     terminal callback."""
@@ -210,7 +225,7 @@ class JobJournal:
         return records
 
 
-def send_terminal_callback(record: JobRecord, callbacks: CallbackSender, journal: JobJournal,
+def send_terminal_callback(record: JobRecord, callbacks: CallbackSink, journal: JobJournal,
                            lock: AbstractContextManager[Any]) -> None:
     """Queue a finished job's one callback and keep its delivery state in the journal (workers and the
     orchestrator both end jobs through this). A record whose callback is already `pending` (a restart)

@@ -44,11 +44,17 @@ def ensure_open_files_limit(connections: int = CONNECTION_LIMIT) -> int:
     return soft
 
 
+# gunicorn's own wiring syntax names the worker side's config module and app factory by string (common/ may not
+# import workers/): tests/unit/test_architecture.py resolves both and allows exactly these two upper-layer strings.
+WORKER_CONFIG = "python:workers.gunicorn_conf"
+WORKER_APP = "workers.http.app:serve_app"
+
+
 def gunicorn_command(worker: str, settings: Settings, port: int | None = None) -> list[str]:
     port = port or settings.port_of(worker)
-    return [sys.executable, "-m", "gunicorn", "--config", "python:workers.gunicorn_conf",
+    return [sys.executable, "-m", "gunicorn", "--config", WORKER_CONFIG,
             "--bind", f"{settings.bind_host}:{port}", "--name", f"ourvidz-{worker}",
-            f"workers.http.app:serve_app('{worker}')"]
+            f"{WORKER_APP}('{worker}')"]
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ class StandInEngine:
     (for tests about jobs, not about loading); otherwise `loaded` follows load and unload."""
     device = "cpu"
     worker = "test"
+    warm_up_at_load = False   # ModelHost runs no warm-up after a load
 
     def __init__(self, settings: Settings, always_loaded: bool = False):
         self.settings = settings

@@ -4,10 +4,11 @@ pipeline tester mixin. `EngineContract` holds the checks; each engine's class be
 (its class, a minimal request body the app would accept, what its outputs are). A new engine gets the
 whole contract by adding one such class.
 
-The chat engine runs no jobs (docs/ENGINES.md: the chat worker's `/jobs/*` is 404): its `run` is Engine's
-refusal, NotImplementedError, before any work, and the contract checks exactly that; its requests go
-through `prepare` and `generate` instead, which is where the contract reads its outputs, determinism and
-cancellation. Each engine's own feature set is in its tests/app/test_*_engine.py.
+The chat engine runs no jobs (docs/ENGINES.md: the chat worker's `/jobs/*` is 404): it is an `Engine` but
+not a `JobEngineBase`, has no `run` (nor the job-only `check_request`, `reference_urls`, `pipeline_of`),
+and is not the runtime's JobEngine, so its worker builds no job runner; the contract checks exactly that.
+Its requests go through `prepare` and `generate` instead, which is where the contract reads its outputs,
+determinism and cancellation. Each engine's own feature set is in its tests/app/test_*_engine.py.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from configuration import worker_config
 from configuration.params import chat as chat_params
 from configuration.params import normalise_generation
 from configuration.schemas import validate_request
-from workers.engines.base import Engine, GeneratedAsset
+from workers.engines.base import Engine, GeneratedAsset, JobEngineBase
 from workers.engines.chat import ChatEngine
 from workers.engines.sdxl import SDXLEngine
 from workers.engines.wan import WanEngine
-from workers.runtime.jobs import JobContext
+from workers.runtime.jobs import JobContext, JobEngine
 
 STEPS = 2  # the fewest that still show steps counting up to a total
 
@@ -137,12 +138,21 @@ class EngineContract:
 
     def test_a_request_needs_its_own_models_memory_and_no_references(self, engine, settings):
         params = self.params(settings)
-        engine.check_request(params)  # a minimal valid request passes the engine's own checks
         required = engine.required_models(params)
         assert required
         assert set(required) <= set(engine.model_names())
         assert engine.working_bytes(params) >= 0
-        assert engine.reference_urls(params) == {}
+        if self.runs_jobs:
+            engine.check_request(params)  # a minimal valid request passes the engine's own checks
+            assert engine.reference_urls(params) == {}
+
+    def test_it_is_a_job_engine_exactly_when_it_runs_jobs(self, engine):
+        """The runtime's JobEngine protocol (what WorkerState builds a job runner for) and the job engines'
+        base class agree with `runs_jobs`; an engine that runs no jobs has none of the job-only methods."""
+        assert isinstance(engine, JobEngine) == self.runs_jobs
+        assert issubclass(self.engine_cls, JobEngineBase) == self.runs_jobs
+        for name in ("run", "check_request", "reference_urls", "pipeline_of"):
+            assert hasattr(engine, name) == self.runs_jobs, name
 
     def test_warm_up_runs_on_a_loaded_model_and_only_on_cuda_at_load(self, engine):
         assert engine.warm_up_at_load == (engine.device == "cuda")
@@ -155,13 +165,11 @@ class EngineContract:
 
     # ---- the job path -----------------------------------------------------------------------------
     def test_run_reports_every_step_up_to_the_total_and_returns_its_assets(self, engine, settings):
+        if not self.runs_jobs:
+            assert not hasattr(engine, "run")  # nothing a job runner could call
+            return
         params = self.params(settings)
         ctx = StepContext(params)
-        if not self.runs_jobs:
-            with pytest.raises(NotImplementedError, match=f"^{self.engine_cls.__name__} does not run queued jobs$"):
-                engine.run(params, ctx)
-            assert ctx.steps == []
-            return
         self.load_for(engine, params)
         assets = engine.run(params, ctx)
         assert ctx.steps == [(step, STEPS) for step in range(1, STEPS + 1)]
@@ -205,12 +213,12 @@ class EngineContract:
         assert ctx.steps == [(1, STEPS)]
 
     def test_pipeline_of_is_the_pipeline_its_outputs_came_from(self, engine, settings):
+        if not self.runs_jobs:
+            assert not hasattr(engine, "pipeline_of")  # no job outputs, so no provenance to record
+            return
         params = self.params(settings)
         self.load_for(engine, params)
         pipeline = engine.pipeline_of(params)
-        if not self.runs_jobs:
-            assert pipeline is None  # provenance records no pipeline for an engine without one
-            return
         assets = engine.run(params, StepContext(params))
         assert {asset.metadata["pipeline"] for asset in assets} == {type(pipeline).__name__}
 

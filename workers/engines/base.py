@@ -1,9 +1,15 @@
-"""What every engine provides to the job runtime and the model host, and what it hands back."""
+"""What every engine provides to the model host and its worker process (`Engine`), what an engine that runs
+queued jobs adds for the job runtime (`JobEngineBase`: `run` and what a job needs before it), and what `run`
+hands back. The runtime's side of each seam is a Protocol where it is consumed: workers/runtime/models.py
+`HostedEngine`, workers/runtime/jobs.py `JobEngine`, workers/runtime/worker_state.py `WorkerEngine`; the
+chat engine is an `Engine` only (no `run`: its routes call it in the request, workers/http/chat.py)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+
+from PIL import Image
 
 from configuration import model_config, worker_config
 from configuration.settings import Settings
@@ -19,7 +25,19 @@ class GeneratedAsset:
     fps: float | None = None
 
 
-def step_callback(ctx, total_steps: int):
+class RunContext(Protocol):
+    """What `run` gets from the job runtime (workers/runtime/jobs.py `JobContext` provides it): stages and
+    steps reported (on_step raises JobCancelled once the job is cancelled, so a cancel lands on a step
+    boundary), the reference images fetched before memory was leased, and whether this is the one retry
+    after an out-of-memory error (the engine's memory-saving modes)."""
+    references: dict[str, Image.Image]
+    memory_saving: bool
+
+    def stage(self, name: str, total_steps: int | None = None) -> None: ...
+    def on_step(self, step: int, total_steps: int) -> None: ...
+
+
+def step_callback(ctx: RunContext, total_steps: int):
     """A diffusers `callback_on_step_end` reporting progress to the job context (which raises
     JobCancelled there, so cancellation lands on a step boundary)."""
     def on_step_end(pipe, step_index, timestep, callback_kwargs):
@@ -85,6 +103,24 @@ class Engine(ABC, Generic[P]):
     @abstractmethod
     def unload(self, model: str) -> None: ...
 
+    def start(self, host) -> None:
+        """Start the engine's background work, if it has any (the app factory calls this once)."""
+
+    def queue_depth(self) -> int:
+        """Requests waiting in the engine's own queues (the chat engine's batchers); a job engine has none:
+        its jobs wait in the runner's queue."""
+        return 0
+
+    def weight_paths(self, model: str) -> list[str]:
+        """The files or folders holding a model's weights (provenance hashes them once at load)."""
+        return [self.configs[model]["path"]]
+
+
+class JobEngineBase(Engine[P]):
+    """An engine that runs queued jobs (SDXL, WAN): the job runtime's `JobEngine`. Besides the lifecycle, a
+    job names its models and memory before it is queued, may need reference images fetched, and runs in
+    `run`, reporting its steps to the context."""
+
     def required_models(self, params: P) -> list[str]:
         return self.model_names()[:1]
 
@@ -101,17 +137,11 @@ class Engine(ABC, Generic[P]):
         memory and hands them to `run` as `ctx.references` (role -> PIL image)."""
         return {}
 
-    def start(self, host) -> None:
-        """Start the engine's background work, if it has any (the app factory calls this once)."""
+    @abstractmethod
+    def run(self, params: P, ctx: RunContext) -> list[GeneratedAsset]:
+        """The job's outputs, with `ctx.on_step` called at every denoising step."""
 
-    def run(self, params: P, ctx) -> list[GeneratedAsset]:
-        raise NotImplementedError(f"{type(self).__name__} does not run queued jobs")
-
-    def weight_paths(self, model: str) -> list[str]:
-        """The files or folders holding a model's weights (provenance hashes them once at load)."""
-        return [self.configs[model]["path"]]
-
+    @abstractmethod
     def pipeline_of(self, params: P) -> Any:
         """The diffusers pipeline a job's outputs came from, while its models are in use (provenance
-        records its class and scheduler); None for an engine without one."""
-        return None
+        records its class and scheduler)."""

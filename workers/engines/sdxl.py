@@ -13,7 +13,7 @@ from common.errors import MODEL_NOT_CONFIGURED, JobFailed
 from configuration import SINGLE_FILE_SUFFIXES, single_file_config_dir
 from configuration.requests.sdxl import SDXLParams
 from workers import devices
-from workers.engines.base import Engine, GeneratedAsset, step_callback
+from workers.engines.base import GeneratedAsset, JobEngineBase, RunContext, step_callback
 from workers.engines.images import resize_reference
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def gpu_plan(gpu: dict, device: str, batch: int, pixels: int, compile_setting: b
 
 # ---- engine --------------------------------------------------------------------------------------
 
-class SDXLEngine(Engine[SDXLParams]):
+class SDXLEngine(JobEngineBase[SDXLParams]):
     worker = "sdxl"
 
     def __init__(self, settings, device=None):
@@ -182,8 +182,8 @@ class SDXLEngine(Engine[SDXLParams]):
             return 0
         return int(1.2 * 1024**3 * images * width * height / (1024 * 1024))
 
-    def run(self, params: SDXLParams, ctx) -> list[GeneratedAsset]:
-        memory_saving = bool(getattr(ctx, "memory_saving", False))
+    def run(self, params: SDXLParams, ctx: RunContext) -> list[GeneratedAsset]:
+        memory_saving = ctx.memory_saving
         plan = self._apply_job_gpu_settings(params, memory_saving)
         reference = params["reference"]
         seeds = batch_seeds(params["seed"], params["num_images"])

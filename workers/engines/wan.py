@@ -20,7 +20,7 @@ from common.errors import MODEL_NOT_CONFIGURED, JobFailed
 from configuration.requests.wan import WanParams
 from configuration.schemas.common import field_error
 from workers import devices
-from workers.engines.base import Engine, GeneratedAsset, step_callback
+from workers.engines.base import GeneratedAsset, JobEngineBase, RunContext, step_callback
 from workers.engines.files import same_files
 from workers.engines.images import resize_reference
 from workers.engines.wan_plan import (
@@ -108,7 +108,7 @@ class LoadedModel:
 
 # ---- engine --------------------------------------------------------------------------------------
 
-class WanEngine(Engine[WanParams]):
+class WanEngine(JobEngineBase[WanParams]):
     worker = "wan"
 
     def __init__(self, settings, device=None):
@@ -302,12 +302,12 @@ class WanEngine(Engine[WanParams]):
         return self._loaded[self.required_models(params)[0]].pipe
 
     # jobs
-    def run(self, params: WanParams, ctx) -> list[GeneratedAsset]:
+    def run(self, params: WanParams, ctx: RunContext) -> list[GeneratedAsset]:
         model = self.required_models(params)[0]
         loaded = self._loaded[model]
         pipe, reference = loaded.pipe, params["reference"]
         width, height, frames = params["width"], params["height"], params["frames"]
-        memory_saving = bool(getattr(ctx, "memory_saving", False))
+        memory_saving = ctx.memory_saving
         plan = gpu_plan(self.configs[model]["gpu"], self.device, width * height, self.settings.torch_compile,
                         loaded.offload, memory_saving)
         pipe.vae.enable_tiling() if plan["vae_tiling"] else pipe.vae.disable_tiling()

@@ -2,7 +2,6 @@
 fork, so models and CUDA state never live in the master."""
 from __future__ import annotations
 
-import importlib
 import logging
 
 from flask import Flask
@@ -13,6 +12,7 @@ from common.job_routes import limit_waits
 from common.logging import Progress, configure_logging, install_request_id
 from configuration.settings import Settings
 from workers.http import common, generation, ops
+from workers.registry import worker_code
 from workers.runtime.queue_jobs import start_queue_intake
 from workers.runtime.worker_state import WorkerState
 
@@ -36,7 +36,8 @@ def _library_logging() -> None:
 
 
 def serve_app(worker: str) -> Flask:
-    """The app a worker process serves (common/serve.py's gunicorn command): settings from the environment;
+    """The app a worker process serves (common/serve.py's gunicorn command names it by string, `WORKER_APP`,
+    which tests/unit/test_architecture.py resolves to this function): settings from the environment;
     a production worker refuses to start where no usable CUDA device is, saying why, instead of running
     production weights on the CPU in fp32."""
     from workers import devices
@@ -62,7 +63,8 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     app = Flask(f"ourvidz-{worker}")
     app.json = InsertionOrderJSON(app)
     global _CURRENT
-    state = WorkerState(worker, settings)
+    code = worker_code(worker)
+    state = WorkerState(worker, settings, code.engine(settings))
     _CURRENT = state
     app.extensions["worker_state"] = state
     state.engine.start(state.host)  # background work of the engine (the chat worker's batchers)
@@ -80,15 +82,12 @@ def create_app(worker: str, settings: Settings | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     state.routes.append(ops.ROUTES)
     process_metrics.on_scrape(lambda m: ops.refresh_metrics(m, state), key="worker")
-    if state.request_schema:
+    if state.runner is not None:  # an engine that runs jobs: POST /generate and /jobs/*
         app.register_blueprint(generation.bp)
         state.routes.append(generation.ROUTES[worker])
-    if state.config.get("http"):
-        # A worker's own routes: the module's blueprint and its ROUTES table.
-        module_name, attr = state.config["http"].split(":")
-        module = importlib.import_module(module_name)
-        app.register_blueprint(getattr(module, attr))
-        state.routes.append(module.ROUTES)
+    if code.routes is not None:  # the worker's own routes (workers/registry.py)
+        app.register_blueprint(code.routes.blueprint)
+        state.routes.append(code.routes.table)
     state.intake = start_queue_intake(state)  # SDXL and WAN with REDIS_URL: the app's jobs
     startup.advance(note="routes registered; answering /ready")
     return app

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
 from flask import Blueprint, Response, g, jsonify
 
@@ -41,6 +41,25 @@ from workers.http.common import require_ready, state
 from workers.runtime import text_safety
 
 bp = Blueprint("chat", __name__)
+
+
+@runtime_checkable
+class ChatService(Protocol):
+    """What these routes ask of their worker's engine (workers/engines/chat `ChatEngine`): a request prepared
+    (tokenised, checked against the model's limit) in the caller's thread, then submitted to its model's
+    batcher. No jobs: it is not the runtime's JobEngine and has no `run`."""
+
+    def model_names(self) -> list[str]: ...
+    def prepare(self, params: ChatParams) -> Generation: ...
+    def submit(self, generation: Generation) -> Generation: ...
+    def model_info(self, model: str) -> dict: ...
+
+
+def _engine() -> ChatService:
+    engine = state().engine
+    if not isinstance(engine, ChatService):  # the registry gives these routes to the chat worker alone
+        raise RuntimeError(f"chat routes on a worker whose engine ({type(engine).__name__}) serves no chat")
+    return engine
 _STARTED_AT = int(time.time())
 _PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty",
                "presence_penalty", "stop", "seed", "seed_source", "reproducible")
@@ -63,7 +82,7 @@ def _submit(params: ChatParams) -> Generation:
     require_ready()
     _check_input(params)
     try:
-        return state().engine.submit(state().engine.prepare(params))
+        return _engine().submit(_engine().prepare(params))
     except Exception as exc:  # mapped to the contract's error form
         raise _api_error(exc) from None
 
@@ -128,7 +147,7 @@ def _used(params: ChatParams) -> dict:
 
 
 def _model_info(params: ChatParams, result: GenerationResult) -> dict:
-    return {**state().engine.model_info(params["model"]), "batch_size": result.batch_size}
+    return {**_engine().model_info(params["model"]), "batch_size": result.batch_size}
 
 
 def _validated(schema: str) -> dict:
@@ -217,7 +236,7 @@ bp.add_url_rule("/generate", "generate", _chat, methods=["POST"])
 def openai_models():
     return jsonify({"object": "list", "data": [
         {"id": model, "object": "model", "created": _STARTED_AT, "owned_by": "ourvidz"}
-        for model in state().engine.model_names()]})
+        for model in _engine().model_names()]})
 
 
 def _usage(result: GenerationResult) -> dict:

@@ -48,7 +48,7 @@ def ready():
                                                                "redis": intake["redis"]}
     if auth.authenticated():
         answer["queue_depth"] = s.queue_depth()
-    refused = s.runner.callbacks.refusal_warning() if s.runner is not None else None
+    refused = s.callbacks.refusal_warning() if s.callbacks is not None else None
     if refused:  # a warning, not unreadiness: jobs still run and their callbacks are kept and retried
         answer["warnings"] = [refused]
     return jsonify(answer)

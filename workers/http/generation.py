@@ -22,23 +22,23 @@ MAX_WAIT_S = 600.0
 def generate():
     require_ready()
     s = state()
+    runner = _runner()
     body = json_body()
     # The one admission of queued and HTTP jobs (workers/runtime/admission.py): schema, normalisation, the
     # content policy (422 content_policy), the engine's checks.
-    params = check_generation(s.request_schema, s.settings, s.engine, body)
+    params = check_generation(s.request_schema, s.settings, runner.engine, body)
     wait_s = query_float("wait", 0, MAX_WAIT_S)
     dry_run = query_bool("dry_run")
-    _check_references(body, s.engine.reference_urls(params))
+    _check_references(body, runner.engine.reference_urls(params))
     # MemoryUnavailable: 409 for a job that can never fit, 503 when the broker cannot be asked (common/errors.py)
-    admit(s.engine, s.host, params)
+    admit(runner.engine, s.host, params)
     # The orchestrator sends the one terminal callback for jobs it routes.
     send_callback = request.headers.get("X-Callback-Mode", "send") != "none"
-    _runner().check_id(body.get("id"), body.get("user_id", "anonymous"), send_callback)
+    runner.check_id(body.get("id"), body.get("user_id", "anonymous"), send_callback)
     if dry_run:
         # Everything a submission checks, nothing queued (the orchestrator checks before enhancing).
         return jsonify({"valid": True, "parameters": parameters_used(params)}), 200
     metadata = job_metadata(body, params)
-    runner = _runner()
     record, created = runner.submit(body.get("id"), body["type"], body.get("user_id", "anonymous"),
                                     params, metadata, send_callback=send_callback)
     return submission_response(runner, record, created, wait_s)

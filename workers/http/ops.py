@@ -3,6 +3,8 @@ callback backlog and Redis queue intake, which the orchestrator's ops page merge
 its `GET /metrics` refreshes at each scrape (common/metrics.py serves the route)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis
 from flask import Blueprint, jsonify
 
@@ -11,6 +13,9 @@ from common.metrics import Metrics
 from configuration.openapi import RouteTable
 from workers import devices
 from workers.http.common import state
+
+if TYPE_CHECKING:
+    from workers.runtime.worker_state import WorkerState
 
 bp = Blueprint("ops", __name__)
 
@@ -34,20 +39,20 @@ def summary():
         "pid": s.pid,
         "queue_depth": s.queue_depth(),
         "jobs": runner.summaries(limit) if runner is not None else [],
-        "callbacks": runner.callbacks.stats() if runner is not None else None,
+        "callbacks": s.callbacks.stats() if s.callbacks is not None else None,
         "queue_intake": s.intake.status() if s.intake is not None else None,
     })
 
 
-def refresh_metrics(metrics: Metrics, s) -> None:
+def refresh_metrics(metrics: Metrics, s: WorkerState) -> None:
     """Scrape hook: the gauges that mirror the state of this worker (`s`, its WorkerState)."""
     name = s.name
     metrics.jobs_queued.labels(name).set(s.queue_depth())
     if s.runner is not None:
         metrics.jobs_running.labels(name).set(s.runner.running_count())
-        sender = s.runner.callbacks
-        metrics.callbacks_pending.set(sender.pending())
-        metrics.callback_oldest_age.set(sender.oldest_pending_age_s())
+    if s.callbacks is not None:
+        metrics.callbacks_pending.set(s.callbacks.pending())
+        metrics.callback_oldest_age.set(s.callbacks.oldest_pending_age_s())
     for model, info in s.host.status().items():
         metrics.model_resident.labels(model).set(info["resident_bytes"])
     memory = s.memory.status()

@@ -11,12 +11,14 @@ from configuration import requests
 from configuration.requests.common import summarise_data_urls
 from configuration.settings import Settings
 from workers.runtime import text_safety
+from workers.runtime.jobs import JobEngine
+from workers.runtime.models import ModelHost
 
 # Where check_generation leaves the admission's content-policy checks for job_metadata (not a parameter).
 CONTENT_CHECKS = "content_policy_checks"
 
 
-def check_generation(schema: str, settings: Settings, engine: Any, body: dict) -> dict:
+def check_generation(schema: str, settings: Settings, engine: JobEngine[Any], body: dict) -> dict:
     """The normalised parameters of `body` (a request of schema `schema`, e.g. sdxl.generate); raises
     ValidationFailed (a field path per problem) or the engine's own refusal."""
     # One validation: the request model holds the bounds and the cross-field rules (configuration/requests/).
@@ -32,7 +34,7 @@ def check_generation(schema: str, settings: Settings, engine: Any, body: dict) -
     return params
 
 
-def admit(engine: Any, host: Any, params: dict) -> None:
+def admit(engine: JobEngine[Any], host: ModelHost, params: dict) -> None:
     """MemoryUnavailable when the job could never fit (too_big) or the memory broker cannot be asked."""
     host.admit(engine.required_models(params), engine.working_bytes(params))
 

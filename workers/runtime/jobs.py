@@ -17,17 +17,16 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from PIL import Image
 
 from common import errors
-from common.callbacks import CallbackSender
 from common.errors import JobCancelled, JobFailed, JobIdConflict, MemoryUnavailable
 from common.http import now_iso
 from common.job_status import TERMINAL, JobStatus
 from common.job_table import JobTable
-from common.jobs import JobJournal, JobRecord, send_processing_callback
+from common.jobs import CallbackSink, JobJournal, JobRecord, send_processing_callback
 from common.logging import current_request_id, describe_text, log_context, new_request_id, set_stage
 from common.metrics import StageTimer, process_metrics
 from configuration.settings import Settings
@@ -35,9 +34,12 @@ from workers import devices
 from workers.engines.base import GeneratedAsset
 from workers.runtime.fetch import fetch_image
 from workers.runtime.job_watch import JobWatch, deadline_of
-from workers.runtime.models import ModelHost
+from workers.runtime.models import HostedEngine, ModelHost
 from workers.runtime.outputs import OutputPipeline, made_by
 from workers.runtime.storage import Storage
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +49,26 @@ STUCK_EXIT_STATUS = 75
 STUCK_CALLBACK_FLUSH_S = 5.0
 
 
-class JobEngine(Protocol):
-    """What the executor needs of an engine (workers/engines/base.py `Engine` provides it all)."""
+# An engine's parameters, as its own methods declare them: the TypedDict its worker's request model builds
+# (configuration/requests/). The runtime is the same for every worker and holds them as the job record's
+# JSON object, so it knows an engine as JobEngine[Any].
+P_contra = TypeVar("P_contra", contravariant=True)
+
+
+@runtime_checkable
+class JobEngine(HostedEngine, Protocol[P_contra]):
+    """What the executor and the admission (workers/runtime/admission.py) need of an engine that runs queued
+    jobs, besides its models' lifecycle (workers/engines/base.py `JobEngineBase`: SDXL, WAN). The chat
+    engine is not one: it has no `run` (its worker serves no /generate)."""
     settings: Settings
     device: str
 
-    def reference_urls(self, params: Any) -> dict[str, str]: ...
-    def required_models(self, params: Any) -> list[str]: ...
-    def working_bytes(self, params: Any) -> int: ...
-    def run(self, params: Any, ctx: JobContext) -> list[GeneratedAsset]: ...
-    def pipeline_of(self, params: Any) -> Any: ...
+    def check_request(self, params: P_contra) -> None: ...
+    def reference_urls(self, params: P_contra) -> dict[str, str]: ...
+    def required_models(self, params: P_contra) -> list[str]: ...
+    def working_bytes(self, params: P_contra) -> int: ...
+    def run(self, params: P_contra, ctx: JobContext) -> list[GeneratedAsset]: ...
+    def pipeline_of(self, params: P_contra) -> DiffusionPipeline | None: ...
 
 
 class JobContext:
@@ -121,7 +133,7 @@ class JobRunner:
     the executor's queue once they are here: a slow or hostile reference host holds that job alone (for
     at most FETCH_TIMEOUT_S), never the executor and the jobs behind it; a cancel stops the fetch."""
 
-    def __init__(self, worker: str, engine: JobEngine, host: ModelHost, storage: Storage, callbacks: CallbackSender,
+    def __init__(self, worker: str, engine: JobEngine[Any], host: ModelHost, storage: Storage, callbacks: CallbackSink,
                  journal: JobJournal, exit_process: Callable[[int], object] = os._exit) -> None:
         self.worker = worker
         self.engine = engine

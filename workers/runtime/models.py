@@ -25,9 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class HostedEngine(Protocol):
-    """What the host needs of an engine (workers/engines/base.py `Engine` provides it all; `warm_up_at_load`,
-    read with getattr, is optional)."""
+    """What the host needs of an engine, any engine (workers/engines/base.py `Engine` provides it all): its
+    models' lifecycle, their memory and weight files, and the warm-up after a load."""
     worker: str
+
+    @property
+    def warm_up_at_load(self) -> bool: ...
 
     def model_names(self) -> list[str]: ...
     def is_loaded(self, model: str) -> bool: ...
@@ -112,8 +115,7 @@ class ModelHost:
                 return
             self._loading.add(model)
         try:
-            # An engine that does not derive from Engine (the runtime's test doubles) declares no warm-up.
-            warm_up = bool(getattr(self.engine, "warm_up_at_load", False))
+            warm_up = self.engine.warm_up_at_load
             warm_bytes = self.engine.warm_up_working_bytes(model) if warm_up else 0
             self.memory.acquire(model, self.engine.memory_estimate(model), max(working_bytes, warm_bytes))
             try:

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from common import errors, policy
 from common.errors import ContentPolicyRefused, JobFailed
@@ -23,6 +23,9 @@ from configuration.settings import Settings
 from workers.engines.base import GeneratedAsset
 from workers.runtime import media, provenance, safety
 from workers.runtime.storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,8 @@ class MadeBy:
     pipeline: dict[str, Any]
 
 
-def made_by(models: list[str], fingerprints: Mapping[str, list[dict[str, Any]]], pipe: Any) -> MadeBy:
+def made_by(models: list[str], fingerprints: Mapping[str, list[dict[str, Any]]],
+            pipe: DiffusionPipeline | None) -> MadeBy:
     """The MadeBy of a job that ran on `models`, `pipe` being the engine's pipeline (None without one)."""
     return MadeBy(models=[f for m in models for f in fingerprints.get(m, [])],
                   pipeline=provenance.pipeline_facts(pipe) if pipe is not None else {})

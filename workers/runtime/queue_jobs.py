@@ -97,11 +97,11 @@ class QueueJobSink:
             job = from_app_payload(s.name, payload, s.settings)
             fetched = self._resolve_storage_references(job)
             try:
-                params = check_generation(s.request_schema, s.settings, s.engine, job.body)
+                params = check_generation(s.request_schema, s.settings, self.runner.engine, job.body)
             except ValidationFailed as exc:
                 raise job.app_error(exc) from None
             try:
-                admit(s.engine, s.host, params)
+                admit(self.runner.engine, s.host, params)
             except MemoryUnavailable as exc:
                 if exc.too_big:
                     raise

@@ -1,10 +1,13 @@
-"""Where job outputs go. Asset URLs are storage-relative paths: `{user_id}/{job_id}/{name}`."""
+"""Where job outputs go. Asset URLs are storage-relative paths: `{user_id}/{job_id}/{name}`.
+
+`Storage` is what the output pipeline and provenance (workers/runtime/outputs.py, provenance.py) ask of a
+store; the local folder and the Supabase bucket provide it without deriving from it."""
 from __future__ import annotations
 
 import os
 import tempfile
-from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Protocol
 
 from common import supabase
 from common.retry import linear_delay, retry_call
@@ -15,17 +18,16 @@ class StorageError(Exception):
     pass
 
 
-class Storage(ABC):
-    @abstractmethod
+class Storage(Protocol):
     def put(self, path: str, data: bytes, content_type: str) -> str:
-        """Store `data` at `path`; return the URL callers get (the bucket-relative path)."""
+        """Store `data` at `path`; return the URL callers get (the bucket-relative path). StorageError when
+        the store refuses it."""
 
-    @abstractmethod
     def delete(self, path: str) -> None:
         """Remove `path` if present (used to clean up a job that failed half-way through storing)."""
 
 
-class LocalStorage(Storage):
+class LocalStorage:
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
 
@@ -49,7 +51,7 @@ class LocalStorage(Storage):
         self._file(path).unlink(missing_ok=True)
 
 
-class SupabaseStorage(Storage):
+class SupabaseStorage:
     """Supabase Storage through the supabase client, with the service key: the exact MIME type matters
     (the app's bucket refuses application/octet-stream) and an upload replaces what is there (upsert),
     so a retried job overwrites its own files."""
