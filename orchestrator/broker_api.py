@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hmac
 import socket
+from collections.abc import Mapping
+from typing import Protocol
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.wrappers import Response
@@ -24,13 +26,29 @@ from common.body import install_body_cap, json_body
 from common.errors import ApiError, error_response, register_error_handlers
 from common.http import InsertionOrderJSON, install_options
 from configuration.schemas import validate_request
+from configuration.settings import Settings
+from orchestrator.broker_service import MemoryBroker
 
 bp = Blueprint("broker", __name__)
 
 MAX_BODY_BYTES = 64 * 1024
 
 
-def _pod():
+class BrokerOwner(Protocol):
+    """What the broker's app reads of the pod (orchestrator/pod.py `Pod`, which imports this module): the
+    broker, the settings, the workers it may serve and the token they bear."""
+
+    @property
+    def broker(self) -> MemoryBroker: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def supervisors(self) -> Mapping[str, object]: ...
+    @property
+    def broker_token(self) -> str: ...
+
+
+def _pod() -> BrokerOwner:
     return current_app.extensions["pod"]
 
 
@@ -51,7 +69,7 @@ def _broker_body(action: str) -> dict:
 
 
 @bp.post("/broker/<action>")
-def broker(action: str):
+def broker(action: str) -> Response:
     broker = _pod().broker
     timeout_s = _pod().settings.lease_timeout_s
     handlers = {
@@ -73,7 +91,7 @@ def broker(action: str):
     return jsonify({"ok": True})
 
 
-def create_broker_app(pod) -> Flask:
+def create_broker_app(pod: BrokerOwner) -> Flask:
     """The broker's app: only `/broker/*`, only for the bearer of `pod.broker_token`."""
     app = Flask("ourvidz-broker")
     app.json = InsertionOrderJSON(app)

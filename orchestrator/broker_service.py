@@ -15,6 +15,8 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from common.errors import MemoryUnavailable
 from common.http import iso_time
@@ -31,11 +33,18 @@ RECHECK_S = 1.0  # a waiting request re-reads the device at least this often (GP
 PIN_S = 5.0      # a model whose unload was refused is not asked again for this long (or until it changes)
 
 
+class DeviceReader(Protocol):
+    """The device the broker shares out: orchestrator/device_memory.py `DeviceMemory`."""
+
+    def read(self) -> DeviceReading: ...
+
+
 class MemoryBroker:
     """`unload(worker, model) -> (ok: bool, reason: str)` asks a worker to unload one model; `device`
-    is an orchestrator.device_memory.DeviceMemory (or anything with `read()`)."""
+    is read before every decision; `clock` (monotonic) times leases and waits, `wall` stamps the history."""
 
-    def __init__(self, settings: Settings, device, unload, clock=time.monotonic, wall=time.time):
+    def __init__(self, settings: Settings, device: DeviceReader, unload: Callable[[str, str], tuple[bool, str]],
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.device = device
         self.reserve = settings.vram_reserve_mb * 1024 * 1024

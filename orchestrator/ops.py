@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -19,6 +20,9 @@ from common.http import bearer_session, now_iso
 from common.job_status import ACTIVE, JobStatus
 from common.metrics import Metrics
 from configuration import worker_config
+
+if TYPE_CHECKING:
+    from orchestrator.pod import Pod
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +32,9 @@ SUMMARY_TIMEOUT_S = 2.0
 
 
 class OpsView:
-    """`pod`: orchestrator.pod.Pod (supervisors, broker, router, callbacks, memory_status, workers_info)."""
+    """What the operator sees of the pod (its supervisors, broker, router, callbacks, memory and workers)."""
 
-    def __init__(self, pod):
+    def __init__(self, pod: Pod) -> None:
         self.pod = pod
         self._session = bearer_session(pod.settings.api_key)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="ops")
@@ -52,8 +56,8 @@ class OpsView:
         direct = [job for name in names for job in (summaries.get(name) or {}).get("jobs", [])
                   if job["job_id"] not in seen]   # a routed job is on its worker too: the router's record wins
         callbacks = [{"process": "orchestrator", **pod.callbacks.stats()}]
-        callbacks += [{"process": name, **summaries[name]["callbacks"]} for name in names
-                      if summaries.get(name) and summaries[name].get("callbacks")]
+        callbacks += [{"process": name, **reported["callbacks"]} for name in names
+                      if (reported := summaries.get(name)) and reported.get("callbacks")]
         return {
             "generated_at": now_iso(),
             "workers": workers,

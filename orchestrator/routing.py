@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import requests
@@ -92,7 +93,7 @@ class RoutedJob:
     first_phase_ends: float = 0.0                         # monotonic: polls are POLL_FIRST_S apart until then
     ask_until: float = 0.0                                # monotonic: a recovered job's worker is asked until then
 
-    def log_context(self):
+    def log_context(self) -> AbstractContextManager[None]:
         return log_context(job_id=self.record.job_id, request_id=self.record.request_id, worker=self.target)
 
 
@@ -128,7 +129,7 @@ class Router:
             raise TypeError(f"a dry run answers a dict, not {type(result).__name__}")
         return result
 
-    def submit(self, body: dict, dry_run: bool = False):
+    def submit(self, body: dict, dry_run: bool = False) -> tuple[JobRecord, bool] | dict:
         """(record, created) of a routed job; the same caller repeating an id gets the existing job, another
         user's id is JobIdConflict (409). With `dry_run`, the checks' answer and nothing routed."""
         validate_request("orchestrator.jobs", body, self.settings)
