@@ -78,17 +78,26 @@ class Schema:
         kind = self.fragment.get("type")
         self.types = [kind] if isinstance(kind, str) else list(kind or [])
         self.regex = re.compile(self.fragment["pattern"]) if "pattern" in self.fragment else None
-        # What validate() runs on every request, prepared once: the type tests and the enum as a set of JSON keys
+        # What validate() runs on every request, prepared once: the type test (an isinstance where the JSON types
+        # are Python classes: a bool is an int in Python, not a JSON number), the enum as a set of JSON keys
         self.type_tests = [_TYPES[t] for t in self.types]
+        simple: dict[str, type] = {"string": str, "array": list, "object": dict, "null": type(None), "boolean": bool}
+        self.classes = tuple(simple[t] for t in self.types) if self.types and set(self.types) <= set(simple) else None
         self.enum = {_enum_key(v) for v in self.fragment["enum"]} if "enum" in self.fragment else None
         # (keyword, test, words, bound) of the bounds this fragment has: checked per request, so found once here
         self.bounds = [(key, failed, words, self.fragment[key])
                        for key, failed, words in _BOUNDS if key in self.fragment]
+        self.const = "const" in self.fragment
+        self.numeric = bool(self.bounds) or "multipleOf" in self.fragment
+        self.textual = bool({"minLength", "maxLength", "pattern"} & set(self.fragment))
         if self.fragment.get("additionalProperties", False) is not False:
             raise ValueError(f"Schema() checks additionalProperties: false only: {self.fragment}")
         # The nested fragments' own Schemas (arrays: `items`; objects: `properties`), built once
         self.items = Schema(self.fragment["items"]) if "items" in self.fragment else None
         self.properties = {name: Schema(sub) for name, sub in self.fragment.get("properties", {}).items()}
+        self.known = set(self.properties)
+        self.required = tuple(self.fragment.get("required", ()))
+        self.closed = "additionalProperties" in self.fragment
         self.nested = bool({"items", "minItems", "maxItems", "properties", "required", "additionalProperties",
                             "maxProperties"} & set(self.fragment))
 
@@ -135,19 +144,25 @@ class Schema:
     def _own(self, value: Any) -> None:
         """The checks of the value itself (its nested values aside): the first one broken is raised."""
         f = self.fragment
-        if self.type_tests and not any(test(value) for test in self.type_tests):
-            raise PydanticCustomError("type", "{value} is not of type {types}",
-                                      {"value": _short(value), "types": ", ".join(repr(t) for t in self.types)})
+        if self.classes is not None:
+            if not isinstance(value, self.classes):
+                raise self._type_error(value)
+        elif self.type_tests and not any(test(value) for test in self.type_tests):
+            raise self._type_error(value)
         if self.enum is not None and not (isinstance(value, (str, int, float, type(None)))
                                           and _enum_key(value) in self.enum):
             raise PydanticCustomError("enum", "{value} is not one of {values}",
                                       {"value": _short(value), "values": repr(f["enum"])})
-        if "const" in f and not _json_equal(value, f["const"]):
+        if self.const and not _json_equal(value, f["const"]):
             raise PydanticCustomError("const", "{const} was expected", {"const": repr(f["const"])})
-        if type(value) in (int, float):
+        if self.numeric and type(value) in (int, float):
             self._bounds(value)
-        elif isinstance(value, str):
+        elif self.textual and type(value) is str:
             self._text(value)
+
+    def _type_error(self, value: Any) -> PydanticCustomError:
+        return PydanticCustomError("type", "{value} is not of type {types}",
+                                   {"value": _short(value), "types": ", ".join(repr(t) for t in self.types)})
 
     def _problems(self, value: Any, at: tuple[int | str, ...]) -> list[_Problem]:
         """Every failure at or under `value` (at `at`): its own first one, else those of its nested values."""
@@ -170,28 +185,40 @@ class Schema:
                                      limit=0), value))
         if self.items is not None:
             for index, item in enumerate(value):
-                found += self.items._problems(item, (*at, index))
+                self.items._descend(item, (*at, index), found)
         return found
 
     def _object(self, value: dict, at: tuple[int | str, ...]) -> list[_Problem]:
         """As jsonschema reports an object: the first missing required field, the first unknown one (sorted),
         too many fields, then each known field's own failures."""
         f, found = self.fragment, []
-        missing = [name for name in f.get("required", ()) if name not in value]
-        if missing:
-            found.append(((*at, missing[0]), PydanticCustomError("required", "is required"), value))
-        if f.get("additionalProperties") is False:
-            extra = sorted(name for name in value if name not in self.properties)
-            if extra:
-                found.append(((*at, extra[0]), PydanticCustomError("additionalProperties", "is not an accepted field"),
-                              value[extra[0]]))
+        for name in self.required:
+            if name not in value:
+                found.append(((*at, name), PydanticCustomError("required", "is required"), value))
+                break
+        if self.closed and not value.keys() <= self.known:
+            extra = min(name for name in value if name not in self.known)
+            found.append(((*at, extra), PydanticCustomError("additionalProperties", "is not an accepted field"),
+                          value[extra]))
         if "maxProperties" in f and len(value) > f["maxProperties"]:
             found.append((at, _sized("maxProperties", value, f["maxProperties"], "is expected to be empty",
                                      "has too many properties", limit=0), value))
-        for name, schema in self.properties.items():
-            if name in value:
-                found += schema._problems(value[name], (*at, name))
+        for name, item in value.items():
+            schema = self.properties.get(name)
+            if schema is not None:
+                schema._descend(item, (*at, name), found)
         return found
+
+    def _descend(self, value: Any, at: tuple[int | str, ...], found: list[_Problem]) -> None:
+        """The failures of a nested value, added to `found` (a leaf's own check without the recursion's cost:
+        a chat body holds hundreds of them)."""
+        if self.nested:
+            found += self._problems(value, at)
+            return
+        try:
+            self._own(value)
+        except PydanticCustomError as exc:
+            found.append((at, exc, value))
 
     def check(self, path: str, value: Any) -> None:
         """ValidationFailed at `path` when `value` does not match (a cross-field rule applying a fragment)."""
@@ -229,8 +256,8 @@ class Schema:
             if "description" in f:
                 raise PydanticCustomError("pattern", "{value} is not of the form {form}",
                                           {"value": _short(value), "form": f["description"]})
-            raise PydanticCustomError("pattern", "{value} does not match {pattern!r}",
-                                      {"value": _short(value), "pattern": f["pattern"]})
+            raise PydanticCustomError("pattern", "{value} does not match {pattern}",
+                                      {"value": _short(value), "pattern": repr(f["pattern"])})
 
 
 # (where, the failure, the value that failed) of a nested value
@@ -276,8 +303,15 @@ _MESSAGES: dict[str, Callable[[Any, dict], str]] = {
 
 
 def _short(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:80] + "..."
+    """The start of `repr(value)`, as much of it as a message shows: `validation_failed` cuts a message at 300
+    characters, as jsonschema's reading of the schema did, so the two word a long value alike. A long string's
+    repr is made from its first characters only (a reference can be megabytes)."""
+    if isinstance(value, str) and len(value) > _LONG:
+        return repr(value[:_LONG])[:-1]
+    return repr(value)[:_LONG]
+
+
+_LONG = 1000
 
 
 def _pointer(location: tuple[int | str, ...]) -> str:
