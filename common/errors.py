@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from configuration.schemas import ValidationFailed
+from configuration.requests.common import ValidationFailed
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from redis.retry import Retry
 from common import strict_json
 from common.jobs import TERMINAL
 from common.redact import redacted_url
-from configuration.schemas.common import SAFE_ID
+from configuration.requests.common import SAFE_ID
 from configuration.settings import Settings
 
 # A job id names a journal file and storage paths: the HTTP API's `id` pattern (ends at the end of input, not

@@ -1,9 +1,10 @@
-"""The OpenAPI description, generated from the same schema dictionaries the workers validate with."""
+"""The OpenAPI description: each request body's schema is the one published from its request model
+(configuration/requests/), the app's queued payload the translator's own (configuration/requests/app_payload.py)."""
 from __future__ import annotations
 
 from configuration import worker_config, worker_configs
-from configuration.schemas import schemas
-from configuration.schemas.app_payload import schema as app_payload_schema
+from configuration.requests import schemas
+from configuration.requests.app_payload import schema as app_payload_schema
 from configuration.settings import Settings
 
 ERROR = {

@@ -21,8 +21,8 @@ from common.errors import Unavailable
 from common.http import InsertionOrderJSON, install_options
 from common.job_routes import add_job_routes, limit_waits, submission_response
 from common.logging import install_request_id
+from configuration import requests as request_models
 from configuration.openapi import RouteTable, openapi_document, route_endpoints
-from configuration.schemas import validate_request
 
 if TYPE_CHECKING:
     from orchestrator.pod import Pod
@@ -103,8 +103,8 @@ def memory_status() -> Response:
 
 def _memory_action(action: str) -> Response:
     body = body_with_query(json_body(optional=True), ("worker", "which"), {"wait_s": (0, 600)})
-    validate_request("orchestrator.memory_action", body, pod().settings)
-    return jsonify(pod().memory_action(action, body))
+    return jsonify(pod().memory_action(action, request_models.check("orchestrator.memory_action", body,
+                                                                    pod().settings)))
 
 
 @bp.post("/memory/load")

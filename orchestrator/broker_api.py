@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import socket
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.wrappers import Response
@@ -25,7 +25,8 @@ from common.auth import bearer_token
 from common.body import install_body_cap, json_body
 from common.errors import ApiError, error_response, register_error_handlers
 from common.http import InsertionOrderJSON, install_options
-from configuration.schemas import validate_request
+from configuration import requests as request_models
+from configuration.requests.orchestrator import BrokerCall
 from configuration.settings import Settings
 from orchestrator.broker_service import MemoryBroker
 
@@ -52,20 +53,22 @@ def _pod() -> BrokerOwner:
     return current_app.extensions["pod"]
 
 
-def _broker_body(action: str) -> dict:
-    body = json_body()
-    validate_request(f"orchestrator.broker_{action}", body, _pod().settings)
-    if body["worker"] not in _pod().supervisors:
-        raise ApiError(400, errors.VALIDATION_ERROR, f"unknown worker {body['worker']!r}",
+def _broker_body(action: str) -> Any:
+    """The call as its validated model (configuration/requests/orchestrator.py), from a worker of this pod, about
+    models of that worker."""
+    call: BrokerCall = request_models.check(f"orchestrator.broker_{action}", json_body(), _pod().settings)
+    if call.worker not in _pod().supervisors:
+        raise ApiError(400, errors.VALIDATION_ERROR, f"unknown worker {call.worker!r}",
                        [{"path": "/worker", "message": f"must be one of {sorted(_pod().supervisors)}"}])
-    models = [body["model"]] if "model" in body else list(body.get("models", []))
+    single = getattr(call, "model", None)
+    models = [single] if single is not None else list(getattr(call, "models", []))
     for index, model in enumerate(models):
         try:
-            _pod().broker.check_model(body["worker"], model)
+            _pod().broker.check_model(call.worker, model)
         except ValueError as exc:
-            path = "/model" if "model" in body else f"/models/{index}"
+            path = "/model" if single is not None else f"/models/{index}"
             raise ApiError(400, errors.VALIDATION_ERROR, str(exc), [{"path": path, "message": str(exc)}]) from None
-    return body
+    return call
 
 
 @bp.post("/broker/<action>")
@@ -73,17 +76,16 @@ def broker(action: str) -> Response:
     broker = _pod().broker
     timeout_s = _pod().settings.lease_timeout_s
     handlers = {
-        "hello": lambda b: broker.hello(b["worker"], b["pid"]),
-        "acquire": lambda b: broker.acquire(b["worker"], b["model"], b["estimate_bytes"], b.get("working_bytes", 0),
-                                            timeout_s),
-        "admit": lambda b: broker.admit(b["worker"], b["need_bytes"]),
-        "loaded": lambda b: broker.loaded(b["worker"], b["model"], b["resident_bytes"]),
-        "release": lambda b: broker.release(b["worker"], b["model"]),
-        "job_started": lambda b: broker.job_started(b["worker"], b.get("working_bytes", 0), timeout_s),
-        "working": lambda b: broker.grow_working(b["worker"], b["working_bytes"], timeout_s),
-        "job_finished": lambda b: broker.job_finished(b["worker"]),
-        "touch": lambda b: broker.touch(b["worker"], b["models"]),
-        "turn": lambda b: broker.wait_turn(b["worker"], timeout_s),
+        "hello": lambda b: broker.hello(b.worker, b.pid),
+        "acquire": lambda b: broker.acquire(b.worker, b.model, b.estimate_bytes, b.working_bytes, timeout_s),
+        "admit": lambda b: broker.admit(b.worker, b.need_bytes),
+        "loaded": lambda b: broker.loaded(b.worker, b.model, b.resident_bytes),
+        "release": lambda b: broker.release(b.worker, b.model),
+        "job_started": lambda b: broker.job_started(b.worker, b.working_bytes, timeout_s),
+        "working": lambda b: broker.grow_working(b.worker, b.working_bytes, timeout_s),
+        "job_finished": lambda b: broker.job_finished(b.worker),
+        "touch": lambda b: broker.touch(b.worker, b.models),
+        "turn": lambda b: broker.wait_turn(b.worker, timeout_s),
     }
     if action not in handlers:
         raise ApiError(404, errors.NOT_FOUND, f"no broker action {action!r}")

@@ -16,6 +16,7 @@ from common.errors import WorkerUnavailable
 from common.http import bearer_session, error_of, iso_time, local_url, refusal
 from common.jobs import JobJournal
 from configuration import enabled_workers, worker_config
+from configuration.requests.orchestrator import MemoryActionRequest
 from configuration.settings import Settings
 from orchestrator.broker_api import broker_socket
 from orchestrator.broker_service import MemoryBroker
@@ -124,15 +125,15 @@ class Pod:
         except (requests.RequestException, ValueError):
             return None
 
-    def memory_action(self, action: str, body: dict) -> dict:
+    def memory_action(self, action: str, request: MemoryActionRequest) -> dict:
         """Operator load/unload of a worker's models: the worker does it, leasing through the broker.
         Raises WorkerUnavailable, or WorkerRefused with the worker's own error."""
-        worker = body["worker"]
+        worker = request.worker
         supervisor = self.supervisors.get(worker)
         if supervisor is None or not supervisor.is_ready():
             state = supervisor.state if supervisor else "not enabled"
             raise WorkerUnavailable(f"the {worker} worker is {state}", retry_after_s=errors.RETRY_AFTER_S)
-        forward = {k: v for k, v in body.items() if k != "worker"}
+        forward = request.forward()
         try:
             response = self._session.post(f"{supervisor.url}/memory/{action}", json=forward,
                                           timeout=self.settings.lease_timeout_s + 60)

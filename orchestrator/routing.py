@@ -34,9 +34,8 @@ from common.job_table import JobTable
 from common.jobs import JobJournal, JobRecord, send_processing_callback
 from common.logging import REQUEST_ID_HEADER, current_request_id, describe_text, log_context, new_request_id
 from common.metrics import process_metrics
-from configuration import chat_config, job_types
+from configuration import requests as request_models
 from configuration.requests.common import summarise_data_urls
-from configuration.schemas import field_error, validate_request
 from configuration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,36 +46,6 @@ POLL_RUNNING_S = 0.1
 POLL_QUEUED_S = 0.25
 POLL_TIMEOUT_S = 5     # one poll; the monitor asks the other jobs' workers after it, so a hung worker is bounded
 SUBMIT_TIMEOUT_S = 60
-
-
-def default_enhance_model() -> str:
-    """The chat worker's legacy default model, by its short name (`base`/`instruct`)."""
-    config = chat_config()
-    return config["models"][config["legacy_default_model"]]["short_name"]
-
-
-def plan_route(body: dict) -> tuple[str, dict | None, dict]:
-    """(target worker, enhancement request or None, body for the target's /generate) of a validated
-    `orchestrator.jobs` body. Raises ValidationFailed on contradictions."""
-    entry = job_types()[body["type"]]
-    target = body.get("target", entry["worker"])
-    if target != entry["worker"]:
-        raise field_error("/target", f"job type {body['type']} runs on the {entry['worker']} worker, not {target}")
-    config = dict(body.get("config") or {})
-    legacy_flag = config.pop("enhance_prompt", None)
-    wants = [reason for reason, on in (("enhance", "enhance" in body), ("type", entry["enhance"]),
-                                       ("config.enhance_prompt", legacy_flag is True)) if on]
-    if legacy_flag is False and wants:
-        raise field_error("/config/enhance_prompt", f"false contradicts the enhancement asked by {', '.join(wants)}")
-    enhance = None
-    if wants:
-        enhance = dict(body.get("enhance") or {})
-        enhance.setdefault("model", default_enhance_model())
-    forward = {k: v for k, v in body.items() if k not in ("target", "enhance")}
-    forward["type"] = entry["base_type"]
-    if "config" in body:
-        forward["config"] = config
-    return target, enhance, forward
 
 
 @dataclass
@@ -132,8 +101,9 @@ class Router:
     def submit(self, body: dict, dry_run: bool = False) -> tuple[JobRecord, bool] | dict:
         """(record, created) of a routed job; the same caller repeating an id gets the existing job, another
         user's id is JobIdConflict (409). With `dry_run`, the checks' answer and nothing routed."""
-        validate_request("orchestrator.jobs", body, self.settings)
-        target, enhance, forward = plan_route(body)
+        # The routing envelope (configuration/requests/orchestrator.py): 400s, then where the job goes
+        plan = request_models.check("orchestrator.jobs", body, self.settings).to_params()
+        target, enhance, forward = plan["target"], plan["enhance"], plan["forward"]
         # The content policy before anything runs (422 content_policy); the enhanced prompt is checked again.
         tier, prompt_check = policy.check_generation_prompt(body, self.settings.content_tier_default, body.get("id"))
         if enhance and "content_tier" in body:

@@ -1,5 +1,6 @@
 """Schema fragments shared by every request (the request models of configuration/requests/ validate with them and
-publish them), the error of a refused request, and jsonschema validation for what is not a model yet."""
+publish them), the error of a refused request, and jsonschema validation for what is not a request of ours (the
+app's queued payload, configuration/requests/app_payload.py)."""
 from __future__ import annotations
 
 import functools
@@ -42,12 +43,12 @@ CONTENT_TIER = {"enum": ["sfw", "nsfw"],
                 "description": "Content tier (docs/POLICY.md): sfw also refuses explicit sexual prompts and checks "
                                "image and video outputs; the floor (no sexual content involving minors) holds in both. "
                                "Default: CONTENT_TIER_DEFAULT."}
-WHICH = {"type": "string", "description": "Model to load/unload, or `all`."}
 
 
 def nullable(prop: dict) -> dict:
     """`prop` also accepting JSON `null`, which callers send for an absent optional value (the app's browser-built
-    bodies pass `project_context: null`, `conversation_id: null`); the route drops such fields before reading."""
+    bodies pass `project_context: null`, `conversation_id: null`); the request model then holds None for it, as for
+    a field left out."""
     result = dict(prop)
     if "enum" in result:
         result["enum"] = [*result["enum"], None]
@@ -59,11 +60,6 @@ def nullable(prop: dict) -> dict:
     else:
         raise ValueError(f"nullable() needs a type, enum or const: {prop}")
     return result
-
-
-def without_nulls(body: dict) -> dict:
-    """`body` without its top-level `null` fields: null means absent."""
-    return {k: v for k, v in body.items() if v is not None}
 
 
 def size_schemas(limits: dict) -> tuple[dict, dict]:

@@ -58,13 +58,17 @@ def _enum_key(value: Any) -> tuple[bool, Any]:
 class Schema:
     """Annotation metadata: validate a field exactly as the JSON Schema fragment says, and publish that fragment.
 
-    The shared fragments (configuration/schemas/common.py: SAFE_ID, PROMPT, GENERATION_SEED, ...) and the
+    The shared fragments (configuration/requests/common.py: SAFE_ID, PROMPT, GENERATION_SEED, ...) and the
     per-profile ones (sizes) are then the one statement of a field's bounds, for the model and the published
     schema alike. Keywords: type, enum, const, minimum, maximum, exclusiveMinimum, exclusiveMaximum, multipleOf,
-    minLength, maxLength, pattern (searched, as JSON Schema specifies)."""
+    minLength, maxLength, pattern (searched, as JSON Schema specifies); for the JSON a caller nests (chat
+    messages, stop lists, free-form objects): items, minItems, maxItems, properties, required,
+    additionalProperties (false), maxProperties. A nested value is checked, not converted (it stays the JSON
+    it was), and each failure inside it is reported at its own JSON pointer, as jsonschema reports it."""
 
     _KNOWN = {"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-              "minLength", "maxLength", "pattern", "description"}
+              "minLength", "maxLength", "pattern", "description", "items", "minItems", "maxItems", "properties",
+              "required", "additionalProperties", "maxProperties"}
 
     def __init__(self, fragment: Mapping[str, Any], **changes: Any) -> None:
         self.fragment = {**fragment, **changes}
@@ -74,12 +78,28 @@ class Schema:
         kind = self.fragment.get("type")
         self.types = [kind] if isinstance(kind, str) else list(kind or [])
         self.regex = re.compile(self.fragment["pattern"]) if "pattern" in self.fragment else None
-        # What validate() runs on every request, prepared once: the type tests and the enum as a set of JSON keys
+        # What validate() runs on every request, prepared once: the type test (an isinstance where the JSON types
+        # are Python classes: a bool is an int in Python, not a JSON number), the enum as a set of JSON keys
         self.type_tests = [_TYPES[t] for t in self.types]
+        simple: dict[str, type] = {"string": str, "array": list, "object": dict, "null": type(None), "boolean": bool}
+        self.classes = tuple(simple[t] for t in self.types) if self.types and set(self.types) <= set(simple) else None
         self.enum = {_enum_key(v) for v in self.fragment["enum"]} if "enum" in self.fragment else None
         # (keyword, test, words, bound) of the bounds this fragment has: checked per request, so found once here
         self.bounds = [(key, failed, words, self.fragment[key])
                        for key, failed, words in _BOUNDS if key in self.fragment]
+        self.const = "const" in self.fragment
+        self.numeric = bool(self.bounds) or "multipleOf" in self.fragment
+        self.textual = bool({"minLength", "maxLength", "pattern"} & set(self.fragment))
+        if self.fragment.get("additionalProperties", False) is not False:
+            raise ValueError(f"Schema() checks additionalProperties: false only: {self.fragment}")
+        # The nested fragments' own Schemas (arrays: `items`; objects: `properties`), built once
+        self.items = Schema(self.fragment["items"]) if "items" in self.fragment else None
+        self.properties = {name: Schema(sub) for name, sub in self.fragment.get("properties", {}).items()}
+        self.known = set(self.properties)
+        self.required = tuple(self.fragment.get("required", ()))
+        self.closed = "additionalProperties" in self.fragment
+        self.nested = bool({"items", "minItems", "maxItems", "properties", "required", "additionalProperties",
+                            "maxProperties"} & set(self.fragment))
 
     def __get_pydantic_core_schema__(self, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
         return self._native() or core_schema.no_info_plain_validator_function(self.validate)
@@ -87,41 +107,118 @@ class Schema:
     def _native(self) -> CoreSchema | None:
         """pydantic-core's own validator where it means exactly what the fragment means (faster: no Python call
         per field): strict strings without a pattern (lengths in code points, as JSON Schema counts), strict
-        numbers (an int is a number; a bool is not), booleans, and enums of strings. Integers stay in Python:
-        JSON Schema accepts 20.0 as an integer, strict pydantic does not."""
+        numbers (an int is a number; a bool is not) with float bounds (pydantic reports a bound as a float: 0.0
+        where the fragment says 0), booleans, and enums of strings. Integers stay in Python: JSON Schema accepts
+        20.0 as an integer, strict pydantic does not."""
         f = self.fragment
         keys = set(f) - {"description"}
+        bounds = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
         if self.types == ["string"] and keys <= {"type", "minLength", "maxLength"}:
             return core_schema.str_schema(strict=True, min_length=f.get("minLength"), max_length=f.get("maxLength"))
-        if self.types == ["number"] and keys <= {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:
+        if self.types == ["number"] and keys <= {"type", *bounds} and \
+                all(isinstance(f[key], float) for key in keys & bounds):
             return core_schema.float_schema(strict=True, ge=f.get("minimum"), le=f.get("maximum"),
                                             gt=f.get("exclusiveMinimum"), lt=f.get("exclusiveMaximum"))
         if self.types == ["boolean"] and keys == {"type"}:
             return core_schema.bool_schema(strict=True)
         if keys == {"enum"} and all(isinstance(v, str) for v in f["enum"]):
-            return core_schema.literal_schema(list(f["enum"]))
+            # (its own error type: pydantic's literal_error words the choices otherwise than jsonschema does)
+            return core_schema.custom_error_schema(core_schema.literal_schema(list(f["enum"])), "enum_of",
+                                                   custom_error_message="is not one of {values}",
+                                                   custom_error_context={"values": repr(f["enum"])})
         return None
 
     def __get_pydantic_json_schema__(self, _schema: CoreSchema, _handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return dict(self.fragment)
 
     def validate(self, value: Any) -> Any:
+        self._own(value)
+        if self.nested and isinstance(value, (list, dict)):
+            found = self._array(value, ()) if isinstance(value, list) else self._object(value, ())
+            if found:
+                raise _raised(found)
+        elif type(value) is float and "integer" in self.types:
+            value = int(value)
+        return value
+
+    def _own(self, value: Any) -> None:
+        """The checks of the value itself (its nested values aside): the first one broken is raised."""
         f = self.fragment
-        if self.type_tests and not any(test(value) for test in self.type_tests):
-            raise PydanticCustomError("type", "{value} is not of type {types}",
-                                      {"value": _short(value), "types": ", ".join(repr(t) for t in self.types)})
-        if self.enum is not None and not (isinstance(value, (str, int, float)) and _enum_key(value) in self.enum):
+        if self.classes is not None:
+            if not isinstance(value, self.classes):
+                raise self._type_error(value)
+        elif self.type_tests and not any(test(value) for test in self.type_tests):
+            raise self._type_error(value)
+        if self.enum is not None and not (isinstance(value, (str, int, float, type(None)))
+                                          and _enum_key(value) in self.enum):
             raise PydanticCustomError("enum", "{value} is not one of {values}",
                                       {"value": _short(value), "values": repr(f["enum"])})
-        if "const" in f and not _json_equal(value, f["const"]):
-            raise PydanticCustomError("const", "{const!r} was expected", {"const": f["const"]})
-        if type(value) in (int, float):
+        if self.const and not _json_equal(value, f["const"]):
+            raise PydanticCustomError("const", "{const} was expected", {"const": repr(f["const"])})
+        if self.numeric and type(value) in (int, float):
             self._bounds(value)
-            if type(value) is float and "integer" in self.types:
-                value = int(value)
-        elif isinstance(value, str):
+        elif self.textual and type(value) is str:
             self._text(value)
-        return value
+
+    def _type_error(self, value: Any) -> PydanticCustomError:
+        return PydanticCustomError("type", "{value} is not of type {types}",
+                                   {"value": _short(value), "types": ", ".join(repr(t) for t in self.types)})
+
+    def _problems(self, value: Any, at: tuple[int | str, ...]) -> list[_Problem]:
+        """Every failure at or under `value` (at `at`): its own first one, else those of its nested values."""
+        try:
+            self._own(value)
+        except PydanticCustomError as exc:
+            return [(at, exc, value)]
+        if isinstance(value, list):
+            return self._array(value, at)
+        if isinstance(value, dict):
+            return self._object(value, at)
+        return []
+
+    def _array(self, value: list, at: tuple[int | str, ...]) -> list[_Problem]:
+        f, found = self.fragment, []
+        if len(value) < f.get("minItems", 0):
+            found.append((at, _sized("minItems", value, f["minItems"], "should be non-empty", "is too short"), value))
+        if "maxItems" in f and len(value) > f["maxItems"]:
+            found.append((at, _sized("maxItems", value, f["maxItems"], "is expected to be empty", "is too long",
+                                     limit=0), value))
+        if self.items is not None:
+            for index, item in enumerate(value):
+                self.items._descend(item, (*at, index), found)
+        return found
+
+    def _object(self, value: dict, at: tuple[int | str, ...]) -> list[_Problem]:
+        """As jsonschema reports an object: the first missing required field, the first unknown one (sorted),
+        too many fields, then each known field's own failures."""
+        f, found = self.fragment, []
+        for name in self.required:
+            if name not in value:
+                found.append(((*at, name), PydanticCustomError("required", "is required"), value))
+                break
+        if self.closed and not value.keys() <= self.known:
+            extra = min(name for name in value if name not in self.known)
+            found.append(((*at, extra), PydanticCustomError("additionalProperties", "is not an accepted field"),
+                          value[extra]))
+        if "maxProperties" in f and len(value) > f["maxProperties"]:
+            found.append((at, _sized("maxProperties", value, f["maxProperties"], "is expected to be empty",
+                                     "has too many properties", limit=0), value))
+        for name, item in value.items():
+            schema = self.properties.get(name)
+            if schema is not None:
+                schema._descend(item, (*at, name), found)
+        return found
+
+    def _descend(self, value: Any, at: tuple[int | str, ...], found: list[_Problem]) -> None:
+        """The failures of a nested value, added to `found` (a leaf's own check without the recursion's cost:
+        a chat body holds hundreds of them)."""
+        if self.nested:
+            found += self._problems(value, at)
+            return
+        try:
+            self._own(value)
+        except PydanticCustomError as exc:
+            found.append((at, exc, value))
 
     def check(self, path: str, value: Any) -> None:
         """ValidationFailed at `path` when `value` does not match (a cross-field rule applying a fragment)."""
@@ -134,7 +231,8 @@ class Schema:
         f = self.fragment
         for key, failed, words, bound in self.bounds:
             if failed(value, bound):
-                raise PydanticCustomError(key, "{value!r} " + words + " {bound!r}", {"value": value, "bound": bound})
+                raise PydanticCustomError(key, "{value} " + words + " {bound}", {"value": repr(value),
+                                                                               "bound": repr(bound)})
         step = f.get("multipleOf")
         if step is not None:
             if isinstance(step, float) or isinstance(value, float):
@@ -144,22 +242,41 @@ class Schema:
             else:
                 bad = bool(value % step)
             if bad:
-                raise PydanticCustomError("multipleOf", "{value!r} is not a multiple of {step!r}",
-                                          {"value": value, "step": step})
+                raise PydanticCustomError("multipleOf", "{value} is not a multiple of {step}",
+                                          {"value": repr(value), "step": str(step)})
 
     def _text(self, value: str) -> None:
         f = self.fragment
         if "minLength" in f and len(value) < f["minLength"]:
-            raise PydanticCustomError("minLength", "{value} is too short", {"value": _short(value)})
+            raise _sized("minLength", value, f["minLength"], "should be non-empty", "is too short")
         if "maxLength" in f and len(value) > f["maxLength"]:
-            raise PydanticCustomError("maxLength", "{value} is too long", {"value": _short(value)})
+            raise _sized("maxLength", value, f["maxLength"], "is expected to be empty", "is too long", limit=0)
         if self.regex is not None and not self.regex.search(value):
             # jsonschema's words: the description, when there is one, says what the form is
             if "description" in f:
                 raise PydanticCustomError("pattern", "{value} is not of the form {form}",
                                           {"value": _short(value), "form": f["description"]})
-            raise PydanticCustomError("pattern", "{value} does not match {pattern!r}",
-                                      {"value": _short(value), "pattern": f["pattern"]})
+            raise PydanticCustomError("pattern", "{value} does not match {pattern}",
+                                      {"value": _short(value), "pattern": repr(f["pattern"])})
+
+
+# (where, the failure, the value that failed) of a nested value
+_Problem = tuple[tuple[int | str, ...], PydanticCustomError, Any]
+
+
+def _sized(keyword: str, value: Any, bound: int, at_limit: str, otherwise: str, limit: int = 1) -> PydanticCustomError:
+    """A length bound broken, in jsonschema's words: a bound of 1 (minimum) or 0 (maximum) has its own."""
+    return PydanticCustomError(keyword, "{value} " + (at_limit if bound == limit else otherwise),
+                               {"value": _short(value)})
+
+
+def _raised(found: list[_Problem]) -> PydanticCustomError | ValidationError:
+    """The failures of one field's value: its own error, or each nested one at its location under the field
+    (pydantic prefixes the field's own location)."""
+    if len(found) == 1 and found[0][0] == ():
+        return found[0][1]
+    return ValidationError.from_exception_data("Schema", [{"type": error, "loc": at, "input": value}
+                                                          for at, error, value in found])
 
 
 # --- errors -----------------------------------------------------------------------------------------------
@@ -170,22 +287,31 @@ _MESSAGES: dict[str, Callable[[Any, dict], str]] = {
     "model_type": lambda v, _c: f"{_short(v)} is not of type 'object'",
     # pydantic-core's own validators (Schema._native), in jsonschema's words
     "string_type": lambda v, _c: f"{_short(v)} is not of type 'string'",
-    "string_too_short": lambda v, _c: f"{_short(v)} is too short",
-    "string_too_long": lambda v, _c: f"{_short(v)} is too long",
+    "string_too_short": lambda v, c: f"{_short(v)} " + ("should be non-empty" if c.get("min_length") == 1
+                                                         else "is too short"),
+    "string_too_long": lambda v, c: f"{_short(v)} " + ("is expected to be empty" if c.get("max_length") == 0
+                                                       else "is too long"),
     "float_type": lambda v, _c: f"{_short(v)} is not of type 'number'",
     "bool_type": lambda v, _c: f"{_short(v)} is not of type 'boolean'",
     "greater_than_equal": lambda v, c: f"{v!r} is less than the minimum of {c['ge']!r}",
     "less_than_equal": lambda v, c: f"{v!r} is greater than the maximum of {c['le']!r}",
     "greater_than": lambda v, c: f"{v!r} is less than or equal to the minimum of {c['gt']!r}",
     "less_than": lambda v, c: f"{v!r} is greater than or equal to the maximum of {c['lt']!r}",
-    "literal_error": lambda v, c: f"{_short(v)} is not one of {c.get('expected', '')}",
+    "enum_of": lambda v, c: f"{_short(v)} is not one of {c['values']}",
     "dict_type": lambda v, _c: f"{_short(v)} is not of type 'object'",
 }
 
 
 def _short(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:80] + "..."
+    """The start of `repr(value)`, as much of it as a message shows: `validation_failed` cuts a message at 300
+    characters, as jsonschema's reading of the schema did, so the two word a long value alike. A long string's
+    repr is made from its first characters only (a reference can be megabytes)."""
+    if isinstance(value, str) and len(value) > _LONG:
+        return repr(value[:_LONG])[:-1]
+    return repr(value)[:_LONG]
+
+
+_LONG = 1000
 
 
 def _pointer(location: tuple[int | str, ...]) -> str:

@@ -13,8 +13,8 @@ import torch
 
 from common.errors import ModelBusy
 from configuration import chat_config
-from configuration.params import chat as chat_params
-from configuration.schemas import ValidationFailed
+from configuration import requests as request_models
+from configuration.requests.common import ValidationFailed
 from configuration.settings import Settings
 from workers.engines.chat import Batcher, ChatEngine, Overloaded, clean_enhancement
 from workers.engines.chat.decoding import Detokenizer, find_stop, held_back
@@ -45,7 +45,12 @@ def engine(chat_settings):
 def params(settings, model="qwen_instruct", **body):
     body.setdefault("messages", MESSAGES)
     body.setdefault("max_tokens", 12)
-    return chat_params.chat({"model": model, **body}, settings)
+    return request_models.normalise("chat.chat", {"model": model, **body}, settings)
+
+
+def enhance(body, model, settings):
+    """As POST /enhance/<model> builds them: the body's request model, the route's model."""
+    return request_models.check("chat.enhance", body, settings).to_params(settings, model)
 
 
 def run(engine, *requests):
@@ -180,25 +185,25 @@ def test_detokenizer_deltas_concatenate_to_the_decoded_text(engine):
 
 def test_defaults_come_from_configuration_and_are_reported(chat_settings):
     cfg = chat_config()
-    p = chat_params.enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)
+    p = enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)
     assert {k: p[k] for k in cfg["defaults"]["enhance"]} == cfg["defaults"]["enhance"]
     assert p["messages"] == [{"role": "user", "content": "a fox"}]
     assert p["seed_source"] == "random"
-    sdxl = chat_params.enhance({"prompt": "a fox", "target_model": "sdxl"}, "qwen_instruct", chat_settings)
+    sdxl = enhance({"prompt": "a fox", "target_model": "sdxl"}, "qwen_instruct", chat_settings)
     assert sdxl["max_tokens"] == cfg["enhance_targets"]["sdxl"]["max_tokens"]
-    assert chat_params.enhance({"prompt": "a fox", "target_model": "sdxl", "max_tokens": 9}, "qwen_base",
+    assert enhance({"prompt": "a fox", "target_model": "sdxl", "max_tokens": 9}, "qwen_base",
                                chat_settings)["max_tokens"] == 9
 
 
 def test_base_template_stops_apply_to_templated_prompts_only(chat_settings):
     template_stops = chat_config()["models"]["qwen_base"]["template"]["stop"]
-    templated = chat_params.enhance({"prompt": "a fox", "stop": "END"}, "qwen_base", chat_settings)
+    templated = enhance({"prompt": "a fox", "stop": "END"}, "qwen_base", chat_settings)
     assert templated["stop"] == ["END", *template_stops]
-    raw = chat_params.enhance({"prompt": "a fox", "raw": True}, "qwen_base", chat_settings)
+    raw = enhance({"prompt": "a fox", "raw": True}, "qwen_base", chat_settings)
     assert raw["stop"] == []
     assert raw["text"] == "a fox"
     assert raw["messages"] is None
-    assert chat_params.enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)["stop"] == []
+    assert enhance({"prompt": "a fox"}, "qwen_instruct", chat_settings)["stop"] == []
 
 
 @pytest.mark.parametrize(("body", "path"), [
@@ -209,15 +214,15 @@ def test_base_template_stops_apply_to_templated_prompts_only(chat_settings):
 ])
 def test_enhance_conflicts(chat_settings, body, path):
     with pytest.raises(ValidationFailed) as err:
-        chat_params.enhance(body, "qwen_base", chat_settings)
+        enhance(body, "qwen_base", chat_settings)
     assert err.value.details[0]["path"] == path
 
 
 def test_openai_max_completion_tokens(chat_settings):
     body = {"model": "qwen_base", "messages": MESSAGES, "max_completion_tokens": 7}
-    assert chat_params.completion(body, chat_settings)["max_tokens"] == 7
+    assert request_models.normalise("chat.completions", body, chat_settings)["max_tokens"] == 7
     with pytest.raises(ValidationFailed):
-        chat_params.completion({**body, "max_tokens": 8}, chat_settings)
+        request_models.normalise("chat.completions", {**body, "max_tokens": 8}, chat_settings)
 
 
 # ---- generation on the placeholder models ---------------------------------------------------------
@@ -287,10 +292,10 @@ def test_frequency_and_presence_penalties_apply_per_row_over_its_own_output(engi
 def test_policy_inputs_and_caller_context_ride_along(chat_settings):
     body = {"messages": MESSAGES, "sfw_mode": False, "content_tier": "nsfw", "nsfw_enforce": True,
             "nsfw_reason": "opted in", "conversation_id": "c1", "project_context": None, "context_type": "general"}
-    p = chat_params.chat(body, chat_settings)
+    p = request_models.normalise("chat.chat", body, chat_settings)
     assert p["policy"] == {"sfw_mode": False, "content_tier": "nsfw", "nsfw_enforce": True, "nsfw_reason": "opted in"}
-    assert p["context"] == {"conversation_id": "c1", "context_type": "general", "project_context": None}
-    bare = chat_params.chat({"messages": MESSAGES}, chat_settings)
+    assert p["context"] == {"conversation_id": "c1", "context_type": "general"}  # a null project_context is absent
+    bare = request_models.normalise("chat.chat", {"messages": MESSAGES}, chat_settings)
     assert bare["policy"] == dict.fromkeys(("sfw_mode", "content_tier", "nsfw_enforce", "nsfw_reason"))
     assert bare["context"] == {}
     assert bare["reproducible"] is False
@@ -328,9 +333,9 @@ def test_streamed_deltas_equal_the_text(engine, chat_settings):
 
 def test_a_prompt_too_long_fails_alone(engine, chat_settings):
     limit = engine.configs["qwen_base"]["limits"]["max_prompt_tokens"]
-    too_long = chat_params.enhance({"prompt": "fox " * (limit + 10), "raw": True, "max_tokens": 4}, "qwen_base",
+    too_long = enhance({"prompt": "fox " * (limit + 10), "raw": True, "max_tokens": 4}, "qwen_base",
                                    chat_settings)
-    fine = chat_params.enhance({"prompt": "fox", "raw": True, "max_tokens": 4, "seed": 1}, "qwen_base", chat_settings)
+    fine = enhance({"prompt": "fox", "raw": True, "max_tokens": 4, "seed": 1}, "qwen_base", chat_settings)
     # checked when the request is prepared, in the caller's thread, before anything is queued
     with pytest.raises(ValidationFailed) as err:
         engine.prepare(too_long)

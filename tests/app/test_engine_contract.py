@@ -20,10 +20,7 @@ import pytest
 
 from common.errors import CANCELLED, JobCancelled, JobFailed
 from common.jobs import JobRecord
-from configuration import worker_config
-from configuration.params import chat as chat_params
-from configuration.params import normalise_generation
-from configuration.schemas import validate_request
+from configuration import requests, worker_config
 from workers.engines.base import Engine, GeneratedAsset, JobEngineBase
 from workers.engines.chat import ChatEngine
 from workers.engines.sdxl import SDXLEngine
@@ -80,12 +77,11 @@ class EngineContract:
 
     # ---- what the subclass may override ---------------------------------------------------------
     def params(self, settings, seed: int = 7) -> dict:
-        """The normalised parameters, built as the app builds them: the worker's request schema, then
-        configuration/params' normalisation."""
+        """The normalised parameters, built as the worker builds them: the worker's request model (bounds,
+        cross-field rules, then to_params)."""
         worker = self.engine_cls.worker
         body = {**self.body, "config": {**self.body.get("config", {}), "seed": seed}}
-        validate_request(worker_config(worker)["request_schema"], body, settings)
-        return normalise_generation(worker, body, settings)
+        return dict(requests.normalise(worker_config(worker)["request_schema"], body, settings))
 
     def outputs(self, engine: Engine, params: dict) -> list[tuple[str, Any]]:
         """(kind, content) of each output of one request on the engine's own path: a job's `run` here."""
@@ -248,10 +244,8 @@ class TestChatEngine(EngineContract):
     runs_jobs = False
 
     def params(self, settings, seed: int = 7) -> dict:
-        """As POST /chat builds them (chat has no generation normalisation: its routes have their own)."""
-        body = {**self.body, "seed": seed}
-        validate_request("chat.chat", body, settings)
-        return dict(chat_params.chat(body, settings))
+        """As POST /chat builds them: its request model (configuration/requests/chat.py)."""
+        return dict(requests.normalise("chat.chat", {**self.body, "seed": seed}, settings))
 
     def outputs(self, engine, params):
         generation = engine.prepare(params)

@@ -349,15 +349,15 @@ def test_chat_working_memory_counts_prefill_activations_and_the_attention_mask()
 def test_a_batch_refused_for_memory_is_split_and_every_request_answered(placeholder_dir, tmp_path):
     import threading
 
-    from configuration.params import chat as chat_params
+    from configuration import requests as request_models
     from workers.engines.chat import Batcher, ChatEngine
     from workers.runtime.local_memory import LocalMemory
     from workers.runtime.models import ModelHost
 
     settings = Settings(placeholder_models_dir=placeholder_dir, output_dir=tmp_path)
     probe = ChatEngine(settings)
-    requests = [chat_params.chat({"model": "qwen_instruct", "messages": [{"role": "user", "content": "y" * 1500}],
-                                  "max_tokens": 4, "seed": i}, settings) for i in range(4)]
+    requests = [request_models.normalise("chat.chat", {"model": "qwen_instruct", "messages": [
+        {"role": "user", "content": "y" * 1500}], "max_tokens": 4, "seed": i}, settings) for i in range(4)]
     rows = [(len(probe.prompt_ids(p)), p["max_tokens"]) for p in requests]
     one, four = probe.batch_working_bytes("qwen_instruct", rows[:1]), probe.batch_working_bytes("qwen_instruct", rows)
     weights = probe.memory_estimate("qwen_instruct")

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from configuration.params import chat as chat_params
-from configuration.schemas import schema, validate_request
-from configuration.schemas.common import ValidationFailed
+from configuration import requests
+from configuration.requests import schema_of
+from configuration.requests.common import ValidationFailed
 from configuration.settings import Settings
 from tests.support import Client
 
@@ -31,14 +31,9 @@ REQUIRED = {"chat": {"messages"}, "enhance_legacy": set(), "completions": {"mode
 
 
 def params_of(name: str, body: dict) -> dict:
-    validate_request(f"chat.{name}", body, SETTINGS)
-    body = chat_params.without_nulls(body)
-    if name == "chat":
-        return dict(chat_params.chat(body, SETTINGS))
-    if name == "completions":
-        return dict(chat_params.completion(body, SETTINGS))
-    model = body.pop("model", "qwen_instruct")
-    return dict(chat_params.enhance(body, model, SETTINGS))
+    """What the route runs the body with: its request model, then to_params (the legacy /enhance's model is
+    the body's)."""
+    return dict(requests.normalise(f"chat.{name}", body, SETTINGS))
 
 
 @hsettings(max_examples=80, deadline=None)
@@ -46,7 +41,7 @@ def params_of(name: str, body: dict) -> dict:
 def test_property_null_is_absent_in_every_chat_body(data):
     name = data.draw(st.sampled_from(sorted(BODIES)))
     body = dict(BODIES[name])
-    optional = sorted(set(schema(f"chat.{name}", SETTINGS)["properties"]) - REQUIRED[name] - {"prompt", "messages"})
+    optional = sorted(set(schema_of(f"chat.{name}", SETTINGS)["properties"]) - REQUIRED[name] - {"prompt", "messages"})
     chosen = data.draw(st.lists(st.sampled_from(optional), unique=True, max_size=len(optional)))
     with_nulls = {**body, **dict.fromkeys(chosen)}
     without = {k: v for k, v in body.items() if k not in chosen}
@@ -61,14 +56,14 @@ def test_property_null_is_absent_in_every_chat_body(data):
                          [("chat", "messages"), ("completions", "model"), ("completions", "messages")])
 def test_a_required_field_sent_as_null_is_refused_naming_it(name, field):
     with pytest.raises(ValidationFailed) as info:
-        validate_request(f"chat.{name}", {**BODIES[name], field: None}, SETTINGS)
+        requests.check(f"chat.{name}", {**BODIES[name], field: None}, SETTINGS)
     assert f"/{field}" in {d["path"] for d in info.value.details}
 
 
 def test_enhance_needs_a_prompt_or_messages_that_are_not_null():
     with pytest.raises(ValidationFailed):
-        validate_request("chat.enhance_legacy", {"prompt": None, "messages": None}, SETTINGS)
-    validate_request("chat.enhance_legacy", {"prompt": "a fox", "messages": None}, SETTINGS)
+        requests.check("chat.enhance_legacy", {"prompt": None, "messages": None}, SETTINGS)
+    requests.check("chat.enhance_legacy", {"prompt": "a fox", "messages": None}, SETTINGS)
 
 
 @pytest.fixture(scope="module")

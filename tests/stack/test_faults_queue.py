@@ -128,8 +128,8 @@ def ops_page_redis_line(pod: OrchestratorProcess) -> str:
 
 def test_encoded_dot_segments_in_a_storage_path_are_a_validation_error():
     """They ended `internal_error` (the storage client raised ValueError when the job was accepted)."""
-    from configuration.params.app_payload import from_app_payload
-    from configuration.schemas.common import ValidationFailed
+    from configuration.requests.app_payload import from_app_payload
+    from configuration.requests.common import ValidationFailed
     from configuration.settings import Settings
 
     settings = Settings(supabase_url="https://project.supabase.co", supabase_service_key="k" * 32)

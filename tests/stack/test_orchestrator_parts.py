@@ -17,10 +17,11 @@ import pytest
 import requests
 
 from common.errors import MemoryUnavailable
-from configuration.schemas import ValidationFailed
+from configuration import requests as request_models
+from configuration.requests.common import ValidationFailed
+from configuration.requests.orchestrator import default_enhance_model
 from configuration.settings import Settings
 from orchestrator import device_memory as gpu
-from orchestrator.routing import default_enhance_model, plan_route
 from orchestrator.supervisor import WorkerSupervisor, backoff_delay, describe_exit
 from tests.support import API_KEY, CallbackReceiver, free_port, poll_until
 
@@ -201,6 +202,12 @@ def test_without_a_gpu_the_budget_is_the_capacity():
 
 
 # ---- routing plans -------------------------------------------------------------------------------------------------
+
+def plan_route(body: dict) -> tuple:
+    """(target, enhancement, forwarded body) of a routed job's body, as the Router reads its request model."""
+    plan = request_models.check("orchestrator.jobs", body, Settings()).to_params()
+    return plan["target"], plan["enhance"], plan["forward"]
+
 
 def test_route_plans():
     target, enhance, forward = plan_route({"type": "sdxl_image_fast", "prompt": "p", "config": {"steps": 3}})

@@ -6,9 +6,9 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from configuration import job_types, model_config, preset_defaults
-from configuration.params import normalise_generation
-from configuration.schemas import ValidationFailed, schemas, validate_request
+from configuration import job_types, model_config, preset_defaults, requests
+from configuration.requests import schema_of, schemas
+from configuration.requests.common import ValidationFailed, validate
 from configuration.settings import Settings, SettingsError, documented_variables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,8 +28,7 @@ def body(**overrides):
 
 def admitted(b, settings):
     """Validated then normalised, as a worker admits a body: a refusal may come from either step."""
-    validate_request("sdxl.generate", b, settings)
-    return normalise_generation("sdxl", b, settings)
+    return requests.normalise("sdxl.generate", b, settings)
 
 
 def details(exc_info):
@@ -99,7 +98,7 @@ def test_all_schemas_are_valid_draft_2020_12(profile):
     metaschema in both profiles, and refuse a body that is not an object with the root path."""
     import jsonschema
 
-    from configuration.schemas.common import DIALECT
+    from configuration.requests.common import DIALECT
 
     built = schemas(Settings(model_profile=profile))
     assert {name.split(".", 1)[0] for name in built} == FAMILIES
@@ -109,38 +108,38 @@ def test_all_schemas_are_valid_draft_2020_12(profile):
         jsonschema.Draft202012Validator.check_schema(schema)
         assert schema["type"] == "object", name
         with pytest.raises(ValidationFailed) as exc:
-            validate_request(name, [], Settings(model_profile=profile))
+            requests.check(name, [], Settings(model_profile=profile))
         assert [d["path"] for d in exc.value.details] == [""], name
 
 
 def test_presets_fill_only_what_is_missing(settings):
-    p = normalise_generation("sdxl", body(), settings)
+    p = requests.normalise("sdxl.generate", body(), settings)
     assert (p["steps"], p["guidance_scale"], p["num_images"], p["seed"]) == (15, 6.0, 1, 7)
     assert (p["width"], p["height"]) == (64, 64)  # placeholder profile's native size
-    high = normalise_generation("sdxl", body(type="sdxl_image_high", config={"steps": 9}), settings)
+    high = requests.normalise("sdxl.generate", body(type="sdxl_image_high", config={"steps": 9}), settings)
     assert (high["steps"], high["guidance_scale"]) == (9, 7.5)
     assert preset_defaults("sdxl_image_high", Settings(model_profile="production"))["width"] == 1024
 
 
 def test_seed_zero_is_a_seed_and_missing_seed_is_random_and_reported(settings):
-    assert normalise_generation("sdxl", body(config={"seed": 0}), settings)["seed"] == 0
-    p = normalise_generation("sdxl", body(config={}), settings)
+    assert requests.normalise("sdxl.generate", body(config={"seed": 0}), settings)["seed"] == 0
+    p = requests.normalise("sdxl.generate", body(config={}), settings)
     assert p["seed_source"] == "random"
     assert 0 <= p["seed"] < 2**32
 
 
 def test_legacy_sdxl_fields(settings):
-    p = normalise_generation("sdxl", body(config={"num_inference_steps": 12, "resolution": "128x64"},
-                                          metadata={"reference_image_url": "https://x/y.png",
-                                                    "reference_strength": 0.7}), settings)
+    p = requests.normalise("sdxl.generate", body(config={"num_inference_steps": 12, "resolution": "128x64"},
+                                                 metadata={"reference_image_url": "https://x/y.png",
+                                                           "reference_strength": 0.7}), settings)
     assert (p["steps"], p["width"], p["height"]) == (12, 128, 64)
     assert p["reference"]["denoise_strength"] == pytest.approx(0.3)
     assert p["reference"]["strength_source"] == "reference_strength"
 
 
 def test_exact_copy_takes_preset_strength_and_guidance(settings):
-    p = normalise_generation("sdxl", body(metadata={"reference_image_url": "https://x/y.png", "exact_copy_mode": True}),
-                             settings)
+    p = requests.normalise("sdxl.generate",
+                           body(metadata={"reference_image_url": "https://x/y.png", "exact_copy_mode": True}), settings)
     assert p["reference"]["mode"] == "exact_copy"
     assert p["reference"]["denoise_strength"] == job_types()["sdxl_image_fast"]["exact_copy"]["denoise_strength"]
     assert p["guidance_scale"] == 1.0
@@ -181,10 +180,10 @@ def test_preset_defaults_are_within_the_schema_bounds(profile):
     settings = Settings(model_profile=profile)
     for job_type, entry in job_types().items():
         defaults = preset_defaults(job_type, settings)
-        validate_request(f"{entry['worker']}.generate", body(type=job_type, config=defaults), settings)
+        validate(schema_of(f"{entry['worker']}.generate", settings), body(type=job_type, config=defaults))
     with pytest.raises(ValidationFailed):  # and would refuse one out of bounds
-        validate_request("sdxl.generate", body(config={**preset_defaults("sdxl_image_fast", settings), "width": 4096}),
-                         settings)
+        validate(schema_of("sdxl.generate", settings),
+                 body(config={**preset_defaults("sdxl_image_fast", settings), "width": 4096}))
 
 
 @pytest.mark.parametrize(("config", "path"), [
@@ -193,22 +192,22 @@ def test_preset_defaults_are_within_the_schema_bounds(profile):
 ])
 def test_normalisation_errors_name_the_field(settings, config, path):
     b = body(config=config)
-    validate_request("sdxl.generate", b, settings)
+    validate(schema_of("sdxl.generate", settings), b)  # the published schema accepts it; a cross-field rule does not
     with pytest.raises(ValidationFailed) as exc:
-        normalise_generation("sdxl", b, settings)
+        requests.normalise("sdxl.generate", b, settings)
     assert path in details(exc)
 
 
 def test_reference_fields_need_a_reference(settings):
     b = body(metadata={"denoise_strength": 0.4})
     with pytest.raises(ValidationFailed) as exc:
-        normalise_generation("sdxl", b, settings)
+        requests.normalise("sdxl.generate", b, settings)
     assert "/metadata/denoise_strength" in details(exc)
 
 
 def test_caller_metadata_is_kept(settings):
-    p = normalise_generation("sdxl", body(metadata={"reference_type": "style", "credits": 3,
-                                                    "reference_image_url": "https://x/y.png"}), settings)
+    p = requests.normalise("sdxl.generate", body(metadata={"reference_type": "style", "credits": 3,
+                                                           "reference_image_url": "https://x/y.png"}), settings)
     assert p["caller_metadata"] == {"reference_type": "style", "credits": 3}
 
 
@@ -249,8 +248,7 @@ def test_property_accepted_bodies_normalise_within_bounds(steps, num_images, wid
     expected = _expected_sdxl_errors(config)
     b = body(config=config)
     try:
-        validate_request("sdxl.generate", b, s)
-        p = normalise_generation("sdxl", b, s)
+        p = requests.normalise("sdxl.generate", b, s)
     except ValidationFailed as exc:
         paths = {d["path"] for d in exc.details}
         assert expected, f"in-range config {config} refused: {exc.details}"  # noqa: PT017 (the oracle says refused or accepted)

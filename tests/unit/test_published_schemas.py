@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from configuration import publish, requests
-from configuration.requests.common import ValidationFailed
+from configuration.requests.common import ValidationFailed, validate
 from configuration.settings import Settings
 from tests.unit.test_schema_regex import ECMA_FORMATS, EcmaValidator
 
@@ -23,7 +23,33 @@ VALID = {"sdxl.generate": {"id": "j1", "type": "sdxl_image_fast", "prompt": "a r
                            "config": {"seed": 7}},
          "memory.action": {"which": "all", "wait_s": 5},
          "wan.generate": {"id": "w1", "type": "video_fast", "prompt": "a fox running", "user_id": "u1",
-                          "config": {"seed": 3}}}
+                          "config": {"seed": 3}},
+         "chat.enhance": {"prompt": "a red fox", "max_tokens": 8, "temperature": 0.7, "top_k": 5, "seed": 4,
+                          "stop": ["END"], "target_model": "sdxl", "content_tier": "sfw", "project_context": {"a": 1}},
+         "chat.enhance_legacy": {"messages": [{"role": "system", "content": "be brief"},
+                                              {"role": "user", "content": "a fox"}], "model": "qwen_instruct",
+                                 "max_tokens": 8, "top_p": 0.9, "project_id": "p1"},
+         "chat.chat": {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                       "model": "qwen_base", "sfw_mode": True, "stop": "END", "repetition_penalty": 1.1,
+                       "conversation_id": "c1", "nsfw_reason": "none"},
+         "chat.completions": {"model": "qwen_base", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                              "stream_options": {"include_usage": True}, "n": 1, "logprobs": False,
+                              "max_completion_tokens": 8, "frequency_penalty": 0.5, "reproducible": True},
+         "orchestrator.jobs": {"id": "r1", "type": "sdxl_image_fast", "prompt": "a fox", "user_id": "u1",
+                               "content_tier": "sfw", "target": "sdxl",
+                               "enhance": {"model": "base", "seed": 3, "stop": ["END"], "max_tokens": 9},
+                               "config": {"enhance_prompt": True, "seed": 7}, "metadata": {"a": 1}},
+         "orchestrator.memory_action": {"worker": "sdxl", "which": "all", "wait_s": 5},
+         "orchestrator.broker_hello": {"worker": "sdxl", "pid": 42},
+         "orchestrator.broker_acquire": {"worker": "sdxl", "model": "sdxl", "estimate_bytes": 10, "working_bytes": 5},
+         "orchestrator.broker_admit": {"worker": "wan", "need_bytes": 10},
+         "orchestrator.broker_loaded": {"worker": "sdxl", "model": "sdxl", "resident_bytes": 10},
+         "orchestrator.broker_release": {"worker": "sdxl", "model": "sdxl"},
+         "orchestrator.broker_job_started": {"worker": "sdxl", "working_bytes": 5},
+         "orchestrator.broker_working": {"worker": "sdxl", "working_bytes": 5},
+         "orchestrator.broker_job_finished": {"worker": "sdxl"},
+         "orchestrator.broker_touch": {"worker": "chat", "models": ["qwen_base", "qwen_instruct"]},
+         "orchestrator.broker_turn": {"worker": "wan", "models": ["wan_t2v"]}}
 
 
 def published(name: str) -> dict:
@@ -74,30 +100,51 @@ def _near(fragment: dict) -> list[Any]:
     return values
 
 
-def _sites(schema: dict, where: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict]]:
-    """(path, fragment) of every property, nested objects' own properties included."""
+def _sites(schema: dict, where: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], dict]]:
+    """(path, fragment) of every property, nested objects' own properties and an array's first item included."""
     found = []
     for name, fragment in schema.get("properties", {}).items():
         found.append(((*where, name), fragment))
         found += _sites(fragment, (*where, name))
+    if isinstance(schema.get("items"), dict):
+        found.append(((*where, 0), schema["items"]))
+        found += _sites(schema["items"], (*where, 0))
     return found
 
 
 _ABSENT = object()
 
 
-def _mutated(valid: dict, changes: list[tuple[tuple[str, ...], Any]]) -> dict:
+def _child(node: Any, key: str | int, kind: type) -> Any:
+    """node[key] (an object's field, or a list's item), made a `kind` where it is not one: a list where an index
+    follows, an object where a name does."""
+    if isinstance(node, list):
+        while len(node) <= int(key):
+            node.append({})
+    elif key not in node:
+        node[key] = None
+    if not isinstance(node[key], kind):
+        node[key] = [{}] if kind is list else {}
+    return node[key]
+
+
+def _mutated(valid: dict, changes: list[tuple[tuple[str | int, ...], Any]]) -> dict:
     body = json.loads(json.dumps(valid))
     for path, value in changes:
-        node = body
-        for key in path[:-1]:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
+        node: Any = body
+        for key, after in zip(path[:-1], path[1:], strict=True):
+            node = _child(node, key, list if isinstance(after, int) else dict)
+        last = path[-1]
         if value is _ABSENT:
-            node.pop(path[-1], None)
+            if isinstance(node, list):
+                del node[int(last):int(last) + 1]
+            else:
+                node.pop(last, None)
+        elif isinstance(node, list):
+            _child(node, last, object)
+            node[int(last)] = value
         else:
-            node[path[-1]] = value
+            node[last] = value
     return body
 
 
@@ -117,6 +164,20 @@ def _agree(name: str, body: object) -> None:
     outcome = _model_outcome(name, body)
     if outcome != "cross-field":
         assert (outcome == "accepted") == (not errors), (body, outcome, [e.message for e in errors])
+
+
+def _same_words(name: str, body: object) -> None:
+    """A body the model refuses for a field's own bound or type is answered with what jsonschema answered with
+    the published file: each detail (JSON pointer and message) is one jsonschema's reading gives too."""
+    if _model_outcome(name, body) != "refused":
+        return
+    with pytest.raises(ValidationFailed) as model:
+        requests.check(name, body, Settings())
+    with pytest.raises(ValidationFailed) as reading:
+        validate(published(name), body)
+    expected = [(d["path"], d["message"]) for d in reading.value.details]
+    for detail in model.value.details:
+        assert (detail["path"], detail["message"]) in expected, (body, model.value.details, expected)
 
 
 def _model_outcome(name: str, body: object) -> str:
@@ -144,9 +205,12 @@ def test_property_the_model_and_the_published_schema_accept_the_same_bodies(name
 @pytest.mark.parametrize("name", NAMES)
 def test_every_single_change_of_a_valid_body_is_judged_alike(name):
     """Each property of the published schema, one at a time, removed or set to each candidate value: the model
-    and the published schema agree on every one of those bodies (the exhaustive floor under the property test)."""
+    and the published schema agree on every one of those bodies (the exhaustive floor under the property test),
+    and a refusal names the same fields in the same words."""
     sites = _sites(published(name))
     assert {path[0] for path, _fragment in sites} == set(published(name)["properties"])  # every property walked
     for path, fragment in sites:
         for value in [_ABSENT, *_ANY, *_near(fragment)]:
-            _agree(name, _mutated(VALID[name], [(path, value)]))
+            body = _mutated(VALID[name], [(path, value)])
+            _agree(name, body)
+            _same_words(name, body)

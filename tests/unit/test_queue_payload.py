@@ -1,4 +1,4 @@
-"""The app's queued payload mapped onto our own generation body (configuration/params/app_payload.py): a
+"""The app's queued payload mapped onto our own generation body (configuration/requests/app_payload.py): a
 tolerant reader of everything the app's queue-job function sends (tests/app_client.py builds it)."""
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from configuration import model_config
-from configuration.params import normalise_generation
-from configuration.params.app_payload import APP_SIZES, SIZE_DIVISOR, from_app_payload, native_size_class
-from configuration.schemas import validate_request
-from configuration.schemas.common import ValidationFailed
+from configuration import model_config, requests
+from configuration.requests import schema_of
+from configuration.requests.app_payload import APP_SIZES, SIZE_DIVISOR, from_app_payload, native_size_class
+from configuration.requests.common import ValidationFailed, validate
 from configuration.settings import Settings
 from tests.app_client import APP_NEGATIVE_PROMPT, entry_points, queue_job, queue_job_payload, workspace_request
 
@@ -33,11 +32,10 @@ def failure(worker, payload, settings=PLACEHOLDER) -> list[dict]:
 
 
 def runs(worker, payload, settings=PLACEHOLDER) -> dict:
-    """The parameters the worker runs the payload with (its own schema and normalisation, as admission does)."""
+    """The parameters the worker runs the payload with (its own request model, as admission does)."""
     job = from_app_payload(worker, payload, settings)
     try:
-        validate_request(f"{worker}.generate", job.body, settings)
-        return normalise_generation(worker, job.body, settings)
+        return dict(requests.normalise(f"{worker}.generate", job.body, settings))
     except ValidationFailed as exc:
         raise job.app_error(exc) from None
 
@@ -355,12 +353,12 @@ def test_every_entry_point_passes_the_workers_own_schema_and_normalisation(setti
 def test_our_own_api_takes_an_empty_prompt_only_for_an_exact_copy():
     copy_body = {"type": "sdxl_image_fast", "prompt": "",
                  "metadata": {"exact_copy_mode": True, "reference_image_url": SIGNED}}
-    validate_request("sdxl.generate", copy_body, PLACEHOLDER)
+    validate(schema_of("sdxl.generate", PLACEHOLDER), copy_body)  # the published schema says it too
     for body in ({"type": "sdxl_image_fast", "prompt": ""},
                  {**copy_body, "metadata": {"exact_copy_mode": False, "reference_image_url": SIGNED}},
                  {**copy_body, "metadata": {"exact_copy_mode": True}}):
         with pytest.raises(ValidationFailed) as info:
-            validate_request("sdxl.generate", body, PLACEHOLDER)
+            validate(schema_of("sdxl.generate", PLACEHOLDER), body)
         assert {d["path"] for d in info.value.details} == {"/prompt"}
 
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from common import metrics
 from configuration import worker_configs
 from configuration.openapi import openapi_document
-from configuration.schemas import schemas
-from configuration.schemas.app_payload import schema as app_payload_schema
-from configuration.schemas.common import END
+from configuration.requests import schemas
+from configuration.requests.app_payload import schema as app_payload_schema
+from configuration.requests.common import END
 from configuration.settings import Settings
 from orchestrator import api as orchestrator_api
 from workers.http import chat, generation, ops

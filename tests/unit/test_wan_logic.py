@@ -6,11 +6,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
 
-from configuration import model_config
-from configuration.params import normalise_generation
-from configuration.params.wan import normalise_frames
-from configuration.schemas import ValidationFailed, validate_request
-from configuration.schemas.wan import SAMPLE_SOLVERS, max_requested_frames
+from configuration import model_config, requests
+from configuration.requests.common import ValidationFailed
+from configuration.requests.wan import SAMPLE_SOLVERS, max_requested_frames, normalise_frames
 from configuration.settings import Settings
 from workers.engines.wan_plan import (
     conditioning_frames,
@@ -35,9 +33,7 @@ def body(type="video_fast", config=None, metadata=None):
 
 
 def normalise(b, settings=None):
-    settings = settings or Settings()
-    validate_request("wan.generate", b, settings)
-    return normalise_generation("wan", b, settings)
+    return dict(requests.normalise("wan.generate", b, settings or Settings()))
 
 
 def error_paths(b, settings=None):

@@ -46,7 +46,7 @@ def step_callback(ctx: RunContext, total_steps: int):
     return on_step_end
 
 
-# An engine's normalised parameters: the TypedDict configuration/params builds for its worker.
+# An engine's normalised parameters: what its request model's to_params() builds (configuration/requests/).
 P = TypeVar("P")
 
 
@@ -130,7 +130,7 @@ class JobEngineBase(Engine[P]):
 
     def check_request(self, params: P) -> None:
         """Checks that need this worker's configuration (e.g. a model path that is not set); raise
-        ValidationFailed to answer 400. Bounds are the schema's, normalisation is configuration/params'."""
+        ValidationFailed to answer 400. Bounds and normalisation are the request model's."""
 
     def reference_urls(self, params: P) -> dict[str, str]:
         """role -> URL of the reference images a job needs; the runtime fetches them before it leases

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from common.errors import MODEL_NOT_CONFIGURED, JobFailed
+from configuration.requests.common import field_error
 from configuration.requests.wan import WanParams
-from configuration.schemas.common import field_error
 from workers import devices
 from workers.engines.base import GeneratedAsset, JobEngineBase, RunContext, step_callback
 from workers.engines.files import same_files

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from flask import Blueprint, Response, g, jsonify
 
@@ -31,11 +31,10 @@ from common.errors import (
     DomainError,
     http_error,
 )
-from configuration import chat_config
+from configuration import chat_config, requests
 from configuration.openapi import RouteTable
-from configuration.params import chat as chat_params
-from configuration.params.chat import ChatParams
-from configuration.schemas import ValidationFailed, validate_request
+from configuration.requests.chat import ChatParams, model_for_short_name, short_name
+from configuration.requests.common import ValidationFailed
 from workers.engines.chat import Generation, GenerationResult, clean_enhancement
 from workers.http.common import require_ready, state
 from workers.runtime import text_safety
@@ -150,16 +149,14 @@ def _model_info(params: ChatParams, result: GenerationResult) -> dict:
     return {**_engine().model_info(params["model"]), "batch_size": result.batch_size}
 
 
-def _validated(schema: str) -> dict:
-    body = json_body()
-    validate_request(f"chat.{schema}", body, state().settings)
-    return chat_params.without_nulls(body)  # null means absent (the app's bodies pass project_context: null)
+def _request(schema: str) -> Any:
+    """The body as its validated request model (configuration/requests/chat.py; null means absent)."""
+    return requests.check(f"chat.{schema}", json_body(), state().settings)
 
 
 # ---- enhancement ---------------------------------------------------------------------------------
 
-def _enhance(body: dict, model: str):
-    params = chat_params.enhance(body, model, state().settings)
+def _enhance(params: ChatParams):
     result = _run(params)
     enhanced = clean_enhancement(result.text, params["original_prompt"], result.special_tokens,
                                  chat_config()["cleaning"]["quote_pairs"])
@@ -175,7 +172,7 @@ def _enhance(body: dict, model: str):
         "success": True,
         "enhanced_prompt": enhanced,
         "original_prompt": params["original_prompt"],
-        "model": chat_params.short_name(model),
+        "model": short_name(params["model"]),
         "tokens_generated": result.completion_tokens,
         "prompt_tokens": result.prompt_tokens,
         "generation_time": round(result.generation_time, 4),
@@ -192,23 +189,21 @@ def _enhance(body: dict, model: str):
 @bp.post("/enhance/<short>")
 def enhance_with(short: str):
     try:
-        model = chat_params.model_for_short_name(short)
+        model = model_for_short_name(short)
     except KeyError:
         raise ApiError(404, NOT_FOUND, f"no model {short!r}; use /enhance/base or /enhance/instruct") from None
-    return _enhance(_validated("enhance"), model)
+    return _enhance(_request("enhance").to_params(state().settings, model))
 
 
 @bp.post("/enhance")
 def enhance_legacy():
-    body = _validated("enhance_legacy")
-    model = body.pop("model", chat_config()["legacy_default_model"])
-    return _enhance(body, model)
+    return _enhance(_request("enhance_legacy").to_params(state().settings))
 
 
 # ---- legacy chat ---------------------------------------------------------------------------------
 
 def _chat():
-    params = chat_params.chat(_validated("chat"), state().settings)
+    params = _request("chat").to_params(state().settings)
     result = _run(params)
     text, finish_reason = _reply(params, result)
     return jsonify({
@@ -246,7 +241,7 @@ def _usage(result: GenerationResult) -> dict:
 
 @bp.post("/v1/chat/completions")
 def openai_chat_completions():
-    params = chat_params.completion(_validated("completions"), state().settings)
+    params = _request("completions").to_params(state().settings)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     head = {"id": completion_id, "created": created, "model": params["model"],

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request
 from common.body import json_body, query_bool, query_float
 from common.job_routes import add_job_routes, submission_response
 from configuration.openapi import RouteTable
-from configuration.schemas import ValidationFailed
+from configuration.requests.common import ValidationFailed
 from workers.http.common import require_ready, state
 from workers.runtime.admission import admit, check_generation, job_metadata, parameters_used
 from workers.runtime.fetch import FetchRefused, check_reference_url

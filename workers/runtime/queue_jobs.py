@@ -1,6 +1,6 @@
 """The app's queued jobs into the worker's one runtime: the JobSink the Redis intake feeds.
 
-A queued payload is mapped onto our own generation body (configuration/params/app_payload.py),
+A queued payload is mapped onto our own generation body (configuration/requests/app_payload.py),
 storage-path references are downloaded with the service key, and the body goes through the same
 admission as POST /generate. A payload that fails any of that still becomes a job: it ends
 `failed` at once, journaled, with a signed callback whose `error_message` names the app's field,
@@ -20,8 +20,8 @@ from common.errors import JobFailed, MemoryUnavailable
 from common.job_status import JobStatus
 from common.queues import connect, consumer_id, queue_name
 from common.supabase import SupabaseError, download, make_client
-from configuration.params.app_payload import AppJob, from_app_payload
-from configuration.schemas.common import ValidationFailed
+from configuration.requests.app_payload import AppJob, from_app_payload
+from configuration.requests.common import ValidationFailed
 from workers.runtime.admission import admit, check_generation, job_metadata
 from workers.runtime.fetch import FetchFailed, FetchRefused, InvalidImage
 from workers.runtime.queue_intake import QueueIntake

@@ -20,9 +20,9 @@ from typing import Any
 from jinja2.exceptions import TemplateError
 
 from common.errors import CANCELLED, MODEL_MISCONFIGURED, MODEL_NOT_CONFIGURED, JobFailed
-from configuration import chat_config
-from configuration.params.chat import ChatParams
-from configuration.schemas.common import field_error
+from configuration import chat_config, requests
+from configuration.requests.chat import ChatParams
+from configuration.requests.common import field_error
 from workers import devices
 from workers.engines.base import Engine
 from workers.engines.chat.batcher import Batcher
@@ -110,10 +110,8 @@ class ChatEngine(Engine[ChatParams]):
         devices.release_cached_memory(self.device)
 
     def _warm_up_params(self, model: str) -> ChatParams:
-        from configuration.params import chat as chat_params
-
-        return chat_params.chat({"model": model, "max_tokens": 4, "seed": 0,
-                                 "messages": [{"role": "user", "content": "hello"}]}, self.settings)
+        return requests.normalise("chat.chat", {"model": model, "max_tokens": 4, "seed": 0,
+                                                "messages": [{"role": "user", "content": "hello"}]}, self.settings)
 
     def warm_up_working_bytes(self, model: str) -> int:
         return self.working_bytes(self._warm_up_params(model))

@@ -10,7 +10,7 @@ import time
 
 from common.logging import current_request_id, describe_text, log_context
 from common.metrics import process_metrics
-from configuration.params.chat import ChatParams
+from configuration.requests.chat import ChatParams
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from configuration.params.chat import ChatParams
+from configuration.requests.chat import ChatParams
 
 
 def penalise(scores: torch.Tensor, seen: torch.Tensor, repetition: torch.Tensor | None, counts: torch.Tensor,

@@ -14,6 +14,13 @@ A tolerant reader: the pod runs whatever the app's `queue-job` function can send
   storage-path reference outside the job's own folder. A reference that cannot be fetched fails the
   job when it is fetched.
 
+The payload's own JSON Schema (`schema()`, served as `components.schemas.app_payload` of the SDXL and WAN
+workers' /openapi.json) checks the kind and range of the fields only the app sends (`job_id`, `job_type`,
+`quality`, `format`, `content_type`, top-level `negative_prompt`, `config.pipeline`, `config.denoise_strength`,
+the metadata flags); `null` fields are removed before (they mean absent) and fields it does not know are the
+caller's context. It stays a schema dictionary, not a request model: the payload is the app's, translated here
+into our own request (whose model then checks the generation parameters proper), not a request of ours.
+
 Sizes: `config.resolution` (`1024x1024`, `1024x576`, `576x1024`) is the requested size. SDXL renders
 it (the placeholder profile scaled down by SIZE_DIVISOR, aspect kept). For WAN it is an aspect
 request: the video renders at the checkpoint's native size class (`native_size` in
@@ -35,11 +42,92 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from configuration import job_types
+from configuration.requests import schema_of
+from configuration.requests.common import (
+    DIALECT,
+    END,
+    NEGATIVE_PROMPT,
+    SAFE_ID,
+    STRENGTH,
+    ValidationFailed,
+    field_error,
+    validate,
+)
 from configuration.requests.wan import limits as wan_limits
-from configuration.schemas import schema as request_schema
-from configuration.schemas.app_payload import STORAGE_BUCKETS, schema
-from configuration.schemas.common import ValidationFailed, field_error, validate
 from configuration.settings import Settings
+
+PIPELINES = ["txt2img", "img2img", "video"]
+APP_REFERENCE_MODES = ["modify", "copy"]
+VIDEO_REFERENCE_MODES = ["none", "single", "start", "end", "both"]
+STORAGE_BUCKETS = ["workspace-temp", "user-library"]
+# A reference is a URL (the app signs storage URLs for an hour) or, when signing failed, the raw
+# storage path `<bucket>/<user_id>/...`, downloaded with the service key from the job's own folder.
+APP_REFERENCE = {"type": "string", "minLength": 1, "maxLength": 14000000,
+                 "pattern": "^(https?://|data:image/|(" + "|".join(STORAGE_BUCKETS) + ")/)",
+                 "description": "http(s) URL (usually a signed storage URL), `data:image/...`, or a storage path "
+                                "`workspace-temp/<user_id>/...` / `user-library/<user_id>/...`."}
+
+
+def schema() -> dict:
+    return {
+        "$schema": DIALECT,
+        "title": "Queued job payload of the OurVidz app",
+        "type": "object",
+        "required": ["type"],
+        "anyOf": [{"required": ["id"]}, {"required": ["job_id"]}],
+        "properties": {
+            "id": SAFE_ID,
+            "job_id": {**SAFE_ID, "description": "Must equal `id` when both are sent."},
+            "type": {"type": "string",
+                     "description": "`sdxl_image_fast`, `sdxl_image_high`, `video_fast`, `video_high`."},
+            "job_type": {"type": "string", "maxLength": 200,
+                         "description": "The raw type the browser chose (e.g. `wan_video_fast`); caller context."},
+            "prompt": {"type": "string", "maxLength": 20000,
+                       "description": "The final prompt; empty (or absent) only for an exact copy of a reference "
+                                      "image."},
+            "user_id": SAFE_ID,
+            "negative_prompt": NEGATIVE_PROMPT,
+            "compel_enabled": {"type": "boolean"},
+            "compel_weights": {"type": "string", "maxLength": 20000},
+            "quality": {"enum": ["fast", "high"],
+                        "description": "A label; the type decides (a disagreement is noted)."},
+            "format": {"enum": ["image", "video"],
+                       "description": "A label; the type decides (a disagreement is noted)."},
+            "content_type": {"enum": ["sfw", "nsfw"],
+                             "description": "Content tier: a policy input, carried as caller context."},
+            "config": {
+                "type": "object",
+                "description": "Generation parameters; what is not listed here is checked by the worker's schema.",
+                "properties": {
+                    "pipeline": {"enum": PIPELINES, "description": "A label: what runs follows from the references "
+                                                                   "present (recorded with whether it agreed)."},
+                    "num_images": {"type": "integer"},
+                    "denoise_strength": {**STRENGTH, "description": "How far img2img moves from the reference; "
+                                                                          "context when there is no reference."},
+                    "resolution": {"type": "string", "pattern": "^[0-9]{1,5}x[0-9]{1,5}" + END},
+                    "image": APP_REFERENCE,
+                    "first_frame": APP_REFERENCE,
+                    "last_frame": APP_REFERENCE,
+                },
+            },
+            "metadata": {
+                "type": "object",
+                "description": "Every field the browser sent plus the app's reference fields. Fields that are not "
+                               "parameters are the caller's own and are carried in the job metadata.",
+                "properties": {
+                    "reference_image_url": APP_REFERENCE,
+                    "start_reference_url": APP_REFERENCE,
+                    "end_reference_url": APP_REFERENCE,
+                    "denoise_strength": STRENGTH,
+                    "reference_strength": STRENGTH,
+                    "exact_copy_mode": {"type": "boolean"},
+                    "reference_mode": {"enum": APP_REFERENCE_MODES},
+                    "video_reference_mode": {"enum": VIDEO_REFERENCE_MODES},
+                },
+            },
+        },
+    }
+
 
 APP_SIZES = ("1024x1024", "1024x576", "576x1024")
 # Placeholder models have small native sizes (configuration/models.json limits); 4 keeps every app
@@ -332,7 +420,7 @@ def _metadata_fields(worker: str, metadata: dict, has_reference: bool, job: AppJ
 
 
 def _unknown_config_fields(worker: str, config: dict, job: AppJob, settings: Settings) -> None:
-    known = request_schema(f"{worker}.generate", settings)["properties"]["config"]["properties"]
+    known = schema_of(f"{worker}.generate", settings)["properties"]["config"]["properties"]
     for name in [k for k in config if k not in known]:
         job.context(f"/config/{name}", config.pop(name), f"not a parameter of the {worker.upper()} worker")
 
