@@ -5,12 +5,18 @@
 # then pytest with any extra arguments (e.g. ./infrastructure/test.sh -k sdxl -x). The run fails when any
 # of them fails; pytest runs even after a lint or type failure, so one run shows everything.
 # --fast (first argument): the edit-test loop, ruff, mypy and only the unit and app tiers (tests/unit/,
-# tests/app/: no processes); without it every tier runs, as CI does.
+# tests/app/: no processes), in this process; without it every tier runs, as CI does, on TEST_PROCESSES
+# pytest processes (default 3; pytest-xdist handing out whole modules, tests/conftest.py): most of a stack
+# test's time is waiting on its processes, so three keep two cores busy. TEST_PROCESSES=1 runs it serially.
 set -uo pipefail
 tiers=()
+parallel=(-n "${TEST_PROCESSES:-3}")
 if [ "${1:-}" = "--fast" ]; then
   shift
   tiers=(tests/unit tests/app)
+  parallel=()
+elif [ "${TEST_PROCESSES:-3}" = 1 ]; then
+  parallel=()
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
 # The ops-page browser test drives Debian's chromium; redis-server is needed by the queue tests.
@@ -33,7 +39,7 @@ echo "test.sh: mypy" >&2
 python -m mypy || failed+=(mypy)
 echo "test.sh: python -m common.reference --check" >&2
 python -m common.reference --check || failed+=(reference)
-python -m pytest "${tiers[@]}" "$@"
+python -m pytest "${tiers[@]}" "${parallel[@]}" "$@"
 pytest_status=$?
 if [ "$pytest_status" -ne 0 ]; then
   failed+=(pytest)

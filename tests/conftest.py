@@ -8,11 +8,26 @@ from tests.support import REPO, CallbackReceiver, PodFactory
 TIERS = ("unit", "app", "stack", "e2e")  # the folders under tests/, each a marker of pytest.ini
 
 
+# The modules on the session's shared pod (`shared_pod` below). Listed because a parallel run's controller
+# groups them before any test is collected (pytest_xdist_make_scheduler); collection checks the list.
+SHARED_POD_MODULES = ("tests/stack/test_connections.py", "tests/stack/test_chat_nulls.py",
+                      "tests/e2e/test_ops_page.py")
+# The modules that take longest (serial wall time, benchmarks/RESULTS.md "Test suite"), handed out first in a
+# parallel run so that none of them starts near its end. Only the order depends on this list.
+LONGEST_FIRST = ("tests/stack/test_faults.py", "tests/stack/test_job_deadlines.py", "tests/e2e/test_fuzz.py",
+                 "tests/stack/test_routing_monitor.py", "tests/e2e/test_gpu_suite.py",
+                 "tests/stack/test_queue_worker.py", "tests/stack/test_orchestrator_stack.py",
+                 "tests/stack/test_registration.py", "tests/stack/test_app_contract.py",
+                 "tests/stack/test_faults_queue.py", "tests/stack/test_hardening_http.py",
+                 "tests/e2e/test_gpu_suite_environment.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test carries the marker of its tier, the folder it stands in (`-m "unit or app"` selects by
     it); a test module outside the four folders is a collection error naming it, not an unmarked test.
-    The tiers run in order, unit first; the modules on the session's shared pod run last, together, so
-    that pod is up only while they run (pytest ends a session fixture with the session)."""
+    Serial: the tiers run in order, unit first; the modules on the shared pod run last, together, so that
+    pod is up only while they run (pytest ends a session fixture with the session). Parallel (`-n N`, an
+    xdist worker): the shared pod's modules and the longest ones first, the short tiers last, to fill in."""
     tests_dir = Path(__file__).resolve().parent
     tier = {}
     for item in items:
@@ -23,8 +38,42 @@ def pytest_collection_modifyitems(config, items):
                                     "processes; e2e: fuzz, browser, README, the GPU suite script)")
         item.add_marker(getattr(pytest.mark, parts[0]))
         tier[item] = TIERS.index(parts[0])
-    on_shared_pod = {item.path for item in items if "shared_pod" in item.fixturenames}
-    items.sort(key=lambda item: (item.path in on_shared_pod, tier[item]))  # stable: module order kept within
+    on_shared_pod = {module_of(item.nodeid) for item in items if "shared_pod" in item.fixturenames}
+    unlisted = on_shared_pod - set(SHARED_POD_MODULES)
+    if unlisted:
+        raise pytest.UsageError(f"{sorted(unlisted)} use the shared pod: add them to SHARED_POD_MODULES "
+                                "(tests/conftest.py)")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: _parallel_rank(module_of(item.nodeid), tier[item]))
+    else:
+        items.sort(key=lambda item: (module_of(item.nodeid) in on_shared_pod, tier[item]))  # stable within
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def _parallel_rank(module: str, tier: int) -> tuple:
+    if module in SHARED_POD_MODULES:
+        return (0, 0)
+    if module in LONGEST_FIRST:
+        return (1, LONGEST_FIRST.index(module))
+    return (2, -tier)  # e2e, stack, app, unit
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n N` hands out whole modules (their module-scoped pods and receivers start once), the
+    modules on the shared pod as one unit (one shared pod, not one per process), in the order the workers
+    collected them (above), each process asking for the next unit as it runs out."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = module_of(nodeid)
+            return "shared-pod" if module in SHARED_POD_MODULES else module
+
+    config.option.loadscopereorder = False  # keep the collected order: longest first
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

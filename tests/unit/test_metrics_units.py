@@ -120,10 +120,13 @@ def test_stage_timer_accumulates_a_stage_entered_twice_and_includes_the_open_sta
 
 @pytest.fixture
 def captured():
+    """A stream for the log lines, and an empty log context: a test that ran a job's stages in this thread
+    before (an engine driven directly) may have left `stage` set in it."""
     stream = io.StringIO()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    yield stream
+    with log_context(job_id=None, worker=None, stage=None, request_id=None):
+        yield stream
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in saved[0]:

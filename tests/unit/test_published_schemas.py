@@ -3,6 +3,7 @@ models they are generated from, valid under an ECMA-262 regex validator, and in 
 every body (a property test: both accept and refuse the same generated bodies, cross-field rules aside)."""
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -129,8 +130,12 @@ def _child(node: Any, key: str | int, kind: type) -> Any:
 
 
 def _mutated(valid: dict, changes: list[tuple[tuple[str | int, ...], Any]]) -> dict:
+    """`valid` with `changes` applied, sharing nothing with `valid` or the changes' values: a later change of
+    the same body writes into what an earlier one set (`config` made `{}`, then `config.bogus`), and a shared
+    `{}` of _ANY would carry that key into every later test of the process."""
     body = json.loads(json.dumps(valid))
     for path, value in changes:
+        value = value if value is _ABSENT else copy.deepcopy(value)
         node: Any = body
         for key, after in zip(path[:-1], path[1:], strict=True):
             node = _child(node, key, list if isinstance(after, int) else dict)
