@@ -5,6 +5,12 @@ import pytest
 
 from tests.support import REPO, CallbackReceiver, PodFactory
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A parallel run: several pytest processes, and the workers and pods they start, share the cores. One torch
+    # thread each (inherited by the processes started with tests.support.base_env's environment), so that no
+    # thread spins waiting for a core another process holds. A serial run keeps torch's default.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 TIERS = ("unit", "app", "stack", "e2e")  # the folders under tests/, each a marker of pytest.ini
 
 
