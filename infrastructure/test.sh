@@ -5,17 +5,20 @@
 # then pytest with any extra arguments (e.g. ./infrastructure/test.sh -k sdxl -x). The run fails when any
 # of them fails; pytest runs even after a lint or type failure, so one run shows everything.
 # --fast (first argument): the edit-test loop, ruff, mypy and only the unit and app tiers (tests/unit/,
-# tests/app/: no processes), in this process; without it every tier runs, as CI does, on TEST_PROCESSES
-# pytest processes (default 3; pytest-xdist handing out whole modules, tests/conftest.py): most of a stack
-# test's time is waiting on its processes, so three keep two cores busy. TEST_PROCESSES=1 runs it serially.
+# tests/app/: no processes) on 2 pytest processes (they are CPU-bound: one per core); without it every tier
+# runs, as CI does, on 3 (pytest-xdist handing out whole modules, tests/conftest.py: most of a stack test's
+# time is waiting on its processes, so three keep two cores busy). TEST_PROCESSES=N sets the count; 1 runs
+# the tests in this process.
 set -uo pipefail
 tiers=()
-parallel=(-n "${TEST_PROCESSES:-3}")
+processes=${TEST_PROCESSES:-3}
 if [ "${1:-}" = "--fast" ]; then
   shift
   tiers=(tests/unit tests/app)
-  parallel=()
-elif [ "${TEST_PROCESSES:-3}" = 1 ]; then
+  processes=${TEST_PROCESSES:-2}
+fi
+parallel=(-n "$processes")
+if [ "$processes" = 1 ]; then
   parallel=()
 fi
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" requirements-dev.txt
