@@ -48,9 +48,9 @@ class CountingEngine(StandInEngine):
         return [GeneratedAsset("image", [Image.new("RGB", (300, 150), (params["v"], 0, 0))], {"seed": params["v"]})]
 
 
-def make_runner(tmp_path, engine=None, callback_url="", journal_dir=None):
+def make_runner(tmp_path, engine=None, callback_url="", journal_dir=None, **changes):
     engine = engine or CountingEngine()
-    settings = Settings(callback_url=callback_url, callback_backoff_s=0.05, output_dir=tmp_path / "out")
+    settings = Settings(callback_url=callback_url, callback_backoff_s=0.05, output_dir=tmp_path / "out", **changes)
     host = ModelHost(engine, LocalMemory(settings, "cpu"))
     runner = JobRunner("test", engine, host, LocalStorage(tmp_path / "out"), CallbackSender(settings),
                        JobJournal(journal_dir or tmp_path / "journal"))
@@ -230,7 +230,9 @@ def test_callbacks_retry_with_idempotency_key_signature_and_bearer(tmp_path):
 
 
 def test_callbacks_to_a_dead_receiver_never_block_jobs(tmp_path):
-    runner, engine, _ = make_runner(tmp_path, callback_url="http://127.0.0.1:9/unreachable")
+    # Three attempts each, not the default horizon: the sender's thread would go on retrying (and logging)
+    # through the rest of the session.
+    runner, engine, _ = make_runner(tmp_path, callback_url="http://127.0.0.1:9/unreachable", callback_max_attempts=3)
     started = time.monotonic()
     for i in range(3):
         runner.submit(f"d{i}", "t", "u", {"steps": 1, "v": i}, {})
