@@ -18,7 +18,7 @@ TIERS = ("unit", "app", "stack", "e2e")  # the folders under tests/, each a mark
 # groups them before any test is collected (pytest_xdist_make_scheduler); collection checks the list.
 SHARED_POD_MODULES = ("tests/stack/test_connections.py", "tests/stack/test_chat_nulls.py",
                       "tests/e2e/test_ops_page.py")
-# The modules that take longest (serial wall time, benchmarks/RESULTS.md "Test suite"), handed out first in a
+# The modules that take longest (serial wall time, benchmarks/RESULTS.md, "the test suite"), handed out first in a
 # parallel run so that none of them starts near its end. Only the order depends on this list.
 LONGEST_FIRST = ("tests/stack/test_faults.py", "tests/stack/test_job_deadlines.py", "tests/e2e/test_fuzz.py",
                  "tests/stack/test_routing_monitor.py", "tests/e2e/test_gpu_suite.py",
