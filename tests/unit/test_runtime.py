@@ -155,7 +155,9 @@ def test_failure_has_reason_and_worker_keeps_serving(tmp_path, receiver):
 
 
 def test_journal_recovery_fails_unfinished_jobs_and_tells_the_caller(tmp_path, receiver):
-    runner, engine, _ = make_runner(tmp_path, callback_url=receiver.url, journal_dir=tmp_path / "j")
+    # 3 attempts: the first runner's own callback for "lost", once the gate opens, finds the receiver closed.
+    runner, engine, _ = make_runner(tmp_path, callback_url=receiver.url, journal_dir=tmp_path / "j",
+                                    callback_max_attempts=3)
     engine.gate.clear()
     runner.submit("lost", "t", "u", {"steps": 5, "v": 1}, {})
     assert engine.started.wait(5)
