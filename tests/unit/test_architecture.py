@@ -151,9 +151,7 @@ def test_imports_point_down_only():
     ("orchestrator", "from workers.serve import x", "imports workers"),
 ])
 def test_a_reverse_import_is_found(tmp_path, package, line, bad):
-    for name in LAYERS:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text("")
+    _packages(tmp_path)
     body = f"def f():\n{line}\n" if line.startswith("    ") else f"{line}\n"
     (tmp_path / package / "module.py").write_text(body)
     problems = reverse_imports(tmp_path)
@@ -163,9 +161,7 @@ def test_a_reverse_import_is_found(tmp_path, package, line, bad):
 
 
 def test_allowed_imports_pass(tmp_path):
-    for name in LAYERS:
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "__init__.py").write_text("")
+    _packages(tmp_path)
     (tmp_path / "workers" / "a.py").write_text("from common.jobs import JobRecord\nimport configuration\nfrom . import "
                                                "b\n")
     (tmp_path / "orchestrator" / "a.py").write_text("from common import errors\nimport requests\n")
@@ -192,10 +188,16 @@ def test_gunicorn_targets_resolve():
     assert serve.gunicorn_command("wan", serve.Settings(), 1)[-1] == f"{serve.WORKER_APP}('wan')"
 
 
-def _layers(root: Path) -> None:
+def _packages(root: Path) -> None:
+    """An empty package per layer under `root`."""
     for name in LAYERS:
         (root / name).mkdir()
         (root / name / "__init__.py").write_text("")
+
+
+def _layers(root: Path) -> None:
+    """The layers, and the upper-layer modules the planted strings name."""
+    _packages(root)
     (root / "workers" / "engines").mkdir()
     (root / "workers" / "engines" / "__init__.py").write_text("")
     (root / "workers" / "engines" / "sdxl.py").write_text("")
