@@ -35,11 +35,14 @@ job that waited longer than its URL's hour still gets its reference.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import jsonschema
 
 from configuration import job_types
 from configuration.requests import schema_of
@@ -50,8 +53,9 @@ from configuration.requests.common import (
     SAFE_ID,
     STRENGTH,
     ValidationFailed,
+    check,
+    compiled_validator,
     field_error,
-    validate,
 )
 from configuration.requests.wan import limits as wan_limits
 from configuration.settings import Settings
@@ -66,6 +70,12 @@ APP_REFERENCE = {"type": "string", "minLength": 1, "maxLength": 14000000,
                  "pattern": "^(https?://|data:image/|(" + "|".join(STORAGE_BUCKETS) + ")/)",
                  "description": "http(s) URL (usually a signed storage URL), `data:image/...`, or a storage path "
                                 "`workspace-temp/<user_id>/...` / `user-library/<user_id>/...`."}
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    """The payload schema, compiled once: it is the same for every queued job."""
+    return compiled_validator(schema())
 
 
 def schema() -> dict:
@@ -203,7 +213,7 @@ def from_app_payload(worker: str, payload: Any, settings: Settings) -> AppJob:
     schema checks first. Raises ValidationFailed naming the app's fields."""
     if isinstance(payload, dict):
         payload = without_nulls(payload)
-    validate(schema(), payload)
+    check(_validator(), payload)
     job_id = payload.get("id") or payload["job_id"]
     if "id" in payload and "job_id" in payload and payload["id"] != payload["job_id"]:
         raise field_error("/job_id", f"must equal id ({payload['id']!r}): both name the one job")
