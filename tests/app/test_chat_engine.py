@@ -399,9 +399,12 @@ def test_batcher_batches_concurrent_requests_and_never_overlaps_batches(engine, 
         unbatched, [params(chat_settings, seed=i, max_tokens=4) for i in range(3)])} == {1}
 
 
-def _wait_busy(engine, model):
-    deadline = time.monotonic() + 10
-    while not engine.host.status()[model]["busy"] and time.monotonic() < deadline:
+def _wait_admitted(batcher):
+    """Until this batcher has taken its first request off its queue. (The model's `busy` flag is no signal:
+    the engine is shared by the module, and the previous test's busy period may not have ended yet.)"""
+    deadline = time.monotonic() + 30
+    while not (batcher.rows >= 1 and batcher.depth() == 0):
+        assert time.monotonic() < deadline, "the batcher never admitted the first request"
         time.sleep(0.002)
 
 
@@ -411,7 +414,7 @@ def test_a_short_request_joins_a_running_batch_only_when_continuous(engine, chat
                       continuous=continuous)
     long = engine.prepare(params(chat_settings, seed=1, max_tokens=400, temperature=0.0))
     batcher.submit(long)
-    _wait_busy(engine, "qwen_instruct")
+    _wait_admitted(batcher)
     short = engine.prepare(params(chat_settings, seed=2, max_tokens=3))
     batcher.submit(short)
     short_result = short.wait(60)
