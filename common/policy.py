@@ -259,6 +259,11 @@ class Rules:
         self.join_stopwords = self._words(w for _c, s in sources for w in s.get("join_stopwords", ()))
         self.allow_phrases = self._phrases(p for _c, s in sources for p in s.get("allow_phrases", ()))
         self.not_terms = self._phrases(p for _c, s in sources for p in s.get("not_terms", ()))
+        # Every proper beginning of a phrase that lifts a term (allow phrases, not-terms): a text ending in one
+        # may yet have a term lifted by the words that follow (StreamGuard holds such a refusal back).
+        lifting = [p for table in (self.allow_phrases, self.not_terms) for ps in table.values() for p in ps]
+        self._open_phrases = {p[:i] for p in lifting for i in range(1, len(p))}
+        self._longest_phrase = max((len(p) for p in lifting), default=1)
         neg = data["negation"]
         self.negators = self._words([*neg["negators"], *(w for lang in languages for w in lang.get("negators", ()))])
         self.fillers = self._words([*neg["fillers"], *(w for lang in languages for w in lang.get("fillers", ()))])
@@ -601,6 +606,15 @@ class Rules:
                     covered.update(range(pos, pos + len(phrase)))
         return covered
 
+    def open_phrase(self, text: str) -> bool:
+        """Whether the text's last words begin an allow phrase or a not-term that more words could complete
+        ("... naked" before "eye"): the words that follow may yet lift a term of this text."""
+        if not self._open_phrases:
+            return False
+        _chunks, words = self.scan(text)
+        tail = tuple(w.primary for w in words[len(words) - (self._longest_phrase - 1):])
+        return any(tail[i:] in self._open_phrases for i in range(len(tail)))
+
     def _negated(self, words: list[_Word], pos: int) -> bool:
         for back in range(pos - 1, max(-1, pos - 2 - self.negation_gap), -1):
             word = words[back]
@@ -822,13 +836,19 @@ class StreamGuard:
         self._sent = 0
         self.decision: Decision | None = None
 
-    def _check(self, end: int) -> bool:
+    def _check(self, end: int) -> bool | None:
+        """True: the text up to `end` passed. False: it crossed the policy, whatever follows. None: it crosses
+        as it stands, but it ends in the beginning of a phrase that lifts a term (an allow phrase, a
+        not-term: "γυμνά" before "πόδια"), so the next words decide; nothing is released meanwhile."""
         start = self._tail_start(self._sent)
-        decision = self._rules.evaluate(self._text[start:end], self.tier, self.stage)
-        if not decision.allowed:
-            self.decision = record(decision, self.job_id)
-            return False
-        return True
+        text = self._text[start:end]
+        decision = self._rules.evaluate(text, self.tier, self.stage)
+        if decision.allowed:
+            return True
+        if self._rules.open_phrase(text):
+            return None
+        self.decision = record(decision, self.job_id)
+        return False
 
     def _tail_start(self, end: int) -> int:
         """Offset of the `_tail_words`-th word before `end` (0 when there are fewer)."""
@@ -846,8 +866,11 @@ class StreamGuard:
         boundary = max(self._text.rfind(c) for c in _RELEASE_AFTER)
         if boundary < self._sent:
             return ""
-        if not self._check(boundary + 1):
+        verdict = self._check(boundary + 1)
+        if verdict is False:
             return None
+        if verdict is None:
+            return ""
         released, self._sent = self._text[self._sent:boundary + 1], boundary + 1
         return released
 

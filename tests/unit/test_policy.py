@@ -240,6 +240,25 @@ def test_a_stream_is_judged_like_the_whole_reply_and_never_sends_what_crossed(ca
         assert policy.rules().evaluate(sent, "nsfw", "chat_output").allowed  # what went out is clean
 
 
+@pytest.mark.parametrize("text", ["τα παιδιά περπατούν με γυμνά πόδια στην άμμο The end.",  # not-term: barefoot
+                                  "The child saw the comet with the naked eye. The end."])  # allow phrase
+def test_a_stream_cut_inside_a_lifting_phrase_is_not_refused_for_its_first_word(text):
+    """The whole text passes because a phrase lifts its term; a stream cut right after the phrase's first word
+    ("γυμνά ", "naked ") must wait for the next word rather than refuse (found by the property test above)."""
+    assert policy.rules().evaluate(text, "nsfw", "chat_output").allowed
+    for cut in range(len(text) + 1):
+        sent, _guard, completed = _stream(text, [cut])
+        assert completed and sent == text, cut
+
+
+def test_a_stream_that_leaves_a_lifting_phrase_unfinished_is_refused():
+    text = "The child stood there naked and cold."
+    assert not policy.rules().evaluate(text, "nsfw", "chat_output").allowed
+    for cut in range(len(text) + 1):
+        sent, guard, completed = _stream(text, [cut])
+        assert not completed and "naked" not in sent and guard.decision.category == policy.FLOOR, cut
+
+
 def test_a_long_stream_checks_only_its_tail():
     """A minor mentioned far back (beyond the window) does not taint a later sexual word; a recent one does."""
     long_ago = "The kids left for camp. " + "We walked along the quiet harbour for hours. " * 10
