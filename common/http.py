@@ -10,8 +10,12 @@ from typing import Any
 import requests
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
 
 from common.errors import NOT_FOUND, WORKER_ERROR, WorkerRefused, error_response
+from common.serve import KEEPALIVE_S
 from configuration.settings import Settings
 
 
@@ -37,9 +41,60 @@ def local_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def bearer_session(token: str) -> requests.Session:
-    """A session that sends `Authorization: Bearer <token>` (nothing when `token` is empty)."""
+class _FreshConnection(HTTPConnection):
+    """A kept-alive connection that counts as dropped once idle for `max_idle_s`, half the pod's server
+    keep-alive (KEEPALIVE_S): the pool then opens a new one. A request sent as the server closes its idle
+    connection is reset ("Connection reset by peer") and, a POST, cannot safely be sent again; one the client
+    stops reusing first never meets that close."""
+
+    max_idle_s = KEEPALIVE_S / 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answered_at: float | None = None
+
+    def connect(self) -> None:
+        self._answered_at = None
+        super().connect()
+
+    def getresponse(self):  # type: ignore[no-untyped-def]  # urllib3's own signature and return type
+        response = super().getresponse()
+        self._answered_at = time.monotonic()
+        return response
+
+    @property
+    def is_connected(self) -> bool:
+        if self._answered_at is not None and time.monotonic() - self._answered_at > self.max_idle_s:
+            return False
+        return super().is_connected
+
+
+class _FreshConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _FreshConnection
+
+
+class _FreshConnectionAdapter(HTTPAdapter):
+    """requests' adapter whose plain-HTTP pools hold `_FreshConnection`s (the pod's processes talk plain HTTP
+    on loopback or the pod's network)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme,
+                                                   "http": _FreshConnectionPool}
+
+
+def pod_session() -> requests.Session:
+    """A session for talking to the pod's own processes: a kept-alive connection is not reused once idle
+    for half their keep-alive (`_FreshConnection`)."""
     session = requests.Session()
+    session.mount("http://", _FreshConnectionAdapter())
+    return session
+
+
+def bearer_session(token: str) -> requests.Session:
+    """A session to the pod's processes (`pod_session`) that sends `Authorization: Bearer <token>`
+    (nothing when `token` is empty)."""
+    session = pod_session()
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
     return session

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import requests
 
-from common.http import local_url, now_iso
+from common.http import local_url, now_iso, pod_session
 from common.logging import Progress
 from common.metrics import process_metrics
 from common.retry import backoff_delay
@@ -188,7 +188,7 @@ class WorkerSupervisor:
         started = time.monotonic()
         deadline = started + self.settings.worker_ready_timeout_s
         self._not_ready = False
-        session = requests.Session()
+        session = pod_session()
         waiting = Progress(log, f"waiting for the {self.name} worker's /ready", self.settings.worker_ready_timeout_s,
                            "s", every_s=10.0)
         while not self._stop.is_set() and proc.poll() is None:

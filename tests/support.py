@@ -206,9 +206,11 @@ def base_env(tmp_path: Path, placeholder_dir: Path, **extra) -> dict:
 class Client:
     def __init__(self, base_url: str, key: str | None = API_KEY):
         self.base_url = base_url
-        self.session = requests.Session()
-        if key:
-            self.session.headers["Authorization"] = f"Bearer {key}"
+        # the pod's own session (common.http.pod_session): a connection idle past half the servers' keep-alive
+        # is not reused, so no request meets a keep-alive close on a loaded machine
+        from common.http import bearer_session
+
+        self.session = bearer_session(key or "")
 
     def get(self, path: str, **kw):
         return self.session.get(self.base_url + path, timeout=kw.pop("timeout", 60), **kw)

@@ -248,7 +248,8 @@ def test_a_stream_cut_inside_a_lifting_phrase_is_not_refused_for_its_first_word(
     assert policy.rules().evaluate(text, "nsfw", "chat_output").allowed
     for cut in range(len(text) + 1):
         sent, _guard, completed = _stream(text, [cut])
-        assert completed and sent == text, cut
+        assert completed, cut
+        assert sent == text, cut
 
 
 def test_a_stream_that_leaves_a_lifting_phrase_unfinished_is_refused():
@@ -256,7 +257,9 @@ def test_a_stream_that_leaves_a_lifting_phrase_unfinished_is_refused():
     assert not policy.rules().evaluate(text, "nsfw", "chat_output").allowed
     for cut in range(len(text) + 1):
         sent, guard, completed = _stream(text, [cut])
-        assert not completed and "naked" not in sent and guard.decision.category == policy.FLOOR, cut
+        assert not completed, cut
+        assert "naked" not in sent, cut
+        assert guard.decision.category == policy.FLOOR, cut
 
 
 def test_a_long_stream_checks_only_its_tail():
