@@ -38,7 +38,7 @@ def pod(start_pod):
 
 def body(n: int) -> dict:
     job = {"id": f"m{n:03d}", "type": "sdxl_image_fast", "prompt": f"a red fox number {n}", "user_id": "u1",
-           "config": {"seed": n, "steps": 1}}
+           "config": {"seed": n, "steps": 1, "width": 32, "height": 32}}  # the smallest the placeholder takes
     if n % (JOBS // ENHANCED) == 0:
         job["enhance"] = {"model": "instruct", "max_tokens": 4, "seed": 1}
     return job
