@@ -81,7 +81,8 @@ def _submit(params: ChatParams) -> Generation:
     require_ready()
     _check_input(params)
     try:
-        return _engine().submit(_engine().prepare(params))
+        engine = _engine()
+        return engine.submit(engine.prepare(params))
     except Exception as exc:  # mapped to the contract's error form
         raise _api_error(exc) from None
 
