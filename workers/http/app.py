@@ -2,7 +2,13 @@
 fork, so models and CUDA state never live in the master."""
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from flask import Flask
 
@@ -25,14 +31,56 @@ def current_state() -> WorkerState | None:
     return _CURRENT
 
 
+# The libraries' logging modules, set up by `_library_logging` as they are imported.
+LIBRARY_LOGGING = ("diffusers.utils.logging", "transformers.utils.logging")
+
+
 def _library_logging() -> None:
-    """diffusers and transformers log through this process's handler (one format), without progress bars."""
-    import diffusers.utils.logging
-    import transformers.utils.logging
-    for library in (diffusers.utils.logging, transformers.utils.logging):
-        library.disable_progress_bar()
-        library.disable_default_handler()
-        library.enable_propagation()
+    """diffusers and transformers log through this process's handler (one format), without progress bars.
+    Each is set up the moment it is imported, not imported to be set up: a worker imports a library when its
+    engine first needs it, so a chat worker never imports diffusers, and no worker imports it before its first
+    model load (diffusers' import brings torch._dynamo with it: about 1.5 s of CPU per worker start)."""
+    for name in LIBRARY_LOGGING:
+        after_import(name, _quiet)
+
+
+def _quiet(library_logging: ModuleType) -> None:
+    library_logging.disable_progress_bar()
+    library_logging.disable_default_handler()
+    library_logging.enable_propagation()
+
+
+def after_import(name: str, action: Callable[[ModuleType], None]) -> None:
+    """Run `action(module)` once module `name` is imported: now if it already is, else right after its code
+    has run, before the import returns to whoever asked for it (a finder ahead of the others on sys.meta_path
+    wraps the module's loader, once). A second call for a name already waited on adds nothing."""
+    if name in sys.modules:
+        action(sys.modules[name])
+    elif not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, action))
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    def __init__(self, name: str, action: Callable[[ModuleType], None]):
+        self.name = name
+        self.action = action
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; the other finders find the module
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run, action = spec.loader.exec_module, self.action
+
+        def exec_module(module: ModuleType) -> None:
+            run(module)
+            action(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]  # this spec's loader only
+        return spec
 
 
 def serve_app(worker: str) -> Flask:
