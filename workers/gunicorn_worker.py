@@ -33,6 +33,11 @@ class HeadBufferingWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self._heads: dict[TConn, bytearray] = {}  # connections whose head is still arriving -> what came
         self._probe_pool: futures.ThreadPoolExecutor | None = None
+        self.stopped_cleanly = False  # set when the accepting loop has ended on a stop (gunicorn_conf.worker_exit)
+
+    def run(self):
+        super().run()
+        self.stopped_cleanly = True  # the loop returned: a stop signal or the master gone, not an exception
 
     def load_wsgi(self):
         """The app, with its `Connection: close` made to count: gunicorn drops hop-by-hop headers an app

@@ -191,6 +191,11 @@ def test_sigterm_lets_the_running_job_finish_then_exits(tmp_path, placeholder_di
         assert journal["status"] == "completed"
         assert len(journal["assets"]) == 3
         assert [b["status"] for b in receiver.wait_for(1, "term")] == ["completed"]
+        # the worker process ends itself once the job and its callback are settled (workers/gunicorn_conf.py,
+        # worker_exit): its last line is in the log, and its master saw it exit with status 0
+        log = worker.log()
+        assert "stopped cleanly; exiting with status 0" in log, log
+        assert "exited with code" not in log, log
     finally:
         worker.stop(signal.SIGKILL)
         receiver.close()
