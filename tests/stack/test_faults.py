@@ -45,9 +45,12 @@ SLOW_SDXL = {**SDXL, "config": {"steps": 20, "width": 64, "height": 64}}
 
 @pytest.fixture(scope="module")
 def pod(start_pod):
-    """The receiver is the pod's (tests.support.CallbackReceiver: down() answers 503 until up())."""
+    """The receiver is the pod's (tests.support.CallbackReceiver: down() answers 503 until up()). The drain
+    grace is 20 s: a stopped worker finishes SLOW_SDXL (a second or two on a loaded 2-core machine) well within
+    it, and a stop while the receiver is down spends all of it retrying callbacks the receiver refuses (the
+    outage test stops the pod once, its workers and then the orchestrator each waiting out the grace)."""
     return start_pod("faults", callbacks=True, CALLBACK_BACKOFF_S=1 / CLOCK_SCALE,
-                     CALLBACK_BACKOFF_MAX_S=60 / CLOCK_SCALE, SHUTDOWN_GRACE_S=60, RESTART_BACKOFF_S=0.2)
+                     CALLBACK_BACKOFF_MAX_S=60 / CLOCK_SCALE, SHUTDOWN_GRACE_S=20, RESTART_BACKOFF_S=0.2)
 
 
 @pytest.fixture(scope="module")
