@@ -14,13 +14,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 TIERS = ("unit", "app", "stack", "e2e")  # the folders under tests/, each a marker of pytest.ini
 
 
-# The modules on the session's shared pod (`shared_pod` below). Listed because a parallel run's controller
-# groups them before any test is collected (pytest_xdist_make_scheduler); collection checks the list.
+# The modules on the session's shared pod (`shared_pod` below), in the order they run. Listed because a
+# parallel run's controller groups them before any test is collected (pytest_xdist_make_scheduler); collection
+# checks the list. The fuzzing runs last: the jobs it submits may be any size the schemas allow, and some may
+# still be running on the pod when it ends, behind which no other module's job should wait.
 SHARED_POD_MODULES = ("tests/stack/test_connections.py", "tests/stack/test_chat_nulls.py",
-                      "tests/e2e/test_ops_page.py")
+                      "tests/e2e/test_ops_page.py", "tests/e2e/test_fuzz.py")
 # The modules that take longest (serial wall time, benchmarks/RESULTS.md, "the test suite"), handed out first in a
 # parallel run so that none of them starts near its end. Only the order depends on this list.
-LONGEST_FIRST = ("tests/stack/test_faults.py", "tests/stack/test_job_deadlines.py", "tests/e2e/test_fuzz.py",
+LONGEST_FIRST = ("tests/stack/test_faults.py", "tests/stack/test_job_deadlines.py",
                  "tests/stack/test_routing_monitor.py", "tests/e2e/test_gpu_suite.py",
                  "tests/stack/test_queue_worker.py", "tests/stack/test_orchestrator_stack.py",
                  "tests/stack/test_registration.py", "tests/stack/test_app_contract.py",
@@ -50,9 +52,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """Every test carries the marker of its tier, the folder it stands in (`-m "unit or app"` selects by
     it); a test module outside the four folders is a collection error naming it, not an unmarked test.
-    Serial: the tiers run in order, unit first; the modules on the shared pod run last, together, so that
-    pod is up only while they run (pytest ends a session fixture with the session). Parallel (`-n N`, an
-    xdist worker): the shared pod's modules and the longest ones first, the short tiers last, to fill in."""
+    Serial: the tiers run in order, unit first; the modules on the shared pod run last, together, in the
+    order of SHARED_POD_MODULES, so that pod is up only while they run (pytest ends a session fixture with
+    the session). Parallel (`-n N`, an xdist worker): the shared pod's modules (in that order) and the
+    longest ones first, the short tiers last, to fill in."""
     tests_dir = Path(__file__).resolve().parent
     tier = {}
     for item in items:
@@ -71,16 +74,21 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: _parallel_rank(module_of(item.nodeid), tier[item]))
     else:
-        items.sort(key=lambda item: (module_of(item.nodeid) in on_shared_pod, tier[item]))  # stable within
+        items.sort(key=lambda item: (module_of(item.nodeid) in on_shared_pod, _shared_rank(module_of(item.nodeid)),
+                                     tier[item]))  # stable within
 
 
 def module_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+def _shared_rank(module: str) -> int:
+    return SHARED_POD_MODULES.index(module) if module in SHARED_POD_MODULES else 0
+
+
 def _parallel_rank(module: str, tier: int) -> tuple:
     if module in SHARED_POD_MODULES:
-        return (0, 0)
+        return (0, _shared_rank(module))
     if module in LONGEST_FIRST:
         return (1, LONGEST_FIRST.index(module))
     return (2, -tier)  # e2e, stack, app, unit

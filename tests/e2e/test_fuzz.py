@@ -3,9 +3,9 @@ for every operation, checked for server errors and for answers the document does
 codes, bodies, headers, content types), for bodies the schema forbids being accepted, for routes that
 answer without the bearer key, and for 405s without `Allow`.
 
-One pod (orchestrator + SDXL, WAN and chat workers) serves all four runs. Example counts are bounded
-and the seed fixed, so the run takes a few minutes on two cores and reproduces: a failure prints the
-curl command of the request that broke.
+The session's shared pod (orchestrator + SDXL, WAN and chat workers) serves all four runs. Example counts
+are bounded and the seed fixed, so the run takes a few minutes on two cores and reproduces: a failure
+prints the curl command of the request that broke.
 """
 from __future__ import annotations
 
@@ -41,18 +41,21 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def pod(start_pod):
-    """A pod of its own: the generated jobs may be any size the schemas allow, so no other module shares it."""
-    orchestrator = start_pod("fuzz", FETCH_TIMEOUT_S=2)
-    orchestrator.urls = {"orchestrator": orchestrator.url,
-                         **{name: info["url"] for name, info in orchestrator.workers().items()}}
-    return orchestrator
+def pod(shared_pod):
+    """The session's shared pod. The generated jobs may be any size the schemas allow, so this module runs last
+    on it (tests/conftest.py, SHARED_POD_MODULES): no other module's job waits behind them."""
+    return shared_pod
+
+
+@pytest.fixture(scope="module")
+def urls(pod):
+    return {"orchestrator": pod.url, **{name: info["url"] for name, info in pod.workers().items()}}
 
 
 @pytest.mark.parametrize("process", list(RUNS))
-def test_schemathesis_finds_no_server_error_and_no_spec_violation(pod, process, tmp_path):
+def test_schemathesis_finds_no_server_error_and_no_spec_violation(pod, urls, process, tmp_path):
     for i, run in enumerate(RUNS[process]):
-        command = [sys.executable, "-m", "schemathesis.cli", "run", f"{pod.urls[process]}/openapi.json",
+        command = [sys.executable, "-m", "schemathesis.cli", "run", f"{urls[process]}/openapi.json",
                    "--header", f"Authorization: Bearer {API_KEY}", *CHECKS, *run, "--seed", str(SEED),
                    "--generation-database", "none", "--request-timeout", str(REQUEST_TIMEOUT_S), "--no-color",
                    "--output-truncate", "false", "--report", "json", "--report-json-path", str(tmp_path / f"{i}.json")]
